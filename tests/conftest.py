@@ -1,0 +1,48 @@
+"""Suite-wide habits (../shared/PLATFORM.md): thread counts, temp dirs and caches per test, free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    tmp = tmp_path / "_tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setenv("HF_HOME", str(tmp / "hf"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp / "inductor"))
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp / "mpl"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                "TORCHELASTIC_RESTART_COUNT", "TRAINER_EXIT_DIR"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (callers retry on EADDRINUSE)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(args: list[str], cwd: str = ROOT, env: dict | None = None, timeout: float = 180,
+            module: str = "trainer") -> subprocess.CompletedProcess:
+    """Run `python -m <module> ARGS` as a user would; never raises on a non-zero exit."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+    e.update(env or {})
+    return subprocess.run([PY, "-m", module, *args], cwd=cwd, env=e, capture_output=True, text=True,
+                          timeout=timeout)

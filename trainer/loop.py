@@ -1,0 +1,359 @@
+"""The training loop: small verbs (_next_micro_batches, _run_step, _log, evaluate, save, fit).
+
+The hot path of one optimizer step is: next micro-batches (already on device), forward under autocast,
+backward (scaled), gradient norm/clip, optimizer step, scheduler step. Host syncs (loss to the host,
+metric all-reduce, checkpoint, signal agreement) happen only at their own intervals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from . import dist as D
+from .config import Config, ConfigError, flat, math_diff
+from .exitcodes import NONFINITE, OK, PREEMPTED
+from .faults import PreemptionWatch
+from .metrics import Metrics, Stopwatch, peak_flops
+from .optim import build_scheduler
+from .sampler import GlobalBatchSampler, eval_shards
+from .strategy import Strategy
+
+log = logging.getLogger("trainer")
+
+
+def task_loss(task: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    if task == "regression":
+        loss = F.mse_loss(out.float(), y.float(), reduction="none").flatten(1).mean(1)
+        return loss.mean() if reduction == "mean" else loss
+    if task == "lm":
+        loss = F.cross_entropy(out.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape).mean(1)
+        return loss.mean() if reduction == "mean" else loss
+    return F.cross_entropy(out.float(), y, reduction=reduction)
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Lets a DataLoader's workers call the dataset's batched `get_batch` on whole index lists."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __getitem__(self, idx):
+        return self.ds.get_batch(idx)
+
+    def __len__(self):
+        return len(self.ds)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, state: D.DistState, strategy: Strategy, optimizer, train_ds, eval_ds, info,
+                 run_dir: str, flops_per_sample: Optional[float] = None):
+        self.cfg, self.state, self.strategy, self.optimizer = cfg, state, strategy, optimizer
+        self.train_ds, self.eval_ds, self.info = train_ds, eval_ds, info
+        self.run_dir = run_dir
+        self.device = state.device
+        t = cfg.train
+        self.sampler = GlobalBatchSampler(len(train_ds), t.batch_size, t.grad_accum, state.rank, state.world_size,
+                                          cfg.seed)
+        self.total_steps = t.max_steps or t.epochs * self.sampler.steps_per_epoch
+        self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
+        self.progress = ckpt.Progress()
+        self.ckpts = ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints"), keep=cfg.checkpoint.keep)
+        self.params = [p for p in strategy.module.parameters() if p.requires_grad]
+        self.flops_per_sample = flops_per_sample
+        self.metrics: Optional[Metrics] = None
+        self.preempt = PreemptionWatch(state)
+        self.compile_time_s: Optional[float] = None
+        self.last_eval: dict = {}
+        self.saved_at = -1
+        # Device-side accumulators: no host sync per step.
+        self._loss_acc = torch.zeros((), device=self.device)
+        self._bad_run = torch.zeros((), device=self.device)
+        self._bad_max = torch.zeros((), device=self.device)
+
+    # ------------------------------------------------------------------ resume
+    def resume_from(self, path: str) -> None:
+        manifest = ckpt.read_manifest(path)
+        saved_cfg = manifest.get("config")
+        if saved_cfg is not None:
+            from .config import from_dict
+
+            try:
+                diff = math_diff(from_dict(saved_cfg), self.cfg)
+            except ConfigError:
+                diff = ["<checkpoint config no longer valid>"]
+            if diff and self.cfg.run.resume_config_change != "allow":
+                raise ConfigError(f"run.resume: checkpoint {path} was trained with a different config in "
+                                  f"{', '.join(diff)}; set run.resume_config_change=allow to resume anyway")
+        state, rng = ckpt.load_state(path, rank=self.state.rank)
+        self.strategy.load_full_state(self.optimizer, state["model"], state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.strategy.scaler is not None and state.get("scaler"):
+            self.strategy.scaler.load_state_dict(state["scaler"])
+        p = state["progress"]
+        self.progress = ckpt.Progress(**p)
+        if rng is not None and manifest.get("world_size") == self.state.world_size:
+            ckpt.set_rng_state(rng)
+        else:  # different world size: fresh per-rank streams, still deterministic
+            torch.manual_seed(self.cfg.seed * 1000 + self.state.rank + 7919 * self.progress.step)
+        self.saved_at = self.progress.step
+        log.info("resumed from %s at step %d (epoch %d, %d samples into it; saved on %d process(es))", path,
+                 self.progress.step, self.progress.epoch, self.progress.samples_in_epoch, manifest.get("world_size"))
+
+    # ------------------------------------------------------------------ checkpoint
+    def save(self) -> str:
+        t0 = time.perf_counter()
+        msd, osd = self.strategy.full_state(self.optimizer)
+        state = None
+        if self.state.is_main:
+            state = {"model": msd, "optimizer": osd, "scheduler": self.scheduler.state_dict(),
+                     "scaler": self.strategy.scaler.state_dict() if self.strategy.scaler else None,
+                     "progress": vars(self.progress).copy()}
+        from .config import to_dict
+
+        extra = {"epoch": self.progress.epoch, "samples_in_epoch": self.progress.samples_in_epoch,
+                 "samples_total": self.progress.samples_total, "config": to_dict(self.cfg),
+                 "config_hash": _config_hash(self.cfg), "task": self.info.task}
+        path = self.ckpts.save(self.progress.step, self.state.rank, self.state.world_size, state, extra,
+                               lambda: D.barrier(self.state))
+        self.saved_at = self.progress.step
+        log.info("checkpoint step %d saved in %.2fs -> %s", self.progress.step, time.perf_counter() - t0, path)
+        return path
+
+    # ------------------------------------------------------------------ data
+    def _loader(self):
+        d = self.cfg.data
+        if d.num_workers == 0:
+            ds = self.train_ds
+            return (ds.get_batch(idx) for idx in self.sampler)
+        pin = d.pin_memory and self.device.type == "cuda"
+        return iter(torch.utils.data.DataLoader(_Batches(self.train_ds), sampler=self.sampler, batch_size=None,
+                                                num_workers=d.num_workers, pin_memory=pin,
+                                                prefetch_factor=d.prefetch_factor))
+
+    def _to_device(self, batch):
+        x, y = batch
+        nb = self.device.type == "cuda"
+        return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+
+    # ------------------------------------------------------------------ step
+    def _run_step(self, micro_batches) -> None:
+        s = self.strategy
+        n = len(micro_batches)
+        total = torch.zeros((), device=self.device)
+        for i, (x, y) in enumerate(micro_batches):
+            with s.sync(i == n - 1):
+                with s.autocast():
+                    out = s.model(x)
+                loss = task_loss(self.info.task, out, y) / n
+                s.backward(loss)
+            total += loss.detach()
+        norm = s.grad_norm(self.optimizer, self.params, self.cfg.train.grad_clip)
+        # fp16: the scaler owns overflow; a non-finite *loss* is what counts as a bad step.
+        ok = torch.isfinite(total) if s.scaler is not None else torch.isfinite(norm) & torch.isfinite(total)
+        s.optimizer_step(self.optimizer, ok)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self._loss_acc += torch.where(ok, total, torch.zeros_like(total))
+        self._bad_run = torch.where(ok, torch.zeros_like(self._bad_run), self._bad_run + 1)
+        self._bad_max = torch.maximum(self._bad_max, self._bad_run)
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, steps: int, watch: Stopwatch) -> bool:
+        """Pull metrics to the host (the one sync per interval). Returns False if the run must stop."""
+        stats = torch.stack([self._loss_acc, self._bad_max.float(), torch.tensor(float(steps), device=self.device)])
+        D.all_reduce_sum(self.state, stats)
+        loss_sum, bad_sum, _ = stats.tolist()
+        bad = D.all_reduce_max(self.state, self._bad_max.clone()).item()
+        self._loss_acc.zero_()
+        self._bad_max.copy_(self._bad_run)
+        good_steps = steps * self.state.world_size
+        elapsed = max(watch.elapsed(), 1e-9)
+        B = self.cfg.train.batch_size
+        row = {"step": self.progress.step, "epoch": self.progress.epoch,
+               "loss": loss_sum / max(good_steps, 1) if bad_sum < good_steps else float("nan"),
+               "lr": self.scheduler.get_last_lr()[0], "samples_per_s": B * steps / elapsed,
+               "step_time_s": elapsed / steps, "data_wait_frac": watch.data_s / elapsed}
+        if self.info.task == "lm":
+            row["tokens_per_s"] = row["samples_per_s"] * self.info.seq_len
+        if self.device.type == "cuda":
+            row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            peak = peak_flops(torch.cuda.get_device_name(self.device), self.cfg.train.precision)
+            if peak and self.flops_per_sample:
+                row["mfu"] = self.flops_per_sample * row["samples_per_s"] / (peak * self.state.world_size)
+        row.update(self.metrics.process_stats() if self.metrics else {})
+        if self.metrics:
+            self.metrics.log_train(row)
+        self.last_loss = row["loss"]
+        watch.reset()
+        if bad > self.cfg.train.max_bad_steps:
+            log.error("loss was non-finite for %d consecutive steps (train.max_bad_steps=%d): stopping at step %d "
+                      "with the last good state", int(bad), self.cfg.train.max_bad_steps, self.progress.step)
+            return False
+        return True
+
+    # ------------------------------------------------------------------ eval
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        s = self.strategy
+        s.model.eval()
+        bs = self.cfg.train.eval_batch_size
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, count, correct / sq err
+        for idx, valid in eval_shards(len(self.eval_ds), bs, self.state.rank, self.state.world_size):
+            x, y = self._to_device(self.eval_ds.get_batch(idx))
+            with s.autocast():
+                out = s.model(x)
+            per = task_loss(self.info.task, out, y, reduction="none")[:valid]
+            sums[0] += per.double().sum()
+            sums[1] += valid
+            if self.info.task == "classification":
+                sums[2] += (out[:valid].argmax(-1) == y[:valid]).sum()
+        s.model.train()
+        D.all_reduce_sum(self.state, sums)
+        loss_sum, count, correct = sums.tolist()
+        res = {"loss": loss_sum / max(count, 1), "samples": int(count)}
+        if self.info.task == "classification":
+            res["accuracy"] = correct / max(count, 1)
+        elif self.info.task == "regression":
+            res["mse"] = res["loss"]
+        else:
+            res["perplexity"] = float(torch.tensor(res["loss"]).exp())
+        self.last_eval = res
+        if self.metrics:
+            self.metrics.log_eval(self.progress.step, res)
+        return res
+
+    # ------------------------------------------------------------------ fit
+    def fit(self) -> int:
+        cfg, p = self.cfg, self.progress
+        t = cfg.train
+        if p.step >= self.total_steps:
+            log.info("run already complete: step %d of %d; nothing to do", p.step, self.total_steps)
+            return OK
+        self.metrics = Metrics(self.run_dir, self.state.is_main, cfg.log.tensorboard, cfg.log.progress,
+                               self.total_steps, p.step)
+        self.preempt.install()
+        watch = Stopwatch()
+        since_log = 0
+        t_start = time.perf_counter()
+        code = OK
+        self.strategy.model.train()
+        profiler = _Profiler(cfg, self.run_dir) if cfg.profile.steps and self.state.is_main else None
+        try:
+            while p.step < self.total_steps and code == OK:
+                self.sampler.set_position(p.epoch, p.samples_in_epoch)
+                self.train_ds.set_epoch(p.epoch)
+                batches = self._loader()
+                while p.step < self.total_steps:
+                    t_data = time.perf_counter()
+                    try:
+                        micro = [self._to_device(next(batches)) for _ in range(t.grad_accum)]
+                    except StopIteration:
+                        break
+                    watch.data_s += time.perf_counter() - t_data
+                    if profiler:
+                        profiler.step(p.step)
+                    t_step = time.perf_counter() if self.compile_time_s is None and t.compile else None
+                    self._run_step(micro)
+                    if t_step is not None:
+                        _sync(self.device)
+                        self.compile_time_s = time.perf_counter() - t_step
+                        log.info("first compiled step (compile included) took %.2fs", self.compile_time_s)
+                        watch.reset()
+                    p.step += 1
+                    p.samples_in_epoch += t.batch_size
+                    p.samples_total += t.batch_size
+                    since_log += 1
+                    if since_log >= cfg.log.every_steps or p.step == self.total_steps:
+                        if not self._log(since_log, watch):
+                            code = NONFINITE
+                        since_log = 0
+                    if code == OK and t.eval_every_steps and p.step % t.eval_every_steps == 0 \
+                            and p.step < self.total_steps:
+                        self.evaluate()
+                    stop = code != OK or self.preempt.agreed()
+                    if cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0 or stop:
+                        self.save()
+                    if stop:
+                        code = code if code != OK else PREEMPTED
+                        break
+                if code == OK and p.samples_in_epoch >= self.sampler.steps_per_epoch * t.batch_size:
+                    p.epoch += 1
+                    p.samples_in_epoch = 0
+            if code == OK:
+                if since_log:
+                    self._log(since_log, watch)
+                self.evaluate()
+                if self.saved_at != p.step:
+                    self.save()
+                self._finish(time.perf_counter() - t_start)
+            elif code == PREEMPTED:
+                log.warning("preempted by signal: checkpoint at step %d saved; rerun the same command to resume",
+                            p.step)
+        finally:
+            if profiler:
+                profiler.close()
+            self.preempt.uninstall()
+            if self.metrics:
+                self.metrics.close()
+        return code
+
+    def _finish(self, wall: float) -> None:
+        if not self.state.is_main:
+            return
+        summary = {"steps": self.progress.step, "epochs": self.progress.epoch,
+                   "samples": self.progress.samples_total, "final_loss": getattr(self, "last_loss", None),
+                   "eval": self.last_eval, "wall_time_s": round(wall, 3), "compile_time_s": self.compile_time_s,
+                   "world_size": self.state.world_size, "strategy": self.strategy.mode,
+                   "precision": self.cfg.train.precision, "data": self.info.description,
+                   "data_fingerprint": self.info.fingerprint}
+        self.metrics.write_summary(summary)
+        if self.cfg.log.plot:
+            self.metrics.plot()
+        ev = "  ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if k != "samples")
+        log.info("done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s", self.progress.step, wall,
+                 summary["final_loss"] or float("nan"), ev, self.run_dir)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _config_hash(cfg: Config) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(flat(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Profiler:
+    """torch.profiler over profile.steps=[start, end] on rank 0, written for TensorBoard/Chrome."""
+
+    def __init__(self, cfg: Config, run_dir: str):
+        self.start, self.end = cfg.profile.steps
+        self.dir = os.path.join(run_dir, "profile")
+        self.prof = None
+
+    def step(self, step: int) -> None:
+        if step == self.start and self.prof is None:
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=acts, record_shapes=True,
+                                               on_trace_ready=torch.profiler.tensorboard_trace_handler(self.dir))
+            self.prof.__enter__()
+        elif step == self.end:
+            self.close()
+
+    def close(self) -> None:
+        if self.prof is not None:
+            self.prof.__exit__(None, None, None)
+            self.prof = None
+            log.info("profiler trace written to %s", self.dir)

@@ -1,0 +1,186 @@
+"""How the model is wrapped: single, dp (nn.DataParallel), ddp, fsdp (FSDP2) or accelerate.
+
+This is the only module that knows the mode. The loop asks it for: the forward callable, the autocast
+context, a gradient-sync context per micro-step, backward, clip, optimizer step, and full (unsharded)
+state dicts for checkpoints, so one checkpoint format serves every mode and world size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import Config, ConfigError
+from .dist import DistState
+
+log = logging.getLogger("trainer")
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_mode(cfg: Config, state: DistState) -> str:
+    mode = cfg.train.strategy
+    if mode == "auto":
+        return "ddp" if state.world_size > 1 else "single"
+    if mode in ("single", "dp") and state.world_size > 1:
+        raise ConfigError(f"train.strategy={mode}: runs one process, but WORLD_SIZE={state.world_size} "
+                          "(use ddp or fsdp under torchrun)")
+    return mode
+
+
+def make_accelerator(cfg: Config, device: torch.device):
+    """Created before the process group: Accelerator initialises it itself."""
+    from accelerate import Accelerator
+
+    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision]
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mp, device_placement=False)
+
+
+class Strategy:
+    def __init__(self, cfg: Config, state: DistState, mode: str, accelerator=None):
+        self.cfg, self.state, self.mode = cfg, state, mode
+        self.accelerator = accelerator
+        self.precision = cfg.train.precision
+        self.dtype = _DTYPES[self.precision]
+        dev = state.device.type
+        self.scaler: Optional[torch.amp.GradScaler] = None
+        if self.precision == "fp16" and mode != "accelerate":
+            self.scaler = torch.amp.GradScaler(dev)
+        # FSDP2 casts parameters itself through its MixedPrecisionPolicy; accelerate autocasts in prepare().
+        self.use_autocast = self.precision != "fp32" and mode not in ("fsdp", "accelerate")
+        self._ddp: Optional[nn.Module] = None
+        self.module: Optional[nn.Module] = None  # the raw model (what state dicts describe)
+        self.model: Optional[nn.Module] = None  # what forward calls (wrapped, maybe compiled)
+
+    # ------------------------------------------------------------------ wrapping
+    def wrap(self, module: nn.Module, optimizer_factory) -> torch.optim.Optimizer:
+        """Wrap `module` for the mode and build the optimizer on the right parameters."""
+        self.module = module.to(self.state.device)
+        if self.mode == "dp":
+            ids = list(range(torch.cuda.device_count())) if self.state.device.type == "cuda" else None
+            model = nn.DataParallel(self.module, device_ids=ids)  # on CPU: a pass-through to the module
+        elif self.mode == "ddp":
+            ids = [self.state.device.index] if self.state.device.type == "cuda" else None
+            model = self._ddp = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=ids, find_unused_parameters=self.cfg.train.find_unused_parameters)
+        elif self.mode == "fsdp":
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            policy = MixedPrecisionPolicy(param_dtype=self.dtype if self.precision != "fp32" else None,
+                                          reduce_dtype=torch.float32)
+            for block in getattr(self.module, "blocks", []):
+                fully_shard(block, mp_policy=policy)
+            fully_shard(self.module, mp_policy=policy)
+            model = self.module
+        else:
+            model = self.module
+        optimizer = optimizer_factory(self.module)
+        if self.mode == "accelerate":
+            model, optimizer = self.accelerator.prepare(self.module, optimizer)
+            self._ddp = model if isinstance(model, nn.parallel.DistributedDataParallel) else None
+        if self.cfg.train.compile:
+            model = torch.compile(model, backend=self.cfg.train.compile_backend, mode=self.cfg.train.compile_mode)
+        self.model = model
+        return optimizer
+
+    # ------------------------------------------------------------------ per step
+    def autocast(self):
+        if not self.use_autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.state.device.type, dtype=self.dtype)
+
+    def sync(self, last_micro_step: bool):
+        """Skip the gradient all-reduce on all but the last micro-step of an accumulation."""
+        if last_micro_step:
+            return contextlib.nullcontext()
+        if self.mode == "accelerate":
+            return self.accelerator.no_sync(self.model)
+        if self._ddp is not None:
+            return self._ddp.no_sync()
+        if self.mode == "fsdp":
+            return _fsdp_no_sync(self.module)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.mode == "accelerate":
+            self.accelerator.backward(loss)
+        elif self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def grad_norm(self, optimizer, params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+        """Total gradient norm (unscaled), clipping when max_norm > 0; stays on device."""
+        if self.mode == "accelerate":
+            return self.accelerator.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=True)
+        if hasattr(norm, "full_tensor"):  # FSDP2 returns a DTensor
+            norm = norm.full_tensor()
+        return norm
+
+    def optimizer_step(self, optimizer, ok: torch.Tensor) -> None:
+        """Step unless `ok` is False; on CUDA the skip happens on device (fused optimizers' found_inf)."""
+        if self.scaler is not None:
+            self.scaler.step(optimizer)  # skips itself on inf/nan gradients
+            self.scaler.update()
+            return
+        if self.state.device.type == "cuda" and getattr(optimizer, "defaults", {}).get("fused"):
+            optimizer.found_inf = (~ok).float()
+            optimizer.step()
+            return
+        if bool(ok):  # CPU: no device to wait for, so this "sync" costs nothing
+            optimizer.step()
+
+    # ------------------------------------------------------------------ state
+    def _inner_optimizer(self, optimizer):
+        return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+
+    def full_state(self, optimizer) -> tuple[dict, dict]:
+        """Unsharded model and optimizer state (complete on rank 0; collective under FSDP)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=self.state.distributed)
+        msd, osd = get_state_dict(self.module, self._inner_optimizer(optimizer), options=opts)
+        if not self.state.distributed:
+            msd = {k: v.detach().cpu() for k, v in msd.items()}
+        return msd, osd
+
+    def load_full_state(self, optimizer, msd: dict, osd: Optional[dict]) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=self.mode == "fsdp",
+                                strict=True)
+        if self.mode == "fsdp" and not self.state.is_main:
+            msd, osd = {}, ({} if osd is not None else None)
+        set_model_state_dict(self.module, msd, options=opts)
+        if osd is not None:
+            set_optimizer_state_dict(self.module, self._inner_optimizer(optimizer), osd, options=opts)
+
+    def check_unused(self, err: RuntimeError) -> None:
+        if "find_unused_parameters" in str(err) or "did not receive grad" in str(err):
+            raise ConfigError("DDP: some parameters received no gradient; set train.find_unused_parameters=true "
+                              "(slower) or make every parameter take part in the loss") from None
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(module: nn.Module):
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
+
+
+def is_dist_ready() -> bool:
+    return dist.is_available() and dist.is_initialized()
