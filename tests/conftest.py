@@ -46,3 +46,13 @@ def run_cli(args: list[str], cwd: str = ROOT, env: dict | None = None, timeout: 
     e.update(env or {})
     return subprocess.run([PY, "-m", module, *args], cwd=cwd, env=e, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cnn_run(tmp_path_factory):
+    """The `make train` recipe trained once per session through the real CLI; shared by tests."""
+    run_dir = tmp_path_factory.mktemp("cnn") / "run"
+    env = {"OMP_NUM_THREADS": "2", "MPLCONFIGDIR": str(run_dir.parent / "mpl")}
+    r = run_cli(["train", "-c", "configs/cnn.yaml", f"run.dir={run_dir}"], env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run_dir, r

@@ -218,6 +218,9 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
         return _coerce(key, value, args[0], meta)
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
+            value = next((c for c in choices if c in (("on", "true", "yes") if value else ("off", "false", "no"))),
+                         value)
         if value not in choices:
             raise ConfigError(f"{key}={value!r}: expected one of {', '.join(map(str, choices))}")
         return value
