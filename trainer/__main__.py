@@ -134,6 +134,13 @@ def train(cfg: C.Config) -> int:
             created.append(run_dir)
         D.barrier(state)
         _add_rank_log(run_dir, state.rank)
+        import socket
+
+        logging.getLogger("trainer").debug("rank %d pid %d host %s", state.rank, os.getpid(), socket.gethostname())
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.FileHandler):
+                h.stream.write(f"rank {state.rank} pid {os.getpid()} host {socket.gethostname()} "
+                               f"world {state.world_size}\n")
         if state.is_main:
             with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as fh:
                 fh.write(C.dump(cfg))
