@@ -89,7 +89,6 @@ def train(cfg: C.Config) -> int:
     """Everything after the config is valid. Returns an exit code."""
     import torch
 
-    from . import checkpoint as ckpt
     from . import dist as D
     from .data import build_datasets
     from .loop import Trainer
@@ -127,6 +126,7 @@ def train(cfg: C.Config) -> int:
         train_ds, eval_ds, info = build_datasets(cfg)
         module = build_model(cfg, info)  # identical init on every rank: seeded just above
         trainable, total = apply_freeze(module, cfg.train.freeze)
+        flops = flops_per_sample(module, info)  # before wrapping: FSDP shards parameters
         run_dir = D.broadcast_object(state, cfg.run.dir or _default_run_dir(cfg))
         resume_path = _find_resume(cfg, run_dir)
         if state.is_main and not os.path.isdir(run_dir):
@@ -152,7 +152,7 @@ def train(cfg: C.Config) -> int:
                  cfg.model.name, total / 1e6, trainable / 1e6, mode, state.world_size, cfg.train.precision,
                  state.device)
         trainer = Trainer(cfg, state, strategy, optimizer, train_ds, eval_ds, info, run_dir,
-                          flops_per_sample(module, info))
+                          flops)
         if resume_path:
             trainer.resume_from(resume_path)
         created.clear()  # from here on the run dir holds real work

@@ -1,0 +1,52 @@
+"""Datasets: ``build_datasets(cfg) -> (train, eval, DataInfo)``, the one entry point the loop calls.
+
+Built-in names (``data.name``): synthetic_regression, synthetic_classification, digits, diabetes (no files);
+text, tokens, tensors, csv (read ``data.path``); or ``package.module:Name`` for a user Dataset. Every
+dataset is map-style, returns ``(x, y)`` tensors, and also offers ``get_batch(indices) -> (X, Y)`` (one
+gather per micro-batch instead of B Python calls) and ``set_epoch(epoch)`` (augmentation is a pure function
+of (seed, epoch, index), so it is identical at any world size). The train/eval split depends only on
+``data.split_seed``. Bad input raises :class:`trainer.config.ConfigError` naming the key and the value.
+
+The implementations live in ``trainer/datasets/``: ``base`` (DataInfo, storage, split, hashing),
+``builtin``, ``files`` and ``user``.
+"""
+
+from __future__ import annotations
+
+from torch.utils.data import Dataset
+
+from .config import Config, ConfigError
+from .datasets import builtin, files, user
+from .datasets.base import (
+    ArrayDataset,
+    DataInfo,
+    TokenWindows,
+    fingerprint,
+    import_object,
+    sample_hash,
+    split_indices,
+)
+
+__all__ = ["ArrayDataset", "DataInfo", "TokenWindows", "build_datasets", "fingerprint", "import_object",
+           "sample_hash", "split_indices", "BUILDERS"]
+
+BUILDERS = {
+    "synthetic_regression": builtin.synthetic_regression,
+    "synthetic_classification": builtin.synthetic_classification,
+    "digits": builtin.digits,
+    "diabetes": builtin.diabetes,
+    "text": files.text,
+    "tokens": files.tokens,
+    "tensors": files.tensors,
+    "csv": files.csv_table,
+}
+
+
+def build_datasets(cfg: Config) -> tuple[Dataset, Dataset, DataInfo]:
+    """The (train, eval) datasets named by ``cfg.data`` and what the model and the log need to know."""
+    name = cfg.data.name
+    if name in BUILDERS:
+        return BUILDERS[name](cfg)
+    if ":" in name:
+        return user.build(cfg)
+    raise ConfigError(f"data.name={name!r}: expected one of {', '.join(BUILDERS)} or package.module:Name")

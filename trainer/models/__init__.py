@@ -1,0 +1,130 @@
+"""Models: ``build_model(cfg, info)`` and ``flops_per_sample(model, info)`` (for throughput and MFU).
+
+Built-in ``model.name``: linreg, cnn, mlp, gpt; or ``package.module:Name`` for a user nn.Module called with
+``**model.kwargs``. Construction draws only from torch's global RNG, so the loop's ``torch.manual_seed``
+before ``build_model`` makes initialisation deterministic. Every model gets ``task = info.task`` so the
+loop picks the loss (MSE for regression, cross-entropy for classification and lm).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..config import Config, ConfigError
+from ..data import DataInfo, import_object
+from .cnn import CNN
+from .gpt import GPT
+from .linreg import LinReg
+from .mlp import MLP
+
+__all__ = ["CNN", "GPT", "LinReg", "MLP", "build_model", "flops_per_sample", "unwrap"]
+
+
+def _out_features(name: str, info: DataInfo) -> int:
+    if info.task == "classification":
+        return int(info.num_classes)
+    if info.task == "regression":
+        return int(info.num_outputs)
+    raise ConfigError(f"model.name={name!r}: does not fit task {info.task!r} (use model.name=gpt for language data)")
+
+
+def _build_gpt(cfg: Config, info: DataInfo) -> GPT:
+    m = cfg.model
+    if info.task != "lm":
+        raise ConfigError(f"model.name='gpt': needs language-model data (text, tokens), got task {info.task!r} "
+                          f"from data.name={cfg.data.name!r}")
+    if info.seq_len and info.seq_len > m.block_size:
+        raise ConfigError(f"model.block_size={m.block_size}: shorter than the data's sequence length {info.seq_len}")
+    vocab = info.vocab_size or m.vocab_size  # the data decides when it knows (text is bytes: 256)
+    return GPT(vocab, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout,
+               activation_checkpointing=cfg.train.activation_checkpointing)
+
+
+def _build_user(cfg: Config) -> nn.Module:
+    m = cfg.model
+    factory = import_object("model.name", m.name)
+    try:
+        model = factory(**m.kwargs)
+    except Exception as e:
+        raise ConfigError(f"model.name={m.name!r}: calling it with model.kwargs={m.kwargs!r} failed: "
+                          f"{type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.name={m.name!r}: returned {type(model).__name__}, expected an nn.Module")
+    return model
+
+
+def build_model(cfg: Config, info: DataInfo) -> nn.Module:
+    """The model named by ``cfg.model`` sized for the data described by ``info``."""
+    name = cfg.model.name
+    if name == "linreg":
+        model: nn.Module = LinReg(math.prod(info.input_shape), _out_features(name, info))
+    elif name == "cnn":
+        if tuple(info.input_shape) != (1, 28, 28):
+            raise ConfigError(f"model.name='cnn': needs 1x28x28 images, data.name={cfg.data.name!r} gives inputs "
+                              f"of shape {tuple(info.input_shape)}")
+        model = CNN(_out_features(name, info))
+    elif name == "mlp":
+        model = MLP(tuple(info.input_shape), list(cfg.model.hidden), _out_features(name, info), cfg.model.dropout)
+    elif name == "gpt":
+        model = _build_gpt(cfg, info)
+    elif ":" in name:
+        model = _build_user(cfg)
+    else:
+        raise ConfigError(f"model.name={name!r}: expected linreg, cnn, mlp, gpt or package.module:Name")
+    model.task = info.task
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside torch.compile (``_orig_mod``) and DDP/DataParallel (``module``) wrappers."""
+    while True:
+        kind = type(model).__name__
+        if kind == "OptimizedModule":
+            model = model._orig_mod
+        elif kind in ("DistributedDataParallel", "DataParallel"):
+            model = model.module
+        else:
+            return model
+
+
+def flops_per_sample(model: nn.Module, info: DataInfo) -> Optional[float]:
+    """Training FLOPs (forward + backward) per sample, or None when they cannot be estimated.
+
+    GPT: the analytic 6*N*T + 12*L*d*T^2 (see :meth:`GPT.flops_per_sample`; N = all parameters with the
+    tied embedding once, minus the position table). Others: 3x the forward FLOPs counted by
+    ``torch.utils.flop_counter`` on one sample (backward ~ 2x forward), which is exact for matmuls and
+    convolutions where 6*params would undercount a CNN ~20x (its conv weights are reused at every pixel);
+    falls back to 6*params if counting fails. Sharded (DTensor) or meta-device parameters go straight to
+    the fallback: a forward there would all-gather, a collective that must not run on one rank only.
+    Cheap (one forward of one sample) and free of side effects: call it once, before or after wrapping.
+    """
+    inner = unwrap(model)
+    if isinstance(inner, GPT):
+        return inner.flops_per_sample(info.seq_len or inner.block_size)
+    params = sum(p.numel() for p in inner.parameters())
+    if any(type(p).__name__ == "DTensor" or p.is_meta for p in inner.parameters()):
+        return 6.0 * params if params else None
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        p0 = next(inner.parameters(), None)
+        device = p0.device if p0 is not None else torch.device("cpu")
+        dtype = torch.long if info.task == "lm" else torch.float32
+        x = torch.zeros((1, *info.input_shape), dtype=dtype, device=device)
+        was_training = inner.training
+        inner.eval()  # no dropout draws, no BatchNorm running-stat updates
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                inner(x)
+        finally:
+            inner.train(was_training)
+        fwd = counter.get_total_flops()
+        if fwd > 0:
+            return 3.0 * float(fwd)
+    except Exception:  # a user model with unusual inputs: fall back to the parameter estimate
+        pass
+    return 6.0 * params if params else None
