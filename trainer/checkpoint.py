@@ -40,11 +40,21 @@ FORMAT = 1
 crash_hook: Optional[Callable[[str], None]] = None
 
 
-def _phase(name: str) -> None:
+def _phase(name: str, step: int = -1, rank: int = 0) -> None:
+    """Instrumented point of a checkpoint write, for deterministic fault injection.
+
+    TRAINER_TEST_KILL_AT=PHASE[:STEP[:RANK]] SIGKILLs this process when it reaches PHASE (one of
+    before_data, mid_file, before_rename, before_latest) of the save at STEP on RANK (any step / rank 0
+    when omitted). Normal runs never set it.
+    """
     if crash_hook is not None:
         crash_hook(name)
-    hook = os.environ.get("TRAINER_TEST_KILL_AT")
-    if hook and hook == name:  # deterministic kill point for fault-injection tests
+    spec = os.environ.get("TRAINER_TEST_KILL_AT")
+    if not spec:
+        return
+    want, _, rest = spec.partition(":")
+    want_step, _, want_rank = rest.partition(":")
+    if want == name and (not want_step or int(want_step) == step) and int(want_rank or 0) == rank:
         os.kill(os.getpid(), 9)
 
 
@@ -80,10 +90,28 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_torch_save(obj: Any, path: str) -> None:
+class _PhaseAfterFirstWrite:
+    """File proxy that fires the mid_file phase once some, but not all, bytes are on disk."""
+
+    def __init__(self, fh, step: int, rank: int):
+        self._fh, self._step, self._rank, self._fired = fh, step, rank, False
+
+    def write(self, data) -> int:
+        n = self._fh.write(data)
+        if not self._fired:
+            self._fired = True
+            self._fh.flush()
+            _phase("mid_file", self._step, self._rank)
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+
+def atomic_torch_save(obj: Any, path: str, step: int = -1, rank: int = 0) -> None:
     tmp = path + ".tmp"
     with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
+        torch.save(obj, _PhaseAfterFirstWrite(fh, step, rank) if step >= 0 else fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -157,41 +185,56 @@ class CheckpointDir:
         return None
 
     # ------------------------------------------------------------------ writing
-    def save(self, step: int, rank: int, world_size: int, state: Optional[dict], manifest_extra: dict,
-             barrier: Callable[[], None]) -> str:
-        """Collective: every rank calls it. Rank 0 writes `state` (already gathered), each rank its RNG."""
-        final = os.path.join(self.root, step_name(step))
-        tmp = os.path.join(self.root, ".tmp-" + step_name(step))
-        t0 = time.perf_counter()
+    # A save is three verbs so that the middle one can run in a background thread (async saves):
+    # begin (collective, main thread) -> write (this rank's files) -> commit (collective, main thread).
+    def tmp_dir(self, step: int) -> str:
+        return os.path.join(self.root, ".tmp-" + step_name(step))
+
+    def begin(self, step: int, rank: int, barrier: Callable[[], None]) -> None:
+        tmp = self.tmp_dir(step)
         if rank == 0:
             os.makedirs(self.root, exist_ok=True)
             if os.path.exists(tmp):
                 shutil.rmtree(tmp)
             os.makedirs(tmp)
         barrier()
-        _phase("before_data")
-        atomic_torch_save(rng_state(), os.path.join(tmp, f"rng-rank{rank:05d}.pt"))
+
+    def write(self, step: int, rank: int, state: Optional[dict], rng: dict) -> None:
+        """This rank's files, each durable (fsync) before the function returns. No collectives."""
+        tmp = self.tmp_dir(step)
+        _phase("before_data", step, rank)
+        atomic_torch_save(rng, os.path.join(tmp, f"rng-rank{rank:05d}.pt"))
         if rank == 0:
             assert state is not None
-            _phase("mid_file")
-            atomic_torch_save(state, os.path.join(tmp, STATE))
+            atomic_torch_save(state, os.path.join(tmp, STATE), step, rank)
+
+    def commit(self, step: int, rank: int, world_size: int, manifest_extra: dict,
+               barrier: Callable[[], None]) -> str:
+        """After every rank's write: manifest, rename into place, move `latest`, prune (rank 0)."""
+        tmp, final = self.tmp_dir(step), os.path.join(self.root, step_name(step))
         barrier()  # every rank's files are durable
         if rank == 0:
             files = sorted(f for f in os.listdir(tmp) if not f.endswith(".tmp"))
             manifest = {"step": step, "world_size": world_size, "time": time.time(), "versions": versions(),
                         "files": {f: sha256_file(os.path.join(tmp, f)) for f in files}, **manifest_extra}
             atomic_write_text(os.path.join(tmp, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True))
-            _phase("before_rename")
+            _phase("before_rename", step, rank)
             if os.path.exists(final):  # same step saved again (e.g. final save after periodic)
                 shutil.rmtree(final)
             os.rename(tmp, final)
             _fsync_dir(self.root)
-            _phase("before_latest")
+            _phase("before_latest", step, rank)
             atomic_write_text(os.path.join(self.root, LATEST), step_name(step) + "\n")
             self._prune()
         barrier()  # nobody proceeds (or exits) before `latest` moved
-        log.debug("checkpoint %s written in %.2fs", final, time.perf_counter() - t0)
         return final
+
+    def save(self, step: int, rank: int, world_size: int, state: Optional[dict], manifest_extra: dict,
+             barrier: Callable[[], None]) -> str:
+        """Synchronous save. Collective: every rank calls it; rank 0 passes the gathered `state`."""
+        self.begin(step, rank, barrier)
+        self.write(step, rank, state, rng_state())
+        return self.commit(step, rank, world_size, manifest_extra, barrier)
 
     def _prune(self) -> None:
         for d in self.committed()[self.keep:]:
@@ -244,3 +287,79 @@ def load_state(ckpt: str, rank: int = 0, map_location: str = "cpu", verify_first
     rng_path = os.path.join(ckpt, f"rng-rank{rank:05d}.pt")
     rng = torch.load(rng_path, map_location="cpu", weights_only=True) if os.path.isfile(rng_path) else None
     return state, rng
+
+
+def _clone_tree(obj):
+    """Private copies of every tensor, so training can go on mutating the live ones during a write."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _clone_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone_tree(v) for v in obj)
+    return obj
+
+
+class AsyncWriter:
+    """At most one checkpoint write in flight, in a background thread.
+
+    The main thread gathers the state and begins the save (collective), a thread writes this rank's files,
+    and the commit (manifest, rename, `latest`) runs in the main thread at a step boundary once every rank's
+    write has finished. The agreement is a tiny all-reduce on the side gloo group (never the training
+    group), so a slow disk on one rank delays the commit, not the training step.
+    """
+
+    def __init__(self, ckdir: CheckpointDir, rank: int, world_size: int, barrier: Callable[[], None],
+                 all_done: Callable[[bool], bool]):
+        self.ckdir, self.rank, self.world_size = ckdir, rank, world_size
+        self.barrier, self.all_done = barrier, all_done
+        self._thread = None
+        self._error: Optional[BaseException] = None
+        self._step = -1
+        self._extra: dict = {}
+        self.started_at = -1
+
+    @property
+    def in_flight(self) -> bool:
+        return self._thread is not None
+
+    def start(self, step: int, state: Optional[dict], extra: dict) -> None:
+        import threading
+
+        if self.in_flight:
+            self.wait()
+        state = _clone_tree(state) if state is not None else None
+        rng = rng_state()
+        self.ckdir.begin(step, self.rank, self.barrier)
+        self._step, self._extra, self._error = step, extra, None
+
+        def run():
+            try:
+                self.ckdir.write(step, self.rank, state, rng)
+            except BaseException as e:  # re-raised in the main thread at the next poll
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name=f"ckpt-write-{step}", daemon=True)
+        self._thread.start()
+
+    def poll(self) -> Optional[str]:
+        """Commit if every rank's write is done; call at each step boundary (collective while in flight)."""
+        if not self.in_flight:
+            return None
+        if not self.all_done(not self._thread.is_alive()):
+            return None
+        return self._commit()
+
+    def wait(self) -> Optional[str]:
+        """Block until the in-flight write is done and commit it (all ranks call this at the same point)."""
+        if not self.in_flight:
+            return None
+        self._thread.join()
+        return self._commit()
+
+    def _commit(self) -> str:
+        self._thread.join()
+        self._thread = None
+        if self._error is not None:
+            raise CheckpointError(f"checkpoint step {self._step}: write failed: {self._error}") from self._error
+        return self.ckdir.commit(self._step, self.rank, self.world_size, self._extra, self.barrier)

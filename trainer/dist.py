@@ -132,3 +132,12 @@ def clean_exit(code: int) -> None:
         except Exception:
             pass
     os._exit(code)
+
+
+def all_true(state: DistState, local: bool) -> bool:
+    """Collective AND of a flag over the side group (control traffic, never the training group)."""
+    if not state.distributed:
+        return local
+    t = torch.tensor([1 if local else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=state.side_group)
+    return bool(t.item())

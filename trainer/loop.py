@@ -72,6 +72,10 @@ class Trainer:
         self.compile_time_s: Optional[float] = None
         self.last_eval: dict = {}
         self.saved_at = -1
+        self.writer = None
+        if cfg.checkpoint.async_save:
+            self.writer = ckpt.AsyncWriter(self.ckpts, state.rank, state.world_size, lambda: D.barrier(state),
+                                           lambda done: D.all_true(state, done))
         # Device-side accumulators: no host sync per step.
         self._loss_acc = torch.zeros((), device=self.device)
         self._bad_run = torch.zeros((), device=self.device)
@@ -107,7 +111,8 @@ class Trainer:
                  self.progress.step, self.progress.epoch, self.progress.samples_in_epoch, manifest.get("world_size"))
 
     # ------------------------------------------------------------------ checkpoint
-    def save(self) -> str:
+    def save(self, final: bool = False) -> Optional[str]:
+        """Checkpoint the current step; async (checkpoint.async_save) except for the last save of a run."""
         t0 = time.perf_counter()
         msd, osd = self.strategy.full_state(self.optimizer)
         state = None
@@ -120,10 +125,32 @@ class Trainer:
         extra = {"epoch": self.progress.epoch, "samples_in_epoch": self.progress.samples_in_epoch,
                  "samples_total": self.progress.samples_total, "config": to_dict(self.cfg),
                  "config_hash": _config_hash(self.cfg), "task": self.info.task}
+        self.saved_at = self.progress.step
+        if self.writer is not None:
+            self.writer.start(self.progress.step, state, extra)
+            log.info("checkpoint step %d: async write started (step loop blocked %.3fs)", self.progress.step,
+                     time.perf_counter() - t0)
+            return None if not final else self.finish_saves()
         path = self.ckpts.save(self.progress.step, self.state.rank, self.state.world_size, state, extra,
                                lambda: D.barrier(self.state))
-        self.saved_at = self.progress.step
         log.info("checkpoint step %d saved in %.2fs -> %s", self.progress.step, time.perf_counter() - t0, path)
+        return path
+
+    def poll_saves(self) -> None:
+        if self.writer is not None and self.writer.in_flight:
+            step = self.writer._step
+            path = self.writer.poll()
+            if path:
+                log.info("checkpoint step %d committed at step %d (async: %d steps ran during the write) -> %s",
+                         step, self.progress.step, self.progress.step - step, path)
+
+    def finish_saves(self) -> Optional[str]:
+        """Wait for an in-flight async write and commit it (before exiting, or before the next save)."""
+        if self.writer is None or not self.writer.in_flight:
+            return None
+        step = self.writer._step
+        path = self.writer.wait()
+        log.info("checkpoint step %d committed at step %d -> %s", step, self.progress.step, path)
         return path
 
     # ------------------------------------------------------------------ data
@@ -277,8 +304,11 @@ class Trainer:
                     if code == OK and t.eval_every_steps and p.step % t.eval_every_steps == 0 \
                             and p.step < self.total_steps:
                         self.evaluate()
+                    self.poll_saves()
                     stop = code != OK or self.preempt.agreed()
-                    if cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0 or stop:
+                    if stop:
+                        self.save(final=True)
+                    elif cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0:
                         self.save()
                     if stop:
                         code = code if code != OK else PREEMPTED
@@ -291,7 +321,8 @@ class Trainer:
                     self._log(since_log, watch)
                 self.evaluate()
                 if self.saved_at != p.step:
-                    self.save()
+                    self.save(final=True)
+                self.finish_saves()
                 self._finish(time.perf_counter() - t_start)
             elif code == PREEMPTED:
                 log.warning("preempted by signal: checkpoint at step %d saved; rerun the same command to resume",
