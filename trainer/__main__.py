@@ -91,6 +91,7 @@ def train(cfg: C.Config) -> int:
 
     from . import dist as D
     from .data import build_datasets
+    from .finetune import merge_lora_file, prepare_for_finetune
     from .loop import Trainer
     from .models import build_model, flops_per_sample
     from .optim import apply_freeze, build_optimizer
@@ -125,6 +126,7 @@ def train(cfg: C.Config) -> int:
         torch.manual_seed(cfg.seed)
         train_ds, eval_ds, info = build_datasets(cfg)
         module = build_model(cfg, info)  # identical init on every rank: seeded just above
+        module = prepare_for_finetune(module, cfg)  # model.init_from, LoRA wrapping, trainable report
         trainable, total = apply_freeze(module, cfg.train.freeze)
         flops = flops_per_sample(module, info)  # before wrapping: FSDP shards parameters
         run_dir = D.broadcast_object(state, cfg.run.dir or _default_run_dir(cfg))
@@ -159,6 +161,8 @@ def train(cfg: C.Config) -> int:
         code = trainer.fit()
         if code == X.OK and state.is_main:
             _export_final(strategy, optimizer, run_dir)
+            if cfg.lora.targets:  # model.safetensors holds plain weights, adapters merged (docs/finetune.md)
+                merge_lora_file(os.path.join(run_dir, "model.safetensors"))
         elif code == X.OK:
             strategy.full_state(optimizer)  # FSDP: gathering the full state is a collective
         return code
@@ -196,6 +200,11 @@ def _export_final(strategy, optimizer, run_dir: str) -> None:
               os.path.join(run_dir, "model.safetensors"), metadata={"format": "pt"})
 
 
+def _is_timeout(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, (RuntimeError, TimeoutError)) and ("timed out" in text or "timeout" in text)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.cmd == "config":
@@ -227,7 +236,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"config error: {e}", file=sys.stderr)
     except KeyboardInterrupt:
         code, reason = 128 + 2, "interrupted"
-    except Exception as e:  # a bug: full traceback to the log, one line to the user
+    except Exception as e:
+        if _is_timeout(e):  # the watchdog normally fires first; this is the process group's backstop
+            code, reason = X.HANG, f"collective timed out: {e}"
+            print(f"hang: {reason.splitlines()[0][:300]}", file=sys.stderr)
+            _write_exit_reason(code, reason)
+            from .dist import clean_exit
+
+            clean_exit(code)
+        # a bug: full traceback to the log, one line to the user
         logging.getLogger("trainer").exception("internal error")
         code, reason = X.INTERNAL, f"{type(e).__name__}: {e}"
     _write_exit_reason(code, reason)

@@ -126,6 +126,7 @@ class LoraConfig:
     rank: int = _f(8, "LoRA rank.", min=1)
     alpha: float = _f(16.0, "LoRA scaling numerator (scale = alpha / rank).", min=0.0)
     dropout: float = _f(0.0, "Dropout on the LoRA input.", min=0.0, max=0.999)
+    trainable: list[str] = _f([], "With LoRA on, base parameters that stay trainable (glob or re:REGEX, e.g. a new head 'fc2'); all others are frozen.")
 
 
 @dataclass

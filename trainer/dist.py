@@ -72,8 +72,14 @@ def init(device_choice: str = "auto", init_timeout_s: float = 300.0, collective_
                                                   timeout=datetime.timedelta(seconds=init_timeout_s)))
         store.set_timeout(datetime.timedelta(seconds=collective_timeout_s))
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=collective_timeout_s), **kwargs)
+        if device.type == "cuda":
+            # NCCL Flight Recorder: a ring buffer of recent collectives, dumped per rank on a timeout.
+            os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000")
+            os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1")
+        # The group's own timeout is a backstop: the trainer's watchdog (faults.Watchdog) fires first, at
+        # collective_timeout_s, and names the stalled rank, which gloo's timeout error does not.
+        backstop = datetime.timedelta(seconds=2 * collective_timeout_s + 10)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=backstop, **kwargs)
         state.backend = backend
         # Control traffic (preemption flag, async checkpoint) must not queue behind training collectives.
         state.side_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=collective_timeout_s))

@@ -19,7 +19,7 @@ from . import checkpoint as ckpt
 from . import dist as D
 from .config import Config, ConfigError, flat, math_diff
 from .exitcodes import NONFINITE, OK, PREEMPTED
-from .faults import PreemptionWatch
+from .faults import PreemptionWatch, Watchdog
 from .metrics import Metrics, Stopwatch, peak_flops
 from .optim import build_scheduler
 from .sampler import GlobalBatchSampler, eval_shards
@@ -69,6 +69,7 @@ class Trainer:
         self.flops_per_sample = flops_per_sample
         self.metrics: Optional[Metrics] = None
         self.preempt = PreemptionWatch(state)
+        self.watchdog: Watchdog | _NoWatchdog = _NoWatchdog()
         self.compile_time_s: Optional[float] = None
         self.last_eval: dict = {}
         self.saved_at = -1
@@ -114,6 +115,7 @@ class Trainer:
     def save(self, final: bool = False) -> Optional[str]:
         """Checkpoint the current step; async (checkpoint.async_save) except for the last save of a run."""
         t0 = time.perf_counter()
+        self.watchdog.mark(self.progress.step, "checkpoint")
         msd, osd = self.strategy.full_state(self.optimizer)
         state = None
         if self.state.is_main:
@@ -174,13 +176,17 @@ class Trainer:
         s = self.strategy
         n = len(micro_batches)
         total = torch.zeros((), device=self.device)
+        wd, step = self.watchdog, self.progress.step + 1  # the step being run, counted from 1
         for i, (x, y) in enumerate(micro_batches):
             with s.sync(i == n - 1):
+                wd.mark(step, "forward")
                 with s.autocast():
                     out = s.model(x)
                 loss = task_loss(self.info.task, out, y) / n
+                wd.mark(step, "backward")
                 s.backward(loss)
             total += loss.detach()
+        wd.mark(step, "optimizer")
         norm = s.grad_norm(self.optimizer, self.params, self.cfg.train.grad_clip)
         # fp16: the scaler owns overflow; a non-finite *loss* is what counts as a bad step.
         ok = torch.isfinite(total) if s.scaler is not None else torch.isfinite(norm) & torch.isfinite(total)
@@ -194,6 +200,7 @@ class Trainer:
     # ------------------------------------------------------------------ logging
     def _log(self, steps: int, watch: Stopwatch) -> bool:
         """Pull metrics to the host (the one sync per interval). Returns False if the run must stop."""
+        self.watchdog.mark(self.progress.step, "log")
         stats = torch.stack([self._loss_acc, self._bad_max.float(), torch.tensor(float(steps), device=self.device)])
         D.all_reduce_sum(self.state, stats)
         loss_sum, bad_sum, _ = stats.tolist()
@@ -229,6 +236,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         s = self.strategy
+        self.watchdog.mark(self.progress.step, "eval")
         s.model.eval()
         bs = self.cfg.train.eval_batch_size
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, count, correct / sq err
@@ -266,6 +274,9 @@ class Trainer:
         self.metrics = Metrics(self.run_dir, self.state.is_main, cfg.log.tensorboard, cfg.log.progress,
                                self.total_steps, p.step)
         self.preempt.install()
+        if self.state.distributed:
+            self.watchdog = Watchdog(self.state, cfg.dist.collective_timeout_s, _rank_log_stream())
+            self.watchdog.start()
         watch = Stopwatch()
         since_log = 0
         t_start = time.perf_counter()
@@ -278,6 +289,7 @@ class Trainer:
                 self.train_ds.set_epoch(p.epoch)
                 batches = self._loader()
                 while p.step < self.total_steps:
+                    self.watchdog.mark(p.step + 1, "data")
                     t_data = time.perf_counter()
                     try:
                         micro = [self._to_device(next(batches)) for _ in range(t.grad_accum)]
@@ -287,8 +299,10 @@ class Trainer:
                     if profiler:
                         profiler.step(p.step)
                     t_step = time.perf_counter() if self.compile_time_s is None and t.compile else None
+                    self.watchdog.pause(t_step is not None)  # compiling may take minutes on one rank
                     self._run_step(micro)
                     if t_step is not None:
+                        self.watchdog.pause(False)
                         _sync(self.device)
                         self.compile_time_s = time.perf_counter() - t_step
                         log.info("first compiled step (compile included) took %.2fs", self.compile_time_s)
@@ -331,6 +345,7 @@ class Trainer:
             if profiler:
                 profiler.close()
             self.preempt.uninstall()
+            self.watchdog.stop()
             if self.metrics:
                 self.metrics.close()
         return code
@@ -350,6 +365,26 @@ class Trainer:
         ev = "  ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if k != "samples")
         log.info("done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s", self.progress.step, wall,
                  summary["final_loss"] or float("nan"), ev, self.run_dir)
+
+
+class _NoWatchdog:
+    """Single process: nothing can hang on a peer."""
+
+    def mark(self, step: int, op: str) -> None:
+        pass
+
+    def pause(self, paused: bool) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def _rank_log_stream():
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            return h.stream
+    return None
 
 
 def _sync(device: torch.device) -> None:

@@ -1,0 +1,393 @@
+"""Fine-tuning: weights from elsewhere (``model.init_from``), LoRA adapters and a report of what trains.
+
+``prepare_for_finetune(module, cfg)`` is the one call ``train()`` makes right after ``build_model``:
+
+1. ``model.init_from=PATH`` loads weights from a run dir, a checkpoints/ dir, one checkpoint dir (ours:
+   checksums verified, then ``torch.load(weights_only=True)``; FSDP runs save the same full state dict), a
+   ``.safetensors`` file, or a state-dict file (``.pt``/``.pth``/``.bin``, read with ``weights_only=True``
+   only, so a pickle that would run code is refused). Strict by default: missing or unexpected keys are a
+   config error; ``model.init_strict=false`` loads what matches and prints the rest. A tensor whose shape
+   changed keeps the new model's fresh initialisation and is reported ("re-initialised"); under strict
+   loading that is allowed for one module only (the head, e.g. a new number of classes).
+2. ``lora.targets=[patterns]`` wraps matching ``nn.Linear`` layers in :class:`LoRALinear`
+   (y = W x + b + (alpha/rank) * B A dropout(x), with B = 0 at the start so the wrapped model computes exactly
+   what it did before) and freezes every base parameter except ``lora.trainable`` patterns and heads that
+   were re-initialised. After training, ``merge_lora_file`` folds B A into W so ``model.safetensors`` holds
+   plain weights.
+3. ``train.freeze`` is applied (the same ``apply_freeze`` that ``train()`` calls again; it is idempotent)
+   and a per-module table of trainable parameters is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import Config, ConfigError
+from .optim import apply_freeze, name_matches
+
+log = logging.getLogger("trainer")
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel and torch.compile wrappers
+
+
+# ----------------------------------------------------------------------------- reading weights
+
+
+@dataclass
+class Weights:
+    state: dict  # name -> tensor, plain (LoRA adapters already merged)
+    config: Optional[dict]  # the config the weights were trained with, when the source records it
+    source: str  # what was read, for the log
+    extra: dict = field(default_factory=dict)  # e.g. the compress report entry of a compressed model
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _torch_load(path: str, key: str):
+    """torch.load with weights_only=True; anything that is not plain tensors/containers is refused."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as e:
+        raise ConfigError(f"{key}={path!r}: refused: not a plain weights file (read with weights_only=True; "
+                          f"{_first_line(e)})") from None
+
+
+def _strip_wrappers(sd: dict) -> dict:
+    out = {}
+    for k, v in sd.items():
+        while k.startswith(_WRAPPER_PREFIXES):
+            k = k.split(".", 1)[1]
+        out[k] = v
+    return out
+
+
+def _as_state_dict(obj, path: str, key: str) -> dict:
+    """A state dict from what a .pt file holds: the dict itself, or its "model"/"state_dict" entry."""
+    if isinstance(obj, dict):
+        for inner in ("model", "state_dict", "model_state_dict"):
+            if isinstance(obj.get(inner), dict):
+                obj = obj[inner]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"{key}={path!r}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    return obj
+
+
+def _read_yaml(path: str) -> Optional[dict]:
+    import yaml
+
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def read_weights(path: str, key: str = "model.init_from") -> Weights:
+    """Weights from a run dir, checkpoints dir, checkpoint dir, compress output, .safetensors or .pt file.
+
+    A run dir prefers its newest verified checkpoint (full fidelity, checksummed) over model.safetensors.
+    Every failure is a :class:`ConfigError` that names ``key`` and the path.
+    """
+    from . import checkpoint as ckpt
+
+    if not os.path.exists(path):
+        raise ConfigError(f"{key}={path!r}: no such file or directory")
+    if os.path.isdir(path):
+        compressed = _compressed_entry(path, None)
+        if compressed is not None:
+            return _read_compressed(path, compressed, key)
+        try:
+            found = ckpt.resolve(path)
+        except ckpt.CheckpointError:
+            found = None
+        if found is None:
+            final = os.path.join(path, "model.safetensors")
+            if not os.path.isfile(final):
+                raise ConfigError(f"{key}={path!r}: no usable checkpoint and no model.safetensors found")
+            w = read_weights(final, key)
+            w.config = w.config or _read_yaml(os.path.join(path, "config.yaml"))
+            return w
+        try:
+            state, _ = ckpt.load_state(found, verify_first=True)
+        except ckpt.CheckpointError as e:
+            raise ConfigError(f"{key}={path!r}: {e}") from None
+        except Exception as e:  # an unpickling error: weights_only refused something
+            raise ConfigError(f"{key}={path!r}: refused {found}: not a plain weights file "
+                              f"(read with weights_only=True; {_first_line(e)})") from None
+        manifest = ckpt.read_manifest(found)
+        sd = _as_state_dict(state, found, key)
+        return Weights(merge_lora_state(_strip_wrappers(sd)), manifest.get("config"),
+                       f"checkpoint {found} (step {manifest.get('step')})")
+    parent = os.path.dirname(os.path.abspath(path))
+    compressed = _compressed_entry(parent, os.path.basename(path))
+    if compressed is not None:
+        return _read_compressed(parent, compressed, key)
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as fh:
+                meta = fh.metadata() or {}
+                sd = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as e:
+            raise ConfigError(f"{key}={path!r}: not a readable safetensors file ({_first_line(e)})") from None
+        cfg = json.loads(meta["config"]) if "config" in meta else None
+        return Weights(merge_lora_state(_strip_wrappers(sd)), cfg, f"safetensors {path}")
+    sd = _as_state_dict(_torch_load(path, key), path, key)
+    return Weights(merge_lora_state(_strip_wrappers(sd)), None, f"state dict {path}")
+
+
+def _compressed_entry(directory: str, filename: Optional[str]) -> Optional[dict]:
+    """The variant entry of a `python -m trainer compress` output (report.json beside the file), if any."""
+    report = os.path.join(directory, "report.json")
+    if not os.path.isfile(report):
+        return None
+    with open(report, encoding="utf-8") as fh:
+        rep = json.load(fh)
+    files = [r for r in rep.get("rows", []) if r.get("file")]
+    if filename is not None:
+        files = [r for r in files if r["file"] == filename]
+    if len(files) != 1:
+        return None if filename is not None or not files else {"ambiguous": [r["file"] for r in files]}
+    return {**files[0], "config": rep.get("config")}
+
+
+def _read_compressed(directory: str, entry: dict, key: str) -> Weights:
+    if "ambiguous" in entry:
+        raise ConfigError(f"{key}={directory!r}: holds several compressed models ({', '.join(entry['ambiguous'])}); "
+                          "name one file")
+    path = os.path.join(directory, entry["file"])
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        sd = load_file(path)
+    else:
+        if entry.get("scheme"):  # torchao tensor subclasses register themselves as safe globals on import
+            from .quantize import import_torchao
+
+            import_torchao()
+        sd = _as_state_dict(_torch_load(path, key), path, key)
+    return Weights(sd, entry.get("config"), f"compressed model {path} ({entry.get('variant')})", extra=entry)
+
+
+# ----------------------------------------------------------------------------- loading into a module
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str]
+    missing: list[str]
+    unexpected: list[str]
+    reinit: list[tuple[str, tuple, tuple]]  # (name, model shape, file shape)
+
+
+def _owner(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def _short(names: list[str], n: int = 6) -> str:
+    return ", ".join(names[:n]) + (f" ... (+{len(names) - n} more)" if len(names) > n else "")
+
+
+def load_into(module: nn.Module, sd: dict, strict: bool = True, key: str = "model.init_from") -> LoadReport:
+    """Copy matching tensors of ``sd`` into ``module``; shape-changed tensors keep their fresh init."""
+    own = module.state_dict()
+    missing = sorted(k for k in own if k not in sd)
+    unexpected = sorted(k for k in sd if k not in own)
+    reinit = [(k, tuple(own[k].shape), tuple(sd[k].shape)) for k in own if k in sd and own[k].shape != sd[k].shape]
+    if strict and (missing or unexpected):
+        parts = ([f"missing {_short(missing)}"] if missing else []) + \
+                ([f"unexpected {_short(unexpected)}"] if unexpected else [])
+        raise ConfigError(f"{key}: keys do not match the model ({'; '.join(parts)}); set model.init_strict=false "
+                          "to load the matching ones")
+    owners = sorted({_owner(k) for k, _, _ in reinit})
+    if strict and len(owners) > 1:
+        raise ConfigError(f"{key}: shapes differ in several modules ({_short(owners)}); only a head may change "
+                          "shape under strict loading (set model.init_strict=false to re-initialise them all)")
+    load = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    module.load_state_dict(load, strict=False)
+    return LoadReport(sorted(load), missing, unexpected, reinit)
+
+
+def init_from(module: nn.Module, cfg: Config) -> LoadReport:
+    path, strict = cfg.model.init_from, cfg.model.init_strict
+    w = read_weights(path)
+    rep = load_into(module, w.state, strict)
+    n = sum(w.state[k].numel() for k in rep.loaded)
+    log.info("init_from: %d tensors (%s parameters) from %s", len(rep.loaded), f"{n:,}", w.source)
+    for name, new, old in rep.reinit:
+        log.warning("init_from: %s re-initialised: shape %s in the model, %s in the file", name, new, old)
+    if rep.missing:
+        log.warning("init_from: missing in the file (fresh init): %s", ", ".join(rep.missing))
+    if rep.unexpected:
+        log.warning("init_from: unexpected in the file (ignored): %s", ", ".join(rep.unexpected))
+    return rep
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+class LoRALinear(nn.Linear):
+    """nn.Linear plus a low-rank update: y = x W^T + b + scale * dropout(x) A^T B^T, scale = alpha / rank.
+
+    ``weight`` and ``bias`` keep their names (so freeze patterns and checkpoints still name them as
+    before); the adapter adds ``lora_A`` (rank x in, Kaiming-uniform like nn.Linear), ``lora_B`` (out x
+    rank, zeros: the wrapped layer starts as an exact no-op) and the buffer ``lora_scale``, which travels
+    in every state dict so a checkpoint can be merged without its config.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=w.device, dtype=w.dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.register_buffer("lora_scale", torch.tensor(alpha / rank, dtype=torch.float32, device=w.device))
+        self.lora_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        delta = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+        return F.linear(x, self.weight, self.bias) + delta * self.lora_scale.to(delta.dtype)
+
+    def merged(self) -> nn.Linear:
+        """A plain nn.Linear holding W + scale * B A (new tensors; this module is unchanged)."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(_merge(self.weight, self.lora_A, self.lora_B, self.lora_scale))
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        lin.weight.requires_grad_(self.weight.requires_grad)
+        return lin
+
+
+def _merge(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (w.float() + float(scale) * (b.float() @ a.float())).to(w.dtype)
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def apply_lora(module: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float) -> list[str]:
+    """Wrap every nn.Linear whose module name matches a pattern; returns the wrapped names."""
+    linears = {n: m for n, m in module.named_modules() if type(m) is nn.Linear}
+    chosen = [n for n in linears if any(name_matches(n, p) for p in targets)]
+    if not chosen:
+        raise ConfigError(f"lora.targets={targets!r}: matches no nn.Linear (the model has: {_short(list(linears), 12)})")
+    owners: dict[int, list[str]] = {}
+    for n, m in module.named_modules():
+        for pn, p in m.named_parameters(recurse=False):
+            owners.setdefault(id(p), []).append(f"{n}.{pn}" if n else pn)
+    for n in chosen:
+        tied = owners[id(linears[n].weight)]
+        if len(tied) > 1:  # merging would silently change the other user of the same matrix
+            raise ConfigError(f"lora.targets: {n}.weight is tied to {', '.join(t for t in tied if t != n + '.weight')}; "
+                              "LoRA on a tied weight is not supported")
+        _set_submodule(module, n, LoRALinear(linears[n], rank, alpha, dropout))
+    return chosen
+
+
+def merge_lora(module: nn.Module) -> nn.Module:
+    """Replace every LoRALinear by a plain nn.Linear with the merged weight (in place; returns module)."""
+    for n, m in list(module.named_modules()):
+        if isinstance(m, LoRALinear):
+            _set_submodule(module, n, m.merged())
+    return module
+
+
+def merge_lora_state(sd: dict) -> dict:
+    """A state dict with every ``X.lora_A/lora_B/lora_scale`` folded into ``X.weight`` (plain keys only)."""
+    if not any(k.endswith(".lora_A") for k in sd):
+        return sd
+    out = dict(sd)
+    for k in [k for k in sd if k.endswith(".lora_A")]:
+        p = k[: -len(".lora_A")]
+        a, b, s = out.pop(k), out.pop(p + ".lora_B"), out.pop(p + ".lora_scale")
+        out[p + ".weight"] = _merge(out[p + ".weight"], a, b, s)
+    return out
+
+
+def merge_lora_file(path: str) -> None:
+    """Rewrite a safetensors file with LoRA adapters folded into plain weights (atomic replace)."""
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(path)
+    merged = merge_lora_state(sd)
+    if merged is sd:
+        return
+    tmp = path + ".tmp"
+    save_file({k: v.contiguous() for k, v in merged.items()}, tmp, metadata={"format": "pt", "lora": "merged"})
+    os.replace(tmp, path)
+    log.info("LoRA adapters merged into plain weights: %s", path)
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def trainable_table(module: nn.Module) -> str:
+    """Trainable / total parameters per top-level module, one line each, then the total."""
+    rows: dict[str, list[int]] = {}
+    for name, p in module.named_parameters():
+        top = name.split(".", 1)[0]
+        r = rows.setdefault(top, [0, 0])
+        r[1] += p.numel()
+        r[0] += p.numel() if p.requires_grad else 0
+    t = sum(r[0] for r in rows.values())
+    n = sum(r[1] for r in rows.values())
+    lines = [f"  {k:<16} {a:>12,} / {b:<12,} trainable" for k, (a, b) in rows.items()]
+    lines.append(f"  {'total':<16} {t:>12,} / {n:<12,} trainable ({100.0 * t / max(n, 1):.2f}%)")
+    return "\n".join(lines)
+
+
+def _group_lines(module: nn.Module, cfg: Config) -> list[str]:
+    specs = cfg.optim.param_groups
+    counts = [0] * (len(specs) + 1)
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            counts[next((i for i, g in enumerate(specs) if name_matches(name, g["pattern"])), len(specs))] += p.numel()
+    lines = [f"  lr {float(g.get('lr', cfg.optim.lr)):g} for {g['pattern']!r}: {c:,} parameters"
+             for g, c in zip(specs, counts)]
+    return lines + [f"  lr {cfg.optim.lr:g} for the rest: {counts[-1]:,} parameters"]
+
+
+def prepare_for_finetune(module: nn.Module, cfg: Config) -> nn.Module:
+    """init_from, LoRA wrapping, freezing, and the trainable-parameter report. A no-op for plain runs."""
+    reinit: list[str] = []
+    if cfg.model.init_from:
+        reinit = [n for n, _, _ in init_from(module, cfg).reinit]
+    lo = cfg.lora
+    if lo.targets:
+        wrapped = apply_lora(module, lo.targets, lo.rank, lo.alpha, lo.dropout)
+        keep = list(lo.trainable)
+        for name, p in module.named_parameters():
+            adapter = name.endswith((".lora_A", ".lora_B"))
+            p.requires_grad_(adapter or name in reinit or any(name_matches(name, k) for k in keep))
+        kept = [n for n in reinit if not any(name_matches(n, k) for k in keep)]
+        if kept:
+            log.info("lora: %s stay trainable (re-initialised by init_from)", ", ".join(kept))
+        log.info("lora: %s wrapped (rank %d, alpha %g, dropout %g); base weights frozen except %s",
+                 ", ".join(wrapped), lo.rank, lo.alpha, lo.dropout, keep or "none")
+    if cfg.model.init_from or lo.targets or cfg.train.freeze or cfg.optim.param_groups:
+        apply_freeze(module, cfg.train.freeze)  # train() applies it again: idempotent
+        log.info("trainable parameters:\n%s", trainable_table(module))
+        if cfg.optim.param_groups:
+            log.info("learning rates:\n%s", "\n".join(_group_lines(module, cfg)))
+    return module
