@@ -113,11 +113,8 @@ def train(cfg: C.Config) -> int:
     state = D.init(cfg.device, cfg.dist.init_timeout_s, cfg.dist.collective_timeout_s,
                    want_group=accelerator is None)
     if accelerator is not None and torch.distributed.is_initialized():
-        import datetime
-
         state.backend = torch.distributed.get_backend()
-        state.side_group = torch.distributed.new_group(
-            backend="gloo", timeout=datetime.timedelta(seconds=cfg.dist.collective_timeout_s))
+        D.add_groups(state, cfg.dist.collective_timeout_s)
     _setup_logging(state.rank)
     created: list[str] = []
     try:

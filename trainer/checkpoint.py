@@ -31,6 +31,7 @@ import torch
 log = logging.getLogger("trainer")
 
 STATE = "state.pt"
+DCP = "dcp"  # sharded model + optimizer state (FSDP), written by torch.distributed.checkpoint
 MANIFEST = "manifest.json"
 LATEST = "latest"
 FORMAT = 1
@@ -199,11 +200,20 @@ class CheckpointDir:
             os.makedirs(tmp)
         barrier()
 
-    def write(self, step: int, rank: int, state: Optional[dict], rng: dict) -> None:
-        """This rank's files, each durable (fsync) before the function returns. No collectives."""
+    def write(self, step: int, rank: int, state: Optional[dict], rng: dict, sharded: Optional[dict] = None,
+              group=None) -> None:
+        """This rank's files, each durable (fsync) before the function returns.
+
+        Collective only for `sharded` state (FSDP), which DCP writes on `group`: a gloo group of its own,
+        so that a write in a background thread never interleaves with the main thread's collectives.
+        """
         tmp = self.tmp_dir(step)
         _phase("before_data", step, rank)
         atomic_torch_save(rng, os.path.join(tmp, f"rng-rank{rank:05d}.pt"))
+        if sharded is not None:
+            from . import dcp_io
+
+            dcp_io.save(sharded, os.path.join(tmp, DCP), process_group=group)
         if rank == 0:
             assert state is not None
             atomic_torch_save(state, os.path.join(tmp, STATE), step, rank)
@@ -214,7 +224,7 @@ class CheckpointDir:
         tmp, final = self.tmp_dir(step), os.path.join(self.root, step_name(step))
         barrier()  # every rank's files are durable
         if rank == 0:
-            files = sorted(f for f in os.listdir(tmp) if not f.endswith(".tmp"))
+            files = _list_files(tmp)
             manifest = {"step": step, "world_size": world_size, "time": time.time(), "versions": versions(),
                         "files": {f: sha256_file(os.path.join(tmp, f)) for f in files}, **manifest_extra}
             atomic_write_text(os.path.join(tmp, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True))
@@ -230,10 +240,10 @@ class CheckpointDir:
         return final
 
     def save(self, step: int, rank: int, world_size: int, state: Optional[dict], manifest_extra: dict,
-             barrier: Callable[[], None]) -> str:
+             barrier: Callable[[], None], sharded: Optional[dict] = None, group=None) -> str:
         """Synchronous save. Collective: every rank calls it; rank 0 passes the gathered `state`."""
         self.begin(step, rank, barrier)
-        self.write(step, rank, state, rng_state())
+        self.write(step, rank, state, rng_state(), sharded, group)
         return self.commit(step, rank, world_size, manifest_extra, barrier)
 
     def _prune(self) -> None:
@@ -242,6 +252,27 @@ class CheckpointDir:
         for n in os.listdir(self.root):
             if n.startswith(".tmp-"):
                 shutil.rmtree(os.path.join(self.root, n), ignore_errors=True)
+
+
+def _list_files(root: str) -> list[str]:
+    out = []
+    for d, _, files in os.walk(root):
+        out += [os.path.relpath(os.path.join(d, f), root) for f in files if not f.endswith(".tmp")]
+    return sorted(out)
+
+
+def is_sharded(ckpt: str) -> bool:
+    return os.path.isdir(os.path.join(ckpt, DCP))
+
+
+def consolidated_model_state(ckpt: str) -> dict:
+    """Full model state dict from any checkpoint (sharded ones consolidated here, in one process)."""
+    state, _ = load_state(ckpt)
+    if "model" in state:
+        return state["model"]
+    from . import dcp_io
+
+    return dcp_io.consolidate(os.path.join(ckpt, DCP))["model"]
 
 
 def read_manifest(ckpt: str) -> dict:
@@ -323,19 +354,21 @@ class AsyncWriter:
     def in_flight(self) -> bool:
         return self._thread is not None
 
-    def start(self, step: int, state: Optional[dict], extra: dict) -> None:
+    def start(self, step: int, state: Optional[dict], extra: dict, sharded: Optional[dict] = None,
+              group=None) -> None:
         import threading
 
         if self.in_flight:
             self.wait()
         state = _clone_tree(state) if state is not None else None
+        sharded = _clone_tree(sharded) if sharded is not None else None
         rng = rng_state()
         self.ckdir.begin(step, self.rank, self.barrier)
         self._step, self._extra, self._error = step, extra, None
 
         def run():
             try:
-                self.ckdir.write(step, self.rank, state, rng)
+                self.ckdir.write(step, self.rank, state, rng, sharded, group)
             except BaseException as e:  # re-raised in the main thread at the next poll
                 self._error = e
 

@@ -28,7 +28,8 @@ class DistState:
     local_world_size: int = 1
     device: torch.device = torch.device("cpu")
     backend: Optional[str] = None  # None when no process group was created
-    side_group: Optional[object] = None  # gloo group for control traffic (signals, async checkpoints)
+    side_group: Optional[object] = None  # gloo group for control traffic (signals, checkpoint barriers)
+    ckpt_group: Optional[object] = None  # gloo group for DCP's own collectives (maybe in a writer thread)
 
     @property
     def is_main(self) -> bool:
@@ -82,8 +83,14 @@ def init(device_choice: str = "auto", init_timeout_s: float = 300.0, collective_
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=backstop, **kwargs)
         state.backend = backend
         # Control traffic (preemption flag, async checkpoint) must not queue behind training collectives.
-        state.side_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=collective_timeout_s))
+        add_groups(state, collective_timeout_s)
     return state
+
+
+def add_groups(state: DistState, timeout_s: float) -> None:
+    timeout = datetime.timedelta(seconds=timeout_s)
+    state.side_group = dist.new_group(backend="gloo", timeout=timeout)
+    state.ckpt_group = dist.new_group(backend="gloo", timeout=timeout)
 
 
 def barrier(state: DistState) -> None:

@@ -97,7 +97,10 @@ class Trainer:
                 raise ConfigError(f"run.resume: checkpoint {path} was trained with a different config in "
                                   f"{', '.join(diff)}; set run.resume_config_change=allow to resume anyway")
         state, rng = ckpt.load_state(path, rank=self.state.rank)
-        self.strategy.load_full_state(self.optimizer, state["model"], state["optimizer"])
+        if ckpt.is_sharded(path):
+            self.strategy.load_sharded(self.optimizer, os.path.join(path, ckpt.DCP))
+        else:
+            self.strategy.load_full_state(self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.strategy.scaler is not None and state.get("scaler"):
             self.strategy.scaler.load_state_dict(state["scaler"])
@@ -116,12 +119,17 @@ class Trainer:
         """Checkpoint the current step; async (checkpoint.async_save) except for the last save of a run."""
         t0 = time.perf_counter()
         self.watchdog.mark(self.progress.step, "checkpoint")
-        msd, osd = self.strategy.full_state(self.optimizer)
-        state = None
+        sharded, state = None, None
+        if self.strategy.sharded:
+            sharded = self.strategy.sharded_state(self.optimizer)
+        else:
+            msd, osd = self.strategy.full_state(self.optimizer)
         if self.state.is_main:
-            state = {"model": msd, "optimizer": osd, "scheduler": self.scheduler.state_dict(),
+            state = {"scheduler": self.scheduler.state_dict(),
                      "scaler": self.strategy.scaler.state_dict() if self.strategy.scaler else None,
                      "progress": vars(self.progress).copy()}
+            if sharded is None:
+                state.update(model=msd, optimizer=osd)
         from .config import to_dict
 
         extra = {"epoch": self.progress.epoch, "samples_in_epoch": self.progress.samples_in_epoch,
@@ -129,12 +137,12 @@ class Trainer:
                  "config_hash": _config_hash(self.cfg), "task": self.info.task}
         self.saved_at = self.progress.step
         if self.writer is not None:
-            self.writer.start(self.progress.step, state, extra)
+            self.writer.start(self.progress.step, state, extra, sharded, self.state.ckpt_group)
             log.info("checkpoint step %d: async write started (step loop blocked %.3fs)", self.progress.step,
                      time.perf_counter() - t0)
             return None if not final else self.finish_saves()
         path = self.ckpts.save(self.progress.step, self.state.rank, self.state.world_size, state, extra,
-                               lambda: D.barrier(self.state))
+                               lambda: D.barrier(self.state), sharded, self.state.ckpt_group)
         log.info("checkpoint step %d saved in %.2fs -> %s", self.progress.step, time.perf_counter() - t0, path)
         return path
 

@@ -152,6 +152,28 @@ class Strategy:
             msd = {k: v.detach().cpu() for k, v in msd.items()}
         return msd, osd
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP state is saved shard by shard (DCP) instead of gathered onto rank 0."""
+        return self.mode == "fsdp"
+
+    def sharded_state(self, optimizer) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        msd, osd = get_state_dict(self.module, self._inner_optimizer(optimizer))
+        return {"model": msd, "optim": osd}
+
+    def load_sharded(self, optimizer, path: str) -> None:
+        """Load a DCP checkpoint into this mode's layout (DCP reshards: any world size, FSDP or not)."""
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        from . import dcp_io
+
+        sd = self.sharded_state(optimizer)
+        dcp_io.load(sd, path, process_group=self.state.ckpt_group)
+        set_state_dict(self.module, self._inner_optimizer(optimizer), model_state_dict=sd["model"],
+                       optim_state_dict=sd["optim"])
+
     def load_full_state(self, optimizer, msd: dict, osd: Optional[dict]) -> None:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,

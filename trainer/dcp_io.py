@@ -1,0 +1,117 @@
+"""torch.distributed.checkpoint (DCP) for sharded (FSDP) state, read without trusting pickle.
+
+DCP's FileSystemReader unpickles its `.metadata` file with plain `pickle.load`, and its default load
+planner reads non-tensor items with `torch.load(weights_only=False)`: a planted file runs code at load
+time (../shared/PLATFORM.md). Here the metadata goes through an unpickler that accepts only DCP's own
+metadata classes and a few inert torch/builtin types, and byte items through `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+_ALLOWED = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "TensorStorageMetadata", "TensorProperties", "ChunkStorageMetadata", "BytesStorageMetadata",
+        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+    "builtins": {"set", "frozenset", "slice"},
+}
+
+
+class UnsafeCheckpoint(pickle.UnpicklingError):
+    pass
+
+
+class DCPError(RuntimeError):
+    """DCP's CheckpointException derives from BaseException; this makes failures ordinary errors."""
+
+
+def _reraise(e: BaseException):
+    text = str(e)
+    reason = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), text)
+    raise DCPError(f"DCP checkpoint unreadable: {reason[:400]}") from None
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if name in _ALLOWED.get(module, ()):
+            return super().find_class(module, name)
+        raise UnsafeCheckpoint(f"DCP metadata refers to {module}.{name}, which is not a DCP metadata class")
+
+
+def read_metadata_safely(path: str) -> Metadata:
+    with open(os.path.join(path, ".metadata"), "rb") as fh:
+        meta = _MetadataUnpickler(fh).load()
+    if not isinstance(meta, Metadata):
+        raise UnsafeCheckpoint(f"{path}/.metadata does not hold DCP Metadata")
+    return meta
+
+
+class SafeReader(FileSystemReader):
+    def read_metadata(self, *args, **kwargs) -> Metadata:
+        meta = read_metadata_safely(str(self.path))
+        if getattr(meta, "storage_meta", None) is None:
+            meta.storage_meta = StorageMeta()
+        meta.storage_meta.load_id = self.load_id
+        return meta
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """Non-tensor items (optimizer hyper-parameters, steps) through weights_only=True."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        from torch.distributed.checkpoint._traverse import set_element
+
+        obj = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def save(state: dict, path: str, process_group=None) -> None:
+    dcp.save(state, storage_writer=FileSystemWriter(path, sync_files=True), process_group=process_group)
+
+
+def load(state: dict, path: str, process_group=None) -> None:
+    """Load into `state` in place (resharding to the current layout as DCP does)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dcp.load(state, storage_reader=SafeReader(path), planner=SafeLoadPlanner(), process_group=process_group)
+    except CheckpointException as e:
+        _reraise(e)
+
+
+def consolidate(path: str) -> dict:
+    """A DCP directory -> one nested dict of full tensors, in this process (no process group)."""
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    class _Planner(_EmptyStateDictLoadPlanner):
+        def load_bytes(self, read_item, value):
+            self.state_dict[read_item.dest_index.fqn] = torch.load(value, weights_only=True)
+
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    out: dict = {}
+    try:
+        _load_state_dict(out, storage_reader=SafeReader(path), planner=_Planner(), no_dist=True)
+    except CheckpointException as e:
+        _reraise(e)
+    return out
