@@ -205,6 +205,9 @@ def _is_timeout(e: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.cmd == "config":
+        import signal
+
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `python -m trainer config | head` ends quietly
         print("Config keys (YAML sections or dotted KEY=VALUE overrides):\n" + C.describe())
         if args.config or args.overrides:
             try:
