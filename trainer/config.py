@@ -48,6 +48,7 @@ class ModelConfig:
     vocab_size: int = _f(256, "GPT: vocabulary size (256 = bytes; set to your tokenizer's size for token files).", min=2)
     init_from: Optional[str] = _f(None, "Initialise weights from a checkpoint dir, run dir, .safetensors or state-dict file.", path=True)
     init_strict: bool = _f(True, "Require every key to match when loading model.init_from.")
+    init_skip: list[str] = _f([], "Parameters (glob or re:REGEX) NOT loaded from model.init_from: they keep their fresh initialisation, e.g. [fc2] to re-initialise a head.")
 
 
 @dataclass
@@ -160,7 +161,7 @@ class Config:
 RESUME_SAFE_PREFIXES = ("run.", "log.", "checkpoint.", "dist.", "profile.", "train.max_steps", "train.epochs",
                         "train.eval_every_steps", "train.eval_batch_size", "train.compile", "train.strategy",
                         "data.num_workers", "data.pin_memory", "data.prefetch_factor", "device", "model.init_from",
-                        "model.init_strict", "train.compile_backend", "train.compile_mode")
+                        "model.init_strict", "model.init_skip", "train.compile_backend", "train.compile_mode")
 
 
 # ----------------------------------------------------------------------------- introspection

@@ -192,7 +192,7 @@ class LoadReport:
     loaded: list[str]
     missing: list[str]
     unexpected: list[str]
-    reinit: list[tuple[str, tuple, tuple]]  # (name, model shape, file shape)
+    reinit: list[tuple[str, str]]  # (name, why): shape changed, or skipped by model.init_skip
 
 
 def _owner(name: str) -> str:
@@ -203,22 +203,26 @@ def _short(names: list[str], n: int = 6) -> str:
     return ", ".join(names[:n]) + (f" ... (+{len(names) - n} more)" if len(names) > n else "")
 
 
-def load_into(module: nn.Module, sd: dict, strict: bool = True, key: str = "model.init_from") -> LoadReport:
-    """Copy matching tensors of ``sd`` into ``module``; shape-changed tensors keep their fresh init."""
+def load_into(module: nn.Module, sd: dict, strict: bool = True, skip: tuple = (),
+              key: str = "model.init_from") -> LoadReport:
+    """Copy matching tensors of ``sd`` into ``module``; shape-changed or skipped ones keep their fresh init."""
     own = module.state_dict()
-    missing = sorted(k for k in own if k not in sd)
+    skipped = sorted(k for k in own if any(name_matches(k, p) for p in skip))
+    missing = sorted(k for k in own if k not in sd and k not in skipped)
     unexpected = sorted(k for k in sd if k not in own)
-    reinit = [(k, tuple(own[k].shape), tuple(sd[k].shape)) for k in own if k in sd and own[k].shape != sd[k].shape]
     if strict and (missing or unexpected):
         parts = ([f"missing {_short(missing)}"] if missing else []) + \
                 ([f"unexpected {_short(unexpected)}"] if unexpected else [])
         raise ConfigError(f"{key}: keys do not match the model ({'; '.join(parts)}); set model.init_strict=false "
                           "to load the matching ones")
-    owners = sorted({_owner(k) for k, _, _ in reinit})
+    changed = [k for k in own if k in sd and k not in skipped and own[k].shape != sd[k].shape]
+    owners = sorted({_owner(k) for k in changed})
     if strict and len(owners) > 1:
         raise ConfigError(f"{key}: shapes differ in several modules ({_short(owners)}); only a head may change "
                           "shape under strict loading (set model.init_strict=false to re-initialise them all)")
-    load = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    reinit = [(k, f"shape {tuple(own[k].shape)} in the model, {tuple(sd[k].shape)} in the file") for k in changed]
+    reinit += [(k, "model.init_skip") for k in skipped]
+    load = {k: v for k, v in sd.items() if k in own and k not in skipped and k not in changed}
     module.load_state_dict(load, strict=False)
     return LoadReport(sorted(load), missing, unexpected, reinit)
 
@@ -226,11 +230,11 @@ def load_into(module: nn.Module, sd: dict, strict: bool = True, key: str = "mode
 def init_from(module: nn.Module, cfg: Config) -> LoadReport:
     path, strict = cfg.model.init_from, cfg.model.init_strict
     w = read_weights(path)
-    rep = load_into(module, w.state, strict)
+    rep = load_into(module, w.state, strict, tuple(cfg.model.init_skip))
     n = sum(w.state[k].numel() for k in rep.loaded)
     log.info("init_from: %d tensors (%s parameters) from %s", len(rep.loaded), f"{n:,}", w.source)
-    for name, new, old in rep.reinit:
-        log.warning("init_from: %s re-initialised: shape %s in the model, %s in the file", name, new, old)
+    for name, why in rep.reinit:
+        log.warning("init_from: %s re-initialised (%s)", name, why)
     if rep.missing:
         log.warning("init_from: missing in the file (fresh init): %s", ", ".join(rep.missing))
     if rep.unexpected:
@@ -372,7 +376,7 @@ def prepare_for_finetune(module: nn.Module, cfg: Config) -> nn.Module:
     """init_from, LoRA wrapping, freezing, and the trainable-parameter report. A no-op for plain runs."""
     reinit: list[str] = []
     if cfg.model.init_from:
-        reinit = [n for n, _, _ in init_from(module, cfg).reinit]
+        reinit = [n for n, _ in init_from(module, cfg).reinit]
     lo = cfg.lora
     if lo.targets:
         wrapped = apply_lora(module, lo.targets, lo.rank, lo.alpha, lo.dropout)

@@ -77,10 +77,9 @@ class Trainer:
         if cfg.checkpoint.async_save:
             self.writer = ckpt.AsyncWriter(self.ckpts, state.rank, state.world_size, lambda: D.barrier(state),
                                            lambda done: D.all_true(state, done))
-        # Device-side accumulators: no host sync per step.
-        self._loss_acc = torch.zeros((), device=self.device)
-        self._bad_run = torch.zeros((), device=self.device)
-        self._bad_max = torch.zeros((), device=self.device)
+        self.tally = _HostTally() if self.device.type == "cpu" else _DeviceTally(self.device)
+        self._need_norm = bool(cfg.train.grad_clip) or state.distributed or strategy.scaler is not None
+        self._schedule_moves = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps > 0
 
     # ------------------------------------------------------------------ resume
     def resume_from(self, path: str) -> None:
@@ -183,43 +182,47 @@ class Trainer:
     def _run_step(self, micro_batches) -> None:
         s = self.strategy
         n = len(micro_batches)
-        total = torch.zeros((), device=self.device)
+        total = None
         wd, step = self.watchdog, self.progress.step + 1  # the step being run, counted from 1
         for i, (x, y) in enumerate(micro_batches):
             with s.sync(i == n - 1):
                 wd.mark(step, "forward")
                 with s.autocast():
                     out = s.model(x)
-                loss = task_loss(self.info.task, out, y) / n
+                loss = task_loss(self.info.task, out, y)
+                if n > 1:
+                    loss = loss / n
                 wd.mark(step, "backward")
                 s.backward(loss)
-            total += loss.detach()
+            total = loss.detach() if total is None else total + loss.detach()
         wd.mark(step, "optimizer")
-        norm = s.grad_norm(self.optimizer, self.params, self.cfg.train.grad_clip)
-        # fp16: the scaler owns overflow; a non-finite *loss* is what counts as a bad step.
-        ok = torch.isfinite(total) if s.scaler is not None else torch.isfinite(norm) & torch.isfinite(total)
+        ok = torch.isfinite(total)
+        if self._need_norm:
+            # Distributed: the all-reduced gradients are what every rank agrees on (a NaN on one rank's loss
+            # reaches the others only through them). fp16: the scaler owns overflow; the loss decides.
+            norm = s.grad_norm(self.optimizer, self.params, self.cfg.train.grad_clip)
+            if s.scaler is None:
+                ok = ok & torch.isfinite(norm)
+        if self.tally.on_host:
+            ok = bool(ok)  # CPU: no device to wait for, so this costs nothing
         s.optimizer_step(self.optimizer, ok)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self._loss_acc += torch.where(ok, total, torch.zeros_like(total))
-        self._bad_run = torch.where(ok, torch.zeros_like(self._bad_run), self._bad_run + 1)
-        self._bad_max = torch.maximum(self._bad_max, self._bad_run)
+        if self._schedule_moves:
+            self.scheduler.step()
+        self.tally.add(total, ok)
 
     # ------------------------------------------------------------------ logging
     def _log(self, steps: int, watch: Stopwatch) -> bool:
         """Pull metrics to the host (the one sync per interval). Returns False if the run must stop."""
         self.watchdog.mark(self.progress.step, "log")
-        stats = torch.stack([self._loss_acc, self._bad_max.float(), torch.tensor(float(steps), device=self.device)])
-        D.all_reduce_sum(self.state, stats)
-        loss_sum, bad_sum, _ = stats.tolist()
-        bad = D.all_reduce_max(self.state, self._bad_max.clone()).item()
-        self._loss_acc.zero_()
-        self._bad_max.copy_(self._bad_run)
-        good_steps = steps * self.state.world_size
+        loss_sum, good, _, bad_max = self.tally.pull(self.device)
+        stats = D.all_reduce_sum(self.state, torch.stack([loss_sum, good]))
+        loss_sum, good = stats.tolist()
+        bad = D.all_reduce_max(self.state, bad_max).item()
         elapsed = max(watch.elapsed(), 1e-9)
         B = self.cfg.train.batch_size
         row = {"step": self.progress.step, "epoch": self.progress.epoch,
-               "loss": loss_sum / max(good_steps, 1) if bad_sum < good_steps else float("nan"),
+               "loss": loss_sum / good if good else float("nan"),
                "lr": self.scheduler.get_last_lr()[0], "samples_per_s": B * steps / elapsed,
                "step_time_s": elapsed / steps, "data_wait_frac": watch.data_s / elapsed}
         if self.info.task == "lm":
@@ -373,6 +376,55 @@ class Trainer:
         ev = "  ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if k != "samples")
         log.info("done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s", self.progress.step, wall,
                  summary["final_loss"] or float("nan"), ev, self.run_dir)
+
+
+class _HostTally:
+    """Per-step loss and bad-step bookkeeping when `ok` is already on the host (CPU): plain Python."""
+
+    on_host = True
+
+    def __init__(self):
+        self.losses: list[torch.Tensor] = []
+        self.bad_run = self.bad_max = 0
+
+    def add(self, total: torch.Tensor, ok: bool) -> None:
+        if ok:
+            self.losses.append(total)
+            self.bad_run = 0
+        else:
+            self.bad_run += 1
+            self.bad_max = max(self.bad_max, self.bad_run)
+
+    def pull(self, device):
+        loss_sum = torch.stack(self.losses).sum().float() if self.losses else torch.zeros(())
+        out = (loss_sum, torch.tensor(float(len(self.losses))), self.bad_run, torch.tensor(self.bad_max))
+        self.losses.clear()
+        self.bad_max = self.bad_run
+        return out
+
+
+class _DeviceTally:
+    """The same on the device (CUDA), without a host sync per step: read only at log intervals."""
+
+    on_host = False
+
+    def __init__(self, device):
+        z = torch.zeros((), device=device)
+        self.loss, self.good, self.bad_run, self.bad_max = z.clone(), z.clone(), z.clone(), z.clone()
+
+    def add(self, total: torch.Tensor, ok: torch.Tensor) -> None:
+        okf = ok.float()
+        self.loss += torch.where(ok, total.float(), torch.zeros_like(self.loss))
+        self.good += okf
+        self.bad_run = (self.bad_run + 1) * (1 - okf)
+        self.bad_max = torch.maximum(self.bad_max, self.bad_run)
+
+    def pull(self, device):
+        out = (self.loss.clone(), self.good.clone(), None, self.bad_max.clone())
+        self.loss.zero_()
+        self.good.zero_()
+        self.bad_max.copy_(self.bad_run)
+        return out
 
 
 class _NoWatchdog:
