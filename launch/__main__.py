@@ -1,0 +1,162 @@
+"""``python -m launch``: choose how the trainer's processes start, with one switch.
+
+One machine::
+
+    python -m launch single -c configs/cnn.yaml                      # one process
+    python -m launch dp -c configs/cnn.yaml                          # one process, nn.DataParallel over GPUs
+    python -m launch ddp --nproc-per-node auto -c configs/cnn.yaml   # torchrun, one process per GPU (1 on CPU)
+    python -m launch fsdp --nproc-per-node 2 -c configs/gpt.yaml     # FSDP2
+    python -m launch accelerate --nproc-per-node 2 -c configs/cnn.yaml
+    python -m launch ddp -c configs/cnn.yaml train.precision=bf16    # AMP on any mode (launch/amp.sh)
+    python -m launch ddp --nproc-per-node 2 --dry-run -c configs/cnn.yaml   # print the command, run nothing
+
+Two machines (run on each; node 0 hosts the rendezvous at HOST:PORT)::
+
+    python -m launch ddp --nnodes 2 --node-rank 0 --rdzv-endpoint node0:29500 -c configs/cnn.yaml
+    python -m launch ddp --nnodes 2 --node-rank 1 --rdzv-endpoint node0:29500 -c configs/cnn.yaml
+
+On Kubeflow, a Kubernetes Indexed Job, JobSet or Slurm the flags come from the environment
+(:mod:`launch.cluster`); flags given on the command line win. Also::
+
+    python -m launch env [--json]          # the cluster description the launcher would use
+    python -m launch doctor [--json] [-c CONFIG]   # preflight report; exit 2 on a blocking problem
+    python -m launch k8s ...               # render Kubernetes manifests (launch.k8s)
+    python -m launch wait ...              # wait for the rendezvous host to resolve (launch.wait)
+
+Exit codes (launch/exitcodes.py): 0 ok, 1 internal error, 2 config/usage/environment error, 3 non-finite loss,
+4 hang/collective timeout, 75 preempted (retry resumes), 128+N a worker killed by signal N. The config is checked
+once (``python -m trainer check``) and a fast doctor runs before any worker starts, unless ``--no-preflight``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+from launch.cluster import ClusterError, resolve
+from launch.exitcodes import CONFIG
+from launch.gpus import resolve_nproc
+from launch.modes import MODES, UsageError, build
+
+SUBCOMMANDS = ("env", "doctor", "k8s", "wait")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (exit 2) instead of usage plus error."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(CONFIG)
+
+
+def _parser(prog: str, description: str = "") -> _Parser:
+    p = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("cluster (override the environment)")
+    g.add_argument("--nproc-per-node", metavar="N|auto", help="processes per node; auto = one per GPU, 1 on CPU")
+    g.add_argument("--nnodes", metavar="N", help="number of nodes (MIN:MAX for elastic jobs)")
+    g.add_argument("--node-rank", metavar="R", help="this node's rank, 0..N-1")
+    g.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address for the c10d rendezvous")
+    g.add_argument("--rdzv-id", metavar="ID", help="job id shared by all nodes")
+    g.add_argument("--max-restarts", metavar="K", help="restart the worker group up to K times on failure")
+    return p
+
+
+def _cluster_flags(ns: argparse.Namespace) -> dict:
+    return {k: getattr(ns, k) for k in ("nnodes", "node_rank", "nproc_per_node", "rdzv_endpoint", "rdzv_id",
+                                        "max_restarts")}
+
+
+def _fail(message: str, code: int = CONFIG) -> int:
+    print(f"launch: {message}", file=sys.stderr)
+    return code
+
+
+def launch_main(mode: str, argv: Sequence[str]) -> int:
+    p = _parser(f"python -m launch {mode}", f"Start the trainer in {mode} mode.")
+    p.add_argument("-c", "--config", help="training config (YAML); without it, the trainer's defaults")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_steps=100")
+    p.add_argument("--dry-run", action="store_true", help="print the command and the variables it adds; run nothing")
+    p.add_argument("--no-preflight", action="store_true", help="skip the config check and the fast doctor")
+    p.add_argument("--local-addr", help="address this node advertises (hosts that cannot resolve each other)")
+    p.add_argument("--entry", default="trainer", help=argparse.SUPPRESS)  # worker module; tests use a fake one
+    ns = p.parse_intermixed_args(argv)
+    try:
+        cluster = resolve(overrides=_cluster_flags(ns))
+        plan = build(mode, cluster, ns.config, ns.overrides, entry=ns.entry, local_addr=ns.local_addr)
+    except (ClusterError, UsageError) as e:
+        return _fail(str(e))
+    if ns.dry_run:
+        print(plan.shell())
+        return 0
+    if not ns.no_preflight:
+        from launch import doctor, runner
+
+        problem = runner.check_config(ns.entry, ns.config, ns.overrides, mode)
+        if problem:
+            return _fail(f"config check failed: {problem}")
+        checks = doctor.run_checks(config=ns.config, config_overrides=ns.overrides, fast=True, cluster=cluster,
+                                   nproc=plan.nproc_per_node)
+        for c in checks:
+            if c.status != "ok":
+                print(f"launch: doctor {c.status}: {c.name}: {c.message}" + (f" (fix: {c.fix})" if c.fix else ""),
+                      file=sys.stderr)
+        if doctor.exit_code(checks):
+            return CONFIG
+    from launch import runner
+
+    return runner.execute(plan)
+
+
+def env_main(argv: Sequence[str]) -> int:
+    p = _parser("python -m launch env", "Print the cluster description read from the environment.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    ns = p.parse_args(argv)
+    try:
+        c = resolve(overrides=_cluster_flags(ns))
+        info = {**c.as_dict(), "nproc_per_node_resolved": resolve_nproc(c.nproc_per_node)}
+    except ClusterError as e:
+        return _fail(str(e))
+    if ns.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+    else:
+        origins = info.pop("origins")
+        for k, v in info.items():
+            print(f"{k:<24} {v}" + (f"   ({origins[k]})" if k in origins else ""))
+    return 0
+
+
+def _delegate(name: str, argv: Sequence[str]) -> int:
+    """k8s and wait belong to the container work; imported only when asked for."""
+    try:
+        module = importlib.import_module(f"launch.{name}")
+    except ModuleNotFoundError as e:
+        if e.name not in (f"launch.{name}", "launch"):
+            raise
+        return _fail(f"`{name}` is not available in this installation (launch/{name} is missing)")
+    return int(module.main(list(argv)) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else CONFIG
+    cmd, rest = argv[0], argv[1:]
+    if cmd in MODES:
+        return launch_main(cmd, rest)
+    if cmd == "env":
+        return env_main(rest)
+    if cmd == "doctor":
+        from launch import doctor
+
+        return doctor.main(rest, _parser("python -m launch doctor", "Check this machine before a job starts."))
+    if cmd in ("k8s", "wait"):
+        return _delegate(cmd, rest)
+    return _fail(f"unknown command {cmd!r}: expected a mode ({', '.join(MODES)}) or {', '.join(SUBCOMMANDS)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

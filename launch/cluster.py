@@ -1,0 +1,373 @@
+"""The cluster environment, read through one table, as one normalized :class:`Cluster`.
+
+Every scheduler names the same few facts differently, and some reuse a name for another fact: ``RANK`` is a
+*process* rank under torchrun but a *node* rank in a Kubeflow PyTorchJob v1 pod. Each row of :data:`ROWS` says how
+to recognise one environment and where its facts live; the first row that matches wins, CLI flags override it,
+and :func:`resolve` validates the result once. A contradiction is a :class:`ClusterError` whose one line names the
+variables involved (the launcher turns it into exit code 2).
+
+Rows, most specific first:
+
+=================  =========================================================================================
+torchrun           already inside torchrun: LOCAL_RANK, LOCAL_WORLD_SIZE, RANK, WORLD_SIZE, GROUP_RANK,
+                   MASTER_ADDR/PORT, TORCHELASTIC_RESTART_COUNT/MAX_RESTARTS/RUN_ID (the trainer runs directly)
+pytorchjob-v1      Kubeflow PyTorchJob v1: MASTER_ADDR/PORT, RANK = node rank, WORLD_SIZE = replicas x
+                   nprocPerNode (replicas when nprocPerNode is not an integer), PET_NPROC_PER_NODE, from
+                   operator v1.7 PET_NNODES/PET_NODE_RANK; elastic: PET_RDZV_ENDPOINT/BACKEND, PET_MAX_RESTARTS.
+                   Told apart from torchrun by the absence of LOCAL_RANK.
+trainer-v2         Kubeflow Trainer v2 (TrainJob): PET_NNODES, PET_NPROC_PER_NODE (may be "auto"),
+                   PET_NODE_RANK, PET_MASTER_ADDR (``<job>-node-0-0.<job>``), PET_MASTER_PORT
+torchrun-env       any other PET_* variable: torchrun's own environment defaults for its flags
+jobset             JobSet, which injects nothing; expose its annotations with the downward API (below)
+indexed-job        Kubernetes Indexed Job: JOB_COMPLETION_INDEX (set by Kubernetes) + LAUNCH_NNODES and
+                   LAUNCH_MASTER_ADDR (or MASTER_ADDR), LAUNCH_MASTER_PORT (or MASTER_PORT, default 29500)
+slurm              SLURM_NNODES, SLURM_NODEID, SLURM_PROCID, SLURM_NTASKS, SLURM_JOB_NODELIST (master = its first
+                   host), SLURM_JOB_ID (rendezvous id); run one launcher per node (see launch/slurm.sbatch)
+local              nothing found: one node on this machine
+=================  =========================================================================================
+
+JobSet downward-API snippet (the pod's hostname is ``<jobset>-<replicatedJob>-<jobIndex>-<podIndex>``, resolvable
+as ``<hostname>.<subdomain>``; the subdomain defaults to the JobSet name)::
+
+    env:
+    - {name: JOBSET_NAME, valueFrom: {fieldRef: {fieldPath: "metadata.annotations['jobset.sigs.k8s.io/jobset-name']"}}}
+    - {name: JOBSET_REPLICATED_JOB_NAME,
+       valueFrom: {fieldRef: {fieldPath: "metadata.annotations['jobset.sigs.k8s.io/replicatedjob-name']"}}}
+    - {name: JOBSET_JOB_INDEX, valueFrom: {fieldRef: {fieldPath: "metadata.annotations['jobset.sigs.k8s.io/job-index']"}}}
+    - {name: JOB_COMPLETION_INDEX,
+       valueFrom: {fieldRef: {fieldPath: "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}
+    - {name: LAUNCH_NNODES, value: "4"}        # replicas x parallelism of the replicated job
+    - {name: LAUNCH_PODS_PER_JOB, value: "1"}  # parallelism; node rank = job index x this + completion index
+
+The master is then ``<jobset>-<replicatedJob>-0-0.<JOBSET_SUBDOMAIN or jobset>`` unless LAUNCH_MASTER_ADDR is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_MASTER_PORT = 29500  # torchrun's default for --master-port
+DEFAULT_RDZV_PORT = 29400  # torchrun's default port when --rdzv-endpoint has none
+
+
+class ClusterError(ValueError):
+    """A missing, malformed or contradictory cluster variable; the message is one line naming it."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the launcher needs to know about where it runs; produced only by :func:`resolve`."""
+
+    source: str = "local"  # the table row that matched
+    nnodes: int = 1  # nodes (the maximum for an elastic min:max range)
+    min_nnodes: int = 1  # elastic lower bound; equals nnodes unless a range was given
+    node_rank: int = 0  # this node's index, 0..nnodes-1
+    nproc_per_node: int | str = "auto"  # an int, or "auto" = one per visible GPU (1 on a CPU-only machine)
+    master_addr: str | None = None  # host of node 0 (rendezvous host unless rdzv_endpoint says otherwise)
+    master_port: int | None = None
+    rdzv_endpoint: str | None = None  # HOST:PORT of the c10d rendezvous; derived from master_* when unset
+    rdzv_backend: str = "c10d"
+    rdzv_id: str = "launch"  # must be equal on every node of one job
+    max_restarts: int = 0  # torchrun --max-restarts
+    restart_count: int = 0  # restarts so far (only known inside torchrun)
+    in_torchrun: bool = False  # we are a torchrun worker already: start the trainer directly
+    origins: tuple = dataclasses.field(default=(), compare=False)  # (field, variable or flag) pairs
+
+    def origin(self, name: str) -> str:
+        """The variable or flag a field came from, for error messages."""
+        return dict(self.origins).get(name, "default")
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["origins"] = dict(self.origins)
+        return d
+
+
+# ----------------------------------------------------------------------------- value parsing
+
+
+class _Raw(dict):
+    """field -> (text, variable); what a row read, before parsing."""
+
+    def put(self, env: Mapping[str, str], name: str, *variables: str) -> None:
+        for var in variables:
+            if env.get(var, "") != "":
+                self[name] = (env[var], var)
+                return
+
+
+def _int(text: str, var: str, lo: int = 0) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ClusterError(f"{var}={text!r}: expected an integer") from None
+    if value < lo:
+        raise ClusterError(f"{var}={text!r}: expected an integer >= {lo}")
+    return value
+
+
+def _port(text: str, var: str) -> int:
+    value = _int(text, var, lo=1)
+    if value > 65535:
+        raise ClusterError(f"{var}={text!r}: a port is 1..65535")
+    return value
+
+
+def split_endpoint(text: str, var: str) -> tuple[str, int]:
+    """'host:port' -> (host, port); a missing port is torchrun's default 29400."""
+    host, sep, port = str(text).strip().rpartition(":")
+    if not sep:
+        host, port = port, str(DEFAULT_RDZV_PORT)
+    if not host or "/" in host:
+        raise ClusterError(f"{var}={text!r}: expected HOST:PORT")
+    return host.strip("[]"), _port(port, var)
+
+
+# ----------------------------------------------------------------------------- Slurm nodelist
+
+
+def _split_top(text: str) -> list[str]:
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if depth < 0 or depth > 1:
+            raise ValueError("unbalanced brackets")
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if depth:
+        raise ValueError("unbalanced brackets")
+    parts.append("".join(cur))
+    return [p for p in parts if p]
+
+
+def _expand_one(name: str) -> list[str]:
+    m = re.search(r"\[([^\]]*)\]", name)
+    if not m:
+        return [name]
+    head, tail = name[: m.start()], name[m.end() :]
+    out = []
+    for item in m.group(1).split(","):
+        lo, _, hi = item.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"bad range {item!r}")
+        hi = hi or lo
+        if int(hi) < int(lo):
+            raise ValueError(f"descending range {item!r}")
+        width = len(lo)  # Slurm keeps leading zeros: node[01-03] -> node01 node02 node03
+        for n in range(int(lo), int(hi) + 1):
+            out += [f"{head}{n:0{width}d}{rest}" for rest in _expand_one(tail)]
+    return out
+
+
+def expand_nodelist(text: str) -> list[str]:
+    """Slurm's compressed host list as names: 'node[01-03,7],gpu5' -> node01 node02 node03 node7 gpu5."""
+    try:
+        return [host for part in _split_top(text.strip()) for host in _expand_one(part)]
+    except ValueError as e:
+        raise ClusterError(f"SLURM_JOB_NODELIST={text!r}: {e}") from None
+
+
+# ----------------------------------------------------------------------------- rows
+
+PET_VARS = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT",
+            "PET_RDZV_ENDPOINT", "PET_RDZV_BACKEND", "PET_RDZV_ID", "PET_MAX_RESTARTS")
+
+
+def _read_torchrun(env: Mapping[str, str]) -> _Raw:
+    raw = _Raw()
+    raw.put(env, "nproc_per_node", "LOCAL_WORLD_SIZE")
+    raw.put(env, "master_addr", "MASTER_ADDR")
+    raw.put(env, "master_port", "MASTER_PORT")
+    raw.put(env, "rdzv_id", "TORCHELASTIC_RUN_ID")
+    raw.put(env, "max_restarts", "TORCHELASTIC_MAX_RESTARTS")
+    raw.put(env, "restart_count", "TORCHELASTIC_RESTART_COUNT")
+    world = _int(env.get("WORLD_SIZE", "1"), "WORLD_SIZE", lo=1)
+    local_world = _int(env.get("LOCAL_WORLD_SIZE", "1"), "LOCAL_WORLD_SIZE", lo=1)
+    rank = _int(env.get("RANK", "0"), "RANK")
+    local_rank = _int(env["LOCAL_RANK"], "LOCAL_RANK")
+    if rank >= world:
+        raise ClusterError(f"RANK={rank} is outside the world of WORLD_SIZE={world}")
+    if local_rank >= local_world:
+        raise ClusterError(f"LOCAL_RANK={local_rank} is outside LOCAL_WORLD_SIZE={local_world}")
+    if world % local_world:
+        raise ClusterError(f"WORLD_SIZE={world} is not a multiple of LOCAL_WORLD_SIZE={local_world}")
+    raw["nnodes"] = (str(world // local_world), "WORLD_SIZE/LOCAL_WORLD_SIZE")
+    raw["node_rank"] = (env.get("GROUP_RANK") or str(rank // local_world),
+                        "GROUP_RANK" if env.get("GROUP_RANK") else "RANK/LOCAL_WORLD_SIZE")
+    raw["in_torchrun"] = ("1", "LOCAL_RANK")
+    return raw
+
+
+def _read_pytorchjob(env: Mapping[str, str]) -> _Raw:
+    raw = _read_pet(env)
+    raw.put(env, "master_addr", "MASTER_ADDR")
+    raw.put(env, "master_port", "MASTER_PORT")
+    if "node_rank" not in raw:
+        raw.put(env, "node_rank", "RANK")  # v1 RANK is the replica (node) index: master 0, worker i -> i+1
+    if "nnodes" not in raw:
+        world = _int(env["WORLD_SIZE"], "WORLD_SIZE", lo=1)
+        nproc = env.get("PET_NPROC_PER_NODE", "")
+        if nproc.isdigit() and int(nproc) > 0:
+            if world % int(nproc):
+                raise ClusterError(f"WORLD_SIZE={world} is not a multiple of PET_NPROC_PER_NODE={nproc}")
+            raw["nnodes"] = (str(world // int(nproc)), "WORLD_SIZE/PET_NPROC_PER_NODE")
+        else:
+            raw["nnodes"] = (str(world), "WORLD_SIZE")
+    return raw
+
+
+def _read_pet(env: Mapping[str, str]) -> _Raw:
+    raw = _Raw()
+    for name in ("nnodes", "nproc_per_node", "node_rank", "master_addr", "master_port", "rdzv_endpoint",
+                 "rdzv_backend", "rdzv_id", "max_restarts"):
+        raw.put(env, name, "PET_" + name.upper())
+    return raw
+
+
+def _read_jobset(env: Mapping[str, str]) -> _Raw:
+    raw = _Raw()
+    name = env.get("JOBSET_NAME", "")
+    rjob = env.get("JOBSET_REPLICATED_JOB_NAME", "")
+    job_index = _int(env.get("JOBSET_JOB_INDEX", "0"), "JOBSET_JOB_INDEX")
+    pod_index = _int(env.get("JOB_COMPLETION_INDEX", "0"), "JOB_COMPLETION_INDEX")
+    per_job = _int(env.get("LAUNCH_PODS_PER_JOB", "1"), "LAUNCH_PODS_PER_JOB", lo=1)
+    if pod_index >= per_job:
+        raise ClusterError(f"JOB_COMPLETION_INDEX={pod_index} is outside LAUNCH_PODS_PER_JOB={per_job}")
+    raw["node_rank"] = (str(job_index * per_job + pod_index),
+                        "JOBSET_JOB_INDEX*LAUNCH_PODS_PER_JOB+JOB_COMPLETION_INDEX")
+    raw.put(env, "nnodes", "LAUNCH_NNODES")
+    raw.put(env, "master_port", "LAUNCH_MASTER_PORT", "MASTER_PORT")
+    raw.put(env, "master_addr", "LAUNCH_MASTER_ADDR", "MASTER_ADDR")
+    if "master_addr" not in raw and name and rjob:
+        sub = env.get("JOBSET_SUBDOMAIN") or name
+        raw["master_addr"] = (f"{name}-{rjob}-0-0.{sub}", "JOBSET_NAME/JOBSET_REPLICATED_JOB_NAME")
+    if name:
+        raw["rdzv_id"] = (name, "JOBSET_NAME")
+    return raw
+
+
+def _read_indexed_job(env: Mapping[str, str]) -> _Raw:
+    raw = _Raw()
+    raw.put(env, "node_rank", "JOB_COMPLETION_INDEX")
+    raw.put(env, "nnodes", "LAUNCH_NNODES")
+    raw.put(env, "master_addr", "LAUNCH_MASTER_ADDR", "MASTER_ADDR")
+    raw.put(env, "master_port", "LAUNCH_MASTER_PORT", "MASTER_PORT")
+    return raw
+
+
+def _read_slurm(env: Mapping[str, str]) -> _Raw:
+    raw = _Raw()
+    raw.put(env, "nnodes", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
+    raw.put(env, "node_rank", "SLURM_NODEID")
+    raw.put(env, "rdzv_id", "SLURM_JOB_ID", "SLURM_JOBID")
+    raw.put(env, "master_port", "MASTER_PORT")
+    raw.put(env, "master_addr", "LAUNCH_MASTER_ADDR", "MASTER_ADDR")
+    if "master_addr" not in raw and env.get("SLURM_JOB_NODELIST"):
+        hosts = expand_nodelist(env["SLURM_JOB_NODELIST"])
+        if hosts:
+            raw["master_addr"] = (hosts[0], "SLURM_JOB_NODELIST")
+    nnodes = _int(raw["nnodes"][0], raw["nnodes"][1], lo=1) if "nnodes" in raw else 1
+    if env.get("SLURM_NTASKS"):
+        ntasks = _int(env["SLURM_NTASKS"], "SLURM_NTASKS", lo=1)
+        if ntasks > nnodes:
+            raise ClusterError(f"SLURM_NTASKS={ntasks} > SLURM_NNODES={nnodes}: run one launcher per node "
+                               "(srun --ntasks-per-node=1); it starts the processes of its node itself")
+        if env.get("SLURM_PROCID") and _int(env["SLURM_PROCID"], "SLURM_PROCID") >= ntasks:
+            raise ClusterError(f"SLURM_PROCID={env['SLURM_PROCID']} is outside SLURM_NTASKS={ntasks}")
+    return raw
+
+
+@dataclass(frozen=True)
+class Row:
+    source: str
+    detect: Callable[[Mapping[str, str]], bool]
+    read: Callable[[Mapping[str, str]], _Raw]
+
+
+ROWS: tuple[Row, ...] = (
+    Row("torchrun", lambda e: "LOCAL_RANK" in e and ("LOCAL_WORLD_SIZE" in e or "TORCHELASTIC_RUN_ID" in e), _read_torchrun),
+    Row("pytorchjob-v1", lambda e: all(k in e for k in ("MASTER_ADDR", "RANK", "WORLD_SIZE")) and "LOCAL_RANK" not in e,
+        _read_pytorchjob),
+    Row("trainer-v2", lambda e: all(k in e for k in ("PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR")), _read_pet),
+    Row("torchrun-env", lambda e: any(k in e for k in PET_VARS), _read_pet),
+    Row("jobset", lambda e: "JOBSET_NAME" in e or "JOBSET_JOB_INDEX" in e, _read_jobset),
+    Row("indexed-job", lambda e: "JOB_COMPLETION_INDEX" in e, _read_indexed_job),
+    Row("slurm", lambda e: ("SLURM_JOB_ID" in e or "SLURM_JOBID" in e) and "SLURM_NODEID" in e, _read_slurm),
+    Row("local", lambda e: True, lambda e: _Raw()),
+)
+
+# CLI flag for each overridable field (flags win over every row).
+FLAGS = {"nnodes": "--nnodes", "node_rank": "--node-rank", "nproc_per_node": "--nproc-per-node",
+         "rdzv_endpoint": "--rdzv-endpoint", "rdzv_id": "--rdzv-id", "max_restarts": "--max-restarts"}
+
+
+def detect(env: Mapping[str, str]) -> Row:
+    return next(row for row in ROWS if row.detect(env))
+
+
+def resolve(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Cluster:
+    """Read ``env`` through the first matching row, apply non-None ``overrides`` (CLI flags), validate."""
+    env = os.environ if env is None else env
+    row = detect(env)
+    raw = row.read(env)
+    if (overrides or {}).get("rdzv_endpoint") is not None:  # a new endpoint also names a new node 0
+        raw.pop("master_addr", None)
+        raw.pop("master_port", None)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            raw[name] = (str(value), FLAGS.get(name, "--" + name.replace("_", "-")))
+    return _build(row.source, raw)
+
+
+def _build(source: str, raw: _Raw) -> Cluster:
+    f: dict[str, Any] = {"source": source}
+    var = {name: v for name, (_, v) in raw.items()}
+    if "nnodes" in raw:
+        text, v = raw["nnodes"]
+        lo, _, hi = str(text).partition(":")
+        f["min_nnodes"], f["nnodes"] = _int(lo, v, lo=1), _int(hi or lo, v, lo=1)
+        if f["min_nnodes"] > f["nnodes"]:
+            raise ClusterError(f"{v}={text!r}: minimum nodes above maximum")
+    for name in ("node_rank", "max_restarts", "restart_count"):
+        if name in raw:
+            f[name] = _int(raw[name][0], raw[name][1])
+    if "nproc_per_node" in raw:
+        text, v = raw["nproc_per_node"]
+        f["nproc_per_node"] = "auto" if text.strip() in ("auto", "gpu") else _int(text, v, lo=1)
+    if "master_port" in raw:
+        f["master_port"] = _port(*raw["master_port"])
+    for name in ("master_addr", "rdzv_backend", "rdzv_id"):
+        if name in raw:
+            f[name] = raw[name][0].strip()
+    f["in_torchrun"] = "in_torchrun" in raw
+    if "rdzv_endpoint" in raw:
+        host, port = split_endpoint(*raw["rdzv_endpoint"])
+        f["rdzv_endpoint"] = f"{host}:{port}"
+        if "master_addr" not in f:  # the endpoint names node 0 for the c10d backend
+            f["master_addr"], f["master_port"] = host, port
+            var.setdefault("master_addr", raw["rdzv_endpoint"][1])
+    elif f.get("master_addr"):
+        f.setdefault("master_port", DEFAULT_MASTER_PORT)
+        f["rdzv_endpoint"] = f"{f['master_addr']}:{f['master_port']}"
+    c = Cluster(**f, origins=tuple(sorted(var.items())))
+    _validate(c)
+    return c
+
+
+def _validate(c: Cluster) -> None:
+    if not 0 <= c.node_rank < c.nnodes:
+        raise ClusterError(f"node rank {c.node_rank} ({c.origin('node_rank')}) is outside a world of "
+                           f"{c.nnodes} node(s) ({c.origin('nnodes')})")
+    if c.nnodes > 1 and not c.rdzv_endpoint and not c.in_torchrun:
+        raise ClusterError(f"{c.nnodes} nodes ({c.origin('nnodes')}) but no master address: set MASTER_ADDR "
+                           "(or LAUNCH_MASTER_ADDR) or pass --rdzv-endpoint HOST:PORT")
+    if c.rdzv_backend not in ("c10d", "static", "etcd", "etcd-v2"):
+        raise ClusterError(f"{c.origin('rdzv_backend')}={c.rdzv_backend!r}: expected c10d, static, etcd or etcd-v2")

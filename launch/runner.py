@@ -1,0 +1,143 @@
+"""Run a :class:`launch.modes.Plan` and return the exit code the job deserves.
+
+torchrun and ``accelerate launch`` run *in this process* (torch imported only here): run as commands they exit 1
+for any worker failure, and a preemption (75) or a config error (2) would look like a bug to the scheduler.
+Single-process modes run the trainer as a child in its own session, as torchrun does with its workers, and this
+process forwards SIGTERM/SIGINT/SIGHUP to it, so ``docker stop`` or a pod deletion reaches the trainer once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from launch import outcome
+from launch.exitcodes import CONFIG, describe
+from launch.modes import Plan
+
+SHUTDOWN_GRACE_S = 30  # torchrun's default wait between SIGTERM and SIGKILL for its workers
+
+
+def check_config(entry: str, config: str | None, overrides: list[str], mode: str, timeout: float = 120) -> str | None:
+    """Run ``python -m ENTRY check`` once, before any worker starts; None if the config is valid, else its line."""
+    cmd = [sys.executable, "-m", entry, "check", *(["-c", config] if config else []), *overrides,
+           f"train.strategy={mode}"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"`{entry} check` did not answer within {timeout:.0f} s"
+    if proc.returncode == 0:
+        return None
+    lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+    return lines[-1] if lines else f"`{entry} check` exited with {proc.returncode}"
+
+
+@contextlib.contextmanager
+def forwarding_signals():
+    """Pass SIGTERM, SIGINT and SIGHUP on to our child processes while the block runs.
+
+    SIGINT and SIGHUP from a terminal already reach every process of the foreground group, so they are forwarded
+    only to children in another process group (a second SIGINT means "exit now" to the trainer).
+    """
+    import psutil
+
+    own_group = os.getpgrp()
+
+    def forward(signum, _frame):
+        for child in psutil.Process().children():
+            try:
+                if signum == signal.SIGTERM or os.getpgid(child.pid) != own_group:
+                    child.send_signal(signum)
+            except (psutil.Error, ProcessLookupError):
+                pass
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def _report(f: outcome.Failure) -> int:
+    why = f": {f.reason}" if f.reason else ""
+    print(f"launch: rank {f.rank} exited with {f.code} ({describe(f.code)}){why}", file=sys.stderr, flush=True)
+    return f.code
+
+
+def _after_signal(exc, exit_dir: str, grace: float) -> int:
+    """Stopped by a signal: the workers' reason files say what they did with it (e.g. saved, exit 75)."""
+    first = outcome.from_reasons(outcome.read_reasons(exit_dir), since=time.time() - grace - 5)
+    code = 128 + int(getattr(exc, "sigval", signal.SIGTERM))
+    return _report(first) if first else code
+
+
+def _run_process(plan: Plan, exit_dir: str) -> int:
+    proc = subprocess.Popen(plan.argv, env=dict(os.environ), start_new_session=True)
+    with forwarding_signals():
+        rc = proc.wait()
+    if rc == 0:
+        return 0
+    rank = int(os.environ.get("RANK", "0"))
+    return _report(outcome.from_process(rc, outcome.read_reasons(exit_dir), time.time(), rank))
+
+
+def _run_torchrun(plan: Plan, exit_dir: str) -> int:
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = get_args_parser().parse_args(plan.tool_args)
+    try:
+        run(args)
+    except ChildFailedError as e:
+        return _report(outcome.from_failures(e.failures, outcome.read_reasons(exit_dir)))
+    except SignalException as e:
+        return _after_signal(e, exit_dir, getattr(args, "shutdown_timeout", None) or SHUTDOWN_GRACE_S)
+    return 0
+
+
+def _run_accelerate(plan: Plan, exit_dir: str) -> int:
+    # accelerate reads HF_HOME when imported, so the environment is set before this import.
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = launch_command_parser().parse_args(plan.tool_args)
+    try:
+        with forwarding_signals():  # one process: accelerate's simple launcher forwards nothing itself
+            launch_command(args)
+    except ChildFailedError as e:
+        return _report(outcome.from_failures(e.failures, outcome.read_reasons(exit_dir)))
+    except subprocess.CalledProcessError as e:
+        return _report(outcome.from_process(e.returncode, outcome.read_reasons(exit_dir), time.time()))
+    except SignalException as e:
+        return _after_signal(e, exit_dir, SHUTDOWN_GRACE_S)
+    return 0
+
+
+RUNNERS = {"process": _run_process, "torchrun": _run_torchrun, "accelerate": _run_accelerate}
+
+
+def execute(plan: Plan) -> int:
+    """Start the job and wait for it; the workers inherit this process's environment plus ``plan.env``."""
+    tmp = tempfile.mkdtemp(prefix="launch-")
+    try:
+        fresh = {name: os.path.join(tmp, name.lower()) for name in plan.fresh_dirs}
+        for path in fresh.values():
+            os.makedirs(path)
+        os.environ.update(plan.env)
+        os.environ.update(fresh)
+        try:
+            return RUNNERS[plan.kind](plan, fresh.get("TRAINER_EXIT_DIR", tmp))
+        except ImportError as e:  # torch or accelerate missing: an unfit environment, not a bug
+            print(f"launch: {plan.kind} needs {e.name or e}: install the pinned requirements", file=sys.stderr)
+            return CONFIG
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
