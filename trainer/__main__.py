@@ -111,7 +111,7 @@ def train(cfg: C.Config) -> int:
         accelerator = make_accelerator(cfg, D.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
                                        if _t.cuda.is_available() or cfg.device == "cpu" else _t.device("cpu"))
     state = D.init(cfg.device, cfg.dist.init_timeout_s, cfg.dist.collective_timeout_s,
-                   want_group=accelerator is None)
+                   want_group=accelerator is None, force_group=cfg.train.strategy in ("ddp", "fsdp"))
     if accelerator is not None and torch.distributed.is_initialized():
         state.backend = torch.distributed.get_backend()
         D.add_groups(state, cfg.dist.collective_timeout_s)

@@ -57,15 +57,25 @@ def pick_device(choice: str, local_rank: int) -> torch.device:
 
 
 def init(device_choice: str = "auto", init_timeout_s: float = 300.0, collective_timeout_s: float = 600.0,
-         want_group: bool = True) -> DistState:
-    """Create the process group when launched with WORLD_SIZE > 1 (torchrun/accelerate)."""
+         want_group: bool = True, force_group: bool = False) -> DistState:
+    """Create the process group when launched with WORLD_SIZE > 1 (torchrun/accelerate).
+
+    `force_group` makes a group of one (ddp/fsdp asked for on a single process, e.g. the GPU check's
+    "DDP with one NCCL process"); without torchrun's variables it rendezvous on a free loopback port.
+    """
     rank = _env_int("RANK", 0)
     world = _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", 0)
     local_world = _env_int("LOCAL_WORLD_SIZE", 1)
     device = pick_device(device_choice, local_rank)
     state = DistState(rank, local_rank, world, local_world, device)
-    if world > 1 and want_group:
+    if force_group and world == 1 and "MASTER_ADDR" not in os.environ:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(sock.getsockname()[1]))
+    if (world > 1 or force_group) and want_group:
         backend = "nccl" if device.type == "cuda" else "gloo"
         # Rendezvous with its own (init) timeout; the group gets the collective timeout. torchrun's
         # env:// store is the agent's store, so this is the same rendezvous torchrun set up.

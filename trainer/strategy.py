@@ -36,7 +36,11 @@ def resolve_mode(cfg: Config, state: DistState) -> str:
 def make_accelerator(cfg: Config, device: torch.device):
     """Created before the process group: Accelerator initialises it itself."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # accelerate keeps process-wide singletons; a second run in one process (tests, the GPU check) with
+    # another precision must start from a clean state.
+    AcceleratorState._reset_state(reset_partial_state=True)
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision]
     return Accelerator(cpu=device.type == "cpu", mixed_precision=mp, device_placement=False)
 

@@ -1,0 +1,220 @@
+"""``python -m trainer compress``: quantize or prune a trained model and report what it cost and saved.
+
+    python -m trainer compress --from runs/cnn --method quantize --out runs/cnn-int8
+    python -m trainer compress --from runs/cnn --method quantize --scheme int8-dynamic,int8-weight,torch-ao-dynamic --out runs/cnn-q
+    python -m trainer compress --from runs/cnn --method prune --amount 0.8 --scope global --finetune-steps 50 --out runs/cnn-sparse
+    python -m trainer compress --from runs/cnn --method prune --amount 0.5 --scope channel --finetune-steps 50 --out runs/cnn-slim
+
+Every command writes ``<out>/report.json`` and prints the same table: for the source model and each
+compressed variant, the eval metric on the recipe's eval split, size on disk, bytes of the Linear weights,
+parameter count and sparsity, and CPU latency per batch (median over ``--repeats`` forward passes at
+``--batch-size``, with the thread count used). Quantized models are written as ``model-<scheme>.pt``
+(torch.save of the state dict: the int8 tensors are not plain tensors); pruned ones as ``model.safetensors``.
+``python -m trainer eval --from <out>`` (or ``--from <out>/<file>``) evaluates them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+from . import config as C
+
+log = logging.getLogger("trainer")
+
+_QUANT_SCHEMES = ("int8-dynamic", "int8-weight", "torch-ao-dynamic")
+
+
+def add_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--from", dest="src", required=True, metavar="RUN_OR_CHECKPOINT",
+                    help="run dir, checkpoint dir, .safetensors or .pt file (config from the run or -c)")
+    sp.add_argument("--method", required=True, choices=("quantize", "prune"))
+    sp.add_argument("--out", required=True, metavar="DIR", help="new directory for the model(s) and report.json")
+    sp.add_argument("-c", "--config", help="recipe to use instead of the config saved with the weights")
+    q = sp.add_argument_group("quantize")
+    q.add_argument("--scheme", default="int8-dynamic",
+                   help=f"comma-separated, from {', '.join(_QUANT_SCHEMES)} (default int8-dynamic; torchao "
+                        "schemes fall back to torch-ao-dynamic if torchao fails)")
+    p = sp.add_argument_group("prune")
+    p.add_argument("--amount", type=float, default=0.5, help="fraction of weights (or channels) to remove")
+    p.add_argument("--scope", choices=("global", "layer", "channel"), default="global",
+                   help="global / layer: unstructured magnitude, one threshold for all chosen layers or one "
+                        "per layer; channel: remove whole output channels (tensors shrink)")
+    p.add_argument("--layers", nargs="*", default=[], metavar="PATTERN",
+                   help="Linear/Conv2d layers to prune (glob or re:REGEX on module names; default all)")
+    p.add_argument("--finetune-steps", type=int, default=0, help="SGD steps on the train split after pruning "
+                   "(masks on for unstructured), before the masks are made permanent")
+    p.add_argument("--lr", type=float, default=None, help="fine-tune learning rate (default optim.lr / 10)")
+    m = sp.add_argument_group("measurement")
+    m.add_argument("--batch-size", type=int, default=None, help="latency batch (default train.batch_size)")
+    m.add_argument("--repeats", type=int, default=20, help="timed forward passes per model (median reported)")
+    m.add_argument("--threads", type=int, default=None, help="torch threads for latency (default: current)")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.classes=[]")
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _latency_ms(module, x, repeats: int) -> float:
+    import statistics
+    import time
+
+    import torch
+
+    with torch.inference_mode():
+        for _ in range(2):  # warm-up: first-call allocations, kernel selection
+            module(x)
+        times = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            module(x)
+            times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _row(variant: str, module, ctx: dict, size: int, **extra) -> dict:
+    from .evaluate import evaluate_module
+    from .quantize import linear_weight_bytes, zeros_and_total
+
+    res = evaluate_module(module, ctx["eval_ds"], ctx["task"], ctx["eval_bs"])
+    zeros, total = zeros_and_total(module)
+    return {"variant": variant, "metric": ctx["metric"], "value": res[ctx["metric"]], "loss": res["loss"],
+            "size_bytes": size, "linear_weight_bytes": linear_weight_bytes(module), "params": total,
+            "sparsity": zeros / max(total, 1), "latency_ms": _latency_ms(module, ctx["x"], ctx["repeats"]),
+            **extra}
+
+
+def _safetensors_bytes(module) -> int:
+    from safetensors.torch import save
+
+    return len(save({k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}))
+
+
+def format_table(report: dict) -> str:
+    rows = report["rows"]
+    base = rows[0]
+    head = (f"{'variant':<30} {base['metric']:>9} {'size':>10} {'linear W':>10} {'params':>9} {'sparsity':>9} "
+            f"{'ms/batch':>9} {'speed':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['variant']:<30} {r['value']:>9.4f} {r['size_bytes'] / 1e6:>8.3f}MB "
+                     f"{r['linear_weight_bytes'] / 1e6:>8.3f}MB {r['params']:>9,} {100 * r['sparsity']:>8.2f}% "
+                     f"{r['latency_ms']:>9.2f} {base['latency_ms'] / r['latency_ms']:>5.2f}x")
+    m = report["measurement"]
+    lines.append(f"eval: {report['data']}; latency: median of {m['repeats']} CPU forward passes, batch "
+                 f"{m['batch_size']}, {m['threads']} thread(s); speed = source ms / variant ms")
+    for r in rows[1:]:
+        if r.get("note"):
+            lines.append(f"{r['variant']}: {r['note']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def _quantize(module, ctx: dict, args, out: str) -> list[dict]:
+    import torch
+
+    from .quantize import quantize
+
+    schemes = [s.strip() for s in args.scheme.split(",") if s.strip()]
+    bad = [s for s in schemes if s not in _QUANT_SCHEMES]
+    if bad or not schemes:
+        raise C.ConfigError(f"--scheme {args.scheme!r}: expected one or more of {', '.join(_QUANT_SCHEMES)}")
+    rows = []
+    for scheme in schemes:
+        q, used, note = quantize(module, scheme)
+        name = f"model-{used}.pt"
+        path = os.path.join(out, name)
+        torch.save(q.state_dict(), path + ".tmp")
+        os.replace(path + ".tmp", path)
+        rows.append(_row(f"{used}" + (f" (for {scheme})" if used != scheme else ""), q, ctx,
+                         os.path.getsize(path), file=name, scheme=used, note=note))
+    return rows
+
+
+def _prune(module, ctx: dict, args, out: str) -> tuple[list[dict], dict]:
+    from safetensors.torch import save_file
+
+    from . import prune as P
+
+    if not 0.0 <= args.amount < 1.0:
+        raise C.ConfigError(f"--amount {args.amount}: expected a fraction in [0, 1)")
+    cfg = ctx["cfg"]
+    info: dict = {"requested": args.amount, "scope": args.scope, "finetune_steps": args.finetune_steps}
+    if args.scope == "channel":
+        info["layers"] = P.prune_channels(module, args.amount, args.layers)
+        variant = f"channels -{args.amount:.0%}"
+    else:
+        names = P.unstructured(module, args.amount, args.scope, args.layers)
+        info["layers"] = names
+        variant = f"{args.scope} -{args.amount:.0%}"
+    if args.finetune_steps:
+        lr = args.lr if args.lr is not None else cfg.optim.lr / 10
+        info["finetune_lr"] = lr
+        info["finetune_loss"] = P.short_finetune(module, ctx["train_ds"], ctx["task"], args.finetune_steps,
+                                                 cfg.train.batch_size, lr, cfg.seed)
+        variant += f" +{args.finetune_steps} steps"
+    if args.scope != "channel":
+        P.make_permanent(module)
+        zeros, total = P.weight_sparsity(module, names)
+        expected = P.expected_zeros(module, names, args.amount, args.scope)
+        info.update(zeros=zeros, total=total, achieved=zeros / total, expected_zeros=expected)
+        if zeros != expected:  # a pruned weight came back, or the masks were not applied
+            raise RuntimeError(f"pruning: {zeros} zero weights after making the masks permanent, expected {expected}")
+    module.eval()
+    path = os.path.join(out, "model.safetensors")
+    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    save_file(state, path + ".tmp", metadata={"format": "pt"})
+    os.replace(path + ".tmp", path)
+    row = _row(variant, module, ctx, os.path.getsize(path), file="model.safetensors",
+               structured=args.scope == "channel")
+    if args.scope == "channel":
+        row["note"] = "; ".join(f"{c['layer']} {c['channels_before']}->{c['channels_after']}" for c in info["layers"])
+    else:
+        row["note"] = (f"sparsity of the pruned weights: requested {args.amount:.4f}, achieved {info['achieved']:.4f} "
+                       f"({zeros:,} of {total:,}; dense storage, so size and latency do not change)")
+    return [row], info
+
+
+def compress_main(args: argparse.Namespace) -> int:
+    import torch
+
+    from .evaluate import load_model, metric_name
+
+    out = args.out
+    if os.path.isdir(out) and (os.path.exists(os.path.join(out, "checkpoints")) or
+                               os.path.exists(os.path.join(out, "manifest.json"))):
+        raise C.ConfigError(f"--out {out!r}: holds a run or checkpoint; choose a new directory")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    module, cfg, w, (train_ds, eval_ds, info) = load_model(args.src, args.config, args.overrides)
+    if w.extra.get("scheme"):
+        raise C.ConfigError(f"--from {args.src!r}: already quantized; compress the float model")
+    if len(eval_ds) == 0:
+        raise C.ConfigError(f"data.eval_fraction={cfg.data.eval_fraction}: the eval split is empty")
+    bs = args.batch_size or cfg.train.batch_size
+    reps = -(-bs // len(eval_ds))
+    x, _ = eval_ds.get_batch(torch.arange(len(eval_ds)).repeat(reps)[:bs])
+    ctx = {"cfg": cfg, "eval_ds": eval_ds, "train_ds": train_ds, "task": info.task, "metric": metric_name(info.task),
+           "eval_bs": cfg.train.eval_batch_size, "x": x, "repeats": args.repeats}
+    os.makedirs(out, exist_ok=True)
+    rows = [_row("source (fp32)", module, ctx, _safetensors_bytes(module), note=w.source)]
+    details: dict = {}
+    if args.method == "quantize":
+        rows += _quantize(module, ctx, args, out)
+    else:
+        new_rows, details = _prune(module, ctx, args, out)
+        rows += new_rows
+    report = {"source": w.source, "method": args.method, "data": info.description, "rows": rows,
+              "measurement": {"batch_size": bs, "repeats": args.repeats, "threads": torch.get_num_threads(),
+                              "device": "cpu", "torch": torch.__version__},
+              "prune": details or None, "config": C.to_dict(cfg)}
+    with open(os.path.join(out, "report.json.tmp"), "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=1)
+    os.replace(os.path.join(out, "report.json.tmp"), os.path.join(out, "report.json"))
+    print(format_table(report))
+    print(f"report: {os.path.join(out, 'report.json')}")
+    return 0
