@@ -39,6 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("config", help="list every config key with its type, default and help")
     sp.add_argument("-c", "--config", help="also print this recipe resolved with the overrides")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    from . import compress, evaluate  # no torch import at module level: --help stays fast
+
+    for name, help_, add in (("eval", "evaluate a run, checkpoint or weights file on its eval split",
+                              evaluate.add_eval_arguments),
+                             ("compress", "quantize or prune a trained model; before/after report",
+                              compress.add_arguments),
+                             ("export", "write a run or checkpoint as one .safetensors file",
+                              evaluate.add_export_arguments)):
+        add(sub.add_parser(name, help=help_, description=help_))
     return p
 
 
@@ -216,6 +225,11 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"config error: {e}", file=sys.stderr)
                 sys.exit(X.CONFIG)
         return
+    if args.cmd in ("eval", "compress", "export"):  # trainer/evaluate.py, trainer/compress.py
+        _setup_logging(0)
+        from .evaluate import run_tool
+
+        sys.exit(run_tool(args))
     try:
         cfg = C.load(args.config, args.overrides)
     except C.ConfigError as e:

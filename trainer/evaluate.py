@@ -165,3 +165,23 @@ def export_main(args: argparse.Namespace) -> int:
     print(f"export: {len(w.state)} tensors, {n:,} values, {os.path.getsize(args.out):,} bytes -> {args.out} "
           f"(from {w.source})", file=sys.stdout)
     return 0
+
+
+def run_tool(args: argparse.Namespace) -> int:
+    """Dispatch eval / compress / export: a bad input is one line and exit 2, like `train`."""
+    from .exitcodes import CONFIG, INTERNAL
+
+    if args.cmd == "compress":
+        from .compress import compress_main as fn
+    else:
+        fn = eval_main if args.cmd == "eval" else export_main
+    try:
+        return fn(args)
+    except C.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return CONFIG
+    except KeyboardInterrupt:
+        return 128 + 2
+    except Exception:  # a bug: the traceback goes to the console log
+        log.exception("internal error in %s", args.cmd)
+        return INTERNAL

@@ -311,7 +311,11 @@ class Trainer:
                         profiler.step(p.step)
                     t_step = time.perf_counter() if self.compile_time_s is None and t.compile else None
                     self.watchdog.pause(t_step is not None)  # compiling may take minutes on one rank
-                    self._run_step(micro)
+                    try:
+                        self._run_step(micro)
+                    except torch.cuda.OutOfMemoryError:
+                        self._oom_snapshot()
+                        raise
                     if t_step is not None:
                         self.watchdog.pause(False)
                         _sync(self.device)
@@ -360,6 +364,20 @@ class Trainer:
             if self.metrics:
                 self.metrics.close()
         return code
+
+    def _oom_snapshot(self) -> None:
+        """Write the CUDA allocator's state before the error ends the run, and say where it is."""
+        import pickle
+
+        path = os.path.join(self.run_dir, f"cuda_oom_snapshot-rank{self.state.rank}.pickle")
+        try:
+            with open(path, "wb") as fh:
+                pickle.dump(torch.cuda.memory._snapshot(), fh)
+            log.error("CUDA out of memory at step %d: allocator snapshot written to %s (drag it into "
+                      "https://pytorch.org/memory_viz); lower train.batch_size, raise train.grad_accum, or set "
+                      "train.activation_checkpointing=true", self.progress.step + 1, path)
+        except Exception as e:  # the snapshot is a courtesy; the OOM is the error to report
+            log.error("CUDA out of memory at step %d (snapshot failed: %s)", self.progress.step + 1, e)
 
     def _finish(self, wall: float) -> None:
         if not self.state.is_main:

@@ -135,8 +135,9 @@ class Strategy:
             self.scaler.step(optimizer)  # skips itself on inf/nan gradients
             self.scaler.update()
             return
-        if self.state.device.type == "cuda" and getattr(optimizer, "defaults", {}).get("fused"):
-            optimizer.found_inf = (~ok).float()
+        inner = self._inner_optimizer(optimizer)
+        if self.state.device.type == "cuda" and inner.defaults.get("fused"):
+            inner.found_inf = (~ok).float()  # the fused kernel skips the update on device: no host sync
             optimizer.step()
             return
         if bool(ok):  # CPU: no device to wait for, so this "sync" costs nothing
