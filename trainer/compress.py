@@ -57,21 +57,27 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- measuring
 
 
-def _latency_ms(module, x, repeats: int) -> float:
+def measure_latency(models: list, x, repeats: int) -> list[tuple[float, float]]:
+    """(median ms, min ms) of one forward pass at batch x for each model.
+
+    Round-robin (one pass of each model per round) so a change in machine load hits every model alike.
+    """
     import statistics
     import time
 
     import torch
 
+    times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
-        for _ in range(2):  # warm-up: first-call allocations, kernel selection
-            module(x)
-        times = []
+        for m in models:  # warm-up: first-call allocations, kernel selection
+            m(x)
+            m(x)
         for _ in range(max(1, repeats)):
-            t0 = time.perf_counter()
-            module(x)
-            times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+            for i, m in enumerate(models):
+                t0 = time.perf_counter()
+                m(x)
+                times[i].append(time.perf_counter() - t0)
+    return [(1e3 * statistics.median(t), 1e3 * min(t)) for t in times]
 
 
 def _row(variant: str, module, ctx: dict, size: int, **extra) -> dict:
@@ -80,10 +86,10 @@ def _row(variant: str, module, ctx: dict, size: int, **extra) -> dict:
 
     res = evaluate_module(module, ctx["eval_ds"], ctx["task"], ctx["eval_bs"])
     zeros, total = zeros_and_total(module)
+    ctx["models"].append(module)
     return {"variant": variant, "metric": ctx["metric"], "value": res[ctx["metric"]], "loss": res["loss"],
             "size_bytes": size, "linear_weight_bytes": linear_weight_bytes(module), "params": total,
-            "sparsity": zeros / max(total, 1), "latency_ms": _latency_ms(module, ctx["x"], ctx["repeats"]),
-            **extra}
+            "sparsity": zeros / max(total, 1), **extra}
 
 
 def _safetensors_bytes(module) -> int:
@@ -104,7 +110,7 @@ def format_table(report: dict) -> str:
                      f"{r['latency_ms']:>9.2f} {base['latency_ms'] / r['latency_ms']:>5.2f}x")
     m = report["measurement"]
     lines.append(f"eval: {report['data']}; latency: median of {m['repeats']} CPU forward passes, batch "
-                 f"{m['batch_size']}, {m['threads']} thread(s); speed = source ms / variant ms")
+                 f"{m['batch_size']}, {m['threads']} thread(s), models timed in turn; speed = source ms / variant ms")
     for r in rows[1:]:
         if r.get("note"):
             lines.append(f"{r['variant']}: {r['note']}")
@@ -199,15 +205,19 @@ def compress_main(args: argparse.Namespace) -> int:
     reps = -(-bs // len(eval_ds))
     x, _ = eval_ds.get_batch(torch.arange(len(eval_ds)).repeat(reps)[:bs])
     ctx = {"cfg": cfg, "eval_ds": eval_ds, "train_ds": train_ds, "task": info.task, "metric": metric_name(info.task),
-           "eval_bs": cfg.train.eval_batch_size, "x": x, "repeats": args.repeats}
+           "eval_bs": cfg.train.eval_batch_size, "models": []}
     os.makedirs(out, exist_ok=True)
-    rows = [_row("source (fp32)", module, ctx, _safetensors_bytes(module), note=w.source)]
+    import copy
+
+    rows = [_row("source (fp32)", copy.deepcopy(module), ctx, _safetensors_bytes(module), note=w.source)]
     details: dict = {}
     if args.method == "quantize":
         rows += _quantize(module, ctx, args, out)
     else:
         new_rows, details = _prune(module, ctx, args, out)
         rows += new_rows
+    for row, (med, low) in zip(rows, measure_latency(ctx["models"], x, args.repeats)):
+        row.update(latency_ms=med, latency_min_ms=low)
     report = {"source": w.source, "method": args.method, "data": info.description, "rows": rows,
               "measurement": {"batch_size": bs, "repeats": args.repeats, "threads": torch.get_num_threads(),
                               "device": "cpu", "torch": torch.__version__},

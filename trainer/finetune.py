@@ -176,11 +176,17 @@ def _read_compressed(directory: str, entry: dict, key: str) -> Weights:
 
         sd = load_file(path)
     else:
-        if entry.get("scheme"):  # torchao tensor subclasses register themselves as safe globals on import
+        import warnings
+
+        if entry.get("scheme", "").startswith("int8"):  # torchao registers its tensor types as safe globals
             from .quantize import import_torchao
 
             import_torchao()
-        sd = _as_state_dict(_torch_load(path, key), path, key)
+        with warnings.catch_warnings():  # torch.ao's packed int8 weights: deprecation notices on load
+            warnings.simplefilter("ignore")
+            sd = _torch_load(path, key)
+        if not isinstance(sd, dict):
+            raise ConfigError(f"{key}={path!r}: expected a state dict, got {type(sd).__name__}")
     return Weights(sd, entry.get("config"), f"compressed model {path} ({entry.get('variant')})", extra=entry)
 
 
@@ -290,7 +296,7 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
-def apply_lora(module: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float) -> list[str]:
+def apply_lora(module: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float = 0.0) -> list[str]:
     """Wrap every nn.Linear whose module name matches a pattern; returns the wrapped names."""
     linears = {n: m for n, m in module.named_modules() if type(m) is nn.Linear}
     chosen = [n for n in linears if any(name_matches(n, p) for p in targets)]

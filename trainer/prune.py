@@ -102,7 +102,7 @@ def short_finetune(module: nn.Module, train_ds, task: str, steps: int, batch_siz
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        recent = (recent + [float(loss)])[-10:]
+        recent = (recent + [loss.item()])[-10:]
     module.eval()
     return sum(recent) / max(len(recent), 1)
 
