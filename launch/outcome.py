@@ -54,9 +54,16 @@ def read_reasons(exit_dir: str | None) -> dict[int, dict[str, Any]]:
     return out
 
 
+# Codes a rank usually shows *because* another rank failed, least telling last: 75 (torchrun's SIGTERM to
+# the survivors read as a preemption), 143 (that SIGTERM itself), 1 (its peer vanished mid-collective).
+# Within the same second they rank below a specific code or another signal (a SIGKILLed rank's 137), so
+# the message names the rank that really failed.
+_CONSEQUENTIAL = {75: 1, 128 + 15: 2, INTERNAL: 3}
+
+
 def _first(items: list[Failure]) -> Failure:
     exact = all(f.precise for f in items)
-    return min(items, key=lambda f: (f.time if exact else int(f.time), f.code == INTERNAL, f.rank))
+    return min(items, key=lambda f: (f.time if exact else int(f.time), _CONSEQUENTIAL.get(f.code, 0), f.rank))
 
 
 def from_failures(failures: Mapping[int, Any], reasons: Mapping[int, dict]) -> Failure:

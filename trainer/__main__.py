@@ -24,6 +24,7 @@ from . import config as C
 from . import exitcodes as X
 
 log = logging.getLogger("trainer")
+_KEEPALIVE: list = []  # see train()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -161,6 +162,15 @@ def train(cfg: C.Config) -> int:
                  state.device)
         trainer = Trainer(cfg, state, strategy, optimizer, train_ds, eval_ds, info, run_dir,
                           flops)
+        # Freeing a DDP model after its gloo group can deadlock on the GIL (a gloo worker thread frees a
+        # finished all-reduce while the group's destructor waits for it); the process ends with os._exit,
+        # so keep these alive until then instead of letting train() return them to the GC.
+        _KEEPALIVE.extend([strategy, module, optimizer, trainer])
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        if restarts:
+            logging.getLogger("trainer").warning(
+                "elastic restart %d (of at most %s): resuming from the latest checkpoint", restarts,
+                os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?"))
         if resume_path:
             trainer.resume_from(resume_path)
         created.clear()  # from here on the run dir holds real work

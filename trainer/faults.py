@@ -52,7 +52,10 @@ class PreemptionWatch:
             signal.signal(s, h)
         self._old.clear()
         if self._work is not None:
-            self._work.wait()
+            try:
+                self._work.wait()
+            except Exception:  # a peer is gone; the error that ended the run is already on its way
+                pass
             self._work = None
 
     def agreed(self) -> bool:

@@ -36,6 +36,9 @@ def pf(code, ts):
 def test_earliest_failure_wins_and_a_specific_code_beats_1_in_the_same_second():
     assert outcome.from_failures({0: pf(1, 100), 1: pf(75, 100)}, {}).code == 75
     assert outcome.from_failures({0: pf(1, 99), 1: pf(75, 100)}, {}).code == 1
+    # torchrun SIGTERMs the survivors of a SIGKILLed rank: the killed rank is the one to name
+    killed = outcome.from_failures({0: pf(-15, 100), 1: pf(-9, 100)}, {})
+    assert (killed.rank, killed.code) == (1, 128 + 9)
 
 
 def test_reason_file_times_order_failures_precisely():
