@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 
 from . import config as C
 
@@ -42,8 +43,9 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     p.add_argument("--scope", choices=("global", "layer", "channel"), default="global",
                    help="global / layer: unstructured magnitude, one threshold for all chosen layers or one "
                         "per layer; channel: remove whole output channels (tensors shrink)")
-    p.add_argument("--layers", nargs="*", default=[], metavar="PATTERN",
-                   help="Linear/Conv2d layers to prune (glob or re:REGEX on module names; default all)")
+    p.add_argument("--layers", default="", metavar="PATTERNS",
+                   help="comma-separated Linear/Conv2d layers to prune (glob or re:REGEX on module names; "
+                        "default all), e.g. 'fc*,conv2'")
     p.add_argument("--finetune-steps", type=int, default=0, help="SGD steps on the train split after pruning "
                    "(masks on for unstructured), before the masks are made permanent")
     p.add_argument("--lr", type=float, default=None, help="fine-tune learning rate (default optim.lr / 10)")
@@ -57,10 +59,19 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- measuring
 
 
-def measure_latency(models: list, x, repeats: int) -> list[tuple[float, float]]:
-    """(median ms, min ms) of one forward pass at batch x for each model.
+def _linear_layers(module) -> list:
+    from torch import nn
+
+    return [m for m in module.modules()
+            if isinstance(m, nn.Linear) or type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
+
+
+def measure_latency(models: list, x, repeats: int) -> list[tuple[float, float, float]]:
+    """(median ms, min ms, median ms inside Linear layers) of one forward pass at batch x, per model.
 
     Round-robin (one pass of each model per round) so a change in machine load hits every model alike.
+    The Linear share comes from forward hooks around each Linear layer: quantization only touches those,
+    and in a CNN the convolutions can hide what it does to them.
     """
     import statistics
     import time
@@ -68,16 +79,33 @@ def measure_latency(models: list, x, repeats: int) -> list[tuple[float, float]]:
     import torch
 
     times: list[list[float]] = [[] for _ in models]
-    with torch.inference_mode():
-        for m in models:  # warm-up: first-call allocations, kernel selection
-            m(x)
-            m(x)
-        for _ in range(max(1, repeats)):
-            for i, m in enumerate(models):
-                t0 = time.perf_counter()
+    inner: list[list[float]] = [[] for _ in models]
+    acc = [0.0]
+
+    def pre(mod, args):
+        mod._t0 = time.perf_counter()
+
+    def post(mod, args, out):
+        acc[0] += time.perf_counter() - mod._t0
+
+    handles = [h for m in models for lin in _linear_layers(m)
+               for h in (lin.register_forward_pre_hook(pre), lin.register_forward_hook(post))]
+    try:
+        with torch.inference_mode():
+            for m in models:  # warm-up: first-call allocations, kernel selection
                 m(x)
-                times[i].append(time.perf_counter() - t0)
-    return [(1e3 * statistics.median(t), 1e3 * min(t)) for t in times]
+                m(x)
+            for _ in range(max(1, repeats)):
+                for i, m in enumerate(models):
+                    acc[0] = 0.0
+                    t0 = time.perf_counter()
+                    m(x)
+                    times[i].append(time.perf_counter() - t0)
+                    inner[i].append(acc[0])
+    finally:
+        for h in handles:
+            h.remove()
+    return [(1e3 * statistics.median(t), 1e3 * min(t), 1e3 * statistics.median(li)) for t, li in zip(times, inner)]
 
 
 def _row(variant: str, module, ctx: dict, size: int, **extra) -> dict:
@@ -101,16 +129,19 @@ def _safetensors_bytes(module) -> int:
 def format_table(report: dict) -> str:
     rows = report["rows"]
     base = rows[0]
-    head = (f"{'variant':<30} {base['metric']:>9} {'size':>10} {'linear W':>10} {'params':>9} {'sparsity':>9} "
-            f"{'ms/batch':>9} {'speed':>6}")
+    head = (f"{'variant':<26} {base['metric']:>9} {'size':>9} {'linear W':>9} {'params':>9} {'sparsity':>8} "
+            f"{'ms/batch':>9} {'speed':>6} {'Linear ms':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['variant']:<30} {r['value']:>9.4f} {r['size_bytes'] / 1e6:>8.3f}MB "
-                     f"{r['linear_weight_bytes'] / 1e6:>8.3f}MB {r['params']:>9,} {100 * r['sparsity']:>8.2f}% "
-                     f"{r['latency_ms']:>9.2f} {base['latency_ms'] / r['latency_ms']:>5.2f}x")
+        lines.append(f"{r['variant']:<26} {r['value']:>9.4f} {r['size_bytes'] / 1e6:>7.3f}MB "
+                     f"{r['linear_weight_bytes'] / 1e6:>7.3f}MB {r['params']:>9,} {100 * r['sparsity']:>7.2f}% "
+                     f"{r['latency_ms']:>9.2f} {base['latency_ms'] / r['latency_ms']:>5.2f}x "
+                     f"{r['linear_latency_ms']:>9.2f}")
     m = report["measurement"]
-    lines.append(f"eval: {report['data']}; latency: median of {m['repeats']} CPU forward passes, batch "
-                 f"{m['batch_size']}, {m['threads']} thread(s), models timed in turn; speed = source ms / variant ms")
+    lines.append(f"eval: {report['data']}")
+    lines.append(f"latency: median of {m['repeats']} CPU forward passes per model, batch {m['batch_size']}, "
+                 f"{m['threads']} thread(s), models timed in turn; speed = source ms / variant ms; "
+                 "Linear ms = time inside Linear layers")
     for r in rows[1:]:
         if r.get("note"):
             lines.append(f"{r['variant']}: {r['note']}")
@@ -137,7 +168,7 @@ def _quantize(module, ctx: dict, args, out: str) -> list[dict]:
         torch.save(q.state_dict(), path + ".tmp")
         os.replace(path + ".tmp", path)
         rows.append(_row(f"{used}" + (f" (for {scheme})" if used != scheme else ""), q, ctx,
-                         os.path.getsize(path), file=name, scheme=used, note=note))
+                         os.path.getsize(path), file=name, scheme=used, note=note if used != scheme else None))
     return rows
 
 
@@ -146,15 +177,16 @@ def _prune(module, ctx: dict, args, out: str) -> tuple[list[dict], dict]:
 
     from . import prune as P
 
+    layers = [p.strip() for p in args.layers.split(",") if p.strip()]
     if not 0.0 <= args.amount < 1.0:
         raise C.ConfigError(f"--amount {args.amount}: expected a fraction in [0, 1)")
     cfg = ctx["cfg"]
     info: dict = {"requested": args.amount, "scope": args.scope, "finetune_steps": args.finetune_steps}
     if args.scope == "channel":
-        info["layers"] = P.prune_channels(module, args.amount, args.layers)
+        info["layers"] = P.prune_channels(module, args.amount, layers)
         variant = f"channels -{args.amount:.0%}"
     else:
-        names = P.unstructured(module, args.amount, args.scope, args.layers)
+        names = P.unstructured(module, args.amount, args.scope, layers)
         info["layers"] = names
         variant = f"{args.scope} -{args.amount:.0%}"
     if args.finetune_steps:
@@ -185,6 +217,30 @@ def _prune(module, ctx: dict, args, out: str) -> tuple[list[dict], dict]:
     return [row], info
 
 
+def _compress(module, cfg, w, info, ctx: dict, x, args, out: str) -> dict:
+    import copy
+
+    import torch
+
+    rows = [_row("source (fp32)", copy.deepcopy(module), ctx, _safetensors_bytes(module), note=w.source)]
+    details: dict = {}
+    if args.method == "quantize":
+        rows += _quantize(module, ctx, args, out)
+    else:
+        new_rows, details = _prune(module, ctx, args, out)
+        rows += new_rows
+    for row, (med, low, lin) in zip(rows, measure_latency(ctx["models"], x, args.repeats)):
+        row.update(latency_ms=med, latency_min_ms=low, linear_latency_ms=lin)
+    report = {"source": w.source, "method": args.method, "data": info.description, "rows": rows,
+              "measurement": {"batch_size": x.shape[0], "repeats": args.repeats, "threads": torch.get_num_threads(),
+                              "device": "cpu", "torch": torch.__version__},
+              "prune": details or None, "config": C.to_dict(cfg)}
+    with open(os.path.join(out, "report.json.tmp"), "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=1)
+    os.replace(os.path.join(out, "report.json.tmp"), os.path.join(out, "report.json"))
+    return report
+
+
 def compress_main(args: argparse.Namespace) -> int:
     import torch
 
@@ -206,25 +262,14 @@ def compress_main(args: argparse.Namespace) -> int:
     x, _ = eval_ds.get_batch(torch.arange(len(eval_ds)).repeat(reps)[:bs])
     ctx = {"cfg": cfg, "eval_ds": eval_ds, "train_ds": train_ds, "task": info.task, "metric": metric_name(info.task),
            "eval_bs": cfg.train.eval_batch_size, "models": []}
+    created = not os.path.exists(out)
     os.makedirs(out, exist_ok=True)
-    import copy
-
-    rows = [_row("source (fp32)", copy.deepcopy(module), ctx, _safetensors_bytes(module), note=w.source)]
-    details: dict = {}
-    if args.method == "quantize":
-        rows += _quantize(module, ctx, args, out)
-    else:
-        new_rows, details = _prune(module, ctx, args, out)
-        rows += new_rows
-    for row, (med, low) in zip(rows, measure_latency(ctx["models"], x, args.repeats)):
-        row.update(latency_ms=med, latency_min_ms=low)
-    report = {"source": w.source, "method": args.method, "data": info.description, "rows": rows,
-              "measurement": {"batch_size": bs, "repeats": args.repeats, "threads": torch.get_num_threads(),
-                              "device": "cpu", "torch": torch.__version__},
-              "prune": details or None, "config": C.to_dict(cfg)}
-    with open(os.path.join(out, "report.json.tmp"), "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=1)
-    os.replace(os.path.join(out, "report.json.tmp"), os.path.join(out, "report.json"))
+    try:
+        report = _compress(module, cfg, w, info, ctx, x, args, out)
+    except BaseException:
+        if created:  # nothing half-written
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     print(format_table(report))
     print(f"report: {os.path.join(out, 'report.json')}")
     return 0

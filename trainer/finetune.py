@@ -51,8 +51,14 @@ class Weights:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+    """The one informative line of an exception; for torch's weights_only refusal, what it refused."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    found = re.search(r"WeightsUnpickler error: ([^\n]*?was not an allowed global[^.\n]*|[^\n.]*)", text)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    first = found.group(1).strip() if found else (lines[0] if lines else "")
+    return f"{type(e).__name__}: {first}".rstrip(": ")
 
 
 def _torch_load(path: str, key: str):
@@ -129,7 +135,13 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
             raise ConfigError(f"{key}={path!r}: refused {found}: not a plain weights file "
                               f"(read with weights_only=True; {_first_line(e)})") from None
         manifest = ckpt.read_manifest(found)
-        sd = _as_state_dict(state, found, key)
+        if ckpt.is_sharded(found):  # FSDP: consolidate the DCP shards here (restricted unpickler)
+            try:
+                sd = ckpt.consolidated_model_state(found)
+            except Exception as e:
+                raise ConfigError(f"{key}={path!r}: sharded checkpoint {found} unreadable ({_first_line(e)})") from None
+        else:
+            sd = _as_state_dict(state, found, key)
         return Weights(merge_lora_state(_strip_wrappers(sd)), manifest.get("config"),
                        f"checkpoint {found} (step {manifest.get('step')})")
     parent = os.path.dirname(os.path.abspath(path))
@@ -156,8 +168,11 @@ def _compressed_entry(directory: str, filename: Optional[str]) -> Optional[dict]
     report = os.path.join(directory, "report.json")
     if not os.path.isfile(report):
         return None
-    with open(report, encoding="utf-8") as fh:
-        rep = json.load(fh)
+    try:
+        with open(report, encoding="utf-8") as fh:
+            rep = json.load(fh)
+    except (OSError, ValueError):
+        return None
     files = [r for r in rep.get("rows", []) if r.get("file")]
     if filename is not None:
         files = [r for r in files if r["file"] == filename]

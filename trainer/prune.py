@@ -37,7 +37,8 @@ def targets(module: nn.Module, patterns: list[str]) -> list[tuple[str, nn.Module
     if patterns:
         found = [(n, m) for n, m in found if any(name_matches(n, p) for p in patterns)]
         if not found:
-            raise ConfigError(f"--layers {' '.join(patterns)}: matches no Linear/Conv2d layer")
+            raise ConfigError(f"--layers {','.join(patterns)}: matches no Linear/Conv2d layer (the model has: "
+                              f"{', '.join(n for n, m in module.named_modules() if isinstance(m, _LAYERS))})")
     return found
 
 
