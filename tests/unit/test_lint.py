@@ -1,0 +1,14 @@
+"""House style is checked where CI looks: ruff over the Python code (the config is in pyproject.toml)."""
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_ruff_is_clean():
+    ruff = os.path.join(os.path.dirname(sys.executable), "ruff")
+    r = subprocess.run([ruff, "check", "trainer", "launch", "tests", "bench"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]
