@@ -1,0 +1,180 @@
+"""Start-up cost: launch -> first training step of `make train`'s recipe, beyond `import torch` (target <= 3 s).
+
+    python -m bench.startup              # 5 interleaved rounds, under a minute on 2 cores
+    python -m bench.startup --smoke      # one round (CI)
+
+Each round launches, as subprocesses with the same interpreter and environment:
+  * ``python -c pass``                    the bare interpreter
+  * ``python -c "import torch"``          the part the target excludes
+  * ``python -m trainer train -c configs/cnn.yaml run.dir=TMP log.every_steps=1 train.max_steps=3
+    log.plot=false``                       the recipe (overrides only shorten the run and end it without the
+                                           loss plot; nothing before the first step changes)
+The first step's end is the timestamp of the ``step 1`` line in ``run.dir/logs/rank-0.log`` (the logging
+module's wall clock, millisecond resolution) minus nothing: that line is written right after step 1. The
+step-1 metrics row's ``step_time_s`` (the time from entering the loop to that log) gives the loop start.
+The ``data:`` and ``model:`` log lines, written once the data, model and optimizer are built, split the
+rest. An extra launch under ``python -X importtime`` lists the slowest top-level imports (not timed).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+from . import common as B
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def _env(tmp: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = B.ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("MPLCONFIGDIR", os.path.join(tmp, "mpl"))
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    return env
+
+
+def _wall(cmd: list[str], env: dict) -> float:
+    t0 = time.time()
+    r = subprocess.run(cmd, env=env, cwd=B.ROOT, capture_output=True, text=True, timeout=300)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited {r.returncode}: {r.stderr[-2000:]}")
+    return time.time() - t0
+
+
+def _stamp(line: str) -> float:
+    m = _STAMP.match(line)
+    if not m:
+        raise ValueError(line)
+    return datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def train_cmd(run_dir: str, steps: int) -> list[str]:
+    return [sys.executable, "-m", "trainer", "train", "-c", "configs/cnn.yaml", f"run.dir={run_dir}",
+            "log.every_steps=1", f"train.max_steps={steps}", "log.plot=false"]
+
+
+def launch_trainer(tmp: str, env: dict, steps: int, extra_flags: tuple = ()) -> dict:
+    """Run the recipe once; seconds from launch to each milestone."""
+    run_dir = os.path.join(tmp, f"run-{time.monotonic_ns()}")
+    cmd = train_cmd(run_dir, steps)
+    cmd[1:1] = list(extra_flags)
+    t0 = time.time()
+    r = subprocess.run(cmd, env=env, cwd=B.ROOT, capture_output=True, text=True, timeout=600)
+    t_exit = time.time() - t0
+    if r.returncode:
+        raise RuntimeError(f"trainer exited {r.returncode}: {r.stderr[-3000:]}")
+    with open(os.path.join(run_dir, "logs", "rank-0.log"), encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    marks = {}
+    for line in lines:
+        if " data: " in line and "data" not in marks:
+            marks["data"] = _stamp(line) - t0
+        elif " model: " in line and "model" not in marks:
+            marks["model"] = _stamp(line) - t0
+        elif re.search(r" step 1 ", line) and "step1" not in marks:
+            marks["step1"] = _stamp(line) - t0
+    missing = {"data", "model", "step1"} - set(marks)
+    if missing:
+        raise RuntimeError(f"rank-0.log of {run_dir} lacks the {', '.join(sorted(missing))} line(s); "
+                           f"the trainer's log format changed")
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
+        first = next(r for r in map(json.loads, fh) if not r.get("eval"))
+    marks["loop"] = marks["step1"] - first["step_time_s"]
+    marks["exit"] = t_exit
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return {"marks": marks, "stderr": r.stderr}
+
+
+def top_imports(stderr: str, n: int = 10) -> list[dict]:
+    """Top-level imports by cumulative time from ``python -X importtime`` output."""
+    rows = []
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "imported package" in line:
+            continue
+        _, cum, name = (part for part in line[len("import time:"):].split("|"))
+        if name.startswith("  "):  # nested: counted in its parent's cumulative time
+            continue
+        rows.append({"module": name.strip(), "cumulative_s": int(cum) / 1e6})
+    rows.sort(key=lambda r: -r["cumulative_s"])
+    return rows[:n]
+
+
+def main(argv=None) -> None:
+    p = B.parser("startup", __doc__)
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, smoke 1)")
+    args = p.parse_args(argv)
+    rounds = args.rounds or (1 if args.smoke else 5)
+    load0 = B.loadavg()
+    tmp = tempfile.mkdtemp(prefix="bench-startup-")
+    env = _env(tmp)
+    py = sys.executable
+    stderr = {}
+
+    def trainer() -> dict:
+        # Smoke: the one launch also gives the import list (-X importtime adds a few % to import time).
+        out = launch_trainer(tmp, env, 3, ("-X", "importtime") if args.smoke else ())
+        stderr["last"] = out["stderr"]
+        return out["marks"]
+
+    tasks = {"python -c pass": lambda: {"exit": _wall([py, "-c", "pass"], env)},
+             "import torch": lambda: {"exit": _wall([py, "-c", "import torch"], env)},
+             "trainer": trainer}
+    res: dict[str, list[dict]] = defaultdict(list)
+    try:
+        if not args.smoke:
+            launch_trainer(tmp, env, 1)  # warm the page cache: the first launch after install is colder
+        for r in range(rounds):
+            for name in B.rotate(list(tasks), r):
+                res[name].append(tasks[name]())
+            t = res["trainer"][-1]
+            print(f"  round {r + 1}/{rounds}: import torch {res['import torch'][-1]['exit']:.2f}s, "
+                  f"trainer first step done {t['step1']:.2f}s", flush=True)
+        if not args.smoke:
+            stderr["last"] = launch_trainer(tmp, env, 1, ("-X", "importtime"))["stderr"]
+        imports = top_imports(stderr["last"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    torch_s = [x["exit"] for x in res["import torch"]]
+    bare_s = [x["exit"] for x in res["python -c pass"]]
+    tr = res["trainer"]
+    # Paired by round: each round's trainer launch minus the same round's `import torch`.
+    beyond = [t["step1"] - i for t, i in zip(tr, torch_s)]
+    rows = []
+
+    def add(what: str, xs: list[float], note: str = "") -> None:
+        sp = B.spread(xs)
+        rows.append({"what": what, "s": sp["median"], "min_s": sp["min"], "max_s": sp["max"], "note": note})
+
+    add("python -c pass (interpreter)", bare_s)
+    add("python -c 'import torch' (excluded)", torch_s)
+    add("launch -> data, model, optimizer built ('model:' log line)", [t["model"] for t in tr])
+    add("launch -> training loop entered", [t["loop"] for t in tr], "step-1 log time - step_time_s")
+    add("launch -> first step done ('step 1' log line)", [t["step1"] for t in tr])
+    add("first step done, beyond import torch", beyond, "target <= 3 s")
+    add("  of which: loop entered -> step 1 logged", [t["step1"] - t["loop"] for t in tr])
+    add("  of which: built -> loop entered (Trainer, Metrics)", [t["loop"] - t["model"] for t in tr])
+    add("launch -> process exit (3 steps, eval, checkpoint)", [t["exit"] for t in tr])
+    print(f"launch -> first step, `make train` recipe (configs/cnn.yaml), {rounds} round(s), seconds")
+    print(B.table(rows, [("what", "what", ""), ("s", "median s", ".2f"), ("min_s", "min", ".2f"),
+                         ("max_s", "max", ".2f"), ("note", "", "")]))
+    print("\nslowest top-level imports of one launch (python -X importtime; cumulative, seconds)")
+    print(B.table(imports, [("module", "module", ""), ("cumulative_s", "s", ".2f")]))
+    path = B.write_result("startup", args, {"settings": {"rounds": rounds, "command": " ".join(train_cmd("TMP", 3)[1:])},
+                                            "loadavg_start": load0, "rows": rows, "imports": imports,
+                                            "first_step_beyond_import_torch_s": B.median(beyond)})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

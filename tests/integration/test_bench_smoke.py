@@ -1,0 +1,126 @@
+"""Every bench script through its real CLI in smoke mode: the table prints, the JSON is written, the numbers
+are positive and finite. Never a timing threshold (this machine's timings are not the product's).
+
+The five scripts start together (a module fixture) and each test waits for its own: they are CPU-light
+and mostly wait on imports, so the file takes about as long as the slowest script rather than the sum.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import PY, ROOT
+
+SCRIPTS = ("overhead", "datapipe", "startup", "checkpoint", "gpu")
+ENV_KEYS = {"date", "hostname", "cpu_model", "python", "torch", "torch_threads"}
+
+
+def pos(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ)
+    env.update(PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+               TMPDIR=str(base), HF_HOME=str(base / "hf"), MPLCONFIGDIR=str(base / "mpl"),
+               TORCHINDUCTOR_CACHE_DIR=str(base / "inductor"), PYTHONUNBUFFERED="1")
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OUT"):
+        env.pop(var, None)
+    procs = {}
+    for name in SCRIPTS:
+        out = base / name
+        procs[name] = (out, subprocess.Popen([PY, "-m", f"bench.{name}", "--smoke", "--out", str(out)], cwd=ROOT,
+                                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    yield procs
+    for _, p in procs.values():
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
+def result(runs, name: str) -> tuple[str, dict]:
+    out_dir, proc = runs[name]
+    try:
+        stdout, stderr = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"bench.{name} --smoke did not finish in 150 s:\n{stdout[-2000:]}\n{stderr[-3000:]}")
+    assert proc.returncode == 0, f"bench.{name} exited {proc.returncode}:\n{stdout[-2000:]}\n{stderr[-4000:]}"
+    files = glob.glob(str(out_dir / f"{name}-smoke-*.json"))
+    assert len(files) == 1, (files, stdout[-2000:])
+    with open(files[0], encoding="utf-8") as fh:
+        doc = json.load(fh)
+    assert doc["bench"] == name and doc["smoke"] is True
+    assert ENV_KEYS <= doc["env"].keys() and all(doc["env"][k] for k in ENV_KEYS), doc["env"]
+    assert f"wrote {files[0]}" in stdout
+    return stdout, doc
+
+
+def test_overhead_smoke(runs):
+    out, doc = result(runs, "overhead")
+    assert "median µs/step" in out and "CPU-time ÷ raw" in out and "hot path" in out
+    rows = {(r["section"], r["variant"]): r for r in doc["rows"]}
+    want = {("mlp", v) for v in ("raw", "trainer", "accelerate", "fabric", "trainer[accelerate]")}
+    want |= {(s, v) for s in ("cnn", "gpt") for v in ("raw", "trainer")}
+    assert want <= rows.keys(), rows.keys()
+    for r in rows.values():
+        assert pos(r["step_us"]) and pos(r["ratio"]) and pos(r["cpu_us"]) and pos(r["mean_us"]), r
+        assert math.isfinite(r["vs_raw_us"]), r
+    hp = doc["hotpath"]
+    assert {r["step"] for r in hp["ab"]} == {"Trainer._run_step", "lean step (same features)", "raw step"}
+    assert all(pos(r["us"]) for r in hp["ab"])
+    assert hp["ops"] and hp["python"] and all(pos(r["us"]) for r in hp["log"] if r.get("us") is not None)
+
+
+def test_datapipe_smoke(runs):
+    out, doc = result(runs, "datapipe")
+    assert "data wait %" in out
+    assert [r["recipe"] for r in doc["rows"]] == ["cnn", "gpt"]
+    for r in doc["rows"]:
+        assert pos(r["step_ms"]) and pos(r["data_wait_pct"]) and pos(r["data_wait_ms"]), r
+        assert "num_workers=0" in r["loader"]
+
+
+def test_startup_smoke(runs):
+    out, doc = result(runs, "startup")
+    assert "first step done, beyond import torch" in out
+    assert all(pos(r["s"]) for r in doc["rows"]), doc["rows"]
+    assert math.isfinite(doc["first_step_beyond_import_torch_s"])
+    assert doc["imports"] and all(pos(r["cumulative_s"]) for r in doc["imports"])
+
+
+def test_checkpoint_smoke(runs):
+    out, doc = result(runs, "checkpoint")
+    assert "held up s" in out
+    rows = {r["mode"]: r for r in doc["rows"]}
+    assert set(rows) == {"sync", "async"}
+    assert rows["sync"]["status"] == "ok"
+    for r in rows.values():
+        if r["status"] == "ok":
+            assert pos(r["blocking_s"]) and pos(r["committed_s"]) and pos(r["held_up_s"]), r
+        else:
+            assert r["status"] == "not available", r
+
+
+def test_gpu_smoke_runs_every_row_on_cpu(runs):
+    out, doc = result(runs, "gpu")
+    assert "tokens/s" in out and "MFU %" in out
+    rows = doc["rows"]
+    assert {r["row"] for r in rows} == {"fp32", "fp16", "bf16", "compile", "accelerate", "ddp", "ckpt", "recipe",
+                                        "fused_loss", "host_data"}
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert pos(r["tokens_per_s"]) and pos(r["tflops"]) and pos(r["mfu_pct"]) and pos(r["wall_s"]), r
+    for key in ("fp32", "fp16", "bf16", "compile", "accelerate", "ddp"):
+        trainer = next(r for r in rows if r["row"] == key and r["side"] == "trainer")
+        assert pos(trainer["vs_raw"]), trainer
+    assert doc["features"]["torch_version"]
