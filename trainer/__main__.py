@@ -135,7 +135,8 @@ def train(cfg: C.Config) -> int:
         module = build_model(cfg, info)  # identical init on every rank: seeded just above
         module = prepare_for_finetune(module, cfg)  # model.init_from, LoRA wrapping, trainable report
         trainable, total = apply_freeze(module, cfg.train.freeze)
-        flops = flops_per_sample(module, info)  # before wrapping: FSDP shards parameters
+        # MFU is reported on CUDA only; counting FLOPs imports torch._dynamo (~1.3 s), so not on CPU.
+        flops = flops_per_sample(module, info) if state.device.type == "cuda" else None  # before FSDP shards
         run_dir = D.broadcast_object(state, cfg.run.dir or _default_run_dir(cfg))
         resume_path = _find_resume(cfg, run_dir)
         if state.is_main and not os.path.isdir(run_dir):

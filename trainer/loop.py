@@ -8,6 +8,7 @@ metric all-reduce, checkpoint, signal agreement) happen only at their own interv
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from typing import Optional
@@ -28,27 +29,56 @@ from .strategy import Strategy
 log = logging.getLogger("trainer")
 
 
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 else t.float()  # losses in fp32 under autocast too
+
+
 def task_loss(task: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     if task == "regression":
-        loss = F.mse_loss(out.float(), y.float(), reduction="none").flatten(1).mean(1)
-        return loss.mean() if reduction == "mean" else loss
+        if reduction == "mean":
+            return F.mse_loss(_f32(out), _f32(y))
+        return F.mse_loss(_f32(out), _f32(y), reduction="none").flatten(1).mean(1)
     if task == "lm":
-        loss = F.cross_entropy(out.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape).mean(1)
-        return loss.mean() if reduction == "mean" else loss
-    return F.cross_entropy(out.float(), y, reduction=reduction)
+        if reduction == "mean":
+            return F.cross_entropy(_f32(out.flatten(0, 1)), y.flatten())
+        return F.cross_entropy(_f32(out.flatten(0, 1)), y.flatten(), reduction="none").view(y.shape).mean(1)
+    return F.cross_entropy(_f32(out), y, reduction=reduction)
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Lets a DataLoader's workers call the dataset's batched `get_batch` on whole index lists."""
+    """Lets a DataLoader's workers call the dataset's batched `get_batch` on whole index tensors.
+
+    Items are (epoch, indices): persistent workers hold their own copy of the dataset, so the epoch (which
+    seeds augmentation) travels with each request instead of through `set_epoch` in the main process.
+    """
 
     def __init__(self, ds):
         self.ds = ds
+        self.epoch = None
 
-    def __getitem__(self, idx):
+    def __getitem__(self, item):
+        epoch, idx = item
+        if epoch != self.epoch:
+            self.ds.set_epoch(epoch)
+            self.epoch = epoch
         return self.ds.get_batch(idx)
 
     def __len__(self):
         return len(self.ds)
+
+
+class _EpochTagged:
+    """The sampler's micro-batches tagged with their epoch, read at the start of each pass."""
+
+    def __init__(self, sampler: GlobalBatchSampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        return ((epoch, idx) for idx in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
 
 
 class Trainer:
@@ -74,6 +104,7 @@ class Trainer:
         self.last_eval: dict = {}
         self.saved_at = -1
         self.writer = None
+        self._dataloader = None
         if cfg.checkpoint.async_save:
             self.writer = ckpt.AsyncWriter(self.ckpts, state.rank, state.world_size, lambda: D.barrier(state),
                                            lambda done: D.all_true(state, done))
@@ -168,10 +199,13 @@ class Trainer:
         if d.num_workers == 0:
             ds = self.train_ds
             return (ds.get_batch(idx) for idx in self.sampler)
-        pin = d.pin_memory and self.device.type == "cuda"
-        return iter(torch.utils.data.DataLoader(_Batches(self.train_ds), sampler=self.sampler, batch_size=None,
-                                                num_workers=d.num_workers, pin_memory=pin,
-                                                prefetch_factor=d.prefetch_factor))
+        if self._dataloader is None:  # built once: persistent workers survive across epochs
+            pin = d.pin_memory and self.device.type == "cuda"
+            self._dataloader = torch.utils.data.DataLoader(
+                _Batches(self.train_ds), sampler=_EpochTagged(self.sampler), batch_size=None,
+                num_workers=d.num_workers, pin_memory=pin, prefetch_factor=d.prefetch_factor,
+                persistent_workers=True)
+        return iter(self._dataloader)
 
     def _to_device(self, batch):
         x, y = batch
@@ -196,27 +230,28 @@ class Trainer:
                 s.backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
         wd.mark(step, "optimizer")
-        ok = torch.isfinite(total)
-        if self._need_norm:
-            # Distributed: the all-reduced gradients are what every rank agrees on (a NaN on one rank's loss
-            # reaches the others only through them). fp16: the scaler owns overflow; the loss decides.
-            norm = s.grad_norm(self.optimizer, self.params, self.cfg.train.grad_clip)
-            if s.scaler is None:
-                ok = ok & torch.isfinite(norm)
-        if self.tally.on_host:
-            ok = bool(ok)  # CPU: no device to wait for, so this costs nothing
+        # Distributed: the all-reduced gradients are what every rank agrees on (a NaN on one rank's loss
+        # reaches the others only through them). fp16: the scaler owns overflow; the loss decides.
+        norm = s.grad_norm(self.optimizer, self.params, self.cfg.train.grad_clip) if self._need_norm else None
+        check_norm = norm is not None and s.scaler is None
+        if self.tally.on_host:  # CPU: no device to wait for, so reading the loss here costs nothing
+            value = total.item()
+            ok = math.isfinite(value) and (not check_norm or math.isfinite(norm.item()))
+        else:
+            value = total
+            ok = torch.isfinite(total) & torch.isfinite(norm) if check_norm else torch.isfinite(total)
         s.optimizer_step(self.optimizer, ok)
         self.optimizer.zero_grad(set_to_none=True)
         if self._schedule_moves:
             self.scheduler.step()
-        self.tally.add(total, ok)
+        self.tally.add(value, ok)
 
     # ------------------------------------------------------------------ logging
     def _log(self, steps: int, watch: Stopwatch) -> bool:
         """Pull metrics to the host (the one sync per interval). Returns False if the run must stop."""
         self.watchdog.mark(self.progress.step, "log")
         loss_sum, good, _, bad_max = self.tally.pull(self.device)
-        stats = D.all_reduce_sum(self.state, torch.stack([loss_sum, good]))
+        stats = D.all_reduce_sum(self.state, torch.stack([loss_sum.double(), good.double()]))
         loss_sum, good = stats.tolist()
         bad = D.all_reduce_max(self.state, bad_max).item()
         elapsed = max(watch.elapsed(), 1e-9)
@@ -330,6 +365,7 @@ class Trainer:
                         if not self._log(since_log, watch):
                             code = NONFINITE
                         since_log = 0
+                    t_side = time.perf_counter()
                     if code == OK and t.eval_every_steps and p.step % t.eval_every_steps == 0 \
                             and p.step < self.total_steps:
                         self.evaluate()
@@ -339,6 +375,7 @@ class Trainer:
                         self.save(final=True)
                     elif cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0:
                         self.save()
+                    watch.exclude(t_side)  # eval and checkpoint time is not step time
                     if stop:
                         code = code if code != OK else PREEMPTED
                         break
@@ -402,21 +439,22 @@ class _HostTally:
     on_host = True
 
     def __init__(self):
-        self.losses: list[torch.Tensor] = []
+        self.loss, self.good = 0.0, 0
         self.bad_run = self.bad_max = 0
 
-    def add(self, total: torch.Tensor, ok: bool) -> None:
+    def add(self, value: float, ok: bool) -> None:
         if ok:
-            self.losses.append(total)
+            self.loss += value
+            self.good += 1
             self.bad_run = 0
         else:
             self.bad_run += 1
             self.bad_max = max(self.bad_max, self.bad_run)
 
     def pull(self, device):
-        loss_sum = torch.stack(self.losses).sum().float() if self.losses else torch.zeros(())
-        out = (loss_sum, torch.tensor(float(len(self.losses))), self.bad_run, torch.tensor(self.bad_max))
-        self.losses.clear()
+        out = (torch.tensor(self.loss, dtype=torch.float64), torch.tensor(float(self.good), dtype=torch.float64),
+               self.bad_run, torch.tensor(self.bad_max))
+        self.loss, self.good = 0.0, 0
         self.bad_max = self.bad_run
         return out
 

@@ -78,9 +78,7 @@ class Metrics:
         self._fh.write(json.dumps(row) + "\n")
         self._fh.flush()
         if self._tb is not None:
-            for k, v in row.items():
-                if k not in ("step", "epoch") and isinstance(v, (int, float)):
-                    self._tb.add_scalar(f"train/{k}", v, row["step"])
+            self._tb_scalars("train", {k: v for k, v in row.items() if k not in ("step", "epoch")}, row["step"])
         if self._bar is not None:
             self._bar.update(row["step"] - self._bar.n)
             self._bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
@@ -97,10 +95,17 @@ class Metrics:
         self._fh.write(json.dumps({"eval": True, **row}) + "\n")
         self._fh.flush()
         if self._tb is not None:
-            for k, v in result.items():
-                self._tb.add_scalar(f"eval/{k}", v, step)
+            self._tb_scalars("eval", result, step)
         msg = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "samples")
         (self._bar.write if self._bar is not None else log.info)(f"eval @ step {step}: {msg}")
+
+    def _tb_scalars(self, prefix: str, values: dict, step: int) -> None:
+        """All of a row's scalars as ONE event: seven add_scalar calls cost ~450 us, one event ~30 us."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        vals = [Summary.Value(tag=f"{prefix}/{k}", simple_value=float(v)) for k, v in values.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self._tb._get_file_writer().add_summary(Summary(value=vals), step)
 
     def write_summary(self, summary: dict) -> None:
         if not self.enabled:
@@ -161,6 +166,10 @@ class Stopwatch:
     def reset(self) -> None:
         self.t0 = time.perf_counter()
         self.data_s = 0.0
+
+    def exclude(self, since: float) -> None:
+        """Leave the time from `since` to now out of the current window (evaluation, checkpoints)."""
+        self.t0 += time.perf_counter() - since
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0

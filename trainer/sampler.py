@@ -22,7 +22,7 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class GlobalBatchSampler:
-    """Yields this rank's micro-batches (lists of indices), resumable at a global sample position."""
+    """Yields this rank's micro-batches (LongTensors of indices), resumable at a global sample position."""
 
     def __init__(self, n: int, batch_size: int, grad_accum: int, rank: int, world_size: int, seed: int):
         if batch_size % (world_size * grad_accum):
@@ -54,7 +54,7 @@ class GlobalBatchSampler:
         perm = epoch_permutation(self.n, self.seed, self.epoch)
         for s in range(self.start // self.batch_size, self.steps_per_epoch):
             for a in range(self.grad_accum):
-                yield self.micro_batch_indices(perm, s, a).tolist()
+                yield self.micro_batch_indices(perm, s, a)  # a LongTensor view: no list round trip
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.start // self.batch_size) * self.grad_accum

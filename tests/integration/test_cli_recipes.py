@@ -24,6 +24,12 @@ def test_make_train_recipe_reaches_95_percent_and_writes_every_output(cnn_run):
     for f in ("config.yaml", "loss.png", "model.safetensors", "checkpoints/latest", "logs/rank-0.log"):
         assert os.path.isfile(run_dir / f), f
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(run_dir / "tensorboard"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")][-1] == 264
+    assert "eval/accuracy" in events.Tags()["scalars"]
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     manifest = json.loads((run_dir / "checkpoints" / latest / "manifest.json").read_text())
     assert manifest["step"] == 264 and manifest["world_size"] == 1

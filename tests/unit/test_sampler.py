@@ -11,7 +11,7 @@ def steps(n, B, A, W, seed=0, epoch=0, start=0):
     for r in range(W):
         s = GlobalBatchSampler(n, B, A, r, W, seed)
         s.set_position(epoch, start)
-        per_rank.append(list(s))
+        per_rank.append([mb.tolist() for mb in s])
     out = []
     for i in range(len(per_rank[0]) // A):
         out.append(sorted(x for r in range(W) for mb in per_rank[r][i * A:(i + 1) * A] for x in mb))
@@ -43,7 +43,7 @@ def test_resume_on_other_world_size_sees_remaining_samples_once(before, after):
 
 def test_micro_batch_size_and_errors():
     s = GlobalBatchSampler(64, 16, 2, 1, 2, 0)
-    assert s.micro == 4 and len(list(s)) == 8
+    assert s.micro == 4 and len(list(s)) == 8 and all(len(mb) == 4 for mb in s)
     with pytest.raises(ValueError):
         GlobalBatchSampler(64, 10, 1, 0, 4, 0)
     with pytest.raises(ValueError):

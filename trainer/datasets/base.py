@@ -69,7 +69,13 @@ def split_indices(n: int, eval_fraction: float, split_seed: int) -> tuple[np.nda
 
 
 def as_index(indices: Indices, n: int) -> torch.Tensor:
-    """Indices as a 1-D LongTensor, bounds-checked (an out-of-range index is a bug in the caller)."""
+    """Indices as a 1-D LongTensor, bounds-checked (an out-of-range index is a bug in the caller).
+
+    The sampler's LongTensors take the fast path: tensor indexing checks bounds itself, so the hot path
+    pays for no extra reductions.
+    """
+    if isinstance(indices, torch.Tensor) and indices.dtype == torch.long and indices.dim() == 1:
+        return indices
     idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices,
                           dtype=torch.long).reshape(-1)
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
