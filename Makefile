@@ -6,12 +6,13 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= configs/cnn.yaml
 ARGS   ?=
 
-.PHONY: setup train test test-fast lint bench clean help
+.PHONY: setup train test lint bench clean help
 
 help:
 	@echo "make train   train the default recipe ($(CONFIG)); extra overrides: make train ARGS='train.max_steps=50'"
 	@echo "make test    run the whole CPU test suite"
 	@echo "make lint    ruff + shellcheck + hadolint"
+	@echo "make bench   CPU benchmarks against a raw PyTorch loop (~8 minutes)"
 	@echo "make setup   create .venv and install pinned dependencies (done by train/test)"
 
 setup: $(STAMP)
@@ -34,6 +35,10 @@ lint: setup
 	$(BIN)/ruff check trainer launch tests bench
 	$(BIN)/shellcheck launch/*.sh docker/*.sh .ci/run
 	$(BIN)/hadolint Dockerfile
+
+# CPU benchmarks (README "Performance"): each prints a table and writes bench/results/NAME-DATE.json.
+bench: setup
+	for b in overhead datapipe startup checkpoint; do $(BIN)/python -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf runs .pytest_cache
