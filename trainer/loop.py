@@ -167,6 +167,7 @@ class Trainer:
                  "config_hash": _config_hash(self.cfg), "task": self.info.task}
         self.saved_at = self.progress.step
         if self.writer is not None:
+            self.finish_saves()  # at most one write in flight
             self.writer.start(self.progress.step, state, extra, sharded, self.state.ckpt_group)
             log.info("checkpoint step %d: async write started (step loop blocked %.3fs)", self.progress.step,
                      time.perf_counter() - t0)
