@@ -203,7 +203,7 @@ def trainer_side(recipe: str, overrides: list[str], warm: int, steps: int, feat:
         return {"wall_s": wall, "first_step_s": first, "syncs_per_step": None if syncs["n"] is None else syncs["n"] / steps,
                 "trainer_tokens_per_s": row.get("tokens_per_s"), "trainer_mfu": row.get("mfu"),
                 "trainer_gpu_mem_gb": row.get("gpu_mem_gb"), "loss": loss, "batch": tr.cfg.train.batch_size,
-                "grad_accum": accum, "flops_per_token": tr.flops_per_sample / tr.info.seq_len,
+                "grad_accum": accum, "flops_per_token": tr.strategy.module.flops_per_sample(tr.info.seq_len) / tr.info.seq_len,
                 "fused_adamw": bool(getattr(tr.optimizer, "defaults", {}).get("fused")),
                 "peak_gib": peak_gib(dev)}
 

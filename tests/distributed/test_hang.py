@@ -29,7 +29,7 @@ def test_stalled_rank_is_named_and_all_ranks_exit(tmp_path):
     assert elapsed < 60, elapsed  # not the 120 s sleep, nor gloo's backstop
     summaries = [line for line in r.stderr.splitlines() if line.startswith("hang:")]
     assert len(summaries) == 1, r.stderr[-3000:]  # one summary, from the lowest healthy rank
-    assert "stalled rank(s): 1 - in forward of step 2" in summaries[0]
+    assert "stalled rank(s): 1 - in forward of step 3" in summaries[0]  # the 3rd forward is step 3
     for rank in (0, 1):  # every rank dumped its Python stacks into its own log
         text = (run_dir / "logs" / f"rank-{rank}.log").read_text()
         assert "Python stacks of every thread" in text and "Thread" in text

@@ -216,7 +216,7 @@ def test_dockerignore_keeps_the_context_small_but_not_what_the_image_copies(dock
 
 def test_cpu_variant_is_the_same_dockerfile_with_build_args(dockerfile):
     _, _, args = dockerfile
-    make = subprocess.run(["make", "-n", "docker-build", "VARIANT=cpu"], cwd=ROOT, capture_output=True,
+    make = subprocess.run(["make", "--no-print-directory", "-n", "docker-build", "VARIANT=cpu"], cwd=ROOT, capture_output=True,
                           text=True, timeout=30)
     assert make.returncode == 0, make.stderr
     cpu_args = dict(re.findall(r"--build-arg (\w+)=(\S+)", make.stdout))
@@ -230,7 +230,7 @@ def test_cpu_variant_is_the_same_dockerfile_with_build_args(dockerfile):
 
 
 def test_make_docker_run_documents_and_passes_the_gpu_flags():
-    make = subprocess.run(["make", "-n", "docker-run"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    make = subprocess.run(["make", "--no-print-directory", "-n", "docker-run"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert make.returncode == 0, make.stderr
     for flag in ("--gpus all", "--ipc=host", "--ulimit memlock=-1", "--ulimit stack=67108864", "--stop-timeout"):
         assert flag in make.stdout
