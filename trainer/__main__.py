@@ -115,11 +115,8 @@ def train(cfg: C.Config) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     accelerator = None
-    if cfg.train.strategy == "accelerate":
-        import torch as _t
-
-        accelerator = make_accelerator(cfg, D.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
-                                       if _t.cuda.is_available() or cfg.device == "cpu" else _t.device("cpu"))
+    if cfg.train.strategy == "accelerate":  # Accelerator creates the process group itself
+        accelerator = make_accelerator(cfg, D.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))))
     state = D.init(cfg.device, cfg.dist.init_timeout_s, cfg.dist.collective_timeout_s,
                    want_group=accelerator is None, force_group=cfg.train.strategy in ("ddp", "fsdp"))
     if accelerator is not None and torch.distributed.is_initialized():
@@ -146,8 +143,7 @@ def train(cfg: C.Config) -> int:
         _add_rank_log(run_dir, state.rank)
         import socket
 
-        logging.getLogger("trainer").debug("rank %d pid %d host %s", state.rank, os.getpid(), socket.gethostname())
-        for h in logging.getLogger().handlers:
+        for h in logging.getLogger().handlers:  # who wrote this log: tests and people count real processes
             if isinstance(h, logging.FileHandler):
                 h.stream.write(f"rank {state.rank} pid {os.getpid()} host {socket.gethostname()} "
                                f"world {state.world_size}\n")
@@ -178,7 +174,7 @@ def train(cfg: C.Config) -> int:
         code = trainer.fit()
         if code == X.OK and state.is_main:
             _export_final(strategy, optimizer, run_dir)
-            if cfg.lora.targets:  # model.safetensors holds plain weights, adapters merged (docs/finetune.md)
+            if cfg.lora.targets:  # model.safetensors holds plain weights, adapters merged (README)
                 merge_lora_file(os.path.join(run_dir, "model.safetensors"))
         elif code == X.OK:
             strategy.full_state(optimizer)  # FSDP: gathering the full state is a collective
