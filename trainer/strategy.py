@@ -124,7 +124,10 @@ class Strategy:
             return self.accelerator.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=True)
+        if max_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        else:  # only the norm (for the non-finite check): no clip pass over the gradients (~half the cost)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
         if hasattr(norm, "full_tensor"):  # FSDP2 returns a DTensor
             norm = norm.full_tensor()
         return norm
