@@ -123,6 +123,17 @@ def import_object(key: str, spec: str) -> Any:
     return obj
 
 
+def build_object(key: str, spec: str, kwargs: dict) -> Any:
+    """Import "package.module:Name" and call it with the `<section>.kwargs` mapping; one-line errors."""
+    factory = import_object(key, spec)
+    try:
+        return factory(**kwargs)
+    except Exception as e:
+        kw_key = key.rsplit(".", 1)[0] + ".kwargs"
+        raise ConfigError(f"{key}={spec!r}: calling it with {kw_key}={kwargs!r} failed: "
+                          f"{type(e).__name__}: {e}") from None
+
+
 # ----------------------------------------------------------------------------- storage shapes
 
 

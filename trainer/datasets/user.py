@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import Config, ConfigError
-from .base import DataInfo, Indices, as_index, fingerprint, import_object, split_indices
+from .base import DataInfo, Indices, as_index, build_object, fingerprint, split_indices
 
 LABEL_SCAN = 10_000  # samples scanned for the largest label when the dataset does not say num_classes
 FINGERPRINT_SAMPLES = 64  # a user dataset may be huge or lazy: fingerprint its length and first samples
@@ -121,12 +121,7 @@ def _infer(cfg: Config, base: Any, train: UserDataset) -> DataInfo:
 
 def build(cfg: Config):
     d = cfg.data
-    factory = import_object("data.name", d.name)
-    try:
-        made = factory(**d.kwargs)
-    except Exception as e:
-        raise ConfigError(f"data.name={d.name!r}: calling it with data.kwargs={d.kwargs!r} failed: "
-                          f"{type(e).__name__}: {e}") from None
+    made = build_object("data.name", d.name, d.kwargs)
     if isinstance(made, tuple) and len(made) == 2:
         base = made[0]
         train, evald = UserDataset(made[0]), UserDataset(made[1])

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
-from ..data import DataInfo, import_object
+from ..datasets.base import DataInfo, build_object
 from .cnn import CNN
 from .gpt import GPT
 from .linreg import LinReg
@@ -46,12 +46,7 @@ def _build_gpt(cfg: Config, info: DataInfo) -> GPT:
 
 def _build_user(cfg: Config) -> nn.Module:
     m = cfg.model
-    factory = import_object("model.name", m.name)
-    try:
-        model = factory(**m.kwargs)
-    except Exception as e:
-        raise ConfigError(f"model.name={m.name!r}: calling it with model.kwargs={m.kwargs!r} failed: "
-                          f"{type(e).__name__}: {e}") from None
+    model = build_object("model.name", m.name, m.kwargs)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name={m.name!r}: returned {type(model).__name__}, expected an nn.Module")
     return model
