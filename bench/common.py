@@ -41,6 +41,20 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_only(p: argparse.ArgumentParser, choices: list[str], what: str) -> None:
+    p.add_argument("--only", default=",".join(choices), help=f"comma-separated subset of {','.join(choices)}")
+    p.set_defaults(_only_choices=choices, _only_what=what)
+
+
+def only(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The --only selection, refusing unknown names in one line (argparse's exit 2)."""
+    chosen = [s for s in args.only.split(",") if s]
+    unknown = set(chosen) - set(args._only_choices)
+    if unknown:
+        p.error(f"--only: unknown {args._only_what} {', '.join(sorted(unknown))}")
+    return chosen
+
+
 def result_dir(args: argparse.Namespace) -> str:
     d = args.out or os.environ.get("OUT") or RESULTS
     os.makedirs(d, exist_ok=True)

@@ -369,15 +369,12 @@ def finish(r: dict, steps: int, shape: dict) -> dict:
 
 def main(argv=None) -> None:
     p = B.parser("gpu", __doc__)
-    p.add_argument("--only", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    B.add_only(p, ROWS, "row(s)")
     p.add_argument("--steps", type=int, default=None, help="timed optimizer steps per row (default 10, smoke 2)")
     p.add_argument("--budget-s", type=float, default=225.0,
                    help="skip rows that would end after this many seconds from start (default 225: under 4 min)")
     args = p.parse_args(argv)
-    only = [s for s in args.only.split(",") if s]
-    unknown = set(only) - set(ROWS)
-    if unknown:
-        p.error(f"--only: unknown row(s) {', '.join(sorted(unknown))}")
+    only = B.only(p, args)
 
     import torch
 

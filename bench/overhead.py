@@ -595,16 +595,13 @@ def _tb_alternative(writer, row: dict, n: int) -> list[dict]:
 
 def main(argv=None) -> None:
     p = B.parser("overhead", __doc__)
-    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    B.add_only(p, SECTIONS, "section(s)")
     p.add_argument("--rounds", type=int, default=None, help="trainer runs per section (default 3, smoke 1)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: the overhead is single-threaded Python, and one thread keeps "
                         "other jobs on a shared machine from adding noise)")
     args = p.parse_args(argv)
-    only = [s for s in args.only.split(",") if s]
-    bad = set(only) - set(SECTIONS)
-    if bad:
-        p.error(f"--only: unknown section(s) {', '.join(sorted(bad))}")
+    only = B.only(p, args)
     smoke = args.smoke
     rounds = args.rounds or (1 if smoke else 3)
     big_rounds = rounds
