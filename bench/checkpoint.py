@@ -77,8 +77,8 @@ class LatestWatch:
 
 def run(mode: str, extra: list[str], steps: int, every: int) -> dict:
     """One training run; returns per-periodic-save measurements and the checkpoint size."""
-    from trainer.checkpoint import step_name
-    from trainer.loop import Trainer
+    from trainer.training.checkpoint import step_name
+    from trainer.training.loop import Trainer
 
     tmp = tempfile.mkdtemp(prefix="bench-ckpt-")
     saves: list[dict] = []

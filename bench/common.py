@@ -250,7 +250,7 @@ class StepClock:
         self._orig = None
 
     def __enter__(self) -> StepClock:
-        from trainer.loop import Trainer
+        from trainer.training.loop import Trainer
 
         self._orig = orig = Trainer._run_step
         stamps, cpu, durations, hook = self.stamps, self.cpu, self.durations, self.on_step
@@ -269,7 +269,7 @@ class StepClock:
         return self
 
     def __exit__(self, *exc) -> None:
-        from trainer.loop import Trainer
+        from trainer.training.loop import Trainer
 
         Trainer._run_step = self._orig
 
@@ -314,7 +314,7 @@ def inside_trainer(cfg, body: Callable[[Any], Any]) -> Any:
     checkpoint and export. train()'s `finally` still tears the process group down.
     """
     from trainer.__main__ import train
-    from trainer.loop import Trainer
+    from trainer.training.loop import Trainer
 
     box: dict = {}
     orig = Trainer.fit

@@ -163,7 +163,7 @@ def count_syncs(device, feat: dict):
 
 def trainer_side(recipe: str, overrides: list[str], warm: int, steps: int, feat: dict) -> dict:
     """The trainer: `train(cfg)` builds everything; this loop replaces fit() only to time a window."""
-    from trainer.metrics import Stopwatch
+    from trainer.training.metrics import Stopwatch
 
     cfg = B.load_cfg(recipe, overrides)
 

@@ -72,8 +72,8 @@ class RawLoop:
         import torch.nn.functional as F
 
         from trainer.data import build_datasets
+        from trainer.data.sampler import epoch_permutation
         from trainer.models import build_model
-        from trainer.sampler import epoch_permutation
 
         cfg = B.load_cfg(recipe, extra + ["device=cpu"])
         o, t = cfg.optim, cfg.train
@@ -159,7 +159,7 @@ class Interleaved:
         self.raw_cpu: dict[str, list[float]] = {k: [] for k in loops}
 
     def __enter__(self) -> Interleaved:
-        from trainer.loop import Trainer
+        from trainer.training.loop import Trainer
 
         self._orig = orig = Trainer._run_step
         self._orig_loader = orig_loader = Trainer._loader
@@ -210,7 +210,7 @@ class Interleaved:
         return self
 
     def __exit__(self, *exc) -> None:
-        from trainer.loop import Trainer
+        from trainer.training.loop import Trainer
 
         Trainer._run_step = self._orig
         Trainer._loader = self._orig_loader
@@ -507,7 +507,7 @@ def log_cost(tr, n: int) -> list[dict]:
     import logging
 
     from trainer.__main__ import _add_rank_log, _setup_logging
-    from trainer.metrics import Metrics, Stopwatch
+    from trainer.training.metrics import Metrics, Stopwatch
 
     tmp = tempfile.mkdtemp(prefix="bench-log-")
     root = logging.getLogger()

@@ -12,7 +12,7 @@ FAST = ["log.tensorboard=false", "log.plot=false", "log.progress=off", "device=c
 
 def train_inprocess(recipe: str | None, run_dir, overrides: list[str]) -> int:
     """`python -m trainer train` minus the process exit: returns the exit code."""
-    from trainer.__main__ import train
+    from trainer.run import train
 
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", f"{recipe}.yaml") if recipe else None
     cfg = C.load(path, [f"run.dir={run_dir}", *FAST, *overrides])

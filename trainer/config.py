@@ -8,6 +8,8 @@ message names the key, the value and what was expected; the CLI turns it into ex
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import types
 import typing
@@ -298,7 +300,7 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _set_dotted(tree: dict, key: str, value: Any) -> None:
+def set_dotted(tree: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree
     for p in parts[:-1]:
@@ -344,7 +346,7 @@ def load(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> C
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path!r}: top level must be a mapping, got {type(tree).__name__}")
     for key, value in parse_overrides(overrides or []):
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     cfg = _build(Config, tree, "")
     validate(cfg)
     return cfg
@@ -435,3 +437,8 @@ def check_world(cfg: Config, world_size: int) -> int:
         raise ConfigError(f"train.batch_size={t.batch_size}: not divisible by world_size({world_size}) x "
                           f"train.grad_accum({t.grad_accum}) = {denom}")
     return t.batch_size // denom
+
+
+def config_hash(cfg: Config) -> str:
+    """First 16 hex chars of a sha256 over the flattened config (recorded in each checkpoint manifest)."""
+    return hashlib.sha256(json.dumps(flat(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -4,6 +4,11 @@ They are part of the contract with Docker and Kubernetes: restart policies key o
 "When things go wrong"). 75 is EX_TEMPFAIL from sysexits.h: "try again later".
 """
 
+import json
+import os
+import sys
+import time
+
 OK = 0
 INTERNAL = 1  # a bug or an unexpected exception: do not blindly retry
 CONFIG = 2  # bad config, bad input file, bad CLI usage: retrying cannot help
@@ -13,3 +18,26 @@ PREEMPTED = 75  # SIGTERM/SIGINT: checkpoint saved, a retry resumes from it
 
 NAMES = {OK: "ok", INTERNAL: "internal error", CONFIG: "config error", NONFINITE: "non-finite loss",
          HANG: "hang / timeout", PREEMPTED: "preempted (checkpoint saved)"}
+
+
+def write_exit_reason(code: int, reason: str) -> None:
+    """For the launcher: torchrun reports every worker failure as exit 1, so say what it really was.
+
+    Written to ``$TRAINER_EXIT_DIR/exit-rank{RANK}.json`` when the launcher set that variable.
+    """
+    d = os.environ.get("TRAINER_EXIT_DIR")
+    if not d or code == OK:
+        return
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        with open(os.path.join(d, f"exit-rank{rank}.json"), "w", encoding="utf-8") as fh:
+            json.dump({"rank": rank, "code": code, "reason": reason[:500], "time": time.time()}, fh)
+    except OSError:
+        pass
+
+
+def config_error(e: BaseException) -> int:
+    """Say a config error once per job (on global rank 0); returns CONFIG."""
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        print(f"config error: {e}", file=sys.stderr)
+    return CONFIG

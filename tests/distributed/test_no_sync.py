@@ -8,10 +8,10 @@ import torch.distributed as dist
 
 from tests.conftest import free_port
 from trainer import config as C
-from trainer.dist import DistState
-from trainer.loop import Trainer
-from trainer.optim import build_optimizer
-from trainer.strategy import Strategy
+from trainer.runtime.dist import DistState
+from trainer.training.loop import Trainer
+from trainer.training.optim import build_optimizer
+from trainer.training.strategy import Strategy
 
 
 @pytest.fixture

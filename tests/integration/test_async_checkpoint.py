@@ -8,7 +8,7 @@ import time
 import torch
 
 from tests.helpers import final_weights, train_inprocess
-from trainer import checkpoint
+from trainer.training import checkpoint
 
 
 def test_steps_run_while_the_write_is_in_flight_and_the_result_is_unchanged(tmp_path, monkeypatch):

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from tests.helpers import read_metrics, train_inprocess
 from trainer import config as C
 from trainer.data import build_datasets
+from trainer.data.sampler import epoch_permutation
 from trainer.models import build_model
-from trainer.sampler import epoch_permutation
 
 
 def raw_loop(cfg, steps):

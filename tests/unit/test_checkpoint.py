@@ -14,7 +14,7 @@ import pickle
 import pytest
 import torch
 
-from trainer import checkpoint as ckpt
+from trainer.training import checkpoint as ckpt
 
 pytestmark = pytest.mark.timeout(60)
 

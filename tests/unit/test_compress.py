@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from trainer import prune as P
-from trainer import quantize as Q
 from trainer.config import ConfigError
-from trainer.evaluate import evaluate_module, load_model
 from trainer.models import CNN, GPT, MLP
+from trainer.tools import prune as P
+from trainer.tools import quantize as Q
+from trainer.tools.evaluate import evaluate_module, load_model
 
 torch.set_num_threads(1)
 

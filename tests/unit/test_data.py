@@ -15,7 +15,7 @@ import torch
 from trainer import config
 from trainer.config import ConfigError
 from trainer.data import build_datasets, split_indices
-from trainer.datasets.files import read_corpus, stdlib_corpus_files
+from trainer.data.files import read_corpus, stdlib_corpus_files
 
 torch.set_num_threads(1)
 

@@ -18,17 +18,16 @@ from tests.helpers import final_weights, train_inprocess
 from trainer import config as C
 from trainer.config import ConfigError
 from trainer.data import build_datasets
-from trainer.finetune import (
+from trainer.models import CNN, build_model
+from trainer.training.finetune import (
     LoRALinear,
     apply_lora,
     load_into,
     merge_lora,
-    merge_lora_state,
     prepare_for_finetune,
-    read_weights,
 )
-from trainer.models import CNN, build_model
-from trainer.optim import build_optimizer
+from trainer.training.optim import build_optimizer
+from trainer.training.weights import merge_lora_state, read_weights
 
 torch.set_num_threads(1)
 
@@ -166,7 +165,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and "refused" in msg and "weights_only=True" in msg
     # The same file planted as a checkpoint's state.pt (with a valid checksum) is refused too.
-    from trainer import checkpoint as ckpt
+    from trainer.training import checkpoint as ckpt
 
     d = tmp_path / "ck" / "checkpoints" / "step-00000001"
     d.mkdir(parents=True)
@@ -231,7 +230,7 @@ def test_lora_run_trains_only_adapters_and_writes_merged_plain_weights(tmp_path,
     assert "lora: body.1 wrapped (rank 2" in err and "LoRA adapters merged" in err
     out = final_weights(run)
     assert set(out) == set(sd)  # plain keys only: loads into the plain model
-    from trainer import checkpoint as ckpt
+    from trainer.training import checkpoint as ckpt
 
     state, _ = ckpt.load_state(ckpt.resolve(str(run)))
     trained = state["model"]

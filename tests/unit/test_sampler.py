@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainer.sampler import GlobalBatchSampler, epoch_permutation, eval_shards
+from trainer.data.sampler import GlobalBatchSampler, epoch_permutation, eval_shards
 
 
 def steps(n, B, A, W, seed=0, epoch=0, start=0):

@@ -13,9 +13,11 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import Config, ConfigError
-from ..datasets.base import DataInfo, build_object
+from ..data.base import DataInfo
+from ..objects import build_object
 from .cnn import CNN
 from .gpt import GPT
 from .linreg import LinReg
@@ -104,8 +106,6 @@ def flops_per_sample(model: nn.Module, info: DataInfo) -> Optional[float]:
     if any(type(p).__name__ == "DTensor" or p.is_meta for p in inner.parameters()):
         return 6.0 * params if params else None
     try:
-        from torch.utils.flop_counter import FlopCounterMode
-
         p0 = next(inner.parameters(), None)
         device = p0.device if p0 is not None else torch.device("cpu")
         dtype = torch.long if info.task == "lm" else torch.float32

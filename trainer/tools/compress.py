@@ -16,52 +16,32 @@ parameter count and sparsity, and CPU latency per batch (median over ``--repeats
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
 import shutil
+import statistics
+import time
 
-from . import config as C
+import torch
+from safetensors.torch import save
+from torch import nn
+
+from .. import config
+from ..training.tasks import metric_name
+from ..training.weights import write_safetensors
+from . import prune
+from .cli import QUANT_SCHEMES
+from .evaluate import evaluate_module, load_model
+from .quantize import linear_weight_bytes, quantize, zeros_and_total
 
 log = logging.getLogger("trainer")
-
-_QUANT_SCHEMES = ("int8-dynamic", "int8-weight", "torch-ao-dynamic")
-
-
-def add_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--from", dest="src", required=True, metavar="RUN_OR_CHECKPOINT",
-                    help="run dir, checkpoint dir, .safetensors or .pt file (config from the run or -c)")
-    sp.add_argument("--method", required=True, choices=("quantize", "prune"))
-    sp.add_argument("--out", required=True, metavar="DIR", help="new directory for the model(s) and report.json")
-    sp.add_argument("-c", "--config", help="recipe to use instead of the config saved with the weights")
-    q = sp.add_argument_group("quantize")
-    q.add_argument("--scheme", default="int8-dynamic",
-                   help=f"comma-separated, from {', '.join(_QUANT_SCHEMES)} (default int8-dynamic; torchao "
-                        "schemes fall back to torch-ao-dynamic if torchao fails)")
-    p = sp.add_argument_group("prune")
-    p.add_argument("--amount", type=float, default=0.5, help="fraction of weights (or channels) to remove")
-    p.add_argument("--scope", choices=("global", "layer", "channel"), default="global",
-                   help="global / layer: unstructured magnitude, one threshold for all chosen layers or one "
-                        "per layer; channel: remove whole output channels (tensors shrink)")
-    p.add_argument("--layers", default="", metavar="PATTERNS",
-                   help="comma-separated Linear/Conv2d layers to prune (glob or re:REGEX on module names; "
-                        "default all), e.g. 'fc*,conv2'")
-    p.add_argument("--finetune-steps", type=int, default=0, help="SGD steps on the train split after pruning "
-                   "(masks on for unstructured), before the masks are made permanent")
-    p.add_argument("--lr", type=float, default=None, help="fine-tune learning rate (default optim.lr / 10)")
-    m = sp.add_argument_group("measurement")
-    m.add_argument("--batch-size", type=int, default=None, help="latency batch (default train.batch_size)")
-    m.add_argument("--repeats", type=int, default=20, help="timed forward passes per model (median reported)")
-    m.add_argument("--threads", type=int, default=None, help="torch threads for latency (default: current)")
-    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.classes=[]")
-
 
 # ----------------------------------------------------------------------------- measuring
 
 
 def _linear_layers(module) -> list:
-    from torch import nn
-
     return [m for m in module.modules()
             if isinstance(m, nn.Linear) or type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
 
@@ -73,11 +53,6 @@ def measure_latency(models: list, x, repeats: int) -> list[tuple[float, float, f
     The Linear share comes from forward hooks around each Linear layer: quantization only touches those,
     and in a CNN the convolutions can hide what it does to them.
     """
-    import statistics
-    import time
-
-    import torch
-
     times: list[list[float]] = [[] for _ in models]
     inner: list[list[float]] = [[] for _ in models]
     acc = [0.0]
@@ -109,9 +84,6 @@ def measure_latency(models: list, x, repeats: int) -> list[tuple[float, float, f
 
 
 def _row(variant: str, module, ctx: dict, size: int, **extra) -> dict:
-    from .evaluate import evaluate_module
-    from .quantize import linear_weight_bytes, zeros_and_total
-
     res = evaluate_module(module, ctx["eval_ds"], ctx["task"], ctx["eval_bs"])
     zeros, total = zeros_and_total(module)
     ctx["models"].append(module)
@@ -121,8 +93,6 @@ def _row(variant: str, module, ctx: dict, size: int, **extra) -> dict:
 
 
 def _safetensors_bytes(module) -> int:
-    from safetensors.torch import save
-
     return len(save({k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}))
 
 
@@ -152,14 +122,10 @@ def format_table(report: dict) -> str:
 
 
 def _quantize(module, ctx: dict, args, out: str) -> list[dict]:
-    import torch
-
-    from .quantize import quantize
-
     schemes = [s.strip() for s in args.scheme.split(",") if s.strip()]
-    bad = [s for s in schemes if s not in _QUANT_SCHEMES]
+    bad = [s for s in schemes if s not in QUANT_SCHEMES]
     if bad or not schemes:
-        raise C.ConfigError(f"--scheme {args.scheme!r}: expected one or more of {', '.join(_QUANT_SCHEMES)}")
+        raise config.ConfigError(f"--scheme {args.scheme!r}: expected one or more of {', '.join(QUANT_SCHEMES)}")
     rows = []
     for scheme in schemes:
         q, used, note = quantize(module, scheme)
@@ -173,40 +139,34 @@ def _quantize(module, ctx: dict, args, out: str) -> list[dict]:
 
 
 def _prune(module, ctx: dict, args, out: str) -> tuple[list[dict], dict]:
-    from safetensors.torch import save_file
-
-    from . import prune as P
-
     layers = [p.strip() for p in args.layers.split(",") if p.strip()]
     if not 0.0 <= args.amount < 1.0:
-        raise C.ConfigError(f"--amount {args.amount}: expected a fraction in [0, 1)")
+        raise config.ConfigError(f"--amount {args.amount}: expected a fraction in [0, 1)")
     cfg = ctx["cfg"]
     info: dict = {"requested": args.amount, "scope": args.scope, "finetune_steps": args.finetune_steps}
     if args.scope == "channel":
-        info["layers"] = P.prune_channels(module, args.amount, layers)
+        info["layers"] = prune.prune_channels(module, args.amount, layers)
         variant = f"channels -{args.amount:.0%}"
     else:
-        names = P.unstructured(module, args.amount, args.scope, layers)
+        names = prune.unstructured(module, args.amount, args.scope, layers)
         info["layers"] = names
         variant = f"{args.scope} -{args.amount:.0%}"
     if args.finetune_steps:
         lr = args.lr if args.lr is not None else cfg.optim.lr / 10
         info["finetune_lr"] = lr
-        info["finetune_loss"] = P.short_finetune(module, ctx["train_ds"], ctx["task"], args.finetune_steps,
+        info["finetune_loss"] = prune.short_finetune(module, ctx["train_ds"], ctx["task"], args.finetune_steps,
                                                  cfg.train.batch_size, lr, cfg.seed)
         variant += f" +{args.finetune_steps} steps"
     if args.scope != "channel":
-        P.make_permanent(module)
-        zeros, total = P.weight_sparsity(module, names)
-        expected = P.expected_zeros(module, names, args.amount, args.scope)
+        prune.make_permanent(module)
+        zeros, total = prune.weight_sparsity(module, names)
+        expected = prune.expected_zeros(module, names, args.amount, args.scope)
         info.update(zeros=zeros, total=total, achieved=zeros / total, expected_zeros=expected)
         if zeros != expected:  # a pruned weight came back, or the masks were not applied
             raise RuntimeError(f"pruning: {zeros} zero weights after making the masks permanent, expected {expected}")
     module.eval()
     path = os.path.join(out, "model.safetensors")
-    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-    save_file(state, path + ".tmp", metadata={"format": "pt"})
-    os.replace(path + ".tmp", path)
+    write_safetensors(module.state_dict(), path)
     row = _row(variant, module, ctx, os.path.getsize(path), file="model.safetensors",
                structured=args.scope == "channel")
     if args.scope == "channel":
@@ -218,10 +178,6 @@ def _prune(module, ctx: dict, args, out: str) -> tuple[list[dict], dict]:
 
 
 def _compress(module, cfg, w, info, ctx: dict, x, args, out: str) -> dict:
-    import copy
-
-    import torch
-
     rows = [_row("source (fp32)", copy.deepcopy(module), ctx, _safetensors_bytes(module), note=w.source)]
     details: dict = {}
     if args.method == "quantize":
@@ -234,7 +190,7 @@ def _compress(module, cfg, w, info, ctx: dict, x, args, out: str) -> dict:
     report = {"source": w.source, "method": args.method, "data": info.description, "rows": rows,
               "measurement": {"batch_size": x.shape[0], "repeats": args.repeats, "threads": torch.get_num_threads(),
                               "device": "cpu", "torch": torch.__version__},
-              "prune": details or None, "config": C.to_dict(cfg)}
+              "prune": details or None, "config": config.to_dict(cfg)}
     with open(os.path.join(out, "report.json.tmp"), "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=1)
     os.replace(os.path.join(out, "report.json.tmp"), os.path.join(out, "report.json"))
@@ -242,21 +198,17 @@ def _compress(module, cfg, w, info, ctx: dict, x, args, out: str) -> dict:
 
 
 def compress_main(args: argparse.Namespace) -> int:
-    import torch
-
-    from .evaluate import load_model, metric_name
-
     out = args.out
     if os.path.isdir(out) and (os.path.exists(os.path.join(out, "checkpoints")) or
                                os.path.exists(os.path.join(out, "manifest.json"))):
-        raise C.ConfigError(f"--out {out!r}: holds a run or checkpoint; choose a new directory")
+        raise config.ConfigError(f"--out {out!r}: holds a run or checkpoint; choose a new directory")
     if args.threads:
         torch.set_num_threads(args.threads)
     module, cfg, w, (train_ds, eval_ds, info) = load_model(args.src, args.config, args.overrides)
     if w.extra.get("scheme"):
-        raise C.ConfigError(f"--from {args.src!r}: already quantized; compress the float model")
+        raise config.ConfigError(f"--from {args.src!r}: already quantized; compress the float model")
     if len(eval_ds) == 0:
-        raise C.ConfigError(f"data.eval_fraction={cfg.data.eval_fraction}: the eval split is empty")
+        raise config.ConfigError(f"data.eval_fraction={cfg.data.eval_fraction}: the eval split is empty")
     bs = args.batch_size or cfg.train.batch_size
     reps = -(-bs // len(eval_ds))
     x, _ = eval_ds.get_batch(torch.arange(len(eval_ds)).repeat(reps)[:bs])

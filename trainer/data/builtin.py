@@ -6,6 +6,10 @@ for every run seed and runs stay comparable; only augmentation uses ``seed``.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -91,10 +95,6 @@ def _load_digits():
     `import sklearn.datasets` costs ~0.9 s of start-up (most of `make train`'s time to first step beyond
     importing torch); the file itself is 60 kB. Falls back to sklearn if its layout ever changes.
     """
-    import importlib.util
-    import os
-    from types import SimpleNamespace
-
     spec = importlib.util.find_spec("sklearn")
     path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else ""
     if not os.path.isfile(path):
@@ -144,7 +144,7 @@ def diabetes(cfg: Config):
     Statistics come from the training split only (no eval leakage); they are kept on the datasets and in
     ``DataInfo.extra`` so predictions can be mapped back with y * y_std + y_mean.
     """
-    from sklearn.datasets import load_diabetes
+    from sklearn.datasets import load_diabetes  # ~0.9 s import: only for this recipe
 
     d = cfg.data
     raw = load_diabetes(scaled=False)

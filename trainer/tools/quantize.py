@@ -23,23 +23,11 @@ import warnings
 import torch
 from torch import nn
 
+from ..training.weights import import_torchao
+from .cli import QUANT_SCHEMES as SCHEMES
+
 log = logging.getLogger("trainer")
 
-SCHEMES = ("int8-dynamic", "int8-weight", "torch-ao-dynamic")
-
-
-def import_torchao():
-    """torchao.quantization, with its CPU-build import noise (missing CUDA .so files) silenced."""
-    quiet = ("torchao", "torch.utils._pytree")
-    levels = {n: logging.getLogger(n).level for n in quiet}
-    for n in quiet:
-        logging.getLogger(n).setLevel(logging.ERROR)
-    try:
-        import torchao.quantization as tq
-    finally:
-        for n, lvl in levels.items():
-            logging.getLogger(n).setLevel(lvl)
-    return tq
 
 
 def _torchao(module: nn.Module, scheme: str) -> nn.Module:

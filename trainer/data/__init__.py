@@ -7,27 +7,26 @@ gather per micro-batch instead of B Python calls) and ``set_epoch(epoch)`` (augm
 of (seed, epoch, index), so it is identical at any world size). The train/eval split depends only on
 ``data.split_seed``. Bad input raises :class:`trainer.config.ConfigError` naming the key and the value.
 
-The implementations live in ``trainer/datasets/``: ``base`` (DataInfo, storage, split, hashing),
-``builtin``, ``files`` and ``user``.
+The implementations live beside this file: ``base`` (DataInfo, storage, split, hashing), ``builtin``,
+``files``, ``user``, ``sampler`` (global-batch sampling) and ``loaders`` (worker processes).
 """
 
 from __future__ import annotations
 
 from torch.utils.data import Dataset
 
-from .config import Config, ConfigError
-from .datasets import builtin, files, user
-from .datasets.base import (
+from ..config import Config, ConfigError
+from . import builtin, files, user
+from .base import (
     ArrayDataset,
     DataInfo,
     TokenWindows,
     fingerprint,
-    import_object,
     sample_hash,
     split_indices,
 )
 
-__all__ = ["ArrayDataset", "DataInfo", "TokenWindows", "build_datasets", "fingerprint", "import_object",
+__all__ = ["ArrayDataset", "DataInfo", "TokenWindows", "build_datasets", "fingerprint",
            "sample_hash", "split_indices", "BUILDERS"]
 
 BUILDERS = {

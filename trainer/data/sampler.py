@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from ..config import ConfigError
+
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator()
@@ -28,8 +30,6 @@ class GlobalBatchSampler:
         if batch_size % (world_size * grad_accum):
             raise ValueError(f"batch_size {batch_size} not divisible by world_size*grad_accum")
         if n < batch_size:
-            from .config import ConfigError
-
             raise ConfigError(f"train.batch_size={batch_size}: larger than the training set ({n} samples)")
         self.n, self.batch_size, self.grad_accum = n, batch_size, grad_accum
         self.rank, self.world_size, self.seed = rank, world_size, seed

@@ -10,12 +10,15 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+from ..config import ConfigError
 
 log = logging.getLogger("trainer")
 
@@ -48,8 +51,6 @@ def _env_int(name: str, default: int) -> int:
 def pick_device(choice: str, local_rank: int) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            from .config import ConfigError
-
             raise ConfigError("device='cuda': no CUDA device is visible (use device=auto or device=cpu)")
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         return torch.device("cuda", torch.cuda.current_device())
@@ -70,8 +71,6 @@ def init(device_choice: str = "auto", init_timeout_s: float = 300.0, collective_
     device = pick_device(device_choice, local_rank)
     state = DistState(rank, local_rank, world, local_world, device)
     if force_group and world == 1 and "MASTER_ADDR" not in os.environ:
-        import socket
-
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(sock.getsockname()[1]))
@@ -87,7 +86,7 @@ def init(device_choice: str = "auto", init_timeout_s: float = 300.0, collective_
             # NCCL Flight Recorder: a ring buffer of recent collectives, dumped per rank on a timeout.
             os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000")
             os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1")
-        # The group's own timeout is a backstop: the trainer's watchdog (faults.Watchdog) fires first, at
+        # The group's own timeout is a backstop: the trainer's watchdog (runtime.watchdog.Watchdog) fires first, at
         # collective_timeout_s, and names the stalled rank, which gloo's timeout error does not.
         backstop = datetime.timedelta(seconds=2 * collective_timeout_s + 10)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=backstop, **kwargs)

@@ -19,12 +19,14 @@ import operator
 from dataclasses import dataclass
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from .config import ConfigError
-from .optim import name_matches
+from ..config import ConfigError
+from ..training.optim import name_matches
+from ..training.tasks import task_loss
 
 log = logging.getLogger("trainer")
 
@@ -85,8 +87,6 @@ def weight_sparsity(module: nn.Module, names: list[str]) -> tuple[int, int]:
 def short_finetune(module: nn.Module, train_ds, task: str, steps: int, batch_size: int, lr: float,
                    seed: int) -> float:
     """A few SGD(momentum 0.9) steps on the training split; returns the mean loss of the last 10 steps."""
-    from .loop import task_loss
-
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
     gen = torch.Generator().manual_seed(seed)
@@ -127,8 +127,6 @@ class Group:
 
 def channel_groups(module: nn.Module) -> list[Group]:
     """Producer -> consumer pairs through channel-preserving ops, from a torch.fx trace of the model."""
-    import torch.fx as fx
-
     try:
         gm = fx.symbolic_trace(module)
     except Exception as e:

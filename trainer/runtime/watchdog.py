@@ -1,77 +1,25 @@
-"""Preemption: SIGTERM/SIGINT set a flag; ranks agree on it without stalling the step loop.
+"""Hang watchdog: per-rank breadcrumbs and heartbeats in the rendezvous store; the stalled rank named.
 
-Agreement is an asynchronous all-reduce (MAX) of the local flag on the side gloo group, started at one
-step boundary and waited on at the next, so every rank sees the same decision at the same step. A second
-signal exits at once with 128 + signum.
+When a collective hangs, gloo's own timeout error names no rank; this thread does, dumps every thread's
+Python stack into the rank's log and exits with HANG (4).
 """
 
 from __future__ import annotations
 
+import faulthandler
+import json
 import logging
 import os
-import signal
 import sys
+import threading
 import time
 
-import torch
-import torch.distributed as dist
+from torch.distributed.distributed_c10d import _get_default_store
 
+from ..exitcodes import HANG, write_exit_reason
 from .dist import DistState
 
 log = logging.getLogger("trainer")
-
-
-class PreemptionWatch:
-    def __init__(self, state: DistState):
-        self.state = state
-        self.flag = 0
-        self.signum = None
-        self.signalled_at = None
-        self._old = {}
-        self._buf = torch.zeros(1, dtype=torch.int32)
-        self._work = None
-
-    def _handler(self, signum, frame):
-        if self.flag:
-            sys.stderr.write(f"second signal {signal.Signals(signum).name}: exiting now without a checkpoint\n")
-            sys.stderr.flush()
-            os._exit(128 + signum)
-        self.flag, self.signum, self.signalled_at = 1, signum, time.perf_counter()
-        log.warning("received %s: will save a checkpoint at the next step boundary and exit 75",
-                    signal.Signals(signum).name)
-
-    def install(self) -> None:
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handler)
-            except ValueError:  # not the main thread (e.g. embedded use): signals stay the host's business
-                pass
-
-    def uninstall(self) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        self._old.clear()
-        if self._work is not None:
-            try:
-                self._work.wait()
-            except Exception:  # a peer is gone; the error that ended the run is already on its way
-                pass
-            self._work = None
-
-    def agreed(self) -> bool:
-        """True when any rank has been signalled (decided one step after the signal at the latest)."""
-        if not self.state.distributed:
-            return bool(self.flag)
-        decided = False
-        if self._work is not None:
-            self._work.wait()
-            decided = bool(self._buf.item())
-        if decided:
-            self._work = None
-            return True
-        self._buf.fill_(self.flag)
-        self._work = dist.all_reduce(self._buf, op=dist.ReduceOp.MAX, group=self.state.side_group, async_op=True)
-        return False
 
 
 # Order of the breadcrumbs inside one step: a rank at an earlier op of the same step is behind.
@@ -90,8 +38,6 @@ class Watchdog:
     """
 
     def __init__(self, state: DistState, timeout_s: float, log_file=None):
-        import threading
-
         self.state = state
         self.timeout_s = timeout_s
         self.interval = max(0.05, min(1.0, timeout_s / 5))
@@ -101,8 +47,6 @@ class Watchdog:
         self.paused = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trainer-watchdog", daemon=True)
-        from torch.distributed.distributed_c10d import _get_default_store
-
         self.store = _get_default_store()
 
     def start(self) -> None:
@@ -120,8 +64,6 @@ class Watchdog:
         self.t_progress = time.monotonic()
 
     def _publish(self) -> None:
-        import json
-
         self.store.set(f"trainer/hb/{self.state.rank}",
                        json.dumps({"step": self.step, "op": self.op, "t": time.time(), "pid": os.getpid()}))
 
@@ -135,8 +77,6 @@ class Watchdog:
                 self._on_hang()
 
     def _peers(self) -> dict:
-        import json
-
         out = {}
         for r in range(self.state.world_size):
             key = f"trainer/hb/{r}"
@@ -160,10 +100,6 @@ class Watchdog:
         return behind, f"in {peers[behind[0]]['op']} of step {peers[behind[0]]['step']} while the others wait"
 
     def _on_hang(self) -> None:
-        import faulthandler
-
-        from .exitcodes import HANG
-
         if self.log_file is not None:
             self.log_file.write(f"--- no progress for {self.timeout_s:.1f}s in {self.op} of step {self.step}; "
                                 "Python stacks of every thread:\n")
@@ -183,8 +119,19 @@ class Watchdog:
         if self.log_file is not None:
             self.log_file.write(msg + "\n")
             self.log_file.flush()
-        from .__main__ import _write_exit_reason
-
-        _write_exit_reason(HANG, msg)
+        write_exit_reason(HANG, msg)
         sys.stderr.flush()
         os._exit(HANG)
+
+
+class NoWatchdog:
+    """Single process: nothing can hang on a peer."""
+
+    def mark(self, step: int, op: str) -> None:
+        pass
+
+    def pause(self, paused: bool) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass

@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import Config, ConfigError
-from .base import DataInfo, Indices, as_index, build_object, fingerprint, split_indices
+from ..objects import build_object
+from .base import DataInfo, Indices, as_index, fingerprint, split_indices
 
 LABEL_SCAN = 10_000  # samples scanned for the largest label when the dataset does not say num_classes
 FINGERPRINT_SAMPLES = 64  # a user dataset may be huge or lazy: fingerprint its length and first samples

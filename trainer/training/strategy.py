@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import Config, ConfigError
-from .dist import DistState
+from ..config import Config, ConfigError
+from ..runtime.dist import DistState
 
 log = logging.getLogger("trainer")
 

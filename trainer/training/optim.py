@@ -10,7 +10,7 @@ import re
 import torch
 from torch import nn
 
-from .config import Config
+from ..config import Config, ConfigError
 
 log = logging.getLogger("trainer")
 
@@ -59,8 +59,6 @@ def build_optimizer(module: nn.Module, cfg: Config, device: torch.device) -> tor
     o = cfg.optim
     groups = param_groups(module, cfg)
     if not groups:
-        from .config import ConfigError
-
         raise ConfigError(f"train.freeze={cfg.train.freeze!r}: every parameter is frozen; nothing to train")
     # Fused kernels on CUDA: fewer launches, and they can skip a step on device (found_inf) without a sync.
     fused = {"fused": True} if device.type == "cuda" else {}

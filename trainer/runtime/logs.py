@@ -1,0 +1,41 @@
+"""Rank-aware logging: the console shows global rank 0; every rank also writes its own file in the run dir."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+
+NOISY = ("torch", "accelerate", "matplotlib", "PIL")
+
+
+def setup_logging(rank: int) -> None:
+    """Console handler on stderr: INFO on rank 0, errors only elsewhere."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    h.setLevel(logging.INFO if rank == 0 else logging.ERROR)
+    root.addHandler(h)
+    root.setLevel(logging.INFO)
+    for noisy in NOISY:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_rank_log(run_dir: str, rank: int, world_size: int) -> None:
+    """``run_dir/logs/rank-N.log``, opened with one line saying who wrote it (tests and people count
+    real processes by it)."""
+    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+    fh = logging.FileHandler(os.path.join(run_dir, "logs", f"rank-{rank}.log"))
+    fh.setFormatter(logging.Formatter("%(asctime)s rank" + str(rank) + " %(levelname)s %(message)s"))
+    fh.stream.write(f"rank {rank} pid {os.getpid()} host {socket.gethostname()} world {world_size}\n")
+    logging.getLogger().addHandler(fh)
+
+
+def rank_log_stream():
+    """The open stream of this rank's log file (the watchdog dumps stacks into it), or None."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            return h.stream
+    return None

@@ -1,0 +1,412 @@
+"""The training loop: ``Trainer`` receives its parts ready made and runs them in small verbs.
+
+The hot path of one optimizer step is: next micro-batches (already on device), forward under autocast,
+backward (scaled), gradient norm/clip, optimizer step, scheduler step. Host syncs (loss to the host,
+metric all-reduce, checkpoint, signal agreement) happen only at their own intervals, in ``_after_step``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import time
+from typing import Optional
+
+import torch
+
+from ..config import Config, ConfigError, config_hash, from_dict, math_diff, to_dict
+from ..data.loaders import BatchSource
+from ..data.sampler import GlobalBatchSampler, eval_shards
+from ..exitcodes import NONFINITE, OK, PREEMPTED
+from ..runtime import dist as D
+from ..runtime.logs import rank_log_stream
+from ..runtime.signals import PreemptionWatch
+from ..runtime.watchdog import NoWatchdog, Watchdog
+from . import checkpoint as ckpt
+from .metrics import Metrics, Stopwatch, peak_flops
+from .optim import build_scheduler
+from .profiler import Profiler
+from .strategy import Strategy
+from .tally import make_tally
+from .tasks import eval_result, eval_sums, task_loss
+
+log = logging.getLogger("trainer")
+
+
+class Trainer:
+    """Runs ``fit()`` over parts built elsewhere (``trainer.run.build``): the strategy-wrapped model, its
+    optimizer, the datasets and their ``DataInfo``, and the run directory. It owns the schedule, the
+    progress counters, checkpoints, metrics, preemption and the hang watchdog.
+
+    ``state_dict()`` / ``load_state_dict()`` cover the loop's own state (scheduler, scaler, progress); the
+    model and optimizer state comes from the strategy, which knows how it is sharded.
+    """
+
+    def __init__(self, cfg: Config, state: D.DistState, strategy: Strategy, optimizer, train_ds, eval_ds, info,
+                 run_dir: str, flops_per_sample: Optional[float] = None):
+        self.cfg, self.state, self.strategy, self.optimizer = cfg, state, strategy, optimizer
+        self.train_ds, self.eval_ds, self.info = train_ds, eval_ds, info
+        self.run_dir = run_dir
+        self.device = state.device
+        t, d = cfg.train, cfg.data
+        self.sampler = GlobalBatchSampler(len(train_ds), t.batch_size, t.grad_accum, state.rank, state.world_size,
+                                          cfg.seed)
+        self.batches = BatchSource(train_ds, self.sampler, d.num_workers, d.pin_memory and self.device.type == "cuda",
+                                   d.prefetch_factor)
+        self.total_steps = t.max_steps or t.epochs * self.sampler.steps_per_epoch
+        self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
+        self.progress = ckpt.Progress()
+        self.ckpts = ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints"), keep=cfg.checkpoint.keep)
+        self.params = [p for p in strategy.module.parameters() if p.requires_grad]
+        self.flops_per_sample = flops_per_sample
+        self.metrics: Optional[Metrics] = None
+        self.preempt = PreemptionWatch(state)
+        self.watchdog: Watchdog | NoWatchdog = NoWatchdog()
+        self.compile_time_s: Optional[float] = None
+        self.last_eval: dict = {}
+        self.last_loss: Optional[float] = None
+        self.saved_at = -1
+        self.writer = None
+        if cfg.checkpoint.async_save:
+            self.writer = ckpt.AsyncWriter(self.ckpts, state.rank, state.world_size, lambda: D.barrier(state),
+                                           lambda done: D.all_true(state, done))
+        self.tally = make_tally(self.device)
+        self._need_norm = bool(cfg.train.grad_clip) or state.distributed or strategy.scaler is not None
+        self._schedule_moves = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps > 0
+        # per-run loop state, set by _begin
+        self._watch = Stopwatch()
+        self._since_log = 0
+        self._profiler: Optional[Profiler] = None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """The loop's own state for a checkpoint (the model and optimizer come from the strategy)."""
+        return {"scheduler": self.scheduler.state_dict(),
+                "scaler": self.strategy.scaler.state_dict() if self.strategy.scaler else None,
+                "progress": vars(self.progress).copy()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.scheduler.load_state_dict(sd["scheduler"])
+        if self.strategy.scaler is not None and sd.get("scaler"):
+            self.strategy.scaler.load_state_dict(sd["scaler"])
+        self.progress = ckpt.Progress(**sd["progress"])
+
+    def resume_from(self, path: str) -> None:
+        manifest = ckpt.read_manifest(path)
+        saved_cfg = manifest.get("config")
+        if saved_cfg is not None:
+            try:
+                diff = math_diff(from_dict(saved_cfg), self.cfg)
+            except ConfigError:
+                diff = ["<checkpoint config no longer valid>"]
+            if diff and self.cfg.run.resume_config_change != "allow":
+                raise ConfigError(f"run.resume: checkpoint {path} was trained with a different config in "
+                                  f"{', '.join(diff)}; set run.resume_config_change=allow to resume anyway")
+        state, rng = ckpt.load_state(path, rank=self.state.rank)
+        if ckpt.is_sharded(path):
+            self.strategy.load_sharded(self.optimizer, os.path.join(path, ckpt.DCP))
+        else:
+            self.strategy.load_full_state(self.optimizer, state["model"], state["optimizer"])
+        self.load_state_dict(state)
+        if rng is not None and manifest.get("world_size") == self.state.world_size:
+            ckpt.set_rng_state(rng)
+        else:  # different world size: fresh per-rank streams, still deterministic
+            torch.manual_seed(self.cfg.seed * 1000 + self.state.rank + 7919 * self.progress.step)
+        self.saved_at = self.progress.step
+        p = self.progress
+        log.info("resumed from %s at step %d (epoch %d, %d samples into it; saved on %d process(es))", path,
+                 p.step, p.epoch, p.samples_in_epoch, manifest.get("world_size"))
+
+    # ------------------------------------------------------------------ checkpoint
+    def save(self, final: bool = False) -> Optional[str]:
+        """Checkpoint the current step; async (checkpoint.async_save) except for the last save of a run."""
+        t0 = time.perf_counter()
+        step = self.progress.step
+        self.watchdog.mark(step, "checkpoint")
+        sharded, state = None, None
+        if self.strategy.sharded:
+            sharded = self.strategy.sharded_state(self.optimizer)
+        else:
+            msd, osd = self.strategy.full_state(self.optimizer)
+        if self.state.is_main:
+            state = self.state_dict()
+            if sharded is None:
+                state.update(model=msd, optimizer=osd)
+        p = self.progress
+        extra = {"epoch": p.epoch, "samples_in_epoch": p.samples_in_epoch, "samples_total": p.samples_total,
+                 "config": to_dict(self.cfg), "config_hash": config_hash(self.cfg), "task": self.info.task}
+        self.saved_at = step
+        if self.writer is not None:
+            self.finish_saves()  # at most one write in flight
+            self.writer.start(step, state, extra, sharded, self.state.ckpt_group)
+            log.info("checkpoint step %d: async write started (step loop blocked %.3fs)", step,
+                     time.perf_counter() - t0)
+            return None if not final else self.finish_saves()
+        path = self.ckpts.save(step, self.state.rank, self.state.world_size, state, extra,
+                               lambda: D.barrier(self.state), sharded, self.state.ckpt_group)
+        log.info("checkpoint step %d saved in %.2fs -> %s", step, time.perf_counter() - t0, path)
+        return path
+
+    def poll_saves(self) -> None:
+        if self.writer is not None and self.writer.in_flight:
+            step = self.writer.step
+            path = self.writer.poll()
+            if path:
+                log.info("checkpoint step %d committed at step %d (async: %d steps ran during the write) -> %s",
+                         step, self.progress.step, self.progress.step - step, path)
+
+    def finish_saves(self) -> Optional[str]:
+        """Wait for an in-flight async write and commit it (before exiting, or before the next save)."""
+        if self.writer is None or not self.writer.in_flight:
+            return None
+        step = self.writer.step
+        path = self.writer.wait()
+        log.info("checkpoint step %d committed at step %d -> %s", step, self.progress.step, path)
+        return path
+
+    # ------------------------------------------------------------------ step
+    def _to_device(self, batch):
+        x, y = batch
+        nb = self.device.type == "cuda"
+        return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+
+    def _run_step(self, micro_batches) -> None:
+        s = self.strategy
+        n = len(micro_batches)
+        total = None
+        wd, step = self.watchdog, self.progress.step + 1  # the step being run, counted from 1
+        for i, (x, y) in enumerate(micro_batches):
+            with s.sync(i == n - 1):
+                wd.mark(step, "forward")
+                with s.autocast():
+                    out = s.model(x)
+                loss = task_loss(self.info.task, out, y)
+                if n > 1:
+                    loss = loss / n
+                wd.mark(step, "backward")
+                s.backward(loss)
+            total = loss.detach() if total is None else total + loss.detach()
+        wd.mark(step, "optimizer")
+        # Distributed: the all-reduced gradients are what every rank agrees on (a NaN on one rank's loss
+        # reaches the others only through them). fp16: the scaler owns overflow; the loss decides.
+        norm = s.grad_norm(self.optimizer, self.params, self.cfg.train.grad_clip) if self._need_norm else None
+        check_norm = norm is not None and s.scaler is None
+        if self.tally.on_host:  # CPU: no device to wait for, so reading the loss here costs nothing
+            value = total.item()
+            ok = math.isfinite(value) and (not check_norm or math.isfinite(norm.item()))
+        else:
+            value = total
+            ok = torch.isfinite(total) & torch.isfinite(norm) if check_norm else torch.isfinite(total)
+        s.optimizer_step(self.optimizer, ok)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._schedule_moves:
+            self.scheduler.step()
+        self.tally.add(value, ok)
+
+    def _timed_step(self, micro) -> None:
+        """One step; the first compiled step is timed apart (compile included) and the watchdog paused."""
+        first_compiled = self.compile_time_s is None and self.cfg.train.compile
+        t_step = time.perf_counter() if first_compiled else None
+        self.watchdog.pause(first_compiled)  # compiling may take minutes on one rank
+        try:
+            self._run_step(micro)
+        except torch.cuda.OutOfMemoryError:
+            self._oom_snapshot()
+            raise
+        if t_step is not None:
+            self.watchdog.pause(False)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.compile_time_s = time.perf_counter() - t_step
+            log.info("first compiled step (compile included) took %.2fs", self.compile_time_s)
+            self._watch.reset()
+
+    # ------------------------------------------------------------------ logging
+    def _log(self) -> bool:
+        """Pull metrics to the host (the one sync per interval). Returns False if the run must stop."""
+        steps, watch = self._since_log, self._watch
+        self._since_log = 0
+        self.watchdog.mark(self.progress.step, "log")
+        loss_sum, good, bad_max = self.tally.pull()
+        stats = D.all_reduce_sum(self.state, torch.stack([loss_sum.double(), good.double()]))
+        loss_sum, good = stats.tolist()
+        bad = D.all_reduce_max(self.state, bad_max).item()
+        elapsed = max(watch.elapsed(), 1e-9)
+        B = self.cfg.train.batch_size
+        row = {"step": self.progress.step, "epoch": self.progress.epoch,
+               "loss": loss_sum / good if good else float("nan"),
+               "lr": self.scheduler.get_last_lr()[0], "samples_per_s": B * steps / elapsed,
+               "step_time_s": elapsed / steps, "data_wait_frac": watch.data_s / elapsed}
+        if self.info.task == "lm":
+            row["tokens_per_s"] = row["samples_per_s"] * self.info.seq_len
+        if self.device.type == "cuda":
+            row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            peak = peak_flops(torch.cuda.get_device_name(self.device), self.cfg.train.precision)
+            if peak and self.flops_per_sample:
+                row["mfu"] = self.flops_per_sample * row["samples_per_s"] / (peak * self.state.world_size)
+        if self.metrics:
+            row.update(self.metrics.process_stats())
+            self.metrics.log_train(row)
+        self.last_loss = row["loss"]
+        watch.reset()
+        if bad > self.cfg.train.max_bad_steps:
+            log.error("loss was non-finite for %d consecutive steps (train.max_bad_steps=%d): stopping at step %d "
+                      "with the last good state", int(bad), self.cfg.train.max_bad_steps, self.progress.step)
+            return False
+        return True
+
+    # ------------------------------------------------------------------ eval
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        s = self.strategy
+        self.watchdog.mark(self.progress.step, "eval")
+        s.model.eval()
+        bs = self.cfg.train.eval_batch_size
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, count, correct
+        for idx, valid in eval_shards(len(self.eval_ds), bs, self.state.rank, self.state.world_size):
+            x, y = self._to_device(self.eval_ds.get_batch(idx))
+            with s.autocast():
+                out = s.model(x)
+            sums += eval_sums(self.info.task, out, y, valid)
+        s.model.train()
+        D.all_reduce_sum(self.state, sums)
+        res = eval_result(self.info.task, *sums.tolist())
+        self.last_eval = res
+        if self.metrics:
+            self.metrics.log_eval(self.progress.step, res)
+        return res
+
+    # ------------------------------------------------------------------ fit
+    def fit(self) -> int:
+        """Train to ``total_steps`` (or until preempted / diverged); returns the exit code."""
+        p = self.progress
+        if p.step >= self.total_steps:
+            log.info("run already complete: step %d of %d; nothing to do", p.step, self.total_steps)
+            return OK
+        self._begin()
+        t_start = time.perf_counter()
+        code = OK
+        try:
+            while p.step < self.total_steps and code == OK:
+                code = self._run_epoch()
+            if code == OK:
+                self._end(time.perf_counter() - t_start)
+            elif code == PREEMPTED:
+                log.warning("preempted by signal: checkpoint at step %d saved; rerun the same command to resume",
+                            p.step)
+        finally:
+            self._close()
+        return code
+
+    def _begin(self) -> None:
+        cfg = self.cfg
+        self.metrics = Metrics(self.run_dir, self.state.is_main, cfg.log.tensorboard, cfg.log.progress,
+                               self.total_steps, self.progress.step)
+        self.preempt.install()
+        if self.state.distributed:
+            self.watchdog = Watchdog(self.state, cfg.dist.collective_timeout_s, rank_log_stream())
+            self.watchdog.start()
+        self._watch = Stopwatch()
+        self._since_log = 0
+        self.strategy.model.train()
+        if cfg.profile.steps and self.state.is_main:
+            self._profiler = Profiler(cfg.profile.steps, self.run_dir)
+
+    def _run_epoch(self) -> int:
+        """The rest of the current epoch (all of it unless resumed mid-epoch); returns the exit code."""
+        p, t = self.progress, self.cfg.train
+        self.sampler.set_position(p.epoch, p.samples_in_epoch)
+        self.train_ds.set_epoch(p.epoch)
+        batches = self.batches.epoch_iter()
+        while p.step < self.total_steps:
+            self.watchdog.mark(p.step + 1, "data")
+            t_data = time.perf_counter()
+            try:
+                micro = [self._to_device(next(batches)) for _ in range(t.grad_accum)]
+            except StopIteration:
+                break
+            self._watch.data_s += time.perf_counter() - t_data
+            if self._profiler:
+                self._profiler.step(p.step)
+            self._timed_step(micro)
+            p.step += 1
+            p.samples_in_epoch += t.batch_size
+            p.samples_total += t.batch_size
+            self._since_log += 1
+            code = self._after_step()
+            if code != OK:
+                return code
+        if p.samples_in_epoch >= self.sampler.steps_per_epoch * t.batch_size:
+            p.epoch += 1
+            p.samples_in_epoch = 0
+        return OK
+
+    def _after_step(self) -> int:
+        """Log, eval, save and the preemption check, each at its own interval; returns the exit code."""
+        p, cfg = self.progress, self.cfg
+        code = OK
+        if self._since_log >= cfg.log.every_steps or p.step == self.total_steps:
+            if not self._log():
+                code = NONFINITE
+        t_side = time.perf_counter()
+        every = cfg.train.eval_every_steps
+        if code == OK and every and p.step % every == 0 and p.step < self.total_steps:
+            self.evaluate()
+        self.poll_saves()
+        stop = code != OK or self.preempt.agreed()
+        if stop:
+            self.save(final=True)
+        elif cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0:
+            self.save()
+        self._watch.exclude(t_side)  # eval and checkpoint time is not step time
+        if stop and code == OK:
+            code = PREEMPTED
+        return code
+
+    def _end(self, wall: float) -> None:
+        """A run that reached its last step: last log row, final eval, final checkpoint, summary."""
+        if self._since_log:
+            self._log()
+        self.evaluate()
+        if self.saved_at != self.progress.step:
+            self.save(final=True)
+        self.finish_saves()
+        self._finish(wall)
+
+    def _close(self) -> None:
+        if self._profiler:
+            self._profiler.close()
+        self.preempt.uninstall()
+        self.watchdog.stop()
+        if self.metrics:
+            self.metrics.close()
+
+    def _oom_snapshot(self) -> None:
+        """Write the CUDA allocator's state before the error ends the run, and say where it is."""
+        path = os.path.join(self.run_dir, f"cuda_oom_snapshot-rank{self.state.rank}.pickle")
+        try:
+            with open(path, "wb") as fh:
+                pickle.dump(torch.cuda.memory._snapshot(), fh)
+            log.error("CUDA out of memory at step %d: allocator snapshot written to %s (drag it into "
+                      "https://pytorch.org/memory_viz); lower train.batch_size, raise train.grad_accum, or set "
+                      "train.activation_checkpointing=true", self.progress.step + 1, path)
+        except Exception as e:  # the snapshot is a courtesy; the OOM is the error to report
+            log.error("CUDA out of memory at step %d (snapshot failed: %s)", self.progress.step + 1, e)
+
+    def _finish(self, wall: float) -> None:
+        if not self.state.is_main:
+            return
+        summary = {"steps": self.progress.step, "epochs": self.progress.epoch,
+                   "samples": self.progress.samples_total, "final_loss": self.last_loss,
+                   "eval": self.last_eval, "wall_time_s": round(wall, 3), "compile_time_s": self.compile_time_s,
+                   "world_size": self.state.world_size, "strategy": self.strategy.mode,
+                   "precision": self.cfg.train.precision, "data": self.info.description,
+                   "data_fingerprint": self.info.fingerprint}
+        self.metrics.write_summary(summary)
+        if self.cfg.log.plot:
+            self.metrics.plot()
+        ev = "  ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if k != "samples")
+        log.info("done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s", self.progress.step, wall,
+                 summary["final_loss"] or float("nan"), ev, self.run_dir)

@@ -1,0 +1,60 @@
+"""Per-step loss and bad-step bookkeeping between log steps, without a host sync per step on a GPU."""
+
+from __future__ import annotations
+
+import torch
+
+
+class HostTally:
+    """When `ok` is already on the host (CPU): plain Python floats and ints."""
+
+    on_host = True
+
+    def __init__(self):
+        self.loss, self.good = 0.0, 0
+        self.bad_run = self.bad_max = 0
+
+    def add(self, value: float, ok: bool) -> None:
+        if ok:
+            self.loss += value
+            self.good += 1
+            self.bad_run = 0
+        else:
+            self.bad_run += 1
+            self.bad_max = max(self.bad_max, self.bad_run)
+
+    def pull(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss sum, good steps, longest bad streak) since the last pull, as tensors to all-reduce."""
+        out = (torch.tensor(self.loss, dtype=torch.float64), torch.tensor(float(self.good), dtype=torch.float64),
+               torch.tensor(self.bad_max))
+        self.loss, self.good = 0.0, 0
+        self.bad_max = self.bad_run
+        return out
+
+
+class DeviceTally:
+    """The same on the device (CUDA), read only at log intervals."""
+
+    on_host = False
+
+    def __init__(self, device):
+        z = torch.zeros((), device=device)
+        self.loss, self.good, self.bad_run, self.bad_max = z.clone(), z.clone(), z.clone(), z.clone()
+
+    def add(self, total: torch.Tensor, ok: torch.Tensor) -> None:
+        okf = ok.float()
+        self.loss += torch.where(ok, total.float(), torch.zeros_like(self.loss))
+        self.good += okf
+        self.bad_run = (self.bad_run + 1) * (1 - okf)
+        self.bad_max = torch.maximum(self.bad_max, self.bad_run)
+
+    def pull(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = (self.loss.clone(), self.good.clone(), self.bad_max.clone())
+        self.loss.zero_()
+        self.good.zero_()
+        self.bad_max.copy_(self.bad_run)
+        return out
+
+
+def make_tally(device: torch.device):
+    return HostTally() if device.type == "cpu" else DeviceTally(device)

@@ -1,0 +1,230 @@
+"""Weights in and out: read any saved model (ours or not) as a plain state dict; one atomic safetensors writer.
+
+``read_weights(path)`` takes a run dir (its newest verified checkpoint, else ``model.safetensors``), a
+``checkpoints/`` dir, one checkpoint dir (checksums verified first; FSDP shards consolidated through the
+restricted DCP reader), a ``trainer compress`` output, a ``.safetensors`` file, or a state-dict file read with
+``weights_only=True`` only (a pickle that would run code is refused). LoRA adapters are merged on read.
+Every failure is a :class:`~trainer.config.ConfigError` naming the config key or flag and the path.
+
+``write_safetensors(state, path)`` is the one writer of ``.safetensors`` files: a temporary file, then an
+atomic rename, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ..config import ConfigError
+from . import checkpoint as ckpt
+
+log = logging.getLogger("trainer")
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel and torch.compile wrappers
+
+
+def write_safetensors(state: dict, path: str, metadata: Optional[dict] = None) -> None:
+    """Write ``state`` (name -> tensor) to ``path`` atomically: ``path.tmp`` first, then a rename.
+
+    Tensors are detached, moved to the CPU, made contiguous and cloned: tied weights share storage, which
+    safetensors refuses.
+    """
+    tmp = path + ".tmp"
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, tmp,
+              metadata={"format": "pt", **(metadata or {})})
+    os.replace(tmp, path)
+
+
+def import_torchao():
+    """torchao.quantization, with its CPU-build import noise (missing CUDA .so files) silenced.
+
+    Imported only when asked (~1 s, and it prints a harmless "Failed to load" notice on CPU builds); loading
+    a torchao-quantized model needs it too, since torchao registers its tensor types as safe globals.
+    """
+    quiet = ("torchao", "torch.utils._pytree")
+    levels = {n: logging.getLogger(n).level for n in quiet}
+    for n in quiet:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        import torchao.quantization as tq
+    finally:
+        for n, lvl in levels.items():
+            logging.getLogger(n).setLevel(lvl)
+    return tq
+
+
+@dataclass
+class Weights:
+    state: dict  # name -> tensor, plain (LoRA adapters already merged)
+    config: Optional[dict]  # the config the weights were trained with, when the source records it
+    source: str  # what was read, for the log
+    extra: dict = field(default_factory=dict)  # e.g. the compress report entry of a compressed model
+
+
+def _first_line(e: BaseException) -> str:
+    """The one informative line of an exception; for torch's weights_only refusal, what it refused."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    found = re.search(r"WeightsUnpickler error: ([^\n]*?was not an allowed global[^.\n]*|[^\n.]*)", text)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    first = found.group(1).strip() if found else (lines[0] if lines else "")
+    return f"{type(e).__name__}: {first}".rstrip(": ")
+
+
+def _torch_load(path: str, key: str):
+    """torch.load with weights_only=True; anything that is not plain tensors/containers is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as e:
+        raise ConfigError(f"{key}={path!r}: refused: not a plain weights file (read with weights_only=True; "
+                          f"{_first_line(e)})") from None
+
+
+def _strip_wrappers(sd: dict) -> dict:
+    out = {}
+    for k, v in sd.items():
+        while k.startswith(_WRAPPER_PREFIXES):
+            k = k.split(".", 1)[1]
+        out[k] = v
+    return out
+
+
+def _as_state_dict(obj, path: str, key: str) -> dict:
+    """A state dict from what a .pt file holds: the dict itself, or its "model"/"state_dict" entry."""
+    if isinstance(obj, dict):
+        for inner in ("model", "state_dict", "model_state_dict"):
+            if isinstance(obj.get(inner), dict):
+                obj = obj[inner]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"{key}={path!r}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    return obj
+
+
+def _read_yaml(path: str) -> Optional[dict]:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def read_weights(path: str, key: str = "model.init_from") -> Weights:
+    """Weights from a run dir, checkpoints dir, checkpoint dir, compress output, .safetensors or .pt file.
+
+    A run dir prefers its newest verified checkpoint (full fidelity, checksummed) over model.safetensors.
+    Every failure is a :class:`ConfigError` that names ``key`` and the path.
+    """
+    if not os.path.exists(path):
+        raise ConfigError(f"{key}={path!r}: no such file or directory")
+    if os.path.isdir(path):
+        compressed = _compressed_entry(path, None)
+        if compressed is not None:
+            return _read_compressed(path, compressed, key)
+        try:
+            found = ckpt.resolve(path)
+        except ckpt.CheckpointError:
+            found = None
+        if found is None:
+            final = os.path.join(path, "model.safetensors")
+            if not os.path.isfile(final):
+                raise ConfigError(f"{key}={path!r}: no usable checkpoint and no model.safetensors found")
+            w = read_weights(final, key)
+            w.config = w.config or _read_yaml(os.path.join(path, "config.yaml"))
+            return w
+        try:
+            state, _ = ckpt.load_state(found, verify_first=True)
+        except ckpt.CheckpointError as e:
+            raise ConfigError(f"{key}={path!r}: {e}") from None
+        except Exception as e:  # an unpickling error: weights_only refused something
+            raise ConfigError(f"{key}={path!r}: refused {found}: not a plain weights file "
+                              f"(read with weights_only=True; {_first_line(e)})") from None
+        manifest = ckpt.read_manifest(found)
+        if ckpt.is_sharded(found):  # FSDP: consolidate the DCP shards here (restricted unpickler)
+            try:
+                sd = ckpt.consolidated_model_state(found)
+            except Exception as e:
+                raise ConfigError(f"{key}={path!r}: sharded checkpoint {found} unreadable ({_first_line(e)})") from None
+        else:
+            sd = _as_state_dict(state, found, key)
+        return Weights(merge_lora_state(_strip_wrappers(sd)), manifest.get("config"),
+                       f"checkpoint {found} (step {manifest.get('step')})")
+    parent = os.path.dirname(os.path.abspath(path))
+    compressed = _compressed_entry(parent, os.path.basename(path))
+    if compressed is not None:
+        return _read_compressed(parent, compressed, key)
+    if path.endswith(".safetensors"):
+        try:
+            with safe_open(path, framework="pt") as fh:
+                meta = fh.metadata() or {}
+                sd = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as e:
+            raise ConfigError(f"{key}={path!r}: not a readable safetensors file ({_first_line(e)})") from None
+        cfg = json.loads(meta["config"]) if "config" in meta else None
+        return Weights(merge_lora_state(_strip_wrappers(sd)), cfg, f"safetensors {path}")
+    sd = _as_state_dict(_torch_load(path, key), path, key)
+    return Weights(merge_lora_state(_strip_wrappers(sd)), None, f"state dict {path}")
+
+
+def _compressed_entry(directory: str, filename: Optional[str]) -> Optional[dict]:
+    """The variant entry of a `python -m trainer compress` output (report.json beside the file), if any."""
+    report = os.path.join(directory, "report.json")
+    if not os.path.isfile(report):
+        return None
+    try:
+        with open(report, encoding="utf-8") as fh:
+            rep = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    files = [r for r in rep.get("rows", []) if r.get("file")]
+    if filename is not None:
+        files = [r for r in files if r["file"] == filename]
+    if len(files) != 1:
+        return None if filename is not None or not files else {"ambiguous": [r["file"] for r in files]}
+    return {**files[0], "config": rep.get("config")}
+
+
+def _read_compressed(directory: str, entry: dict, key: str) -> Weights:
+    if "ambiguous" in entry:
+        raise ConfigError(f"{key}={directory!r}: holds several compressed models ({', '.join(entry['ambiguous'])}); "
+                          "name one file")
+    path = os.path.join(directory, entry["file"])
+    if path.endswith(".safetensors"):
+        sd = load_file(path)
+    else:
+        if entry.get("scheme", "").startswith("int8"):  # torchao registers its tensor types as safe globals
+            import_torchao()
+        with warnings.catch_warnings():  # torch.ao's packed int8 weights: deprecation notices on load
+            warnings.simplefilter("ignore")
+            sd = _torch_load(path, key)
+        if not isinstance(sd, dict):
+            raise ConfigError(f"{key}={path!r}: expected a state dict, got {type(sd).__name__}")
+    return Weights(sd, entry.get("config"), f"compressed model {path} ({entry.get('variant')})", extra=entry)
+
+
+# ----------------------------------------------------------------------------- LoRA adapters in a state dict
+
+
+def lora_merge(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (w.float() + float(scale) * (b.float() @ a.float())).to(w.dtype)
+
+
+def merge_lora_state(sd: dict) -> dict:
+    """A state dict with every ``X.lora_A/lora_B/lora_scale`` folded into ``X.weight`` (plain keys only)."""
+    if not any(k.endswith(".lora_A") for k in sd):
+        return sd
+    out = dict(sd)
+    for k in [k for k in sd if k.endswith(".lora_A")]:
+        p = k[: -len(".lora_A")]
+        a, b, s = out.pop(k), out.pop(p + ".lora_B"), out.pop(p + ".lora_scale")
+        out[p + ".weight"] = lora_merge(out[p + ".weight"], a, b, s)
+    return out
