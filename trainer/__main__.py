@@ -4,7 +4,7 @@
     torchrun --standalone --nproc-per-node 2 -m trainer train -c configs/cnn.yaml
     python -m launch ddp --nproc-per-node 2 -c configs/cnn.yaml             # the same, chosen by the launcher
     python -m trainer check -c configs/gpt.yaml model.n_layer=8             # validate only (no torch import)
-    python -m trainer check --json -c configs/gpt.yaml                      # ... and print the resolved config
+    python -m trainer check --json -c configs/gpt.yaml                      # ... printing the resolved config
     python -m trainer config                                                # every key, type, default, help
 
 This module parses arguments and dispatches; nothing imports it. ``train`` ends with a clean exit that
@@ -24,19 +24,30 @@ from .tools import cli as tools_cli
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer", description="Config-driven PyTorch trainer.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=f"exit codes: {', '.join(f'{k} {v}' for k, v in codes.NAMES.items())}")
+    p = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description="Config-driven PyTorch trainer.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"exit codes: {', '.join(f'{k} {v}' for k, v in codes.NAMES.items())}",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, help_ in (("train", "train a model"), ("check", "validate a config and exit (0 ok, 2 error)")):
-        sp = sub.add_parser(name, help=help_, formatter_class=argparse.RawDescriptionHelpFormatter,
-                            epilog="config keys (KEY=VALUE overrides):\n" + config.describe()
-                            if name == "train" else None)
+        sp = sub.add_parser(
+            name,
+            help=help_,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="config keys (KEY=VALUE overrides):\n" + config.describe() if name == "train" else None,
+        )
         sp.add_argument("-c", "--config", help="YAML recipe, e.g. configs/cnn.yaml")
-        sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=50")
+        sp.add_argument(
+            "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=50"
+        )
         if name == "check":
-            sp.add_argument("--json", action="store_true", help="print the resolved config as JSON (for tools "
-                            "such as `python -m launch doctor`)")
+            sp.add_argument(
+                "--json",
+                action="store_true",
+                help="print the resolved config as JSON (for tools such as `python -m launch doctor`)",
+            )
     sp = sub.add_parser("config", help="list every config key with its type, default and help")
     sp.add_argument("-c", "--config", help="also print this recipe resolved with the overrides")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -45,7 +56,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_command(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `python -m trainer config | head` ends quietly
     print("Config keys (YAML sections or dotted KEY=VALUE overrides):\n" + config.describe())
     if args.config or args.overrides:
         try:
@@ -56,15 +66,28 @@ def _config_command(args: argparse.Namespace) -> int:
     return codes.OK
 
 
+def _tool_command(args: argparse.Namespace) -> int:
+    # Each implementation imports torch (~1.5 s): only the one that runs, never for --help or check.
+    from .runtime.logs import setup_logging
+
+    if args.cmd == "compress":
+        from .tools.compress import compress_main as fn
+    elif args.cmd == "export":
+        from .tools.export import export_main as fn
+    else:
+        from .tools.evaluate import eval_main as fn
+    setup_logging(0)
+    return tools_cli.run_tool(fn, args)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.cmd in ("config", "check"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `python -m trainer config | head` ends quietly
     if args.cmd == "config":
         sys.exit(_config_command(args))
     if args.cmd in tools_cli.COMMANDS:
-        from .runtime.logs import setup_logging
-
-        setup_logging(0)
-        sys.exit(tools_cli.run_tool(args))
+        sys.exit(_tool_command(args))
     try:
         cfg = config.load(args.config, args.overrides)
     except config.ConfigError as e:

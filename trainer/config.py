@@ -32,9 +32,17 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class RunConfig:
-    dir: Optional[str] = _f(None, "Run directory for every output. Default: a new runs/<timestamp>-<model> directory.")
-    resume: str = _f("auto", "auto: continue from the latest checkpoint in run.dir if any; never: refuse a non-empty run.dir; or a checkpoint PATH.")
-    resume_config_change: Literal["refuse", "allow"] = _f("refuse", "On resume, refuse (default) or allow a config that differs in keys that change the math.")
+    dir: Optional[str] = _f(
+        None, "Run directory for every output. Default: a new runs/<timestamp>-<model> directory."
+    )
+    resume: str = _f(
+        "auto",
+        "auto: continue from the latest checkpoint in run.dir if any; never: refuse a non-empty run.dir; "
+        "or a checkpoint PATH.",
+    )
+    resume_config_change: Literal["refuse", "allow"] = _f(
+        "refuse", "On resume, refuse (default) or allow a config that differs in keys that change the math."
+    )
 
 
 @dataclass
@@ -47,35 +55,61 @@ class ModelConfig:
     n_head: int = _f(4, "GPT: attention heads per block.", min=1)
     n_embd: int = _f(128, "GPT: embedding width (divisible by n_head).", min=1)
     block_size: int = _f(128, "GPT: context length in tokens.", min=2)
-    vocab_size: int = _f(256, "GPT: vocabulary size (256 = bytes; set to your tokenizer's size for token files).", min=2)
-    init_from: Optional[str] = _f(None, "Initialise weights from a checkpoint dir, run dir, .safetensors or state-dict file.", path=True)
+    vocab_size: int = _f(
+        256, "GPT: vocabulary size (256 = bytes; set to your tokenizer's size for token files).", min=2
+    )
+    init_from: Optional[str] = _f(
+        None, "Initialise weights from a checkpoint dir, run dir, .safetensors or state-dict file.", path=True
+    )
     init_strict: bool = _f(True, "Require every key to match when loading model.init_from.")
-    init_skip: list[str] = _f([], "Parameters (glob or re:REGEX) NOT loaded from model.init_from: they keep their fresh initialisation, e.g. [fc2] to re-initialise a head.")
+    init_skip: list[str] = _f(
+        [],
+        "Parameters (glob or re:REGEX) NOT loaded from model.init_from: they keep their fresh "
+        "initialisation, e.g. [fc2] to re-initialise a head.",
+    )
 
 
 @dataclass
 class DataConfig:
-    name: str = _f("digits", "synthetic_regression | synthetic_classification | digits | diabetes | text | tokens | tensors | csv, or a user Dataset as package.module:Name.")
-    path: Optional[str] = _f(None, "File or directory for text, tokens (.bin), tensors (.npy/.npz/.pt) and csv data.", path=True)
+    name: str = _f(
+        "digits",
+        "synthetic_regression | synthetic_classification | digits | diabetes | text | tokens | tensors | "
+        "csv, or a user Dataset as package.module:Name.",
+    )
+    path: Optional[str] = _f(
+        None, "File or directory for text, tokens (.bin), tensors (.npy/.npz/.pt) and csv data.", path=True
+    )
     kwargs: dict = _f({}, "Keyword arguments passed to a user Dataset given by import path.")
-    eval_fraction: float = _f(0.1, "Fraction of samples held out for evaluation (fixed split seed).", min=0.0, max=0.9)
+    eval_fraction: float = _f(
+        0.1, "Fraction of samples held out for evaluation (fixed split seed).", min=0.0, max=0.9
+    )
     split_seed: int = _f(1234, "Seed of the train/eval split; independent of `seed` so runs stay comparable.")
     num_samples: int = _f(4096, "Synthetic datasets: number of samples.", min=1)
     num_features: int = _f(16, "Synthetic datasets: input features.", min=1)
     num_classes: int = _f(4, "Synthetic classification: classes.", min=2)
-    max_bytes: int = _f(2_000_000, "Text corpus: cap in bytes (the default corpus is the stdlib's top-level .py files).", min=1)
+    max_bytes: int = _f(
+        2_000_000,
+        "Text corpus: cap in bytes (the default corpus is the stdlib's top-level .py files).",
+        min=1,
+    )
     token_dtype: Literal["uint16", "uint32"] = _f("uint16", "Token files (.bin): element type.")
     target: str = _f("-1", "CSV: target column name or index (default: last column).")
-    classes: list[int] = _f([], "Digits: keep only these classes (empty = all); used to build a pretraining task.")
+    classes: list[int] = _f(
+        [], "Digits: keep only these classes (empty = all); used to build a pretraining task."
+    )
     augment: bool = _f(False, "Digits: random ±2 pixel shifts, seeded per sample from (seed, epoch, index).")
-    num_workers: int = _f(0, "DataLoader worker processes (0 = load in the main process; right for in-memory data).", min=0)
+    num_workers: int = _f(
+        0, "DataLoader worker processes (0 = load in the main process; right for in-memory data).", min=0
+    )
     pin_memory: bool = _f(True, "Pin host memory when training on CUDA.")
     prefetch_factor: int = _f(2, "Batches prefetched per worker (num_workers > 0).", min=1)
 
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adam", "adamw"] = _f("sgd", "Optimizer. Fused kernels are used on CUDA for adam/adamw.")
+    name: Literal["sgd", "adam", "adamw"] = _f(
+        "sgd", "Optimizer. Fused kernels are used on CUDA for adam/adamw."
+    )
     lr: float = _f(0.05, "Peak learning rate.", min=0.0)
     momentum: float = _f(0.9, "SGD momentum.", min=0.0, max=1.0)
     weight_decay: float = _f(0.0, "Weight decay (decoupled for adamw).", min=0.0)
@@ -84,17 +118,23 @@ class OptimConfig:
     schedule: Literal["constant", "cosine"] = _f("constant", "LR schedule after warmup.")
     warmup_steps: int = _f(0, "Linear warmup steps.", min=0)
     min_lr_ratio: float = _f(0.1, "Cosine: final lr as a fraction of optim.lr.", min=0.0, max=1.0)
-    param_groups: list[dict] = _f([], "Per-group learning rates: [{pattern: 'fc2.*', lr: 0.01}, ...]; first match wins.")
+    param_groups: list[dict] = _f(
+        [], "Per-group learning rates: [{pattern: 'fc2.*', lr: 0.01}, ...]; first match wins."
+    )
 
 
 @dataclass
 class TrainConfig:
     max_steps: int = _f(0, "Optimizer steps to run; 0 = run train.epochs epochs.", min=0)
     epochs: int = _f(1, "Epochs when train.max_steps is 0.", min=1)
-    batch_size: int = _f(64, "GLOBAL samples per optimizer step, across all processes and micro-steps.", min=1)
+    batch_size: int = _f(
+        64, "GLOBAL samples per optimizer step, across all processes and micro-steps.", min=1
+    )
     eval_batch_size: int = _f(512, "Global batch size for evaluation.", min=1)
     eval_every_steps: int = _f(0, "Evaluate every N steps (0 = only at the end).", min=0)
-    precision: Literal["fp32", "fp16", "bf16"] = _f("fp32", "fp32, fp16 (autocast + GradScaler) or bf16 (autocast).")
+    precision: Literal["fp32", "fp16", "bf16"] = _f(
+        "fp32", "fp32, fp16 (autocast + GradScaler) or bf16 (autocast)."
+    )
     compile: bool = _f(False, "Wrap the model in torch.compile (compile time is logged apart).")
     compile_backend: str = _f("inductor", "torch.compile backend (aot_eager needs no C compiler).")
     compile_mode: Optional[str] = _f(None, "torch.compile mode: default, reduce-overhead, max-autotune.")
@@ -103,8 +143,14 @@ class TrainConfig:
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms and fixed cuDNN/cuBLAS settings.")
     freeze: list[str] = _f([], "Freeze parameters whose name matches any glob (or re:REGEX) pattern.")
     activation_checkpointing: bool = _f(False, "Recompute GPT blocks in backward to save memory.")
-    max_bad_steps: int = _f(3, "Consecutive non-finite-loss steps skipped before the run stops (exit 3).", min=0)
-    strategy: Literal["auto", "single", "dp", "ddp", "fsdp", "accelerate"] = _f("auto", "How the model is wrapped: auto = ddp under torchrun with >1 process, else single. Set by `python -m launch`.")
+    max_bad_steps: int = _f(
+        3, "Consecutive non-finite-loss steps skipped before the run stops (exit 3).", min=0
+    )
+    strategy: Literal["auto", "single", "dp", "ddp", "fsdp", "accelerate"] = _f(
+        "auto",
+        "How the model is wrapped: auto = ddp under torchrun with >1 process, else single. "
+        "Set by `python -m launch`.",
+    )
     find_unused_parameters: bool = _f(False, "DDP: allow parameters that get no gradient (slower).")
 
 
@@ -119,7 +165,9 @@ class CheckpointConfig:
 class LogConfig:
     every_steps: int = _f(10, "Pull loss to the host and write metrics every N steps.", min=1)
     tensorboard: bool = _f(True, "Write TensorBoard event files (if tensorboard is installed).")
-    progress: Literal["auto", "on", "off"] = _f("auto", "Progress bar: auto = only on an interactive terminal.")
+    progress: Literal["auto", "on", "off"] = _f(
+        "auto", "Progress bar: auto = only on an interactive terminal."
+    )
     plot: bool = _f(True, "Write loss.png at the end of the run.")
 
 
@@ -129,13 +177,19 @@ class LoraConfig:
     rank: int = _f(8, "LoRA rank.", min=1)
     alpha: float = _f(16.0, "LoRA scaling numerator (scale = alpha / rank).", min=0.0)
     dropout: float = _f(0.0, "Dropout on the LoRA input.", min=0.0, max=0.999)
-    trainable: list[str] = _f([], "With LoRA on, base parameters that stay trainable (glob or re:REGEX, e.g. a new head 'fc2'); all others are frozen.")
+    trainable: list[str] = _f(
+        [],
+        "With LoRA on, base parameters that stay trainable (glob or re:REGEX, e.g. a new head 'fc2'); "
+        "all others are frozen.",
+    )
 
 
 @dataclass
 class DistConfig:
     init_timeout_s: float = _f(300.0, "Timeout for process-group initialisation / rendezvous.", min=1.0)
-    collective_timeout_s: float = _f(600.0, "Timeout for a collective during training; on expiry the stalled rank is named.", min=0.1)
+    collective_timeout_s: float = _f(
+        600.0, "Timeout for a collective during training; on expiry the stalled rank is named.", min=0.1
+    )
 
 
 @dataclass
@@ -160,10 +214,28 @@ class Config:
 
 
 # Keys whose change does not alter the math of a resumed run (see checkpoint resume check).
-RESUME_SAFE_PREFIXES = ("run.", "log.", "checkpoint.", "dist.", "profile.", "train.max_steps", "train.epochs",
-                        "train.eval_every_steps", "train.eval_batch_size", "train.compile", "train.strategy",
-                        "data.num_workers", "data.pin_memory", "data.prefetch_factor", "device", "model.init_from",
-                        "model.init_strict", "model.init_skip", "train.compile_backend", "train.compile_mode")
+RESUME_SAFE_PREFIXES = (
+    "run.",
+    "log.",
+    "checkpoint.",
+    "dist.",
+    "profile.",
+    "train.max_steps",
+    "train.epochs",
+    "train.eval_every_steps",
+    "train.eval_batch_size",
+    "train.compile",
+    "train.strategy",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.prefetch_factor",
+    "device",
+    "model.init_from",
+    "model.init_strict",
+    "model.init_skip",
+    "train.compile_backend",
+    "train.compile_mode",
+)
 
 
 # ----------------------------------------------------------------------------- introspection
@@ -223,15 +295,19 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
-            value = next((c for c in choices if c in (("on", "true", "yes") if value else ("off", "false", "no"))),
-                         value)
+            value = next(
+                (c for c in choices if c in (("on", "true", "yes") if value else ("off", "false", "no"))),
+                value,
+            )
         if value not in choices:
             raise ConfigError(f"{key}={value!r}: expected one of {', '.join(map(str, choices))}")
         return value
     if origin is list:
         (inner,) = typing.get_args(tp) or (Any,)
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = (
+                yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            )
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}={value!r}: expected a list")
         return [_coerce(key, v, inner, {}) if inner is not Any else v for v in value]
@@ -383,15 +459,26 @@ def flat(cfg: Config) -> dict[str, Any]:
 def math_diff(a: Config, b: Config) -> list[str]:
     """Keys that differ between two configs and change the math of training."""
     fa, fb = flat(a), flat(b)
-    return sorted(k for k in fa.keys() | fb.keys()
-                  if fa.get(k) != fb.get(k) and not k.startswith(RESUME_SAFE_PREFIXES))
+    return sorted(
+        k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k) and not k.startswith(RESUME_SAFE_PREFIXES)
+    )
 
 
 # ----------------------------------------------------------------------------- validation
 
-_BUILTIN_MODELS = ("linreg", "cnn", "mlp", "gpt")
-_BUILTIN_DATA = ("synthetic_regression", "synthetic_classification", "digits", "diabetes", "text", "tokens",
-                 "tensors", "csv")
+# The one list of built-in names (config must not import torch, so the builders in trainer/models and
+# trainer/data are keyed by these; tests/unit/test_layers.py checks they agree).
+MODEL_NAMES = ("linreg", "cnn", "mlp", "gpt")
+DATA_NAMES = (
+    "synthetic_regression",
+    "synthetic_classification",
+    "digits",
+    "diabetes",
+    "text",
+    "tokens",
+    "tensors",
+    "csv",
+)
 _NEEDS_PATH = ("tokens", "tensors", "csv")
 
 
@@ -402,10 +489,14 @@ def _is_import_path(name: str) -> bool:
 
 def validate(cfg: Config) -> None:
     m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
-    if m.name not in _BUILTIN_MODELS and not _is_import_path(m.name):
-        raise ConfigError(f"model.name={m.name!r}: expected one of {', '.join(_BUILTIN_MODELS)} or package.module:Name")
-    if d.name not in _BUILTIN_DATA and not _is_import_path(d.name):
-        raise ConfigError(f"data.name={d.name!r}: expected one of {', '.join(_BUILTIN_DATA)} or package.module:Name")
+    if m.name not in MODEL_NAMES and not _is_import_path(m.name):
+        raise ConfigError(
+            f"model.name={m.name!r}: expected one of {', '.join(MODEL_NAMES)} or package.module:Name"
+        )
+    if d.name not in DATA_NAMES and not _is_import_path(d.name):
+        raise ConfigError(
+            f"data.name={d.name!r}: expected one of {', '.join(DATA_NAMES)} or package.module:Name"
+        )
     if d.name in _NEEDS_PATH and not d.path:
         raise ConfigError(f"data.path=None: data.name={d.name} needs a file (data.path=...)")
     for key, p in (("data.path", d.path), ("model.init_from", m.init_from)):
@@ -419,14 +510,16 @@ def validate(cfg: Config) -> None:
         if not isinstance(g, dict) or "pattern" not in g or set(g) - {"pattern", "lr", "weight_decay"}:
             raise ConfigError(f"optim.param_groups[{i}]={g!r}: expected {{pattern: GLOB, lr: NUMBER}}")
     if t.batch_size % t.grad_accum:
-        raise ConfigError(f"train.batch_size={t.batch_size}: not divisible by train.grad_accum={t.grad_accum}")
-    if cfg.profile.steps and (len(cfg.profile.steps) != 2 or not 0 <= cfg.profile.steps[0] < cfg.profile.steps[1]):
+        raise ConfigError(
+            f"train.batch_size={t.batch_size}: not divisible by train.grad_accum={t.grad_accum}"
+        )
+    if cfg.profile.steps and (
+        len(cfg.profile.steps) != 2 or not 0 <= cfg.profile.steps[0] < cfg.profile.steps[1]
+    ):
         raise ConfigError(f"profile.steps={cfg.profile.steps!r}: expected [start, end] with start < end")
     r = cfg.run.resume
     if r not in ("auto", "never") and not os.path.exists(r):
         raise ConfigError(f"run.resume={r!r}: expected auto, never or an existing checkpoint path")
-    if t.precision == "fp16" and t.strategy == "fsdp":
-        pass  # FSDP2 handles fp16 through its MixedPrecisionPolicy + sharded grad scaler.
 
 
 def check_world(cfg: Config, world_size: int) -> int:
@@ -434,8 +527,10 @@ def check_world(cfg: Config, world_size: int) -> int:
     t = cfg.train
     denom = world_size * t.grad_accum
     if t.batch_size % denom:
-        raise ConfigError(f"train.batch_size={t.batch_size}: not divisible by world_size({world_size}) x "
-                          f"train.grad_accum({t.grad_accum}) = {denom}")
+        raise ConfigError(
+            f"train.batch_size={t.batch_size}: not divisible by world_size({world_size}) x "
+            f"train.grad_accum({t.grad_accum}) = {denom}"
+        )
     return t.batch_size // denom
 
 

@@ -16,8 +16,14 @@ NONFINITE = 3  # loss stayed non-finite for more than train.max_bad_steps steps;
 HANG = 4  # a collective or the rendezvous timed out; stalled ranks named in the log
 PREEMPTED = 75  # SIGTERM/SIGINT: checkpoint saved, a retry resumes from it
 
-NAMES = {OK: "ok", INTERNAL: "internal error", CONFIG: "config error", NONFINITE: "non-finite loss",
-         HANG: "hang / timeout", PREEMPTED: "preempted (checkpoint saved)"}
+NAMES = {
+    OK: "ok",
+    INTERNAL: "internal error",
+    CONFIG: "config error",
+    NONFINITE: "non-finite loss",
+    HANG: "hang / timeout",
+    PREEMPTED: "preempted (checkpoint saved)",
+}
 
 
 def write_exit_reason(code: int, reason: str) -> None:

@@ -19,11 +19,15 @@ def import_object(key: str, spec: str) -> Any:
     try:
         module = importlib.import_module(mod_name)
     except Exception as e:  # ImportError, but also a SyntaxError or any error raised by the module body
-        raise ConfigError(f"{key}={spec!r}: cannot import module {mod_name!r}: {type(e).__name__}: {e}") from None
+        raise ConfigError(
+            f"{key}={spec!r}: cannot import module {mod_name!r}: {type(e).__name__}: {e}"
+        ) from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ConfigError(f"{key}={spec!r}: cannot import {attr!r}: module {mod_name!r} has no attribute {part!r}")
+            raise ConfigError(
+                f"{key}={spec!r}: cannot import {attr!r}: module {mod_name!r} has no attribute {part!r}"
+            )
         obj = getattr(obj, part)
     return obj
 
@@ -35,5 +39,6 @@ def build_object(key: str, spec: str, kwargs: dict) -> Any:
         return factory(**kwargs)
     except Exception as e:
         kw_key = key.rsplit(".", 1)[0] + ".kwargs"
-        raise ConfigError(f"{key}={spec!r}: calling it with {kw_key}={kwargs!r} failed: "
-                          f"{type(e).__name__}: {e}") from None
+        raise ConfigError(
+            f"{key}={spec!r}: calling it with {kw_key}={kwargs!r} failed: {type(e).__name__}: {e}"
+        ) from None

@@ -71,9 +71,16 @@ def _init_dist(cfg: Config):
     """The process group (or accelerate's), and the Accelerator when train.strategy=accelerate."""
     accelerator = None
     if cfg.train.strategy == "accelerate":  # Accelerator creates the process group itself
-        accelerator = make_accelerator(cfg, dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))))
-    state = dist.init(cfg.device, cfg.dist.init_timeout_s, cfg.dist.collective_timeout_s,
-                      want_group=accelerator is None, force_group=cfg.train.strategy in ("ddp", "fsdp"))
+        accelerator = make_accelerator(
+            cfg, dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
+        )
+    state = dist.init(
+        cfg.device,
+        cfg.dist.init_timeout_s,
+        cfg.dist.collective_timeout_s,
+        want_group=accelerator is None,
+        force_group=cfg.train.strategy in ("ddp", "fsdp"),
+    )
     if accelerator is not None and torch.distributed.is_initialized():
         state.backend = torch.distributed.get_backend()
         dist.add_groups(state, cfg.dist.collective_timeout_s)
@@ -95,8 +102,10 @@ def find_resume(cfg: Config, run_dir: str) -> Optional[str]:
     r = cfg.run.resume
     if r == "never":
         if os.path.isdir(run_dir) and os.listdir(run_dir):
-            raise ConfigError(f"run.dir={run_dir!r}: not empty and run.resume=never (choose another run.dir "
-                              "or run.resume=auto)")
+            raise ConfigError(
+                f"run.dir={run_dir!r}: not empty and run.resume=never (choose another run.dir "
+                "or run.resume=auto)"
+            )
         return None
     if r == "auto":
         return ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints")).find_resumable()
@@ -141,9 +150,16 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
         strategy = Strategy(cfg, state, mode, accelerator)
         optimizer = strategy.wrap(module, lambda m: build_optimizer(m, cfg, state.device))
         log.info("data: %s (fingerprint %s)", info.description, info.fingerprint)
-        log.info("model: %s, %.3fM parameters (%.3fM trainable); %s on %d process(es), %s, device %s",
-                 cfg.model.name, total / 1e6, trainable / 1e6, mode, state.world_size, cfg.train.precision,
-                 state.device)
+        log.info(
+            "model: %s, %.3fM parameters (%.3fM trainable); %s on %d process(es), %s, device %s",
+            cfg.model.name,
+            total / 1e6,
+            trainable / 1e6,
+            mode,
+            state.world_size,
+            cfg.train.precision,
+            state.device,
+        )
         trainer = trainer_cls(cfg, state, strategy, optimizer, train_ds, eval_ds, info, run_dir, flops)
         _KEEPALIVE.extend([strategy, module, optimizer, trainer])
     except BaseException:
@@ -165,14 +181,20 @@ def export_final(parts: Parts) -> None:
             log.info("LoRA adapters merged into plain weights: %s", path)
 
 
-def train(cfg: Config) -> int:
-    """Build, resume (``run.resume``), fit and export. Returns the exit code."""
-    parts = build(cfg)
+def train(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> int:
+    """Build, resume (``run.resume``), fit and export. Returns the exit code.
+
+    ``trainer_cls``: a ``Trainer`` subclass to build instead (the benchmarks time the loop's verbs this way).
+    """
+    parts = build(cfg, trainer_cls)
     try:
         restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
         if restarts:
-            log.warning("elastic restart %d (of at most %s): resuming from the latest checkpoint", restarts,
-                        os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?"))
+            log.warning(
+                "elastic restart %d (of at most %s): resuming from the latest checkpoint",
+                restarts,
+                os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?"),
+            )
         if parts.resume_path:
             parts.trainer.resume_from(parts.resume_path)
         parts.created.clear()  # from here on the run dir holds real work

@@ -139,15 +139,15 @@ def test_cli_json_parses_and_exit_code(tmp_path):
 
 def test_cli_reads_shm_need_from_the_config(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("data:\n  num_workers: 8\n  name: custom\ntrain:\n  batch_size: 4096\n")
+    config.write_text("data:\n  num_workers: 8\n  name: mypkg.data:Custom\ntrain:\n  batch_size: 4096\n")
     proc = run_cli("--fast", "--json", "-c", str(config), "data.prefetch_factor=4", "--run-dir", str(tmp_path))
     shm = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}["shm"]
     assert "8 workers x prefetch 4 x batch 4096" in shm["message"]
 
 
 def test_run_dir_comes_from_overrides_without_a_config_file(tmp_path):
-    cfg = doctor.read_config(None, [f"run.dir={tmp_path}/r", "data.num_workers=2"])
-    assert cfg == {"run": {"dir": f"{tmp_path}/r"}, "data": {"num_workers": 2}}
+    cfg, problem = doctor.resolve_config(None, [f"run.dir={tmp_path}/r", "data.num_workers=2"])
+    assert problem is None and cfg["run"]["dir"] == f"{tmp_path}/r" and cfg["data"]["num_workers"] == 2
     checks = doctor.run_checks(env={}, fast=True, config_overrides=[f"run.dir={tmp_path}/r"])
     assert str(tmp_path) in by_name(checks, "run_dir").message
 
@@ -189,3 +189,10 @@ def test_driver_without_cuda_torch_warns(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(doctor, "visible_gpus", lambda env: 1)
     assert by_name(doctor.check_gpus("auto", {}), "gpus").status == "warn"
+
+
+def test_an_invalid_config_is_the_trainers_verdict(tmp_path):
+    """The doctor asks `python -m trainer check --json`; it does not parse or default the config itself."""
+    checks = doctor.run_checks(env={}, fast=True, run_dir=str(tmp_path), config_overrides=["train.batch_size=0"])
+    c = by_name(checks, "config")
+    assert c.status == "fail" and "train.batch_size" in c.message

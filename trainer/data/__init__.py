@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch.utils.data import Dataset
 
-from ..config import Config, ConfigError
+from ..config import DATA_NAMES, Config, ConfigError
 from . import builtin, files, user
 from .base import (
     ArrayDataset,
@@ -26,8 +26,16 @@ from .base import (
     split_indices,
 )
 
-__all__ = ["ArrayDataset", "DataInfo", "TokenWindows", "build_datasets", "fingerprint",
-           "sample_hash", "split_indices", "BUILDERS"]
+__all__ = [
+    "ArrayDataset",
+    "DataInfo",
+    "TokenWindows",
+    "build_datasets",
+    "fingerprint",
+    "sample_hash",
+    "split_indices",
+    "BUILDERS",
+]
 
 BUILDERS = {
     "synthetic_regression": builtin.synthetic_regression,
@@ -48,4 +56,4 @@ def build_datasets(cfg: Config) -> tuple[Dataset, Dataset, DataInfo]:
         return BUILDERS[name](cfg)
     if ":" in name:
         return user.build(cfg)
-    raise ConfigError(f"data.name={name!r}: expected one of {', '.join(BUILDERS)} or package.module:Name")
+    raise ConfigError(f"data.name={name!r}: expected one of {', '.join(DATA_NAMES)} or package.module:Name")

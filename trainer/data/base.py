@@ -33,7 +33,9 @@ class DataInfo:
     seq_len: Optional[int]  # lm: tokens per sample input
     description: str  # one line for the log
     fingerprint: str  # first 16 hex chars of a sha256 over the raw data, so runs are comparable
-    extra: dict = field(default_factory=dict)  # dataset-specific facts, e.g. target mean/std for de-standardising
+    extra: dict = field(
+        default_factory=dict
+    )  # dataset-specific facts, e.g. target mean/std for de-standardising
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -73,10 +75,13 @@ def as_index(indices: Indices, n: int) -> torch.Tensor:
     """
     if isinstance(indices, torch.Tensor) and indices.dtype == torch.long and indices.dim() == 1:
         return indices
-    idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices,
-                          dtype=torch.long).reshape(-1)
+    idx = torch.as_tensor(
+        np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices, dtype=torch.long
+    ).reshape(-1)
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-        raise IndexError(f"index out of range for dataset of length {n}: min {int(idx.min())}, max {int(idx.max())}")
+        raise IndexError(
+            f"index out of range for dataset of length {n}: min {int(idx.min())}, max {int(idx.max())}"
+        )
     return idx
 
 
@@ -145,8 +150,15 @@ class TokenWindows(Dataset):
     lazily from ``path`` so pickling the dataset for a DataLoader worker never copies the file.
     """
 
-    def __init__(self, seq_len: int, start: int, stop: int, array: Optional[np.ndarray] = None,
-                 path: Optional[str] = None, dtype: Optional[str] = None):
+    def __init__(
+        self,
+        seq_len: int,
+        start: int,
+        stop: int,
+        array: Optional[np.ndarray] = None,
+        path: Optional[str] = None,
+        dtype: Optional[str] = None,
+    ):
         self.seq_len, self.start, self.stop = seq_len, start, stop
         self.path, self.dtype, self._array = path, dtype, array
         self.n = max(0, (stop - start - 1) // seq_len)

@@ -23,7 +23,10 @@ MAX_SHIFT = 2  # digits augmentation: integer shifts in [-2, 2] pixels on each a
 
 def _split_arrays(cfg: Config, x: np.ndarray, y: np.ndarray):
     tr, ev = split_indices(len(x), cfg.data.eval_fraction, cfg.data.split_seed)
-    return (torch.from_numpy(x[tr]), torch.from_numpy(y[tr])), (torch.from_numpy(x[ev]), torch.from_numpy(y[ev]))
+    return (torch.from_numpy(x[tr]), torch.from_numpy(y[tr])), (
+        torch.from_numpy(x[ev]),
+        torch.from_numpy(y[ev]),
+    )
 
 
 def synthetic_regression(cfg: Config):
@@ -36,9 +39,17 @@ def synthetic_regression(cfg: Config):
     y = x @ w + b + 0.1 * rng.standard_normal((d.num_samples, 1))
     x, y = x.astype(np.float32), y.astype(np.float32)
     (xt, yt), (xe, ye) = _split_arrays(cfg, x, y)
-    info = DataInfo("regression", (d.num_features,), None, 1, None, None,
-                    f"synthetic_regression: {len(xt)} train / {len(xe)} eval, {d.num_features} features, "
-                    f"noise std 0.1 (MSE floor 0.01)", fingerprint(x, y))
+    info = DataInfo(
+        "regression",
+        (d.num_features,),
+        None,
+        1,
+        None,
+        None,
+        f"synthetic_regression: {len(xt)} train / {len(xe)} eval, {d.num_features} features, "
+        f"noise std 0.1 (MSE floor 0.01)",
+        fingerprint(x, y),
+    )
     return ArrayDataset(xt, yt), ArrayDataset(xe, ye), info
 
 
@@ -55,9 +66,17 @@ def synthetic_classification(cfg: Config):
     x = (centres[y] + rng.standard_normal((d.num_samples, d.num_features))).astype(np.float32)
     y = y.astype(np.int64)
     (xt, yt), (xe, ye) = _split_arrays(cfg, x, y)
-    info = DataInfo("classification", (d.num_features,), d.num_classes, None, None, None,
-                    f"synthetic_classification: {len(xt)} train / {len(xe)} eval, {d.num_classes} gaussian blobs "
-                    f"in {d.num_features} dims", fingerprint(x, y))
+    info = DataInfo(
+        "classification",
+        (d.num_features,),
+        d.num_classes,
+        None,
+        None,
+        None,
+        f"synthetic_classification: {len(xt)} train / {len(xe)} eval, {d.num_classes} gaussian blobs "
+        f"in {d.num_features} dims",
+        fingerprint(x, y),
+    )
     return ArrayDataset(xt, yt), ArrayDataset(xe, ye), info
 
 
@@ -96,7 +115,9 @@ def _load_digits():
     importing torch); the file itself is 60 kB. Falls back to sklearn if its layout ever changes.
     """
     spec = importlib.util.find_spec("sklearn")
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else ""
+    path = (
+        os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else ""
+    )
     if not os.path.isfile(path):
         from sklearn.datasets import load_digits
 
@@ -132,9 +153,18 @@ def digits(cfg: Config):
     evald = ArrayDataset(x[ev], y[ev])  # never augment evaluation
     kept = f", classes {sorted(set(d.classes))}" if d.classes else ""
     aug = f", shift augment ±{MAX_SHIFT}px" if d.augment else ""
-    info = DataInfo("classification", (1, IMAGE_SIZE, IMAGE_SIZE), 10, None, None, None,
-                    f"digits: {len(train)} train / {len(evald)} eval, 8x8 upsampled to {IMAGE_SIZE}x{IMAGE_SIZE}"
-                    f"{kept}{aug}", fingerprint(raw.data, raw.target), extra={"mean": mean, "std": std})
+    info = DataInfo(
+        "classification",
+        (1, IMAGE_SIZE, IMAGE_SIZE),
+        10,
+        None,
+        None,
+        None,
+        f"digits: {len(train)} train / {len(evald)} eval, 8x8 upsampled to {IMAGE_SIZE}x{IMAGE_SIZE}"
+        f"{kept}{aug}",
+        fingerprint(raw.data, raw.target),
+        extra={"mean": mean, "std": std},
+    )
     return train, evald, info
 
 
@@ -159,7 +189,16 @@ def diabetes(cfg: Config):
     stats = {"x_mean": x_mean.tolist(), "x_std": x_std.tolist(), "y_mean": y_mean, "y_std": y_std}
     for ds in (train, evald):
         ds.stats = stats
-    info = DataInfo("regression", (x.shape[1],), None, 1, None, None,
-                    f"diabetes: {len(tr)} train / {len(ev)} eval, {x.shape[1]} features, standardised target "
-                    f"(mean {y_mean:.1f}, std {y_std:.1f})", fingerprint(raw.data, raw.target), extra=stats)
+    info = DataInfo(
+        "regression",
+        (x.shape[1],),
+        None,
+        1,
+        None,
+        None,
+        f"diabetes: {len(tr)} train / {len(ev)} eval, {x.shape[1]} features, standardised target "
+        f"(mean {y_mean:.1f}, std {y_std:.1f})",
+        fingerprint(raw.data, raw.target),
+        extra=stats,
+    )
     return train, evald, info

@@ -26,8 +26,10 @@ def stdlib_corpus_files() -> list[Path]:
     the fingerprint of the same Python version differ between machines.
     """
     root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted((p for p in root.glob("*.py") if p.is_file() and not p.name.startswith("_sysconfigdata")),
-                  key=lambda p: p.name)
+    return sorted(
+        (p for p in root.glob("*.py") if p.is_file() and not p.name.startswith("_sysconfigdata")),
+        key=lambda p: p.name,
+    )
 
 
 def corpus_files(path: str) -> list[Path]:
@@ -71,11 +73,15 @@ def _lm_split(cfg: Config, n_tokens: int, what: str) -> int:
     T = cfg.model.block_size
     cut = n_tokens - int(round(n_tokens * cfg.data.eval_fraction))
     if cut - 1 < T:
-        raise ConfigError(f"data.path={cfg.data.path!r}: {what} has {n_tokens} tokens; the training part ({cut}) "
-                          f"needs at least model.block_size+1={T + 1}")
+        raise ConfigError(
+            f"data.path={cfg.data.path!r}: {what} has {n_tokens} tokens; the training part ({cut}) "
+            f"needs at least model.block_size+1={T + 1}"
+        )
     if cfg.data.eval_fraction > 0 and n_tokens - cut - 1 < T:
-        raise ConfigError(f"data.eval_fraction={cfg.data.eval_fraction}: the eval part of {what} has "
-                          f"{n_tokens - cut} tokens, fewer than model.block_size+1={T + 1}")
+        raise ConfigError(
+            f"data.eval_fraction={cfg.data.eval_fraction}: the eval part of {what} has "
+            f"{n_tokens - cut} tokens, fewer than model.block_size+1={T + 1}"
+        )
     return cut
 
 
@@ -91,15 +97,25 @@ def text(cfg: Config):
     train = TokenWindows(T, 0, cut, array=tokens)
     evald = TokenWindows(T, cut, len(tokens), array=tokens)
     where = "stdlib top-level .py" if d.path is None else repr(d.path)
-    info = DataInfo("lm", (T,), None, None, 256, T,
-                    f"text: {len(raw) / 1e6:.2f} MB from {len(files)} file(s) ({where}), {len(train)} train / "
-                    f"{len(evald)} eval windows of {T} bytes", fingerprint(raw))
+    info = DataInfo(
+        "lm",
+        (T,),
+        None,
+        None,
+        256,
+        T,
+        f"text: {len(raw) / 1e6:.2f} MB from {len(files)} file(s) ({where}), {len(train)} train / "
+        f"{len(evald)} eval windows of {T} bytes",
+        fingerprint(raw),
+    )
     train.files = evald.files = [str(f) for f in files]  # what was read, in order (for tests and debugging)
     return train, evald, info
 
 
 _FULL_HASH_BYTES = 256 << 20  # hash whole token files up to this size, else a sample (see _file_fingerprint)
-_FULL_CHECK_TOKENS = 64 << 20  # vocab-check every token up to this count, else 64 evenly spaced 1M-token chunks
+_FULL_CHECK_TOKENS = (
+    64 << 20
+)  # vocab-check every token up to this count, else 64 evenly spaced 1M-token chunks
 
 
 def _file_fingerprint(path: str) -> str:
@@ -121,8 +137,10 @@ def _open_tokens(cfg: Config, path: str) -> np.memmap:
     itemsize = np.dtype(d.token_dtype).itemsize
     size = os.path.getsize(path)
     if size == 0 or size % itemsize:
-        raise ConfigError(f"data.path={path!r}: {size} bytes is not a positive multiple of {itemsize} "
-                          f"(data.token_dtype={d.token_dtype})")
+        raise ConfigError(
+            f"data.path={path!r}: {size} bytes is not a positive multiple of {itemsize} "
+            f"(data.token_dtype={d.token_dtype})"
+        )
     arr = np.memmap(path, dtype=d.token_dtype, mode="r")
     n = len(arr)
     if n <= _FULL_CHECK_TOKENS:
@@ -133,8 +151,10 @@ def _open_tokens(cfg: Config, path: str) -> np.memmap:
         top = int(arr[a:b].max())
         if top >= V:
             pos = a + int(np.argmax(arr[a:b] >= V))
-            raise ConfigError(f"data.path={path!r}: token id {int(arr[pos])} at position {pos} >= model.vocab_size={V} "
-                              f"(wrong data.token_dtype={d.token_dtype} or model.vocab_size?)")
+            raise ConfigError(
+                f"data.path={path!r}: token id {int(arr[pos])} at position {pos} >= model.vocab_size={V} "
+                f"(wrong data.token_dtype={d.token_dtype} or model.vocab_size?)"
+            )
     return arr
 
 
@@ -155,15 +175,19 @@ def tokens(cfg: Config):
             atr, aev = _open_tokens(cfg, tr), _open_tokens(cfg, ev)
             for f, a in ((tr, atr), (ev, aev)):
                 if len(a) < T + 1:
-                    raise ConfigError(f"data.path={f!r}: {len(a)} tokens, fewer than model.block_size+1={T + 1}")
+                    raise ConfigError(
+                        f"data.path={f!r}: {len(a)} tokens, fewer than model.block_size+1={T + 1}"
+                    )
             train = TokenWindows(T, 0, len(atr), path=tr, dtype=d.token_dtype)
             evald = TokenWindows(T, 0, len(aev), path=ev, dtype=d.token_dtype)
             fp = fingerprint(_file_fingerprint(tr), _file_fingerprint(ev))
             return train, evald, _token_info(cfg, f"{tr} + {ev}", len(atr) + len(aev), train, evald, fp)
         bins = sorted(p.glob("*.bin"))
         if len(bins) != 1:
-            raise ConfigError(f"data.path={d.path!r}: expected train.bin and val.bin, or exactly one .bin file "
-                              f"(found {', '.join(b.name for b in bins) or 'none'})")
+            raise ConfigError(
+                f"data.path={d.path!r}: expected train.bin and val.bin, or exactly one .bin file "
+                f"(found {', '.join(b.name for b in bins) or 'none'})"
+            )
         p = bins[0]
     arr = _open_tokens(cfg, str(p))
     cut = _lm_split(cfg, len(arr), str(p))
@@ -174,9 +198,17 @@ def tokens(cfg: Config):
 
 def _token_info(cfg: Config, where: str, n: int, train, evald, fp: str) -> DataInfo:
     T, V = cfg.model.block_size, cfg.model.vocab_size
-    return DataInfo("lm", (T,), None, None, V, T,
-                    f"tokens: {n:,} {cfg.data.token_dtype} tokens from {where}, vocab {V}, {len(train)} train / "
-                    f"{len(evald)} eval windows of {T}", fp)
+    return DataInfo(
+        "lm",
+        (T,),
+        None,
+        None,
+        V,
+        T,
+        f"tokens: {n:,} {cfg.data.token_dtype} tokens from {where}, vocab {V}, {len(train)} train / "
+        f"{len(evald)} eval windows of {T}",
+        fp,
+    )
 
 
 # ----------------------------------------------------------------------------- arrays and tables
@@ -192,8 +224,10 @@ def _load_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
             if arr.ndim != 2 or arr.shape[1] < 2:
-                raise ConfigError(f"{key}: a .npy must be 2-D (samples, features + target column), got shape "
-                                  f"{arr.shape}; use .npz with arrays x and y otherwise")
+                raise ConfigError(
+                    f"{key}: a .npy must be 2-D (samples, features + target column), got shape "
+                    f"{arr.shape}; use .npz with arrays x and y otherwise"
+                )
             return arr[:, :-1], arr[:, -1]
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -203,10 +237,14 @@ def _load_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
             if isinstance(obj, (tuple, list)) and len(obj) == 2:
                 obj = {"x": obj[0], "y": obj[1]}
             if not isinstance(obj, dict):
-                raise ConfigError(f"{key}: expected a dict {{'x': tensor, 'y': tensor}}, got {type(obj).__name__}")
+                raise ConfigError(
+                    f"{key}: expected a dict {{'x': tensor, 'y': tensor}}, got {type(obj).__name__}"
+                )
             found = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in obj.items()}
         else:
-            raise ConfigError(f"{key}: unsupported suffix {suffix!r} for data.name=tensors (use .npz, .pt or .npy)")
+            raise ConfigError(
+                f"{key}: unsupported suffix {suffix!r} for data.name=tensors (use .npz, .pt or .npy)"
+            )
     except ConfigError:
         raise
     except Exception as e:  # OSError, BadZipFile, UnpicklingError (weights_only refuses code), ...
@@ -215,7 +253,9 @@ def _load_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
     for kx, ky in _KEY_PAIRS:
         if kx in found and ky in found:
             return found[kx], found[ky]
-    raise ConfigError(f"{key}: expected arrays named x and y (or X/Y, inputs/targets); found {', '.join(found) or 'none'}")
+    raise ConfigError(
+        f"{key}: expected arrays named x and y (or X/Y, inputs/targets); found {', '.join(found) or 'none'}"
+    )
 
 
 def _array_datasets(cfg: Config, x: np.ndarray, y: np.ndarray, task: str, what: str, fp: str):
@@ -245,9 +285,17 @@ def _array_datasets(cfg: Config, x: np.ndarray, y: np.ndarray, task: str, what: 
     tr, ev = (torch.from_numpy(i) for i in split_indices(len(xt), d.eval_fraction, d.split_seed))
     train, evald = ArrayDataset(xt[tr], yt[tr]), ArrayDataset(xt[ev], yt[ev])
     kind = f"{num_classes} classes" if task == "classification" else f"{num_outputs} output(s)"
-    info = DataInfo(task, tuple(xt.shape[1:]), num_classes, num_outputs, None, None,
-                    f"{what} {d.path}: {len(train)} train / {len(evald)} eval, input {tuple(xt.shape[1:])}, "
-                    f"{task} with {kind}", fp)
+    info = DataInfo(
+        task,
+        tuple(xt.shape[1:]),
+        num_classes,
+        num_outputs,
+        None,
+        None,
+        f"{what} {d.path}: {len(train)} train / {len(evald)} eval, input {tuple(xt.shape[1:])}, "
+        f"{task} with {kind}",
+        fp,
+    )
     return train, evald, info
 
 
@@ -266,7 +314,9 @@ def tensors(cfg: Config):
 
 
 MAX_CSV_CLASSES = 100  # an integer-valued target with at most this many distinct values is a class label
-MAX_CSV_LABEL = 1000  # ... and labels below this: a year column (1990..2020) is a regression target, not 2021 classes
+MAX_CSV_LABEL = (
+    1000  # ... and labels below this: a year column (1990..2020) is a regression target, not 2021 classes
+)
 
 
 def _read_csv(path: str) -> tuple[list[str], np.ndarray]:
@@ -283,8 +333,10 @@ def _read_csv(path: str) -> tuple[list[str], np.ndarray]:
             try:
                 out[i, j] = float(cell)
             except ValueError:
-                raise ConfigError(f"data.path={path!r} line {i + 2} column {header[j]!r}: {cell!r} is not a number "
-                                  f"(csv data must be numeric)") from None
+                raise ConfigError(
+                    f"data.path={path!r} line {i + 2} column {header[j]!r}: {cell!r} is not a number "
+                    f"(csv data must be numeric)"
+                ) from None
     if not np.isfinite(out).all():
         i, j = np.argwhere(~np.isfinite(out))[0]
         raise ConfigError(f"data.path={path!r} line {i + 2} column {header[j]!r}: value is not finite")
@@ -309,19 +361,33 @@ def csv_table(cfg: Config):
         try:
             t = int(d.target)
         except ValueError:
-            raise ConfigError(f"data.target={d.target!r}: column {d.target!r} not found in data.path={path!r} "
-                              f"(columns: {cols})") from None
+            raise ConfigError(
+                f"data.target={d.target!r}: column {d.target!r} not found in data.path={path!r} "
+                f"(columns: {cols})"
+            ) from None
         if not -len(header) <= t < len(header):
-            raise ConfigError(f"data.target={d.target!r}: index out of range for {len(header)} columns ({cols})")
+            raise ConfigError(
+                f"data.target={d.target!r}: index out of range for {len(header)} columns ({cols})"
+            )
         t %= len(header)
     if len(header) < 2:
         raise ConfigError(f"data.path={path!r}: need at least one feature column besides the target")
     y = table[:, t]
     x = np.delete(table, t, axis=1)
-    is_class = bool(np.all(y == np.round(y)) and y.min() >= 0 and y.max() < MAX_CSV_LABEL
-                    and len(np.unique(y)) <= MAX_CSV_CLASSES)
+    is_class = bool(
+        np.all(y == np.round(y))
+        and y.min() >= 0
+        and y.max() < MAX_CSV_LABEL
+        and len(np.unique(y)) <= MAX_CSV_CLASSES
+    )
     task = "classification" if is_class else "regression"
-    train, evald, info = _array_datasets(cfg, x, y.astype(np.int64) if is_class else y, task,
-                                         f"csv (target {header[t]!r})", _file_fingerprint(path))
+    train, evald, info = _array_datasets(
+        cfg,
+        x,
+        y.astype(np.int64) if is_class else y,
+        task,
+        f"csv (target {header[t]!r})",
+        _file_fingerprint(path),
+    )
     info.extra["feature_names"] = [h for k, h in enumerate(header) if k != t]
     return train, evald, info

@@ -51,8 +51,9 @@ class _EpochTagged:
 class BatchSource:
     """One pass over the sampler's remaining micro-batches per ``epoch_iter()`` call."""
 
-    def __init__(self, dataset, sampler: GlobalBatchSampler, num_workers: int, pin_memory: bool,
-                 prefetch_factor: int):
+    def __init__(
+        self, dataset, sampler: GlobalBatchSampler, num_workers: int, pin_memory: bool, prefetch_factor: int
+    ):
         self.dataset, self.sampler = dataset, sampler
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         self._dataloader = None
@@ -63,7 +64,12 @@ class BatchSource:
             return (ds.get_batch(idx) for idx in self.sampler)
         if self._dataloader is None:  # built once: persistent workers survive across epochs
             self._dataloader = torch.utils.data.DataLoader(
-                _Batches(self.dataset), sampler=_EpochTagged(self.sampler), batch_size=None,
-                num_workers=self.num_workers, pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor,
-                persistent_workers=True)
+                _Batches(self.dataset),
+                sampler=_EpochTagged(self.sampler),
+                batch_size=None,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                prefetch_factor=self.prefetch_factor,
+                persistent_workers=True,
+            )
         return iter(self._dataloader)

@@ -43,12 +43,18 @@ class GlobalBatchSampler:
 
     def set_position(self, epoch: int, samples_in_epoch: int) -> None:
         if samples_in_epoch % self.batch_size:
-            raise ValueError(f"position {samples_in_epoch} is not a multiple of the global batch {self.batch_size}")
+            raise ValueError(
+                f"position {samples_in_epoch} is not a multiple of the global batch {self.batch_size}"
+            )
         self.epoch, self.start = epoch, samples_in_epoch
 
     def micro_batch_indices(self, perm: torch.Tensor, step_in_epoch: int, micro_step: int) -> torch.Tensor:
-        off = step_in_epoch * self.batch_size + micro_step * self.world_size * self.micro + self.rank * self.micro
-        return perm[off: off + self.micro]
+        off = (
+            step_in_epoch * self.batch_size
+            + micro_step * self.world_size * self.micro
+            + self.rank * self.micro
+        )
+        return perm[off : off + self.micro]
 
     def __iter__(self):
         perm = epoch_permutation(self.n, self.seed, self.epoch)

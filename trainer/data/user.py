@@ -98,15 +98,24 @@ def _infer(cfg: Config, base: Any, train: UserDataset) -> DataInfo:
     if task is None:
         if not y0.is_floating_point() and y0.ndim == 0:
             task = "classification"
-        elif not x0.is_floating_point() and not y0.is_floating_point() and x0.ndim == 1 and x0.shape == y0.shape:
+        elif (
+            not x0.is_floating_point()
+            and not y0.is_floating_point()
+            and x0.ndim == 1
+            and x0.shape == y0.shape
+        ):
             task = "lm"
         elif y0.is_floating_point():
             task = "regression"
         else:
-            raise ConfigError(f"{key}: cannot infer the task from sample 0 (x {tuple(x0.shape)} {x0.dtype}, "
-                              f"y {tuple(y0.shape)} {y0.dtype}); set a `task` attribute on the dataset")
+            raise ConfigError(
+                f"{key}: cannot infer the task from sample 0 (x {tuple(x0.shape)} {x0.dtype}, "
+                f"y {tuple(y0.shape)} {y0.dtype}); set a `task` attribute on the dataset"
+            )
     if task not in ("classification", "regression", "lm"):
-        raise ConfigError(f"{key}: dataset attribute task={task!r}: expected classification, regression or lm")
+        raise ConfigError(
+            f"{key}: dataset attribute task={task!r}: expected classification, regression or lm"
+        )
     train.task = task
     x0, y0 = train[0]
     nc = no = vocab = seq = None
@@ -131,8 +140,10 @@ def build(cfg: Config):
         tr, ev = split_indices(len(made), d.eval_fraction, d.split_seed)
         train, evald = UserDataset(made, tr), UserDataset(made, ev)
     else:
-        raise ConfigError(f"data.name={d.name!r}: returned {type(made).__name__}; expected a map-style Dataset "
-                          f"or a (train, eval) pair")
+        raise ConfigError(
+            f"data.name={d.name!r}: returned {type(made).__name__}; expected a map-style Dataset "
+            f"or a (train, eval) pair"
+        )
     info = _infer(cfg, base, train)
     evald.task = info.task
     n_fp = min(len(train), FINGERPRINT_SAMPLES)
@@ -141,6 +152,8 @@ def build(cfg: Config):
         x, y = train[i]
         parts += [t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy() for t in (x, y)]
     info.fingerprint = fingerprint(*parts)
-    info.description = (f"{d.name}: {len(train)} train / {len(evald)} eval, input {info.input_shape}, {info.task} "
-                        f"(user dataset)")
+    info.description = (
+        f"{d.name}: {len(train)} train / {len(evald)} eval, input {info.input_shape}, {info.task} "
+        f"(user dataset)"
+    )
     return train, evald, info

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..config import Config, ConfigError
+from ..config import MODEL_NAMES, Config, ConfigError
 from ..data.base import DataInfo
 from ..objects import build_object
 from .cnn import CNN
@@ -31,19 +31,32 @@ def _out_features(name: str, info: DataInfo) -> int:
         return int(info.num_classes)
     if info.task == "regression":
         return int(info.num_outputs)
-    raise ConfigError(f"model.name={name!r}: does not fit task {info.task!r} (use model.name=gpt for language data)")
+    raise ConfigError(
+        f"model.name={name!r}: does not fit task {info.task!r} (use model.name=gpt for language data)"
+    )
 
 
 def _build_gpt(cfg: Config, info: DataInfo) -> GPT:
     m = cfg.model
     if info.task != "lm":
-        raise ConfigError(f"model.name='gpt': needs language-model data (text, tokens), got task {info.task!r} "
-                          f"from data.name={cfg.data.name!r}")
+        raise ConfigError(
+            f"model.name='gpt': needs language-model data (text, tokens), got task {info.task!r} "
+            f"from data.name={cfg.data.name!r}"
+        )
     if info.seq_len and info.seq_len > m.block_size:
-        raise ConfigError(f"model.block_size={m.block_size}: shorter than the data's sequence length {info.seq_len}")
+        raise ConfigError(
+            f"model.block_size={m.block_size}: shorter than the data's sequence length {info.seq_len}"
+        )
     vocab = info.vocab_size or m.vocab_size  # the data decides when it knows (text is bytes: 256)
-    return GPT(vocab, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout,
-               activation_checkpointing=cfg.train.activation_checkpointing)
+    return GPT(
+        vocab,
+        m.block_size,
+        m.n_layer,
+        m.n_head,
+        m.n_embd,
+        m.dropout,
+        activation_checkpointing=cfg.train.activation_checkpointing,
+    )
 
 
 def _build_user(cfg: Config) -> nn.Module:
@@ -54,24 +67,42 @@ def _build_user(cfg: Config) -> nn.Module:
     return model
 
 
+def _build_linreg(cfg: Config, info: DataInfo) -> LinReg:
+    return LinReg(math.prod(info.input_shape), _out_features("linreg", info))
+
+
+def _build_cnn(cfg: Config, info: DataInfo) -> CNN:
+    if tuple(info.input_shape) != (1, 28, 28):
+        raise ConfigError(
+            f"model.name='cnn': needs 1x28x28 images, data.name={cfg.data.name!r} gives inputs "
+            f"of shape {tuple(info.input_shape)}"
+        )
+    return CNN(_out_features("cnn", info))
+
+
+def _build_mlp(cfg: Config, info: DataInfo) -> MLP:
+    return MLP(tuple(info.input_shape), list(cfg.model.hidden), _out_features("mlp", info), cfg.model.dropout)
+
+
+BUILDERS = {
+    "linreg": _build_linreg,
+    "cnn": _build_cnn,
+    "mlp": _build_mlp,
+    "gpt": _build_gpt,
+}  # config.MODEL_NAMES
+
+
 def build_model(cfg: Config, info: DataInfo) -> nn.Module:
     """The model named by ``cfg.model`` sized for the data described by ``info``."""
     name = cfg.model.name
-    if name == "linreg":
-        model: nn.Module = LinReg(math.prod(info.input_shape), _out_features(name, info))
-    elif name == "cnn":
-        if tuple(info.input_shape) != (1, 28, 28):
-            raise ConfigError(f"model.name='cnn': needs 1x28x28 images, data.name={cfg.data.name!r} gives inputs "
-                              f"of shape {tuple(info.input_shape)}")
-        model = CNN(_out_features(name, info))
-    elif name == "mlp":
-        model = MLP(tuple(info.input_shape), list(cfg.model.hidden), _out_features(name, info), cfg.model.dropout)
-    elif name == "gpt":
-        model = _build_gpt(cfg, info)
+    if name in BUILDERS:
+        model: nn.Module = BUILDERS[name](cfg, info)
     elif ":" in name:
         model = _build_user(cfg)
     else:
-        raise ConfigError(f"model.name={name!r}: expected linreg, cnn, mlp, gpt or package.module:Name")
+        raise ConfigError(
+            f"model.name={name!r}: expected one of {', '.join(MODEL_NAMES)} or package.module:Name"
+        )
     model.task = info.task
     return model
 

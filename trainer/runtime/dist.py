@@ -57,8 +57,13 @@ def pick_device(choice: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init(device_choice: str = "auto", init_timeout_s: float = 300.0, collective_timeout_s: float = 600.0,
-         want_group: bool = True, force_group: bool = False) -> DistState:
+def init(
+    device_choice: str = "auto",
+    init_timeout_s: float = 300.0,
+    collective_timeout_s: float = 600.0,
+    want_group: bool = True,
+    force_group: bool = False,
+) -> DistState:
     """Create the process group when launched with WORLD_SIZE > 1 (torchrun/accelerate).
 
     `force_group` makes a group of one (ddp/fsdp asked for on a single process, e.g. the GPU check's
@@ -78,15 +83,16 @@ def init(device_choice: str = "auto", init_timeout_s: float = 300.0, collective_
         backend = "nccl" if device.type == "cuda" else "gloo"
         # Rendezvous with its own (init) timeout; the group gets the collective timeout. torchrun's
         # env:// store is the agent's store, so this is the same rendezvous torchrun set up.
-        store, rank, world = next(dist.rendezvous("env://", rank, world,
-                                                  timeout=datetime.timedelta(seconds=init_timeout_s)))
+        store, rank, world = next(
+            dist.rendezvous("env://", rank, world, timeout=datetime.timedelta(seconds=init_timeout_s))
+        )
         store.set_timeout(datetime.timedelta(seconds=collective_timeout_s))
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         if device.type == "cuda":
             # NCCL Flight Recorder: a ring buffer of recent collectives, dumped per rank on a timeout.
             os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000")
             os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1")
-        # The group's own timeout is a backstop: the trainer's watchdog (runtime.watchdog.Watchdog) fires first, at
+        # The group's own timeout is a backstop: the trainer's watchdog (runtime.watchdog) fires first, at
         # collective_timeout_s, and names the stalled rank, which gloo's timeout error does not.
         backstop = datetime.timedelta(seconds=2 * collective_timeout_s + 10)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=backstop, **kwargs)

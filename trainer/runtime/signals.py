@@ -33,12 +33,16 @@ class PreemptionWatch:
 
     def _handler(self, signum, frame):
         if self.flag:
-            sys.stderr.write(f"second signal {signal.Signals(signum).name}: exiting now without a checkpoint\n")
+            sys.stderr.write(
+                f"second signal {signal.Signals(signum).name}: exiting now without a checkpoint\n"
+            )
             sys.stderr.flush()
             os._exit(128 + signum)
         self.flag, self.signum, self.signalled_at = 1, signum, time.perf_counter()
-        log.warning("received %s: will save a checkpoint at the next step boundary and exit 75",
-                    signal.Signals(signum).name)
+        log.warning(
+            "received %s: will save a checkpoint at the next step boundary and exit 75",
+            signal.Signals(signum).name,
+        )
 
     def install(self) -> None:
         for s in (signal.SIGTERM, signal.SIGINT):
@@ -70,5 +74,7 @@ class PreemptionWatch:
             self._work = None
             return True
         self._buf.fill_(self.flag)
-        self._work = dist.all_reduce(self._buf, op=dist.ReduceOp.MAX, group=self.state.side_group, async_op=True)
+        self._work = dist.all_reduce(
+            self._buf, op=dist.ReduceOp.MAX, group=self.state.side_group, async_op=True
+        )
         return False

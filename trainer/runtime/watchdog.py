@@ -64,8 +64,10 @@ class Watchdog:
         self.t_progress = time.monotonic()
 
     def _publish(self) -> None:
-        self.store.set(f"trainer/hb/{self.state.rank}",
-                       json.dumps({"step": self.step, "op": self.op, "t": time.time(), "pid": os.getpid()}))
+        self.store.set(
+            f"trainer/hb/{self.state.rank}",
+            json.dumps({"step": self.step, "op": self.op, "t": time.time(), "pid": os.getpid()}),
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -88,8 +90,11 @@ class Watchdog:
         return out
 
     def verdict(self, peers: dict, now: float) -> tuple[list[int], str]:
-        stale = sorted(r for r in range(self.state.world_size)
-                       if r not in peers or now - peers[r]["t"] > max(3 * self.interval, 2.0))
+        stale = sorted(
+            r
+            for r in range(self.state.world_size)
+            if r not in peers or now - peers[r]["t"] > max(3 * self.interval, 2.0)
+        )
         if stale:
             return stale, "no heartbeat (process dead or frozen)"
         pos = {r: (p["step"], OPS.index(p["op"]) if p["op"] in OPS else -1) for r, p in peers.items()}
@@ -101,8 +106,10 @@ class Watchdog:
 
     def _on_hang(self) -> None:
         if self.log_file is not None:
-            self.log_file.write(f"--- no progress for {self.timeout_s:.1f}s in {self.op} of step {self.step}; "
-                                "Python stacks of every thread:\n")
+            self.log_file.write(
+                f"--- no progress for {self.timeout_s:.1f}s in {self.op} of step {self.step}; "
+                "Python stacks of every thread:\n"
+            )
             self.log_file.flush()
             faulthandler.dump_traceback(file=self.log_file, all_threads=True)
         self._publish()
@@ -111,9 +118,11 @@ class Watchdog:
         stalled, what = self.verdict(peers, time.time())
         healthy = [r for r in range(self.state.world_size) if r not in stalled]
         names = ", ".join(map(str, stalled)) if stalled else "none behind"
-        msg = (f"hang: collective timeout after {self.timeout_s:.1f}s (dist.collective_timeout_s); "
-               f"stalled rank(s): {names} - {what}; this rank {self.state.rank} was in {self.op} of step "
-               f"{self.step}; stacks in each rank's log")
+        msg = (
+            f"hang: collective timeout after {self.timeout_s:.1f}s (dist.collective_timeout_s); "
+            f"stalled rank(s): {names} - {what}; this rank {self.state.rank} was in {self.op} of step "
+            f"{self.step}; stacks in each rank's log"
+        )
         if healthy and self.state.rank == healthy[0] or not healthy and self.state.rank == 0:
             sys.stderr.write(msg + "\n")
         if self.log_file is not None:

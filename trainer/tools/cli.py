@@ -1,7 +1,7 @@
-"""The offline tools' command lines (``eval``, ``export``, ``compress``) and their dispatcher.
+"""The offline tools' command lines (``eval``, ``export``, ``compress``) and how a tool's error ends.
 
 Nothing here imports torch: ``python -m trainer --help`` and ``check`` build these parsers, and ``import
-torch`` alone costs ~1.5 s. The implementations are imported when a command runs.
+torch`` alone costs ~1.5 s. ``trainer/__main__.py`` imports a tool's implementation only when it runs.
 """
 
 from __future__ import annotations
@@ -25,47 +25,80 @@ COMMANDS = {  # name -> (help, argument adder); see add_commands
 
 
 def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--from", dest="src", required=True, metavar="RUN_OR_CHECKPOINT",
-                    help="run dir, checkpoints dir, checkpoint dir, compress output, .safetensors or .pt file")
+    sp.add_argument(
+        "--from",
+        dest="src",
+        required=True,
+        metavar="RUN_OR_CHECKPOINT",
+        help="run dir, checkpoints dir, checkpoint dir, compress output, .safetensors or .pt file",
+    )
     sp.add_argument("-c", "--config", help="recipe to use instead of the config saved with the weights")
     sp.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. data.classes=[]")
 
 
 def add_export_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--from", dest="src", required=True, metavar="RUN_OR_CHECKPOINT",
-                    help="run dir, checkpoints dir, checkpoint dir or weights file")
+    sp.add_argument(
+        "--from",
+        dest="src",
+        required=True,
+        metavar="RUN_OR_CHECKPOINT",
+        help="run dir, checkpoints dir, checkpoint dir or weights file",
+    )
     sp.add_argument("--out", required=True, metavar="FILE.safetensors", help="the single file to write")
 
 
-
 def add_compress_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--from", dest="src", required=True, metavar="RUN_OR_CHECKPOINT",
-                    help="run dir, checkpoint dir, .safetensors or .pt file (config from the run or -c)")
+    sp.add_argument(
+        "--from",
+        dest="src",
+        required=True,
+        metavar="RUN_OR_CHECKPOINT",
+        help="run dir, checkpoint dir, .safetensors or .pt file (config from the run or -c)",
+    )
     sp.add_argument("--method", required=True, choices=("quantize", "prune"))
-    sp.add_argument("--out", required=True, metavar="DIR", help="new directory for the model(s) and report.json")
+    sp.add_argument(
+        "--out", required=True, metavar="DIR", help="new directory for the model(s) and report.json"
+    )
     sp.add_argument("-c", "--config", help="recipe to use instead of the config saved with the weights")
     q = sp.add_argument_group("quantize")
-    q.add_argument("--scheme", default="int8-dynamic",
-                   help=f"comma-separated, from {', '.join(QUANT_SCHEMES)} (default int8-dynamic; torchao "
-                        "schemes fall back to torch-ao-dynamic if torchao fails)")
+    q.add_argument(
+        "--scheme",
+        default="int8-dynamic",
+        help=f"comma-separated, from {', '.join(QUANT_SCHEMES)} (default int8-dynamic; torchao "
+        "schemes fall back to torch-ao-dynamic if torchao fails)",
+    )
     p = sp.add_argument_group("prune")
     p.add_argument("--amount", type=float, default=0.5, help="fraction of weights (or channels) to remove")
-    p.add_argument("--scope", choices=("global", "layer", "channel"), default="global",
-                   help="global / layer: unstructured magnitude, one threshold for all chosen layers or one "
-                        "per layer; channel: remove whole output channels (tensors shrink)")
-    p.add_argument("--layers", default="", metavar="PATTERNS",
-                   help="comma-separated Linear/Conv2d layers to prune (glob or re:REGEX on module names; "
-                        "default all), e.g. 'fc*,conv2'")
-    p.add_argument("--finetune-steps", type=int, default=0, help="SGD steps on the train split after pruning "
-                   "(masks on for unstructured), before the masks are made permanent")
+    p.add_argument(
+        "--scope",
+        choices=("global", "layer", "channel"),
+        default="global",
+        help="global / layer: unstructured magnitude, one threshold for all chosen layers or one "
+        "per layer; channel: remove whole output channels (tensors shrink)",
+    )
+    p.add_argument(
+        "--layers",
+        default="",
+        metavar="PATTERNS",
+        help="comma-separated Linear/Conv2d layers to prune (glob or re:REGEX on module names; "
+        "default all), e.g. 'fc*,conv2'",
+    )
+    p.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=0,
+        help="SGD steps on the train split after pruning "
+        "(masks on for unstructured), before the masks are made permanent",
+    )
     p.add_argument("--lr", type=float, default=None, help="fine-tune learning rate (default optim.lr / 10)")
     m = sp.add_argument_group("measurement")
     m.add_argument("--batch-size", type=int, default=None, help="latency batch (default train.batch_size)")
     m.add_argument("--repeats", type=int, default=20, help="timed forward passes per model (median reported)")
     m.add_argument("--threads", type=int, default=None, help="torch threads for latency (default: current)")
-    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.classes=[]")
-
+    sp.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.classes=[]"
+    )
 
 
 def add_commands(sub) -> None:
@@ -75,15 +108,8 @@ def add_commands(sub) -> None:
         adders[name](sub.add_parser(name, help=help_, description=help_))
 
 
-def run_tool(args: argparse.Namespace) -> int:
-    """Dispatch eval / compress / export: a bad input is one line and exit 2, like `train`."""
-    # The implementations import torch (~1.5 s): only when a tool runs, never for --help or check.
-    if args.cmd == "compress":
-        from .compress import compress_main as fn
-    elif args.cmd == "export":
-        from .export import export_main as fn
-    else:
-        from .evaluate import eval_main as fn
+def run_tool(fn, args: argparse.Namespace) -> int:
+    """Run a tool's main ``fn(args)``: a bad input is one line and exit 2, like `train`."""
     try:
         return fn(args)
     except ConfigError as e:

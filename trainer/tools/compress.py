@@ -1,9 +1,12 @@
 """``python -m trainer compress``: quantize or prune a trained model and report what it cost and saved.
 
     python -m trainer compress --from runs/cnn --method quantize --out runs/cnn-int8
-    python -m trainer compress --from runs/cnn --method quantize --scheme int8-dynamic,int8-weight,torch-ao-dynamic --out runs/cnn-q
-    python -m trainer compress --from runs/cnn --method prune --amount 0.8 --scope global --finetune-steps 50 --out runs/cnn-sparse
-    python -m trainer compress --from runs/cnn --method prune --amount 0.5 --scope channel --finetune-steps 50 --out runs/cnn-slim
+    python -m trainer compress --from runs/cnn --method quantize \
+        --scheme int8-dynamic,int8-weight,torch-ao-dynamic --out runs/cnn-q
+    python -m trainer compress --from runs/cnn --method prune --amount 0.8 --scope global \
+        --finetune-steps 50 --out runs/cnn-sparse
+    python -m trainer compress --from runs/cnn --method prune --amount 0.5 --scope channel \
+        --finetune-steps 50 --out runs/cnn-slim
 
 Every command writes ``<out>/report.json`` and prints the same table: for the source model and each
 compressed variant, the eval metric on the recipe's eval split, size on disk, bytes of the Linear weights,
@@ -42,8 +45,11 @@ log = logging.getLogger("trainer")
 
 
 def _linear_layers(module) -> list:
-    return [m for m in module.modules()
-            if isinstance(m, nn.Linear) or type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
+    return [
+        m
+        for m in module.modules()
+        if isinstance(m, nn.Linear) or type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    ]
 
 
 def measure_latency(models: list, x, repeats: int) -> list[tuple[float, float, float]]:
@@ -63,8 +69,12 @@ def measure_latency(models: list, x, repeats: int) -> list[tuple[float, float, f
     def post(mod, args, out):
         acc[0] += time.perf_counter() - mod._t0
 
-    handles = [h for m in models for lin in _linear_layers(m)
-               for h in (lin.register_forward_pre_hook(pre), lin.register_forward_hook(post))]
+    handles = [
+        h
+        for m in models
+        for lin in _linear_layers(m)
+        for h in (lin.register_forward_pre_hook(pre), lin.register_forward_hook(post))
+    ]
     try:
         with torch.inference_mode():
             for m in models:  # warm-up: first-call allocations, kernel selection
@@ -80,16 +90,26 @@ def measure_latency(models: list, x, repeats: int) -> list[tuple[float, float, f
     finally:
         for h in handles:
             h.remove()
-    return [(1e3 * statistics.median(t), 1e3 * min(t), 1e3 * statistics.median(li)) for t, li in zip(times, inner)]
+    return [
+        (1e3 * statistics.median(t), 1e3 * min(t), 1e3 * statistics.median(li)) for t, li in zip(times, inner)
+    ]
 
 
 def _row(variant: str, module, ctx: dict, size: int, **extra) -> dict:
     res = evaluate_module(module, ctx["eval_ds"], ctx["task"], ctx["eval_bs"])
     zeros, total = zeros_and_total(module)
     ctx["models"].append(module)
-    return {"variant": variant, "metric": ctx["metric"], "value": res[ctx["metric"]], "loss": res["loss"],
-            "size_bytes": size, "linear_weight_bytes": linear_weight_bytes(module), "params": total,
-            "sparsity": zeros / max(total, 1), **extra}
+    return {
+        "variant": variant,
+        "metric": ctx["metric"],
+        "value": res[ctx["metric"]],
+        "loss": res["loss"],
+        "size_bytes": size,
+        "linear_weight_bytes": linear_weight_bytes(module),
+        "params": total,
+        "sparsity": zeros / max(total, 1),
+        **extra,
+    }
 
 
 def _safetensors_bytes(module) -> int:
@@ -99,19 +119,25 @@ def _safetensors_bytes(module) -> int:
 def format_table(report: dict) -> str:
     rows = report["rows"]
     base = rows[0]
-    head = (f"{'variant':<26} {base['metric']:>9} {'size':>9} {'linear W':>9} {'params':>9} {'sparsity':>8} "
-            f"{'ms/batch':>9} {'speed':>6} {'Linear ms':>9}")
+    head = (
+        f"{'variant':<26} {base['metric']:>9} {'size':>9} {'linear W':>9} {'params':>9} {'sparsity':>8} "
+        f"{'ms/batch':>9} {'speed':>6} {'Linear ms':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['variant']:<26} {r['value']:>9.4f} {r['size_bytes'] / 1e6:>7.3f}MB "
-                     f"{r['linear_weight_bytes'] / 1e6:>7.3f}MB {r['params']:>9,} {100 * r['sparsity']:>7.2f}% "
-                     f"{r['latency_ms']:>9.2f} {base['latency_ms'] / r['latency_ms']:>5.2f}x "
-                     f"{r['linear_latency_ms']:>9.2f}")
+        lines.append(
+            f"{r['variant']:<26} {r['value']:>9.4f} {r['size_bytes'] / 1e6:>7.3f}MB "
+            f"{r['linear_weight_bytes'] / 1e6:>7.3f}MB {r['params']:>9,} {100 * r['sparsity']:>7.2f}% "
+            f"{r['latency_ms']:>9.2f} {base['latency_ms'] / r['latency_ms']:>5.2f}x "
+            f"{r['linear_latency_ms']:>9.2f}"
+        )
     m = report["measurement"]
     lines.append(f"eval: {report['data']}")
-    lines.append(f"latency: median of {m['repeats']} CPU forward passes per model, batch {m['batch_size']}, "
-                 f"{m['threads']} thread(s), models timed in turn; speed = source ms / variant ms; "
-                 "Linear ms = time inside Linear layers")
+    lines.append(
+        f"latency: median of {m['repeats']} CPU forward passes per model, batch {m['batch_size']}, "
+        f"{m['threads']} thread(s), models timed in turn; speed = source ms / variant ms; "
+        "Linear ms = time inside Linear layers"
+    )
     for r in rows[1:]:
         if r.get("note"):
             lines.append(f"{r['variant']}: {r['note']}")
@@ -125,7 +151,9 @@ def _quantize(module, ctx: dict, args, out: str) -> list[dict]:
     schemes = [s.strip() for s in args.scheme.split(",") if s.strip()]
     bad = [s for s in schemes if s not in QUANT_SCHEMES]
     if bad or not schemes:
-        raise config.ConfigError(f"--scheme {args.scheme!r}: expected one or more of {', '.join(QUANT_SCHEMES)}")
+        raise config.ConfigError(
+            f"--scheme {args.scheme!r}: expected one or more of {', '.join(QUANT_SCHEMES)}"
+        )
     rows = []
     for scheme in schemes:
         q, used, note = quantize(module, scheme)
@@ -133,8 +161,17 @@ def _quantize(module, ctx: dict, args, out: str) -> list[dict]:
         path = os.path.join(out, name)
         torch.save(q.state_dict(), path + ".tmp")
         os.replace(path + ".tmp", path)
-        rows.append(_row(f"{used}" + (f" (for {scheme})" if used != scheme else ""), q, ctx,
-                         os.path.getsize(path), file=name, scheme=used, note=note if used != scheme else None))
+        rows.append(
+            _row(
+                f"{used}" + (f" (for {scheme})" if used != scheme else ""),
+                q,
+                ctx,
+                os.path.getsize(path),
+                file=name,
+                scheme=used,
+                note=note if used != scheme else None,
+            )
+        )
     return rows
 
 
@@ -154,8 +191,9 @@ def _prune(module, ctx: dict, args, out: str) -> tuple[list[dict], dict]:
     if args.finetune_steps:
         lr = args.lr if args.lr is not None else cfg.optim.lr / 10
         info["finetune_lr"] = lr
-        info["finetune_loss"] = prune.short_finetune(module, ctx["train_ds"], ctx["task"], args.finetune_steps,
-                                                 cfg.train.batch_size, lr, cfg.seed)
+        info["finetune_loss"] = prune.short_finetune(
+            module, ctx["train_ds"], ctx["task"], args.finetune_steps, cfg.train.batch_size, lr, cfg.seed
+        )
         variant += f" +{args.finetune_steps} steps"
     if args.scope != "channel":
         prune.make_permanent(module)
@@ -163,17 +201,29 @@ def _prune(module, ctx: dict, args, out: str) -> tuple[list[dict], dict]:
         expected = prune.expected_zeros(module, names, args.amount, args.scope)
         info.update(zeros=zeros, total=total, achieved=zeros / total, expected_zeros=expected)
         if zeros != expected:  # a pruned weight came back, or the masks were not applied
-            raise RuntimeError(f"pruning: {zeros} zero weights after making the masks permanent, expected {expected}")
+            raise RuntimeError(
+                f"pruning: {zeros} zero weights after making the masks permanent, expected {expected}"
+            )
     module.eval()
     path = os.path.join(out, "model.safetensors")
     write_safetensors(module.state_dict(), path)
-    row = _row(variant, module, ctx, os.path.getsize(path), file="model.safetensors",
-               structured=args.scope == "channel")
+    row = _row(
+        variant,
+        module,
+        ctx,
+        os.path.getsize(path),
+        file="model.safetensors",
+        structured=args.scope == "channel",
+    )
     if args.scope == "channel":
-        row["note"] = "; ".join(f"{c['layer']} {c['channels_before']}->{c['channels_after']}" for c in info["layers"])
+        row["note"] = "; ".join(
+            f"{c['layer']} {c['channels_before']}->{c['channels_after']}" for c in info["layers"]
+        )
     else:
-        row["note"] = (f"sparsity of the pruned weights: requested {args.amount:.4f}, achieved {info['achieved']:.4f} "
-                       f"({zeros:,} of {total:,}; dense storage, so size and latency do not change)")
+        row["note"] = (
+            f"sparsity of the pruned weights: requested {args.amount:.4f}, achieved {info['achieved']:.4f} "
+            f"({zeros:,} of {total:,}; dense storage, so size and latency do not change)"
+        )
     return [row], info
 
 
@@ -187,10 +237,21 @@ def _compress(module, cfg, w, info, ctx: dict, x, args, out: str) -> dict:
         rows += new_rows
     for row, (med, low, lin) in zip(rows, measure_latency(ctx["models"], x, args.repeats)):
         row.update(latency_ms=med, latency_min_ms=low, linear_latency_ms=lin)
-    report = {"source": w.source, "method": args.method, "data": info.description, "rows": rows,
-              "measurement": {"batch_size": x.shape[0], "repeats": args.repeats, "threads": torch.get_num_threads(),
-                              "device": "cpu", "torch": torch.__version__},
-              "prune": details or None, "config": config.to_dict(cfg)}
+    report = {
+        "source": w.source,
+        "method": args.method,
+        "data": info.description,
+        "rows": rows,
+        "measurement": {
+            "batch_size": x.shape[0],
+            "repeats": args.repeats,
+            "threads": torch.get_num_threads(),
+            "device": "cpu",
+            "torch": torch.__version__,
+        },
+        "prune": details or None,
+        "config": config.to_dict(cfg),
+    }
     with open(os.path.join(out, "report.json.tmp"), "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=1)
     os.replace(os.path.join(out, "report.json.tmp"), os.path.join(out, "report.json"))
@@ -199,8 +260,9 @@ def _compress(module, cfg, w, info, ctx: dict, x, args, out: str) -> dict:
 
 def compress_main(args: argparse.Namespace) -> int:
     out = args.out
-    if os.path.isdir(out) and (os.path.exists(os.path.join(out, "checkpoints")) or
-                               os.path.exists(os.path.join(out, "manifest.json"))):
+    if os.path.isdir(out) and (
+        os.path.exists(os.path.join(out, "checkpoints")) or os.path.exists(os.path.join(out, "manifest.json"))
+    ):
         raise config.ConfigError(f"--out {out!r}: holds a run or checkpoint; choose a new directory")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -212,8 +274,15 @@ def compress_main(args: argparse.Namespace) -> int:
     bs = args.batch_size or cfg.train.batch_size
     reps = -(-bs // len(eval_ds))
     x, _ = eval_ds.get_batch(torch.arange(len(eval_ds)).repeat(reps)[:bs])
-    ctx = {"cfg": cfg, "eval_ds": eval_ds, "train_ds": train_ds, "task": info.task, "metric": metric_name(info.task),
-           "eval_bs": cfg.train.eval_batch_size, "models": []}
+    ctx = {
+        "cfg": cfg,
+        "eval_ds": eval_ds,
+        "train_ds": train_ds,
+        "task": info.task,
+        "metric": metric_name(info.task),
+        "eval_bs": cfg.train.eval_batch_size,
+        "models": [],
+    }
     created = not os.path.exists(out)
     os.makedirs(out, exist_ok=True)
     try:

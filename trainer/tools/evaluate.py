@@ -40,7 +40,9 @@ def resolve_config(saved: dict | None, config_path: str | None, overrides: list[
     if config_path:
         return config.load(config_path, overrides)
     if not saved:
-        raise config.ConfigError(f"--from {src!r}: records no config; pass the recipe with -c configs/NAME.yaml")
+        raise config.ConfigError(
+            f"--from {src!r}: records no config; pass the recipe with -c configs/NAME.yaml"
+        )
     tree = json.loads(json.dumps(saved))  # a deep copy
     # Only what is needed to rebuild the model and the data: the weights come from --from, already merged.
     tree.setdefault("model", {})["init_from"] = None
@@ -68,8 +70,10 @@ def load_model(src: str, config_path: str | None = None, overrides: list[str] | 
         module.load_state_dict(w.state, strict=True, assign=bool(extra.get("scheme")))
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise config.ConfigError(f"--from {src!r}: does not fit model.name={cfg.model.name!r} built from its "
-                                 f"config: {' '.join(lines[1:3])[:300]}") from None
+        raise config.ConfigError(
+            f"--from {src!r}: does not fit model.name={cfg.model.name!r} built from its "
+            f"config: {' '.join(lines[1:3])[:300]}"
+        ) from None
     return module.eval(), cfg, w, data
 
 

@@ -22,14 +22,18 @@ def export_main(args: argparse.Namespace) -> int:
     w = read_weights(args.src, "--from")
     odd = [k for k, v in w.state.items() if type(v) not in (torch.Tensor, torch.nn.Parameter)]
     if odd:
-        raise ConfigError(f"--from {args.src!r}: holds quantized tensors ({', '.join(odd[:3])}), which "
-                          "safetensors cannot store; export the float model instead")
+        raise ConfigError(
+            f"--from {args.src!r}: holds quantized tensors ({', '.join(odd[:3])}), which "
+            "safetensors cannot store; export the float model instead"
+        )
     meta = {"source": w.source}
     if w.config:
         meta["config"] = json.dumps(w.config)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write_safetensors(w.state, args.out, meta)
     n = sum(v.numel() for v in w.state.values())
-    print(f"export: {len(w.state)} tensors, {n:,} values, {os.path.getsize(args.out):,} bytes -> {args.out} "
-          f"(from {w.source})")
+    print(
+        f"export: {len(w.state)} tensors, {n:,} values, {os.path.getsize(args.out):,} bytes -> {args.out} "
+        f"(from {w.source})"
+    )
     return 0

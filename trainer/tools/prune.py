@@ -15,7 +15,6 @@ model's output layer is never pruned (nothing consumes it), so the output stays 
 from __future__ import annotations
 
 import logging
-import operator
 from dataclasses import dataclass
 
 import torch
@@ -39,8 +38,10 @@ def targets(module: nn.Module, patterns: list[str]) -> list[tuple[str, nn.Module
     if patterns:
         found = [(n, m) for n, m in found if any(name_matches(n, p) for p in patterns)]
         if not found:
-            raise ConfigError(f"--layers {','.join(patterns)}: matches no Linear/Conv2d layer (the model has: "
-                              f"{', '.join(n for n, m in module.named_modules() if isinstance(m, _LAYERS))})")
+            raise ConfigError(
+                f"--layers {','.join(patterns)}: matches no Linear/Conv2d layer (the model has: "
+                f"{', '.join(n for n, m in module.named_modules() if isinstance(m, _LAYERS))})"
+            )
     return found
 
 
@@ -51,8 +52,9 @@ def unstructured(module: nn.Module, amount: float, scope: str, patterns: list[st
     """Attach L1-magnitude masks to the weights of the chosen layers; returns their names."""
     layers = targets(module, patterns)
     if scope == "global":
-        tprune.global_unstructured([(m, "weight") for _, m in layers], pruning_method=tprune.L1Unstructured,
-                                   amount=amount)
+        tprune.global_unstructured(
+            [(m, "weight") for _, m in layers], pruning_method=tprune.L1Unstructured, amount=amount
+        )
     else:
         for _, m in layers:
             tprune.l1_unstructured(m, "weight", amount=amount)
@@ -84,8 +86,9 @@ def weight_sparsity(module: nn.Module, names: list[str]) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- short fine-tune
 
 
-def short_finetune(module: nn.Module, train_ds, task: str, steps: int, batch_size: int, lr: float,
-                   seed: int) -> float:
+def short_finetune(
+    module: nn.Module, train_ds, task: str, steps: int, batch_size: int, lr: float, seed: int
+) -> float:
     """A few SGD(momentum 0.9) steps on the training split; returns the mean loss of the last 10 steps."""
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
@@ -97,7 +100,7 @@ def short_finetune(module: nn.Module, train_ds, task: str, steps: int, batch_siz
     for _ in range(steps):
         if pos + batch_size > len(order):
             order, pos = torch.randperm(len(train_ds), generator=gen), 0
-        x, y = train_ds.get_batch(order[pos:pos + batch_size])
+        x, y = train_ds.get_batch(order[pos : pos + batch_size])
         pos += batch_size
         loss = task_loss(task, module(x), y)
         opt.zero_grad(set_to_none=True)
@@ -111,11 +114,40 @@ def short_finetune(module: nn.Module, train_ds, task: str, steps: int, batch_siz
 # ----------------------------------------------------------------------------- structured
 
 
-_PASS_FUNCS = {F.relu, torch.relu, F.gelu, F.silu, F.leaky_relu, torch.tanh, torch.sigmoid, F.dropout,
-               F.max_pool2d, F.avg_pool2d, torch.max_pool2d, torch.flatten, F.elu, F.hardtanh, F.relu6}
+_PASS_FUNCS = {
+    F.relu,
+    torch.relu,
+    F.gelu,
+    F.silu,
+    F.leaky_relu,
+    torch.tanh,
+    torch.sigmoid,
+    F.dropout,
+    F.max_pool2d,
+    F.avg_pool2d,
+    torch.max_pool2d,
+    torch.flatten,
+    F.elu,
+    F.hardtanh,
+    F.relu6,
+}
 _PASS_METHODS = {"relu", "flatten", "contiguous", "tanh", "sigmoid"}
-_PASS_MODULES = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Dropout, nn.MaxPool2d,
-                 nn.AvgPool2d, nn.Flatten, nn.Identity, nn.ELU, nn.ReLU6, nn.Hardtanh)
+_PASS_MODULES = (
+    nn.ReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.LeakyReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Dropout,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.Flatten,
+    nn.Identity,
+    nn.ELU,
+    nn.ReLU6,
+    nn.Hardtanh,
+)
 _FLATTENS = {torch.flatten, "flatten"}
 
 
@@ -130,8 +162,10 @@ def channel_groups(module: nn.Module) -> list[Group]:
     try:
         gm = fx.symbolic_trace(module)
     except Exception as e:
-        raise ConfigError(f"structured pruning needs a torch.fx-traceable model; tracing {type(module).__name__} "
-                          f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise ConfigError(
+            f"structured pruning needs a torch.fx-traceable model; tracing {type(module).__name__} "
+            f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     mods = dict(module.named_modules())
     uses = {}
     for node in gm.graph.nodes:
@@ -151,7 +185,11 @@ def channel_groups(module: nn.Module) -> list[Group]:
                 continue
             seen.add(user)
             target = user.target
-            if user.op == "call_module" and isinstance(mods.get(target), _LAYERS) and user.args[0] is not None:
+            if (
+                user.op == "call_module"
+                and isinstance(mods.get(target), _LAYERS)
+                and user.args[0] is not None
+            ):
                 cons = mods[target]
                 if isinstance(cons, nn.Conv2d) and (cons.groups != 1 or flat):
                     ok = False
@@ -162,14 +200,14 @@ def channel_groups(module: nn.Module) -> list[Group]:
                     ok = False
                     continue
                 consumers.append((target, n_in // n_out))
-            elif (user.op == "call_function" and user.target in _PASS_FUNCS) or \
-                    (user.op == "call_method" and user.target in _PASS_METHODS) or \
-                    (user.op == "call_module" and isinstance(mods.get(target), _PASS_MODULES)):
+            elif (
+                (user.op == "call_function" and user.target in _PASS_FUNCS)
+                or (user.op == "call_method" and user.target in _PASS_METHODS)
+                or (user.op == "call_module" and isinstance(mods.get(target), _PASS_MODULES))
+            ):
                 is_flat = user.target in _FLATTENS or isinstance(mods.get(target), nn.Flatten)
                 stack += [(u, flat or is_flat) for u in user.users]
-            elif user.op == "call_function" and user.target is operator.getitem:
-                ok = False
-            else:
+            else:  # getitem, reshapes that mix channels, anything unknown: leave this producer alone
                 ok = False
         if ok and consumers:
             groups.append(Group(node.target, consumers))
@@ -210,16 +248,24 @@ def prune_channels(module: nn.Module, amount: float, patterns: list[str]) -> lis
             cols = (keep[:, None] * factor + torch.arange(factor)[None, :]).flatten()
             cons.weight = _select(cons.weight, 1, cols)
             _resize(cons, in_n=cons.weight.shape[1])
-        changes.append({"layer": g.producer, "channels_before": n, "channels_after": k,
-                        "consumers": [c for c, _ in g.consumers]})
+        changes.append(
+            {
+                "layer": g.producer,
+                "channels_before": n,
+                "channels_after": k,
+                "consumers": [c for c, _ in g.consumers],
+            }
+        )
     if not changes:
-        raise ConfigError("structured pruning: no prunable layer found (a layer qualifies when its output feeds "
-                          "other Linear/Conv2d layers through activations, pooling, dropout or flatten only)")
+        raise ConfigError(
+            "structured pruning: no prunable layer found (a layer qualifies when its output feeds "
+            "other Linear/Conv2d layers through activations, pooling, dropout or flatten only)"
+        )
     return changes
 
 
 def fit_shapes(module: nn.Module, sd: dict) -> None:
-    """Resize Linear/Conv2d layers to the shapes in ``sd`` (a structurally pruned state dict) before loading."""
+    """Resize Linear/Conv2d layers to the shapes in ``sd`` (a structurally pruned state dict), to load it."""
     for name, m in module.named_modules():
         key = f"{name}.weight" if name else "weight"
         if isinstance(m, _LAYERS) and key in sd and tuple(sd[key].shape) != tuple(m.weight.shape):

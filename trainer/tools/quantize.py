@@ -29,10 +29,11 @@ from .cli import QUANT_SCHEMES as SCHEMES
 log = logging.getLogger("trainer")
 
 
-
 def _torchao(module: nn.Module, scheme: str) -> nn.Module:
     tq = import_torchao()
-    config = tq.Int8DynamicActivationInt8WeightConfig() if scheme == "int8-dynamic" else tq.Int8WeightOnlyConfig()
+    config = (
+        tq.Int8DynamicActivationInt8WeightConfig() if scheme == "int8-dynamic" else tq.Int8WeightOnlyConfig()
+    )
     tq.quantize_(module, config)
     return module
 
@@ -64,11 +65,15 @@ def quantize(module: nn.Module, scheme: str, fallback: bool = True) -> tuple[nn.
             raise
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         log.warning("torchao %s failed (%s); falling back to torch.ao dynamic int8", scheme, reason)
-        return _torch_ao(copy.deepcopy(module).eval()), "torch-ao-dynamic", f"fallback from {scheme}: {reason}"
+        return (
+            _torch_ao(copy.deepcopy(module).eval()),
+            "torch-ao-dynamic",
+            f"fallback from {scheme}: {reason}",
+        )
 
 
 def rebuild(module: nn.Module, scheme: str) -> nn.Module:
-    """The module structure a saved quantized state dict loads into (``load_state_dict(..., assign=True)``)."""
+    """The module structure a saved quantized state dict loads into (``load_state_dict(assign=True)``)."""
     q, used, _ = quantize(module, scheme, fallback=False)
     return q
 
@@ -86,8 +91,11 @@ def tensor_bytes(t) -> int:
         names, _ = t.__tensor_flatten__()
         return sum(tensor_bytes(getattr(t, n)) for n in names)
     if t.is_quantized:
-        extra = t.q_per_channel_scales().numel() * 12 if t.qscheme() in (
-            torch.per_channel_affine, torch.per_channel_symmetric) else 12  # fp64 scale + int32 zero point
+        extra = (
+            t.q_per_channel_scales().numel() * 12
+            if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+            else 12
+        )  # fp64 scale + int32 zero point
         return t.numel() * t.element_size() + extra
     return t.numel() * t.element_size()
 

@@ -161,7 +161,9 @@ class CheckpointDir:
         if not os.path.isdir(self.root):
             return []
         names = sorted((n for n in os.listdir(self.root) if n.startswith("step-")), reverse=True)
-        return [os.path.join(self.root, n) for n in names if os.path.isfile(os.path.join(self.root, n, MANIFEST))]
+        return [
+            os.path.join(self.root, n) for n in names if os.path.isfile(os.path.join(self.root, n, MANIFEST))
+        ]
 
     def latest_pointer(self) -> Optional[str]:
         p = os.path.join(self.root, LATEST)
@@ -200,8 +202,15 @@ class CheckpointDir:
             os.makedirs(tmp)
         barrier()
 
-    def write(self, step: int, rank: int, state: Optional[dict], rng: dict, sharded: Optional[dict] = None,
-              group=None) -> None:
+    def write(
+        self,
+        step: int,
+        rank: int,
+        state: Optional[dict],
+        rng: dict,
+        sharded: Optional[dict] = None,
+        group=None,
+    ) -> None:
         """This rank's files, each durable (fsync) before the function returns.
 
         Collective only for `sharded` state (FSDP), which DCP writes on `group`: a gloo group of its own,
@@ -218,15 +227,22 @@ class CheckpointDir:
             assert state is not None
             atomic_torch_save(state, os.path.join(tmp, STATE), step, rank)
 
-    def commit(self, step: int, rank: int, world_size: int, manifest_extra: dict,
-               barrier: Callable[[], None]) -> str:
+    def commit(
+        self, step: int, rank: int, world_size: int, manifest_extra: dict, barrier: Callable[[], None]
+    ) -> str:
         """After every rank's write: manifest, rename into place, move `latest`, prune (rank 0)."""
         tmp, final = self.tmp_dir(step), os.path.join(self.root, step_name(step))
         barrier()  # every rank's files are durable
         if rank == 0:
             files = _list_files(tmp)
-            manifest = {"step": step, "world_size": world_size, "time": time.time(), "versions": versions(),
-                        "files": {f: sha256_file(os.path.join(tmp, f)) for f in files}, **manifest_extra}
+            manifest = {
+                "step": step,
+                "world_size": world_size,
+                "time": time.time(),
+                "versions": versions(),
+                "files": {f: sha256_file(os.path.join(tmp, f)) for f in files},
+                **manifest_extra,
+            }
             atomic_write_text(os.path.join(tmp, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True))
             _phase("before_rename", step, rank)
             if os.path.exists(final):  # same step saved again (e.g. final save after periodic)
@@ -239,15 +255,24 @@ class CheckpointDir:
         barrier()  # nobody proceeds (or exits) before `latest` moved
         return final
 
-    def save(self, step: int, rank: int, world_size: int, state: Optional[dict], manifest_extra: dict,
-             barrier: Callable[[], None], sharded: Optional[dict] = None, group=None) -> str:
+    def save(
+        self,
+        step: int,
+        rank: int,
+        world_size: int,
+        state: Optional[dict],
+        manifest_extra: dict,
+        barrier: Callable[[], None],
+        sharded: Optional[dict] = None,
+        group=None,
+    ) -> str:
         """Synchronous save. Collective: every rank calls it; rank 0 passes the gathered `state`."""
         self.begin(step, rank, barrier)
         self.write(step, rank, state, rng_state(), sharded, group)
         return self.commit(step, rank, world_size, manifest_extra, barrier)
 
     def _prune(self) -> None:
-        for d in self.committed()[self.keep:]:
+        for d in self.committed()[self.keep :]:
             shutil.rmtree(d, ignore_errors=True)
         for n in os.listdir(self.root):
             if n.startswith(".tmp-"):
@@ -300,15 +325,18 @@ def resolve(path: str) -> str:
     if os.path.isfile(os.path.join(path, MANIFEST)):
         return path
     for root in (path, os.path.join(path, "checkpoints")):
-        if os.path.isdir(root) and (os.path.isfile(os.path.join(root, LATEST)) or
-                                    any(n.startswith("step-") for n in os.listdir(root))):
+        if os.path.isdir(root) and (
+            os.path.isfile(os.path.join(root, LATEST)) or any(n.startswith("step-") for n in os.listdir(root))
+        ):
             found = CheckpointDir(root).find_resumable()
             if found:
                 return found
     raise CheckpointError(f"{path!r}: no usable checkpoint found")
 
 
-def load_state(ckpt: str, rank: int = 0, map_location: str = "cpu", verify_first: bool = True) -> tuple[dict, Optional[dict]]:
+def load_state(
+    ckpt: str, rank: int = 0, map_location: str = "cpu", verify_first: bool = True
+) -> tuple[dict, Optional[dict]]:
     """(state, rng-of-this-rank or None). Verifies checksums before any unpickling."""
     if verify_first:
         problem = verify(ckpt)
@@ -340,8 +368,14 @@ class AsyncWriter:
     group), so a slow disk on one rank delays the commit, not the training step.
     """
 
-    def __init__(self, ckdir: CheckpointDir, rank: int, world_size: int, barrier: Callable[[], None],
-                 all_done: Callable[[bool], bool]):
+    def __init__(
+        self,
+        ckdir: CheckpointDir,
+        rank: int,
+        world_size: int,
+        barrier: Callable[[], None],
+        all_done: Callable[[bool], bool],
+    ):
         self.ckdir, self.rank, self.world_size = ckdir, rank, world_size
         self.barrier, self.all_done = barrier, all_done
         self._thread = None
@@ -358,8 +392,9 @@ class AsyncWriter:
         """The step of the write in flight (or of the last one started)."""
         return self._step
 
-    def start(self, step: int, state: Optional[dict], extra: dict, sharded: Optional[dict] = None,
-              group=None) -> None:
+    def start(
+        self, step: int, state: Optional[dict], extra: dict, sharded: Optional[dict] = None, group=None
+    ) -> None:
         if self.in_flight:
             self.wait()
         state = _clone_tree(state) if state is not None else None
@@ -396,5 +431,7 @@ class AsyncWriter:
         self._thread.join()
         self._thread = None
         if self._error is not None:
-            raise CheckpointError(f"checkpoint step {self._step}: write failed: {self._error}") from self._error
+            raise CheckpointError(
+                f"checkpoint step {self._step}: write failed: {self._error}"
+            ) from self._error
         return self.ckdir.commit(self._step, self.rank, self.world_size, self._extra, self.barrier)

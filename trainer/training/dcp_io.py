@@ -14,14 +14,24 @@ import pickle
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 _ALLOWED = {
     "torch.distributed.checkpoint.metadata": {
-        "Metadata", "TensorStorageMetadata", "TensorProperties", "ChunkStorageMetadata", "BytesStorageMetadata",
-        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"},
+        "Metadata",
+        "TensorStorageMetadata",
+        "TensorProperties",
+        "ChunkStorageMetadata",
+        "BytesStorageMetadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    },
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
     "torch.serialization": {"_get_layout"},
     "torch": {"Size"},
@@ -75,8 +85,6 @@ class SafeLoadPlanner(DefaultLoadPlanner):
     """Non-tensor items (optimizer hyper-parameters, steps) through weights_only=True."""
 
     def load_bytes(self, read_item, value: io.BytesIO) -> None:
-        from torch.distributed.checkpoint._traverse import set_element
-
         obj = torch.load(value, weights_only=True)
         if self.flatten_state_dict:
             set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
@@ -90,24 +98,20 @@ def save(state: dict, path: str, process_group=None) -> None:
 
 def load(state: dict, path: str, process_group=None) -> None:
     """Load into `state` in place (resharding to the current layout as DCP does)."""
-    from torch.distributed.checkpoint.api import CheckpointException
-
     try:
-        dcp.load(state, storage_reader=SafeReader(path), planner=SafeLoadPlanner(), process_group=process_group)
+        dcp.load(
+            state, storage_reader=SafeReader(path), planner=SafeLoadPlanner(), process_group=process_group
+        )
     except CheckpointException as e:
         _reraise(e)
 
 
 def consolidate(path: str) -> dict:
     """A DCP directory -> one nested dict of full tensors, in this process (no process group)."""
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     class _Planner(_EmptyStateDictLoadPlanner):
         def load_bytes(self, read_item, value):
             self.state_dict[read_item.dest_index.fqn] = torch.load(value, weights_only=True)
-
-    from torch.distributed.checkpoint.api import CheckpointException
 
     out: dict = {}
     try:

@@ -12,8 +12,8 @@
 2. ``lora.targets=[patterns]`` wraps matching ``nn.Linear`` layers in :class:`LoRALinear`
    (y = W x + b + (alpha/rank) * B A dropout(x), with B = 0 at the start so the wrapped model computes exactly
    what it did before) and freezes every base parameter except ``lora.trainable`` patterns and heads that
-   were re-initialised. After training, ``weights.merge_lora_state`` folds B A into W so ``model.safetensors`` holds
-   plain weights.
+   were re-initialised. After training, ``weights.merge_lora_state`` folds B A into W, so
+   ``model.safetensors`` holds plain weights.
 3. ``train.freeze`` is applied (the same ``apply_freeze`` that ``train()`` calls again; it is idempotent)
    and a per-module table of trainable parameters is logged.
 """
@@ -53,24 +53,32 @@ def _short(names: list[str], n: int = 6) -> str:
     return ", ".join(names[:n]) + (f" ... (+{len(names) - n} more)" if len(names) > n else "")
 
 
-def load_into(module: nn.Module, sd: dict, strict: bool = True, skip: tuple = (),
-              key: str = "model.init_from") -> LoadReport:
-    """Copy matching tensors of ``sd`` into ``module``; shape-changed or skipped ones keep their fresh init."""
+def load_into(
+    module: nn.Module, sd: dict, strict: bool = True, skip: tuple = (), key: str = "model.init_from"
+) -> LoadReport:
+    """Copy matching tensors of ``sd`` into ``module``; shape-changed or skipped ones keep a fresh init."""
     own = module.state_dict()
     skipped = sorted(k for k in own if any(name_matches(k, p) for p in skip))
     missing = sorted(k for k in own if k not in sd and k not in skipped)
     unexpected = sorted(k for k in sd if k not in own)
     if strict and (missing or unexpected):
-        parts = ([f"missing {_short(missing)}"] if missing else []) + \
-                ([f"unexpected {_short(unexpected)}"] if unexpected else [])
-        raise ConfigError(f"{key}: keys do not match the model ({'; '.join(parts)}); set model.init_strict=false "
-                          "to load the matching ones")
+        parts = ([f"missing {_short(missing)}"] if missing else []) + (
+            [f"unexpected {_short(unexpected)}"] if unexpected else []
+        )
+        raise ConfigError(
+            f"{key}: keys do not match the model ({'; '.join(parts)}); set model.init_strict=false "
+            "to load the matching ones"
+        )
     changed = [k for k in own if k in sd and k not in skipped and own[k].shape != sd[k].shape]
     owners = sorted({_owner(k) for k in changed})
     if strict and len(owners) > 1:
-        raise ConfigError(f"{key}: shapes differ in several modules ({_short(owners)}); only a head may change "
-                          "shape under strict loading (set model.init_strict=false to re-initialise them all)")
-    reinit = [(k, f"shape {tuple(own[k].shape)} in the model, {tuple(sd[k].shape)} in the file") for k in changed]
+        raise ConfigError(
+            f"{key}: shapes differ in several modules ({_short(owners)}); only a head may change "
+            "shape under strict loading (set model.init_strict=false to re-initialise them all)"
+        )
+    reinit = [
+        (k, f"shape {tuple(own[k].shape)} in the model, {tuple(sd[k].shape)} in the file") for k in changed
+    ]
     reinit += [(k, "model.init_skip") for k in skipped]
     load = {k: v for k, v in sd.items() if k in own and k not in skipped and k not in changed}
     module.load_state_dict(load, strict=False)
@@ -121,8 +129,13 @@ class LoRALinear(nn.Linear):
 
     def merged(self) -> nn.Linear:
         """A plain nn.Linear holding W + scale * B A (new tensors; this module is unchanged)."""
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device=self.weight.device, dtype=self.weight.dtype)
+        lin = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         with torch.no_grad():
             lin.weight.copy_(lora_merge(self.weight, self.lora_A, self.lora_B, self.lora_scale))
             if self.bias is not None:
@@ -136,12 +149,16 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
-def apply_lora(module: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float = 0.0) -> list[str]:
+def apply_lora(
+    module: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float = 0.0
+) -> list[str]:
     """Wrap every nn.Linear whose module name matches a pattern; returns the wrapped names."""
     linears = {n: m for n, m in module.named_modules() if type(m) is nn.Linear}
     chosen = [n for n in linears if any(name_matches(n, p) for p in targets)]
     if not chosen:
-        raise ConfigError(f"lora.targets={targets!r}: matches no nn.Linear (the model has: {_short(list(linears), 12)})")
+        raise ConfigError(
+            f"lora.targets={targets!r}: matches no nn.Linear (the model has: {_short(list(linears), 12)})"
+        )
     owners: dict[int, list[str]] = {}
     for n, m in module.named_modules():
         for pn, p in m.named_parameters(recurse=False):
@@ -149,8 +166,10 @@ def apply_lora(module: nn.Module, targets: list[str], rank: int, alpha: float, d
     for n in chosen:
         tied = owners[id(linears[n].weight)]
         if len(tied) > 1:  # merging would silently change the other user of the same matrix
-            raise ConfigError(f"lora.targets: {n}.weight is tied to {', '.join(t for t in tied if t != n + '.weight')}; "
-                              "LoRA on a tied weight is not supported")
+            raise ConfigError(
+                f"lora.targets: {n}.weight is tied to {', '.join(t for t in tied if t != n + '.weight')}; "
+                "LoRA on a tied weight is not supported"
+            )
         _set_submodule(module, n, LoRALinear(linears[n], rank, alpha, dropout))
     return chosen
 
@@ -186,9 +205,13 @@ def _group_lines(module: nn.Module, cfg: Config) -> list[str]:
     counts = [0] * (len(specs) + 1)
     for name, p in module.named_parameters():
         if p.requires_grad:
-            counts[next((i for i, g in enumerate(specs) if name_matches(name, g["pattern"])), len(specs))] += p.numel()
-    lines = [f"  lr {float(g.get('lr', cfg.optim.lr)):g} for {g['pattern']!r}: {c:,} parameters"
-             for g, c in zip(specs, counts)]
+            counts[
+                next((i for i, g in enumerate(specs) if name_matches(name, g["pattern"])), len(specs))
+            ] += p.numel()
+    lines = [
+        f"  lr {float(g.get('lr', cfg.optim.lr)):g} for {g['pattern']!r}: {c:,} parameters"
+        for g, c in zip(specs, counts)
+    ]
     return lines + [f"  lr {cfg.optim.lr:g} for the rest: {counts[-1]:,} parameters"]
 
 
@@ -207,8 +230,14 @@ def prepare_for_finetune(module: nn.Module, cfg: Config) -> nn.Module:
         kept = [n for n in reinit if not any(name_matches(n, k) for k in keep)]
         if kept:
             log.info("lora: %s stay trainable (re-initialised by init_from)", ", ".join(kept))
-        log.info("lora: %s wrapped (rank %d, alpha %g, dropout %g); base weights frozen except %s",
-                 ", ".join(wrapped), lo.rank, lo.alpha, lo.dropout, keep or "none")
+        log.info(
+            "lora: %s wrapped (rank %d, alpha %g, dropout %g); base weights frozen except %s",
+            ", ".join(wrapped),
+            lo.rank,
+            lo.alpha,
+            lo.dropout,
+            keep or "none",
+        )
     if cfg.model.init_from or lo.targets or cfg.train.freeze or cfg.optim.param_groups:
         apply_freeze(module, cfg.train.freeze)  # train() applies it again: idempotent
         log.info("trainable parameters:\n%s", trainable_table(module))

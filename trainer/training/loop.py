@@ -20,7 +20,7 @@ from ..config import Config, ConfigError, config_hash, from_dict, math_diff, to_
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
 from ..exitcodes import NONFINITE, OK, PREEMPTED
-from ..runtime import dist as D
+from ..runtime import dist
 from ..runtime.logs import rank_log_stream
 from ..runtime.signals import PreemptionWatch
 from ..runtime.watchdog import NoWatchdog, Watchdog
@@ -44,17 +44,33 @@ class Trainer:
     model and optimizer state comes from the strategy, which knows how it is sharded.
     """
 
-    def __init__(self, cfg: Config, state: D.DistState, strategy: Strategy, optimizer, train_ds, eval_ds, info,
-                 run_dir: str, flops_per_sample: Optional[float] = None):
+    def __init__(
+        self,
+        cfg: Config,
+        state: dist.DistState,
+        strategy: Strategy,
+        optimizer,
+        train_ds,
+        eval_ds,
+        info,
+        run_dir: str,
+        flops_per_sample: Optional[float] = None,
+    ):
         self.cfg, self.state, self.strategy, self.optimizer = cfg, state, strategy, optimizer
         self.train_ds, self.eval_ds, self.info = train_ds, eval_ds, info
         self.run_dir = run_dir
         self.device = state.device
         t, d = cfg.train, cfg.data
-        self.sampler = GlobalBatchSampler(len(train_ds), t.batch_size, t.grad_accum, state.rank, state.world_size,
-                                          cfg.seed)
-        self.batches = BatchSource(train_ds, self.sampler, d.num_workers, d.pin_memory and self.device.type == "cuda",
-                                   d.prefetch_factor)
+        self.sampler = GlobalBatchSampler(
+            len(train_ds), t.batch_size, t.grad_accum, state.rank, state.world_size, cfg.seed
+        )
+        self.batches = BatchSource(
+            train_ds,
+            self.sampler,
+            d.num_workers,
+            d.pin_memory and self.device.type == "cuda",
+            d.prefetch_factor,
+        )
         self.total_steps = t.max_steps or t.epochs * self.sampler.steps_per_epoch
         self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
         self.progress = ckpt.Progress()
@@ -70,8 +86,13 @@ class Trainer:
         self.saved_at = -1
         self.writer = None
         if cfg.checkpoint.async_save:
-            self.writer = ckpt.AsyncWriter(self.ckpts, state.rank, state.world_size, lambda: D.barrier(state),
-                                           lambda done: D.all_true(state, done))
+            self.writer = ckpt.AsyncWriter(
+                self.ckpts,
+                state.rank,
+                state.world_size,
+                lambda: dist.barrier(state),
+                lambda done: dist.all_true(state, done),
+            )
         self.tally = make_tally(self.device)
         self._need_norm = bool(cfg.train.grad_clip) or state.distributed or strategy.scaler is not None
         self._schedule_moves = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps > 0
@@ -83,9 +104,11 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """The loop's own state for a checkpoint (the model and optimizer come from the strategy)."""
-        return {"scheduler": self.scheduler.state_dict(),
-                "scaler": self.strategy.scaler.state_dict() if self.strategy.scaler else None,
-                "progress": vars(self.progress).copy()}
+        return {
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.strategy.scaler.state_dict() if self.strategy.scaler else None,
+            "progress": vars(self.progress).copy(),
+        }
 
     def load_state_dict(self, sd: dict) -> None:
         self.scheduler.load_state_dict(sd["scheduler"])
@@ -102,8 +125,10 @@ class Trainer:
             except ConfigError:
                 diff = ["<checkpoint config no longer valid>"]
             if diff and self.cfg.run.resume_config_change != "allow":
-                raise ConfigError(f"run.resume: checkpoint {path} was trained with a different config in "
-                                  f"{', '.join(diff)}; set run.resume_config_change=allow to resume anyway")
+                raise ConfigError(
+                    f"run.resume: checkpoint {path} was trained with a different config in "
+                    f"{', '.join(diff)}; set run.resume_config_change=allow to resume anyway"
+                )
         state, rng = ckpt.load_state(path, rank=self.state.rank)
         if ckpt.is_sharded(path):
             self.strategy.load_sharded(self.optimizer, os.path.join(path, ckpt.DCP))
@@ -116,8 +141,14 @@ class Trainer:
             torch.manual_seed(self.cfg.seed * 1000 + self.state.rank + 7919 * self.progress.step)
         self.saved_at = self.progress.step
         p = self.progress
-        log.info("resumed from %s at step %d (epoch %d, %d samples into it; saved on %d process(es))", path,
-                 p.step, p.epoch, p.samples_in_epoch, manifest.get("world_size"))
+        log.info(
+            "resumed from %s at step %d (epoch %d, %d samples into it; saved on %d process(es))",
+            path,
+            p.step,
+            p.epoch,
+            p.samples_in_epoch,
+            manifest.get("world_size"),
+        )
 
     # ------------------------------------------------------------------ checkpoint
     def save(self, final: bool = False) -> Optional[str]:
@@ -135,17 +166,34 @@ class Trainer:
             if sharded is None:
                 state.update(model=msd, optimizer=osd)
         p = self.progress
-        extra = {"epoch": p.epoch, "samples_in_epoch": p.samples_in_epoch, "samples_total": p.samples_total,
-                 "config": to_dict(self.cfg), "config_hash": config_hash(self.cfg), "task": self.info.task}
+        extra = {
+            "epoch": p.epoch,
+            "samples_in_epoch": p.samples_in_epoch,
+            "samples_total": p.samples_total,
+            "config": to_dict(self.cfg),
+            "config_hash": config_hash(self.cfg),
+            "task": self.info.task,
+        }
         self.saved_at = step
         if self.writer is not None:
             self.finish_saves()  # at most one write in flight
             self.writer.start(step, state, extra, sharded, self.state.ckpt_group)
-            log.info("checkpoint step %d: async write started (step loop blocked %.3fs)", step,
-                     time.perf_counter() - t0)
+            log.info(
+                "checkpoint step %d: async write started (step loop blocked %.3fs)",
+                step,
+                time.perf_counter() - t0,
+            )
             return None if not final else self.finish_saves()
-        path = self.ckpts.save(step, self.state.rank, self.state.world_size, state, extra,
-                               lambda: D.barrier(self.state), sharded, self.state.ckpt_group)
+        path = self.ckpts.save(
+            step,
+            self.state.rank,
+            self.state.world_size,
+            state,
+            extra,
+            lambda: dist.barrier(self.state),
+            sharded,
+            self.state.ckpt_group,
+        )
         log.info("checkpoint step %d saved in %.2fs -> %s", step, time.perf_counter() - t0, path)
         return path
 
@@ -154,8 +202,13 @@ class Trainer:
             step = self.writer.step
             path = self.writer.poll()
             if path:
-                log.info("checkpoint step %d committed at step %d (async: %d steps ran during the write) -> %s",
-                         step, self.progress.step, self.progress.step - step, path)
+                log.info(
+                    "checkpoint step %d committed at step %d (async: %d steps ran during the write) -> %s",
+                    step,
+                    self.progress.step,
+                    self.progress.step - step,
+                    path,
+                )
 
     def finish_saves(self) -> Optional[str]:
         """Wait for an in-flight async write and commit it (before exiting, or before the next save)."""
@@ -230,15 +283,20 @@ class Trainer:
         self._since_log = 0
         self.watchdog.mark(self.progress.step, "log")
         loss_sum, good, bad_max = self.tally.pull()
-        stats = D.all_reduce_sum(self.state, torch.stack([loss_sum.double(), good.double()]))
+        stats = dist.all_reduce_sum(self.state, torch.stack([loss_sum.double(), good.double()]))
         loss_sum, good = stats.tolist()
-        bad = D.all_reduce_max(self.state, bad_max).item()
+        bad = dist.all_reduce_max(self.state, bad_max).item()
         elapsed = max(watch.elapsed(), 1e-9)
         B = self.cfg.train.batch_size
-        row = {"step": self.progress.step, "epoch": self.progress.epoch,
-               "loss": loss_sum / good if good else float("nan"),
-               "lr": self.scheduler.get_last_lr()[0], "samples_per_s": B * steps / elapsed,
-               "step_time_s": elapsed / steps, "data_wait_frac": watch.data_s / elapsed}
+        row = {
+            "step": self.progress.step,
+            "epoch": self.progress.epoch,
+            "loss": loss_sum / good if good else float("nan"),
+            "lr": self.scheduler.get_last_lr()[0],
+            "samples_per_s": B * steps / elapsed,
+            "step_time_s": elapsed / steps,
+            "data_wait_frac": watch.data_s / elapsed,
+        }
         if self.info.task == "lm":
             row["tokens_per_s"] = row["samples_per_s"] * self.info.seq_len
         if self.device.type == "cuda":
@@ -252,8 +310,13 @@ class Trainer:
         self.last_loss = row["loss"]
         watch.reset()
         if bad > self.cfg.train.max_bad_steps:
-            log.error("loss was non-finite for %d consecutive steps (train.max_bad_steps=%d): stopping at step %d "
-                      "with the last good state", int(bad), self.cfg.train.max_bad_steps, self.progress.step)
+            log.error(
+                "loss was non-finite for %d consecutive steps (train.max_bad_steps=%d): stopping at step %d "
+                "with the last good state",
+                int(bad),
+                self.cfg.train.max_bad_steps,
+                self.progress.step,
+            )
             return False
         return True
 
@@ -271,7 +334,7 @@ class Trainer:
                 out = s.model(x)
             sums += eval_sums(self.info.task, out, y, valid)
         s.model.train()
-        D.all_reduce_sum(self.state, sums)
+        dist.all_reduce_sum(self.state, sums)
         res = eval_result(self.info.task, *sums.tolist())
         self.last_eval = res
         if self.metrics:
@@ -294,16 +357,24 @@ class Trainer:
             if code == OK:
                 self._end(time.perf_counter() - t_start)
             elif code == PREEMPTED:
-                log.warning("preempted by signal: checkpoint at step %d saved; rerun the same command to resume",
-                            p.step)
+                log.warning(
+                    "preempted by signal: checkpoint at step %d saved; rerun the same command to resume",
+                    p.step,
+                )
         finally:
             self._close()
         return code
 
     def _begin(self) -> None:
         cfg = self.cfg
-        self.metrics = Metrics(self.run_dir, self.state.is_main, cfg.log.tensorboard, cfg.log.progress,
-                               self.total_steps, self.progress.step)
+        self.metrics = Metrics(
+            self.run_dir,
+            self.state.is_main,
+            cfg.log.tensorboard,
+            cfg.log.progress,
+            self.total_steps,
+            self.progress.step,
+        )
         self.preempt.install()
         if self.state.distributed:
             self.watchdog = Watchdog(self.state, cfg.dist.collective_timeout_s, rank_log_stream())
@@ -389,24 +460,42 @@ class Trainer:
         try:
             with open(path, "wb") as fh:
                 pickle.dump(torch.cuda.memory._snapshot(), fh)
-            log.error("CUDA out of memory at step %d: allocator snapshot written to %s (drag it into "
-                      "https://pytorch.org/memory_viz); lower train.batch_size, raise train.grad_accum, or set "
-                      "train.activation_checkpointing=true", self.progress.step + 1, path)
+            log.error(
+                "CUDA out of memory at step %d: allocator snapshot written to %s (drag it into "
+                "https://pytorch.org/memory_viz); lower train.batch_size, raise train.grad_accum, or set "
+                "train.activation_checkpointing=true",
+                self.progress.step + 1,
+                path,
+            )
         except Exception as e:  # the snapshot is a courtesy; the OOM is the error to report
             log.error("CUDA out of memory at step %d (snapshot failed: %s)", self.progress.step + 1, e)
 
     def _finish(self, wall: float) -> None:
         if not self.state.is_main:
             return
-        summary = {"steps": self.progress.step, "epochs": self.progress.epoch,
-                   "samples": self.progress.samples_total, "final_loss": self.last_loss,
-                   "eval": self.last_eval, "wall_time_s": round(wall, 3), "compile_time_s": self.compile_time_s,
-                   "world_size": self.state.world_size, "strategy": self.strategy.mode,
-                   "precision": self.cfg.train.precision, "data": self.info.description,
-                   "data_fingerprint": self.info.fingerprint}
+        summary = {
+            "steps": self.progress.step,
+            "epochs": self.progress.epoch,
+            "samples": self.progress.samples_total,
+            "final_loss": self.last_loss,
+            "eval": self.last_eval,
+            "wall_time_s": round(wall, 3),
+            "compile_time_s": self.compile_time_s,
+            "world_size": self.state.world_size,
+            "strategy": self.strategy.mode,
+            "precision": self.cfg.train.precision,
+            "data": self.info.description,
+            "data_fingerprint": self.info.fingerprint,
+        }
         self.metrics.write_summary(summary)
         if self.cfg.log.plot:
             self.metrics.plot()
         ev = "  ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if k != "samples")
-        log.info("done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s", self.progress.step, wall,
-                 summary["final_loss"] or float("nan"), ev, self.run_dir)
+        log.info(
+            "done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s",
+            self.progress.step,
+            wall,
+            summary["final_loss"] or float("nan"),
+            ev,
+            self.run_dir,
+        )

@@ -85,4 +85,6 @@ def lr_lambda(cfg: Config, total_steps: int):
 
 
 def build_scheduler(optimizer, cfg: Config, total_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(getattr(optimizer, "optimizer", optimizer), lr_lambda(cfg, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        getattr(optimizer, "optimizer", optimizer), lr_lambda(cfg, total_steps)
+    )

@@ -21,8 +21,11 @@ class Profiler:
             acts = [torch.profiler.ProfilerActivity.CPU]
             if torch.cuda.is_available():
                 acts.append(torch.profiler.ProfilerActivity.CUDA)
-            self.prof = torch.profiler.profile(activities=acts, record_shapes=True,
-                                               on_trace_ready=torch.profiler.tensorboard_trace_handler(self.dir))
+            self.prof = torch.profiler.profile(
+                activities=acts,
+                record_shapes=True,
+                on_trace_ready=torch.profiler.tensorboard_trace_handler(self.dir),
+            )
             self.prof.__enter__()
         elif step == self.end:
             self.close()

@@ -12,7 +12,6 @@ import logging
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..config import Config, ConfigError
@@ -28,13 +27,16 @@ def resolve_mode(cfg: Config, state: DistState) -> str:
     if mode == "auto":
         return "ddp" if state.world_size > 1 else "single"
     if mode in ("single", "dp") and state.world_size > 1:
-        raise ConfigError(f"train.strategy={mode}: runs one process, but WORLD_SIZE={state.world_size} "
-                          "(use ddp or fsdp under torchrun)")
+        raise ConfigError(
+            f"train.strategy={mode}: runs one process, but WORLD_SIZE={state.world_size} "
+            "(use ddp or fsdp under torchrun)"
+        )
     return mode
 
 
 def make_accelerator(cfg: Config, device: torch.device):
     """Created before the process group: Accelerator initialises it itself."""
+    # accelerate costs ~1.5 s to import cold (../shared/PLATFORM.md): only for train.strategy=accelerate.
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -71,12 +73,14 @@ class Strategy:
         elif self.mode == "ddp":
             ids = [self.state.device.index] if self.state.device.type == "cuda" else None
             model = self._ddp = nn.parallel.DistributedDataParallel(
-                self.module, device_ids=ids, find_unused_parameters=self.cfg.train.find_unused_parameters)
+                self.module, device_ids=ids, find_unused_parameters=self.cfg.train.find_unused_parameters
+            )
         elif self.mode == "fsdp":
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # ~2 s import: FSDP only
 
-            policy = MixedPrecisionPolicy(param_dtype=self.dtype if self.precision != "fp32" else None,
-                                          reduce_dtype=torch.float32)
+            policy = MixedPrecisionPolicy(
+                param_dtype=self.dtype if self.precision != "fp32" else None, reduce_dtype=torch.float32
+            )
             for block in getattr(self.module, "blocks", []):
                 fully_shard(block, mp_policy=policy)
             fully_shard(self.module, mp_policy=policy)
@@ -88,7 +92,9 @@ class Strategy:
             model, optimizer = self.accelerator.prepare(self.module, optimizer)
             self._ddp = model if isinstance(model, nn.parallel.DistributedDataParallel) else None
         if self.cfg.train.compile:
-            model = torch.compile(model, backend=self.cfg.train.compile_backend, mode=self.cfg.train.compile_mode)
+            model = torch.compile(
+                model, backend=self.cfg.train.compile_backend, mode=self.cfg.train.compile_mode
+            )
         self.model = model
         return optimizer
 
@@ -152,7 +158,10 @@ class Strategy:
 
     def full_state(self, optimizer) -> tuple[dict, dict]:
         """Unsharded model and optimizer state (complete on rank 0; collective under FSDP)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        from torch.distributed.checkpoint.state_dict import (  # ~2 s import: at save/load time, not start-up
+            StateDictOptions,
+            get_state_dict,
+        )
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=self.state.distributed)
         msd, osd = get_state_dict(self.module, self._inner_optimizer(optimizer), options=opts)
@@ -166,41 +175,42 @@ class Strategy:
         return self.mode == "fsdp"
 
     def sharded_state(self, optimizer) -> dict:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            get_state_dict,  # ~2 s import: at save/load time, not start-up
+        )
 
         msd, osd = get_state_dict(self.module, self._inner_optimizer(optimizer))
         return {"model": msd, "optim": osd}
 
     def load_sharded(self, optimizer, path: str) -> None:
         """Load a DCP checkpoint into this mode's layout (DCP reshards: any world size, FSDP or not)."""
-        from torch.distributed.checkpoint.state_dict import set_state_dict
+        from torch.distributed.checkpoint.state_dict import set_state_dict  # ~2 s import, see full_state
 
-        from . import dcp_io
+        from . import dcp_io  # ~0.9 s import (torch.distributed.checkpoint)
 
         sd = self.sharded_state(optimizer)
         dcp_io.load(sd, path, process_group=self.state.ckpt_group)
-        set_state_dict(self.module, self._inner_optimizer(optimizer), model_state_dict=sd["model"],
-                       optim_state_dict=sd["optim"])
+        set_state_dict(
+            self.module,
+            self._inner_optimizer(optimizer),
+            model_state_dict=sd["model"],
+            optim_state_dict=sd["optim"],
+        )
 
     def load_full_state(self, optimizer, msd: dict, osd: Optional[dict]) -> None:
+        # ~2 s import (see full_state): only on resume
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
             set_optimizer_state_dict,
         )
 
-        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=self.mode == "fsdp",
-                                strict=True)
+        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=self.mode == "fsdp", strict=True)
         if self.mode == "fsdp" and not self.state.is_main:
             msd, osd = {}, ({} if osd is not None else None)
         set_model_state_dict(self.module, msd, options=opts)
         if osd is not None:
             set_optimizer_state_dict(self.module, self._inner_optimizer(optimizer), osd, options=opts)
-
-    def check_unused(self, err: RuntimeError) -> None:
-        if "find_unused_parameters" in str(err) or "did not receive grad" in str(err):
-            raise ConfigError("DDP: some parameters received no gradient; set train.find_unused_parameters=true "
-                              "(slower) or make every parameter take part in the loss") from None
 
 
 @contextlib.contextmanager
@@ -210,7 +220,3 @@ def _fsdp_no_sync(module: nn.Module):
         yield
     finally:
         module.set_requires_gradient_sync(True)
-
-
-def is_dist_ready() -> bool:
-    return dist.is_available() and dist.is_initialized()

@@ -25,8 +25,11 @@ class HostTally:
 
     def pull(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss sum, good steps, longest bad streak) since the last pull, as tensors to all-reduce."""
-        out = (torch.tensor(self.loss, dtype=torch.float64), torch.tensor(float(self.good), dtype=torch.float64),
-               torch.tensor(self.bad_max))
+        out = (
+            torch.tensor(self.loss, dtype=torch.float64),
+            torch.tensor(float(self.good), dtype=torch.float64),
+            torch.tensor(self.bad_max),
+        )
         self.loss, self.good = 0.0, 0
         self.bad_max = self.bad_run
         return out

@@ -36,10 +36,14 @@ def task_loss(task: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "m
 def eval_sums(task: str, out: torch.Tensor, y: torch.Tensor, valid: int) -> torch.Tensor:
     """(loss sum, sample count, correct predictions) over the first ``valid`` samples, float64."""
     per = task_loss(task, out, y, reduction="none")[:valid]
-    correct = (out[:valid].argmax(-1) == y[:valid]).sum().double() if task == "classification" \
+    correct = (
+        (out[:valid].argmax(-1) == y[:valid]).sum().double()
+        if task == "classification"
         else torch.zeros((), dtype=torch.float64, device=per.device)
-    return torch.stack([per.double().sum(), torch.tensor(float(valid), dtype=torch.float64, device=per.device),
-                        correct])
+    )
+    return torch.stack(
+        [per.double().sum(), torch.tensor(float(valid), dtype=torch.float64, device=per.device), correct]
+    )
 
 
 def eval_result(task: str, loss_sum: float, count: float, correct: float) -> dict:

@@ -1,4 +1,4 @@
-"""Weights in and out: read any saved model (ours or not) as a plain state dict; one atomic safetensors writer.
+"""Weights in and out: read any saved model (ours or not) as a plain state dict; one atomic writer.
 
 ``read_weights(path)`` takes a run dir (its newest verified checkpoint, else ``model.safetensors``), a
 ``checkpoints/`` dir, one checkpoint dir (checksums verified first; FSDP shards consolidated through the
@@ -41,8 +41,11 @@ def write_safetensors(state: dict, path: str, metadata: Optional[dict] = None) -
     safetensors refuses.
     """
     tmp = path + ".tmp"
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, tmp,
-              metadata={"format": "pt", **(metadata or {})})
+    save_file(
+        {k: v.detach().cpu().contiguous().clone() for k, v in state.items()},
+        tmp,
+        metadata={"format": "pt", **(metadata or {})},
+    )
     os.replace(tmp, path)
 
 
@@ -86,8 +89,10 @@ def _torch_load(path: str, key: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as e:
-        raise ConfigError(f"{key}={path!r}: refused: not a plain weights file (read with weights_only=True; "
-                          f"{_first_line(e)})") from None
+        raise ConfigError(
+            f"{key}={path!r}: refused: not a plain weights file (read with weights_only=True; "
+            f"{_first_line(e)})"
+        ) from None
 
 
 def _strip_wrappers(sd: dict) -> dict:
@@ -146,18 +151,25 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
         except ckpt.CheckpointError as e:
             raise ConfigError(f"{key}={path!r}: {e}") from None
         except Exception as e:  # an unpickling error: weights_only refused something
-            raise ConfigError(f"{key}={path!r}: refused {found}: not a plain weights file "
-                              f"(read with weights_only=True; {_first_line(e)})") from None
+            raise ConfigError(
+                f"{key}={path!r}: refused {found}: not a plain weights file "
+                f"(read with weights_only=True; {_first_line(e)})"
+            ) from None
         manifest = ckpt.read_manifest(found)
         if ckpt.is_sharded(found):  # FSDP: consolidate the DCP shards here (restricted unpickler)
             try:
                 sd = ckpt.consolidated_model_state(found)
             except Exception as e:
-                raise ConfigError(f"{key}={path!r}: sharded checkpoint {found} unreadable ({_first_line(e)})") from None
+                raise ConfigError(
+                    f"{key}={path!r}: sharded checkpoint {found} unreadable ({_first_line(e)})"
+                ) from None
         else:
             sd = _as_state_dict(state, found, key)
-        return Weights(merge_lora_state(_strip_wrappers(sd)), manifest.get("config"),
-                       f"checkpoint {found} (step {manifest.get('step')})")
+        return Weights(
+            merge_lora_state(_strip_wrappers(sd)),
+            manifest.get("config"),
+            f"checkpoint {found} (step {manifest.get('step')})",
+        )
     parent = os.path.dirname(os.path.abspath(path))
     compressed = _compressed_entry(parent, os.path.basename(path))
     if compressed is not None:
@@ -195,8 +207,10 @@ def _compressed_entry(directory: str, filename: Optional[str]) -> Optional[dict]
 
 def _read_compressed(directory: str, entry: dict, key: str) -> Weights:
     if "ambiguous" in entry:
-        raise ConfigError(f"{key}={directory!r}: holds several compressed models ({', '.join(entry['ambiguous'])}); "
-                          "name one file")
+        raise ConfigError(
+            f"{key}={directory!r}: holds several compressed models ({', '.join(entry['ambiguous'])}); "
+            "name one file"
+        )
     path = os.path.join(directory, entry["file"])
     if path.endswith(".safetensors"):
         sd = load_file(path)
