@@ -1,9 +1,9 @@
 """Checkpoint cost (issue 4): save time and how long the step loop is held up, sync vs async.
 
-    python -m bench.checkpoint            # GPT recipe widened to ~51M parameters (~610 MB with AdamW state), ~3 min
-    python -m bench.checkpoint --smoke    # a tiny GPT, seconds (CI)
+    python -m bench.checkpoint          # GPT recipe at ~51M parameters (~610 MB with AdamW state), ~3 min
+    python -m bench.checkpoint --smoke  # a tiny GPT, seconds (CI)
 
-Each run is `trainer.__main__.train(cfg)` on configs/gpt.yaml (one torch thread, as the other CPU benches)
+Each run is `trainer.run.train(cfg)` on configs/gpt.yaml (one torch thread, as the other CPU benches)
 with a checkpoint every 10 steps; runs alternate checkpoint.async_save=false / true. For every periodic save
 followed by 10 training steps (the last one is committed after the run's final eval, so it is left out):
   * blocking    how long ``Trainer.save`` held the step loop (sync: the whole write; async: gathering and
@@ -36,7 +36,7 @@ SMOKE = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_si
 
 def async_available() -> bool:
     """True when the trainer reads checkpoint.async_save anywhere but in its config definition."""
-    for path in glob.glob(os.path.join(B.ROOT, "trainer", "*.py")):
+    for path in glob.glob(os.path.join(B.ROOT, "trainer", "**", "*.py"), recursive=True):
         if os.path.basename(path) == "config.py":
             continue
         with open(path, encoding="utf-8") as fh:
@@ -75,39 +75,42 @@ class LatestWatch:
         self._thread.join()
 
 
+def timed_saves(base: type, saves: list[dict]) -> type:
+    """A subclass of the Trainer class ``base`` that records the start and end of every periodic ``save``."""
+
+    class TimedSaves(base):
+        def save(self, final: bool = False):
+            t0 = time.perf_counter()
+            try:
+                return super().save(final)
+            finally:
+                if not final:
+                    saves.append({"step": self.progress.step, "t0": t0, "t1": time.perf_counter()})
+
+    return TimedSaves
+
+
 def run(mode: str, extra: list[str], steps: int, every: int) -> dict:
     """One training run; returns per-periodic-save measurements and the checkpoint size."""
     from trainer.training.checkpoint import step_name
-    from trainer.training.loop import Trainer
 
     tmp = tempfile.mkdtemp(prefix="bench-ckpt-")
     saves: list[dict] = []
-    orig_save = Trainer.save
-
-    def timed_save(self, final: bool = False, *a, **kw):
-        t0 = time.perf_counter()
-        try:
-            return orig_save(self, final, *a, **kw)
-        finally:
-            if not final:
-                saves.append({"step": self.progress.step, "t0": t0, "t1": time.perf_counter()})
-
     try:
         run_dir = os.path.join(tmp, "run")
         cfg = B.load_cfg("gpt", extra + [f"run.dir={run_dir}", f"train.max_steps={steps}",
-                                         f"checkpoint.every_steps={every}", f"checkpoint.async_save={mode == 'async'}",
-                                         "train.eval_every_steps=0", f"log.every_steps={every}", "log.progress=off",
-                                         "log.plot=false", "log.tensorboard=false", "device=cpu"])
+                                         f"checkpoint.every_steps={every}",
+                                         f"checkpoint.async_save={mode == 'async'}",
+                                         "train.eval_every_steps=0", f"log.every_steps={every}",
+                                         "log.progress=off", "log.plot=false", "log.tensorboard=false",
+                                         "device=cpu"])
         os.makedirs(os.path.join(run_dir, "checkpoints"))
         clock = B.StepClock()
-        Trainer.save = timed_save
-        try:
-            with LatestWatch(os.path.join(run_dir, "checkpoints")) as watch, clock:
-                B.run_train(cfg)
-        finally:
-            Trainer.save = orig_save
+        with LatestWatch(os.path.join(run_dir, "checkpoints")) as watch:
+            B.run_train(cfg, timed_saves(clock.trainer_cls(), saves))
         ck = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step-*")))[-1]
-        size = sum(os.path.getsize(f) for f in glob.glob(os.path.join(ck, "**"), recursive=True) if os.path.isfile(f))
+        size = sum(os.path.getsize(f) for f in glob.glob(os.path.join(ck, "**"), recursive=True)
+                   if os.path.isfile(f))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -143,7 +146,8 @@ def run(mode: str, extra: list[str], steps: int, every: int) -> dict:
 
 def main(argv=None) -> None:
     p = B.parser("checkpoint", __doc__)
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per mode (default 2, smoke 1)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds per mode (default 2, smoke 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = p.parse_args(argv)
     smoke = args.smoke
@@ -163,9 +167,9 @@ def main(argv=None) -> None:
         for mode in B.rotate(modes, r):
             res[mode].append(run(mode, extra, steps, every))
             last = res[mode][-1]["saves"]
-            print(f"  round {r + 1}/{rounds} {mode}: " + ", ".join(
-                f"step {s['step']} blocked {s['blocking_s']:.3f}s committed {s['committed_s']:.3f}s" for s in last),
-                flush=True)
+            done = ", ".join(f"step {s['step']} blocked {s['blocking_s']:.3f}s "
+                             f"committed {s['committed_s']:.3f}s" for s in last)
+            print(f"  round {r + 1}/{rounds} {mode}: {done}", flush=True)
     rows = []
     for mode in ("sync", "async"):
         if mode not in res:
@@ -191,11 +195,11 @@ def main(argv=None) -> None:
                          ("held_up_range", "range", "")]))
     sync = next((r for r in rows if r["mode"] == "sync"), None)
     if sync and not smoke and sync["committed_s"] < 1.0:
-        print("note: the synchronous save took under 1 s here; widen the model (FULL overrides) for a clearer gap")
-    path = B.write_result("checkpoint", args, {"settings": {"threads": threads, "rounds": rounds, "overrides": extra,
-                                                            "steps": steps, "every_steps": every,
-                                                            "async_available": have_async},
-                                               "loadavg_start": load0, "rows": rows,
+        print("note: the synchronous save took under 1 s here; widen the model (FULL overrides) for a "
+              "clearer gap")
+    settings = {"threads": threads, "rounds": rounds, "overrides": extra, "steps": steps,
+                "every_steps": every, "async_available": have_async}
+    path = B.write_result("checkpoint", args, {"settings": settings, "loadavg_start": load0, "rows": rows,
                                                "runs": {m: v for m, v in res.items()}})
     print(f"wrote {path}")
 

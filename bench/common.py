@@ -36,8 +36,10 @@ RESULTS = os.path.join(ROOT, "bench", "results")
 def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds: checks the script runs (CI)")
-    p.add_argument("--out", default=None, help="directory for the JSON (default: $OUT if set, else bench/results)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes, a few seconds: checks the script runs (CI)")
+    p.add_argument("--out", default=None,
+                   help="directory for the JSON (default: $OUT if set, else bench/results)")
     return p
 
 
@@ -74,8 +76,8 @@ def _cpu_model() -> str:
 
 def _git_head() -> Optional[str]:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=5).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return (head + ("+dirty" if dirty else "")) or None
@@ -134,8 +136,8 @@ def env_info() -> dict:
 def write_result(name: str, args: argparse.Namespace, payload: dict) -> str:
     """Write ``{name}[-smoke]-YYYYMMDD.json``; ``payload`` has at least settings and rows."""
     env = env_info()
-    doc = {"bench": name, "smoke": bool(args.smoke), "command": " ".join(["python -m bench." + name, *sys.argv[1:]]),
-           "env": env, **payload}
+    command = " ".join(["python -m bench." + name, *sys.argv[1:]])
+    doc = {"bench": name, "smoke": bool(args.smoke), "command": command, "env": env, **payload}
     doc["env"]["loadavg_1m_end"] = doc["env"].pop("loadavg_1m")
     if "loadavg_start" in payload:
         doc["env"]["loadavg_1m_start"] = doc.pop("loadavg_start")
@@ -177,7 +179,8 @@ def spread(xs: Iterable[float]) -> dict:
     if not xs:
         return {"n": 0, "median": float("nan"), "min": float("nan"), "max": float("nan")}
     q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
-    return {"n": len(xs), "median": statistics.median(xs), "min": xs[0], "max": xs[-1], "p25": q[0], "p75": q[2]}
+    return {"n": len(xs), "median": statistics.median(xs), "min": xs[0], "max": xs[-1], "p25": q[0],
+            "p75": q[2]}
 
 
 def intervals(stamps: list[float], warmup: int) -> list[float]:
@@ -232,14 +235,14 @@ def load_cfg(recipe: Optional[str], overrides: list[str]):
 
 
 class StepClock:
-    """Stamps the start of every ``Trainer._run_step`` call (class-level patch, undone on exit).
+    """Stamps the start of every ``Trainer._run_step`` call of a trainer built from ``trainer_cls()``.
 
     Records wall time (``stamps``), this thread's CPU time (``cpu``: on a machine shared with other jobs it
     moves much less than wall time, because waiting for a core does not count) and the time spent inside
     ``_run_step`` (``durations``; the rest of an interval is the loop's own code and the data fetch).
-    ``on_step(trainer, index)`` runs before the stamp; the GPU bench uses it to synchronise the device at
-    the edges of its timed window. The wrapper costs well under a microsecond, and the raw loops stamp the
-    same way, so both sides carry it.
+    ``on_step(trainer, index)`` runs before the stamp (a hook to synchronise a device at the edges of a
+    timed window). The override costs well under a microsecond, and the raw loops stamp the same way, so
+    both sides carry it.
     """
 
     def __init__(self, on_step: Optional[Callable[[Any, int], None]] = None):
@@ -247,31 +250,25 @@ class StepClock:
         self.cpu: list[float] = []
         self.durations: list[float] = []
         self.on_step = on_step
-        self._orig = None
 
-    def __enter__(self) -> StepClock:
+    def trainer_cls(self) -> type:
+        """A ``Trainer`` subclass whose steps this clock stamps."""
         from trainer.training.loop import Trainer
 
-        self._orig = orig = Trainer._run_step
         stamps, cpu, durations, hook = self.stamps, self.cpu, self.durations, self.on_step
         wall, thread = time.perf_counter, time.thread_time
 
-        def _run_step(trainer, micro_batches):
-            if hook is not None:
-                hook(trainer, len(stamps))
-            t0 = wall()
-            stamps.append(t0)
-            cpu.append(thread())
-            orig(trainer, micro_batches)
-            durations.append(wall() - t0)
+        class ClockedTrainer(Trainer):
+            def _run_step(self, micro_batches) -> None:
+                if hook is not None:
+                    hook(self, len(stamps))
+                t0 = wall()
+                stamps.append(t0)
+                cpu.append(thread())
+                super()._run_step(micro_batches)
+                durations.append(wall() - t0)
 
-        Trainer._run_step = _run_step
-        return self
-
-    def __exit__(self, *exc) -> None:
-        from trainer.training.loop import Trainer
-
-        Trainer._run_step = self._orig
+        return ClockedTrainer
 
 
 @contextlib.contextmanager
@@ -286,12 +283,14 @@ def captured_stderr():
         raise
 
 
-def run_train(cfg) -> int:
-    """`python -m trainer train` in-process (trainer.__main__.train: the real build and Trainer.fit)."""
-    from trainer.__main__ import train
+def run_train(cfg, trainer_cls: Optional[type] = None) -> int:
+    """`python -m trainer train` in-process (trainer.run.train: the real build and ``fit``), optionally
+    with a ``Trainer`` subclass that times some of its verbs."""
+    from trainer.run import train
+    from trainer.training.loop import Trainer
 
     with captured_stderr():
-        code = train(cfg)
+        code = train(cfg, trainer_cls or Trainer)
     if code != 0:
         raise RuntimeError(f"trainer exited with code {code}")
     return code
@@ -302,36 +301,23 @@ def read_metrics(run_dir: str) -> list[dict]:
         return [r for r in map(json.loads, fh) if not r.get("eval")]
 
 
-INSIDE = 98  # what the stand-in fit returns: not OK, so train() skips the final export, and not an error code
-
-
 def inside_trainer(cfg, body: Callable[[Any], Any]) -> Any:
-    """Run ``body(trainer)`` in place of ``Trainer.fit`` inside the real ``train(cfg)``; return its result.
+    """Run ``body(trainer)`` on the parts ``trainer.run.build(cfg)`` makes, in place of ``fit``; return its
+    result.
 
     Everything `python -m trainer train` builds (process group for ddp/fsdp, accelerator, data, model,
     Strategy, optimizer, Trainer, logging, run dir) is built by the trainer's own code; only the loop is
     the bench's, so it can time a window, synchronise the device at its edges and skip the end-of-run eval,
-    checkpoint and export. train()'s `finally` still tears the process group down.
+    checkpoint and export. The process group is torn down in ``finally``, as ``train`` does.
     """
-    from trainer.__main__ import train
-    from trainer.training.loop import Trainer
+    from trainer.run import build
 
-    box: dict = {}
-    orig = Trainer.fit
-
-    def fit(trainer) -> int:
-        box["result"] = body(trainer)
-        return INSIDE
-
-    Trainer.fit = fit
-    try:
-        with captured_stderr():
-            code = train(cfg)
-    finally:
-        Trainer.fit = orig
-    if code != INSIDE:
-        raise RuntimeError(f"trainer exited with code {code} before the training loop")
-    return box["result"]
+    with captured_stderr():
+        parts = build(cfg)
+        try:
+            return body(parts.trainer)
+        finally:
+            parts.close()
 
 
 class RowCatcher:

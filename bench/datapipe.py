@@ -3,7 +3,7 @@
     python -m bench.datapipe             # CNN and GPT recipes, 3 interleaved rounds, ~2 min on 2 cores
     python -m bench.datapipe --smoke     # seconds (CI)
 
-Each run is `trainer.__main__.train(cfg)` on configs/cnn.yaml and configs/gpt.yaml with the default loader
+Each run is `trainer.run.train(cfg)` on configs/cnn.yaml and configs/gpt.yaml with the default loader
 settings (data.num_workers=0: batches are gathered in the training process from in-memory tensors with one
 indexing operation; pin_memory and prefetch_factor apply only with workers / on CUDA), one torch thread by
 default (--threads). The figure is the trainer's own ``data_wait_frac`` from metrics.jsonl (the
@@ -22,20 +22,20 @@ from collections import defaultdict
 
 from . import common as B
 
-GPT_SMOKE = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32", "train.batch_size=8",
-             "data.max_bytes=100000"]
+GPT_SMOKE = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32",
+             "train.batch_size=8", "data.max_bytes=100000"]
 
 
 def run(recipe: str, extra: list[str], steps: int, every: int, smoke: bool) -> dict:
     tmp = tempfile.mkdtemp(prefix="bench-datapipe-")
     try:
         run_dir = os.path.join(tmp, "run")
-        over = [f"run.dir={run_dir}", f"train.max_steps={steps}", f"log.every_steps={every}", "log.progress=off",
-                "log.plot=false", "train.eval_every_steps=0", "checkpoint.every_steps=0", "device=cpu"]
+        over = [f"run.dir={run_dir}", f"train.max_steps={steps}", f"log.every_steps={every}",
+                "log.progress=off", "log.plot=false", "train.eval_every_steps=0", "checkpoint.every_steps=0",
+                "device=cpu"]
         cfg = B.load_cfg(recipe, extra + over + (["log.tensorboard=false"] if smoke else []))
         clock = B.StepClock()
-        with clock:
-            B.run_train(cfg)
+        B.run_train(cfg, clock.trainer_cls())
         rows = B.read_metrics(run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -48,15 +48,18 @@ def run(recipe: str, extra: list[str], steps: int, every: int, smoke: bool) -> d
             "frac_max": max(r["data_wait_frac"] for r in rows),
             "step_s": B.median(r["step_time_s"] for r in rows),
             "outside_frac": sum(outside[warm:]) / max(sum(iv[warm:]), 1e-12),
-            "loader": f"num_workers={d.num_workers} pin_memory={d.pin_memory} prefetch_factor={d.prefetch_factor}"}
+            "loader": f"num_workers={d.num_workers} pin_memory={d.pin_memory} "
+                      f"prefetch_factor={d.prefetch_factor}"}
 
 
 def main(argv=None) -> None:
     p = B.parser("datapipe", __doc__)
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, smoke 1)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds (default 3, smoke 1)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1; 0 = torch's default, as make train). On a 2-core machine shared "
-                        "with other jobs, two intra-op threads stall on each other and step times swing 10x")
+                   help="torch threads (default 1; 0 = torch's default, as make train). On a 2-core machine "
+                        "shared with other jobs, two intra-op threads stall on each other and step times "
+                        "swing 10x")
     args = p.parse_args(argv)
     smoke = args.smoke
     rounds = args.rounds or (1 if smoke else 3)
@@ -72,16 +75,17 @@ def main(argv=None) -> None:
     for r in range(rounds):
         for label, recipe, extra, steps, every in B.rotate(cases, r):
             results[label].append(run(recipe, extra, steps, every, smoke))
-        print(f"  round {r + 1}/{rounds}: " + "  ".join(f"{k} {v[-1]['frac'] * 100:.2f}%" for k, v in results.items()),
-              flush=True)
+        fracs = "  ".join(f"{k} {v[-1]['frac'] * 100:.2f}%" for k, v in results.items())
+        print(f"  round {r + 1}/{rounds}: {fracs}", flush=True)
     rows = []
     for label, recipe, extra, steps, _every in cases:
         rs = results[label]
         fr = B.spread(x["frac"] for x in rs)
         step_s = B.median(x["step_s"] for x in rs)
-        rows.append({"recipe": label, "config": f"configs/{recipe}.yaml", "overrides": extra, "loader": rs[0]["loader"],
-                     "steps": steps, "rounds": len(rs), "step_ms": step_s * 1e3, "data_wait_frac": fr["median"],
-                     "data_wait_pct": fr["median"] * 100, "pct_range": f"{fr['min'] * 100:.2f}-{fr['max'] * 100:.2f}",
+        rows.append({"recipe": label, "config": f"configs/{recipe}.yaml", "overrides": extra,
+                     "loader": rs[0]["loader"], "steps": steps, "rounds": len(rs), "step_ms": step_s * 1e3,
+                     "data_wait_frac": fr["median"], "data_wait_pct": fr["median"] * 100,
+                     "pct_range": f"{fr['min'] * 100:.2f}-{fr['max'] * 100:.2f}",
                      "data_wait_ms": fr["median"] * step_s * 1e3,
                      "worst_window_pct": max(x["frac_max"] for x in rs) * 100,
                      "outside_step_pct": B.median(x["outside_frac"] for x in rs) * 100, "target_pct": 2.0})

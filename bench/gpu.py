@@ -1,6 +1,6 @@
 """One GPU: the GPT-124M shape through the trainer and through a plain PyTorch loop, in the same process.
 
-    python3 -m bench.gpu                      # one CUDA device, under 4 minutes; JSON to $OUT or bench/results
+    python3 -m bench.gpu                      # one CUDA device, under 4 min; JSON to $OUT or bench/results
     python3 -m bench.gpu --only bf16,compile  # a subset of the rows below
     python3 -m bench.gpu --smoke              # a tiny shape on CPU in seconds (CI): every code path, no GPU
 
@@ -162,7 +162,7 @@ def count_syncs(device, feat: dict):
 
 
 def trainer_side(recipe: str, overrides: list[str], warm: int, steps: int, feat: dict) -> dict:
-    """The trainer: `train(cfg)` builds everything; this loop replaces fit() only to time a window."""
+    """The trainer: `build(cfg)` makes everything; this loop replaces fit() only to time a window."""
     from trainer.training.metrics import Stopwatch
 
     cfg = B.load_cfg(recipe, overrides)
@@ -172,7 +172,7 @@ def trainer_side(recipe: str, overrides: list[str], warm: int, steps: int, feat:
         tr.metrics = B.RowCatcher()
         tr.strategy.model.train()
         accum = tr.cfg.train.grad_accum
-        batches = tr._loader()
+        batches = tr.batches.epoch_iter()
 
         def micro():
             return [tr._to_device(next(batches)) for _ in range(accum)]
@@ -186,7 +186,7 @@ def trainer_side(recipe: str, overrides: list[str], warm: int, steps: int, feat:
                 sync(dev)
                 first = time.perf_counter() - t0
         sync(dev)
-        watch = Stopwatch()
+        watch = tr._watch = Stopwatch()  # the window _log reports on
         t0 = time.perf_counter()
         with count_syncs(dev, feat) as syncs:
             for _ in range(steps):
@@ -195,15 +195,18 @@ def trainer_side(recipe: str, overrides: list[str], warm: int, steps: int, feat:
                 watch.data_s += time.perf_counter() - tw
                 tr._run_step(mb)
                 tr.progress.step += 1
-        tr._log(steps, watch)  # the trainer's own row; pulls the loss to the host
+        tr._since_log = steps
+        tr._log()  # the trainer's own row; pulls the loss to the host
         sync(dev)
         wall = time.perf_counter() - t0
         row = tr.metrics.rows[-1]
         loss = row.get("loss")
-        return {"wall_s": wall, "first_step_s": first, "syncs_per_step": None if syncs["n"] is None else syncs["n"] / steps,
+        seq = tr.info.seq_len
+        return {"wall_s": wall, "first_step_s": first,
+                "syncs_per_step": None if syncs["n"] is None else syncs["n"] / steps,
                 "trainer_tokens_per_s": row.get("tokens_per_s"), "trainer_mfu": row.get("mfu"),
                 "trainer_gpu_mem_gb": row.get("gpu_mem_gb"), "loss": loss, "batch": tr.cfg.train.batch_size,
-                "grad_accum": accum, "flops_per_token": tr.strategy.module.flops_per_sample(tr.info.seq_len) / tr.info.seq_len,
+                "grad_accum": accum, "flops_per_token": tr.strategy.module.flops_per_sample(seq) / seq,
                 "fused_adamw": bool(getattr(tr.optimizer, "defaults", {}).get("fused")),
                 "peak_gib": peak_gib(dev)}
 
@@ -243,7 +246,8 @@ def _raw_loop(shape: dict, device, precision: str, warm: int, steps: int, feat: 
     data = DeviceTokens(V, T, B_, device=device.type)
     model.to(device)
     fused = {"fused": True} if device.type == "cuda" and feat["fused_adamw"] else {}
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, eps=1e-8, weight_decay=weight_decay, **fused)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, eps=1e-8, weight_decay=weight_decay,
+                            **fused)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     scaler = None
     if precision == "fp16":
@@ -264,7 +268,8 @@ def _raw_loop(shape: dict, device, precision: str, warm: int, steps: int, feat: 
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
                                     rank=0, world_size=1, **kw)
             pg = True
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     params = [p for p in model.parameters()]
     fwd = model
     if compile_backend:
@@ -347,7 +352,8 @@ def _free_port() -> int:
 
 
 def base_overrides(shape: dict, device, tmp: str, micro: int, steps: int, host: bool = False) -> list[str]:
-    kw = f"{{vocab: {shape['vocab']}, seq: {shape['block']}, batch: {micro}, device: {device.type}, host: {str(host).lower()}}}"
+    kw = (f"{{vocab: {shape['vocab']}, seq: {shape['block']}, batch: {micro}, device: {device.type}, "
+          f"host: {str(host).lower()}}}")
     return ["data.name=bench.gpu:DeviceTokens", "data.path=null", f"data.kwargs={kw}", "data.num_workers=0",
             f"run.dir={tempfile.mkdtemp(dir=tmp)}", "train.max_steps=1000000", "train.eval_every_steps=0",
             "checkpoint.every_steps=0", "log.tensorboard=false", "log.progress=off", "log.plot=false",
@@ -355,8 +361,9 @@ def base_overrides(shape: dict, device, tmp: str, micro: int, steps: int, host: 
 
 
 def shape_overrides(shape: dict) -> list[str]:
-    return [f"model.n_layer={shape['n_layer']}", f"model.n_head={shape['n_head']}", f"model.n_embd={shape['n_embd']}",
-            f"model.block_size={shape['block']}", f"model.vocab_size={shape['vocab']}", "model.dropout=0.0"]
+    return [f"model.n_layer={shape['n_layer']}", f"model.n_head={shape['n_head']}",
+            f"model.n_embd={shape['n_embd']}", f"model.block_size={shape['block']}",
+            f"model.vocab_size={shape['vocab']}", "model.dropout=0.0"]
 
 
 def finish(r: dict, steps: int, shape: dict) -> dict:
@@ -370,9 +377,11 @@ def finish(r: dict, steps: int, shape: dict) -> dict:
 def main(argv=None) -> None:
     p = B.parser("gpu", __doc__)
     B.add_only(p, ROWS, "row(s)")
-    p.add_argument("--steps", type=int, default=None, help="timed optimizer steps per row (default 10, smoke 2)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed optimizer steps per row (default 10, smoke 2)")
     p.add_argument("--budget-s", type=float, default=225.0,
-                   help="skip rows that would end after this many seconds from start (default 225: under 4 min)")
+                   help="skip rows that would end after this many seconds from start (default 225: under "
+                        "4 min)")
     args = p.parse_args(argv)
     only = B.only(p, args)
 
@@ -380,16 +389,19 @@ def main(argv=None) -> None:
 
     smoke = args.smoke
     if not smoke and not torch.cuda.is_available():
-        print("bench.gpu: no CUDA device visible; run with --smoke for the CPU check of this script", file=sys.stderr)
+        print("bench.gpu: no CUDA device visible; run with --smoke for the CPU check of this script",
+              file=sys.stderr)
         sys.exit(2)
     device = torch.device("cpu") if smoke else torch.device("cuda", 0)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True  # what the trainer sets (fp32 rows are TF32 on both sides)
+        # what the trainer sets (fp32 rows are TF32 on both sides)
+        torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
         torch.set_num_threads(1)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "bench-gpu-inductor"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                          os.path.join(tempfile.gettempdir(), "bench-gpu-inductor"))
     shape = SMOKE if smoke else FULL
     steps = args.steps or (2 if smoke else 10)
     warm = 1 if smoke else 3
@@ -399,11 +411,12 @@ def main(argv=None) -> None:
     tmp = tempfile.mkdtemp(prefix="bench-gpu-")
     base = shape_overrides(shape) + [f"train.batch_size={shape['batch']}", "train.grad_clip=1.0"]
     rows: list[dict] = []
-    doc = {"settings": {"shape": shape, "steps": steps, "warmup": warm, "compile_backend": backend, "peak_flops": PEAK,
-                        "device": str(device), "budget_s": args.budget_s, "recipe": os.path.relpath(RECIPE, B.ROOT),
-                        "sources": B.file_digest("trainer/loop.py", "trainer/strategy.py", "trainer/models/gpt.py",
-                                                 "configs/gpt124m_h200.yaml")},
-           "features": feat, "loadavg_start": load0, "rows": rows}
+    sources = B.file_digest("trainer/training/loop.py", "trainer/training/strategy.py",
+                            "trainer/models/gpt.py", "configs/gpt124m_h200.yaml")
+    settings = {"shape": shape, "steps": steps, "warmup": warm, "compile_backend": backend,
+                "peak_flops": PEAK, "device": str(device), "budget_s": args.budget_s,
+                "recipe": os.path.relpath(RECIPE, B.ROOT), "sources": sources}
+    doc = {"settings": settings, "features": feat, "loadavg_start": load0, "rows": rows}
 
     def save() -> str:
         return B.write_result("gpu", args, doc)
@@ -425,9 +438,11 @@ def main(argv=None) -> None:
                 clean(device)
             row["row_s"] = time.monotonic() - t0
         rows.append(row)
-        print(f"  {name:<10} {side:<8} {row['status']:<6} " + (
-            f"{row['tokens_per_s'] / 1e3:8.1f}k tok/s  MFU {row['mfu_pct']:5.1f}%  peak {B.fmt(row['peak_gib'], '.1f')} GiB"
-            f"  ({row['row_s']:.0f}s)" if row["status"] == "ok" else ""), flush=True)
+        figures = ""
+        if row["status"] == "ok":
+            figures = (f"{row['tokens_per_s'] / 1e3:8.1f}k tok/s  MFU {row['mfu_pct']:5.1f}%  "
+                       f"peak {B.fmt(row['peak_gib'], '.1f')} GiB  ({row['row_s']:.0f}s)")
+        print(f"  {name:<10} {side:<8} {row['status']:<6} " + figures, flush=True)
         save()
 
     def trainer_fn(over: list[str], recipe: str = "gpt", w: int = warm, n: int = steps):
@@ -448,33 +463,39 @@ def main(argv=None) -> None:
             for side, fn in B.rotate(sides, i):
                 run_row(key, side, f"{prec} eager", eager_s / 2, fn)
         if "compile" in only and feat["compile"]:
-            for side, fn in (("trainer", trainer_fn(ov(shape["batch"], ["train.precision=bf16", "train.compile=true",
-                                                                         f"train.compile_backend={backend}"]))),
-                             ("raw", lambda: raw_side(shape, device, "bf16", warm, steps, feat, compile_backend=backend))):
+            compiled = ["train.precision=bf16", "train.compile=true", f"train.compile_backend={backend}"]
+            for side, fn in (("trainer", trainer_fn(ov(shape["batch"], compiled))),
+                             ("raw", lambda: raw_side(shape, device, "bf16", warm, steps, feat,
+                                                      compile_backend=backend))):
                 reset_compiler(feat)
                 run_row("compile", side, f"bf16 + torch.compile({backend})", compile_s / 2, fn)
             reset_compiler(feat)
         if "accelerate" in only and feat["accelerate"]:
             for side, fn in (("trainer", trainer_fn(ov(shape["batch"], ["train.precision=bf16",
                                                                          "train.strategy=accelerate"]))),
-                             ("raw", lambda: raw_side(shape, device, "bf16", warm, steps, feat, flavor="accelerate"))):
+                             ("raw", lambda: raw_side(shape, device, "bf16", warm, steps, feat,
+                                                      flavor="accelerate"))):
                 run_row("accelerate", side, "bf16 eager, accelerate", eager_s / 2, fn)
         if "ddp" in only and (feat["nccl"] or device.type == "cpu"):
-            for side, fn in (("trainer", trainer_fn(ov(shape["batch"], ["train.precision=bf16", "train.strategy=ddp"]))),
-                             ("raw", lambda: raw_side(shape, device, "bf16", warm, steps, feat, flavor="ddp"))):
-                run_row("ddp", side, f"bf16 eager, DDP on 1 {'NCCL' if device.type == 'cuda' else 'gloo'} process",
-                        eager_s / 2, fn)
+            group = "NCCL" if device.type == "cuda" else "gloo"
+            for side, fn in (("trainer", trainer_fn(ov(shape["batch"], ["train.precision=bf16",
+                                                                         "train.strategy=ddp"]))),
+                             ("raw", lambda: raw_side(shape, device, "bf16", warm, steps, feat,
+                                                      flavor="ddp"))):
+                run_row("ddp", side, f"bf16 eager, DDP on 1 {group} process", eager_s / 2, fn)
             for var in ("MASTER_ADDR", "MASTER_PORT"):  # set by the trainer's group of one
                 os.environ.pop(var, None)
         if "ckpt" in only:
             run_row("ckpt", "trainer", "bf16 eager, activation checkpointing on", eager_s / 2,
-                    trainer_fn(ov(shape["batch"], ["train.precision=bf16", "train.activation_checkpointing=true"])))
+                    trainer_fn(ov(shape["batch"], ["train.precision=bf16",
+                                                   "train.activation_checkpointing=true"])))
         recipe_cfg = B.load_cfg(RECIPE, ["data.name=text", "data.path=null"])
         rt = recipe_cfg.train
         micro = rt.batch_size // rt.grad_accum
         r_steps = max(1, steps // 2) if not smoke else 1
         r_shape = [] if not smoke else shape_overrides(shape) + [f"train.batch_size={shape['batch'] * 2}",
-                                                                   "train.grad_accum=2", f"train.compile_backend={backend}"]
+                                                                   "train.grad_accum=2",
+                                                                   f"train.compile_backend={backend}"]
         if smoke:
             micro = shape["batch"]
         r_batch = micro * (rt.grad_accum if not smoke else 2)
@@ -488,13 +509,15 @@ def main(argv=None) -> None:
         if "fused_loss" in only and feat["compile"]:
             reset_compiler(feat)
             run_row("fused_loss", "raw", f"bf16 + compile, loss inside the compiled graph, batch {micro}",
-                    compile_s * 0.6, lambda: raw_side(shape, device, "bf16", warm, steps, feat, compile_backend=backend,
-                                                      batch=micro, loss_in_graph=True))
+                    compile_s * 0.6, lambda: raw_side(shape, device, "bf16", warm, steps, feat,
+                                                      compile_backend=backend, batch=micro,
+                                                      loss_in_graph=True))
         if "host_data" in only:
             reset_compiler(feat)
             run_row("host_data", "trainer", "recipe, batches in pageable host memory (copied each step)",
-                    compile_s * 0.5, trainer_fn(base_overrides(shape, device, tmp, micro, r_steps, host=True) + r_shape,
-                                                recipe=RECIPE, w=2 if not smoke else 1, n=r_steps), steps=r_steps)
+                    compile_s * 0.5,
+                    trainer_fn(base_overrides(shape, device, tmp, micro, r_steps, host=True) + r_shape,
+                               recipe=RECIPE, w=2 if not smoke else 1, n=r_steps), steps=r_steps)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -513,8 +536,9 @@ def main(argv=None) -> None:
         rec["vs_plain_compile_b32"] = rec["tokens_per_s"] / base_c["tokens_per_s"]
     print(f"\nGPT {shape['n_layer']}x{shape['n_embd']}, vocab {shape['vocab']}, block {shape['block']}, "
           f"device {B.env_info().get('gpu', 'cpu')}, torch {torch.__version__}; {steps} timed steps per row")
-    print(B.table(rows, [("row", "row", ""), ("side", "side", ""), ("setting", "setting", ""), ("batch", "batch", ""),
-                         ("tokens_per_s", "tokens/s", ".0f"), ("tflops", "TFLOP/s", ".1f"), ("mfu_pct", "MFU %", ".1f"),
+    print(B.table(rows, [("row", "row", ""), ("side", "side", ""), ("setting", "setting", ""),
+                         ("batch", "batch", ""), ("tokens_per_s", "tokens/s", ".0f"),
+                         ("tflops", "TFLOP/s", ".1f"), ("mfu_pct", "MFU %", ".1f"),
                          ("peak_gib", "peak GiB", ".1f"), ("vs_raw", "÷ raw", ".3f"),
                          ("first_step_s", "1st step s", ".1f"), ("syncs_per_step", "syncs/step", ".2g"),
                          ("trainer_mfu", "trainer MFU", ".3f"), ("status", "status", "")]))

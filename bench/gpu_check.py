@@ -25,7 +25,7 @@ import time
 def _row(recipe: str, mode: str, precision: str, steps: int, smoke: bool, root: str) -> dict:
     from tests.helpers import read_metrics, read_summary
     from trainer import config as C
-    from trainer.__main__ import train
+    from trainer.run import train
 
     run_dir = os.path.join(root, f"{recipe}-{mode}-{precision}")
     over = [f"run.dir={run_dir}", f"train.strategy={mode}", f"train.precision={precision}",
@@ -46,7 +46,8 @@ def _row(recipe: str, mode: str, precision: str, steps: int, smoke: bool, root: 
         err = None
     except Exception as e:  # a failing row is a result, not the end of the check
         code, err = -1, f"{type(e).__name__}: {e}"[:200]
-    row = {"recipe": recipe, "mode": mode, "precision": precision, "exit": code, "wall_s": time.perf_counter() - t0}
+    row = {"recipe": recipe, "mode": mode, "precision": precision, "exit": code,
+           "wall_s": time.perf_counter() - t0}
     if code == 0:
         rows = read_metrics(run_dir)
         row["step_ms"] = 1e3 * rows[-1]["step_time_s"]
@@ -113,11 +114,13 @@ def main(argv=None) -> int:
                     rows.append(_row(recipe, mode, prec, steps[recipe], args.smoke, root))
                     r = rows[-1]
                     print(f"{recipe:4} {mode:10} {prec:5} exit {r['exit']:>2}  "
-                          f"{r.get('step_ms', float('nan')):8.2f} ms/step  loss {r.get('loss') or float('nan'):.4f}"
+                          f"{r.get('step_ms', float('nan')):8.2f} ms/step  "
+                          f"loss {r.get('loss') or float('nan'):.4f}"
                           + (f"  {r['error']}" if "error" in r else ""), flush=True)
     fr = flight_recorder_check(args.smoke)
     print("flight recorder:", fr)
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.smoke else platform.processor()
+    on_gpu = torch.cuda.is_available() and not args.smoke
+    device = torch.cuda.get_device_name(0) if on_gpu else platform.processor()
     result = {"date": time.strftime("%Y-%m-%d"), "device": device, "torch": torch.__version__,
               "python": platform.python_version(), "smoke": args.smoke, "rows": rows, **fr}
     os.makedirs(args.out, exist_ok=True)

@@ -6,13 +6,13 @@
 
 Sections:
   mlp       per-step overhead in µs on a 784->32->10 MLP, batch 64 (digits, SGD momentum, fp32): raw loop,
-            trainer, accelerate (Accelerator(cpu=True)) and Lightning Fabric (accelerator="cpu") loops, and the
-            trainer with train.strategy=accelerate; target: trainer - raw <= +20 µs
+            trainer, accelerate (Accelerator(cpu=True)) and Lightning Fabric (accelerator="cpu") loops, and
+            the trainer with train.strategy=accelerate; target: trainer - raw <= +20 µs
   cnn, gpt  trainer / raw step-time ratio on configs/cnn.yaml and configs/gpt.yaml (batch 8); target <= 1.02
   hotpath   where the trainer's step time goes (real step vs raw vs lean, operators, Python functions, one
             log step, micro-timings behind the suggestions)
 
-The trainer side is `trainer.__main__.train(cfg)`, the same build and `Trainer.fit` as `python -m trainer
+The trainer side is `trainer.run.train(cfg)`, the same build and `Trainer.fit` as `python -m trainer
 train`, with the periodic eval and checkpoint off (their cost is not per step; bench.checkpoint measures
 saving) and everything else as the recipe says (log.every_steps, TensorBoard). The raw side builds the same
 data, model (same seed) and optimizer with the trainer's builders and runs the loop a user would write:
@@ -40,8 +40,8 @@ SECTIONS = ("mlp", "cnn", "gpt", "hotpath")
 MLP = ["model.name=mlp", "model.hidden=[32]", "model.dropout=0.0", "optim.name=sgd", "optim.lr=0.05",
        "optim.momentum=0.9", "train.batch_size=64"]
 GPT_FULL = ["train.batch_size=8"]  # configs/gpt.yaml at a quarter of its batch: ~0.15 s/step on one thread
-GPT_SMOKE = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32", "train.batch_size=8",
-             "data.max_bytes=100000"]
+GPT_SMOKE = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32",
+             "train.batch_size=8", "data.max_bytes=100000"]
 
 
 # ----------------------------------------------------------------------------- the two sides
@@ -82,10 +82,12 @@ class RawLoop:
         model = build_model(cfg, info)
         torch.manual_seed(cfg.seed + 1)
         if o.name == "sgd":
-            opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+            opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
+                                  weight_decay=o.weight_decay)
         else:
             cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-            opt = cls(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+            opt = cls(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                      weight_decay=o.weight_decay)
         self.backward = None
         if flavor == "accelerate":
             from accelerate import Accelerator
@@ -138,9 +140,28 @@ class RawLoop:
             loss.item()  # what a hand-written loop prints at its log interval
 
 
+class TimedBatches:
+    """The trainer's ``BatchSource``, recording the wall time of every ``next()`` on its epoch iterators."""
+
+    def __init__(self, inner, data: list[float]):
+        self.inner, self.data = inner, data
+
+    def epoch_iter(self):
+        it, data, wall = self.inner.epoch_iter(), self.data, time.perf_counter
+        while True:
+            t0 = wall()
+            try:
+                b = next(it)
+            except StopIteration:
+                return
+            data.append(wall() - t0)
+            yield b
+
+
 class Interleaved:
-    """Runs one iteration of every raw loop inside each ``Trainer._run_step`` call, so each trainer step has
-    raw steps next to it in time: noise from other jobs lasting longer than a step hits both sides alike.
+    """Runs one iteration of every raw loop inside each ``Trainer._run_step`` call of a trainer built from
+    ``trainer_cls()``, so each trainer step has raw steps next to it in time: noise from other jobs lasting
+    longer than a step hits both sides alike.
 
     Trainer step i is the interval between the starts of calls i and i+1 (its data fetch, step, loop
     bookkeeping and any log) minus the raw iterations run inside call i. The raw loops go before the trainer's
@@ -158,62 +179,45 @@ class Interleaved:
         self.raw: dict[str, list[float]] = {k: [] for k in loops}
         self.raw_cpu: dict[str, list[float]] = {k: [] for k in loops}
 
-    def __enter__(self) -> Interleaved:
+    def trainer_cls(self) -> type:
+        """A ``Trainer`` subclass whose batches are timed and whose steps run the raw loops beside them."""
         from trainer.training.loop import Trainer
 
-        self._orig = orig = Trainer._run_step
-        self._orig_loader = orig_loader = Trainer._loader
         wall, thread = time.perf_counter, time.thread_time
         names = list(self.loops)
-        data = self.data
+        stamps, cpu, in_step, inserted, inserted_cpu = (self.stamps, self.cpu, self.in_step, self.inserted,
+                                                        self.inserted_cpu)
+        loops, raw, raw_cpu, data = self.loops, self.raw, self.raw_cpu, self.data
 
         def run_raw() -> tuple[float, float]:
             # One clock pair around all of it: the bookkeeping here is charged to neither side.
             a, c = wall(), thread()
-            for name in B.rotate(names, len(self.stamps)):
+            for name in B.rotate(names, len(stamps)):
                 a1, c1 = wall(), thread()
-                self.loops[name].step()
-                self.raw[name].append(wall() - a1)
-                self.raw_cpu[name].append(thread() - c1)
+                loops[name].step()
+                raw[name].append(wall() - a1)
+                raw_cpu[name].append(thread() - c1)
             return wall() - a, thread() - c
 
-        def _run_step(trainer, micro_batches):
-            self.stamps.append(wall())
-            self.cpu.append(thread())
-            before = len(self.stamps) % 2 == 0
-            tw, tc = run_raw() if before else (0.0, 0.0)
-            t0 = wall()
-            orig(trainer, micro_batches)
-            self.in_step.append(wall() - t0)
-            if not before:
-                tw, tc = run_raw()
-            self.inserted.append(tw)
-            self.inserted_cpu.append(tc)
+        class InterleavedTrainer(Trainer):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.batches = TimedBatches(self.batches, data)
 
-        def _loader(trainer):
-            it = orig_loader(trainer)
+            def _run_step(self, micro_batches) -> None:
+                stamps.append(wall())
+                cpu.append(thread())
+                before = len(stamps) % 2 == 0
+                tw, tc = run_raw() if before else (0.0, 0.0)
+                t0 = wall()
+                super()._run_step(micro_batches)
+                in_step.append(wall() - t0)
+                if not before:
+                    tw, tc = run_raw()
+                inserted.append(tw)
+                inserted_cpu.append(tc)
 
-            def timed():
-                while True:
-                    t0 = wall()
-                    try:
-                        b = next(it)
-                    except StopIteration:
-                        return
-                    data.append(wall() - t0)
-                    yield b
-
-            return timed()
-
-        Trainer._run_step = _run_step
-        Trainer._loader = _loader
-        return self
-
-    def __exit__(self, *exc) -> None:
-        from trainer.training.loop import Trainer
-
-        Trainer._run_step = self._orig
-        Trainer._loader = self._orig_loader
+        return InterleavedTrainer
 
     def trainer_steps(self) -> tuple[list[float], list[float]]:
         iv = [b - a - x for a, b, x in zip(self.stamps, self.stamps[1:], self.inserted)]
@@ -221,10 +225,10 @@ class Interleaved:
         return iv, ic
 
 
-def summarize(wall: list[float], cpu: list[float], every: int, warmup: int, base: Optional[list[float]] = None,
-              base_cpu: Optional[list[float]] = None) -> dict:
-    """Medians over non-log steps after warm-up (wall, CPU), the mean with log steps in, the extra cost of a log
-    step, and, given a baseline from the same steps, the median of the per-step differences."""
+def summarize(wall: list[float], cpu: list[float], every: int, warmup: int,
+              base: Optional[list[float]] = None, base_cpu: Optional[list[float]] = None) -> dict:
+    """Medians over non-log steps after warm-up (wall, CPU), the mean with log steps in, the extra cost of a
+    log step, and, given a baseline from the same steps, the median of the per-step differences."""
     idx = [i for i in range(warmup, len(wall)) if (i + 1) % every]
     logs = [wall[i] for i in range(warmup, len(wall)) if (i + 1) % every == 0]
     med = B.median(wall[i] for i in idx)
@@ -240,8 +244,8 @@ def summarize(wall: list[float], cpu: list[float], every: int, warmup: int, base
 
 
 def trainer_overrides(run_dir: str, steps: int, smoke: bool) -> list[str]:
-    over = [f"run.dir={run_dir}", f"train.max_steps={steps}", "train.eval_every_steps=0", "checkpoint.every_steps=0",
-            "log.progress=off", "log.plot=false", "device=cpu"]
+    over = [f"run.dir={run_dir}", f"train.max_steps={steps}", "train.eval_every_steps=0",
+            "checkpoint.every_steps=0", "log.progress=off", "log.plot=false", "device=cpu"]
     return over + (["log.tensorboard=false"] if smoke else [])
 
 
@@ -253,21 +257,21 @@ def run_interleaved(recipe: str, extra: list[str], steps: int, warmup: int, flav
     try:
         over = trainer_overrides(os.path.join(tmp, "run"), steps + 1, smoke)
         cfg = B.load_cfg(recipe, extra + over + ([f"train.strategy={strategy}"] if strategy else []))
-        with Interleaved(loops) as clock:
-            B.run_train(cfg)
+        clock = Interleaved(loops)
+        B.run_train(cfg, clock.trainer_cls())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     every = cfg.log.every_steps
     wall, cpu = clock.trainer_steps()
     n = len(wall)
     base, base_cpu = clock.raw["raw"][:n], clock.raw_cpu["raw"][:n]
-    out = {f"trainer[{strategy}]" if strategy else "trainer": summarize(wall, cpu, every, warmup, base, base_cpu)}
+    t_name = f"trainer[{strategy}]" if strategy else "trainer"
+    out = {t_name: summarize(wall, cpu, every, warmup, base, base_cpu)}
     for f in flavors:
         out[f] = summarize(clock.raw[f][:n], clock.raw_cpu[f][:n], every, warmup, base, base_cpu)
     # Split each side into the step itself and what surrounds it (data fetch; for the trainer also fit's
     # own per-step code), medians over non-log steps.
     idx = [i for i in range(warmup, n) if (i + 1) % every]
-    t_name = next(iter(out))
     out[t_name]["in_step_s"] = B.median(clock.in_step[i] for i in idx)
     out[t_name]["outside_s"] = B.median(wall[i] - clock.in_step[i] for i in idx)
     # data[j] is the fetch for step j (fetched before it); with grad_accum 1 there is one per step
@@ -279,8 +283,8 @@ def run_interleaved(recipe: str, extra: list[str], steps: int, warmup: int, flav
     return out
 
 
-def compare(section: str, recipe: str, extra: list[str], plan: list[tuple[Optional[str], list[str]]], steps: int,
-            warmup: int, rounds: int, smoke: bool) -> dict[str, list[dict]]:
+def compare(section: str, recipe: str, extra: list[str], plan: list[tuple[Optional[str], list[str]]],
+            steps: int, warmup: int, rounds: int, smoke: bool) -> dict[str, list[dict]]:
     """``rounds`` x every (strategy, raw flavors) run in ``plan``; per-variant lists of run summaries."""
     runs: dict[str, list[dict]] = defaultdict(list)
     for r in range(rounds):
@@ -306,8 +310,10 @@ def rows_for(runs: dict[str, list[dict]]) -> list[dict]:
         q = B.spread(x["ratio"] for x in rs)
         qc = B.spread(x["cpu_ratio"] for x in rs)
         rows.append({"variant": v, "runs": len(rs), "steps_per_run": rs[0]["steps"],
-                     "step_us": med["median"] * 1e6, "range_us": f"{med['min'] * 1e6:.0f}-{med['max'] * 1e6:.0f}",
-                     "vs_raw_us": d["median"] * 1e6, "vs_raw_range": f"{d['min'] * 1e6:+.0f}..{d['max'] * 1e6:+.0f}",
+                     "step_us": med["median"] * 1e6,
+                     "range_us": f"{med['min'] * 1e6:.0f}-{med['max'] * 1e6:.0f}",
+                     "vs_raw_us": d["median"] * 1e6,
+                     "vs_raw_range": f"{d['min'] * 1e6:+.0f}..{d['max'] * 1e6:+.0f}",
                      "ratio": q["median"], "ratio_range": f"{q['min']:.3f}-{q['max']:.3f}",
                      "cpu_us": B.median(x["cpu_s"] for x in rs) * 1e6,
                      "vs_raw_cpu_us": B.median(x["diff_cpu_s"] for x in rs) * 1e6,
@@ -325,7 +331,8 @@ def rows_for(runs: dict[str, list[dict]]) -> list[dict]:
 
 def hotpath(steps: int, rounds: int) -> dict:
     """Where the trainer's step goes on the tiny MLP, on one fixed batch (data excluded), measured on the real
-    ``Trainer._run_step`` so the figures follow whatever trainer/loop.py holds (its digest is in the JSON):
+    ``Trainer._run_step`` so the figures follow whatever trainer/training/loop.py holds (its digest is in the
+    JSON):
 
     1. ``ab``: the real step, the raw step and a lean step (the raw step plus the trainer's features done the
        cheapest way: a finite-loss check that skips the update, a loss accumulator, the LR schedule),
@@ -407,7 +414,8 @@ def _hotpath(tr, steps: int, rounds: int) -> dict:
 
 
 def alternatives(tr, n: int) -> list[dict]:
-    """Micro-timings behind the hot-path choices in README.md "Performance": the same result computed two ways."""
+    """Micro-timings behind the hot-path choices in README.md "Performance": the same result computed two
+    ways."""
     import math
 
     import torch
@@ -439,7 +447,8 @@ def alternatives(tr, n: int) -> list[dict]:
     out = []
     for what, now, f_now, alt, f_alt in rows:
         a, b = timeit(f_now), timeit(f_alt)
-        out.append({"what": what, "now": now, "now_us": a, "alternative": alt, "alt_us": b, "saves_us": a - b})
+        out.append({"what": what, "now": now, "now_us": a, "alternative": alt, "alt_us": b,
+                    "saves_us": a - b})
     for p_ in params:
         p_.grad = None
     return out
@@ -502,11 +511,12 @@ def python_profile(real, n: int) -> list[dict]:
 
 
 def log_cost(tr, n: int) -> list[dict]:
-    """What one log step costs (Trainer._log: the host sync, psutil, metrics.jsonl, the log line, TensorBoard),
-    with the logging handlers `python -m trainer train` installs (stderr here goes to a file)."""
+    """What one log step costs (Trainer._log: the host sync, psutil, metrics.jsonl, the log line,
+    TensorBoard), with the logging handlers `python -m trainer train` installs (stderr here goes to a
+    file)."""
     import logging
 
-    from trainer.__main__ import _add_rank_log, _setup_logging
+    from trainer.runtime.logs import add_rank_log, setup_logging
     from trainer.training.metrics import Metrics, Stopwatch
 
     tmp = tempfile.mkdtemp(prefix="bench-log-")
@@ -518,8 +528,8 @@ def log_cost(tr, n: int) -> list[dict]:
             import contextlib
 
             with contextlib.redirect_stderr(err):
-                _setup_logging(0)
-                _add_rank_log(tmp, 0)
+                setup_logging(0)
+                add_rank_log(tmp, 0, 1)
                 for tb in (True, False):
                     d = os.path.join(tmp, f"tb{int(tb)}")
                     os.makedirs(d)
@@ -532,8 +542,9 @@ def log_cost(tr, n: int) -> list[dict]:
                     for k in range(n + 5):
                         watch = Stopwatch()
                         watch.t0 -= 0.01  # a 10 ms window, as if 10 steps had run
+                        tr._since_log, tr._watch = 10, watch
                         a = time.perf_counter()
-                        tr._log(10, watch)
+                        tr._log()
                         if k >= 5:
                             ts.append(time.perf_counter() - a)
                     m = tr.metrics
@@ -544,10 +555,12 @@ def log_cost(tr, n: int) -> list[dict]:
                         ps.append(time.perf_counter() - a)
                     alt = _tb_alternative(m._tb, m.history[-1], n) if tb else []
                     m.close()
-                    rows.append({"what": f"Trainer._log, log.tensorboard={str(tb).lower()}", "us": B.median(ts) * 1e6})
+                    rows.append({"what": f"Trainer._log, log.tensorboard={str(tb).lower()}",
+                                 "us": B.median(ts) * 1e6})
                     rows += alt
                     if not tb:
-                        rows.append({"what": "  of which process_stats() (psutil rss + cpu%)", "us": B.median(ps) * 1e6})
+                        rows.append({"what": "  of which process_stats() (psutil rss + cpu%)",
+                                     "us": B.median(ps) * 1e6})
         tr.metrics = None
     finally:
         for h in list(root.handlers):
@@ -596,10 +609,11 @@ def _tb_alternative(writer, row: dict, n: int) -> list[dict]:
 def main(argv=None) -> None:
     p = B.parser("overhead", __doc__)
     B.add_only(p, SECTIONS, "section(s)")
-    p.add_argument("--rounds", type=int, default=None, help="trainer runs per section (default 3, smoke 1)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="trainer runs per section (default 3, smoke 1)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: the overhead is single-threaded Python, and one thread keeps "
-                        "other jobs on a shared machine from adding noise)")
+                   help="torch threads (default 1: the overhead is single-threaded Python, and one thread "
+                        "keeps other jobs on a shared machine from adding noise)")
     args = p.parse_args(argv)
     only = B.only(p, args)
     smoke = args.smoke
@@ -610,20 +624,25 @@ def main(argv=None) -> None:
     # (steps timed per run, warm-up steps dropped)
     sizes = {"mlp": (30, 5) if smoke else (600, 50), "cnn": (6, 2) if smoke else (80, 10),
              "gpt": (6, 2) if smoke else (40, 5)}
-    settings = {"threads": threads, "runs_per_section": rounds, "gpt_overrides": GPT_FULL, "mlp_overrides": MLP,
+    settings = {"threads": threads, "runs_per_section": rounds, "gpt_overrides": GPT_FULL,
+                "mlp_overrides": MLP,
                 "sizes": {k: {"steps": s, "warmup": w} for k, (s, w) in sizes.items()},
-                "sources": B.file_digest("trainer/loop.py", "trainer/strategy.py", "trainer/metrics.py")}
+                "sources": B.file_digest("trainer/training/loop.py", "trainer/training/strategy.py",
+                                         "trainer/training/metrics.py")}
     out: dict = {"settings": settings, "loadavg_start": load0, "rows": []}
-    cols = [("variant", "variant", ""), ("step_us", "median µs/step", ".0f"), ("range_us", "range (runs)", ""),
-            ("vs_raw_us", "vs raw µs", "+.0f"), ("vs_raw_range", "range", ""), ("ratio", "÷ raw", ".3f"),
-            ("cpu_us", "CPU µs/step", ".0f"), ("vs_raw_cpu_us", "CPU vs raw", "+.0f"),
-            ("in_step_us", "in step µs", ".0f"), ("outside_us", "data + loop µs", ".0f"), ("data_us", "data µs", ".0f"),
-            ("mean_us", "mean µs (log steps in)", ".0f"), ("log_extra_us", "log step +µs", ".0f")]
+    cols = [("variant", "variant", ""), ("step_us", "median µs/step", ".0f"),
+            ("range_us", "range (runs)", ""), ("vs_raw_us", "vs raw µs", "+.0f"),
+            ("vs_raw_range", "range", ""), ("ratio", "÷ raw", ".3f"), ("cpu_us", "CPU µs/step", ".0f"),
+            ("vs_raw_cpu_us", "CPU vs raw", "+.0f"),
+            ("in_step_us", "in step µs", ".0f"), ("outside_us", "data + loop µs", ".0f"),
+            ("data_us", "data µs", ".0f"), ("mean_us", "mean µs (log steps in)", ".0f"),
+            ("log_extra_us", "log step +µs", ".0f")]
 
     if "mlp" in only:
         steps, warm = sizes["mlp"]
         plan = [(None, ["raw", "accelerate", "fabric"]), ("accelerate", ["raw"])]
-        print(f"mlp 784->32->10, batch 64, SGD momentum, fp32, {threads} thread(s): {rounds} rounds x {steps} steps")
+        print(f"mlp 784->32->10, batch 64, SGD momentum, fp32, {threads} thread(s): {rounds} rounds x "
+              f"{steps} steps")
         rows = rows_for(compare("mlp", "mlp", MLP, plan, steps, warm, rounds, smoke))
         for r in rows:
             r["section"] = "mlp"
@@ -633,7 +652,8 @@ def main(argv=None) -> None:
         if sec not in only:
             continue
         steps, warm = sizes[sec]
-        print(f"{sec}: configs/{recipe}.yaml {' '.join(extra)}, {threads} thread(s): {big_rounds} rounds x {steps} steps")
+        print(f"{sec}: configs/{recipe}.yaml {' '.join(extra)}, {threads} thread(s): {big_rounds} rounds x "
+              f"{steps} steps")
         rows = rows_for(compare(sec, recipe, extra, [(None, ["raw"])], steps, warm, big_rounds, smoke))
         for r in rows:
             r["section"] = sec
@@ -641,14 +661,17 @@ def main(argv=None) -> None:
         print(B.table(rows, [("variant", "variant", ""), ("step_us", "median µs/step", ".0f"),
                              ("range_us", "range (runs)", ""), ("ratio", "÷ raw", ".3f"),
                              ("ratio_range", "range", ""), ("cpu_ratio", "CPU-time ÷ raw", ".3f"),
-                             ("cpu_ratio_range", "range", ""), ("mean_us", "mean µs (log steps in)", ".0f")]) + "\n")
+                             ("cpu_ratio_range", "range", ""),
+                             ("mean_us", "mean µs (log steps in)", ".0f")]) + "\n")
     if "hotpath" in only:
         steps = 100 if smoke else 1000
         hp = hotpath(steps, 1 if smoke else 3)
         out["hotpath"] = hp
-        print("hot path, MLP 784->32->10, one fixed batch: real step vs lean step vs raw step, interleaved blocks")
-        print(B.table(hp["ab"], [("step", "step", ""), ("us", "µs", ".1f"), ("vs_raw_us", "vs raw µs", "+.1f"),
-                                 ("vs_raw_range", "range", ""), ("cpu_us", "CPU µs", ".1f"),
+        print("hot path, MLP 784->32->10, one fixed batch: real step vs lean step vs raw step, interleaved "
+              "blocks")
+        print(B.table(hp["ab"], [("step", "step", ""), ("us", "µs", ".1f"),
+                                 ("vs_raw_us", "vs raw µs", "+.1f"), ("vs_raw_range", "range", ""),
+                                 ("cpu_us", "CPU µs", ".1f"),
                                  ("cpu_vs_raw_us", "CPU vs raw", "+.1f")]) + "\n")
         print("micro-timings behind the suggestions (same result, two ways; median µs)")
         print(B.table(hp["alternatives"], [("what", "what", ""), ("now", "now", ""), ("now_us", "µs", ".2f"),

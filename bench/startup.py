@@ -1,4 +1,4 @@
-"""Start-up cost: launch -> first training step of `make train`'s recipe, beyond `import torch` (target <= 3 s).
+"""Start-up cost: launch -> first step of `make train`'s recipe, beyond `import torch` (target <= 3 s).
 
     python -m bench.startup              # 5 interleaved rounds, under a minute on 2 cores
     python -m bench.startup --smoke      # one round (CI)
@@ -170,8 +170,9 @@ def main(argv=None) -> None:
                          ("max_s", "max", ".2f"), ("note", "", "")]))
     print("\nslowest top-level imports of one launch (python -X importtime; cumulative, seconds)")
     print(B.table(imports, [("module", "module", ""), ("cumulative_s", "s", ".2f")]))
-    path = B.write_result("startup", args, {"settings": {"rounds": rounds, "command": " ".join(train_cmd("TMP", 3)[1:])},
-                                            "loadavg_start": load0, "rows": rows, "imports": imports,
+    settings = {"rounds": rounds, "command": " ".join(train_cmd("TMP", 3)[1:])}
+    path = B.write_result("startup", args, {"settings": settings, "loadavg_start": load0, "rows": rows,
+                                            "imports": imports,
                                             "first_step_beyond_import_torch_s": B.median(beyond)})
     print(f"wrote {path}")
 
