@@ -1,6 +1,6 @@
 """The layers of trainer/ (README "Design"): every import, also those inside functions, points downward.
 
-    __main__  ->  api, run  ->  tools  ->  training  ->  models  ->  data  ->  runtime  ->  config, exitcodes, objects
+    __main__  ->  api, run  ->  tools  ->  training  ->  models  ->  data  ->  runtime  ->  config, schema, exitcodes, objects
 
 A module may import its own layer or a lower one, never a higher one; no import circle, even inside a layer;
 nothing imports ``trainer.__main__``; ``tools`` never imports the loop; ``launch`` never imports ``trainer``.
@@ -15,7 +15,7 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LAYERS = {  # module prefix -> layer (higher may import lower)
-    "trainer.config": 0, "trainer.exitcodes": 0, "trainer.objects": 0,
+    "trainer.config": 0, "trainer.schema": 0, "trainer.exitcodes": 0, "trainer.objects": 0,
     "trainer.runtime": 1,
     "trainer.data": 2,
     "trainer.models": 3,

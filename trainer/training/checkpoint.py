@@ -22,7 +22,6 @@ import os
 import platform
 import random
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -346,92 +345,3 @@ def load_state(
     rng_path = os.path.join(ckpt, f"rng-rank{rank:05d}.pt")
     rng = torch.load(rng_path, map_location="cpu", weights_only=True) if os.path.isfile(rng_path) else None
     return state, rng
-
-
-def _clone_tree(obj):
-    """Private copies of every tensor, so training can go on mutating the live ones during a write."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _clone_tree(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone_tree(v) for v in obj)
-    return obj
-
-
-class AsyncWriter:
-    """At most one checkpoint write in flight, in a background thread.
-
-    The main thread gathers the state and begins the save (collective), a thread writes this rank's files,
-    and the commit (manifest, rename, `latest`) runs in the main thread at a step boundary once every rank's
-    write has finished. The agreement is a tiny all-reduce on the side gloo group (never the training
-    group), so a slow disk on one rank delays the commit, not the training step.
-    """
-
-    def __init__(
-        self,
-        ckdir: CheckpointDir,
-        rank: int,
-        world_size: int,
-        barrier: Callable[[], None],
-        all_done: Callable[[bool], bool],
-    ):
-        self.ckdir, self.rank, self.world_size = ckdir, rank, world_size
-        self.barrier, self.all_done = barrier, all_done
-        self._thread = None
-        self._error: Optional[BaseException] = None
-        self._step = -1
-        self._extra: dict = {}
-
-    @property
-    def in_flight(self) -> bool:
-        return self._thread is not None
-
-    @property
-    def step(self) -> int:
-        """The step of the write in flight (or of the last one started)."""
-        return self._step
-
-    def start(
-        self, step: int, state: Optional[dict], extra: dict, sharded: Optional[dict] = None, group=None
-    ) -> None:
-        if self.in_flight:
-            self.wait()
-        state = _clone_tree(state) if state is not None else None
-        sharded = _clone_tree(sharded) if sharded is not None else None
-        rng = rng_state()
-        self.ckdir.begin(step, self.rank, self.barrier)
-        self._step, self._extra, self._error = step, extra, None
-
-        def run():
-            try:
-                self.ckdir.write(step, self.rank, state, rng, sharded, group)
-            except BaseException as e:  # re-raised in the main thread at the next poll
-                self._error = e
-
-        self._thread = threading.Thread(target=run, name=f"ckpt-write-{step}", daemon=True)
-        self._thread.start()
-
-    def poll(self) -> Optional[str]:
-        """Commit if every rank's write is done; call at each step boundary (collective while in flight)."""
-        if not self.in_flight:
-            return None
-        if not self.all_done(not self._thread.is_alive()):
-            return None
-        return self._commit()
-
-    def wait(self) -> Optional[str]:
-        """Block until the in-flight write is done and commit it (all ranks call this at the same point)."""
-        if not self.in_flight:
-            return None
-        self._thread.join()
-        return self._commit()
-
-    def _commit(self) -> str:
-        self._thread.join()
-        self._thread = None
-        if self._error is not None:
-            raise CheckpointError(
-                f"checkpoint step {self._step}: write failed: {self._error}"
-            ) from self._error
-        return self.ckdir.commit(self._step, self.rank, self.world_size, self._extra, self.barrier)

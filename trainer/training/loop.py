@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 import time
 from typing import Optional
 
@@ -22,12 +21,14 @@ from ..data.sampler import GlobalBatchSampler, eval_shards
 from ..exitcodes import NONFINITE, OK, PREEMPTED
 from ..runtime import dist
 from ..runtime.logs import rank_log_stream
+from ..runtime.memory import write_oom_snapshot
 from ..runtime.signals import PreemptionWatch
 from ..runtime.watchdog import NoWatchdog, Watchdog
 from . import checkpoint as ckpt
 from .metrics import Metrics, Stopwatch, peak_flops
 from .optim import build_scheduler
 from .profiler import Profiler
+from .saver import Saver
 from .strategy import Strategy
 from .tally import make_tally
 from .tasks import eval_result, eval_sums, task_loss
@@ -74,7 +75,7 @@ class Trainer:
         self.total_steps = t.max_steps or t.epochs * self.sampler.steps_per_epoch
         self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
         self.progress = ckpt.Progress()
-        self.ckpts = ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints"), keep=cfg.checkpoint.keep)
+        self.saver = Saver(cfg, state, run_dir)
         self.params = [p for p in strategy.module.parameters() if p.requires_grad]
         self.flops_per_sample = flops_per_sample
         self.metrics: Optional[Metrics] = None
@@ -83,16 +84,6 @@ class Trainer:
         self.compile_time_s: Optional[float] = None
         self.last_eval: dict = {}
         self.last_loss: Optional[float] = None
-        self.saved_at = -1
-        self.writer = None
-        if cfg.checkpoint.async_save:
-            self.writer = ckpt.AsyncWriter(
-                self.ckpts,
-                state.rank,
-                state.world_size,
-                lambda: dist.barrier(state),
-                lambda done: dist.all_true(state, done),
-            )
         self.tally = make_tally(self.device)
         self._need_norm = bool(cfg.train.grad_clip) or state.distributed or strategy.scaler is not None
         self._schedule_moves = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps > 0
@@ -139,7 +130,7 @@ class Trainer:
             ckpt.set_rng_state(rng)
         else:  # different world size: fresh per-rank streams, still deterministic
             torch.manual_seed(self.cfg.seed * 1000 + self.state.rank + 7919 * self.progress.step)
-        self.saved_at = self.progress.step
+        self.saver.saved_at = self.progress.step
         p = self.progress
         log.info(
             "resumed from %s at step %d (epoch %d, %d samples into it; saved on %d process(es))",
@@ -174,50 +165,7 @@ class Trainer:
             "config_hash": config_hash(self.cfg),
             "task": self.info.task,
         }
-        self.saved_at = step
-        if self.writer is not None:
-            self.finish_saves()  # at most one write in flight
-            self.writer.start(step, state, extra, sharded, self.state.ckpt_group)
-            log.info(
-                "checkpoint step %d: async write started (step loop blocked %.3fs)",
-                step,
-                time.perf_counter() - t0,
-            )
-            return None if not final else self.finish_saves()
-        path = self.ckpts.save(
-            step,
-            self.state.rank,
-            self.state.world_size,
-            state,
-            extra,
-            lambda: dist.barrier(self.state),
-            sharded,
-            self.state.ckpt_group,
-        )
-        log.info("checkpoint step %d saved in %.2fs -> %s", step, time.perf_counter() - t0, path)
-        return path
-
-    def poll_saves(self) -> None:
-        if self.writer is not None and self.writer.in_flight:
-            step = self.writer.step
-            path = self.writer.poll()
-            if path:
-                log.info(
-                    "checkpoint step %d committed at step %d (async: %d steps ran during the write) -> %s",
-                    step,
-                    self.progress.step,
-                    self.progress.step - step,
-                    path,
-                )
-
-    def finish_saves(self) -> Optional[str]:
-        """Wait for an in-flight async write and commit it (before exiting, or before the next save)."""
-        if self.writer is None or not self.writer.in_flight:
-            return None
-        step = self.writer.step
-        path = self.writer.wait()
-        log.info("checkpoint step %d committed at step %d -> %s", step, self.progress.step, path)
-        return path
+        return self.saver.save(step, state, extra, sharded, final, t0)
 
     # ------------------------------------------------------------------ step
     def _to_device(self, batch):
@@ -266,7 +214,7 @@ class Trainer:
         try:
             self._run_step(micro)
         except torch.cuda.OutOfMemoryError:
-            self._oom_snapshot()
+            write_oom_snapshot(self.run_dir, self.state.rank, self.progress.step + 1)
             raise
         if t_step is not None:
             self.watchdog.pause(False)
@@ -425,7 +373,7 @@ class Trainer:
         every = cfg.train.eval_every_steps
         if code == OK and every and p.step % every == 0 and p.step < self.total_steps:
             self.evaluate()
-        self.poll_saves()
+        self.saver.poll(p.step)
         stop = code != OK or self.preempt.agreed()
         if stop:
             self.save(final=True)
@@ -441,9 +389,9 @@ class Trainer:
         if self._since_log:
             self._log()
         self.evaluate()
-        if self.saved_at != self.progress.step:
+        if self.saver.saved_at != self.progress.step:
             self.save(final=True)
-        self.finish_saves()
+        self.saver.finish(self.progress.step)
         self._finish(wall)
 
     def _close(self) -> None:
@@ -453,22 +401,6 @@ class Trainer:
         self.watchdog.stop()
         if self.metrics:
             self.metrics.close()
-
-    def _oom_snapshot(self) -> None:
-        """Write the CUDA allocator's state before the error ends the run, and say where it is."""
-        path = os.path.join(self.run_dir, f"cuda_oom_snapshot-rank{self.state.rank}.pickle")
-        try:
-            with open(path, "wb") as fh:
-                pickle.dump(torch.cuda.memory._snapshot(), fh)
-            log.error(
-                "CUDA out of memory at step %d: allocator snapshot written to %s (drag it into "
-                "https://pytorch.org/memory_viz); lower train.batch_size, raise train.grad_accum, or set "
-                "train.activation_checkpointing=true",
-                self.progress.step + 1,
-                path,
-            )
-        except Exception as e:  # the snapshot is a courtesy; the OOM is the error to report
-            log.error("CUDA out of memory at step %d (snapshot failed: %s)", self.progress.step + 1, e)
 
     def _finish(self, wall: float) -> None:
         if not self.state.is_main:

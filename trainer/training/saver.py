@@ -1,0 +1,181 @@
+"""When and how the loop checkpoints: synchronous saves, or asynchronous ones with one write in flight.
+
+``Saver`` is the loop's side of ``trainer/training/checkpoint.py`` (which owns the on-disk transaction): it
+keeps the ``CheckpointDir`` of the run, starts, polls and commits async writes, and says in the log what
+each save cost the step loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Optional
+
+import torch
+
+from ..config import Config
+from ..runtime import dist
+from .checkpoint import CheckpointDir, CheckpointError, rng_state
+
+log = logging.getLogger("trainer")
+
+
+class Saver:
+    def __init__(self, cfg: Config, state: dist.DistState, run_dir: str):
+        self.state = state
+        self.ckpts = CheckpointDir(os.path.join(run_dir, "checkpoints"), keep=cfg.checkpoint.keep)
+        self.writer: Optional[AsyncWriter] = None
+        if cfg.checkpoint.async_save:
+            self.writer = AsyncWriter(
+                self.ckpts,
+                state.rank,
+                state.world_size,
+                self._barrier,
+                lambda done: dist.all_true(state, done),
+            )
+        self.saved_at = -1  # the step of the last save started (or resumed from)
+
+    def _barrier(self) -> None:
+        dist.barrier(self.state)
+
+    def save(
+        self, step: int, state: Optional[dict], extra: dict, sharded: Optional[dict], final: bool, t0: float
+    ) -> Optional[str]:
+        """Collective. Async (checkpoint.async_save) except for the last save of a run."""
+        self.saved_at = step
+        if self.writer is not None:
+            self.finish(step)  # at most one write in flight
+            self.writer.start(step, state, extra, sharded, self.state.ckpt_group)
+            log.info(
+                "checkpoint step %d: async write started (step loop blocked %.3fs)",
+                step,
+                time.perf_counter() - t0,
+            )
+            return self.finish(step) if final else None
+        path = self.ckpts.save(
+            step,
+            self.state.rank,
+            self.state.world_size,
+            state,
+            extra,
+            self._barrier,
+            sharded,
+            self.state.ckpt_group,
+        )
+        log.info("checkpoint step %d saved in %.2fs -> %s", step, time.perf_counter() - t0, path)
+        return path
+
+    def poll(self, step: int) -> None:
+        """At a step boundary: commit an async write that every rank has finished."""
+        if self.writer is not None and self.writer.in_flight:
+            started = self.writer.step
+            path = self.writer.poll()
+            if path:
+                log.info(
+                    "checkpoint step %d committed at step %d (async: %d steps ran during the write) -> %s",
+                    started,
+                    step,
+                    step - started,
+                    path,
+                )
+
+    def finish(self, step: int) -> Optional[str]:
+        """Wait for an in-flight async write and commit it (before exiting, or before the next save)."""
+        if self.writer is None or not self.writer.in_flight:
+            return None
+        started = self.writer.step
+        path = self.writer.wait()
+        log.info("checkpoint step %d committed at step %d -> %s", started, step, path)
+        return path
+
+
+def _clone_tree(obj):
+    """Private copies of every tensor, so training can go on mutating the live ones during a write."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _clone_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone_tree(v) for v in obj)
+    return obj
+
+
+class AsyncWriter:
+    """At most one checkpoint write in flight, in a background thread.
+
+    The main thread gathers the state and begins the save (collective), a thread writes this rank's files,
+    and the commit (manifest, rename, `latest`) runs in the main thread at a step boundary once every rank's
+    write has finished. The agreement is a tiny all-reduce on the side gloo group (never the training
+    group), so a slow disk on one rank delays the commit, not the training step.
+    """
+
+    def __init__(
+        self,
+        ckdir: CheckpointDir,
+        rank: int,
+        world_size: int,
+        barrier: Callable[[], None],
+        all_done: Callable[[bool], bool],
+    ):
+        self.ckdir, self.rank, self.world_size = ckdir, rank, world_size
+        self.barrier, self.all_done = barrier, all_done
+        self._thread = None
+        self._error: Optional[BaseException] = None
+        self._step = -1
+        self._extra: dict = {}
+
+    @property
+    def in_flight(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def step(self) -> int:
+        """The step of the write in flight (or of the last one started)."""
+        return self._step
+
+    def start(
+        self, step: int, state: Optional[dict], extra: dict, sharded: Optional[dict] = None, group=None
+    ) -> None:
+        if self.in_flight:
+            self.wait()
+        state = _clone_tree(state) if state is not None else None
+        sharded = _clone_tree(sharded) if sharded is not None else None
+        rng = rng_state()
+        self.ckdir.begin(step, self.rank, self.barrier)
+        self._step, self._extra, self._error = step, extra, None
+
+        def run():
+            try:
+                self.ckdir.write(step, self.rank, state, rng, sharded, group)
+            except BaseException as e:  # re-raised in the main thread at the next poll
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name=f"ckpt-write-{step}", daemon=True)
+        self._thread.start()
+
+    def poll(self) -> Optional[str]:
+        """Commit if every rank's write is done; call at each step boundary (collective while in flight)."""
+        if not self.in_flight:
+            return None
+        if not self.all_done(not self._thread.is_alive()):
+            return None
+        return self._commit()
+
+    def wait(self) -> Optional[str]:
+        """Block until the in-flight write is done and commit it (all ranks call this at the same point)."""
+        if not self.in_flight:
+            return None
+        self._thread.join()
+        return self._commit()
+
+    def _commit(self) -> str:
+        self._thread.join()
+        self._thread = None
+        if self._error is not None:
+            raise CheckpointError(
+                f"checkpoint step {self._step}: write failed: {self._error}"
+            ) from self._error
+        return self.ckdir.commit(self._step, self.rank, self.world_size, self._extra, self.barrier)
