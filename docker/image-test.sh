@@ -150,7 +150,17 @@ build() {
     --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels \
     --build-arg "VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)" --build-arg "APP_UID=$APP_UID" \
     --build-arg "VCS_REF=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-    . >"$CACHE/build.log" 2>&1
+    . 2>&1 | stamp "$CACHE/build.log"
+}
+stamp() { # FILE: each line of stdin into FILE with the seconds since $t; FROM/RUN/COPY steps also to stdout
+  local line
+  : >"$1"
+  while IFS= read -r line; do
+    printf '%4d s %s\n' $((SECONDS - t)) "$line" >>"$1"
+    if [[ $line =~ ^\[[0-9]+/[0-9]+\]\ (STEP\ [0-9]+/[0-9]+:\ (FROM|RUN|COPY)|COMMIT) ]]; then
+      printf 'image-test:   %4d s %s\n' $((SECONDS - t)) "${line:0:100}"
+    fi
+  done
 }
 t=$SECONDS
 if [[ $REBUILD == 0 ]] && "${B[@]}" inspect --type image "$IMAGE" >/dev/null 2>&1; then
