@@ -121,6 +121,8 @@ EOF
 fi
 
 # --- 2. wheelhouse ------------------------------------------------------------------------------------------
+# The image's Python version, the host's platform tags (a Linux x86_64/aarch64 host; a wheel for a newer glibc
+# than Debian 12's 2.36 would make the build's pip refuse it, loudly). The host's pip configuration applies.
 wheels=$CACHE/wheels-py$PY_VERSION-$(sha256sum requirements.txt | cut -c1-12)
 if [[ -d $wheels ]]; then
   log "wheelhouse: $wheels exists, reused ($(mib "$wheels") MiB)"
