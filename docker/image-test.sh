@@ -14,6 +14,7 @@
 #   5. inside      no compilers or pip cache; entrypoint --dry-run (plain run, PyTorchJob worker); doctor;
 #                  a short CPU training as the image's user into a mounted run dir; SIGTERM -> exit 75 +
 #                  a checkpoint
+#   6. mirror      the builder stage once more, from a PyPI-style index on loopback (PIP_INDEX_URL etc.)
 #
 # chroot isolation has no PID namespace: tini is not PID 1 there, so it runs with -s (subreaper), and
 # signals are sent from a wrapper inside the container (a TERM to `buildah run` does not reach it).
@@ -21,7 +22,7 @@
 # Settings (environment): IMAGE (localhost/torchrunner:test-cpu), BASE (localhost/debian:bookworm),
 # DEBIAN_MIRROR (http://deb.debian.org/debian), CACHE (build/image-test), PYTHON (.venv/bin/python, for
 # pip download), KEEP_IMAGE (1: keep the built image; 0: remove it at the end), REBUILD (0: reuse an
-# existing $IMAGE, to iterate on the checks).
+# existing $IMAGE, to iterate on the checks), MIRROR_CHECK (0: skip step 6).
 # The scripts in single quotes below run in the container's bash, which expands them; their arguments come
 # after them as "$@".
 # shellcheck disable=SC2016
@@ -35,6 +36,7 @@ CACHE=${CACHE:-build/image-test}
 PYTHON=${PYTHON:-.venv/bin/python}
 KEEP_IMAGE=${KEEP_IMAGE:-1}
 REBUILD=${REBUILD:-1}
+MIRROR_CHECK=${MIRROR_CHECK:-1}
 APP_UID=1000
 # The image's Python: the wheelhouse must match it (Debian 12: 3.11; Ubuntu 24.04 would be 3.12).
 PY_VERSION=3.11
@@ -78,8 +80,10 @@ echo "$disk_before" >"$peak_file"
 sampler=$!
 ctr=
 work=
+server=
 cleanup() {
   kill "$sampler" 2>/dev/null || true
+  if [[ -n $server ]]; then kill "$server" 2>/dev/null || true; fi
   if [[ -n $ctr ]]; then "${B[@]}" rm "$ctr" >/dev/null 2>&1 || true; fi
   if [[ -n $work ]]; then rm -rf "$work"; fi
 }
@@ -297,6 +301,63 @@ log "     checkpoint $latest after SIGTERM"
 
 "${B[@]}" rm "$ctr" >/dev/null
 ctr=
+
+# --- 6. the mirror path -------------------------------------------------------------------------------------
+# The builder stage again, this time with no wheels context and pip pointed at a PEP 503 index (the layout of
+# devpi, Artifactory or a PyPI mirror) served on loopback from the same wheels: PIP_INDEX_URL,
+# PIP_TRUSTED_HOST and TORCH_INDEX_URL as a user behind a mirror passes them.
+if [[ $MIRROR_CHECK != 0 ]]; then
+  t=$SECONDS
+  index=$work/index
+  python3 - "$wheels" "$index" <<'PY'
+import html, os, re, sys
+wheels, index = sys.argv[1:]
+projects = {}
+for name in sorted(os.listdir(wheels)):
+    projects.setdefault(re.sub(r"[-_.]+", "-", name.split("-")[0]).lower(), []).append(name)
+os.makedirs(f"{index}/files")
+for project, files in projects.items():
+    os.makedirs(f"{index}/simple/{project}")
+    links = "".join(f'<a href="../../files/{html.escape(f)}">{html.escape(f)}</a><br>' for f in files)
+    with open(f"{index}/simple/{project}/index.html", "w") as out:
+        out.write(f"<!DOCTYPE html><html><body>{links}</body></html>")
+    for f in files:
+        os.link(f"{wheels}/{f}", f"{index}/files/{f}")
+PY
+  python3 -m http.server 0 --bind 127.0.0.1 --directory "$index" >"$CACHE/index.log" 2>&1 &
+  server=$!
+  port=
+  for _ in $(seq 100); do
+    port=$(sed -n 's/^Serving HTTP on 127\.0\.0\.1 port \([0-9]*\).*/\1/p' "$CACHE/index.log")
+    if [[ -n $port ]]; then break; fi
+    sleep 0.1
+  done
+  [[ -n $port ]] || fail "mirror: the index server did not start (log: $CACHE/index.log)"
+  url=http://127.0.0.1:$port/simple
+  mapfile -t before < <("${B[@]}" containers -q)
+  rc=0
+  "${B[@]}" bud --isolation chroot --layers=false --target builder -f Dockerfile -t "$IMAGE-mirror-builder" \
+    --build-arg "BASE_IMAGE=$BASE" --build-arg "PIP_INDEX_URL=$url" --build-arg PIP_TRUSTED_HOST=127.0.0.1 \
+    --build-arg "TORCH_INDEX_URL=$url" . 2>&1 | stamp "$CACHE/build-mirror.log" || rc=$?
+  kill "$server"
+  server=
+  # buildah 1.28 leaves the working container of the unused `wheels` stage behind after --target: remove
+  # the containers this build created, then its image.
+  for c in $("${B[@]}" containers -q); do
+    if [[ " ${before[*]} " != *" $c "* ]]; then "${B[@]}" rm "$c" >/dev/null; fi
+  done
+  "${B[@]}" rmi "$IMAGE-mirror-builder" >/dev/null 2>&1 || true
+  if ((rc != 0)); then
+    tail -40 "$CACHE/build-mirror.log" >&2
+    fail "mirror build (log: $CACHE/build-mirror.log)"
+  fi
+  served=$(grep -c 'GET /files/' "$CACHE/index.log" || true)
+  grep -q "Looking in indexes: $url" "$CACHE/build-mirror.log" || fail "mirror: pip did not use $url"
+  ((served == $(find "$wheels" -name '*.whl' | wc -l))) ||
+    fail "mirror: the index served $served wheels, expected every wheel of the wheelhouse"
+  log "ok   builder stage from a mirror index at $url: $served wheels served ($((SECONDS - t)) s)"
+fi
+
 kill "$sampler" 2>/dev/null || true
 peak=$(cat "$peak_file")
 log "disk: storage $(mib "$STORAGE") MiB ($STORAGE), peak $((peak - disk_before)) MiB above the start" \

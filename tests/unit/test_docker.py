@@ -359,6 +359,10 @@ def test_image_test_builds_the_cpu_variant_with_buildah_from_a_wheelhouse():
                   "SIGTERM -> exit 75", "no compilers, pip cache or apt lists"):
         assert check in text, check
     assert "[ $rc -eq 75 ]" in text and "kill -TERM $pid" in text
+    # The mirror path too: the builder stage from an index on loopback, no wheels context.
+    for needle in ('--build-arg "PIP_INDEX_URL=$url"', "--build-arg PIP_TRUSTED_HOST=127.0.0.1",
+                   '--build-arg "TORCH_INDEX_URL=$url"', "--bind 127.0.0.1"):
+        assert needle in text, needle
 
 
 def test_ci_runs_the_image_test_after_make_test_or_says_why_not():
