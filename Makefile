@@ -14,6 +14,7 @@ help:
 	@echo "make lint    ruff + shellcheck + hadolint"
 	@echo "make bench   CPU benchmarks against a raw PyTorch loop (~8 minutes)"
 	@echo "make setup   create .venv and install pinned dependencies (done by train/test)"
+	@echo "make image-test  build the CPU image with buildah and run checks inside it (root, Linux; ~6-18 minutes)"
 
 setup: $(STAMP)
 
