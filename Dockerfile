@@ -22,7 +22,8 @@
 #
 # Behind a mirror or air-gapped (README "Run in Docker"): pip reads PIP_INDEX_URL, PIP_EXTRA_INDEX_URL,
 # PIP_FIND_LINKS, PIP_NO_INDEX and PIP_TRUSTED_HOST from build arguments of those names, and a local
-# wheelhouse comes in as a named build context, bind-mounted into the builder stage only (never a layer):
+# wheelhouse comes in as a named build context, bind-mounted into the builder stage only (never a layer);
+# for the CUDA variant, download torch from the PyTorch index into it first (README shows both commands):
 #   pip download -r requirements.txt --python-version 3.11 --only-binary=:all: -d wheels/   # 3.12: Ubuntu 24.04
 #   docker build --build-context wheels=wheels/ --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels .
 # apt uses the base image's own sources: point BASE_IMAGE at a base that names your apt mirror, or pass the
