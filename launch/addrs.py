@@ -44,3 +44,22 @@ def endpoint_is_local(host: str, local: Iterable[str], resolved: Iterable[str] |
     if host == "localhost" or not addrs or is_loopback(addrs):
         return None
     return True if set(addrs) & set(local) else None
+
+
+def route_source(host: str) -> str | None:
+    """The local address this machine sends from towards ``host``: the one its peers reach it on.
+
+    A UDP ``connect`` only asks the kernel for the route; nothing is sent. None when ``host`` does not resolve,
+    is loopback, or has no route.
+    """
+    for addr in resolve(host):
+        if is_loopback([addr]):
+            return None
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((addr, 9))  # the discard port; any port does, no datagram leaves
+                return s.getsockname()[0]
+        except OSError:
+            continue
+    return None

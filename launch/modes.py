@@ -108,12 +108,13 @@ def worker_args(entry: str, config: str | None, overrides: Sequence[str], mode: 
 def build(mode: str, cluster: Cluster, config: str | None, overrides: Sequence[str] = (), *, entry: str = "trainer",
           local_addr: str | None = None, env: Mapping[str, str] | None = None,
           gpus: Callable[[], int] | None = None, cpus: int | None = None, init_timeout_s: float | None = None,
-          local_addrs: Callable[[], set[str]] | None = None) -> Plan:
+          local_addrs: Callable[[], set[str]] | None = None, route: Callable[[str], str | None] | None = None) -> Plan:
     """The plan for ``mode`` on ``cluster``; pure apart from GPU detection (injectable as ``gpus``) and, for a
     multi-node rendezvous whose host the source does not fix, the local interface addresses (``local_addrs``).
 
-    ``local_addr`` (``--local-addr``, else LAUNCH_LOCAL_ADDR) is the address this node advertises to its peers;
-    ``init_timeout_s`` (dist.init_timeout_s) bounds the rendezvous.
+    ``local_addr`` (``--local-addr``, else LAUNCH_LOCAL_ADDR, else this machine's source address on the route to
+    the endpoint: ``route``) is the address this node advertises to its peers; ``init_timeout_s``
+    (dist.init_timeout_s) bounds the rendezvous.
     """
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -164,6 +165,11 @@ def build(mode: str, cluster: Cluster, config: str | None, overrides: Sequence[s
     if not multi:  # standalone: torchrun's own rendezvous on localhost; leave PET_RDZV_CONF to it
         unset = tuple(k for k in unset if k != "PET_RDZV_CONF")
     is_host = hosts_store(cluster, local_addr, local_addrs or addrs.local_addresses) if multi else None
+    if multi and not local_addr and cluster.rdzv_endpoint:
+        # torchrun advertises socket.getfqdn() otherwise, and the rendezvous's rank 0 serves the workers' store on
+        # it: on a node whose name resolves to another network (a management NIC, a namespace's own hosts file)
+        # the peers cannot reach it. The route towards the endpoint is on the network the nodes share.
+        local_addr = (route or addrs.route_source)(split_endpoint(cluster.rdzv_endpoint, "--rdzv-endpoint")[0])
     tr = _torchrun_args(cluster, nproc, local_addr, timeout, env.get("PET_RDZV_CONF", ""), is_host)
     return Plan("torchrun", ["torchrun", *tr, *args], add, tuple(fresh), cluster.nnodes, nproc, f"{mode}: {where}",
                 unset, **rdzv, rdzv_client=is_host is False)
@@ -211,9 +217,7 @@ def _torchrun_args(c: Cluster, nproc: int, local_addr: str | None, timeout_s: in
     if is_host is not None:
         ours["is_host"] = str(int(is_host))
     if local_addr:
-        # The address this agent advertises: the rendezvous's rank 0 serves the workers' store on it, so on hosts
-        # whose names resolve to another network (namespaces, multi-homed nodes) it must be the reachable one.
-        out.append(f"--local-addr={local_addr}")
+        out.append(f"--local-addr={local_addr}")  # the address this agent advertises (see build)
     out.append(f"--rdzv-conf={_rdzv_conf(pet_conf, ours)}")
     return out
 

@@ -279,7 +279,8 @@ def test_store_host_is_found_on_any_interface_not_by_host_name(monkeypatch):
     c = resolve({}, {"nnodes": "2", "rdzv_endpoint": "nodeA:29400"})
 
     def conf(local: set[str], local_addr: str | None = None) -> dict:
-        plan = build("ddp", c, None, gpus=lambda: 0, cpus=2, env={}, local_addrs=lambda: local, local_addr=local_addr)
+        plan = build("ddp", c, None, gpus=lambda: 0, cpus=2, env={}, local_addrs=lambda: local, local_addr=local_addr,
+                     route=lambda host: None)
         return _conf(plan.argv)
 
     assert conf({"10.0.0.5", "198.18.0.1"})["is_host"] == "1"  # node A: management NIC + fabric NIC
@@ -299,3 +300,18 @@ def test_a_fixed_endpoint_decides_whatever_dns_says(monkeypatch):
         plan = build("ddp", c, None, gpus=lambda: 0, cpus=2, env={}, local_addrs=lambda: {"10.0.0.9"})
         assert _conf(plan.argv)["is_host"] == str(int(rank == 0))
         assert plan.rdzv_client == (rank == 1)  # node 1 waits for the store within the timeout, then joins
+
+
+def test_the_advertised_address_is_the_route_to_the_endpoint():
+    """Without --local-addr torchrun advertises socket.getfqdn(), which on a multi-homed node names the management
+    network; the source address on the route to the endpoint is on the network the nodes share."""
+    c = resolve({}, {"nnodes": "2", "rdzv_endpoint": "nodeA:29400"})
+    seen = []
+    plan = build("ddp", c, None, gpus=lambda: 0, cpus=2, env={}, local_addrs=lambda: set(),
+                 route=lambda host: seen.append(host) or "198.18.0.2")
+    assert "--local-addr=198.18.0.2" in plan.argv and seen == ["nodeA"]
+    plan = build("ddp", c, None, gpus=lambda: 0, cpus=2, env={"LAUNCH_LOCAL_ADDR": "10.1.1.1"},
+                 local_addrs=lambda: set(), route=lambda host: "198.18.0.2")
+    assert "--local-addr=10.1.1.1" in plan.argv  # an explicit address wins
+    one = build("ddp", resolve({}), None, gpus=lambda: 0, cpus=2, env={}, route=lambda host: "198.18.0.2")
+    assert not [a for a in one.argv if a.startswith("--local-addr")]  # standalone: nothing to advertise
