@@ -122,7 +122,7 @@ def test_init_timeout_bounds_the_rendezvous_in_one_rdzv_conf(tmp_path):
 
 
 def test_default_init_timeout_is_the_trainers():
-    from trainer.config import DistConfig
+    from trainer.schema import DistConfig
 
     assert DistConfig().init_timeout_s == DEFAULT_INIT_TIMEOUT_S
 
