@@ -25,6 +25,7 @@ import yaml
 
 from launch.k8s import manifests
 from launch.wait import UNAVAILABLE
+from tests.unit.test_controllers import JOBS
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -190,6 +191,16 @@ def test_node_0_is_told_it_hosts_the_store(make_env, source, master_port):
         assert (p.source, p.node_rank) == (source, rank)
         hosts.append(_is_host(p))
     assert hosts == ["1", "0"]
+
+
+@pytest.mark.parametrize("envs, source, endpoint", [j[1:] for j in JOBS], ids=[j[0] for j in JOBS])
+def test_every_controller_through_the_entrypoint(envs, source, endpoint):
+    """The controllers' environments of tests/unit/test_controllers.py (each cites its source), every node, as the
+    entrypoint reads them; the master names do not resolve here, so the workers do not wait (ENTRYPOINT_WAIT_S=0)."""
+    for rank, env in enumerate(envs):
+        p = Plan(entrypoint("--dry-run", *CONFIG, "--nproc-per-node", "1", env={**env, "ENTRYPOINT_WAIT_S": 0}))
+        assert (p.source, p.nnodes, p.node_rank) == (source, len(envs), rank)
+        assert p.flag("rdzv-endpoint") == endpoint and _is_host(p) == str(int(rank == 0))
 
 
 def test_launch_local_addr_reaches_the_launcher():

@@ -51,15 +51,55 @@ def check_job(envs: list[dict], source: str, endpoint: str, nnodes: int = None, 
     return argvs
 
 
+def pytorchjob_v1(n: int = 3) -> list[dict]:
+    return [{"MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456", "WORLD_SIZE": str(2 * n), "RANK": str(r),
+             "PET_NODE_RANK": str(r), "PET_NPROC_PER_NODE": "2", "PET_NNODES": str(n), "PYTHONUNBUFFERED": "1"}
+            for r in range(n)]
+
+
+def volcano(n: int = 3) -> list[dict]:
+    return [{"MASTER_ADDR": "vj-master-0.vj", "MASTER_PORT": "23456", "WORLD_SIZE": str(n), "RANK": str(r),
+             "VC_TASK_INDEX": str(max(r - 1, 0))} for r in range(n)]
+
+
+def trainer_v2(n: int = 2, nproc: str = "auto") -> list[dict]:
+    return [{"PET_NNODES": str(n), "PET_NPROC_PER_NODE": nproc, "PET_NODE_RANK": str(r),
+             "PET_MASTER_ADDR": "tj-node-0-0.tj", "PET_MASTER_PORT": "29400", "JOB_COMPLETION_INDEX": str(r)}
+            for r in range(n)]
+
+
+def indexed_job(n: int = 3) -> list[dict]:
+    return [{"JOB_COMPLETION_INDEX": str(r), "LAUNCH_NNODES": str(n), "LAUNCH_MASTER_ADDR": "train-0.train",
+             "LAUNCH_MASTER_PORT": "29500"} for r in range(n)]
+
+
+def jobset(n: int = 2) -> list[dict]:
+    return [{"JOBSET_NAME": "js", "JOBSET_REPLICATED_JOB_NAME": "workers", "JOBSET_JOB_INDEX": str(r),
+             "JOB_COMPLETION_INDEX": "0", "LAUNCH_NNODES": str(n)} for r in range(n)]
+
+
+def slurm_step(n: int = 2) -> list[dict]:
+    return [{"SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "gpu[01-04]", "SLURM_JOB_NUM_NODES": "4",
+             "SLURM_NODELIST": "gpu[03-04]", "SLURM_STEP_NODELIST": "gpu[03-04]", "SLURM_STEP_NUM_NODES": str(n),
+             "SLURM_NNODES": str(n), "SLURM_NODEID": str(r), "SLURM_PROCID": str(r), "SLURM_NTASKS": str(n),
+             "SLURM_STEP_ID": "0", "SLURM_LOCALID": "0"} for r in range(n)]
+
+
+# (id, the environment of every node, the row, the endpoint): shared with tests/integration/test_entrypoint.py.
+JOBS = [("pytorchjob-v1", pytorchjob_v1(), "pytorchjob-v1", "job-master-0:23456"),
+        ("volcano", volcano(), "pytorchjob-v1", "vj-master-0.vj:23456"),
+        ("trainer-v2", trainer_v2(), "trainer-v2", "tj-node-0-0.tj:29400"),
+        ("indexed-job", indexed_job(), "indexed-job", "train-0.train:29500"),
+        ("jobset", jobset(), "jobset", "js-workers-0-0.js:29500"),
+        ("slurm-step", slurm_step(), "slurm", "gpu03:29500")]
+
+
 def test_pytorchjob_v1_master_and_two_workers():
     """Kubeflow training-operator v1, pkg/controller.v1/pytorch/envvar.go (setPodEnv) and master.go: MASTER_ADDR
     = <job>-master-0, MASTER_PORT = the master's port (23456), WORLD_SIZE = replicas x nprocPerNode, RANK =
     replica index (+1 for workers), PET_NODE_RANK = RANK, PET_NPROC_PER_NODE = nprocPerNode, PET_NNODES = replicas
     (no elastic policy), PYTHONUNBUFFERED."""
-    envs = [{"MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456", "WORLD_SIZE": "6", "RANK": str(r),
-             "PET_NODE_RANK": str(r), "PET_NPROC_PER_NODE": "2", "PET_NNODES": "3", "PYTHONUNBUFFERED": "1"}
-            for r in range(3)]
-    for argv in check_job(envs, "pytorchjob-v1", "job-master-0:23456", nproc="2"):
+    for argv in check_job(pytorchjob_v1(), "pytorchjob-v1", "job-master-0:23456", nproc="2"):
         assert flag(argv, "nproc-per-node") == "2"
 
 
@@ -91,9 +131,7 @@ def test_volcano_pytorch_plugin():
     """Volcano, pkg/controllers/job/plugins/distributed-framework/pytorch/pytorch.go: MASTER_ADDR =
     <job>-master-0.<job>, MASTER_PORT = 23456, WORLD_SIZE = master + worker replicas, RANK = 0 for the master,
     worker index + 1 (the PyTorchJob v1 meaning, read by that row)."""
-    envs = [{"MASTER_ADDR": "vj-master-0.vj", "MASTER_PORT": "23456", "WORLD_SIZE": "3", "RANK": str(r),
-             "VC_TASK_INDEX": str(max(r - 1, 0))} for r in range(3)]
-    check_job(envs, "pytorchjob-v1", "vj-master-0.vj:23456")
+    check_job(volcano(), "pytorchjob-v1", "vj-master-0.vj:23456")
 
 
 @pytest.mark.parametrize("nproc", ["auto", "cpu", "2"])
@@ -101,9 +139,7 @@ def test_trainer_v2_torch_plugin(nproc):
     """Kubeflow Trainer v2, pkg/runtime/framework/plugins/torch/torch.go (EnforceMLPolicy): PET_NNODES,
     PET_NPROC_PER_NODE (an int, auto, cpu or gpu), PET_NODE_RANK from the pod's job-completion-index,
     PET_MASTER_ADDR = <job>-node-0-0.<job>, PET_MASTER_PORT = 29400; Kubernetes adds JOB_COMPLETION_INDEX."""
-    envs = [{"PET_NNODES": "2", "PET_NPROC_PER_NODE": nproc, "PET_NODE_RANK": str(r),
-             "PET_MASTER_ADDR": "tj-node-0-0.tj", "PET_MASTER_PORT": "29400", "JOB_COMPLETION_INDEX": str(r)}
-            for r in range(2)]
+    envs = trainer_v2(2, nproc)
     check_job(envs, "trainer-v2", "tj-node-0-0.tj:29400", nproc=nproc)
     argv, _ = dry_run("ddp", "-c", "c.yaml", **envs[0])  # the environment's own value, without the flag
     want = {"auto": "1", "2": "2"}.get(nproc)  # auto: 1 on this CPU-only view; cpu: one per usable core
@@ -120,17 +156,13 @@ def test_trainer_v2_gpu_without_a_gpu_is_refused():
 def test_indexed_job_as_rendered():
     """Kubernetes Indexed Job (the Job controller sets JOB_COMPLETION_INDEX) with the variables our rendered
     manifest adds (launch/k8s/manifests.py): LAUNCH_NNODES, LAUNCH_MASTER_ADDR = <name>-0.<name>."""
-    envs = [{"JOB_COMPLETION_INDEX": str(r), "LAUNCH_NNODES": "3", "LAUNCH_MASTER_ADDR": "train-0.train",
-             "LAUNCH_MASTER_PORT": "29500"} for r in range(3)]
-    check_job(envs, "indexed-job", "train-0.train:29500")
+    check_job(indexed_job(), "indexed-job", "train-0.train:29500")
 
 
 def test_jobset_with_the_downward_api_snippet():
     """JobSet (annotations jobset.sigs.k8s.io/jobset-name, replicatedjob-name, job-index exposed through the
     downward API as in launch/cluster.py) with LAUNCH_NNODES; 2 jobs x 1 pod."""
-    envs = [{"JOBSET_NAME": "js", "JOBSET_REPLICATED_JOB_NAME": "workers", "JOBSET_JOB_INDEX": str(r),
-             "JOB_COMPLETION_INDEX": "0", "LAUNCH_NNODES": "2"} for r in range(2)]
-    check_job(envs, "jobset", "js-workers-0-0.js:29500")
+    check_job(jobset(), "jobset", "js-workers-0-0.js:29500")
 
 
 def test_jobset_pytorch_example_is_refused_not_run_alone():
@@ -153,10 +185,7 @@ def test_slurm_step_on_part_of_the_allocation():
     """Slurm, src/common/env.c: inside `srun -N2` of a 4-node allocation, SLURM_STEP_NODELIST and SLURM_NODELIST
     are the step's nodes, SLURM_JOB_NODELIST the allocation's; SLURM_NNODES / SLURM_STEP_NUM_NODES the step's
     node count; SLURM_NODEID the node's index in the step; SLURM_PROCID, SLURM_NTASKS per task."""
-    envs = [{"SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "gpu[01-04]", "SLURM_JOB_NUM_NODES": "4",
-             "SLURM_NODELIST": "gpu[03-04]", "SLURM_STEP_NODELIST": "gpu[03-04]", "SLURM_STEP_NUM_NODES": "2",
-             "SLURM_NNODES": "2", "SLURM_NODEID": str(r), "SLURM_PROCID": str(r), "SLURM_NTASKS": "2",
-             "SLURM_STEP_ID": "0", "SLURM_LOCALID": "0"} for r in range(2)]
+    envs = slurm_step()
     check_job(envs, "slurm", "gpu03:29500")
     # Older or hand-made environments: the next list in line.
     no_step = {k: v for k, v in envs[1].items() if k != "SLURM_STEP_NODELIST"}
