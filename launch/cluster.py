@@ -60,10 +60,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from launch import nodelist
 
 DEFAULT_MASTER_PORT = 29500  # torchrun's default for --master-port
 DEFAULT_RDZV_PORT = 29400  # torchrun's default port when --rdzv-endpoint has none
@@ -142,53 +143,6 @@ def split_endpoint(text: str, var: str) -> tuple[str, int]:
     if not host or "/" in host:
         raise ClusterError(f"{var}={text!r}: expected HOST:PORT")
     return host.strip("[]"), _port(port, var)
-
-
-# ----------------------------------------------------------------------------- Slurm nodelist
-
-
-def _split_top(text: str) -> list[str]:
-    parts, depth, cur = [], 0, []
-    for ch in text:
-        depth += {"[": 1, "]": -1}.get(ch, 0)
-        if depth < 0 or depth > 1:
-            raise ValueError("unbalanced brackets")
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    if depth:
-        raise ValueError("unbalanced brackets")
-    parts.append("".join(cur))
-    return [p for p in parts if p]
-
-
-def _expand_one(name: str) -> list[str]:
-    m = re.search(r"\[([^\]]*)\]", name)
-    if not m:
-        return [name]
-    head, tail = name[: m.start()], name[m.end() :]
-    out = []
-    for item in m.group(1).split(","):
-        lo, _, hi = item.partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
-            raise ValueError(f"bad range {item!r}")
-        hi = hi or lo
-        if int(hi) < int(lo):
-            raise ValueError(f"descending range {item!r}")
-        width = len(lo)  # Slurm keeps leading zeros: node[01-03] -> node01 node02 node03
-        for n in range(int(lo), int(hi) + 1):
-            out += [f"{head}{n:0{width}d}{rest}" for rest in _expand_one(tail)]
-    return out
-
-
-def expand_nodelist(text: str, var: str = "SLURM_JOB_NODELIST") -> list[str]:
-    """Slurm's compressed host list as names: 'node[01-03,7],gpu5' -> node01 node02 node03 node7 gpu5."""
-    try:
-        return [host for part in _split_top(text.strip()) for host in _expand_one(part)]
-    except ValueError as e:
-        raise ClusterError(f"{var}={text!r}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- rows
@@ -287,6 +241,14 @@ def _read_indexed_job(env: Mapping[str, str]) -> _Raw:
     raw.put(env, "master_port", "LAUNCH_MASTER_PORT", "MASTER_PORT")
     raw["rdzv_fixed"] = ("1", "JOB_COMPLETION_INDEX")  # the master is pod 0 (train-0.train when rendered)
     return raw
+
+
+def expand_nodelist(text: str, var: str = "SLURM_JOB_NODELIST") -> list[str]:
+    """Slurm's compressed host list as names (launch/nodelist.py); a malformed one names its variable."""
+    try:
+        return nodelist.expand(text)
+    except ValueError as e:
+        raise ClusterError(f"{var}={text!r}: {e}") from None
 
 
 # Where a step's node list lives, most specific first: inside ``srun`` SLURM_STEP_NODELIST (and SLURM_NODELIST) are
