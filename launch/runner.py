@@ -150,8 +150,7 @@ def _run_torchrun(plan: Plan, exit_dir: str) -> int:
 
     args = get_args_parser().parse_args(plan.tool_args)
     try:
-        with quiet_rendezvous_logs():
-            run(args)
+        run(args)
     except ChildFailedError as e:
         return _report(outcome.from_failures(e.failures, outcome.read_reasons(exit_dir)))
     except SignalException as e:
@@ -159,28 +158,6 @@ def _run_torchrun(plan: Plan, exit_dir: str) -> int:
     except RendezvousError as e:
         return rendezvous_failed(plan, e)
     return 0
-
-
-@contextlib.contextmanager
-def quiet_rendezvous_logs():
-    """torchrun's rendezvous logs its failure with a traceback before raising it; the launcher says it in one line.
-
-    Only the rendezvous loggers are raised to CRITICAL, for the duration of the run: the agent's own messages
-    (worker failures, restarts) stay.
-    """
-    import logging
-
-    names = ("torch.distributed.elastic.rendezvous.dynamic_rendezvous",
-             "torch.distributed.elastic.rendezvous.c10d_rendezvous_backend")
-    loggers = [logging.getLogger(n) for n in names]
-    old = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, old):
-            lg.setLevel(level)
 
 
 def _run_accelerate(plan: Plan, exit_dir: str) -> int:
