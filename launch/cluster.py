@@ -147,8 +147,8 @@ def split_endpoint(text: str, var: str) -> tuple[str, int]:
 
 # ----------------------------------------------------------------------------- rows
 
-PET_VARS = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT",
-            "PET_RDZV_ENDPOINT", "PET_RDZV_BACKEND", "PET_RDZV_ID", "PET_MAX_RESTARTS")
+PET_VARS = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_N_PROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR",
+            "PET_MASTER_PORT", "PET_RDZV_ENDPOINT", "PET_RDZV_BACKEND", "PET_RDZV_ID", "PET_MAX_RESTARTS")
 
 
 def _read_torchrun(env: Mapping[str, str]) -> _Raw:
@@ -205,6 +205,7 @@ def _read_pet(env: Mapping[str, str]) -> _Raw:
     for name in ("nnodes", "nproc_per_node", "node_rank", "master_addr", "master_port", "rdzv_endpoint",
                  "rdzv_backend", "rdzv_id", "max_restarts"):
         raw.put(env, name, "PET_" + name.upper())
+    raw.put(env, "nproc_per_node", "PET_NPROC_PER_NODE", "PET_N_PROC_PER_NODE")  # elastic.go before v1.7
     if "master_addr" in raw and "rdzv_endpoint" not in raw:
         raw["rdzv_fixed"] = ("1", "PET_MASTER_ADDR")  # torchrun's --master-addr is node rank 0's address
     return raw

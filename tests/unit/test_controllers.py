@@ -218,3 +218,13 @@ def test_ambiguous_worlds_are_refused(env, var):
 def test_one_process_mpi_world_and_loopback_master_are_one_node():
     assert resolve({"OMPI_COMM_WORLD_SIZE": "1", "PMIX_RANK": "0"}).nnodes == 1
     assert resolve({"MASTER_ADDR": "127.0.0.1"}).source == "local"
+
+
+def test_pytorchjob_v1_elastic_before_1_7_names_nproc_differently():
+    """training-operator v1 before 1.7, pkg/controller.v1/pytorch/elastic.go: EnvNProcPerNode = PET_N_PROC_PER_NODE
+    (torchrun itself reads PET_NPROC_PER_NODE, so it never saw that value)."""
+    env = {"PET_RDZV_ENDPOINT": "job-worker-0:23456", "PET_RDZV_BACKEND": "c10d", "PET_NNODES": "2",
+           "PET_N_PROC_PER_NODE": "4", "PET_MAX_RESTARTS": "1"}
+    c = resolve(env)
+    assert (c.source, c.nnodes, c.nproc_per_node, c.max_restarts) == ("torchrun-env", 2, 4, 1)
+    assert c.origin("nproc_per_node") == "PET_N_PROC_PER_NODE"
