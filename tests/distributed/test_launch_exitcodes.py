@@ -202,7 +202,9 @@ def test_a_lone_node_exits_4_within_the_timeout_in_one_line(tmp_path, role):
     assert len(lines) == 1, r.stderr
     assert f"127.0.0.1:{port} " in lines[0] and f"in {timeout} s" in lines[0] and "is node 0 up?" in lines[0]
     assert ("no peer reached" if role == "host" else "did not answer") in lines[0]
-    assert wall < timeout + 8
+    # The rest is start-up (torch import, torchrun): 3.3-7.6 s in all on an idle 2-core machine, up to ~13 s
+    # under load; torchrun alone waits 600 s (node 0) or 2 x 60 s (a client).
+    assert wall < timeout + 15
     assert not seen(tmp_path)  # no worker started
 
 
