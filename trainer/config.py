@@ -132,13 +132,13 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
     if origin is list:
         (inner,) = typing.get_args(tp) or (Any,)
         if isinstance(value, str):
-            value = (
-                load_yaml(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
-            )
+            value = load_yaml(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}={value!r}: expected a list")
         # min/max of a list field bound each element (model.hidden=[0] is a zero-width layer)
-        return [_coerce(f"{key}[{i}]", v, inner, meta) if inner is not Any else v for i, v in enumerate(value)]
+        return [
+            _coerce(f"{key}[{i}]", v, inner, meta) if inner is not Any else v for i, v in enumerate(value)
+        ]
     if tp is dict:
         if isinstance(value, str):
             value = load_yaml(value)
@@ -400,6 +400,13 @@ def check_world(cfg: Config, world_size: int) -> int:
             f"train.grad_accum({t.grad_accum}) = {denom}"
         )
     return t.batch_size // denom
+
+
+def run_key(cfg: Config) -> str:
+    """12 hex chars naming a config apart from its run.* keys: the default run directory's suffix, so the
+    same command (same recipe and overrides) finds the same run again."""
+    keyed = {k: v for k, v in flat(cfg).items() if not k.startswith("run.")}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def config_hash(cfg: Config) -> str:

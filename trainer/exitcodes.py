@@ -1,7 +1,7 @@
 """Exit codes of `python -m trainer` (and, through the launcher, of the whole job).
 
 They are part of the contract with Docker and Kubernetes: restart policies key on them (see README
-"When things go wrong"). 75 is EX_TEMPFAIL from sysexits.h: "try again later".
+"When things go wrong"). 75 is EX_TEMPFAIL from sysexits.h: "try again later"; 74 is EX_IOERR.
 """
 
 import json
@@ -14,6 +14,7 @@ INTERNAL = 1  # a bug or an unexpected exception: do not blindly retry
 CONFIG = 2  # bad config, bad input file, bad CLI usage: retrying cannot help
 NONFINITE = 3  # loss stayed non-finite for more than train.max_bad_steps steps; last good state saved
 HANG = 4  # a collective or the rendezvous timed out; stalled ranks named in the log
+STORAGE = 74  # EX_IOERR: the storage refused a write (disk full, read-only, ...); fix it, rerun resumes
 PREEMPTED = 75  # SIGTERM/SIGINT: checkpoint saved, a retry resumes from it
 
 NAMES = {
@@ -22,6 +23,7 @@ NAMES = {
     CONFIG: "config error",
     NONFINITE: "non-finite loss",
     HANG: "hang / timeout",
+    STORAGE: "storage error (fix the storage, rerun resumes)",
     PREEMPTED: "preempted (checkpoint saved)",
 }
 
