@@ -403,9 +403,12 @@ def check_world(cfg: Config, world_size: int) -> int:
 
 
 def run_key(cfg: Config) -> str:
-    """12 hex chars naming a config apart from its run.* keys: the default run directory's suffix, so the
+    """12 hex chars naming a config by what changes its result: the default run directory's suffix, so the
     same command (same recipe and overrides) finds the same run again."""
-    keyed = {k: v for k, v in flat(cfg).items() if not k.startswith("run.")}
+    # keys that do not change the math (logging, checkpoint cadence, timeouts, workers) do not make a new run;
+    # the length of the run does
+    ignored = tuple(p for p in RESUME_SAFE_PREFIXES if p not in ("train.max_steps", "train.epochs"))
+    keyed = {k: v for k, v in flat(cfg).items() if not k.startswith(ignored)}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
