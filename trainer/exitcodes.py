@@ -28,6 +28,14 @@ NAMES = {
 }
 
 
+def _rank() -> int:
+    """This process's global rank; 0 when RANK is unset or malformed (a bad RANK is itself reported)."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
+
+
 def write_exit_reason(code: int, reason: str) -> None:
     """For the launcher: torchrun reports every worker failure as exit 1, so say what it really was.
 
@@ -37,7 +45,7 @@ def write_exit_reason(code: int, reason: str) -> None:
     if not d or code == OK:
         return
     try:
-        rank = int(os.environ.get("RANK", "0"))
+        rank = _rank()
         with open(os.path.join(d, f"exit-rank{rank}.json"), "w", encoding="utf-8") as fh:
             json.dump({"rank": rank, "code": code, "reason": reason[:500], "time": time.time()}, fh)
     except OSError:
@@ -46,6 +54,6 @@ def write_exit_reason(code: int, reason: str) -> None:
 
 def config_error(e: BaseException) -> int:
     """Say a config error once per job (on global rank 0); returns CONFIG."""
-    if int(os.environ.get("RANK", "0") or 0) == 0:
+    if _rank() == 0:
         print(f"config error: {e}", file=sys.stderr)
     return CONFIG

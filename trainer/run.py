@@ -25,7 +25,7 @@ from .config import Config, ConfigError
 from .data import build_datasets
 from .exitcodes import OK, PREEMPTED
 from .models import build_model, flops_per_sample
-from .runtime import dist, storage
+from .runtime import dist, storage, workerenv
 from .runtime.lease import LEASE, Lease
 from .runtime.logs import add_rank_log, setup_logging
 from .training import checkpoint as ckpt
@@ -76,10 +76,9 @@ def _numerics(cfg: Config) -> None:
 def _init_dist(cfg: Config):
     """The process group (or accelerate's), and the Accelerator when train.strategy=accelerate."""
     accelerator = None
+    env = workerenv.read(os.environ)  # a bad RANK/WORLD_SIZE/MASTER_PORT is exit 2 before anything waits
     if cfg.train.strategy == "accelerate":  # Accelerator creates the process group itself
-        accelerator = make_accelerator(
-            cfg, dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
-        )
+        accelerator = make_accelerator(cfg, dist.pick_device(cfg.device, env.local_rank))
     state = dist.init(
         cfg.device,
         cfg.dist.init_timeout_s,
@@ -218,6 +217,11 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
     try:
         mode = resolve_mode(cfg, state)
         cfgmod.check_world(cfg, state.world_size)
+        if cfg.train.precision == "fp16" and state.device.type == "cpu":
+            log.warning(  # measured: seed CNN 151 ms/step in fp16 vs 21 fp32, 15 bf16 (PLATFORM.md)
+                "train.precision=fp16 on CPU is emulated and ~7x slower than fp32 here; "
+                "train.precision=bf16 is the CPU mixed precision"
+            )
         torch.manual_seed(cfg.seed)
         train_ds, eval_ds, info = build_datasets(cfg)
         module = build_model(cfg, info)  # identical init on every rank: seeded just above

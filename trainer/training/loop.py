@@ -26,7 +26,7 @@ from ..runtime.signals import PreemptionWatch
 from ..runtime.watchdog import NoWatchdog, Watchdog
 from . import checkpoint as ckpt
 from . import resume
-from .metrics import Metrics, Stopwatch, peak_flops, plot_or_warn, read_history, trim_rows
+from .metrics import Metrics, Stopwatch, peak_flops, close_progress, plot_or_warn, read_history, trim_rows
 from .optim import build_scheduler
 from .profiler import Profiler
 from .saver import Saver
@@ -529,6 +529,7 @@ class Trainer:
         self.metrics.write_summary(summary)
         if self.cfg.log.plot:
             plot_or_warn(self.metrics)
+        close_progress(self.metrics)  # the finished bar once, then the closing line below it
         ev = "  ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if k != "samples")
         log.info(
             "done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s",

@@ -16,6 +16,7 @@ from typing import Optional
 
 import psutil
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 log = logging.getLogger("trainer")
 
@@ -78,6 +79,7 @@ class Metrics:
             self._bar = tqdm(
                 total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr
             )
+            open_progress(self)
 
     def process_stats(self) -> dict:
         return {
@@ -97,8 +99,8 @@ class Metrics:
                 "train", {k: v for k, v in row.items() if k not in ("step", "epoch")}, row["step"]
             )
         if self._bar is not None:
+            self._bar.set_postfix(progress_postfix(row), refresh=False)  # drawn by the update, once
             self._bar.update(row["step"] - self._bar.n)
-            self._bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
         else:
             extra = f" tok/s {row['tokens_per_s']:.0f}" if "tokens_per_s" in row else ""
             log.info(
@@ -122,7 +124,7 @@ class Metrics:
         if self._tb is not None:
             self._tb_scalars("eval", result, step)
         msg = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "samples")
-        (self._bar.write if self._bar is not None else log.info)(f"eval @ step {step}: {msg}")
+        log.info(f"eval @ step {step}: {msg}")  # timestamped; routed through the bar while it is shown
 
     def _tb_scalars(self, prefix: str, values: dict, step: int) -> None:
         """All of a row's scalars as ONE event: seven add_scalar calls cost ~450 us, one event ~30 us."""
@@ -177,9 +179,7 @@ class Metrics:
         return path
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        close_progress(self)
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
@@ -187,6 +187,33 @@ class Metrics:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def open_progress(metrics: Metrics) -> None:
+    """While the bar is shown, console log lines go through tqdm.write (above the bar, not glued to it)."""
+    metrics._redirect = logging_redirect_tqdm()
+    metrics._redirect.__enter__()
+
+
+def close_progress(metrics: Metrics) -> None:
+    """Close the bar once (its final state printed once), then give the console handler back."""
+    bar, metrics._bar = metrics._bar, None
+    if bar is not None:
+        bar.close()
+    redirect = getattr(metrics, "_redirect", None)
+    if redirect is not None:
+        metrics._redirect = None
+        redirect.__exit__(None, None, None)
+
+
+def progress_postfix(row: dict) -> dict:
+    """loss, lr and throughput (tokens/s for language models, samples/s otherwise) for the bar."""
+    out = {"loss": f"{row['loss']:.4f}" if row.get("loss") is not None else "nan", "lr": f"{row['lr']:.2e}"}
+    if "tokens_per_s" in row:
+        out["tok/s"] = f"{row['tokens_per_s']:.0f}"
+    else:
+        out["samples/s"] = f"{row['samples_per_s']:.0f}"
+    return out
 
 
 def strict_json(obj):

@@ -61,6 +61,10 @@ def import_torchao():
         logging.getLogger(n).setLevel(logging.ERROR)
     try:
         import torchao.quantization as tq
+    except ImportError as e:  # an optional extra: say how to get it, in one line
+        raise ConfigError(
+            f"torchao is not installed ({e}): pip install 'torchrunner[quantize]' (requirements.txt pins it)"
+        ) from None
     finally:
         for n, lvl in levels.items():
             logging.getLogger(n).setLevel(lvl)
