@@ -26,7 +26,7 @@ from ..runtime.signals import PreemptionWatch
 from ..runtime.watchdog import NoWatchdog, Watchdog
 from . import checkpoint as ckpt
 from . import resume
-from .metrics import Metrics, Stopwatch, peak_flops, close_progress, plot_or_warn, read_history, trim_rows
+from .metrics import Metrics, Stopwatch, close_progress, peak_flops, plot_or_warn, read_history, trim_rows
 from .optim import build_scheduler
 from .profiler import Profiler
 from .saver import Saver
