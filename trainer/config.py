@@ -44,11 +44,24 @@ class ConfigError(ValueError):
     """A bad key, value or file in the configuration (exit code 2)."""
 
 
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance (tiny inputs: command, mode and key names)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
 def did_you_mean(word: str, choices) -> str:
-    """' (did you mean X?)' for the closest of `choices`, or ''."""
-    choices = [str(c) for c in choices]
-    swapped = [c for c in choices if sorted(c) == sorted(str(word))]  # a transposition: dpp -> ddp
-    close = swapped or difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    """' (did you mean X?)' for the closest of `choices`, or ''. One typo away wins, a same-length name
+    first (a typed letter wrong: dpp -> ddp, not dp); otherwise difflib's closest."""
+    word, choices = str(word), [str(c) for c in choices]
+    near = sorted((_edits(word, c), len(c) != len(word), c) for c in choices)
+    if near and near[0][0] <= max(1, len(word) // 4):
+        return f" (did you mean {near[0][2]}?)"
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
 
 
