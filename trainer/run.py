@@ -217,11 +217,6 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
     try:
         mode = resolve_mode(cfg, state)
         cfgmod.check_world(cfg, state.world_size)
-        if cfg.train.precision == "fp16" and state.device.type == "cpu":
-            log.warning(  # measured: seed CNN 151 ms/step in fp16 vs 21 fp32, 15 bf16 (PLATFORM.md)
-                "train.precision=fp16 on CPU is emulated and ~7x slower than fp32 here; "
-                "train.precision=bf16 is the CPU mixed precision"
-            )
         torch.manual_seed(cfg.seed)
         train_ds, eval_ds, info = build_datasets(cfg)
         module = build_model(cfg, info)  # identical init on every rank: seeded just above
@@ -230,6 +225,11 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
         # MFU is reported on CUDA only; counting FLOPs runs a forward (and imports torch._dynamo, ~1.3 s).
         flops = flops_per_sample(module, info) if state.device.type == "cuda" else None  # before FSDP shards
         run_dir, resume_path, lease = _make_run_dir(cfg, state, created)
+        if cfg.train.precision == "fp16" and state.device.type == "cpu":
+            log.warning(  # measured: seed CNN 151 ms/step in fp16 vs 21 fp32, 15 bf16 (PLATFORM.md)
+                "train.precision=fp16 on CPU is emulated and ~7x slower than fp32 here; "
+                "train.precision=bf16 is the CPU mixed precision"
+            )
         torch.manual_seed(cfg.seed + 1 + state.rank)  # dropout differs per rank; init did not
         strategy = Strategy(cfg, state, mode, accelerator)
         optimizer = strategy.wrap(module, lambda m: build_optimizer(m, cfg, state.device))
