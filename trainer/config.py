@@ -138,9 +138,8 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
                 value,
             )
         if value not in choices:
-            raise ConfigError(
-                f"{key}={value!r}: expected one of {', '.join(map(str, choices))}{did_you_mean(value, choices)}"
-            )
+            hint = did_you_mean(value, choices)
+            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(map(str, choices))}{hint}")
         return value
     if origin is list:
         (inner,) = typing.get_args(tp) or (Any,)

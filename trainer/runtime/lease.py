@@ -99,7 +99,8 @@ class Lease:
             holder = self.read()
             if holder is None:
                 continue
-            who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('started', '?')}"
+            pid, host = holder.get("pid", "?"), holder.get("host", "?")
+            who = f"pid {pid} on {host} since {holder.get('started', '?')}"
             if mine["job"] and holder.get("job") == mine["job"]:
                 log.info(
                     "run.dir lease of this job (%s) taken over from %s (elastic restart)", mine["job"], who

@@ -38,7 +38,7 @@ def _int(env: Mapping[str, str], var: str, default: str, lo: int) -> int:
 
 
 def read(env: Mapping[str, str]) -> WorkerEnv:
-    """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE and the master's address, checked. Raises ConfigError."""
+    """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE and the master's address, checked (ConfigError)."""
     world = _int(env, "WORLD_SIZE", "1", lo=1)
     local_world = _int(env, "LOCAL_WORLD_SIZE", "1", lo=1)
     rank = _int(env, "RANK", "0", lo=0)

@@ -166,7 +166,7 @@ class CheckpointDir:
         ]
 
     def latest_pointer(self) -> Optional[str]:
-        """The checkpoint `latest` names; None (with a warning) if it is missing or not a plain name in here."""
+        """The checkpoint `latest` names; None (with a warning) if missing or not a plain name in here."""
         p = os.path.join(self.root, LATEST)
         if not os.path.isfile(p):
             return None
