@@ -36,7 +36,7 @@ def train_command(cfg: Config) -> tuple[int, str]:
         print(f"error: {reason}", file=sys.stderr)
         return codes.INTERNAL, reason
     except Exception as e:
-        fault = storage.describe(e)
+        fault = storage.describe(e, where=cfg.run.dir or "the run directory")
         if fault:
             print(f"{fault} (fix the storage, then rerun the same command: it resumes)", file=sys.stderr)
             return codes.STORAGE, fault

@@ -167,15 +167,20 @@ def find_resume(cfg: Config, run_dir: str) -> Optional[str]:
         raise ConfigError(f"run.resume={r!r}: {e}") from None
 
 
-def _claim_run_dir(cfg: Config, run_dir: str, created: list[str]) -> tuple[Lease, Optional[str]]:
+def _claim_run_dir(
+    cfg: Config, run_dir: str, created: list[str], world_size: int
+) -> tuple[Lease, Optional[str]]:
     """Rank 0: check run.dir, create it, take its lease before writing anything else, find the resume."""
     _check_run_dir(cfg, run_dir)
     if not os.path.isdir(run_dir):
         os.makedirs(run_dir)
         created.append(run_dir)
     lease = Lease(run_dir)
-    lease.acquire()
+    note = lease.acquire()
     try:
+        add_rank_log(run_dir, 0, world_size)  # the lease and the resume search are in the run's own log
+        if note:
+            log.warning("%s", note)
         return lease, find_resume(cfg, run_dir)
     except BaseException:
         lease.release()
@@ -189,7 +194,7 @@ def _make_run_dir(
     lease, outcome = None, ("ok", None)
     if state.is_main:
         try:
-            lease, resume = _claim_run_dir(cfg, run_dir, created)
+            lease, resume = _claim_run_dir(cfg, run_dir, created, state.world_size)
             outcome = ("ok", resume)
         except ConfigError as e:
             outcome = ("config", str(e))
@@ -200,7 +205,8 @@ def _make_run_dir(
         raise ConfigError(value)
     if kind == "storage":
         raise storage.StorageError(value)
-    add_rank_log(run_dir, state.rank, state.world_size)
+    if not state.is_main:
+        add_rank_log(run_dir, state.rank, state.world_size)
     if state.is_main:
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as fh:
             fh.write(cfgmod.dump(cfg))

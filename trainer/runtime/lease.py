@@ -15,7 +15,6 @@ atomic on NFSv3+ and all common parallel file systems, which is what the lease r
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import time
@@ -24,8 +23,6 @@ from typing import Optional
 import psutil
 
 from ..config import ConfigError
-
-log = logging.getLogger("trainer")
 
 LEASE = ".lease"
 
@@ -89,26 +86,23 @@ class Lease:
             os.fsync(fh.fileno())
         return True
 
-    def acquire(self) -> None:
-        """Take the lease or raise ConfigError naming the holder. OSError (storage) propagates."""
-        mine = _mine()
+    def acquire(self) -> Optional[str]:
+        """Take the lease or raise ConfigError naming the holder; returns a warning to log when a lease was
+        taken over (the caller logs it once the run's own log is open). OSError (storage) propagates."""
+        mine, note = _mine(), None
         for _ in range(3):  # a holder may release between our attempts
             if self._write_exclusive(mine):
                 self.held = True
-                return
+                return note
             holder = self.read()
             if holder is None:
                 continue
             pid, host = holder.get("pid", "?"), holder.get("host", "?")
             who = f"pid {pid} on {host} since {holder.get('started', '?')}"
             if mine["job"] and holder.get("job") == mine["job"]:
-                log.info(
-                    "run.dir lease of this job (%s) taken over from %s (elastic restart)", mine["job"], who
-                )
+                note = f"run.dir lease of this job ({mine['job']}) taken over from {who} (elastic restart)"
             elif holder.get("host") == mine["host"] and not _alive(holder):
-                log.warning(
-                    "run.dir %s: stale lease of %s (that process is gone): taken over", self.path, who
-                )
+                note = f"run.dir {self.path}: stale lease of {who} (that process is gone): taken over"
             else:
                 raise ConfigError(
                     f"run.dir={os.path.dirname(self.path)!r}: in use by {who} "

@@ -42,13 +42,14 @@ def _chain(e: Optional[BaseException]):
         e = e.__cause__ or e.__context__
 
 
-def describe(e: BaseException) -> Optional[str]:
-    """One line for a storage fault anywhere in the exception chain of `e`, else None."""
+def describe(e: BaseException, where: Optional[str] = None) -> Optional[str]:
+    """One line for a storage fault anywhere in the exception chain of `e`, else None. `where` names the
+    path when the OSError does not (a write through a file object carries no file name)."""
     for x in _chain(e):
         if isinstance(x, StorageError):
             return str(x)
         if isinstance(x, OSError) and x.errno in STORAGE_ERRNOS:
-            path = x.filename if x.filename is not None else "?"
+            path = x.filename if x.filename is not None else (where or "?")
             return f"storage error: {STORAGE_ERRNOS[x.errno]} ({os.strerror(x.errno)}) at {path}"
     return None
 

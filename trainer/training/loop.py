@@ -516,7 +516,8 @@ class Trainer:
             "steps": self.progress.step,
             "epochs": self.progress.epoch,
             "samples": self.progress.samples_total,
-            "final_loss": self.last_loss,
+            # as metrics.jsonl has it (6 decimals), so a summary regenerated from it is the same
+            "final_loss": round(self.last_loss, 6) if self.last_loss is not None else None,
             "eval": self.last_eval,
             "wall_time_s": round(wall, 3) if wall is not None else None,  # None: regenerated afterwards
             "compile_time_s": self.compile_time_s,
