@@ -10,7 +10,9 @@ small tmpfs, a read-only bind mount; permission bits do not stop root, mounts do
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import multiprocessing
 import os
 import shlex
 import shutil
@@ -23,7 +25,8 @@ import psutil
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_cli
+import trainer.__main__ as cli
+from tests.conftest import run_cli
 from tests.faultutil import FAULTY, TINY, run_forked
 from tests.helpers import FAST, read_metrics, read_summary, train_inprocess
 from trainer import config as C
@@ -210,16 +213,23 @@ def test_the_lease_is_released_after_a_failure_too(four_steps):
 # ----------------------------------------------------------------------------- class 4: rerun resumes
 
 
-def test_the_same_command_resumes_with_the_default_run_dir(tmp_path):
-    args = ["train", *FAST, *JOB, "train.max_steps=6"]
-    first = run_cli(args, cwd=str(tmp_path), env={"TRAINER_TEST_KILL_AT": "before_data:4",
-                                                  "PYTHONPATH": ROOT}, timeout=60)
-    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
-    again = run_cli(args, cwd=str(tmp_path), env={"PYTHONPATH": ROOT}, timeout=60)
-    assert again.returncode == codes.OK, again.stderr[-2000:]
+def test_the_same_command_resumes_with_the_default_run_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no run.dir: runs/<model>-<config key> under the working directory
+    overrides = [*FAST, *JOB, "train.max_steps=6"]
+
+    def same_command() -> int:
+        return train_command(C.load(None, overrides))[0]
+
+    killed = multiprocessing.get_context("fork").Process(target=lambda: os._exit(same_command()))
+    monkeypatch.setenv("TRAINER_TEST_KILL_AT", "before_data:4")
+    killed.start()
+    killed.join(60)
+    assert killed.exitcode == -signal.SIGKILL
+    monkeypatch.delenv("TRAINER_TEST_KILL_AT")
+    assert same_command() == codes.OK
     (run,) = os.listdir(tmp_path / "runs")  # one run, not a second timestamped one
     assert run.startswith("mlp-")
-    assert f"resumed from runs/{run}/checkpoints/{ckpt.step_name(2)} at step 2" in again.stderr
+    assert f"resumed from runs/{run}/checkpoints/{ckpt.step_name(2)} at step 2" in rank_log(tmp_path / "runs" / run)
     assert read_summary(tmp_path / "runs" / run)["steps"] == 6
 
 
@@ -230,81 +240,112 @@ def test_preemption_prints_the_exact_command_that_resumes(tmp_path):
     assert r.returncode == codes.PREEMPTED, r.stderr[-2000:]
     line = next(x for x in r.stderr.splitlines() if "resume with: " in x)
     command = shlex.split(line.split("resume with: ", 1)[1])
-    assert command[:3] == ["python", "-m", "trainer"] and f"run.dir={run_dir}" in command
-    again = run_cli(command[3:], timeout=60)  # exactly what was printed
-    assert again.returncode == codes.OK, again.stderr[-2000:]
-    assert "resumed from" in again.stderr and read_summary(run_dir)["steps"] == 8
+    assert command[:4] == ["python", "-m", "trainer", "train"] and f"run.dir={run_dir}" in command
+    ns, extra = cli._parser().parse_known_args(command[3:])  # exactly what was printed, parsed by the CLI
+    assert not extra
+    assert train_command(C.load(ns.config, ns.overrides))[0] == codes.OK
+    assert "resumed from" in rank_log(run_dir) and read_summary(run_dir)["steps"] == 8
 
 
 # ----------------------------------------------------------------------------- class 5: storage faults
 
+CLONE_NEWNS = 0x00020000
 
-def _unshare_ok() -> str | None:
-    if shutil.which("unshare") is None:
-        return "unshare is not installed"
+
+def _ns_child(scenario, tmp_path) -> None:
+    """In a fork: a private mount namespace (mounts vanish with it), then the scenario, its result as JSON."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        os._exit(97)
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    result = scenario(tmp_path)
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _mount_ns_refused() -> str | None:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return "needs root and mount(8) for a private mount namespace"
     r = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
                        capture_output=True, text=True)
     return None if r.returncode == 0 else f"no private mount namespace here: {r.stderr.strip()[:200]}"
 
 
-needs_mounts = pytest.mark.skipif(_unshare_ok() is not None, reason=str(_unshare_ok()))
+needs_mounts = pytest.mark.skipif(_mount_ns_refused() is not None, reason=str(_mount_ns_refused()))
 
 BIG = [*JOB, "model.hidden=[512]"]  # a ~60 kB checkpoint: more than the space left, unlike a log line
 
 
-def _in_namespace(script: str, tmp_path) -> dict:
-    """Run a bash script in a private mount namespace; it echoes `name=value` lines into $OUT."""
-    out = tmp_path / "out.txt"
-    (tmp_path / "args").write_text("\n".join(["train", *FAST, *BIG]) + "\n")
-    env = {**os.environ, "PYTHONPATH": ROOT, "PY": sys.executable, "OUT": str(out), "T": str(tmp_path)}
-    script = 'set -u\nmapfile -t ARGS < "$T/args"\n' + script.replace("$ARGS", '"${ARGS[@]}"')
-    r = subprocess.run(["unshare", "-m", "bash", "-c", script], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=150)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return dict(line.split("=", 1) for line in out.read_text().split("\n") if "=" in line)
+def in_mount_namespace(scenario, tmp_path) -> dict:
+    proc = multiprocessing.get_context("fork").Process(target=_ns_child, args=(scenario, tmp_path))
+    proc.start()
+    proc.join(100)
+    if proc.is_alive():
+        proc.kill()
+        pytest.fail("the storage scenario did not finish in 100 s")
+    assert proc.exitcode == 0, f"scenario failed ({proc.exitcode}); see the test's stderr"
+    return json.loads((tmp_path / "result.json").read_text())
+
+
+def step(run_dir, err_file, *overrides: str) -> int:
+    """One `python -m trainer train` in this process, its console (stderr) captured in `err_file`."""
+    saved, sys.stderr = sys.stderr, open(err_file, "w", encoding="utf-8", buffering=1)
+    try:
+        return train_command(C.load(None, [*FAST, *BIG, f"run.dir={run_dir}", *overrides]))[0]
+    finally:
+        sys.stderr.close()
+        sys.stderr = saved
+
+
+def _disk_full(tmp):
+    disk = tmp / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    out = {"first": step(disk / "run", tmp / "first.err", "train.max_steps=4")}
+    st = os.statvfs(disk)  # leave 12 pages: room for the lease, config and log lines, not for a checkpoint
+    (disk / "fill").write_bytes(b"x" * ((st.f_bavail - 12) * st.f_frsize))
+    out["full"] = step(disk / "run", tmp / "full.err", "train.max_steps=8")
+    shutil.copytree(disk / "run", tmp / "after-full", symlinks=True)
+    os.remove(disk / "fill")
+    out["again"] = step(disk / "run", tmp / "again.err", "train.max_steps=8")
+    shutil.copytree(disk / "run", tmp / "final", symlinks=True)
+    return out
 
 
 @needs_mounts
-@pytest.mark.timeout(160)
 def test_disk_full_during_a_checkpoint_is_exit_74_and_the_same_command_resumes(tmp_path):
-    res = _in_namespace(r'''
-D=$T/disk; mkdir -p $D; mount -t tmpfs -o size=1m tmpfs $D
-$PY -m trainer $ARGS run.dir=$D/run train.max_steps=4 2>$T/first.err; echo "first=$?" >>$OUT
-# leave 12 pages: room for the lease, config and log lines, not for a checkpoint
-$PY -c "import os; s=os.statvfs('$D'); open('$D/fill','wb').write(b'x'*((s.f_bavail-12)*s.f_frsize))"
-$PY -m trainer $ARGS run.dir=$D/run train.max_steps=8 2>$T/full.err; echo "full=$?" >>$OUT
-cp -a $D/run $T/after-full
-rm $D/fill
-$PY -m trainer $ARGS run.dir=$D/run train.max_steps=8 2>$T/again.err; echo "again=$?" >>$OUT
-cp -a $D/run $T/final
-''', tmp_path)
-    assert res == {"first": "0", "full": "74", "again": "0"}, (tmp_path / "full.err").read_text()[-2000:]
+    res = in_mount_namespace(_disk_full, tmp_path)
+    assert res == {"first": 0, "full": codes.STORAGE, "again": 0}, (tmp_path / "full.err").read_text()[-2000:]
     err = (tmp_path / "full.err").read_text()
     last = [x for x in err.splitlines() if x.strip()][-1]
     assert last.startswith("storage error: disk full (No space left on device)"), err[-2000:]
     assert "checkpoint step 6" in last and "step-00000004 is intact" in last and "rerun" in last
     assert "Traceback" not in err
     after = tmp_path / "after-full"
-    assert sorted(n for n in os.listdir(after / "checkpoints")) == [ckpt.LATEST, ckpt.step_name(2),
-                                                                   ckpt.step_name(4)]  # no half-written dir
-    assert_loads(step_dir(after, 4), 4)
+    assert sorted(os.listdir(after / "checkpoints")) == [ckpt.LATEST, ckpt.step_name(2), ckpt.step_name(4)]
+    assert_loads(step_dir(after, 4), 4)  # the previous checkpoint, intact; no half-written directory
     assert not (after / ".lease").exists()
     assert f"resumed from {tmp_path}/disk/run/checkpoints/{ckpt.step_name(4)}" in (tmp_path / "again.err").read_text()
     assert read_summary(tmp_path / "final")["steps"] == 8
 
 
+def _read_only(tmp):
+    disk = tmp / "disk"
+    disk.mkdir()
+    out = {"first": step(disk / "run", tmp / "first.err", "train.max_steps=4")}
+    subprocess.run(["mount", "--bind", str(disk), str(disk)], check=True)
+    subprocess.run(["mount", "-o", "remount,ro,bind", str(disk)], check=True)
+    out["ro"] = step(disk / "run", tmp / "ro.err", "train.max_steps=6")
+    subprocess.run(["mount", "-o", "remount,rw,bind", str(disk)], check=True)
+    out["again"] = step(disk / "run", tmp / "again.err", "train.max_steps=6")
+    return out
+
+
 @needs_mounts
-@pytest.mark.timeout(160)
 def test_a_read_only_run_dir_is_exit_74_and_resumes_once_writable(tmp_path):
-    res = _in_namespace(r'''
-D=$T/disk; mkdir -p $D
-$PY -m trainer $ARGS run.dir=$D/run train.max_steps=4 2>$T/first.err; echo "first=$?" >>$OUT
-mount --bind $D $D; mount -o remount,ro,bind $D
-$PY -m trainer $ARGS run.dir=$D/run train.max_steps=6 2>$T/ro.err; echo "ro=$?" >>$OUT
-mount -o remount,rw,bind $D
-$PY -m trainer $ARGS run.dir=$D/run train.max_steps=6 2>$T/again.err; echo "again=$?" >>$OUT
-''', tmp_path)
-    assert res == {"first": "0", "ro": "74", "again": "0"}, (tmp_path / "ro.err").read_text()[-2000:]
+    res = in_mount_namespace(_read_only, tmp_path)
+    assert res == {"first": 0, "ro": codes.STORAGE, "again": 0}, (tmp_path / "ro.err").read_text()[-2000:]
     lines = [x for x in (tmp_path / "ro.err").read_text().splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("storage error: read-only file system"), lines
     assert f"{tmp_path}/disk/run" in lines[0]
@@ -322,12 +363,11 @@ def test_a_run_dir_that_cannot_be_ours_is_one_line(tmp_path, case):
     else:
         run_dir.mkdir()
         (run_dir / "thesis.tex").write_text("precious")
-    r = run_cli(["train", *FAST, *JOB, f"run.dir={run_dir}", "train.max_steps=2"], timeout=60)
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    code, reason = outcome(run_dir, "train.max_steps=2")
     want = {"name-too-long": (codes.STORAGE, "storage error: file name too long"),
             "is-a-file": (codes.CONFIG, "is a file, expected a directory"),
             "foreign-folder": (codes.CONFIG, "not empty and not a run directory")}[case]
-    assert r.returncode == want[0] and len(lines) == 1 and want[1] in lines[0], r.stderr[-2000:]
+    assert code == want[0] and want[1] in reason and "\n" not in reason, reason
     if case == "foreign-folder":
         assert sorted(os.listdir(run_dir)) == ["thesis.tex"]
 
