@@ -25,8 +25,8 @@ On Kubeflow, a Kubernetes Indexed Job, JobSet or Slurm the flags come from the e
 
 Exit codes (launch/exitcodes.py): 0 ok, 1 internal error, 2 config/usage/environment error, 3 non-finite loss,
 4 hang/collective timeout, 74 storage error (fix it, retry resumes), 75 preempted (retry resumes), 128+N a worker
-killed by signal N. The config is checked
-once (``python -m trainer check``) and a fast doctor runs before any worker starts, unless ``--no-preflight``.
+killed by signal N. The config is checked once (``python -m trainer check``) and a fast doctor runs before any
+worker starts, unless ``--no-preflight``.
 """
 
 from __future__ import annotations
