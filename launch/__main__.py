@@ -24,13 +24,15 @@ On Kubeflow, a Kubernetes Indexed Job, JobSet or Slurm the flags come from the e
     python -m launch wait ...              # wait for the rendezvous host to resolve (launch.wait)
 
 Exit codes (launch/exitcodes.py): 0 ok, 1 internal error, 2 config/usage/environment error, 3 non-finite loss,
-4 hang/collective timeout, 75 preempted (retry resumes), 128+N a worker killed by signal N. The config is checked
-once (``python -m trainer check``) and a fast doctor runs before any worker starts, unless ``--no-preflight``.
+4 hang/collective timeout, 74 storage error (fix it, retry resumes), 75 preempted (retry resumes), 128+N a worker
+killed by signal N. The config is checked once (``python -m trainer check``) and a fast doctor runs before any
+worker starts, unless ``--no-preflight``.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import sys
@@ -171,7 +173,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor.main(rest, _parser("python -m launch doctor", "Check this machine before a job starts."))
     if cmd in ("k8s", "wait"):
         return _delegate(cmd, rest)
-    return _fail(f"unknown command {cmd!r}: expected a mode ({', '.join(MODES)}) or {', '.join(SUBCOMMANDS)}")
+    return _fail(f"unknown command {cmd!r}{_did_you_mean(cmd, (*MODES, *SUBCOMMANDS))}: expected a mode "
+                 f"({', '.join(MODES)}) or {', '.join(SUBCOMMANDS)}")
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance (tiny inputs: command, mode and key names)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """The same rule as trainer/config.py ``did_you_mean`` (one typo away, same length first)."""
+    near = sorted((_edits(word, c), len(c) != len(word), c) for c in choices)
+    if near and near[0][0] <= max(1, len(word) // 4):
+        return f" (did you mean {near[0][2]}?)"
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 if __name__ == "__main__":

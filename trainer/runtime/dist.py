@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import ConfigError
+from . import workerenv
 
 log = logging.getLogger("trainer")
 
@@ -43,11 +44,6 @@ class DistState:
         return self.backend is not None
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else default
-
-
 def pick_device(choice: str, local_rank: int) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -69,10 +65,8 @@ def init(
     `force_group` makes a group of one (ddp/fsdp asked for on a single process, e.g. the GPU check's
     "DDP with one NCCL process"); without torchrun's variables it rendezvous on a free loopback port.
     """
-    rank = _env_int("RANK", 0)
-    world = _env_int("WORLD_SIZE", 1)
-    local_rank = _env_int("LOCAL_RANK", 0)
-    local_world = _env_int("LOCAL_WORLD_SIZE", 1)
+    env = workerenv.read(os.environ)  # the launcher's rules: a bad value is exit 2, not a hang or traceback
+    rank, world, local_rank, local_world = env.rank, env.world_size, env.local_rank, env.local_world_size
     device = pick_device(device_choice, local_rank)
     state = DistState(rank, local_rank, world, local_world, device)
     if force_group and world == 1 and "MASTER_ADDR" not in os.environ:
