@@ -26,6 +26,7 @@ from .models import build_model, flops_per_sample
 from .runtime import dist
 from .runtime.logs import add_rank_log, setup_logging
 from .training import checkpoint as ckpt
+from .training import history, storage
 from .training.finetune import prepare_for_finetune
 from .training.loop import Trainer
 from .training.optim import apply_freeze, build_optimizer
@@ -97,18 +98,33 @@ def default_run_dir(cfg: Config) -> str:
     return path
 
 
+def check_storage(cfg: Config) -> None:
+    """Before anything is written: a remote checkpoint.dir must be reachable and writable (exit 2 if not)."""
+    if cfg.checkpoint.dir and storage.is_url(cfg.checkpoint.dir):
+        try:
+            storage.check_writable(cfg.checkpoint.dir)
+        except storage.StorageError as e:
+            raise ConfigError(f"checkpoint.dir={cfg.checkpoint.dir!r}: {str(e).split(': ', 1)[-1]}") from None
+
+
 def find_resume(cfg: Config, run_dir: str) -> Optional[str]:
     """The checkpoint to resume from, by ``run.resume`` (auto | never | PATH)."""
     r = cfg.run.resume
+    root = ckpt.checkpoint_root(cfg.checkpoint.dir, run_dir)
     if r == "never":
         if os.path.isdir(run_dir) and os.listdir(run_dir):
             raise ConfigError(
                 f"run.dir={run_dir!r}: not empty and run.resume=never (choose another run.dir "
                 "or run.resume=auto)"
             )
+        if storage.is_url(root) and not ckpt.CheckpointDir(root).is_empty():
+            raise ConfigError(
+                f"checkpoint.dir={root!r}: not empty and run.resume=never (choose another "
+                "checkpoint.dir or run.resume=auto)"
+            )
         return None
     if r == "auto":
-        return ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints")).find_resumable()
+        return ckpt.CheckpointDir(root).find_resumable()
     try:
         return ckpt.resolve(r)
     except ckpt.CheckpointError as e:
@@ -117,11 +133,14 @@ def find_resume(cfg: Config, run_dir: str) -> Optional[str]:
 
 def _make_run_dir(cfg: Config, state: dist.DistState, created: list[str]) -> tuple[str, Optional[str]]:
     run_dir = dist.broadcast_object(state, cfg.run.dir or default_run_dir(cfg))
+    check_storage(cfg)
     resume_path = find_resume(cfg, run_dir)
     if state.is_main and not os.path.isdir(run_dir):
         os.makedirs(run_dir)
         created.append(run_dir)
     dist.barrier(state)
+    if resume_path:  # a new node resuming from the bucket: the history so far, before logging appends to it
+        history.restore(run_dir, ckpt.checkpoint_root(cfg.checkpoint.dir, run_dir), state.rank)
     add_rank_log(run_dir, state.rank, state.world_size)
     if state.is_main:
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as fh:
@@ -179,6 +198,9 @@ def export_final(parts: Parts) -> None:
         write_safetensors(merged, path, {"lora": "merged"} if merged is not msd else None)
         if merged is not msd:
             log.info("LoRA adapters merged into plain weights: %s", path)
+    history.upload_final(
+        parts.run_dir, ckpt.checkpoint_root(parts.cfg.checkpoint.dir, parts.run_dir), parts.state.rank
+    )
 
 
 def train(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> int:

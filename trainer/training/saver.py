@@ -1,14 +1,14 @@
 """When and how the loop checkpoints: synchronous saves, or asynchronous ones with one write in flight.
 
 ``Saver`` is the loop's side of ``trainer/training/checkpoint.py`` (which owns the on-disk transaction): it
-keeps the ``CheckpointDir`` of the run, starts, polls and commits async writes, and says in the log what
-each save cost the step loop.
+keeps the ``CheckpointDir`` of the run (``checkpoint.dir``: local or an object store), starts, polls and
+commits async writes, says in the log what each save cost the step loop, and after each commit copies the
+run's history beside remote checkpoints (history.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,15 +18,16 @@ import torch
 
 from ..config import Config
 from ..runtime import dist
-from .checkpoint import CheckpointDir, CheckpointError, rng_state
+from . import history
+from .checkpoint import CheckpointDir, CheckpointError, checkpoint_root, rng_state
 
 log = logging.getLogger("trainer")
 
 
 class Saver:
     def __init__(self, cfg: Config, state: dist.DistState, run_dir: str):
-        self.state = state
-        self.ckpts = CheckpointDir(os.path.join(run_dir, "checkpoints"), keep=cfg.checkpoint.keep)
+        self.state, self.run_dir = state, run_dir
+        self.ckpts = CheckpointDir(checkpoint_root(cfg.checkpoint.dir, run_dir), keep=cfg.checkpoint.keep)
         self.writer: Optional[AsyncWriter] = None
         if cfg.checkpoint.async_save:
             self.writer = AsyncWriter(
@@ -66,7 +67,11 @@ class Saver:
             self.state.ckpt_group,
         )
         log.info("checkpoint step %d saved in %.2fs -> %s", step, time.perf_counter() - t0, path)
+        self._after_commit()
         return path
+
+    def _after_commit(self) -> None:
+        history.upload(self.run_dir, self.ckpts.root, self.state.rank)
 
     def poll(self, step: int) -> None:
         """At a step boundary: commit an async write that every rank has finished."""
@@ -81,6 +86,7 @@ class Saver:
                     step - started,
                     path,
                 )
+                self._after_commit()
 
     def finish(self, step: int) -> Optional[str]:
         """Wait for an in-flight async write and commit it (before exiting, or before the next save)."""
@@ -89,6 +95,7 @@ class Saver:
         started = self.writer.step
         path = self.writer.wait()
         log.info("checkpoint step %d committed at step %d -> %s", started, step, path)
+        self._after_commit()
         return path
 
 
