@@ -12,9 +12,18 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from tests.conftest import free_port, run_cli
+from tests.distributed.test_equivalence import TINY as EQ_TINY
+from tests.distributed.test_equivalence import assert_close
+from tests.distributed.test_equivalence import launch as eq_launch
 from tests.faultutil import TINY, resumed_steps, run_forked
 from tests.helpers import final_weights, read_metrics, train_inprocess
+from tests.s3server import READER
+from trainer import config as C
+from trainer.__main__ import main as trainer_main
+from trainer.api import train_command
 from trainer.training import checkpoint as ckpt
 from trainer.training import storage
 
@@ -122,3 +131,100 @@ def test_transient_errors_are_retried_and_a_failing_save_keeps_the_previous_chec
         train_inprocess(None, tmp_path / "ok", [*JOB, f"checkpoint.dir={url}"])
     assert ckpt.resolve(url) == f"{url}/{ckpt.step_name(8)}"  # the previous checkpoint, intact
     assert ckpt.verify(f"{url}/{ckpt.step_name(8)}") is None
+
+
+# ----------------------------------------------------------------------------- errors: exit 2 before training
+
+
+def _no_credentials(monkeypatch, server, prefix):
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    return f"s3://{prefix}"
+
+
+def _missing_bucket(monkeypatch, server, prefix):
+    return "s3://no-such-bucket-here/run"
+
+
+def _reader_only(monkeypatch, server, prefix):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", READER[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", READER[1])
+    return f"s3://{prefix}"
+
+
+def _bad_secret(monkeypatch, server, prefix):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    return f"s3://{prefix}"
+
+
+def _unreachable(monkeypatch, server, prefix):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries: a test need not wait for them
+    return f"s3://{prefix}"
+
+
+ERRORS = {
+    "no_credentials": (_no_credentials, "no credentials"),
+    "bucket_missing": (_missing_bucket, "bucket 'no-such-bucket-here' does not exist"),
+    "access_denied": (_reader_only, "access denied"),
+    "bad_secret": (_bad_secret, "access denied (The request signature we calculated does not match"),
+    "unreachable": (_unreachable, "endpoint unreachable: http://127.0.0.1:"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_storage_errors_are_one_line_exit_2_before_anything_is_written(s3, tmp_path, monkeypatch, case):
+    server, prefix, _ = s3
+    make, expected = ERRORS[case]
+    monkeypatch.setattr(storage, "BACKOFF_S", 0.01)
+    url = make(monkeypatch, server, prefix)
+    cfg = C.load(None, [f"run.dir={tmp_path / 'run'}", *JOB, f"checkpoint.dir={url}"])
+    code, reason = train_command(cfg)
+    assert code == 2, (code, reason)
+    assert reason.startswith(f"checkpoint.dir={url!r}: {expected}"), reason
+    assert "\n" not in reason
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.timeout(60)
+def test_cli_access_denied_exits_2_with_one_line(s3, tmp_path, monkeypatch):
+    _, prefix, _ = s3
+    env = {"AWS_ACCESS_KEY_ID": READER[0], "AWS_SECRET_ACCESS_KEY": READER[1]}
+    r = run_cli(["train", f"run.dir={tmp_path / 'run'}", *JOB, f"checkpoint.dir=s3://{prefix}"], env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "Found credentials" not in ln]
+    assert len(lines) == 1 and "access denied" in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+# ----------------------------------------------------------------------------- FSDP: sharded DCP on S3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_fsdp_two_processes_sharded_checkpoints_in_the_bucket(s3, tmp_path):
+    _, prefix, fs = s3
+    url = f"s3://{prefix}"
+    run = tmp_path / "fsdp"
+    eq_launch("fsdp", run, "--nproc-per-node", "2", extra=["checkpoint.every_steps=6", f"checkpoint.dir={url}"])
+    shards = objects(fs, f"{prefix}/{ckpt.step_name(12)}/dcp")
+    assert shards == {".metadata", "__0_0.distcp", "__1_0.distcp"}, shards
+    manifest = json.loads(fs.cat_file(f"{prefix}/{ckpt.step_name(12)}/manifest.json"))
+    assert {"dcp/.metadata", "dcp/__0_0.distcp", "rng-rank00001.pt"} <= set(manifest["files"])
+    assert {"logs/rank-0.log", "logs/rank-1.log", "model.safetensors"} <= objects(fs, prefix)
+
+    # export consolidates the shards straight from the bucket (the restricted metadata unpickler)
+    out = tmp_path / "export.safetensors"
+    with pytest.raises(SystemExit) as e:
+        trainer_main(["export", "--from", f"{url}/{ckpt.step_name(12)}", "--out", str(out)])
+    assert e.value.code in (0, None)
+    assert_close(load_file(str(out)), final_weights(run), tol=0)
+
+    # resume the sharded step-6 checkpoint from the bucket on one process (DCP reshards) and finish
+    resumed = tmp_path / "resumed"
+    over = [o for o in EQ_TINY if not o.startswith("device")] + [f"run.resume={url}/{ckpt.step_name(6)}"]
+    assert train_inprocess(None, resumed, over) == 0
+    assert resumed_steps(resumed) == [6]
+    assert_close(final_weights(run), final_weights(resumed))
