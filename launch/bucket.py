@@ -48,7 +48,11 @@ def check_bucket(url: str, env: Mapping[str, str] | None = None) -> tuple[str, s
                                 ("region_name", env.get("AWS_REGION"))) if v}
     probe = f"{rest.rstrip('/')}/.doctor-probe-{uuid.uuid4().hex[:12]}"
     try:
-        fs = s3fs.S3FileSystem(client_kwargs=client, use_listings_cache=False, skip_instance_cache=True)
+        # Keys from `env` when it has them (the doctor may check another environment than its own), else
+        # botocore's chain: environment, shared files, instance role.
+        fs = s3fs.S3FileSystem(key=env.get("AWS_ACCESS_KEY_ID"), secret=env.get("AWS_SECRET_ACCESS_KEY"),
+                               token=env.get("AWS_SESSION_TOKEN"), client_kwargs=client,
+                               use_listings_cache=False, skip_instance_cache=True)
         fs.ls(bucket, detail=False)
         fs.pipe_file(probe, b"doctor")
         fs.rm_file(probe)

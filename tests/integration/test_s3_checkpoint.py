@@ -9,6 +9,7 @@ node) resumes from the bucket, keeps the run's history, and ends bitwise equal t
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -228,3 +229,26 @@ def test_fsdp_two_processes_sharded_checkpoints_in_the_bucket(s3, tmp_path):
     assert train_inprocess(None, resumed, over) == 0
     assert resumed_steps(resumed) == [6]
     assert_close(final_weights(run), final_weights(resumed))
+
+
+# ----------------------------------------------------------------------------- the doctor
+
+
+@pytest.mark.timeout(60)
+def test_doctor_checks_the_bucket_is_reachable_and_writable(s3, tmp_path, monkeypatch):
+    from launch import bucket, doctor
+
+    server, prefix, fs = s3
+    url = f"s3://{prefix}"
+    checks = doctor.run_checks(env=dict(os.environ), run_dir=str(tmp_path), config_overrides=[f"checkpoint.dir={url}"])
+    by_name = {c.name: c for c in checks}
+    assert by_name["checkpoint_dir"].status == "ok", by_name["checkpoint_dir"]
+    assert by_name["shared_dir"].message == f"checkpoints in {url}: no shared volume needed"
+    assert not [p for p in fs.find(prefix) if ".doctor-probe" in p]  # the probe object was removed
+
+    reader = {**server.env(READER), "AWS_EC2_METADATA_DISABLED": "true"}
+    status, message, fix = bucket.check_bucket(url, reader)
+    assert status == "fail" and message.startswith(f"{url}: access denied") and "PutObject" in fix
+    status, message, _ = bucket.check_bucket("s3://no-such-bucket-here/x", server.env())
+    assert status == "fail" and "bucket 'no-such-bucket-here' does not exist" in message
+    assert doctor.exit_code(checks) == 0

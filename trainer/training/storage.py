@@ -165,7 +165,7 @@ def fsync_dir(path: str) -> None:
 
 
 def _transient(e: BaseException) -> bool:
-    """Worth retrying: a dropped connection, a timeout, a 5xx / SlowDown; not a refusal or a missing bucket."""
+    """Worth retrying: a dropped connection, a timeout, a 5xx, SlowDown; not a refusal or a missing bucket."""
     if isinstance(e, (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)):
         return False
     name = type(e).__name__
