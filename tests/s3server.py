@@ -112,7 +112,7 @@ def start(workdir: str, timeout: float = 60) -> S3Server:
             f"-master.port={m}", f"-master.port.grpc={mg}", f"-volume.port={v}", f"-volume.port.grpc={vg}",
             f"-filer.port={f}", f"-filer.port.grpc={fg}", f"-s3.port={s}", f"-s3.port.grpc={sg}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}", "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=64",
+            "-master.volumeSizeLimitMB=1024",
         ]  # fmt: skip
         log = open(log_path, "wb")  # noqa: SIM115 - the server writes it for its whole life
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

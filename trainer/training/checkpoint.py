@@ -248,7 +248,7 @@ class CheckpointDir:
                 "world_size": world_size,
                 "time": time.time(),
                 "versions": versions(),
-                "files": {f: self.store.sha256(storage.join(tmp, f)) for f in files},
+                "files": {f: self.store.sha256(storage.join(tmp, f), reread=False) for f in files},
                 **manifest_extra,
             }
             _phase("before_manifest", step, rank)
@@ -320,7 +320,7 @@ def verify(ckpt: str) -> Optional[str]:
         p = storage.join(ckpt, name)
         if not store.isfile(p):
             return f"missing {name}"
-        if store.sha256(p) != digest:
+        if store.sha256(p, reread=True) != digest:
             return f"checksum mismatch in {name}"
     return None
 

@@ -395,6 +395,7 @@ class Trainer:
         self._finish(wall)
 
     def _close(self) -> None:
+        self.saver.close()
         if self._profiler:
             self._profiler.close()
         self.preempt.uninstall()

@@ -38,6 +38,7 @@ class Saver:
                 lambda done: dist.all_true(state, done),
             )
         self.saved_at = -1  # the step of the last save started (or resumed from)
+        self._history: Optional[threading.Thread] = None  # copies of logs and metrics, off the step loop
 
     def _barrier(self) -> None:
         dist.barrier(self.state)
@@ -71,7 +72,22 @@ class Saver:
         return path
 
     def _after_commit(self) -> None:
-        history.upload(self.run_dir, self.ckpts.root, self.state.rank)
+        """Copy the run's history beside a remote checkpoint, in a thread (one at a time)."""
+        if not self.ckpts.store.remote:
+            return
+        self.close()
+        self._history = threading.Thread(
+            target=history.upload,
+            args=(self.run_dir, self.ckpts.root, self.state.rank),
+            name="history-upload",
+        )
+        self._history.start()
+
+    def close(self) -> None:
+        """Wait for the last history upload (before the process exits or the final files are uploaded)."""
+        if self._history is not None:
+            self._history.join()
+            self._history = None
 
     def poll(self, step: int) -> None:
         """At a step boundary: commit an async write that every rank has finished."""

@@ -136,7 +136,7 @@ class LocalStorage:
             out += [os.path.relpath(os.path.join(d, f), root) for f in files if not f.endswith(".tmp")]
         return sorted(out)
 
-    def sha256(self, path: str, chunk: int = 1 << 20) -> str:
+    def sha256(self, path: str, reread: bool = True, chunk: int = 1 << 20) -> str:
         h = hashlib.sha256()
         with open(path, "rb") as fh:
             while block := fh.read(chunk):
@@ -182,6 +182,16 @@ class FsspecStorage:
         import fsspec  # fsspec (and s3fs for s3://) only when a remote path is used
 
         self.protocol = protocol
+        # sha256 of what this process PUT, by path: the manifest need not download what rank 0 uploaded
+        # itself (botocore checksums every PutObject in transit, so the digest of the bytes sent is the
+        # digest of the object stored); files other processes wrote are read back.
+        self._sent: dict[str, str] = {}
+        for name in (
+            "botocore",
+            "aiobotocore",
+            "s3fs",
+        ):  # their INFO lines ("Found credentials...") are noise
+            logging.getLogger(name).setLevel(logging.WARNING)
         try:
             self.fs = fsspec.filesystem(protocol, **storage_options(protocol))
         except ImportError as e:
@@ -246,7 +256,9 @@ class FsspecStorage:
                     on_first_chunk()
                 fh.write(data[len(data) // 2 :])
 
+        self._sent.pop(path, None)
         self._retry("write", path, put)
+        self._sent[path] = hashlib.sha256(data).hexdigest()
 
     def rmtree(self, path: str) -> None:
         def rm():
@@ -256,6 +268,8 @@ class FsspecStorage:
                 pass
 
         self._retry("delete", path, rm)
+        for p in [p for p in self._sent if p.startswith(str(path).rstrip("/") + "/")]:
+            del self._sent[p]
 
     def remove(self, path: str) -> None:
         def rm():
@@ -265,6 +279,7 @@ class FsspecStorage:
                 pass
 
         self._retry("delete", path, rm)
+        self._sent.pop(path, None)
 
     def rename_dir(self, src: str, dst: str) -> None:
         raise NotImplementedError("object stores have no rename: checkpoints are written in place")
@@ -274,8 +289,10 @@ class FsspecStorage:
         found = self._retry("list", root, lambda: self.fs.find(base))
         return sorted(p[len(base) :] for p in found if p.startswith(base))
 
-    def sha256(self, path: str) -> str:
-        """Of the object as the store returns it (a read-back: the manifest vouches for what is stored)."""
+    def sha256(self, path: str, reread: bool = False) -> str:
+        """Of the object: remembered if this process wrote it, else as the store returns it (a read-back)."""
+        if path in self._sent and not reread:
+            return self._sent[path]
 
         def digest():
             h = hashlib.sha256()
