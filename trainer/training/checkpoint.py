@@ -243,6 +243,8 @@ class CheckpointDir:
         barrier()  # every rank's files are durable
         if rank == 0:
             files = self.store.list_files(tmp)
+            if not files:  # a listing that sees nothing must not become a manifest that vouches for nothing
+                raise CheckpointError(f"checkpoint step {step}: no files found under {tmp}")
             manifest = {
                 "step": step,
                 "world_size": world_size,

@@ -199,7 +199,7 @@ class FsspecStorage:
             raise StorageError(f"{protocol}:// needs a package that is not installed: {e}{extra}") from None
 
     def _p(self, path: str) -> str:
-        return str(path).split("://", 1)[1] if "://" in str(path) else str(path)
+        return self.fs._strip_protocol(str(path))  # the path as this filesystem names it in listings
 
     def _retry(self, op: str, path: str, fn: Callable[[], object]):
         delay = BACKOFF_S
@@ -319,7 +319,7 @@ def check_writable(root: str) -> None:
     store = for_path(root)
     if not store.remote:
         return
-    bucket = store._p(root).split("/", 1)[0]
+    bucket = store._p(root).lstrip("/").split("/", 1)[0]
     probe = join(root, f".probe-{uuid.uuid4().hex[:12]}")
     try:
         store._retry("list", root, lambda: store.fs.ls(bucket, detail=False))
