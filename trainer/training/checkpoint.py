@@ -13,9 +13,10 @@ Reading verifies every checksum before unpickling anything, and then uses ``weig
 checkpoint that fails is reported and the previous one is used.
 
 On an object store (``checkpoint.dir=s3://bucket/prefix``, storage.py) there is no rename: the files are
-written in place under ``step-N/`` (a stale one from an interrupted write is deleted first), the manifest,
-computed from what the store returns, is written last, then ``latest`` in one PUT. A ``step-N/`` without a
-manifest is not a checkpoint: it is never listed and is deleted by the next commit.
+written in place under ``step-N/`` (a stale one from an interrupted write is deleted first), the manifest
+is written last (digests of the bytes rank 0 sent itself, read back for files other ranks wrote), then
+``latest`` in one PUT. A ``step-N/`` without a manifest is not a checkpoint: it is never listed and is
+deleted by the next commit.
 """
 
 from __future__ import annotations
