@@ -47,6 +47,7 @@ class Saver:
         self, step: int, state: Optional[dict], extra: dict, sharded: Optional[dict], final: bool, t0: float
     ) -> Optional[str]:
         """Collective. Async (checkpoint.async_save) except for the last save of a run."""
+        self.close()  # the previous checkpoint's history copy is complete before this save starts
         self.saved_at = step
         if self.writer is not None:
             self.finish(step)  # at most one write in flight
@@ -72,14 +73,14 @@ class Saver:
         return path
 
     def _after_commit(self) -> None:
-        """Copy the run's history beside a remote checkpoint, in a thread (one at a time)."""
+        """Copy the run's history as of this commit beside a remote checkpoint, in a thread (one at a time;
+        it is done before the next save begins)."""
         if not self.ckpts.store.remote:
             return
         self.close()
+        snap = history.snapshot(self.run_dir, self.state.rank)
         self._history = threading.Thread(
-            target=history.upload,
-            args=(self.run_dir, self.ckpts.root, self.state.rank),
-            name="history-upload",
+            target=history.upload, args=(self.ckpts.root, snap), name="history-upload", daemon=True
         )
         self._history.start()
 
