@@ -78,9 +78,9 @@ def s3(s3_server, monkeypatch, request):
     import re
 
     from tests.s3server import BUCKET
-    from trainer.training import storage
+    from trainer.training import stores
 
-    monkeypatch.setattr(storage, "_REMOTE", {})  # a store made under another test's credentials is not reused
+    monkeypatch.setattr(stores, "_REMOTE", {})  # a store made under another test's credentials is not reused
     for k, v in s3_server.env().items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-role probe on a laptop/CI box

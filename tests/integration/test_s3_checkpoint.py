@@ -26,7 +26,7 @@ from trainer import config as C
 from trainer.__main__ import main as trainer_main
 from trainer.api import train_command
 from trainer.training import checkpoint as ckpt
-from trainer.training import storage
+from trainer.training import stores
 
 EVERY = 4
 JOB = [*TINY, "train.max_steps=12", f"checkpoint.every_steps={EVERY}", "checkpoint.keep=2", "log.every_steps=4"]
@@ -110,7 +110,7 @@ def test_async_save_to_s3_is_bitwise_equal_and_off_the_step_loop(reference, s3, 
 def test_transient_errors_are_retried_and_a_failing_save_keeps_the_previous_checkpoint(s3, tmp_path, monkeypatch):
     _, bucket, _ = s3
     url = f"s3://{bucket}/t"
-    monkeypatch.setattr(storage, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(stores, "BACKOFF_S", 0.01)
     faults = {"n": 0}
 
     def flaky(op, path):  # the first two uploads of step 4's state.pt drop the connection
@@ -118,7 +118,7 @@ def test_transient_errors_are_retried_and_a_failing_save_keeps_the_previous_chec
             faults["n"] += 1
             raise ConnectionResetError("connection reset by peer")
 
-    monkeypatch.setattr(storage, "fault_hook", flaky)
+    monkeypatch.setattr(stores, "fault_hook", flaky)
     job = [*JOB, "train.max_steps=8", f"checkpoint.dir={url}"]
     assert train_inprocess(None, tmp_path / "ok", job) == 0
     assert faults["n"] == 2 and "retrying" in (tmp_path / "ok" / "logs" / "rank-0.log").read_text()
@@ -127,7 +127,7 @@ def test_transient_errors_are_retried_and_a_failing_save_keeps_the_previous_chec
         if op == "write" and ckpt.step_name(12) in path:
             raise TimeoutError("read timeout")
 
-    monkeypatch.setattr(storage, "fault_hook", down)
+    monkeypatch.setattr(stores, "fault_hook", down)
     with pytest.raises(OSError, match="read timeout"):
         train_inprocess(None, tmp_path / "ok", [*JOB, f"checkpoint.dir={url}"])
     assert ckpt.resolve(url) == f"{url}/{ckpt.step_name(8)}"  # the previous checkpoint, intact
@@ -180,7 +180,7 @@ ERRORS = {
 def test_storage_errors_are_one_line_exit_2_before_anything_is_written(s3, tmp_path, monkeypatch, case):
     server, prefix, _ = s3
     make, expected = ERRORS[case]
-    monkeypatch.setattr(storage, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(stores, "BACKOFF_S", 0.01)
     url = make(monkeypatch, server, prefix)
     cfg = C.load(None, [f"run.dir={tmp_path / 'run'}", *JOB, f"checkpoint.dir={url}"])
     code, reason = train_command(cfg)

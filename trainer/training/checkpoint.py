@@ -12,7 +12,7 @@ Layout under ``checkpoint.dir`` (default ``<run.dir>/checkpoints/``)::
 Reading verifies every checksum before unpickling anything, and then uses ``weights_only=True``; a
 checkpoint that fails is reported and the previous one is used.
 
-On an object store (``checkpoint.dir=s3://bucket/prefix``, storage.py) there is no rename: the files are
+On an object store (``checkpoint.dir=s3://bucket/prefix``, stores.py) there is no rename: the files are
 written in place under ``step-N/`` (a stale one from an interrupted write is deleted first), the manifest
 is written last (digests of the bytes rank 0 sent itself, read back for files other ranks wrote), then
 ``latest`` in one PUT. A ``step-N/`` without a manifest is not a checkpoint: it is never listed and is
@@ -21,10 +21,12 @@ deleted by the next commit.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
+import pickle
 import platform
 import random
 import time
@@ -34,7 +36,7 @@ from typing import Any, Optional
 
 import torch
 
-from . import storage
+from . import stores
 
 log = logging.getLogger("trainer")
 
@@ -90,7 +92,7 @@ def step_name(step: int) -> str:
 
 
 def sha256_file(path: str) -> str:
-    return storage.for_path(path).sha256(path)
+    return stores.for_path(path).sha256(path)
 
 
 class _PhaseAfterFirstWrite:
@@ -112,7 +114,7 @@ class _PhaseAfterFirstWrite:
 
 
 def atomic_torch_save(obj: Any, path: str, step: int = -1, rank: int = 0) -> None:
-    store = storage.for_path(path)
+    store = stores.for_path(path)
     if store.remote:  # serialized here, then one PUT (retried): an object is whole or absent
         buf = io.BytesIO()
         torch.save(obj, buf)
@@ -128,7 +130,7 @@ def atomic_torch_save(obj: Any, path: str, step: int = -1, rank: int = 0) -> Non
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    storage.for_path(path).write_bytes(path, text.encode("utf-8"))
+    stores.for_path(path).write_bytes(path, text.encode("utf-8"))
 
 
 def rng_state() -> dict:
@@ -155,10 +157,10 @@ class CheckpointDir:
     def __init__(self, root: str, keep: int = 3):
         self.root = str(root)
         self.keep = keep
-        self.store = storage.for_path(self.root)
+        self.store = stores.for_path(self.root)
 
     def _join(self, *parts: str) -> str:
-        return storage.join(self.root, *parts)
+        return stores.join(self.root, *parts)
 
     # ------------------------------------------------------------------ discovery
     def committed(self) -> list[str]:
@@ -167,28 +169,64 @@ class CheckpointDir:
         return [self._join(n) for n in names if self.store.isfile(self._join(n, MANIFEST))]
 
     def latest_pointer(self) -> Optional[str]:
+        """The checkpoint `latest` names; None (with a warning) if missing or not a plain name in here."""
         p = self._join(LATEST)
         if not self.store.isfile(p):
             return None
-        name = self.store.read_bytes(p).decode("utf-8").strip()
-        return self._join(name) if name else None
+        try:
+            name = self.store.read_bytes(p).decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning(
+                "checkpoint pointer %s is unreadable (%s); looking at the checkpoints themselves", p, e
+            )
+            return None
+        if not name:
+            return None
+        if os.path.isabs(name) or os.path.basename(name) != name or name in (".", ".."):
+            log.warning("checkpoint pointer %s names %r, outside %s; ignored", p, name[:200], self.root)
+            return None
+        return self._join(name)
 
     def is_empty(self) -> bool:
         return not self.store.listdir(self.root)
 
     def find_resumable(self) -> Optional[str]:
-        """The `latest` checkpoint if it verifies, else the newest older one that does."""
+        """The `latest` checkpoint if it verifies, else the newest older one that does.
+
+        None when there is no checkpoint at all; CheckpointError naming every problem when there are some
+        and none is usable. ``self.unusable`` lists those that failed (never to be deleted by a prune).
+        """
         candidates = []
         ptr = self.latest_pointer()
         if ptr:
             candidates.append(ptr)
         candidates += [c for c in self.committed() if c != ptr and (ptr is None or c < ptr)]
+        problems = []
+        self.unusable: list[str] = []
         for c in candidates:
             problem = verify(c)
             if problem is None:
                 return c
             log.warning("checkpoint %s is unusable (%s); trying the previous one", c, problem)
+            problems.append(f"{os.path.basename(c)}: {problem}")
+            if os.path.isdir(c):
+                self.unusable.append(c)
+        if problems:
+            raise CheckpointError(f"no usable checkpoint in {self.root} ({'; '.join(problems)})")
         return None
+
+    def set_aside(self, paths: list[str]) -> list[str]:
+        """Move checkpoints that could not be read to ``unusable-step-N`` (never deleted, never resumed)."""
+        moved = []
+        for c in paths:
+            dst = os.path.join(self.root, "unusable-" + os.path.basename(c))
+            i = 1
+            while os.path.exists(dst):
+                i += 1
+                dst = os.path.join(self.root, f"unusable-{os.path.basename(c)}-{i}")
+            os.rename(c, dst)
+            moved.append(dst)
+        return moved
 
     # ------------------------------------------------------------------ writing
     # A save is three verbs so that the middle one can run in a background thread (async saves):
@@ -208,7 +246,7 @@ class CheckpointDir:
 
     def _remove_checkpoint(self, path: str) -> None:
         """Manifest first: a half-deleted checkpoint must never look committed."""
-        self.store.remove(storage.join(path, MANIFEST))
+        self.store.remove(stores.join(path, MANIFEST))
         self.store.rmtree(path)
 
     def write(
@@ -227,14 +265,14 @@ class CheckpointDir:
         """
         tmp = self.tmp_dir(step)
         _phase("before_data", step, rank)
-        atomic_torch_save(rng, storage.join(tmp, f"rng-rank{rank:05d}.pt"))
+        atomic_torch_save(rng, stores.join(tmp, f"rng-rank{rank:05d}.pt"))
         if sharded is not None:
             from . import dcp_io  # torch.distributed.checkpoint costs ~0.9 s to import: FSDP runs only
 
-            dcp_io.save(sharded, storage.join(tmp, DCP), process_group=group)
+            dcp_io.save(sharded, stores.join(tmp, DCP), process_group=group)
         if rank == 0:
             assert state is not None
-            atomic_torch_save(state, storage.join(tmp, STATE), step, rank)
+            atomic_torch_save(state, stores.join(tmp, STATE), step, rank)
 
     def commit(
         self, step: int, rank: int, world_size: int, manifest_extra: dict, barrier: Callable[[], None]
@@ -251,11 +289,11 @@ class CheckpointDir:
                 "world_size": world_size,
                 "time": time.time(),
                 "versions": versions(),
-                "files": {f: self.store.sha256(storage.join(tmp, f), reread=False) for f in files},
+                "files": {f: self.store.sha256(stores.join(tmp, f), reread=False) for f in files},
                 **manifest_extra,
             }
             _phase("before_manifest", step, rank)
-            atomic_write_text(storage.join(tmp, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True))
+            atomic_write_text(stores.join(tmp, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True))
             if self.store.renames:
                 _phase("before_rename", step, rank)
                 self.store.rename_dir(tmp, final)
@@ -276,10 +314,29 @@ class CheckpointDir:
         sharded: Optional[dict] = None,
         group=None,
     ) -> str:
-        """Synchronous save. Collective: every rank calls it; rank 0 passes the gathered `state`."""
-        self.begin(step, rank, barrier)
-        self.write(step, rank, state, rng_state(), sharded, group)
-        return self.commit(step, rank, world_size, manifest_extra, barrier)
+        """Synchronous save. Collective: every rank calls it; rank 0 passes the gathered `state`.
+
+        A write the storage refuses (disk full, ...) removes its temp dir (space for the next try) and
+        re-raises; `latest` still names the previous checkpoint.
+        """
+        try:
+            self.begin(step, rank, barrier)
+            self.write(step, rank, state, rng_state(), sharded, group)
+            return self.commit(step, rank, world_size, manifest_extra, barrier)
+        except OSError:
+            self.discard(step)
+            raise
+        except RuntimeError as e:  # torch.save reports ENOSPC as "unexpected pos", the OSError chained
+            if isinstance(e.__cause__ or e.__context__, OSError):
+                self.discard(step)
+            raise
+
+    def discard(self, step: int) -> None:
+        """Remove a failed save's files (on an object store: the partial step-N/, which has no manifest)."""
+        try:
+            self.store.rmtree(self.tmp_dir(step))
+        except OSError as e:  # the store that refused the write may refuse this too; the next commit prunes
+            log.warning("could not remove %s: %s", self.tmp_dir(step), stores.describe(e))
 
     def _prune(self, keep_step: int = -1) -> None:
         committed = self.committed()
@@ -294,7 +351,7 @@ class CheckpointDir:
 
 
 def is_sharded(ckpt: str) -> bool:
-    return storage.for_path(ckpt).isdir(storage.join(ckpt, DCP))
+    return stores.for_path(ckpt).isdir(stores.join(ckpt, DCP))
 
 
 def consolidated_model_state(ckpt: str) -> dict:
@@ -304,39 +361,95 @@ def consolidated_model_state(ckpt: str) -> dict:
         return state["model"]
     from . import dcp_io  # ~0.9 s import (torch.distributed.checkpoint), only for sharded checkpoints
 
-    return dcp_io.consolidate(storage.join(ckpt, DCP))["model"]
+    return dcp_io.consolidate(stores.join(ckpt, DCP))["model"]
 
 
 def read_manifest(ckpt: str) -> dict:
-    path = storage.join(ckpt, MANIFEST)
-    return json.loads(storage.for_path(path).read_bytes(path).decode("utf-8"))
+    path = stores.join(ckpt, MANIFEST)
+    return json.loads(stores.for_path(path).read_bytes(path).decode("utf-8"))
+
+
+def _manifest_problem(manifest: Any) -> Optional[str]:
+    if not isinstance(manifest, dict):
+        return "manifest is not a JSON object"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return "manifest lists no files"
+    for name, digest in files.items():
+        if not isinstance(name, str) or not isinstance(digest, str):
+            return f"manifest entry {name!r} is malformed"
+        if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+            return f"manifest names a file outside the checkpoint: {name!r}"
+    if STATE not in files and not any(n.startswith(DCP + "/") for n in files):
+        return f"manifest lists no {STATE} and no {DCP}/"
+    if not isinstance(manifest.get("step"), int):
+        return "manifest has no step"
+    return None
+
+
+def _load_problem(name: str, e: BaseException) -> str:
+    if isinstance(e, pickle.UnpicklingError):
+        return f"{name} refused: it holds objects other than tensors and plain data (weights_only load)"
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{name} cannot be loaded ({type(e).__name__}: {first})"
+
+
+def _probe_load(src: str | io.BytesIO, name: str) -> Optional[str]:
+    """Whether a torch file (a local path, or a remote object's bytes) loads with weights_only (the pickle
+    is parsed; local zip files are memory-mapped)."""
+    try:
+        if isinstance(src, str):
+            with open(src, "rb") as fh:
+                is_zip = fh.read(4) == b"PK\x03\x04"
+            torch.load(src, map_location="cpu", weights_only=True, mmap=is_zip)
+        else:
+            torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for a refused object, RuntimeError for a torn zip, ...
+        return _load_problem(name, e)
+    return None
 
 
 def verify(ckpt: str) -> Optional[str]:
-    """None if every file matches the manifest's checksum, else what is wrong."""
+    """None if the manifest is sound, every file matches its checksum and loads with weights_only;
+    else what is wrong (the caller then tries the previous checkpoint)."""
     try:
         manifest = read_manifest(ckpt)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         return f"manifest unreadable: {e}"
-    store = storage.for_path(ckpt)
-    for name, digest in manifest.get("files", {}).items():
-        p = storage.join(ckpt, name)
+    problem = _manifest_problem(manifest)
+    if problem:
+        return problem
+    store = stores.for_path(ckpt)
+    for name, digest in manifest["files"].items():
+        p = stores.join(ckpt, name)
         if not store.isfile(p):
             return f"missing {name}"
-        if store.sha256(p, reread=True) != digest:
-            return f"checksum mismatch in {name}"
+        try:
+            if store.remote and name.endswith(".pt"):  # one download: checksum and load probe
+                data = store.read_bytes(p)
+                if hashlib.sha256(data).hexdigest() != digest:
+                    return f"checksum mismatch in {name}"
+                problem = _probe_load(io.BytesIO(data), name)
+            else:
+                if store.sha256(p, reread=True) != digest:
+                    return f"checksum mismatch in {name}"
+                problem = _probe_load(p, name) if name.endswith(".pt") else None
+        except OSError as e:
+            return f"{name} unreadable: {e.strerror or e}"
+        if problem:
+            return problem
     return None
 
 
 def resolve(path: str) -> str:
     """A checkpoint dir from a checkpoint dir, a checkpoints/ dir or a run dir (local paths or URLs)."""
-    store = storage.for_path(path)
-    if store.isfile(storage.join(path, MANIFEST)):
+    store = stores.for_path(path)
+    if store.isfile(stores.join(path, MANIFEST)):
         return path
-    for root in (path, storage.join(path, "checkpoints")):
+    for root in (path, stores.join(path, "checkpoints")):
         names = store.listdir(root)
         if LATEST in names or any(n.startswith("step-") for n in names):
-            found = CheckpointDir(root).find_resumable()
+            found = CheckpointDir(root).find_resumable()  # raises when every one is unusable
             if found:
                 return found
     raise CheckpointError(f"{path!r}: no usable checkpoint found")
@@ -350,12 +463,19 @@ def load_state(
         problem = verify(ckpt)
         if problem:
             raise CheckpointError(f"checkpoint {ckpt}: {problem}")
-    store = storage.for_path(ckpt)
-    state_path, rng_path = storage.join(ckpt, STATE), storage.join(ckpt, f"rng-rank{rank:05d}.pt")
-    state = torch.load(_readable(store, state_path), map_location=map_location, weights_only=True)
-    rng = None
-    if store.isfile(rng_path):
-        rng = torch.load(_readable(store, rng_path), map_location="cpu", weights_only=True)
+    store = stores.for_path(ckpt)
+    state_path, rng_path = stores.join(ckpt, STATE), stores.join(ckpt, f"rng-rank{rank:05d}.pt")
+    try:
+        state = torch.load(_readable(store, state_path), map_location=map_location, weights_only=True)
+        rng = None
+        if store.isfile(rng_path):
+            rng = torch.load(_readable(store, rng_path), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as e:  # a refused pickle (UnpicklingError) or a torn file: one line, not a traceback
+        raise CheckpointError(f"checkpoint {ckpt}: {_load_problem(STATE, e)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {ckpt}: {STATE} does not hold a state dict")
     return state, rng
 
 

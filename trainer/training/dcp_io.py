@@ -5,7 +5,7 @@ planner reads non-tensor items with `torch.load(weights_only=False)`: a planted 
 time (../shared/PLATFORM.md). Here the metadata goes through an unpickler that accepts only DCP's own
 metadata classes and a few inert torch/builtin types, and byte items through `weights_only=True`.
 
-URLs (``s3://...``, storage.py) go through DCP's fsspec writer and reader (private in torch 2.13:
+URLs (``s3://...``, stores.py) go through DCP's fsspec writer and reader (private in torch 2.13:
 ``torch.distributed.checkpoint._fsspec_filesystem``), with the same safe metadata read, and
 ``sync_files=False``: on an object store a PUT is durable when it returns, and sync_files would
 ``os.sync()`` the whole host once per file.
@@ -27,7 +27,7 @@ from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystem
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from . import storage
+from . import stores
 
 _ALLOWED = {
     "torch.distributed.checkpoint.metadata": {
@@ -73,8 +73,8 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 def read_metadata_safely(path: str) -> Metadata:
-    if storage.is_url(path):
-        fh = storage.read_stream(storage.join(path, ".metadata"))
+    if stores.is_url(path):
+        fh = stores.read_stream(stores.join(path, ".metadata"))
     else:
         fh = open(os.path.join(path, ".metadata"), "rb")  # noqa: SIM115 - closed below
     with fh:
@@ -104,12 +104,12 @@ class SafeFsspecReader(_SafeMetadata, FsspecReader):
 
 
 def _options(path: str) -> dict:
-    return storage.storage_options(path.split("://", 1)[0])
+    return stores.storage_options(path.split("://", 1)[0])
 
 
 def _reader(path: str):
     path = str(path)
-    return SafeFsspecReader(path, **_options(path)) if storage.is_url(path) else SafeReader(path)
+    return SafeFsspecReader(path, **_options(path)) if stores.is_url(path) else SafeReader(path)
 
 
 class SafeLoadPlanner(DefaultLoadPlanner):
@@ -125,7 +125,7 @@ class SafeLoadPlanner(DefaultLoadPlanner):
 
 def save(state: dict, path: str, process_group=None) -> None:
     path = str(path)
-    if storage.is_url(path):
+    if stores.is_url(path):
         writer = FsspecWriter(path, sync_files=False, **_options(path))
     else:
         writer = FileSystemWriter(path, sync_files=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 
-from . import storage
+from . import stores
 
 log = logging.getLogger("trainer")
 
@@ -27,7 +27,7 @@ def _rank_log(rank: int) -> str:
 
 
 def _remote(root: str, rel: str) -> str:
-    return storage.join(root, *rel.split(os.sep))
+    return stores.join(root, *rel.split(os.sep))
 
 
 def snapshot(run_dir: str, rank: int, files: tuple[str, ...] = MAIN_FILES) -> list[tuple[str, bytes]]:
@@ -44,19 +44,19 @@ def snapshot(run_dir: str, rank: int, files: tuple[str, ...] = MAIN_FILES) -> li
 
 def upload(root: str, snap: list[tuple[str, bytes]]) -> None:
     """Copy a snapshot beside the checkpoints in `root` (a no-op for local checkpoint dirs); never raises."""
-    store = storage.for_path(root)
+    store = stores.for_path(root)
     if not store.remote:
         return
     for rel, data in snap:
         try:
             store.write_bytes(_remote(root, rel), data)
         except Exception as e:  # the checkpoint is committed; a missing copy of a log must not fail the run
-            log.warning("could not upload %s to %s: %s", rel, root, storage.describe(e))
+            log.warning("could not upload %s to %s: %s", rel, root, stores.describe(e))
 
 
 def upload_final(run_dir: str, root: str, rank: int) -> None:
     """At the end of a run: the history and the final model.safetensors and summary.json (rank 0)."""
-    store = storage.for_path(root)
+    store = stores.for_path(root)
     if not store.remote:
         return
     upload(root, snapshot(run_dir, rank, MAIN_FILES))
@@ -66,12 +66,12 @@ def upload_final(run_dir: str, root: str, rank: int) -> None:
             try:
                 store.upload(local, _remote(root, rel))
             except Exception as e:
-                log.warning("could not upload %s to %s: %s", rel, root, storage.describe(e))
+                log.warning("could not upload %s to %s: %s", rel, root, stores.describe(e))
 
 
 def restore(run_dir: str, root: str, rank: int) -> list[str]:
     """Before logging starts on a resumed run: fetch this rank's files that the local run.dir lacks."""
-    store = storage.for_path(root)
+    store = stores.for_path(root)
     if not store.remote:
         return []
     got = []

@@ -17,8 +17,8 @@ from typing import Optional
 import torch
 
 from ..config import Config
-from ..runtime import dist
-from . import history
+from ..runtime import dist, storage
+from . import history, stores
 from .checkpoint import CheckpointDir, CheckpointError, checkpoint_root, rng_state
 
 log = logging.getLogger("trainer")
@@ -39,9 +39,14 @@ class Saver:
             )
         self.saved_at = -1  # the step of the last save started (or resumed from)
         self._history: Optional[threading.Thread] = None  # copies of logs and metrics, off the step loop
+        # The loop's watchdog breadcrumb: called with "checkpoint barrier" before each barrier and
+        # "checkpoint" after it, so that the watchdog names the rank still writing when the others wait.
+        self.phase: Callable[[str], None] = lambda op: None
 
     def _barrier(self) -> None:
+        self.phase("checkpoint barrier")
         dist.barrier(self.state)
+        self.phase("checkpoint")
 
     def save(
         self, step: int, state: Optional[dict], extra: dict, sharded: Optional[dict], final: bool, t0: float
@@ -58,16 +63,20 @@ class Saver:
                 time.perf_counter() - t0,
             )
             return self.finish(step) if final else None
-        path = self.ckpts.save(
-            step,
-            self.state.rank,
-            self.state.world_size,
-            state,
-            extra,
-            self._barrier,
-            sharded,
-            self.state.ckpt_group,
-        )
+        try:
+            path = self.ckpts.save(
+                step,
+                self.state.rank,
+                self.state.world_size,
+                state,
+                extra,
+                self._barrier,
+                sharded,
+                self.state.ckpt_group,
+            )
+        except Exception as e:
+            self._raise_storage(e, step)
+            raise
         log.info("checkpoint step %d saved in %.2fs -> %s", step, time.perf_counter() - t0, path)
         self._after_commit()
         return path
@@ -90,11 +99,33 @@ class Saver:
             self._history.join()
             self._history = None
 
+    def _raise_storage(self, e: BaseException, step: int) -> None:
+        """A write the storage refused: StorageError naming the checkpoint (exit 74); `latest` unchanged.
+
+        On an object store, any OSError that survived the retries (a timeout, a 5xx, a refusal) is such a
+        fault, worded by stores.describe."""
+        fault = storage.describe(e, where=self.ckpts.tmp_dir(step))
+        if not fault and self.ckpts.store.remote:
+            cause = _os_error(e)
+            if cause is not None:
+                fault = f"storage error: {stores.describe(cause)} at {self.ckpts.tmp_dir(step)}"
+        if fault:
+            self.ckpts.discard(step)  # free what the failed write took; the next try starts clean
+            latest = self.ckpts.latest_pointer()
+            raise storage.StorageError(
+                f"{fault} while writing checkpoint step {step}; "
+                + (f"the previous checkpoint {latest} is intact" if latest else "no earlier checkpoint")
+            ) from e
+
     def poll(self, step: int) -> None:
         """At a step boundary: commit an async write that every rank has finished."""
         if self.writer is not None and self.writer.in_flight:
             started = self.writer.step
-            path = self.writer.poll()
+            try:
+                path = self.writer.poll()
+            except Exception as e:
+                self._raise_storage(e, started)
+                raise
             if path:
                 log.info(
                     "checkpoint step %d committed at step %d (async: %d steps ran during the write) -> %s",
@@ -110,10 +141,25 @@ class Saver:
         if self.writer is None or not self.writer.in_flight:
             return None
         started = self.writer.step
-        path = self.writer.wait()
+        try:
+            path = self.writer.wait()
+        except Exception as e:
+            self._raise_storage(e, started)
+            raise
         log.info("checkpoint step %d committed at step %d -> %s", started, step, path)
         self._after_commit()
         return path
+
+
+def _os_error(e: Optional[BaseException]) -> Optional[OSError]:
+    """The first OSError in an exception chain (DCP and the async writer wrap the store's error)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _clone_tree(obj):

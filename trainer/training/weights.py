@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError
 from . import checkpoint as ckpt
-from . import storage
+from . import stores
 
 log = logging.getLogger("trainer")
 
@@ -62,6 +62,10 @@ def import_torchao():
         logging.getLogger(n).setLevel(logging.ERROR)
     try:
         import torchao.quantization as tq
+    except ImportError as e:  # an optional extra: say how to get it, in one line
+        raise ConfigError(
+            f"torchao is not installed ({e}): pip install 'torchrunner[quantize]' (requirements.txt pins it)"
+        ) from None
     finally:
         for n, lvl in levels.items():
             logging.getLogger(n).setLevel(lvl)
@@ -130,13 +134,13 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
     A run dir prefers its newest verified checkpoint (full fidelity, checksummed) over model.safetensors.
     Every failure is a :class:`ConfigError` that names ``key`` and the path.
     """
-    if storage.is_url(path):  # checkpoints on an object store (checkpoint.dir=s3://...)
+    if stores.is_url(path):  # checkpoints on an object store (checkpoint.dir=s3://...)
         try:
             found = ckpt.resolve(path)
         except ckpt.CheckpointError as e:
             raise ConfigError(f"{key}={path!r}: {e}") from None
         except OSError as e:
-            raise ConfigError(f"{key}={path!r}: {storage.describe(e)}") from None
+            raise ConfigError(f"{key}={path!r}: {stores.describe(e)}") from None
         return _read_checkpoint(path, found, key)
     if not os.path.exists(path):
         raise ConfigError(f"{key}={path!r}: no such file or directory")
@@ -144,14 +148,15 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
         compressed = _compressed_entry(path, None)
         if compressed is not None:
             return _read_compressed(path, compressed, key)
+        problem = "no usable checkpoint"
         try:
             found = ckpt.resolve(path)
-        except ckpt.CheckpointError:
-            found = None
+        except ckpt.CheckpointError as e:  # e names each unusable checkpoint and why (e.g. a refused pickle)
+            found, problem = None, str(e).removeprefix(f"{path!r}: ")
         if found is None:
             final = os.path.join(path, "model.safetensors")
             if not os.path.isfile(final):
-                raise ConfigError(f"{key}={path!r}: no usable checkpoint and no model.safetensors found")
+                raise ConfigError(f"{key}={path!r}: {problem} and no model.safetensors found")
             w = read_weights(final, key)
             w.config = w.config or _read_yaml(os.path.join(path, "config.yaml"))
             return w

@@ -39,7 +39,7 @@ BACKOFF_S = 0.5
 _REMOTE: dict = {}  # (protocol, pid) -> FsspecStorage
 
 
-class StorageError(OSError):
+class StoreError(OSError):
     """A store that cannot be used (no credentials, missing bucket, access denied, unreachable endpoint)."""
 
 
@@ -193,7 +193,7 @@ class FsspecStorage:
             self.fs = fsspec.filesystem(protocol, **storage_options(protocol))
         except ImportError as e:
             extra = " (pip install '.[s3]')" if protocol.startswith("s3") else ""
-            raise StorageError(f"{protocol}:// needs a package that is not installed: {e}{extra}") from None
+            raise StoreError(f"{protocol}:// needs a package that is not installed: {e}{extra}") from None
 
     def _p(self, path: str) -> str:
         return self.fs._strip_protocol(str(path))  # the path as this filesystem names it in listings
@@ -312,7 +312,7 @@ def read_stream(path: str) -> io.BytesIO:
 
 
 def check_writable(root: str) -> None:
-    """Raise StorageError with one line if `root` cannot hold checkpoints: the start-of-run preflight."""
+    """Raise StoreError with one line if `root` cannot hold checkpoints: the start-of-run preflight."""
     store = for_path(root)
     if not store.remote:
         return
@@ -323,7 +323,7 @@ def check_writable(root: str) -> None:
         store._retry("write", probe, lambda: store.fs.pipe_file(store._p(probe), b"probe"))
         store._retry("delete", probe, lambda: store.fs.rm_file(store._p(probe)))
     except Exception as e:
-        raise StorageError(f"{root}: {describe(e, bucket)}") from None
+        raise StoreError(f"{root}: {describe(e, bucket)}") from None
 
 
 def describe(e: BaseException, bucket: str = "") -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from trainer import config as C
 from trainer.training import checkpoint as ckpt
-from trainer.training import storage
+from trainer.training import stores
 
 
 def _save(d: ckpt.CheckpointDir, step: int) -> str:
@@ -67,8 +67,8 @@ def test_a_corrupted_object_is_caught_by_verify_and_the_previous_one_used(mem):
 def test_transient_errors_are_retried_then_raised(monkeypatch):
     import fsspec
 
-    monkeypatch.setattr(storage, "BACKOFF_S", 0.0)
-    store = storage.for_path("memory://retry")
+    monkeypatch.setattr(stores, "BACKOFF_S", 0.0)
+    store = stores.for_path("memory://retry")
     calls = []
 
     def hook(op, path):
@@ -76,14 +76,14 @@ def test_transient_errors_are_retried_then_raised(monkeypatch):
         if len(calls) <= 2:
             raise ConnectionResetError("reset")
 
-    monkeypatch.setattr(storage, "fault_hook", hook)
+    monkeypatch.setattr(stores, "fault_hook", hook)
     store.write_bytes("memory://retry/x", b"data")
     assert calls == ["write"] * 3 and fsspec.filesystem("memory").cat_file("/retry/x") == b"data"
-    monkeypatch.setattr(storage, "fault_hook", lambda op, path: (_ for _ in ()).throw(TimeoutError("slow")))
+    monkeypatch.setattr(stores, "fault_hook", lambda op, path: (_ for _ in ()).throw(TimeoutError("slow")))
     with pytest.raises(TimeoutError):
         store.write_bytes("memory://retry/y", b"data")
     denied = lambda op, path: (_ for _ in ()).throw(PermissionError("denied"))  # noqa: E731
-    monkeypatch.setattr(storage, "fault_hook", denied)
+    monkeypatch.setattr(stores, "fault_hook", denied)
     calls.clear()
     with pytest.raises(PermissionError):
         store.write_bytes("memory://retry/z", b"data")  # a refusal is not retried
@@ -101,9 +101,9 @@ def test_checkpoint_dir_urls_are_validated_offline(url, message):
 
 
 def test_paths_and_urls():
-    assert storage.join("s3://b/p/", "step-1", "x") == "s3://b/p/step-1/x"
-    assert storage.join("/tmp/a", "b") == "/tmp/a/b"
-    assert storage.basename("s3://b/p/step-1/") == "step-1" and storage.dirname("s3://b/p/x") == "s3://b/p"
-    assert not storage.is_url("file:///tmp/x") and storage.is_url("s3://b")
+    assert stores.join("s3://b/p/", "step-1", "x") == "s3://b/p/step-1/x"
+    assert stores.join("/tmp/a", "b") == "/tmp/a/b"
+    assert stores.basename("s3://b/p/step-1/") == "step-1" and stores.dirname("s3://b/p/x") == "s3://b/p"
+    assert not stores.is_url("file:///tmp/x") and stores.is_url("s3://b")
     assert ckpt.checkpoint_root(None, "runs/a") == "runs/a/checkpoints"
     assert ckpt.checkpoint_root("s3://b/p", "runs/a") == "s3://b/p"
