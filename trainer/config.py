@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -395,11 +396,37 @@ def validate(cfg: Config) -> None:
     ):
         raise ConfigError(f"profile.steps={cfg.profile.steps!r}: expected [start, end] with start < end")
     r = cfg.run.resume
-    if r not in RESUME_MODES and not os.path.exists(r):
+    if r not in RESUME_MODES and not _is_url(r) and not os.path.exists(r):
         raise ConfigError(
             f"run.resume={r!r}: expected {', '.join(RESUME_MODES)} or an existing checkpoint path"
             + did_you_mean(r, RESUME_MODES)
         )
+    for key, url in (("checkpoint.dir", cfg.checkpoint.dir), ("run.resume", r)):
+        if url and _is_url(url):
+            _check_url(key, url)
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _check_url(key: str, url: str) -> None:
+    """A storage URL names a known fsspec protocol whose package is installed (nothing is contacted here:
+    reachability is checked when the run starts, and by the doctor)."""
+    from fsspec.registry import known_implementations  # ~58 ms to import: only for URLs
+
+    protocol, _, rest = url.partition("://")
+    impl = known_implementations.get(protocol)
+    if impl is None:
+        raise ConfigError(
+            f"{key}={url!r}: unknown storage protocol {protocol!r} (expected e.g. s3://bucket/prefix)"
+        )
+    if not rest.split("/", 1)[0]:
+        raise ConfigError(f"{key}={url!r}: no bucket (expected {protocol}://bucket/prefix)")
+    module = impl["class"].split(".", 1)[0]
+    if importlib.util.find_spec(module) is None:
+        extra = " (pip install '.[s3]', or make setup)" if protocol in ("s3", "s3a") else ""
+        raise ConfigError(f"{key}={url!r}: {protocol}:// needs the {module} package{extra}")
 
 
 def check_world(cfg: Config, world_size: int) -> int:

@@ -154,6 +154,11 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
+    dir: Optional[str] = _f(
+        None,
+        "Where checkpoints live: a directory, or an fsspec URL such as s3://bucket/prefix (needs the .[s3] "
+        "extra; credentials from AWS_* variables or an instance role). Default: run.dir/checkpoints.",
+    )
     every_steps: int = _f(0, "Save a checkpoint every N optimizer steps (0 = only at the end).", min=0)
     keep: int = _f(3, "Keep the last K checkpoints.", min=1)
     async_save: bool = _f(False, "Write checkpoints in a background thread while training continues.")

@@ -504,6 +504,7 @@ class Trainer:
             self.metrics.close()
 
     def _close(self) -> None:
+        self.saver.close()
         if self._profiler:
             self._profiler.close()
         self.preempt.uninstall()

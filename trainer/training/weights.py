@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError
 from . import checkpoint as ckpt
+from . import stores
 
 log = logging.getLogger("trainer")
 
@@ -133,6 +134,14 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
     A run dir prefers its newest verified checkpoint (full fidelity, checksummed) over model.safetensors.
     Every failure is a :class:`ConfigError` that names ``key`` and the path.
     """
+    if stores.is_url(path):  # checkpoints on an object store (checkpoint.dir=s3://...)
+        try:
+            found = ckpt.resolve(path)
+        except ckpt.CheckpointError as e:
+            raise ConfigError(f"{key}={path!r}: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"{key}={path!r}: {stores.describe(e)}") from None
+        return _read_checkpoint(path, found, key)
     if not os.path.exists(path):
         raise ConfigError(f"{key}={path!r}: no such file or directory")
     if os.path.isdir(path):
@@ -151,30 +160,7 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
             w = read_weights(final, key)
             w.config = w.config or _read_yaml(os.path.join(path, "config.yaml"))
             return w
-        try:
-            state, _ = ckpt.load_state(found, verify_first=True)
-        except ckpt.CheckpointError as e:
-            raise ConfigError(f"{key}={path!r}: {e}") from None
-        except Exception as e:  # an unpickling error: weights_only refused something
-            raise ConfigError(
-                f"{key}={path!r}: refused {found}: not a plain weights file "
-                f"(read with weights_only=True; {_first_line(e)})"
-            ) from None
-        manifest = ckpt.read_manifest(found)
-        if ckpt.is_sharded(found):  # FSDP: consolidate the DCP shards here (restricted unpickler)
-            try:
-                sd = ckpt.consolidated_model_state(found)
-            except Exception as e:
-                raise ConfigError(
-                    f"{key}={path!r}: sharded checkpoint {found} unreadable ({_first_line(e)})"
-                ) from None
-        else:
-            sd = _as_state_dict(state, found, key)
-        return Weights(
-            merge_lora_state(_strip_wrappers(sd)),
-            manifest.get("config"),
-            f"checkpoint {found} (step {manifest.get('step')})",
-        )
+        return _read_checkpoint(path, found, key)
     parent = os.path.dirname(os.path.abspath(path))
     compressed = _compressed_entry(parent, os.path.basename(path))
     if compressed is not None:
@@ -190,6 +176,34 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
         return Weights(merge_lora_state(_strip_wrappers(sd)), cfg, f"safetensors {path}")
     sd = _as_state_dict(_torch_load(path, key), path, key)
     return Weights(merge_lora_state(_strip_wrappers(sd)), None, f"state dict {path}")
+
+
+def _read_checkpoint(path: str, found: str, key: str) -> Weights:
+    """The weights of one committed checkpoint (local or remote), verified before anything is unpickled."""
+    try:
+        state, _ = ckpt.load_state(found, verify_first=True)
+    except ckpt.CheckpointError as e:
+        raise ConfigError(f"{key}={path!r}: {e}") from None
+    except Exception as e:  # an unpickling error: weights_only refused something
+        raise ConfigError(
+            f"{key}={path!r}: refused {found}: not a plain weights file "
+            f"(read with weights_only=True; {_first_line(e)})"
+        ) from None
+    manifest = ckpt.read_manifest(found)
+    if ckpt.is_sharded(found):  # FSDP: consolidate the DCP shards here (restricted unpickler)
+        try:
+            sd = ckpt.consolidated_model_state(found)
+        except Exception as e:
+            raise ConfigError(
+                f"{key}={path!r}: sharded checkpoint {found} unreadable ({_first_line(e)})"
+            ) from None
+    else:
+        sd = _as_state_dict(state, found, key)
+    return Weights(
+        merge_lora_state(_strip_wrappers(sd)),
+        manifest.get("config"),
+        f"checkpoint {found} (step {manifest.get('step')})",
+    )
 
 
 def _compressed_entry(directory: str, filename: Optional[str]) -> Optional[dict]:
