@@ -228,7 +228,7 @@ def math_diff(a: Config, b: Config) -> list[str]:
 
 # The one list of built-in names (config must not import torch, so the builders in trainer/models and
 # trainer/data are keyed by these; tests/unit/test_layers.py checks they agree).
-MODEL_NAMES = ("linreg", "cnn", "mlp", "gpt")
+MODEL_NAMES = ("linreg", "cnn", "mlp", "gpt", "hf")
 DATA_NAMES = (
     "synthetic_regression",
     "synthetic_classification",
@@ -238,8 +238,9 @@ DATA_NAMES = (
     "tokens",
     "tensors",
     "csv",
+    "jsonl",
 )
-_NEEDS_PATH = ("tokens", "tensors", "csv")
+_NEEDS_PATH = ("tokens", "tensors", "csv", "jsonl")
 
 
 def _is_import_path(name: str) -> bool:
@@ -259,9 +260,29 @@ def validate(cfg: Config) -> None:
         )
     if d.name in _NEEDS_PATH and not d.path:
         raise ConfigError(f"data.path=None: data.name={d.name} needs a file (data.path=...)")
-    for key, p in (("data.path", d.path), ("model.init_from", m.init_from)):
+    for key, p in (
+        ("data.path", d.path),
+        ("data.eval_path", d.eval_path),
+        ("data.tokenizer", d.tokenizer),
+        ("model.init_from", m.init_from),
+        ("model.path", m.path),
+    ):
         if p and not os.path.exists(p):
             raise ConfigError(f"{key}={p!r}: no such file or directory")
+    if m.name == "hf":
+        if not m.path:
+            raise ConfigError("model.path=None: model.name=hf needs a local model directory (model.path=DIR)")
+        if not os.path.isfile(os.path.join(m.path, "config.json")):
+            raise ConfigError(
+                f"model.path={m.path!r}: no config.json there (expected a Hugging Face model dir)"
+            )
+    if d.name == "jsonl":
+        if m.name != "hf" and not d.tokenizer:
+            raise ConfigError(
+                f"data.tokenizer=None: data.name=jsonl with model.name={m.name!r} needs a tokenizer directory"
+            )
+        if d.path and not os.path.isfile(d.path):
+            raise ConfigError(f"data.path={d.path!r}: data.name=jsonl needs a file")
     if m.name == "gpt" and m.n_embd % m.n_head:
         raise ConfigError(f"model.n_embd={m.n_embd}: must be divisible by model.n_head={m.n_head}")
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):

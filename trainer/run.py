@@ -27,6 +27,7 @@ from .runtime import dist
 from .runtime.logs import add_rank_log, setup_logging
 from .training import checkpoint as ckpt
 from .training.finetune import prepare_for_finetune
+from .training.hf_export import write_adapter, write_hf_dir
 from .training.loop import Trainer
 from .training.optim import apply_freeze, build_optimizer
 from .training.strategy import Strategy, make_accelerator, resolve_mode
@@ -171,14 +172,20 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
 
 
 def export_final(parts: Parts) -> None:
-    """``run_dir/model.safetensors``: the full model state, LoRA adapters merged into plain weights."""
+    """``run_dir/model.safetensors``: the full model state, LoRA adapters merged into plain weights; for
+    ``model.name=hf`` also ``hf/`` (merged model + tokenizer) and ``adapter/`` (the peft adapter)."""
     msd, _ = parts.strategy.full_state(parts.optimizer)  # FSDP: a collective, so every rank calls it
     if parts.state.is_main:
+        cfg = parts.cfg
         path = os.path.join(parts.run_dir, "model.safetensors")
-        merged = merge_lora_state(msd)
+        merged = merge_lora_state(msd, cfgmod.to_dict(cfg))
         write_safetensors(merged, path, {"lora": "merged"} if merged is not msd else None)
         if merged is not msd:
             log.info("LoRA adapters merged into plain weights: %s", path)
+        if cfg.model.name == "hf":
+            write_hf_dir(merged, cfg, os.path.join(parts.run_dir, "hf"))
+            if cfg.lora.targets:
+                write_adapter(parts.strategy.module, msd, cfg, os.path.join(parts.run_dir, "adapter"))
 
 
 def train(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> int:

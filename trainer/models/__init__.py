@@ -1,6 +1,6 @@
 """Models: ``build_model(cfg, info)`` and ``flops_per_sample(model, info)`` (for throughput and MFU).
 
-Built-in ``model.name``: linreg, cnn, mlp, gpt; or ``package.module:Name`` for a user nn.Module called with
+Built-in ``model.name``: linreg, cnn, mlp, gpt, hf (a local Hugging Face causal LM, ``hf.py``); or ``package.module:Name`` for a user nn.Module called with
 ``**model.kwargs``. Construction draws only from torch's global RNG, so the loop's ``torch.manual_seed``
 before ``build_model`` makes initialisation deterministic. Every model gets ``task = info.task`` so the
 loop picks the loss (MSE for regression, cross-entropy for classification and lm).
@@ -20,10 +20,22 @@ from ..data.base import DataInfo
 from ..objects import build_object
 from .cnn import CNN
 from .gpt import GPT
+from .hf import build_hf
 from .linreg import LinReg
 from .mlp import MLP
+from .outputs import call_model, logits_of
 
-__all__ = ["CNN", "GPT", "LinReg", "MLP", "build_model", "flops_per_sample", "unwrap"]
+__all__ = [
+    "CNN",
+    "GPT",
+    "LinReg",
+    "MLP",
+    "build_model",
+    "call_model",
+    "flops_per_sample",
+    "logits_of",
+    "unwrap",
+]
 
 
 def _out_features(name: str, info: DataInfo) -> int:
@@ -89,6 +101,7 @@ BUILDERS = {
     "cnn": _build_cnn,
     "mlp": _build_mlp,
     "gpt": _build_gpt,
+    "hf": build_hf,
 }  # config.MODEL_NAMES
 
 
@@ -115,6 +128,8 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         elif kind in ("DistributedDataParallel", "DataParallel"):
             model = model.module
+        elif kind.startswith("Peft") and hasattr(model, "get_base_model"):
+            model = model.get_base_model()
         else:
             return model
 
@@ -145,7 +160,7 @@ def flops_per_sample(model: nn.Module, info: DataInfo) -> Optional[float]:
         inner.eval()  # no dropout draws, no BatchNorm running-stat updates
         try:
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                inner(x)
+                call_model(inner, {"input_ids": x} if info.extra.get("loss_mask") else x)
         finally:
             inner.train(was_training)
         fwd = counter.get_total_flops()

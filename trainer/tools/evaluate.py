@@ -23,7 +23,7 @@ import torch
 
 from .. import config
 from ..data import build_datasets
-from ..models import build_model
+from ..models import build_model, call_model
 from ..training.tasks import eval_result, eval_sums
 from ..training.weights import read_weights
 from .prune import fit_shapes
@@ -79,13 +79,13 @@ def load_model(src: str, config_path: str | None = None, overrides: list[str] | 
 
 def evaluate_module(module, eval_ds, task: str, batch_size: int) -> dict:
     """Loss and the task's metric (accuracy | mse | perplexity) over the whole eval split, one process."""
-    sums = torch.zeros(3, dtype=torch.float64)
+    sums = torch.zeros(4, dtype=torch.float64)  # loss sum, weight, correct, samples
     module.eval()
     with torch.inference_mode():
         for start in range(0, len(eval_ds), batch_size):
             stop = min(start + batch_size, len(eval_ds))
             x, y = eval_ds.get_batch(torch.arange(start, stop))
-            sums += eval_sums(task, module(x), y, stop - start)
+            sums += eval_sums(task, call_model(module, x), y, stop - start)
     return eval_result(task, *sums.tolist())
 
 

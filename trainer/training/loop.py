@@ -19,6 +19,7 @@ from ..config import Config, ConfigError, config_hash, from_dict, math_diff, to_
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
 from ..exitcodes import NONFINITE, OK, PREEMPTED
+from ..models.outputs import call_model
 from ..runtime import dist
 from ..runtime.logs import rank_log_stream
 from ..runtime.memory import write_oom_snapshot
@@ -31,7 +32,7 @@ from .profiler import Profiler
 from .saver import Saver
 from .strategy import Strategy
 from .tally import make_tally
-from .tasks import eval_result, eval_sums, task_loss
+from .tasks import IGNORE, eval_result, eval_sums, lm_loss_sum, task_loss
 
 log = logging.getLogger("trainer")
 
@@ -83,6 +84,12 @@ class Trainer:
         self.watchdog: Watchdog | NoWatchdog = NoWatchdog()
         self.compile_time_s: Optional[float] = None
         self.last_eval: dict = {}
+        self.eval_before: Optional[dict] = None
+        # Masked LM data (jsonl): the loss is a mean over the labelled tokens of the whole step, all
+        # micro-batches and ranks together, not a mean of per-micro-batch means.
+        self._token_mean = bool(info.extra.get("loss_mask"))
+        eb = cfg.train.eval_before
+        self._eval_before = cfg.model.name == "hf" if eb is None else eb
         self.last_loss: Optional[float] = None
         self.tally = make_tally(self.device)
         self._need_norm = bool(cfg.train.grad_clip) or state.distributed or strategy.scaler is not None
@@ -99,6 +106,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.strategy.scaler.state_dict() if self.strategy.scaler else None,
             "progress": vars(self.progress).copy(),
+            "eval_before": self.eval_before,  # so a resumed run still reports it
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -106,6 +114,7 @@ class Trainer:
         if self.strategy.scaler is not None and sd.get("scaler"):
             self.strategy.scaler.load_state_dict(sd["scaler"])
         self.progress = ckpt.Progress(**sd["progress"])
+        self.eval_before = sd.get("eval_before")
 
     def resume_from(self, path: str) -> None:
         manifest = ckpt.read_manifest(path)
@@ -171,21 +180,36 @@ class Trainer:
     def _to_device(self, batch):
         x, y = batch
         nb = self.device.type == "cuda"
-        return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+        if isinstance(x, dict):  # named model inputs (jsonl: input_ids, position_ids)
+            x = {k: v.to(self.device, non_blocking=nb) for k, v in x.items()}
+        else:
+            x = x.to(self.device, non_blocking=nb)
+        return x, y.to(self.device, non_blocking=nb)
+
+    def _token_scale(self, micro_batches) -> torch.Tensor:
+        """world_size / labelled tokens in this step on all ranks: turns each micro-batch's loss sum into
+        its share of the step's token mean (DDP and FSDP average gradients over ranks, hence world_size)."""
+        count = sum((y != IGNORE).sum() for _, y in micro_batches).double()
+        count = dist.all_reduce_sum(self.state, count)
+        return self.state.world_size / count.clamp(min=1)
 
     def _run_step(self, micro_batches) -> None:
         s = self.strategy
         n = len(micro_batches)
         total = None
         wd, step = self.watchdog, self.progress.step + 1  # the step being run, counted from 1
+        scale = self._token_scale(micro_batches) if self._token_mean else None
         for i, (x, y) in enumerate(micro_batches):
             with s.sync(i == n - 1):
                 wd.mark(step, "forward")
                 with s.autocast():
-                    out = s.model(x)
-                loss = task_loss(self.info.task, out, y)
-                if n > 1:
-                    loss = loss / n
+                    out = call_model(s.model, x)
+                if scale is not None:
+                    loss = lm_loss_sum(out, y)[0] * scale
+                else:
+                    loss = task_loss(self.info.task, out, y)
+                    if n > 1:
+                        loss = loss / n
                 wd.mark(step, "backward")
                 s.backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
@@ -275,11 +299,11 @@ class Trainer:
         self.watchdog.mark(self.progress.step, "eval")
         s.model.eval()
         bs = self.cfg.train.eval_batch_size
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, count, correct
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, weight, correct, samples
         for idx, valid in eval_shards(len(self.eval_ds), bs, self.state.rank, self.state.world_size):
             x, y = self._to_device(self.eval_ds.get_batch(idx))
             with s.autocast():
-                out = s.model(x)
+                out = call_model(s.model, x)
             sums += eval_sums(self.info.task, out, y, valid)
         s.model.train()
         dist.all_reduce_sum(self.state, sums)
@@ -297,6 +321,10 @@ class Trainer:
             log.info("run already complete: step %d of %d; nothing to do", p.step, self.total_steps)
             return OK
         self._begin()
+        if self._eval_before and p.step == 0 and self.eval_before is None:
+            self.eval_before = self.evaluate()
+            self.strategy.model.train()
+            log.info("eval before training: %s", _fmt_eval(self.eval_before))
         t_start = time.perf_counter()
         code = OK
         try:
@@ -411,6 +439,7 @@ class Trainer:
             "samples": self.progress.samples_total,
             "final_loss": self.last_loss,
             "eval": self.last_eval,
+            **({"eval_before": self.eval_before} if self.eval_before is not None else {}),
             "wall_time_s": round(wall, 3),
             "compile_time_s": self.compile_time_s,
             "world_size": self.state.world_size,
@@ -422,7 +451,7 @@ class Trainer:
         self.metrics.write_summary(summary)
         if self.cfg.log.plot:
             self.metrics.plot()
-        ev = "  ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if k != "samples")
+        ev = _fmt_eval(self.last_eval)
         log.info(
             "done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s",
             self.progress.step,
@@ -431,3 +460,7 @@ class Trainer:
             ev,
             self.run_dir,
         )
+
+
+def _fmt_eval(res: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in res.items() if k not in ("samples", "tokens"))

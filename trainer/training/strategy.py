@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
+from ..models.hf import no_split_classes
 from ..runtime.dist import DistState
 
 log = logging.getLogger("trainer")
@@ -65,8 +66,31 @@ class Strategy:
 
     # ------------------------------------------------------------------ wrapping
     def wrap(self, module: nn.Module, optimizer_factory) -> torch.optim.Optimizer:
-        """Wrap `module` for the mode and build the optimizer on the right parameters."""
-        self.module = module.to(self.state.device)
+        """Wrap `module` for the mode and build the optimizer on the right parameters.
+
+        A model marked ``broadcast_from_rank0`` (``model.name=hf`` in a multi-process job) holds real
+        weights on rank 0 only (meta elsewhere): it is sharded (FSDP) or not, allocated on each rank's
+        device, then filled from rank 0's full state dict by one broadcast.
+        """
+        bcast = bool(getattr(module, "broadcast_from_rank0", False)) and self.state.distributed
+        full: dict = {}
+        if bcast:
+            full = module.state_dict() if self.state.is_main else {}
+            buffers = {n: b.detach().clone() for n, b in module.named_buffers()}  # real on every rank
+            self.module = module
+        else:
+            self.module = module.to(self.state.device)
+        if self.mode == "fsdp":
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # ~2 s import: FSDP only
+
+            policy = MixedPrecisionPolicy(
+                param_dtype=self.dtype if self.precision != "fp32" else None, reduce_dtype=torch.float32
+            )
+            for block in fsdp_units(self.module):
+                fully_shard(block, mp_policy=policy)
+            fully_shard(self.module, mp_policy=policy)
+        if bcast:
+            self._fill_from_rank0(full, buffers)
         if self.mode == "dp":
             ids = list(range(torch.cuda.device_count())) if self.state.device.type == "cuda" else None
             model = nn.DataParallel(self.module, device_ids=ids)  # on CPU: a pass-through to the module
@@ -75,16 +99,6 @@ class Strategy:
             model = self._ddp = nn.parallel.DistributedDataParallel(
                 self.module, device_ids=ids, find_unused_parameters=self.cfg.train.find_unused_parameters
             )
-        elif self.mode == "fsdp":
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # ~2 s import: FSDP only
-
-            policy = MixedPrecisionPolicy(
-                param_dtype=self.dtype if self.precision != "fp32" else None, reduce_dtype=torch.float32
-            )
-            for block in getattr(self.module, "blocks", []):
-                fully_shard(block, mp_policy=policy)
-            fully_shard(self.module, mp_policy=policy)
-            model = self.module
         else:
             model = self.module
         optimizer = optimizer_factory(self.module)
@@ -97,6 +111,20 @@ class Strategy:
             )
         self.model = model
         return optimizer
+
+    def _fill_from_rank0(self, full: dict, buffers: dict) -> None:
+        # ~2 s import (see full_state): only for a model whose weights only rank 0 read
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        self.module.to_empty(device=self.state.device)
+        with torch.no_grad():
+            for name, b in buffers.items():  # non-persistent buffers (rotary tables) are in no state dict
+                self.module.get_buffer(name).copy_(b)
+        if hasattr(self.module, "tie_weights"):
+            self.module.tie_weights()
+        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+        set_model_state_dict(self.module, full, options=opts)
+        full.clear()
 
     # ------------------------------------------------------------------ per step
     def autocast(self):
@@ -211,6 +239,16 @@ class Strategy:
         set_model_state_dict(self.module, msd, options=opts)
         if osd is not None:
             set_optimizer_state_dict(self.module, self._inner_optimizer(optimizer), osd, options=opts)
+
+
+def fsdp_units(module: nn.Module) -> list[nn.Module]:
+    """The modules sharded one by one under FSDP2: GPT blocks, or every module of a class the model
+    names in ``_no_split_modules`` (a transformers decoder layer), found through wrappers such as peft."""
+    blocks = getattr(module, "blocks", None)
+    if isinstance(blocks, nn.ModuleList):
+        return list(blocks)
+    names = no_split_classes(module)
+    return [m for m in module.modules() if type(m).__name__ in names]
 
 
 @contextlib.contextmanager
