@@ -29,7 +29,7 @@ log = logging.getLogger("trainer")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _checkpoint_dtype(path: str) -> torch.dtype:
+def checkpoint_dtype(path: str) -> torch.dtype:
     with open(os.path.join(path, "config.json"), encoding="utf-8") as fh:
         c = json.load(fh)
     name = c.get("dtype") or c.get("torch_dtype") or "float32"
@@ -39,7 +39,7 @@ def _checkpoint_dtype(path: str) -> torch.dtype:
 def hf_dtype(cfg: Config) -> torch.dtype:
     """What ``model.dtype`` asks for: auto = the dtype in the checkpoint's config.json."""
     if cfg.model.dtype == "auto":
-        return _checkpoint_dtype(cfg.model.path)
+        return checkpoint_dtype(cfg.model.path)
     return _DTYPES[cfg.model.dtype]
 
 
