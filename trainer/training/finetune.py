@@ -155,7 +155,7 @@ def apply_lora(module: nn.Module, cfg: Config, keep: list[str]) -> nn.Module:
         lora_alpha=lo.alpha,
         lora_dropout=lo.dropout,
         target_modules="^(" + "|".join(re.escape(n) for n in names) + ")$",  # exact names, full match
-        modules_to_save=[f"^{re.escape(n)}$" for n in save] or None,
+        modules_to_save=save or None,  # peft matches these by name suffix; ours are exact names
         task_type="CAUSAL_LM" if hf else None,
     )
     with warnings.catch_warnings():  # peft warns about custom (non-transformers) models
