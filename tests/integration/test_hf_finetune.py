@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
-from tests.hfutil import make_model, make_tokenizer, qa_records, write_jsonl
 from tests.helpers import final_weights, read_summary, train_inprocess
+from tests.hfutil import make_model, make_tokenizer, qa_records, write_jsonl
 
 pytest.importorskip("peft")
 

@@ -130,6 +130,8 @@ class Trainer:
                     f"{', '.join(diff)}; set run.resume_config_change=allow to resume anyway"
                 )
         state, rng = ckpt.load_state(path, rank=self.state.rank)
+        if state is not None and isinstance(state.get("model"), dict):
+            refuse_old_lora(state["model"], path)
         if ckpt.is_sharded(path):
             self.strategy.load_sharded(self.optimizer, os.path.join(path, ckpt.DCP))
         else:
@@ -459,6 +461,16 @@ class Trainer:
             summary["final_loss"] or float("nan"),
             ev,
             self.run_dir,
+        )
+
+
+def refuse_old_lora(model_state: dict, path: str) -> None:
+    """A checkpoint of the former hand-written LoRA (``X.lora_scale`` beside ``X.lora_A``) cannot resume into
+    a peft model; its weights still serve ``model.init_from`` (merged on read)."""
+    if any(k.endswith(".lora_scale") for k in model_state):
+        raise ConfigError(
+            f"run.resume: checkpoint {path} was written by the former hand-written LoRA (before peft) and "
+            f"cannot be resumed; start a new run from it with model.init_from={path} (adapters merged on read)"
         )
 
 
