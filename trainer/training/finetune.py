@@ -127,7 +127,8 @@ def resolve_targets(module: nn.Module, targets: list[str]) -> list[str]:
         tied = sorted(set(owners[id(linears[n].weight)]) - {n + ".weight"})
         if tied:  # merging would silently change the other user of the same matrix (peft accepts it)
             raise ConfigError(
-                f"lora.targets: {n}.weight is tied to {', '.join(tied)}; LoRA on a tied weight is not supported"
+                f"lora.targets: {n}.weight is tied to {', '.join(tied)}; "
+                "LoRA on a tied weight is not supported"
             )
     return chosen
 

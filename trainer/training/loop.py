@@ -470,7 +470,8 @@ def refuse_old_lora(model_state: dict, path: str) -> None:
     if any(k.endswith(".lora_scale") for k in model_state):
         raise ConfigError(
             f"run.resume: checkpoint {path} was written by the former hand-written LoRA (before peft) and "
-            f"cannot be resumed; start a new run from it with model.init_from={path} (adapters merged on read)"
+            f"cannot be resumed; start a new run from it with model.init_from={path} "
+            "(adapters merged on read)"
         )
 
 

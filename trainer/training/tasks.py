@@ -3,9 +3,9 @@
 ``regression`` (MSE; eval reports ``mse``), ``classification`` (cross-entropy; ``accuracy``) and ``lm``
 (token cross-entropy; ``perplexity``). LM labels of -100 (``IGNORE``: prompt tokens, padding, document
 boundaries of packed rows) carry no loss, and the LM loss and perplexity are means over the tokens that do:
-summed and counted, never a mean of per-row means. The loop's distributed eval and the offline ``eval`` command both
-accumulate :func:`eval_sums` per batch and finish with :func:`eval_result`, so a metric means the same
-thing wherever it is printed.
+summed and counted, never a mean of per-row means. The loop's distributed eval and the offline ``eval``
+command both accumulate :func:`eval_sums` per batch and finish with :func:`eval_result`, so a metric means
+the same thing wherever it is printed.
 """
 
 from __future__ import annotations
