@@ -1,9 +1,10 @@
 """Models: ``build_model(cfg, info)`` and ``flops_per_sample(model, info)`` (for throughput and MFU).
 
 Built-in ``model.name``: linreg, cnn, mlp, gpt, hf (a local Hugging Face causal LM, ``hf.py``); or
-``package.module:Name`` for a user nn.Module called with ``**model.kwargs``. Construction draws only from torch's global RNG, so the loop's ``torch.manual_seed``
-before ``build_model`` makes initialisation deterministic. Every model gets ``task = info.task`` so the
-loop picks the loss (MSE for regression, cross-entropy for classification and lm).
+``package.module:Name`` for a user nn.Module called with ``**model.kwargs``. Construction draws only from
+torch's global RNG, so the loop's ``torch.manual_seed`` before ``build_model`` makes initialisation
+deterministic. Every model gets ``task = info.task`` so the loop picks the loss (MSE for regression,
+cross-entropy for classification and lm).
 """
 
 from __future__ import annotations
