@@ -151,3 +151,21 @@ def test_fsdp_two_processes_finetune_resume_and_match_one_process(assets, tmp_pa
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), (k, (a[k] - b[k]).abs().max().item())
+
+
+def test_compress_quantizes_the_finetuned_lm_with_perplexity_size_and_latency(lora_run, tmp_path, capsys):
+    import json
+
+    from trainer.__main__ import main
+
+    out = tmp_path / "q"
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "--from", str(lora_run), "--method", "quantize", "--scheme", "torch-ao-dynamic",
+              "--out", str(out), "--threads", "1", "--repeats", "3"])
+    assert e.value.code == 0
+    rep = json.loads((out / "report.json").read_text())
+    src, q = rep["rows"]
+    assert src["metric"] == q["metric"] == "perplexity" and q["scheme"] == "torch-ao-dynamic"
+    assert abs(q["value"] - src["value"]) / src["value"] < 0.05  # int8 barely moves the perplexity
+    assert q["linear_weight_bytes"] < src["linear_weight_bytes"] / 3 and q["latency_ms"] > 0
+    assert "perplexity" in capsys.readouterr().out

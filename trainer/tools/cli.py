@@ -65,9 +65,10 @@ def add_compress_arguments(sp: argparse.ArgumentParser) -> None:
     q = sp.add_argument_group("quantize")
     q.add_argument(
         "--scheme",
-        default="int8-dynamic",
-        help=f"comma-separated, from {', '.join(QUANT_SCHEMES)} (default int8-dynamic; torchao "
-        "schemes fall back to torch-ao-dynamic if torchao fails)",
+        default="auto",
+        help=f"auto (default: every scheme is timed against fp32 on this machine and the fastest that is "
+        f"not slower is used; the report shows the measurement), or comma-separated from "
+        f"{', '.join(QUANT_SCHEMES)} (torchao schemes fall back to torch-ao-dynamic if torchao fails)",
     )
     p = sp.add_argument_group("prune")
     p.add_argument("--amount", type=float, default=0.5, help="fraction of weights (or channels) to remove")
