@@ -173,7 +173,7 @@ def choose_scheme(module, x, repeats: int) -> dict:
     times = measure_latency(models, x, max(3, repeats // 2))
     fp32 = times[0][0]
     timed = [c for c in candidates if "error" not in c]
-    for c, (med, _, lin) in zip(timed, times[1:]):
+    for c, (med, _, _) in zip(timed, times[1:]):
         c.update(latency_ms=med, speed_vs_fp32=fp32 / med)
     ok = [c for c in timed if c["speed_vs_fp32"] >= 1.0]
     if not ok:  # the default never makes a model slower: nothing is written, the report says why
