@@ -46,8 +46,8 @@ ENV PATH=/opt/venv/bin:$PATH
 # same pins as CI. `torch==2.13.0` in requirements.txt is already satisfied by 2.13.0+cu128 (PEP 440 ignores
 # the local label), so the second step does not replace it.
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
-COPY requirements.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir -r /tmp/requirements.txt \
+COPY requirements.txt requirements-hf.txt /tmp/
+RUN pip install --no-cache-dir -r /tmp/requirements.txt -r /tmp/requirements-hf.txt \
  && python -c "import torch; assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__"
 
 # ---------------------------------------------------------------------------------------------------------
