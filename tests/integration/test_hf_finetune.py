@@ -36,9 +36,12 @@ def _data(a):
 
 @pytest.fixture(scope="module")
 def lora_run(assets):
+    """configs/finetune_llm.yaml as a user runs it, sized down for the tiny model."""
     run = assets["root"] / "runs" / "lora"
-    over = [*COMMON, *LORA, *_data(assets), f"model.path={assets['llama']}", "train.max_steps=40"]
-    assert train_inprocess(None, run, over) == 0
+    over = [*COMMON, *LORA, *_data(assets), f"model.path={assets['llama']}", "train.max_steps=40",
+            "train.precision=fp32", "train.eval_every_steps=0", "optim.warmup_steps=0", "optim.schedule=constant",
+            "lora.dropout=0", "checkpoint.every_steps=0"]
+    assert train_inprocess("finetune_llm", run, over) == 0
     return run
 
 
