@@ -97,8 +97,9 @@ def eval_main(args: argparse.Namespace) -> int:
     if len(eval_ds) == 0:
         raise config.ConfigError(f"data.eval_fraction={cfg.data.eval_fraction}: the eval split is empty")
     res = evaluate_module(module, eval_ds, info.task, cfg.train.eval_batch_size)
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in res.items() if k != "samples")
-    print(f"eval: {shown} on {res['samples']} samples ({info.description}); weights: {w.source}")
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in res.items() if k not in ("samples", "tokens"))
+    scored = f"{res['samples']} samples" + (f", {res['tokens']} tokens" if "tokens" in res else "")
+    print(f"eval: {shown} on {scored} ({info.description}); weights: {w.source}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"source": w.source, "data": info.description, **res}, fh, indent=1)
