@@ -277,6 +277,11 @@ def validate(cfg: Config) -> None:
                 f"model.path={m.path!r}: no config.json there (expected a Hugging Face model dir)"
             )
     if d.name == "jsonl":
+        if m.name in MODEL_NAMES and m.name != "hf":
+            raise ConfigError(
+                f"model.name={m.name!r}: data.name=jsonl feeds named inputs (input_ids, position_ids); "
+                "use model.name=hf or a user model (package.module:Name)"
+            )
         if m.name != "hf" and not d.tokenizer:
             raise ConfigError(
                 f"data.tokenizer=None: data.name=jsonl with model.name={m.name!r} needs a tokenizer directory"

@@ -21,12 +21,14 @@ pytest.importorskip("transformers")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("jsonl")
     tok_dir = make_tokenizer(root / "tok")
+    make_model(root / "model", "llama", tok_dir=tok_dir)
     return root, tok_dir, load_tokenizer(tok_dir)
 
 
 def _cfg(root, tok_dir, path, *extra):
     return C.load(None, ["data.name=jsonl", f"data.path={path}", f"data.tokenizer={tok_dir}",
-                         "model.name=gpt", f"run.dir={root / 'run'}", "data.seq_len=32", *extra])
+                         "model.name=hf", f"model.path={root.parent / 'model'}", f"run.dir={root / 'run'}",
+                         "data.seq_len=32", *extra])
 
 
 def test_prompt_tokens_carry_no_loss_and_eos_ends_every_document(assets, tmp_path):
@@ -88,10 +90,11 @@ def test_chat_records_learn_only_the_assistant_turns(assets, tmp_path):
 def test_tokens_are_cached_beside_the_run_keyed_by_data_and_tokenizer(assets, tmp_path):
     root, tok_dir, _ = assets
     path = write_jsonl(tmp_path / "d.jsonl", qa_records(30))
-    cfg = _cfg(tmp_path, tok_dir, path)
+    cfg = _cfg(root / "c", tok_dir, path)
+    cache = root / "c" / ".token-cache"
     tr, ev, info = build_datasets(cfg)
     assert "(cached tokens)" not in info.description and info.extra["loss_mask"]
-    assert len(list((tmp_path / ".token-cache").iterdir())) == 1
+    assert len(list(cache.iterdir())) == 1
     tr2, _, info2 = build_datasets(cfg)
     assert "cached tokens" in info2.description and info2.fingerprint == info.fingerprint
     assert torch.equal(tr.labels, tr2.labels)
@@ -100,7 +103,7 @@ def test_tokens_are_cached_beside_the_run_keyed_by_data_and_tokenizer(assets, tm
     with open(path, "a", encoding="utf-8") as fh:  # new data: a new cache entry
         fh.write(json.dumps({"text": "more"}) + "\n")
     build_datasets(cfg)
-    assert len(list((tmp_path / ".token-cache").iterdir())) == 2
+    assert len(list(cache.iterdir())) == 2
 
 
 @pytest.mark.parametrize("line, why", [
@@ -121,7 +124,7 @@ def test_malformed_line_is_exit_2_naming_the_line_and_leaves_nothing(assets, tmp
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n{"text": "two"\n')
     run = tmp_path / "run"
-    r = run_cli(["train", "data.name=jsonl", f"data.path={path}", f"data.tokenizer={tok_dir}", "model.name=gpt",
+    r = run_cli(["train", "data.name=jsonl", f"data.path={path}", f"model.path={root / 'model'}", "model.name=hf",
                  f"run.dir={run}", "data.seq_len=16", "device=cpu"], timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     assert f"data.path='{path}' line 2: not valid JSON" in r.stderr
@@ -153,5 +156,7 @@ def test_config_errors_for_jsonl_and_hf(tmp_path):
         C.load(None, ["model.name=hf", f"model.path={tmp_path}"])
     f = tmp_path / "d.jsonl"
     f.write_text("{}\n")
-    with pytest.raises(ConfigError, match="data.tokenizer=None: data.name=jsonl with model.name='cnn'"):
+    with pytest.raises(ConfigError, match="model.name='cnn': data.name=jsonl feeds named inputs"):
         C.load(None, ["data.name=jsonl", f"data.path={f}"])
+    with pytest.raises(ConfigError, match="data.tokenizer=None: data.name=jsonl with model.name='m:Net'"):
+        C.load(None, ["data.name=jsonl", f"data.path={f}", "model.name=m:Net"])
