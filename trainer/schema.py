@@ -38,7 +38,20 @@ class RunConfig:
 @dataclass
 class ModelConfig:
     name: str = _f("cnn", "linreg | cnn | mlp | gpt, or a user nn.Module as package.module:Name.")
-    kwargs: dict = _f({}, "Keyword arguments passed to a user model given by import path.")
+    kwargs: dict = _f(
+        {},
+        "Keyword arguments for a user model given by import path (or for model.config when that is set).",
+    )
+    config: Optional[str] = _f(
+        None,
+        "package.module:ConfigClass: the user model is called with ConfigClass(**model.kwargs) as its one "
+        "argument (nanoGPT's GPTConfig, transformers' LlamaConfig).",
+    )
+    target_arg: Optional[str] = _f(
+        None,
+        "Pass the target to the model's forward as this keyword (nanoGPT: targets, transformers: labels) "
+        "so the model computes its own loss, in training and eval.",
+    )
     hidden: list[int] = _f([256, 128], "MLP hidden layer widths.", min=1)
     dropout: float = _f(0.0, "Dropout probability (mlp, gpt).", min=0.0, max=0.999)
     n_layer: int = _f(4, "GPT: number of transformer blocks.", min=1)
@@ -70,6 +83,9 @@ class DataConfig:
         None, "File or directory for text, tokens (.bin), tensors (.npy/.npz/.pt) and csv data.", path=True
     )
     kwargs: dict = _f({}, "Keyword arguments passed to a user Dataset given by import path.")
+    target_key: str = _f(
+        "labels", "Dict samples: the key holding the target; every other key goes to forward as a keyword."
+    )
     eval_fraction: float = _f(
         0.1, "Fraction of samples held out for evaluation (fixed split seed).", min=0.0, max=0.9
     )
@@ -132,7 +148,19 @@ class TrainConfig:
     grad_clip: float = _f(0.0, "Clip the global gradient norm to this value (0 = off).", min=0.0)
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms and fixed cuDNN/cuBLAS settings.")
     freeze: list[str] = _f([], "Freeze parameters whose name matches any glob (or re:REGEX) pattern.")
-    activation_checkpointing: bool = _f(False, "Recompute GPT blocks in backward to save memory.")
+    activation_checkpointing: bool = _f(
+        False, "Recompute each block (the train.fsdp_wrap units) in backward to save memory."
+    )
+    fsdp_wrap: list[str] = _f(
+        [],
+        "Class names of the modules FSDP shards one by one and activation checkpointing wraps; default: "
+        "the model's _no_split_modules, else its .blocks, else the children of its largest nn.ModuleList.",
+    )
+    loss: Optional[str] = _f(
+        None,
+        "package.module:fn, called as fn(outputs, targets) -> scalar tensor; replaces the model's own loss "
+        "and the task loss.",
+    )
     max_bad_steps: int = _f(
         3, "Consecutive non-finite-loss steps skipped before the run stops (exit 3).", min=0
     )
@@ -225,6 +253,7 @@ RESUME_SAFE_PREFIXES = (
     "model.init_skip",
     "train.compile_backend",
     "train.compile_mode",
+    "train.fsdp_wrap",
 )
 
 

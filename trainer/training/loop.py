@@ -16,9 +16,11 @@ from typing import Optional
 import torch
 
 from ..config import Config, ConfigError, config_hash, from_dict, math_diff, to_dict
+from ..data.collate import to_device
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
 from ..exitcodes import NONFINITE, OK, PREEMPTED
+from ..models.outputs import ModelIO
 from ..runtime import dist
 from ..runtime.logs import rank_log_stream
 from ..runtime.memory import write_oom_snapshot
@@ -31,7 +33,7 @@ from .profiler import Profiler
 from .saver import Saver
 from .strategy import Strategy
 from .tally import make_tally
-from .tasks import eval_result, eval_sums, task_loss
+from .tasks import Objective, eval_result
 
 log = logging.getLogger("trainer")
 
@@ -43,6 +45,10 @@ class Trainer:
 
     ``state_dict()`` / ``load_state_dict()`` cover the loop's own state (scheduler, scaler, progress); the
     model and optimizer state comes from the strategy, which knows how it is sharded.
+
+    ``io`` says how a batch goes into the model (``trainer.models.outputs.ModelIO``: positional tensor or
+    keyword dict, the target as ``model.target_arg``); ``objective`` what the step minimises and eval
+    reports (``trainer.training.tasks.Objective``). Both default to the built-in models' plain path.
     """
 
     def __init__(
@@ -56,7 +62,11 @@ class Trainer:
         info,
         run_dir: str,
         flops_per_sample: Optional[float] = None,
+        io: Optional[ModelIO] = None,
+        objective: Optional[Objective] = None,
     ):
+        self.io = io or ModelIO()
+        self.objective = objective or Objective(info.task)
         self.cfg, self.state, self.strategy, self.optimizer = cfg, state, strategy, optimizer
         self.train_ds, self.eval_ds, self.info = train_ds, eval_ds, info
         self.run_dir = run_dir
@@ -169,21 +179,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ step
     def _to_device(self, batch):
-        x, y = batch
-        nb = self.device.type == "cuda"
-        return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+        return to_device(batch, self.device, self.device.type == "cuda")
 
     def _run_step(self, micro_batches) -> None:
         s = self.strategy
         n = len(micro_batches)
         total = None
         wd, step = self.watchdog, self.progress.step + 1  # the step being run, counted from 1
+        forward, objective = self.io.forward, self.objective.loss
         for i, (x, y) in enumerate(micro_batches):
             with s.sync(i == n - 1):
                 wd.mark(step, "forward")
                 with s.autocast():
-                    out = s.model(x)
-                loss = task_loss(self.info.task, out, y)
+                    out = forward(s.model, x, y)
+                loss = objective(out, y)
                 if n > 1:
                     loss = loss / n
                 wd.mark(step, "backward")
@@ -279,8 +288,8 @@ class Trainer:
         for idx, valid in eval_shards(len(self.eval_ds), bs, self.state.rank, self.state.world_size):
             x, y = self._to_device(self.eval_ds.get_batch(idx))
             with s.autocast():
-                out = s.model(x)
-            sums += eval_sums(self.info.task, out, y, valid)
+                out = self.io.forward(s.model, x, y)
+            sums += self.objective.eval_sums(out, y, valid)
         s.model.train()
         dist.all_reduce_sum(self.state, sums)
         res = eval_result(self.info.task, *sums.tolist())

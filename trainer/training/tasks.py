@@ -4,14 +4,22 @@
 (token cross-entropy; ``perplexity``). The loop's distributed eval and the offline ``eval`` command both
 accumulate :func:`eval_sums` per batch and finish with :func:`eval_result`, so a metric means the same
 thing wherever it is printed.
+
+:class:`Objective` is what a run trains on: the user's ``train.loss`` when given, else the model's own loss
+when its output carries one (``trainer.models.outputs.split_output``), else the task loss on the model's
+predictions. Eval uses the same choice, so eval loss and training loss mean the same thing.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+
+from ..models.outputs import split_output
 
 METRIC = {"classification": "accuracy", "regression": "mse", "lm": "perplexity"}
 
@@ -33,17 +41,61 @@ def task_loss(task: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "m
     return F.cross_entropy(_f32(out), y, reduction=reduction)
 
 
-def eval_sums(task: str, out: torch.Tensor, y: torch.Tensor, valid: int) -> torch.Tensor:
-    """(loss sum, sample count, correct predictions) over the first ``valid`` samples, float64."""
-    per = task_loss(task, out, y, reduction="none")[:valid]
-    correct = (
-        (out[:valid].argmax(-1) == y[:valid]).sum().double()
-        if task == "classification"
-        else torch.zeros((), dtype=torch.float64, device=per.device)
-    )
-    return torch.stack(
-        [per.double().sum(), torch.tensor(float(valid), dtype=torch.float64, device=per.device), correct]
-    )
+def eval_sums(
+    task: str, out: Optional[torch.Tensor], y: torch.Tensor, valid: int, loss: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """(loss sum, sample count, correct predictions) over the first ``valid`` samples, float64.
+
+    ``loss``: the batch's mean loss when it comes from the model or ``train.loss`` instead of the task
+    (eval batches hold exactly ``valid`` samples, or are a weight-0 filler when ``valid`` is 0). Accuracy
+    is counted whenever the predictions are (N, C) and the targets class ids (N,).
+    """
+    if loss is None:
+        per = task_loss(task, out, y, reduction="none")[:valid]
+        loss_sum = per.double().sum()
+    else:
+        loss_sum = loss.detach().double().reshape(()) * valid
+    zero = torch.zeros((), dtype=torch.float64, device=loss_sum.device)
+    if task == "classification" and out is not None and out.ndim == 2 and y.ndim == 1:
+        correct = (out[:valid].argmax(-1) == y[:valid]).sum().double().to(loss_sum.device)
+    else:
+        correct = zero
+    return torch.stack([loss_sum, zero + float(valid), correct])
+
+
+class Objective:
+    """The loss a run trains on and the eval sums, from the model's raw output (see the module docstring).
+
+    ``loss_fn``: the user's ``train.loss``, called as ``loss_fn(outputs, targets)`` with the model's raw
+    output. Built-in models return a tensor and take the first branch of :meth:`loss`: no extra cost.
+    """
+
+    def __init__(self, task: str, loss_fn: Optional[Callable[[Any, torch.Tensor], torch.Tensor]] = None):
+        self.task, self.loss_fn = task, loss_fn
+
+    def loss(self, out: Any, y: torch.Tensor) -> torch.Tensor:
+        if self.loss_fn is None and type(out) is torch.Tensor:
+            return task_loss(self.task, out, y)
+        return self.parts(out, y)[1]
+
+    def parts(self, out: Any, y: torch.Tensor) -> tuple[Optional[torch.Tensor], torch.Tensor, bool]:
+        """(predictions, loss, whether the loss is a batch mean from the model or train.loss)."""
+        preds, own = split_output(out)
+        if self.loss_fn is not None:
+            return preds, self.loss_fn(out, y), True
+        if own is not None:
+            return preds, own, True
+        if preds is None:
+            raise TypeError(f"the model returned {type(out).__name__} with no tensor to take as predictions")
+        return preds, task_loss(self.task, preds, y), False
+
+    def eval_sums(self, out: Any, y: torch.Tensor, valid: int) -> torch.Tensor:
+        if self.loss_fn is None and type(out) is torch.Tensor:
+            return eval_sums(self.task, out, y, valid)
+        preds, own = split_output(out)
+        if self.loss_fn is not None:
+            own = self.loss_fn(out, y)
+        return eval_sums(self.task, preds, y, valid, own)
 
 
 def eval_result(task: str, loss_sum: float, count: float, correct: float) -> dict:
