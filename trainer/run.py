@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -26,8 +26,7 @@ from .config import Config, ConfigError
 from .data import build_datasets, wrap_datasets
 from .exitcodes import OK
 from .models import build_model, flops_per_sample, prepare_user_model
-from .models.outputs import ModelIO, is_transformers_model
-from .objects import import_object
+from .models.outputs import model_io
 from .runtime import dist
 from .runtime.logs import add_rank_log, setup_logging
 from .training import checkpoint as ckpt
@@ -154,26 +153,6 @@ def _data(cfg: Config, given: Given):
     return build_datasets(cfg)
 
 
-def _loss_fn(cfg: Config, given: Given) -> Optional[Callable]:
-    fn = given.loss or (import_object("train.loss", cfg.train.loss) if cfg.train.loss else None)
-    if fn is not None and not callable(fn):
-        raise ConfigError(f"train.loss={cfg.train.loss!r}: {type(fn).__name__} is not callable")
-    return fn
-
-
-def _model_io(cfg: Config, module: nn.Module, train_ds, task: str) -> ModelIO:
-    """transformers causal LMs shift labels themselves: on the trainer's already-shifted (x, y) pairs they
-    also get shift_labels=y (models/outputs.py); dict batches follow the dataset's own convention."""
-    target_arg = cfg.model.target_arg
-    shift = (
-        target_arg is not None
-        and task == "lm"
-        and is_transformers_model(module)
-        and not isinstance(train_ds[0][0], Mapping)
-    )
-    return ModelIO(target_arg, shift_labels=shift)
-
-
 def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Given] = None) -> Parts:
     """Everything before the first step. On failure, nothing this call created is left behind.
 
@@ -195,10 +174,8 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
             module = build_model(cfg, info)  # identical init on every rank: seeded just above
         module = prepare_for_finetune(module, cfg)  # model.init_from, LoRA wrapping, trainable report
         trainable, total = apply_freeze(module, cfg.train.freeze)
-        io, objective = (
-            _model_io(cfg, module, train_ds, info.task),
-            Objective(info.task, _loss_fn(cfg, given)),
-        )
+        io = model_io(cfg, module, train_ds, info.task)
+        objective = Objective.for_run(cfg, info.task, given.loss)
         probe(
             cfg, state, module, train_ds, info, io, objective, micro
         )  # before the run dir: exit 2, no trace

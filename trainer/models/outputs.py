@@ -27,6 +27,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..config import Config
+
 
 def split_output(out: Any) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """(predictions, the model's own loss) of one forward; either may be None."""
@@ -92,3 +94,17 @@ class ModelIO:
         if type(x) is dict:
             return model(**x, **kw)
         return model(x, **kw)
+
+
+def model_io(cfg: Config, module: nn.Module, dataset, task: str) -> ModelIO:
+    """The run's ModelIO: ``model.target_arg``, and ``shift_labels`` for a transformers model on the
+    trainer's already-shifted tensor LM pairs (dict batches follow the dataset's own convention)."""
+    target_arg = cfg.model.target_arg
+    shift = (
+        target_arg is not None
+        and task == "lm"
+        and is_transformers_model(module)
+        and len(dataset) > 0
+        and not isinstance(dataset[0][0], Mapping)
+    )
+    return ModelIO(target_arg, shift_labels=shift)

@@ -19,7 +19,9 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from ..config import Config, ConfigError
 from ..models.outputs import split_output
+from ..objects import import_object
 
 METRIC = {"classification": "accuracy", "regression": "mse", "lm": "perplexity"}
 
@@ -72,6 +74,14 @@ class Objective:
 
     def __init__(self, task: str, loss_fn: Optional[Callable[[Any, torch.Tensor], torch.Tensor]] = None):
         self.task, self.loss_fn = task, loss_fn
+
+    @classmethod
+    def for_run(cls, cfg: Config, task: str, loss_fn: Optional[Callable] = None) -> Objective:
+        """``loss_fn`` (passed to ``trainer.fit``), else ``train.loss`` imported, else the task's."""
+        fn = loss_fn or (import_object("train.loss", cfg.train.loss) if cfg.train.loss else None)
+        if fn is not None and not callable(fn):
+            raise ConfigError(f"train.loss={cfg.train.loss!r}: {type(fn).__name__} is not callable")
+        return cls(task, fn)
 
     def loss(self, out: Any, y: torch.Tensor) -> torch.Tensor:
         if self.loss_fn is None and type(out) is torch.Tensor:
