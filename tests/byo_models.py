@@ -112,3 +112,25 @@ def tiny_llama_config(**kw):
     return LlamaConfig(**{**base, **kw})
 
 
+
+
+LOSS_CALLS = []
+
+
+def counted_ce(outputs, targets):
+    """A user loss that records each call (how a test sees that train.loss really trains and evaluates)."""
+    LOSS_CALLS.append(tuple(targets.shape))
+    return F.cross_entropy(outputs, targets)
+
+
+class RankTrap(nn.Module):
+    """Fits the 10-class digits on rank 0 only: rank 1 returns 4 outputs (every rank must agree on exit 2)."""
+
+    def __init__(self):
+        super().__init__()
+        import os
+
+        self.fc = nn.Linear(784, 4 if os.environ.get("RANK", "0") == "1" else 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
