@@ -2,10 +2,11 @@
 
 ``build`` does everything ``python -m trainer train`` does before the first step, in this order: numeric
 flags (TF32 / deterministic), the process group, logging, data, model (seeded identically on every rank),
-fine-tuning preparation and freezing, the probe (one forward + loss on a real micro-batch: a model that does
-not fit the data is exit 2 before anything is written), the FLOP count, the run directory with its resolved ``config.yaml``
-and per-rank logs, per-rank reseeding, the strategy wrapping and the optimizer, and the ``Trainer``.
-``train`` resumes, fits and exports. Benchmarks drive the same ``build`` (``bench/common.py``).
+fine-tuning preparation and freezing, the probe (one forward + loss on a real micro-batch: a model that
+does not fit the data is exit 2 before anything is written), the FLOP count, the run directory with its
+resolved ``config.yaml`` and per-rank logs, per-rank reseeding, the strategy wrapping and the optimizer,
+and the ``Trainer``. ``train`` resumes, fits and exports. Benchmarks drive the same ``build``
+(``bench/common.py``).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ Built-in ``model.name``: linreg, cnn, mlp, gpt; or ``package.module:Callable`` (
 called with ``**model.kwargs``, or with ``model.config=package.module:ConfigClass`` called with
 ``ConfigClass(**model.kwargs)`` as its one argument. A user model built in another floating dtype (a
 transformers config's ``dtype``) is cast to float32: every ``train.precision`` keeps fp32 master weights
-(autocast, GradScaler and FSDP's mixed-precision policy cast from them). Construction draws only from torch's global RNG, so the loop's ``torch.manual_seed``
-before ``build_model`` makes initialisation deterministic. Every model gets ``task = info.task`` so the
+(autocast, GradScaler and FSDP's mixed-precision policy cast from them). Construction draws only from
+torch's global RNG, so the loop's ``torch.manual_seed`` before ``build_model`` makes initialisation
+deterministic. Every model gets ``task = info.task`` so the
 loop picks the loss (MSE for regression, cross-entropy for classification and lm); a user model keeps its
 own ``task`` attribute if it has one.
 """

@@ -66,7 +66,7 @@ def describe_output(out: Any) -> str:
 
 
 def is_transformers_model(model: nn.Module) -> bool:
-    """A transformers ``PreTrainedModel`` (also inside DDP/compile wrappers), without importing transformers."""
+    """A transformers ``PreTrainedModel``, recognised without importing transformers."""
     return any(
         c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.")
         for c in type(model).__mro__

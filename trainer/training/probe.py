@@ -1,12 +1,12 @@
 """The probe: one forward and loss on a real micro-batch before the run directory exists.
 
-The micro-batch is the training set's first samples, read one by one (``__getitem__``) and collated
-as the loop's batches are. A model whose output does not fit the data (4 outputs on 10 classes, last-position logits against
-per-token targets, a loss that is not a scalar) is a config error (exit 2) with one line naming both
-shapes, and nothing is left behind. The probe runs on the target device, on the whole (not yet sharded,
-not yet wrapped) model, in eval mode under ``no_grad``, and restores every RNG state and the training
-mode afterwards, so a run with the probe trains bit for bit like one without. Every rank probes its own
-first micro-batch and all ranks agree on one verdict (``runtime.dist.first_error``).
+The micro-batch is the training set's first samples, read one by one (``__getitem__``) and collated as the
+loop's batches are. A model whose output does not fit the data (4 outputs on 10 classes, last-position
+logits against per-token targets, a loss that is not a scalar) is a config error (exit 2) with one line
+naming both shapes, and nothing is left behind. The probe runs on the target device, on the whole (not yet
+sharded, not yet wrapped) model, in eval mode under ``no_grad``, and restores every RNG state and the
+training mode afterwards, so a run with the probe trains bit for bit like one without. Every rank probes the
+same samples and all ranks agree on one verdict (``runtime.dist.first_error``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ from .tasks import Objective
 log = logging.getLogger("trainer")
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else ""
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -88,7 +92,7 @@ def _probe_local(
     except Exception as e:
         raise ConfigError(
             f"data.name={cfg.data.name!r}: reading a micro-batch of {n} failed: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"{type(e).__name__}: {_first_line(e)}"
         ) from None
     x, y = to_device(batch, device, False)
     dtype = _DTYPES.get(cfg.train.precision)
@@ -98,8 +102,8 @@ def _probe_local(
             out = io.forward(module, x, y)
     except Exception as e:
         raise ConfigError(
-            f"model.name={cfg.model.name!r}: forward on a micro-batch of {n} from data.name={cfg.data.name!r} "
-            f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"model.name={cfg.model.name!r}: forward on a micro-batch of {n} from "
+            f"data.name={cfg.data.name!r} failed: {type(e).__name__}: {_first_line(e)}"
         ) from None
     preds, own = split_output(out)
     if objective.loss_fn is None and own is None:
@@ -119,7 +123,7 @@ def _probe_local(
     except Exception as e:
         raise ConfigError(
             f"{who} on model output {describe_output(out)} and targets {_shape(y)} failed: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"{type(e).__name__}: {_first_line(e)}"
         ) from None
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         got = _shape(loss) if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -162,7 +166,7 @@ def probe(
     except ConfigError as e:
         err = str(e)
     except Exception as e:  # never leave the other ranks waiting in first_error
-        err = f"probe: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        err = f"probe: {type(e).__name__}: {_first_line(e)}"
     finally:
         module.train(was_training)
         torch.set_rng_state(rng[0])

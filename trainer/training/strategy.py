@@ -94,10 +94,11 @@ class Strategy:
             policy = MixedPrecisionPolicy(
                 param_dtype=self.dtype if self.precision != "fp32" else None, reduce_dtype=torch.float32
             )
+            said = describe(units)  # before fully_shard renames the classes (FSDPLlamaDecoderLayer)
             for unit in units:
                 fully_shard(unit, mp_policy=policy)
             fully_shard(self.module, mp_policy=policy)
-            log.info("fsdp: %s + root (%s)", describe(units), rule)
+            log.info("fsdp: %s (%s)", f"{said} + root" if units else "root only", rule)
             model = self.module
         else:
             model = self.module

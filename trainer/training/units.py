@@ -37,7 +37,8 @@ def find_units(model: nn.Module, names: list[str]) -> tuple[list[nn.Module], str
             counts = Counter(type(m).__name__ for _, m in model.named_modules())
             known = ", ".join(f"{k} ({v})" for k, v in counts.most_common(12))
             raise ConfigError(
-                f"train.fsdp_wrap={names!r}: no module of class {missing[0]} in the model (its classes: {known})"
+                f"train.fsdp_wrap={names!r}: no module of class {missing[0]} in the model "
+                f"(its classes: {known})"
             )
         return units, "train.fsdp_wrap"
     own = getattr(model, "_no_split_modules", None)
