@@ -188,6 +188,23 @@ def load(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> C
     return cfg
 
 
+def load_config(config: Any = None, overrides: Any = ()) -> Config:
+    """A validated Config from a YAML path, a (nested) dict, a Config or None (the defaults), with dotted
+    ``KEY=VALUE`` overrides on top (``trainer.load_config``; ``trainer.fit`` takes the same arguments)."""
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    if config is None or isinstance(config, (str, os.PathLike)):
+        return load(os.fspath(config) if config is not None else None, overrides)
+    if isinstance(config, Config):
+        tree = to_dict(config)
+    elif isinstance(config, dict):
+        tree = json.loads(json.dumps(config, default=str))  # a deep copy of plain data
+    else:
+        raise ConfigError(f"config={type(config).__name__}: expected a YAML path, a dict or a Config")
+    for key, value in parse_overrides(overrides):
+        set_dotted(tree, key, value)
+    return from_dict(tree)
+
+
 def from_dict(tree: dict) -> Config:
     cfg = _build(Config, tree, "")
     validate(cfg)
@@ -269,6 +286,13 @@ def validate(cfg: Config) -> None:
     ):
         if p and not os.path.exists(p):
             raise ConfigError(f"{key}={p!r}: no such file or directory")
+    for key, spec in (("model.config", m.config), ("train.loss", t.loss)):
+        if spec is not None and not _is_import_path(spec):
+            raise ConfigError(f"{key}={spec!r}: expected package.module:Name")
+    if m.config and m.name in MODEL_NAMES:
+        raise ConfigError(
+            f"model.config={m.config!r}: only for a user model (model.name=package.module:Name)"
+        )
     if m.name == "hf":
         if not m.path:
             raise ConfigError("model.path=None: model.name=hf needs a local model directory (model.path=DIR)")

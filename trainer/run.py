@@ -2,9 +2,11 @@
 
 ``build`` does everything ``python -m trainer train`` does before the first step, in this order: numeric
 flags (TF32 / deterministic), the process group, logging, data, model (seeded identically on every rank),
-fine-tuning preparation and freezing, the FLOP count, the run directory with its resolved ``config.yaml``
-and per-rank logs, per-rank reseeding, the strategy wrapping and the optimizer, and the ``Trainer``.
-``train`` resumes, fits and exports. Benchmarks drive the same ``build`` (``bench/common.py``).
+fine-tuning preparation and freezing, the probe (one forward + loss on a real micro-batch: a model that
+does not fit the data is exit 2 before anything is written), the FLOP count, the run directory with its
+resolved ``config.yaml`` and per-rank logs, per-rank reseeding, the strategy wrapping and the optimizer,
+and the ``Trainer``. ``train`` resumes, fits and exports. Benchmarks drive the same ``build``
+(``bench/common.py``).
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
+from torch import nn
 
 from . import config as cfgmod
 from .config import Config, ConfigError
-from .data import build_datasets
+from .data import build_datasets, wrap_datasets
 from .exitcodes import OK
-from .models import build_model, flops_per_sample
+from .models import build_model, flops_per_sample, prepare_user_model
+from .models.outputs import model_io
 from .runtime import dist
 from .runtime.logs import add_rank_log, setup_logging
 from .training import checkpoint as ckpt
@@ -30,7 +35,9 @@ from .training.finetune import prepare_for_finetune
 from .training.hf_export import write_adapter, write_hf_dir
 from .training.loop import Trainer
 from .training.optim import apply_freeze, build_optimizer
+from .training.probe import probe
 from .training.strategy import Strategy, make_accelerator, resolve_mode
+from .training.tasks import Objective
 from .training.weights import merge_lora_state, write_safetensors
 
 log = logging.getLogger("trainer")
@@ -39,6 +46,16 @@ log = logging.getLogger("trainer")
 # all-reduce while the group's destructor waits for it); the process ends with os._exit, so the parts of
 # every run stay referenced here until then instead of being returned to the GC.
 _KEEPALIVE: list = []
+
+
+@dataclass
+class Given:
+    """Objects handed to ``trainer.fit`` in place of the config's import paths (each may be None)."""
+
+    model: Optional[nn.Module] = None
+    train_data: Any = None
+    eval_data: Any = None
+    loss: Optional[Callable] = None
 
 
 @dataclass
@@ -130,20 +147,40 @@ def _make_run_dir(cfg: Config, state: dist.DistState, created: list[str]) -> tup
     return run_dir, resume_path
 
 
-def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
-    """Everything before the first step. On failure, nothing this call created is left behind."""
+def _data(cfg: Config, given: Given):
+    if given.train_data is not None:
+        return wrap_datasets(cfg, given.train_data, given.eval_data, key="fit(train_data=...)")
+    if given.eval_data is not None:
+        raise ConfigError("fit(eval_data=...): needs train_data too")
+    return build_datasets(cfg)
+
+
+def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Given] = None) -> Parts:
+    """Everything before the first step. On failure, nothing this call created is left behind.
+
+    ``given``: objects passed to ``trainer.fit`` (a model, datasets, a loss) used instead of building them.
+    """
+    given = given or Given()
     _numerics(cfg)
     state, accelerator = _init_dist(cfg)
     setup_logging(state.rank)
     created: list[str] = []
     try:
         mode = resolve_mode(cfg, state)
-        cfgmod.check_world(cfg, state.world_size)
+        micro = cfgmod.check_world(cfg, state.world_size)
         torch.manual_seed(cfg.seed)
-        train_ds, eval_ds, info = build_datasets(cfg)
-        module = build_model(cfg, info)  # identical init on every rank: seeded just above
+        train_ds, eval_ds, info = _data(cfg, given)
+        if given.model is not None:
+            module = prepare_user_model(given.model, "fit(model=...)", cfg)
+        else:
+            module = build_model(cfg, info)  # identical init on every rank: seeded just above
         module = prepare_for_finetune(module, cfg)  # model.init_from, LoRA wrapping, trainable report
         trainable, total = apply_freeze(module, cfg.train.freeze)
+        io = model_io(cfg, module, train_ds, info.task)
+        objective = Objective.for_run(cfg, info.task, given.loss)
+        probe(
+            cfg, state, module, train_ds, info, io, objective, micro
+        )  # before the run dir: exit 2, no trace
         # MFU is reported on CUDA only; counting FLOPs runs a forward (and imports torch._dynamo, ~1.3 s).
         flops = flops_per_sample(module, info) if state.device.type == "cuda" else None  # before FSDP shards
         run_dir, resume_path = _make_run_dir(cfg, state, created)
@@ -161,7 +198,19 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
             cfg.train.precision,
             state.device,
         )
-        trainer = trainer_cls(cfg, state, strategy, optimizer, train_ds, eval_ds, info, run_dir, flops)
+        trainer = trainer_cls(
+            cfg,
+            state,
+            strategy,
+            optimizer,
+            train_ds,
+            eval_ds,
+            info,
+            run_dir,
+            flops,
+            io=io,
+            objective=objective,
+        )
         _KEEPALIVE.extend([strategy, module, optimizer, trainer])
     except BaseException:
         for d in created:
@@ -193,7 +242,14 @@ def train(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> int:
 
     ``trainer_cls``: a ``Trainer`` subclass to build instead (the benchmarks time the loop's verbs this way).
     """
-    parts = build(cfg, trainer_cls)
+    return train_parts(cfg, trainer_cls)[0]
+
+
+def train_parts(
+    cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Given] = None
+) -> tuple[int, Parts]:
+    """``train`` that also returns the parts it trained (``trainer.fit`` hands back the model)."""
+    parts = build(cfg, trainer_cls, given)
     try:
         restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
         if restarts:
@@ -208,7 +264,7 @@ def train(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> int:
         code = parts.trainer.fit()
         if code == OK:
             export_final(parts)
-        return code
+        return code, parts
     except BaseException:
         for d in parts.created:
             shutil.rmtree(d, ignore_errors=True)

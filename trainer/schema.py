@@ -52,7 +52,20 @@ class ModelConfig:
         "auto",
         "hf: the dtype the weights are held in (auto = the checkpoint's own); train.precision is autocast.",
     )
-    kwargs: dict = _f({}, "Keyword arguments passed to a user model given by import path.")
+    kwargs: dict = _f(
+        {},
+        "Keyword arguments for a user model given by import path (or for model.config when that is set).",
+    )
+    config: Optional[str] = _f(
+        None,
+        "package.module:ConfigClass: the user model is called with ConfigClass(**model.kwargs) as its one "
+        "argument (nanoGPT's GPTConfig, transformers' LlamaConfig).",
+    )
+    target_arg: Optional[str] = _f(
+        None,
+        "Pass the target to the model's forward as this keyword (nanoGPT: targets, transformers: labels) "
+        "so the model computes its own loss, in training and eval.",
+    )
     hidden: list[int] = _f([256, 128], "MLP hidden layer widths.", min=1)
     dropout: float = _f(0.0, "Dropout probability (mlp, gpt).", min=0.0, max=0.999)
     n_layer: int = _f(4, "GPT: number of transformer blocks.", min=1)
@@ -95,6 +108,9 @@ class DataConfig:
         0, "jsonl: tokens per packed row (0 = the model's maximum positions, capped at 2048).", min=0
     )
     kwargs: dict = _f({}, "Keyword arguments passed to a user Dataset given by import path.")
+    target_key: str = _f(
+        "labels", "Dict samples: the key holding the target; every other key goes to forward as a keyword."
+    )
     eval_fraction: float = _f(
         0.1, "Fraction of samples held out for evaluation (fixed split seed).", min=0.0, max=0.9
     )
@@ -163,7 +179,17 @@ class TrainConfig:
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms and fixed cuDNN/cuBLAS settings.")
     freeze: list[str] = _f([], "Freeze parameters whose name matches any glob (or re:REGEX) pattern.")
     activation_checkpointing: bool = _f(
-        False, "Recompute transformer blocks (GPT, hf decoder layers) in backward to save memory."
+        False, "Recompute each block (the train.fsdp_wrap units: GPT blocks, hf decoder layers) in backward."
+    )
+    fsdp_wrap: list[str] = _f(
+        [],
+        "Class names of the modules FSDP shards one by one and activation checkpointing wraps; default: "
+        "the model's _no_split_modules, else its .blocks, else the children of its largest nn.ModuleList.",
+    )
+    loss: Optional[str] = _f(
+        None,
+        "package.module:fn, called as fn(outputs, targets) -> scalar tensor; replaces the model's own loss "
+        "and the task loss.",
     )
     max_bad_steps: int = _f(
         3, "Consecutive non-finite-loss steps skipped before the run stops (exit 3).", min=0
@@ -262,6 +288,7 @@ RESUME_SAFE_PREFIXES = (
     "model.init_skip",
     "train.compile_backend",
     "train.compile_mode",
+    "train.fsdp_wrap",
 )
 
 

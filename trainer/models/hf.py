@@ -91,12 +91,6 @@ def build_hf(cfg: Config, info: DataInfo) -> nn.Module:
     )
     if max_pos and info.seq_len and info.seq_len > max_pos:
         raise ConfigError(f"data.seq_len={info.seq_len}: longer than the model's {max_pos} positions")
-    if cfg.train.activation_checkpointing:
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     log.info(
         "hf: %s from %s (%s, %s)%s",
         type(model).__name__,
@@ -106,11 +100,3 @@ def build_hf(cfg: Config, info: DataInfo) -> nn.Module:
         "; rank 0 reads, the others get its weights by broadcast" if world > 1 else "",
     )
     return model
-
-
-def no_split_classes(module: nn.Module) -> set[str]:
-    """Class names the model says must not be split (``_no_split_modules``): its FSDP units."""
-    names: set[str] = set()
-    for m in module.modules():
-        names.update(getattr(m, "_no_split_modules", None) or [])
-    return names

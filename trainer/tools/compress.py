@@ -32,7 +32,7 @@ from safetensors.torch import save
 from torch import nn
 
 from .. import config
-from ..models.outputs import call_model
+from ..models.outputs import ModelIO
 from ..training.tasks import metric_name
 from ..training.weights import write_safetensors
 from . import prune
@@ -63,6 +63,7 @@ def measure_latency(models: list, x, repeats: int) -> list[tuple[float, float, f
     times: list[list[float]] = [[] for _ in models]
     inner: list[list[float]] = [[] for _ in models]
     acc = [0.0]
+    io = ModelIO()  # a tensor batch positionally, a dict batch (an LM's input_ids, ...) as keywords
 
     def pre(mod, args):
         mod._t0 = time.perf_counter()
@@ -79,13 +80,13 @@ def measure_latency(models: list, x, repeats: int) -> list[tuple[float, float, f
     try:
         with torch.inference_mode():
             for m in models:  # warm-up: first-call allocations, kernel selection
-                call_model(m, x)
-                call_model(m, x)
+                io.forward(m, x, None)
+                io.forward(m, x, None)
             for _ in range(max(1, repeats)):
                 for i, m in enumerate(models):
                     acc[0] = 0.0
                     t0 = time.perf_counter()
-                    call_model(m, x)
+                    io.forward(m, x, None)
                     times[i].append(time.perf_counter() - t0)
                     inner[i].append(acc[0])
     finally:

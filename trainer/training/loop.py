@@ -16,10 +16,11 @@ from typing import Optional
 import torch
 
 from ..config import Config, ConfigError, config_hash, from_dict, math_diff, to_dict
+from ..data.collate import to_device
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
 from ..exitcodes import NONFINITE, OK, PREEMPTED
-from ..models.outputs import call_model
+from ..models.outputs import ModelIO, split_output
 from ..runtime import dist
 from ..runtime.logs import rank_log_stream
 from ..runtime.memory import write_oom_snapshot
@@ -32,7 +33,7 @@ from .profiler import Profiler
 from .saver import Saver
 from .strategy import Strategy
 from .tally import make_tally
-from .tasks import IGNORE, eval_result, eval_sums, lm_loss_sum, task_loss
+from .tasks import IGNORE, Objective, eval_result, lm_loss_sum
 
 log = logging.getLogger("trainer")
 
@@ -44,6 +45,10 @@ class Trainer:
 
     ``state_dict()`` / ``load_state_dict()`` cover the loop's own state (scheduler, scaler, progress); the
     model and optimizer state comes from the strategy, which knows how it is sharded.
+
+    ``io`` says how a batch goes into the model (``trainer.models.outputs.ModelIO``: positional tensor or
+    keyword dict, the target as ``model.target_arg``); ``objective`` what the step minimises and eval
+    reports (``trainer.training.tasks.Objective``). Both default to the built-in models' plain path.
     """
 
     def __init__(
@@ -57,7 +62,11 @@ class Trainer:
         info,
         run_dir: str,
         flops_per_sample: Optional[float] = None,
+        io: Optional[ModelIO] = None,
+        objective: Optional[Objective] = None,
     ):
+        self.io = io or ModelIO()
+        self.objective = objective or Objective(info.task)
         self.cfg, self.state, self.strategy, self.optimizer = cfg, state, strategy, optimizer
         self.train_ds, self.eval_ds, self.info = train_ds, eval_ds, info
         self.run_dir = run_dir
@@ -87,7 +96,7 @@ class Trainer:
         self.eval_before: Optional[dict] = None
         # Masked LM data (jsonl): the loss is a mean over the labelled tokens of the whole step, all
         # micro-batches and ranks together, not a mean of per-micro-batch means.
-        self._token_mean = bool(info.extra.get("loss_mask"))
+        self._token_mean = bool(info.extra.get("loss_mask")) and self.objective.loss_fn is None
         eb = cfg.train.eval_before
         self._eval_before = cfg.model.name == "hf" if eb is None else eb
         self.last_loss: Optional[float] = None
@@ -180,13 +189,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ step
     def _to_device(self, batch):
-        x, y = batch
-        nb = self.device.type == "cuda"
-        if isinstance(x, dict):  # named model inputs (jsonl: input_ids, position_ids)
-            x = {k: v.to(self.device, non_blocking=nb) for k, v in x.items()}
-        else:
-            x = x.to(self.device, non_blocking=nb)
-        return x, y.to(self.device, non_blocking=nb)
+        return to_device(batch, self.device, self.device.type == "cuda")
 
     def _token_scale(self, micro_batches) -> torch.Tensor:
         """world_size / labelled tokens in this step on all ranks: turns each micro-batch's loss sum into
@@ -200,16 +203,17 @@ class Trainer:
         n = len(micro_batches)
         total = None
         wd, step = self.watchdog, self.progress.step + 1  # the step being run, counted from 1
+        forward, objective = self.io.forward, self.objective.loss
         scale = self._token_scale(micro_batches) if self._token_mean else None
         for i, (x, y) in enumerate(micro_batches):
             with s.sync(i == n - 1):
                 wd.mark(step, "forward")
                 with s.autocast():
-                    out = call_model(s.model, x)
-                if scale is not None:
-                    loss = lm_loss_sum(out, y)[0] * scale
+                    out = forward(s.model, x, y)
+                if scale is not None:  # masked LM data: a share of the step's token mean
+                    loss = lm_loss_sum(split_output(out)[0], y)[0] * scale
                 else:
-                    loss = task_loss(self.info.task, out, y)
+                    loss = objective(out, y)
                     if n > 1:
                         loss = loss / n
                 wd.mark(step, "backward")
@@ -305,8 +309,8 @@ class Trainer:
         for idx, valid in eval_shards(len(self.eval_ds), bs, self.state.rank, self.state.world_size):
             x, y = self._to_device(self.eval_ds.get_batch(idx))
             with s.autocast():
-                out = call_model(s.model, x)
-            sums += eval_sums(self.info.task, out, y, valid)
+                out = self.io.forward(s.model, x, y)
+            sums += self.objective.eval_sums(out, y, valid)
         s.model.train()
         dist.all_reduce_sum(self.state, sums)
         res = eval_result(self.info.task, *sums.tolist())

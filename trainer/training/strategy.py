@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
-from ..models.hf import no_split_classes
+from ..models import GPT, unwrap
 from ..runtime.dist import DistState
+from .units import describe, find_units
 
 log = logging.getLogger("trainer")
 
@@ -74,21 +75,35 @@ class Strategy:
         """
         bcast = bool(getattr(module, "broadcast_from_rank0", False)) and self.state.distributed
         full: dict = {}
+        buffers: dict = {}
         if bcast:
             full = module.state_dict() if self.state.is_main else {}
             buffers = {n: b.detach().clone() for n, b in module.named_buffers()}  # real on every rank
             self.module = module
         else:
             self.module = module.to(self.state.device)
+        t = self.cfg.train
+        own_ac = isinstance(unwrap(module), GPT)  # the built-in GPT recomputes its blocks itself
+        units, rule = [], ""
+        if self.mode == "fsdp" or t.fsdp_wrap or (t.activation_checkpointing and not own_ac):
+            units, rule = find_units(self.module, t.fsdp_wrap)
+        if t.activation_checkpointing and not own_ac:
+            from torch.distributed._composable import checkpoint  # ~0.3 s import: only when asked for
+
+            for unit in units:  # in place: parameter names, hence checkpoints, stay the same
+                checkpoint(unit)
+            log.info("activation checkpointing: %s (%s)", describe(units), rule)
         if self.mode == "fsdp":
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # ~2 s import: FSDP only
 
             policy = MixedPrecisionPolicy(
                 param_dtype=self.dtype if self.precision != "fp32" else None, reduce_dtype=torch.float32
             )
-            for block in fsdp_units(self.module):
-                fully_shard(block, mp_policy=policy)
+            said = describe(units)  # before fully_shard renames the classes (FSDPLlamaDecoderLayer)
+            for unit in units:
+                fully_shard(unit, mp_policy=policy)
             fully_shard(self.module, mp_policy=policy)
+            log.info("fsdp: %s (%s)", f"{said} + root" if units else "root only", rule)
         if bcast:
             self._fill_from_rank0(full, buffers)
         if self.mode == "dp":
@@ -239,16 +254,6 @@ class Strategy:
         set_model_state_dict(self.module, msd, options=opts)
         if osd is not None:
             set_optimizer_state_dict(self.module, self._inner_optimizer(optimizer), osd, options=opts)
-
-
-def fsdp_units(module: nn.Module) -> list[nn.Module]:
-    """The modules sharded one by one under FSDP2: GPT blocks, or every module of a class the model
-    names in ``_no_split_modules`` (a transformers decoder layer), found through wrappers such as peft."""
-    blocks = getattr(module, "blocks", None)
-    if isinstance(blocks, nn.ModuleList):
-        return list(blocks)
-    names = no_split_classes(module)
-    return [m for m in module.modules() if type(m).__name__ in names]
 
 
 @contextlib.contextmanager
