@@ -97,7 +97,8 @@ def test_generate_is_deterministic_at_temperature_0(lora_run, tmp_path, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_text("next after two:\nnext after seven:\n")
     outs = []
-    for src in (lora_run, lora_run / "hf", lora_run / "hf"):
+    ckpts = sorted((lora_run / "checkpoints").glob("step-*"))
+    for src in (lora_run, ckpts[-1], lora_run / "hf"):  # a run, one of its checkpoints, an hf/ directory
         with pytest.raises(SystemExit) as e:
             main(["generate", "--from", str(src), "--prompt-file", str(prompts), "--max-new-tokens", "3"])
         assert e.value.code == 0
