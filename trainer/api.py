@@ -27,6 +27,7 @@ from torch import nn
 from . import exitcodes as codes
 from .config import Config, ConfigError, load_config
 from .run import Given, train_parts
+from .runtime import storage
 
 log = logging.getLogger("trainer")
 
@@ -36,12 +37,22 @@ def _is_timeout(e: BaseException) -> bool:
     return isinstance(e, (RuntimeError, TimeoutError)) and ("timed out" in text or "timeout" in text)
 
 
-def _outcome(e: BaseException) -> tuple[int, str]:
+def _outcome(e: BaseException, run_dir: Optional[str]) -> tuple[int, str]:
     """The exit code and one-line reason of a run that raised ``e``."""
     if isinstance(e, ConfigError):
         return codes.config_error(e), str(e)
     if isinstance(e, KeyboardInterrupt):
         return 128 + 2, "interrupted"
+    if isinstance(
+        e, SystemExit
+    ):  # sys.exit() in user code (a model or dataset module) must not look like success
+        reason = f"sys.exit({e.code!r}) was called during the run (user code?); the run did not finish"
+        print(f"error: {reason}", file=sys.stderr)
+        return codes.INTERNAL, reason
+    fault = storage.describe(e, where=run_dir or "the run directory")
+    if fault:
+        print(f"{fault} (fix the storage, then rerun the same command: it resumes)", file=sys.stderr)
+        return codes.STORAGE, fault
     if _is_timeout(e):  # the watchdog normally fires first; this is the process group's backstop
         reason = f"collective timed out: {e}"
         print(f"hang: {reason.splitlines()[0][:300]}", file=sys.stderr)
@@ -56,8 +67,8 @@ def train_command(cfg: Config) -> tuple[int, str]:
     try:
         code, _ = train_parts(cfg)
         return code, codes.NAMES.get(code, "")
-    except (Exception, KeyboardInterrupt) as e:
-        return _outcome(e)
+    except (Exception, KeyboardInterrupt, SystemExit) as e:
+        return _outcome(e, cfg.run.dir)
 
 
 @dataclass
@@ -109,11 +120,12 @@ def fit(
     if loss is not None:
         named.append(f"train.loss={_path_of(loss)}")
     overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    cfg = None
     try:
         cfg = load_config(config, [*overrides, *named])
         code, parts = train_parts(cfg, given=Given(model, train_data, eval_data, loss))
-    except (Exception, KeyboardInterrupt) as e:
-        code, reason = _outcome(e)
+    except (Exception, KeyboardInterrupt, SystemExit) as e:
+        code, reason = _outcome(e, cfg.run.dir if cfg is not None else None)
         return FitResult(code, reason=reason)
     finally:
         _close_rank_logs()

@@ -16,6 +16,7 @@ from typing import Optional
 
 import psutil
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 log = logging.getLogger("trainer")
 
@@ -78,6 +79,7 @@ class Metrics:
             self._bar = tqdm(
                 total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr
             )
+            open_progress(self)
 
     def process_stats(self) -> dict:
         return {
@@ -90,15 +92,15 @@ class Metrics:
             return
         row = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()}
         self.history.append(row)
-        self._fh.write(json.dumps(row) + "\n")
+        self._fh.write(json.dumps(strict_json(row), allow_nan=False) + "\n")
         self._fh.flush()
         if self._tb is not None:
             self._tb_scalars(
                 "train", {k: v for k, v in row.items() if k not in ("step", "epoch")}, row["step"]
             )
         if self._bar is not None:
+            self._bar.set_postfix(progress_postfix(row), refresh=False)  # drawn by the update, once
             self._bar.update(row["step"] - self._bar.n)
-            self._bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
         else:
             extra = f" tok/s {row['tokens_per_s']:.0f}" if "tokens_per_s" in row else ""
             log.info(
@@ -117,12 +119,12 @@ class Metrics:
             return
         row = {"step": step, **result}
         self.evals.append(row)
-        self._fh.write(json.dumps({"eval": True, **row}) + "\n")
+        self._fh.write(json.dumps(strict_json({"eval": True, **row}), allow_nan=False) + "\n")
         self._fh.flush()
         if self._tb is not None:
             self._tb_scalars("eval", result, step)
         msg = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "samples")
-        (self._bar.write if self._bar is not None else log.info)(f"eval @ step {step}: {msg}")
+        log.info(f"eval @ step {step}: {msg}")  # timestamped; routed through the bar while it is shown
 
     def _tb_scalars(self, prefix: str, values: dict, step: int) -> None:
         """All of a row's scalars as ONE event: seven add_scalar calls cost ~450 us, one event ~30 us."""
@@ -139,7 +141,7 @@ class Metrics:
         if not self.enabled:
             return
         with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as fh:
-            json.dump(summary, fh, indent=1)
+            json.dump(strict_json(summary), fh, indent=1, allow_nan=False)
 
     def plot(self) -> Optional[str]:
         if not self.enabled or not self.history:
@@ -177,9 +179,7 @@ class Metrics:
         return path
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        close_progress(self)
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
@@ -187,6 +187,100 @@ class Metrics:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def open_progress(metrics: Metrics) -> None:
+    """While the bar is shown, console log lines go through tqdm.write (above the bar, not glued to it)."""
+    metrics._redirect = logging_redirect_tqdm()
+    metrics._redirect.__enter__()
+
+
+def close_progress(metrics: Metrics) -> None:
+    """Close the bar once (its final state printed once), then give the console handler back."""
+    bar, metrics._bar = metrics._bar, None
+    if bar is not None:
+        bar.close()
+    redirect = getattr(metrics, "_redirect", None)
+    if redirect is not None:
+        metrics._redirect = None
+        redirect.__exit__(None, None, None)
+
+
+def progress_postfix(row: dict) -> dict:
+    """loss, lr and throughput (tokens/s for language models, samples/s otherwise) for the bar."""
+    out = {"loss": f"{row['loss']:.4f}" if row.get("loss") is not None else "nan", "lr": f"{row['lr']:.2e}"}
+    if "tokens_per_s" in row:
+        out["tok/s"] = f"{row['tokens_per_s']:.0f}"
+    else:
+        out["samples/s"] = f"{row['samples_per_s']:.0f}"
+    return out
+
+
+def strict_json(obj):
+    """NaN and Inf as null: metrics.jsonl and summary.json stay strict JSON (a bare NaN is not JSON)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def _rows(path: str) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except ValueError:  # a torn last line from a killed run
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+    return rows
+
+
+def trim_rows(run_dir: str, step: int) -> None:
+    """On resume from `step`: drop rows logged after it (they are logged again, identically), so metrics.jsonl
+    reads as one uninterrupted run. Atomic rewrite."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return
+    rows = _rows(path)
+    keep = [r for r in rows if r["step"] <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, allow_nan=False) + "\n" for r in keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    if len(keep) < len(rows):
+        log.info(
+            "metrics.jsonl: %d row(s) after step %d dropped (they are logged again)",
+            len(rows) - len(keep),
+            step,
+        )
+
+
+def read_history(metrics: Metrics) -> None:
+    """Earlier rows of this run (before a resume) into ``metrics.history`` / ``evals``: loss.png and a
+    regenerated summary cover the whole run."""
+    path = os.path.join(metrics.run_dir, "metrics.jsonl")
+    if not metrics.enabled or not os.path.isfile(path):
+        return
+    rows = _rows(path)
+    metrics.history[:0] = [r for r in rows if not r.get("eval") and r.get("loss") is not None]
+    metrics.evals[:0] = [{k: v for k, v in r.items() if k != "eval"} for r in rows if r.get("eval")]
+
+
+def plot_or_warn(metrics: Metrics) -> None:
+    """loss.png, or one warning: a plot never costs the run its weights or its exit code."""
+    try:
+        metrics.plot()
+    except ImportError:
+        log.warning("loss.png skipped: matplotlib is not installed (pip install 'torchrunner[plot]')")
+    except Exception as e:
+        log.warning("loss.png skipped: plotting failed: %s: %s", type(e).__name__, e)
 
 
 class Stopwatch:
