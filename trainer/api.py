@@ -37,17 +37,19 @@ def _is_timeout(e: BaseException) -> bool:
     return isinstance(e, (RuntimeError, TimeoutError)) and ("timed out" in text or "timeout" in text)
 
 
-def _outcome(e: BaseException, where: Optional[str] = None) -> tuple[int, str]:
-    """The exit code and one-line reason of a run that raised ``e`` (``where``: the run directory)."""
+def _outcome(e: BaseException, run_dir: Optional[str]) -> tuple[int, str]:
+    """The exit code and one-line reason of a run that raised ``e``."""
     if isinstance(e, ConfigError):
         return codes.config_error(e), str(e)
     if isinstance(e, KeyboardInterrupt):
         return 128 + 2, "interrupted"
-    if isinstance(e, SystemExit):  # sys.exit() in user code (a model or dataset module) is no success
+    if isinstance(
+        e, SystemExit
+    ):  # sys.exit() in user code (a model or dataset module) must not look like success
         reason = f"sys.exit({e.code!r}) was called during the run (user code?); the run did not finish"
         print(f"error: {reason}", file=sys.stderr)
         return codes.INTERNAL, reason
-    fault = storage.describe(e, where=where or "the run directory")
+    fault = storage.describe(e, where=run_dir or "the run directory")
     if fault:
         print(f"{fault} (fix the storage, then rerun the same command: it resumes)", file=sys.stderr)
         return codes.STORAGE, fault
@@ -118,11 +120,12 @@ def fit(
     if loss is not None:
         named.append(f"train.loss={_path_of(loss)}")
     overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    cfg = None
     try:
         cfg = load_config(config, [*overrides, *named])
         code, parts = train_parts(cfg, given=Given(model, train_data, eval_data, loss))
     except (Exception, KeyboardInterrupt, SystemExit) as e:
-        code, reason = _outcome(e)
+        code, reason = _outcome(e, cfg.run.dir if cfg is not None else None)
         return FitResult(code, reason=reason)
     finally:
         _close_rank_logs()

@@ -266,9 +266,8 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
         trainable, total = apply_freeze(module, cfg.train.freeze)
         io = model_io(cfg, module, train_ds, info.task)
         objective = Objective.for_run(cfg, info.task, given.loss)
-        probe(
-            cfg, state, module, train_ds, info, io, objective, micro
-        )  # before the run dir: exit 2, no trace
+        # before the run dir exists: a model that does not fit the data is exit 2 with nothing written
+        probe(cfg, state, module, train_ds, info, io, objective, micro)
         # MFU is reported on CUDA only; counting FLOPs runs a forward (and imports torch._dynamo, ~1.3 s).
         flops = flops_per_sample(module, info) if state.device.type == "cuda" else None  # before FSDP shards
         run_dir, resume_path, lease = _make_run_dir(cfg, state, created)

@@ -39,6 +39,14 @@ def _input(t: Any) -> torch.Tensor:
     return t.float() if t.is_floating_point() or t.dtype == torch.bool else t
 
 
+def _keyword_input(t: Any) -> Any:
+    """A dict entry keeps its integer or bool dtype (masks, ids); floats become float32."""
+    if not isinstance(t, (torch.Tensor, np.ndarray, list, tuple, int, float, bool)):
+        return t  # strings and other metadata pass through to forward untouched
+    t = torch.as_tensor(t)
+    return t.float() if t.is_floating_point() else t
+
+
 class UserDataset(Dataset):
     """Adapts any map-style dataset (optionally a subset of it) to get_batch/set_epoch and fixed dtypes."""
 
@@ -73,7 +81,7 @@ class UserDataset(Dataset):
     def _convert(self, x: Any, y: Any, batched: bool) -> tuple[Any, torch.Tensor]:
         y = torch.as_tensor(y)
         if isinstance(x, Mapping):
-            x = {k: _input(v) for k, v in x.items()}
+            x = {k: _keyword_input(v) for k, v in x.items()}
             if self.task in ("lm", "classification"):
                 y = y.long()
         elif self.task == "lm":
@@ -167,7 +175,9 @@ def _infer(cfg: Config, key: str, base: Any, train: UserDataset) -> DataInfo:
 
 
 def _tensors(x: Any) -> list[torch.Tensor]:
-    return [x[k] for k in sorted(x)] if isinstance(x, Mapping) else [x]
+    if isinstance(x, Mapping):
+        return [x[k] for k in sorted(x) if isinstance(x[k], torch.Tensor)]
+    return [x]
 
 
 def wrap(cfg: Config, made: Any, eval_made: Any = None, key: Optional[str] = None):
