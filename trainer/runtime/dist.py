@@ -136,6 +136,19 @@ def broadcast_object(state: DistState, obj):
     return box[0]
 
 
+def first_error(state: DistState, msg: Optional[str]) -> Optional[str]:
+    """The same verdict on every rank: the lowest rank's error message (prefixed ``rank N:`` when it is not
+    rank 0), or None when no rank has one. A collective over the side group."""
+    if not state.distributed:
+        return msg
+    out: list = [None] * state.world_size
+    dist.all_gather_object(out, msg, group=state.side_group)
+    for rank, m in enumerate(out):
+        if m:
+            return m if rank == 0 else f"rank {rank}: {m}"
+    return None
+
+
 def teardown(state: Optional[DistState]) -> None:
     if state is not None and state.distributed and dist.is_initialized():
         try:
