@@ -40,8 +40,8 @@ from collections.abc import Sequence
 
 from launch.cluster import ClusterError, resolve
 from launch.exitcodes import CONFIG
-from launch.gpus import resolve_nproc
-from launch.modes import MODES, UsageError, build
+from launch.gpus import NoGPU, resolve_nproc
+from launch.modes import DEFAULT_INIT_TIMEOUT_S, MODES, UsageError, build
 
 SUBCOMMANDS = ("env", "doctor", "k8s", "wait")
 
@@ -76,18 +76,31 @@ def _fail(message: str, code: int = CONFIG) -> int:
     return code
 
 
+def _init_timeout(config: str | None, overrides: Sequence[str]) -> float:
+    """dist.init_timeout_s of the resolved config (the trainer's answer, ~0.1 s); its default if it has none."""
+    from launch.doctor import _get, resolve_config
+
+    cfg, _problem = resolve_config(config, overrides)  # a problem is reported by the config check, before any start
+    try:
+        return max(1.0, float(_get(cfg or {}, "dist.init_timeout_s") or DEFAULT_INIT_TIMEOUT_S))
+    except (TypeError, ValueError):
+        return float(DEFAULT_INIT_TIMEOUT_S)
+
+
 def launch_main(mode: str, argv: Sequence[str]) -> int:
     p = _parser(f"python -m launch {mode}", f"Start the trainer in {mode} mode.")
     p.add_argument("-c", "--config", help="training config (YAML); without it, the trainer's defaults")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_steps=100")
     p.add_argument("--dry-run", action="store_true", help="print the command and the variables it adds; run nothing")
     p.add_argument("--no-preflight", action="store_true", help="skip the config check and the fast doctor")
-    p.add_argument("--local-addr", help="address this node advertises (hosts that cannot resolve each other)")
+    p.add_argument("--local-addr", help="address this node advertises to its peers (default LAUNCH_LOCAL_ADDR): "
+                   "hosts that cannot resolve each other, or whose name resolves to another interface")
     p.add_argument("--entry", default="trainer", help=argparse.SUPPRESS)  # worker module; tests use a fake one
     ns = p.parse_intermixed_args(argv)
     try:
         cluster = resolve(overrides=_cluster_flags(ns))
-        plan = build(mode, cluster, ns.config, ns.overrides, entry=ns.entry, local_addr=ns.local_addr)
+        plan = build(mode, cluster, ns.config, ns.overrides, entry=ns.entry, local_addr=ns.local_addr,
+                     init_timeout_s=_init_timeout(ns.config, ns.overrides) if cluster.nnodes > 1 else None)
     except (ClusterError, UsageError) as e:
         return _fail(str(e))
     if ns.dry_run:
@@ -121,6 +134,9 @@ def env_main(argv: Sequence[str]) -> int:
         info = {**c.as_dict(), "nproc_per_node_resolved": resolve_nproc(c.nproc_per_node)}
     except ClusterError as e:
         return _fail(str(e))
+    except NoGPU:
+        return _fail(f"{c.origin('nproc_per_node')}=gpu: one process per GPU, but no GPU is visible here; use auto "
+                     "(1 process without GPUs) or a number")
     if ns.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:

@@ -32,7 +32,7 @@ from .training import checkpoint as ckpt
 from .training.finetune import prepare_for_finetune
 from .training.loop import Trainer
 from .training.optim import apply_freeze, build_optimizer
-from .training.strategy import Strategy, make_accelerator, resolve_mode
+from .training.strategy import Strategy, adopt_accelerate_launch, make_accelerator, resolve_mode
 from .training.weights import merge_lora_state, write_safetensors
 
 log = logging.getLogger("trainer")
@@ -215,9 +215,12 @@ def _make_run_dir(
 
 def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
     """Everything before the first step. On failure, nothing this call created is left behind."""
+    cfg, launched_by = adopt_accelerate_launch(cfg)  # under `accelerate launch`: its strategy and precision
     _numerics(cfg)
     state, accelerator = _init_dist(cfg)
     setup_logging(state.rank)
+    if launched_by:
+        log.info(launched_by)
     created: list[str] = []
     lease: Optional[Lease] = None
     try:

@@ -86,9 +86,7 @@ def init(
             # NCCL Flight Recorder: a ring buffer of recent collectives, dumped per rank on a timeout.
             os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000")
             os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1")
-        # The group's own timeout is a backstop: the trainer's watchdog (runtime.watchdog) fires first, at
-        # collective_timeout_s, and names the stalled rank, which gloo's timeout error does not.
-        backstop = datetime.timedelta(seconds=2 * collective_timeout_s + 10)
+        backstop = datetime.timedelta(seconds=backstop_s(collective_timeout_s))
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=backstop, **kwargs)
         state.backend = backend
         # Control traffic (preemption flag, async checkpoint) must not queue behind training collectives.
@@ -96,8 +94,19 @@ def init(
     return state
 
 
-def add_groups(state: DistState, timeout_s: float) -> None:
-    timeout = datetime.timedelta(seconds=timeout_s)
+def backstop_s(collective_timeout_s: float) -> float:
+    """The timeout of every process group: later than the watchdog's, so the watchdog always fires first.
+
+    The watchdog (runtime.watchdog) fires at collective_timeout_s and names the stalled rank and where; a group
+    that timed out at the same moment would end the healthy rank first with gloo's rank-less error (seen with
+    the side groups at collective_timeout_s: a rank stopped with SIGSTOP mid-run, 2 of 3 trials).
+    """
+    return 2 * collective_timeout_s + 10
+
+
+def add_groups(state: DistState, collective_timeout_s: float) -> None:
+    """The gloo side groups: control traffic (preemption flag, checkpoint barriers) and DCP's collectives."""
+    timeout = datetime.timedelta(seconds=backstop_s(collective_timeout_s))
     state.side_group = dist.new_group(backend="gloo", timeout=timeout)
     state.ckpt_group = dist.new_group(backend="gloo", timeout=timeout)
 

@@ -370,6 +370,7 @@ class Trainer:
         if self.state.distributed:
             self.watchdog = Watchdog(self.state, cfg.dist.collective_timeout_s, rank_log_stream())
             self.watchdog.start()
+            self.saver.phase = lambda op: self.watchdog.mark(self.progress.step, op)
         self._watch = Stopwatch()
         self._since_log = 0
         self.strategy.model.train()
@@ -421,6 +422,7 @@ class Trainer:
         if code == OK and every and p.step % every == 0 and p.step < self.total_steps:
             self.evaluate()
         self.saver.poll(p.step)
+        self.watchdog.mark(p.step, "agree")  # the preemption all-reduce (side group)
         stop = code != OK or self.preempt.agreed()
         if stop and code == NONFINITE:
             self.saver.finish(p.step)  # commit an in-flight (good) write; no checkpoint of the bad state
