@@ -28,12 +28,13 @@ from ..runtime.signals import PreemptionWatch
 from ..runtime.watchdog import NoWatchdog, Watchdog
 from . import checkpoint as ckpt
 from . import resume
+from .finite import all_finite, nonfinite_outcome
 from .metrics import Metrics, Stopwatch, close_progress, peak_flops, plot_or_warn, read_history, trim_rows
 from .optim import build_scheduler
 from .profiler import Profiler
 from .saver import Saver
 from .strategy import Strategy
-from .tally import make_tally
+from .tally import make_tally, reduced_window
 from .tasks import IGNORE, Objective, eval_result, lm_loss_sum
 
 log = logging.getLogger("trainer")
@@ -184,27 +185,13 @@ class Trainer:
         resume.report(changed, lr_before, self.scheduler.get_last_lr()[0], rebuilt)
 
     # ------------------------------------------------------------------ checkpoint
-    def _window(self) -> dict:
-        """The log window in progress (loss sum, good and bad steps since the last row), summed over ranks:
-        saved with a checkpoint so that a resumed run's next row covers the same steps as an uninterrupted
-        run's (collective)."""
-        loss_sum, good, bad_run, bad_max = self.tally.peek()
-        sums = dist.all_reduce_sum(self.state, torch.stack([loss_sum.double(), good.double()])).tolist()
-        bads = dist.all_reduce_max(self.state, torch.stack([bad_run.double(), bad_max.double()])).tolist()
-        return {"loss": sums[0], "good": sums[1], "bad_run": bads[0], "bad_max": bads[1]}
-
-    def _savable(self) -> bool:
-        """Never checkpoint non-finite parameters (collective): the previous checkpoint stays the newest.
-        (Skipped bad steps leave the parameters as they were, so a state inside a short streak is good.)"""
-        return dist.all_true(self.state, all(bool(torch.isfinite(p).all()) for p in self.params))
-
     def save(self, final: bool = False) -> Optional[str]:
         """Checkpoint the current step; async (checkpoint.async_save) except for the last save of a run."""
         t0 = time.perf_counter()
         step = self.progress.step
         self.watchdog.mark(step, "checkpoint")
         storage.require_dir(self.run_dir)
-        if not self._savable():
+        if not all_finite(self.state, self.params):  # the previous checkpoint stays the newest
             log.warning(
                 "not checkpointing step %d: the parameters are non-finite; the newest checkpoint (%s) is "
                 "from before",
@@ -212,7 +199,7 @@ class Trainer:
                 self.saver.ckpts.latest_pointer() or "none",
             )
             return None
-        window = self._window()
+        window = reduced_window(self.state, self.tally)
         sharded, state = None, None
         if self.strategy.sharded:
             sharded = self.strategy.sharded_state(self.optimizer)
@@ -347,20 +334,6 @@ class Trainer:
             )
             return False
         return True
-
-    def _nonfinite_outcome(self) -> Optional[str]:
-        """Why the finished run is not a result (non-finite final loss, eval or parameters), or None."""
-        _, _, bad_run, _ = self.tally.peek()
-        if self.last_loss is None or not math.isfinite(self.last_loss):
-            return f"final loss is {self.last_loss}"
-        if bad_run.item():
-            return f"the run ended inside a streak of {int(bad_run.item())} non-finite step(s)"
-        bad = [k for k, v in self.last_eval.items() if isinstance(v, float) and not math.isfinite(v)]
-        if bad:
-            return f"final eval {bad[0]} is {self.last_eval[bad[0]]}"
-        if not dist.all_true(self.state, all(bool(torch.isfinite(p).all()) for p in self.params)):
-            return "final parameters are non-finite"
-        return None
 
     # ------------------------------------------------------------------ eval
     @torch.no_grad()
@@ -503,7 +476,7 @@ class Trainer:
         if self._since_log:
             self._log()
         self.evaluate()
-        problem = self._nonfinite_outcome()
+        problem = nonfinite_outcome(self.state, self.tally, self.last_loss, self.last_eval, self.params)
         if problem:
             self.saver.finish(self.progress.step)
             log.error(
