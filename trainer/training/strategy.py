@@ -36,10 +36,11 @@ ACCELERATE_PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
 def adopt_accelerate_launch(
     cfg: Config, env: Optional[Mapping[str, str]] = None
 ) -> tuple[Config, Optional[str]]:
-    """Under ``accelerate launch``: train.strategy=auto becomes accelerate, and its --mixed_precision is honoured
-    (train.precision=fp32, the default, takes it) or refused (another precision set, fp8); what the accelerate
-    strategy does not configure (--use_fsdp, --use_deepspeed, --dynamo_backend) is refused. Returns the config
-    and the line to log (None when nothing changed); without accelerate's variables, ``cfg`` as it is.
+    """Under ``accelerate launch``: train.strategy=auto becomes accelerate, and its --mixed_precision is
+    honoured (train.precision=fp32, the default, takes it) or refused (another precision set, fp8); what the
+    accelerate strategy does not configure (--use_fsdp, --use_deepspeed, --dynamo_backend) is refused.
+    Returns the config and the line to log (None when nothing changed); without accelerate's variables,
+    ``cfg`` as it is.
     """
     env = os.environ if env is None else env
     if "ACCELERATE_MIXED_PRECISION" not in env:
