@@ -39,9 +39,9 @@ OPS = (
     "done",
 )
 
-# Test hook: TRAINER_TEST_STALL_AT=OP:STEP:RANK[:stop|sleep] stalls RANK when it marks OP of STEP, by SIGSTOP
-# of the whole process (heartbeat included, as `kill -STOP` does) or by a sleep of the main thread. Normal
-# runs never set it.
+# Test hook: TRAINER_TEST_STALL_AT=OP:STEP:RANK[:stop|sleep] stalls RANK when it marks OP of STEP, by
+# SIGSTOP of the whole process (heartbeat included, as `kill -STOP` does) or by a sleep of the main thread.
+# Normal runs never set it.
 STALL_ENV = "TRAINER_TEST_STALL_AT"
 
 
