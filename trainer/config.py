@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -347,7 +348,7 @@ def math_diff(a: Config, b: Config) -> list[str]:
 
 # The one list of built-in names (config must not import torch, so the builders in trainer/models and
 # trainer/data are keyed by these; tests/unit/test_layers.py checks they agree).
-MODEL_NAMES = ("linreg", "cnn", "mlp", "gpt")
+MODEL_NAMES = ("linreg", "cnn", "mlp", "gpt", "hf")
 DATA_NAMES = (
     "synthetic_regression",
     "synthetic_classification",
@@ -357,8 +358,9 @@ DATA_NAMES = (
     "tokens",
     "tensors",
     "csv",
+    "jsonl",
 )
-_NEEDS_PATH = ("tokens", "tensors", "csv")
+_NEEDS_PATH = ("tokens", "tensors", "csv", "jsonl")
 RESUME_MODES = ("auto", "never", "restart")
 
 
@@ -381,7 +383,13 @@ def validate(cfg: Config) -> None:
         )
     if d.name in _NEEDS_PATH and not d.path:
         raise ConfigError(f"data.path=None: data.name={d.name} needs a file (data.path=...)")
-    for key, p in (("data.path", d.path), ("model.init_from", m.init_from)):
+    for key, p in (
+        ("data.path", d.path),
+        ("data.eval_path", d.eval_path),
+        ("data.tokenizer", d.tokenizer),
+        ("model.init_from", m.init_from),
+        ("model.path", m.path),
+    ):
         if p and not os.path.exists(p):
             raise ConfigError(f"{key}={p!r}: no such file or directory")
     for key, spec in (("model.config", m.config), ("train.loss", t.loss)):
@@ -391,6 +399,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"model.config={m.config!r}: only for a user model (model.name=package.module:Name)"
         )
+    if m.name == "hf":
+        if not m.path:
+            raise ConfigError("model.path=None: model.name=hf needs a local model directory (model.path=DIR)")
+        if not os.path.isfile(os.path.join(m.path, "config.json")):
+            raise ConfigError(
+                f"model.path={m.path!r}: no config.json there (expected a Hugging Face model dir)"
+            )
+    if d.name == "jsonl":
+        if m.name in MODEL_NAMES and m.name != "hf":
+            raise ConfigError(
+                f"model.name={m.name!r}: data.name=jsonl feeds named inputs (input_ids, position_ids); "
+                "use model.name=hf or a user model (package.module:Name)"
+            )
+        if m.name != "hf" and not d.tokenizer:
+            raise ConfigError(
+                f"data.tokenizer=None: data.name=jsonl with model.name={m.name!r} needs a tokenizer directory"
+            )
+        if d.path and not os.path.isfile(d.path):
+            raise ConfigError(f"data.path={d.path!r}: data.name=jsonl needs a file")
     if m.name == "gpt" and m.n_embd % m.n_head:
         raise ConfigError(f"model.n_embd={m.n_embd}: must be divisible by model.n_head={m.n_head}")
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
@@ -419,11 +446,37 @@ def validate(cfg: Config) -> None:
     ):
         raise ConfigError(f"profile.steps={cfg.profile.steps!r}: expected [start, end] with start < end")
     r = cfg.run.resume
-    if r not in RESUME_MODES and not os.path.exists(r):
+    if r not in RESUME_MODES and not _is_url(r) and not os.path.exists(r):
         raise ConfigError(
             f"run.resume={r!r}: expected {', '.join(RESUME_MODES)} or an existing checkpoint path"
             + did_you_mean(r, RESUME_MODES)
         )
+    for key, url in (("checkpoint.dir", cfg.checkpoint.dir), ("run.resume", r)):
+        if url and _is_url(url):
+            _check_url(key, url)
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _check_url(key: str, url: str) -> None:
+    """A storage URL names a known fsspec protocol whose package is installed (nothing is contacted here:
+    reachability is checked when the run starts, and by the doctor)."""
+    from fsspec.registry import known_implementations  # ~58 ms to import: only for URLs
+
+    protocol, _, rest = url.partition("://")
+    impl = known_implementations.get(protocol)
+    if impl is None:
+        raise ConfigError(
+            f"{key}={url!r}: unknown storage protocol {protocol!r} (expected e.g. s3://bucket/prefix)"
+        )
+    if not rest.split("/", 1)[0]:
+        raise ConfigError(f"{key}={url!r}: no bucket (expected {protocol}://bucket/prefix)")
+    module = impl["class"].split(".", 1)[0]
+    if importlib.util.find_spec(module) is None:
+        extra = " (pip install '.[s3]', or make setup)" if protocol in ("s3", "s3a") else ""
+        raise ConfigError(f"{key}={url!r}: {protocol}:// needs the {module} package{extra}")
 
 
 def check_world(cfg: Config, world_size: int) -> int:

@@ -34,7 +34,9 @@ from .runtime import dist, storage, workerenv
 from .runtime.lease import LEASE, Lease
 from .runtime.logs import add_rank_log, setup_logging
 from .training import checkpoint as ckpt
+from .training import history, stores
 from .training.finetune import prepare_for_finetune
+from .training.hf_export import write_adapter, write_hf_dir
 from .training.loop import Trainer
 from .training.optim import apply_freeze, build_optimizer
 from .training.probe import probe
@@ -159,19 +161,43 @@ def _set_aside_outputs(run_dir: str) -> Optional[str]:
     return dst
 
 
+def check_storage(cfg: Config) -> None:
+    """Before anything is written: a remote checkpoint.dir must be reachable and writable (exit 2 if not)."""
+    if cfg.checkpoint.dir and stores.is_url(cfg.checkpoint.dir):
+        try:
+            stores.check_writable(cfg.checkpoint.dir)
+        except stores.StoreError as e:
+            raise ConfigError(f"checkpoint.dir={cfg.checkpoint.dir!r}: {str(e).split(': ', 1)[-1]}") from None
+
+
 def find_resume(cfg: Config, run_dir: str) -> Optional[str]:
     """The checkpoint to resume from, by ``run.resume`` (auto | never | restart | PATH). Rank 0 only."""
     r = cfg.run.resume
+    root = ckpt.checkpoint_root(cfg.checkpoint.dir, run_dir)
     if r == "never":
+        if stores.is_url(root) and not ckpt.CheckpointDir(root).is_empty():
+            raise ConfigError(
+                f"checkpoint.dir={root!r}: not empty and run.resume=never (choose another "
+                "checkpoint.dir or run.resume=auto)"
+            )
         return None
     if r == "restart":
+        if stores.is_url(root) and not ckpt.CheckpointDir(root).is_empty():  # objects cannot be moved aside
+            raise ConfigError(
+                f"run.resume=restart: checkpoint.dir={root!r} holds a run's checkpoints, which cannot be set "
+                "aside on an object store; choose a new checkpoint.dir"
+            )
         _set_aside_outputs(run_dir)
         return None
     if r == "auto":
-        cdir = ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints"))
+        cdir = ckpt.CheckpointDir(root)
         try:
             found = cdir.find_resumable()
         except ckpt.CheckpointError as e:
+            if stores.is_url(root):
+                raise ConfigError(
+                    f"checkpoint.dir={root!r}: {e}; choose a new checkpoint.dir to start over"
+                ) from None
             raise ConfigError(
                 f"run.dir={run_dir!r}: {e}; set run.resume=restart to start over (they are kept)"
             ) from None
@@ -184,14 +210,25 @@ def find_resume(cfg: Config, run_dir: str) -> Optional[str]:
         raise ConfigError(f"run.resume={r!r}: {e}") from None
 
 
+def _restore_history(cfg: Config, run_dir: str, rank: int) -> None:
+    """A node whose run.dir is empty, resuming from a bucket: the metrics and this rank's log so far, before
+    logging appends to them (history.py)."""
+    got = history.restore(run_dir, ckpt.checkpoint_root(cfg.checkpoint.dir, run_dir), rank)
+    if got:
+        log.info("history restored from %s: %s", cfg.checkpoint.dir, ", ".join(got))
+
+
 def _claim_run_dir(
     cfg: Config, run_dir: str, created: list[str], world_size: int
 ) -> tuple[Lease, Optional[str]]:
-    """Rank 0: check run.dir, create it, take its lease before writing anything else, find the resume."""
+    """Rank 0: check run.dir (and a remote checkpoint.dir), create it, bring back the history kept beside
+    remote checkpoints, take its lease before writing anything else, find the resume."""
+    check_storage(cfg)
     _check_run_dir(cfg, run_dir)
     if not os.path.isdir(run_dir):
         os.makedirs(run_dir)
         created.append(run_dir)
+    _restore_history(cfg, run_dir, 0)
     lease = Lease(run_dir)
     note = lease.acquire()
     try:
@@ -223,6 +260,7 @@ def _make_run_dir(
     if kind == "storage":
         raise storage.StorageError(value)
     if not state.is_main:
+        _restore_history(cfg, run_dir, state.rank)
         add_rank_log(run_dir, state.rank, state.world_size)
     if state.is_main:
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as fh:
@@ -314,14 +352,23 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
 
 
 def export_final(parts: Parts) -> None:
-    """``run_dir/model.safetensors``: the full model state, LoRA adapters merged into plain weights."""
+    """``run_dir/model.safetensors``: the full model state, LoRA adapters merged into plain weights; for
+    ``model.name=hf`` also ``hf/`` (merged model + tokenizer) and ``adapter/`` (the peft adapter)."""
     msd, _ = parts.strategy.full_state(parts.optimizer)  # FSDP: a collective, so every rank calls it
     if parts.state.is_main:
+        cfg = parts.cfg
         path = os.path.join(parts.run_dir, "model.safetensors")
-        merged = merge_lora_state(msd)
+        merged = merge_lora_state(msd, cfgmod.to_dict(cfg))
         write_safetensors(merged, path, {"lora": "merged"} if merged is not msd else None)
         if merged is not msd:
             log.info("LoRA adapters merged into plain weights: %s", path)
+        if cfg.model.name == "hf":
+            write_hf_dir(merged, cfg, os.path.join(parts.run_dir, "hf"))
+            if cfg.lora.targets:
+                write_adapter(parts.strategy.module, msd, cfg, os.path.join(parts.run_dir, "adapter"))
+    history.upload_final(
+        parts.run_dir, ckpt.checkpoint_root(parts.cfg.checkpoint.dir, parts.run_dir), parts.state.rank
+    )
 
 
 def resume_command(run_dir: str) -> str:

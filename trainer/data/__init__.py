@@ -1,7 +1,7 @@
 """Datasets: ``build_datasets(cfg) -> (train, eval, DataInfo)``, the one entry point the loop calls.
 
 Built-in names (``data.name``): synthetic_regression, synthetic_classification, digits, diabetes (no
-files); text, tokens, tensors, csv (read ``data.path``); or ``package.module:Name`` for a user Dataset.
+files); text, tokens, tensors, csv, jsonl (read ``data.path``); or ``package.module:Name`` for a user Dataset.
 Every dataset is map-style, returns ``(x, y)`` (``x`` a tensor, or a dict of tensors for dict samples),
 and also offers ``get_batch(indices) -> (X, Y)`` (one gather per micro-batch instead of B Python calls)
 and ``set_epoch(epoch)`` (augmentation is a pure function of (seed, epoch, index), so it is identical at
@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from ..config import DATA_NAMES, Config, ConfigError
-from . import builtin, files, user
+from . import builtin, files, jsonl, user
 from .base import (
     ArrayDataset,
     DataInfo,
@@ -50,6 +50,7 @@ BUILDERS = {
     "tokens": files.tokens,
     "tensors": files.tensors,
     "csv": files.csv_table,
+    "jsonl": jsonl.jsonl,
 }
 
 

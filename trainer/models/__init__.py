@@ -1,6 +1,7 @@
 """Models: ``build_model(cfg, info)`` and ``flops_per_sample(model, info)`` (for throughput and MFU).
 
-Built-in ``model.name``: linreg, cnn, mlp, gpt; or ``package.module:Callable`` (also
+Built-in ``model.name``: linreg, cnn, mlp, gpt, hf (a local Hugging Face causal LM from ``model.path``,
+``hf.py``: it keeps ``model.dtype``); or ``package.module:Callable`` (also
 ``module:Class.classmethod``, e.g. ``transformers:AutoModelForCausalLM.from_config``) for a user nn.Module,
 called with ``**model.kwargs``, or with ``model.config=package.module:ConfigClass`` called with
 ``ConfigClass(**model.kwargs)`` as its one argument. A user model built in another floating dtype (a
@@ -28,8 +29,10 @@ from ..data.base import DataInfo
 from ..objects import import_object
 from .cnn import CNN
 from .gpt import GPT
+from .hf import build_hf
 from .linreg import LinReg
 from .mlp import MLP
+from .outputs import ModelIO
 
 __all__ = ["CNN", "GPT", "LinReg", "MLP", "build_model", "flops_per_sample", "prepare_user_model", "unwrap"]
 
@@ -169,6 +172,7 @@ BUILDERS = {
     "cnn": _build_cnn,
     "mlp": _build_mlp,
     "gpt": _build_gpt,
+    "hf": build_hf,
 }  # config.MODEL_NAMES
 
 
@@ -197,6 +201,8 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         elif kind in ("DistributedDataParallel", "DataParallel"):
             model = model.module
+        elif kind.startswith("Peft") and hasattr(model, "get_base_model"):
+            model = model.get_base_model()
         else:
             return model
 
@@ -227,7 +233,7 @@ def flops_per_sample(model: nn.Module, info: DataInfo) -> Optional[float]:
         inner.eval()  # no dropout draws, no BatchNorm running-stat updates
         try:
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                inner(x)
+                ModelIO().forward(inner, {"input_ids": x} if info.extra.get("loss_mask") else x, None)
         finally:
             inner.train(was_training)
         fwd = counter.get_total_flops()

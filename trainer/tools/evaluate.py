@@ -87,7 +87,7 @@ def evaluate_module(
     ``io`` / ``objective``: how the run fed its model and scored it (a user model's ``model.target_arg``,
     dict batches, ``train.loss``); default: the built-in models' plain path."""
     io, objective = io or ModelIO(), objective or Objective(task)
-    sums = torch.zeros(3, dtype=torch.float64)
+    sums = torch.zeros(4, dtype=torch.float64)  # loss sum, weight, correct, samples
     module.eval()
     with torch.inference_mode():
         for start in range(0, len(eval_ds), batch_size):
@@ -106,8 +106,9 @@ def eval_main(args: argparse.Namespace) -> int:
         raise config.ConfigError(f"data.eval_fraction={cfg.data.eval_fraction}: the eval split is empty")
     io, objective = model_io(cfg, module, eval_ds, info.task), Objective.for_run(cfg, info.task)
     res = evaluate_module(module, eval_ds, info.task, cfg.train.eval_batch_size, io, objective)
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in res.items() if k != "samples")
-    print(f"eval: {shown} on {res['samples']} samples ({info.description}); weights: {w.source}")
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in res.items() if k not in ("samples", "tokens"))
+    scored = f"{res['samples']} samples" + (f", {res['tokens']} tokens" if "tokens" in res else "")
+    print(f"eval: {shown} on {scored} ({info.description}); weights: {w.source}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"source": w.source, "data": info.description, **res}, fh, indent=1)

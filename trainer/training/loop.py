@@ -20,7 +20,7 @@ from ..data.collate import to_device
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
 from ..exitcodes import NONFINITE, OK, PREEMPTED
-from ..models.outputs import ModelIO
+from ..models.outputs import ModelIO, split_output
 from ..runtime import dist, storage
 from ..runtime.logs import rank_log_stream
 from ..runtime.memory import write_oom_snapshot
@@ -34,7 +34,7 @@ from .profiler import Profiler
 from .saver import Saver
 from .strategy import Strategy
 from .tally import make_tally
-from .tasks import Objective, eval_result
+from .tasks import IGNORE, Objective, eval_result, lm_loss_sum
 
 log = logging.getLogger("trainer")
 
@@ -94,6 +94,12 @@ class Trainer:
         self.watchdog: Watchdog | NoWatchdog = NoWatchdog()
         self.compile_time_s: Optional[float] = None
         self.last_eval: dict = {}
+        self.eval_before: Optional[dict] = None
+        # Masked LM data (jsonl): the loss is a mean over the labelled tokens of the whole step, all
+        # micro-batches and ranks together, not a mean of per-micro-batch means.
+        self._token_mean = bool(info.extra.get("loss_mask")) and self.objective.loss_fn is None
+        eb = cfg.train.eval_before
+        self._eval_before = cfg.model.name == "hf" if eb is None else eb
         self.last_loss: Optional[float] = None
         self.tally = make_tally(self.device)
         self._need_norm = bool(cfg.train.grad_clip) or state.distributed or strategy.scaler is not None
@@ -110,6 +116,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.strategy.scaler.state_dict() if self.strategy.scaler else None,
             "progress": vars(self.progress).copy(),
+            "eval_before": self.eval_before,  # so a resumed run still reports it
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -117,6 +124,7 @@ class Trainer:
         if self.strategy.scaler is not None and sd.get("scaler"):
             self.strategy.scaler.load_state_dict(sd["scaler"])
         self.progress = ckpt.Progress(**sd["progress"])
+        self.eval_before = sd.get("eval_before")
         w = sd.get("window")  # older checkpoints have none: the next row then covers fewer steps
         if w:
             self.tally.restore(
@@ -140,6 +148,8 @@ class Trainer:
                 )
             resume.check_allowed(changed, path)
         state, rng = ckpt.load_state(path, rank=self.state.rank)
+        if state is not None and isinstance(state.get("model"), dict):
+            refuse_old_lora(state["model"], path)
         if ckpt.is_sharded(path):
             self.strategy.load_sharded(self.optimizer, os.path.join(path, ckpt.DCP))
         else:
@@ -228,20 +238,31 @@ class Trainer:
     def _to_device(self, batch):
         return to_device(batch, self.device, self.device.type == "cuda")
 
+    def _token_scale(self, micro_batches) -> torch.Tensor:
+        """world_size / labelled tokens in this step on all ranks: turns each micro-batch's loss sum into
+        its share of the step's token mean (DDP and FSDP average gradients over ranks, hence world_size)."""
+        count = sum((y != IGNORE).sum() for _, y in micro_batches).double()
+        count = dist.all_reduce_sum(self.state, count)
+        return self.state.world_size / count.clamp(min=1)
+
     def _run_step(self, micro_batches) -> None:
         s = self.strategy
         n = len(micro_batches)
         total = None
         wd, step = self.watchdog, self.progress.step + 1  # the step being run, counted from 1
         forward, objective = self.io.forward, self.objective.loss
+        scale = self._token_scale(micro_batches) if self._token_mean else None
         for i, (x, y) in enumerate(micro_batches):
             with s.sync(i == n - 1):
                 wd.mark(step, "forward")
                 with s.autocast():
                     out = forward(s.model, x, y)
-                loss = objective(out, y)
-                if n > 1:
-                    loss = loss / n
+                if scale is not None:  # masked LM data: a share of the step's token mean
+                    loss = lm_loss_sum(split_output(out)[0], y)[0] * scale
+                else:
+                    loss = objective(out, y)
+                    if n > 1:
+                        loss = loss / n
                 wd.mark(step, "backward")
                 s.backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
@@ -350,7 +371,7 @@ class Trainer:
         self.watchdog.mark(self.progress.step, "eval")
         s.model.eval()
         bs = self.cfg.train.eval_batch_size
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, count, correct
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, weight, correct, samples
         for idx, valid in eval_shards(len(self.eval_ds), bs, self.state.rank, self.state.world_size):
             x, y = self._to_device(self.eval_ds.get_batch(idx))
             with s.autocast():
@@ -373,6 +394,10 @@ class Trainer:
             self._complete_outputs()
             return OK
         self._begin()
+        if self._eval_before and p.step == 0 and self.eval_before is None:
+            self.eval_before = self.evaluate()
+            self.strategy.model.train()
+            log.info("eval before training: %s", _fmt_eval(self.eval_before))
         t_start = time.perf_counter()
         code = OK
         try:
@@ -513,6 +538,7 @@ class Trainer:
             self.metrics.close()
 
     def _close(self) -> None:
+        self.saver.close()
         if self._profiler:
             self._profiler.close()
         self.preempt.uninstall()
@@ -530,6 +556,7 @@ class Trainer:
             # as metrics.jsonl has it (6 decimals), so a summary regenerated from it is the same
             "final_loss": round(self.last_loss, 6) if self.last_loss is not None else None,
             "eval": self.last_eval,
+            **({"eval_before": self.eval_before} if self.eval_before is not None else {}),
             "wall_time_s": round(wall, 3) if wall is not None else None,  # None: regenerated afterwards
             "compile_time_s": self.compile_time_s,
             "world_size": self.state.world_size,
@@ -542,7 +569,7 @@ class Trainer:
         if self.cfg.log.plot:
             plot_or_warn(self.metrics)
         close_progress(self.metrics)  # the finished bar once, then the closing line below it
-        ev = "  ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if k != "samples")
+        ev = _fmt_eval(self.last_eval)
         log.info(
             "done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s",
             self.progress.step,
@@ -551,3 +578,18 @@ class Trainer:
             ev,
             self.run_dir,
         )
+
+
+def refuse_old_lora(model_state: dict, path: str) -> None:
+    """A checkpoint of the former hand-written LoRA (``X.lora_scale`` beside ``X.lora_A``) cannot resume into
+    a peft model; its weights still serve ``model.init_from`` (merged on read)."""
+    if any(k.endswith(".lora_scale") for k in model_state):
+        raise ConfigError(
+            f"run.resume: checkpoint {path} was written by the former hand-written LoRA (before peft) and "
+            f"cannot be resumed; start a new run from it with model.init_from={path} "
+            "(adapters merged on read)"
+        )
+
+
+def _fmt_eval(res: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in res.items() if k not in ("samples", "tokens"))

@@ -123,7 +123,7 @@ class Metrics:
         self._fh.flush()
         if self._tb is not None:
             self._tb_scalars("eval", result, step)
-        msg = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "samples")
+        msg = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k not in ("samples", "tokens"))
         log.info(f"eval @ step {step}: {msg}")  # timestamped; routed through the bar while it is shown
 
     def _tb_scalars(self, prefix: str, values: dict, step: int) -> None:

@@ -153,6 +153,12 @@ def probe(
 ) -> None:
     """Raise ConfigError (the same on every rank) when the model does not fit the data; see the module doc."""
     was_training = module.training
+    if any(p.is_meta for p in module.parameters()):
+        # model.name=hf on ranks > 0: weights arrive from rank 0 after wrapping; rank 0's verdict is theirs
+        err = dist.first_error(state, None)
+        if err:
+            raise ConfigError(err)
+        return
     module.to(state.device)  # first, so that the CUDA generator it may create is saved below too
     rng = (torch.get_rng_state(), random.getstate(), np.random.get_state())
     cuda = (

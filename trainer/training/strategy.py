@@ -19,7 +19,7 @@ from torch import nn
 from torch.distributed._composable import checkpoint
 
 from ..config import Config, ConfigError
-from ..models import GPT
+from ..models import GPT, unwrap
 from ..runtime.dist import DistState
 from .units import describe, find_units
 
@@ -132,10 +132,23 @@ class Strategy:
 
     # ------------------------------------------------------------------ wrapping
     def wrap(self, module: nn.Module, optimizer_factory) -> torch.optim.Optimizer:
-        """Wrap `module` for the mode and build the optimizer on the right parameters."""
-        self.module = module.to(self.state.device)
+        """Wrap `module` for the mode and build the optimizer on the right parameters.
+
+        A model marked ``broadcast_from_rank0`` (``model.name=hf`` in a multi-process job) holds real
+        weights on rank 0 only (meta elsewhere): it is sharded (FSDP) or not, allocated on each rank's
+        device, then filled from rank 0's full state dict by one broadcast.
+        """
+        bcast = bool(getattr(module, "broadcast_from_rank0", False)) and self.state.distributed
+        full: dict = {}
+        buffers: dict = {}
+        if bcast:
+            full = module.state_dict() if self.state.is_main else {}
+            buffers = {n: b.detach().clone() for n, b in module.named_buffers()}  # real on every rank
+            self.module = module
+        else:
+            self.module = module.to(self.state.device)
         t = self.cfg.train
-        own_ac = isinstance(module, GPT)  # the built-in GPT recomputes its blocks itself
+        own_ac = isinstance(unwrap(module), GPT)  # the built-in GPT recomputes its blocks itself
         units, rule = [], ""
         if self.mode == "fsdp" or t.fsdp_wrap or (t.activation_checkpointing and not own_ac):
             units, rule = find_units(self.module, t.fsdp_wrap)
@@ -143,15 +156,7 @@ class Strategy:
             for unit in units:  # in place: parameter names, hence checkpoints, stay the same
                 checkpoint(unit)
             log.info("activation checkpointing: %s (%s)", describe(units), rule)
-        if self.mode == "dp":
-            ids = list(range(torch.cuda.device_count())) if self.state.device.type == "cuda" else None
-            model = nn.DataParallel(self.module, device_ids=ids)  # on CPU: a pass-through to the module
-        elif self.mode == "ddp":
-            ids = [self.state.device.index] if self.state.device.type == "cuda" else None
-            model = self._ddp = nn.parallel.DistributedDataParallel(
-                self.module, device_ids=ids, find_unused_parameters=self.cfg.train.find_unused_parameters
-            )
-        elif self.mode == "fsdp":
+        if self.mode == "fsdp":
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # ~2 s import: FSDP only
 
             policy = MixedPrecisionPolicy(
@@ -162,7 +167,16 @@ class Strategy:
                 fully_shard(unit, mp_policy=policy)
             fully_shard(self.module, mp_policy=policy)
             log.info("fsdp: %s (%s)", f"{said} + root" if units else "root only", rule)
-            model = self.module
+        if bcast:
+            self._fill_from_rank0(full, buffers)
+        if self.mode == "dp":
+            ids = list(range(torch.cuda.device_count())) if self.state.device.type == "cuda" else None
+            model = nn.DataParallel(self.module, device_ids=ids)  # on CPU: a pass-through to the module
+        elif self.mode == "ddp":
+            ids = [self.state.device.index] if self.state.device.type == "cuda" else None
+            model = self._ddp = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=ids, find_unused_parameters=self.cfg.train.find_unused_parameters
+            )
         else:
             model = self.module
         optimizer = optimizer_factory(self.module)
@@ -175,6 +189,20 @@ class Strategy:
             )
         self.model = model
         return optimizer
+
+    def _fill_from_rank0(self, full: dict, buffers: dict) -> None:
+        # ~2 s import (see full_state): only for a model whose weights only rank 0 read
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        self.module.to_empty(device=self.state.device)
+        with torch.no_grad():
+            for name, b in buffers.items():  # non-persistent buffers (rotary tables) are in no state dict
+                self.module.get_buffer(name).copy_(b)
+        if hasattr(self.module, "tie_weights"):
+            self.module.tie_weights()
+        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+        set_model_state_dict(self.module, full, options=opts)
+        full.clear()
 
     # ------------------------------------------------------------------ per step
     def autocast(self):

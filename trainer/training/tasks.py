@@ -1,9 +1,11 @@
 """Tasks: the training loss and the eval metrics of each task, in one place.
 
 ``regression`` (MSE; eval reports ``mse``), ``classification`` (cross-entropy; ``accuracy``) and ``lm``
-(token cross-entropy; ``perplexity``). The loop's distributed eval and the offline ``eval`` command both
-accumulate :func:`eval_sums` per batch and finish with :func:`eval_result`, so a metric means the same
-thing wherever it is printed.
+(token cross-entropy; ``perplexity``). LM labels of -100 (``IGNORE``: prompt tokens, padding, document
+boundaries of packed rows) carry no loss, and the task's LM loss and perplexity are means over the tokens
+that do: summed and counted, never a mean of per-row means. The loop's distributed eval and the offline
+``eval`` command both accumulate :func:`eval_sums` per batch and finish with :func:`eval_result`, so a
+metric means the same thing wherever it is printed.
 
 :class:`Objective` is what a run trains on: the user's ``train.loss`` when given, else the model's own loss
 when its output carries one (``trainer.models.outputs.split_output``), else the task loss on the model's
@@ -24,6 +26,7 @@ from ..models.outputs import split_output
 from ..objects import import_object
 
 METRIC = {"classification": "accuracy", "regression": "mse", "lm": "perplexity"}
+IGNORE = -100  # an LM label that carries no loss (torch's cross_entropy default ignore_index)
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -38,20 +41,32 @@ def task_loss(task: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "m
         return F.mse_loss(_f32(out), _f32(y), reduction="none").flatten(1).mean(1)
     if task == "lm":
         if reduction == "mean":
-            return F.cross_entropy(_f32(out.flatten(0, 1)), y.flatten())
-        return F.cross_entropy(_f32(out.flatten(0, 1)), y.flatten(), reduction="none").view(y.shape).mean(1)
+            return F.cross_entropy(_f32(out.flatten(0, 1)), y.flatten(), ignore_index=IGNORE)
+        per = F.cross_entropy(_f32(out.flatten(0, 1)), y.flatten(), reduction="none", ignore_index=IGNORE)
+        return per.view(y.shape).sum(1) / (y != IGNORE).sum(1).clamp(min=1)
     return F.cross_entropy(_f32(out), y, reduction=reduction)
+
+
+def lm_loss_sum(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of token losses, number of tokens with a label): the parts of a token-weighted mean."""
+    s = F.cross_entropy(_f32(out.flatten(0, 1)), y.flatten(), reduction="sum", ignore_index=IGNORE)
+    return s, (y != IGNORE).sum()
 
 
 def eval_sums(
     task: str, out: Optional[torch.Tensor], y: torch.Tensor, valid: int, loss: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """(loss sum, sample count, correct predictions) over the first ``valid`` samples, float64.
+    """(loss sum, weight, correct predictions, samples) over the first ``valid`` samples, float64.
 
-    ``loss``: the batch's mean loss when it comes from the model or ``train.loss`` instead of the task
-    (eval batches hold exactly ``valid`` samples, or are a weight-0 filler when ``valid`` is 0). Accuracy
-    is counted whenever the predictions are (N, C) and the targets class ids (N,).
+    The weight is the sample count, or for the task's LM loss the number of labelled tokens (the loss is
+    per token). ``loss``: the batch's mean loss when it comes from the model or ``train.loss`` instead of
+    the task (eval batches hold exactly ``valid`` samples, or are a weight-0 filler when ``valid`` is 0).
+    Accuracy is counted whenever the predictions are (N, C) and the targets class ids (N,).
     """
+    if loss is None and task == "lm":
+        s, c = lm_loss_sum(out[:valid], y[:valid])
+        z = torch.zeros((), dtype=torch.float64, device=s.device)
+        return torch.stack([s.double(), c.double(), z, z + float(valid)])
     if loss is None:
         per = task_loss(task, out, y, reduction="none")[:valid]
         loss_sum = per.double().sum()
@@ -62,7 +77,7 @@ def eval_sums(
         correct = (out[:valid].argmax(-1) == y[:valid]).sum().double().to(loss_sum.device)
     else:
         correct = zero
-    return torch.stack([loss_sum, zero + float(valid), correct])
+    return torch.stack([loss_sum, zero + float(valid), correct, zero + float(valid)])
 
 
 class Objective:
@@ -108,9 +123,12 @@ class Objective:
         return eval_sums(self.task, preds, y, valid, own)
 
 
-def eval_result(task: str, loss_sum: float, count: float, correct: float) -> dict:
-    """The eval record: loss, samples and the task's metric."""
-    res = {"loss": loss_sum / max(count, 1), "samples": int(count)}
+def eval_result(task: str, loss_sum: float, count: float, correct: float, samples: float = -1) -> dict:
+    """The eval record: loss, samples and the task's metric (LM: ``tokens`` scored too)."""
+    samples = count if samples < 0 else samples
+    res = {"loss": loss_sum / max(count, 1), "samples": int(samples)}
+    if task == "lm" and int(count) != int(samples):  # token-weighted: the labelled tokens scored
+        res["tokens"] = int(count)
     if task == "classification":
         res["accuracy"] = correct / max(count, 1)
     elif task == "regression":
