@@ -59,6 +59,12 @@ def test_hf_causal_lm_loss_equals_the_trainers_lm_loss_on_the_same_batch():
     tokens = torch.randint(0, 256, (4 * 16 + 1,)).numpy()
     x, y = TokenWindows(16, 0, len(tokens), array=tokens).get_batch(torch.arange(4))
     assert is_transformers_model(model) and not is_transformers_model(nn.Linear(2, 2))
+
+    class PeftLike(nn.Module):  # peft's PeftModel is no PreTrainedModel; the model it wraps is
+        def get_base_model(self):
+            return model
+
+    assert is_transformers_model(PeftLike())
     with torch.no_grad():
         ours = task_loss("lm", model(x).logits, y)
         hf = split_output(ModelIO("labels", shift_labels=True).forward(model, x, y))[1]

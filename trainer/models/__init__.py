@@ -90,6 +90,8 @@ def _takes(obj: Any) -> str:
 def _call(key: str, spec: str, fn: Any, args: tuple, kwargs: dict, given: str) -> Any:
     try:
         return fn(*args, **kwargs)
+    except SystemExit as e:  # user code must not end the run as if it had succeeded
+        raise ConfigError(f"{key}={spec!r}: calling it with {given} called sys.exit({e.code!r})") from None
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else ""
         raise ConfigError(

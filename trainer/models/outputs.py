@@ -66,7 +66,10 @@ def describe_output(out: Any) -> str:
 
 
 def is_transformers_model(model: nn.Module) -> bool:
-    """A transformers ``PreTrainedModel``, recognised without importing transformers."""
+    """A transformers ``PreTrainedModel`` (also inside a peft ``PeftModel``), recognised without importing
+    transformers."""
+    if hasattr(model, "get_base_model"):  # peft: the PreTrainedModel it wraps decides how labels are read
+        model = model.get_base_model()
     return any(
         c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.")
         for c in type(model).__mro__

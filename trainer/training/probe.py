@@ -171,6 +171,8 @@ def probe(
             line = _probe_local(cfg, module, train_ds, info, io, objective, state.device, micro)
     except ConfigError as e:
         err = str(e)
+    except SystemExit as e:  # sys.exit in the user's forward or loss: not a success, and never a hang
+        err = f"probe: the model's forward or the loss called sys.exit({e.code!r})"
     except Exception as e:  # never leave the other ranks waiting in first_error
         err = f"probe: {type(e).__name__}: {_first_line(e)}"
     finally:
