@@ -97,9 +97,9 @@ def init(
 def backstop_s(collective_timeout_s: float) -> float:
     """The timeout of every process group: later than the watchdog's, so the watchdog always fires first.
 
-    The watchdog (runtime.watchdog) fires at collective_timeout_s and names the stalled rank and where; a group
-    that timed out at the same moment would end the healthy rank first with gloo's rank-less error (seen with
-    the side groups at collective_timeout_s: a rank stopped with SIGSTOP mid-run, 2 of 3 trials).
+    The watchdog (runtime.watchdog) fires at collective_timeout_s and names the stalled rank and where; a
+    group that timed out at the same moment would end the healthy rank first with gloo's rank-less error
+    (seen with the side groups at collective_timeout_s: a rank stopped with SIGSTOP mid-run, 2 of 3 trials).
     """
     return 2 * collective_timeout_s + 10
 

@@ -37,8 +37,8 @@ class Saver:
                 lambda done: dist.all_true(state, done),
             )
         self.saved_at = -1  # the step of the last save started (or resumed from)
-        # The loop's watchdog breadcrumb: called with "checkpoint barrier" before each barrier and "checkpoint"
-        # after it, so that the watchdog names the rank still writing when the others wait.
+        # The loop's watchdog breadcrumb: called with "checkpoint barrier" before each barrier and
+        # "checkpoint" after it, so that the watchdog names the rank still writing when the others wait.
         self.phase: Callable[[str], None] = lambda op: None
 
     def _barrier(self) -> None:
