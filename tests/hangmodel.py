@@ -15,7 +15,7 @@ class SleepyMLP(nn.Module):
         self.calls = 0
 
     def forward(self, x):
-        self.calls += 1
+        self.calls += self.training  # training forwards only: the trainer's probe runs one in eval mode
         if self.training and self.calls == self.sleep_at_call and int(os.environ.get("RANK", 0)) == self.sleep_rank:
             time.sleep(self.sleep_s)  # this rank never reaches the gradient all-reduce in time
         return self.net(x)

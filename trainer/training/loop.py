@@ -191,7 +191,11 @@ class Trainer:
         step = self.progress.step
         self.watchdog.mark(step, "checkpoint")
         storage.require_dir(self.run_dir)
-        if not all_finite(self.state, self.params):  # the previous checkpoint stays the newest
+        self.watchdog.mark(step, "checkpoint barrier")  # the two agreements below are collectives
+        finite = all_finite(self.state, self.params)
+        window = reduced_window(self.state, self.tally) if finite else None
+        self.watchdog.mark(step, "checkpoint")
+        if not finite:  # the previous checkpoint stays the newest
             log.warning(
                 "not checkpointing step %d: the parameters are non-finite; the newest checkpoint (%s) is "
                 "from before",
@@ -199,7 +203,6 @@ class Trainer:
                 self.saver.ckpts.latest_pointer() or "none",
             )
             return None
-        window = reduced_window(self.state, self.tally)
         sharded, state = None, None
         if self.strategy.sharded:
             sharded = self.strategy.sharded_state(self.optimizer)
