@@ -150,9 +150,10 @@ def versions() -> dict:
 class CheckpointDir:
     """Owns ``<run.dir>/checkpoints``: save (all ranks call), discover, verify, load, prune."""
 
-    def __init__(self, root: str, keep: int = 3):
+    def __init__(self, root: str, keep: int = 3, keep_best: int = 0):
         self.root = root
         self.keep = keep
+        self.keep_best = keep_best  # also kept: the K best by the metric their manifests record
 
     # ------------------------------------------------------------------ discovery
     def committed(self) -> list[str]:
@@ -270,9 +271,16 @@ class CheckpointDir:
         self.write(step, rank, state, rng_state(), sharded, group)
         return self.commit(step, rank, world_size, manifest_extra, barrier)
 
+    def best(self, k: int) -> list[str]:
+        """The k best committed checkpoints by the ``monitor`` record of their manifests, best first."""
+        return ranked_by_monitor(self.committed())[:k]
+
     def _prune(self) -> None:
-        for d in self.committed()[self.keep :]:
-            shutil.rmtree(d, ignore_errors=True)
+        committed = self.committed()
+        spared = set(committed[: self.keep]) | set(self.best(self.keep_best) if self.keep_best else [])
+        for d in committed:
+            if d not in spared:
+                shutil.rmtree(d, ignore_errors=True)
         for n in os.listdir(self.root):
             if n.startswith(".tmp-"):
                 shutil.rmtree(os.path.join(self.root, n), ignore_errors=True)
@@ -317,6 +325,32 @@ def verify(ckpt: str) -> Optional[str]:
         if sha256_file(p) != digest:
             return f"checksum mismatch in {name}"
     return None
+
+
+def ranked_by_monitor(ckpts: list[str]) -> list[str]:
+    """Checkpoints whose manifest records a ``monitor`` value, best first (a tie goes to the earlier one)."""
+    scored = []
+    for c in ckpts:
+        try:
+            mon = read_manifest(c).get("monitor") or {}
+        except (OSError, ValueError):
+            continue
+        if mon.get("value") is not None:
+            sign = -1.0 if mon.get("mode") == "max" else 1.0
+            scored.append((sign * mon["value"], os.path.basename(c), c))
+    return [c for *_, c in sorted(scored)]
+
+
+def resolve_best(path: str) -> str:
+    """The best checkpoint of a run dir (or checkpoints dir) that verifies, by its manifest's monitor value."""
+    for root in (os.path.join(path, "checkpoints"), path):
+        if os.path.isdir(root):
+            for c in CheckpointDir(root).best(10**6):
+                if verify(c) is None:
+                    return c
+    raise CheckpointError(
+        f"{path!r}: no checkpoint records a monitored metric (train with checkpoint.monitor=... and keep_best)"
+    )
 
 
 def resolve(path: str) -> str:

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from ..config import Config, ConfigError, config_hash, from_dict, math_diff, to_dict
+from ..config import Config, ConfigError, active_trackers, config_hash, from_dict, math_diff, to_dict
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
 from ..exitcodes import NONFINITE, OK, PREEMPTED
@@ -25,13 +25,16 @@ from ..runtime.memory import write_oom_snapshot
 from ..runtime.signals import PreemptionWatch
 from ..runtime.watchdog import NoWatchdog, Watchdog
 from . import checkpoint as ckpt
+from . import provenance
 from .metrics import Metrics, Stopwatch, peak_flops
+from .monitor import Monitor
 from .optim import build_scheduler
 from .profiler import Profiler
 from .saver import Saver
 from .strategy import Strategy
 from .tally import make_tally
 from .tasks import eval_result, eval_sums, task_loss
+from .trackers import Trackers
 
 log = logging.getLogger("trainer")
 
@@ -84,6 +87,11 @@ class Trainer:
         self.compile_time_s: Optional[float] = None
         self.last_eval: dict = {}
         self.last_loss: Optional[float] = None
+        self.monitor = Monitor(cfg, info.task)
+        self.stopped_early: Optional[dict] = None  # set when train.early_stop_patience ends the run
+        self.provenance: dict = {}
+        self._eval_step = -1  # the step of the last evaluation
+        self._summary: Optional[dict] = None
         self.tally = make_tally(self.device)
         self._need_norm = bool(cfg.train.grad_clip) or state.distributed or strategy.scaler is not None
         self._schedule_moves = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps > 0
@@ -99,6 +107,11 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.strategy.scaler.state_dict() if self.strategy.scaler else None,
             "progress": vars(self.progress).copy(),
+            "monitor": {
+                "best": self.monitor.best,
+                "best_step": self.monitor.best_step,
+                "since_best": self.monitor.since_best,
+            },
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -106,6 +119,9 @@ class Trainer:
         if self.strategy.scaler is not None and sd.get("scaler"):
             self.strategy.scaler.load_state_dict(sd["scaler"])
         self.progress = ckpt.Progress(**sd["progress"])
+        mon = sd.get("monitor") or {}  # checkpoints from before checkpoint.monitor have none
+        self.monitor.best, self.monitor.best_step = mon.get("best"), mon.get("best_step")
+        self.monitor.since_best = mon.get("since_best", 0)
 
     def resume_from(self, path: str) -> None:
         manifest = ckpt.read_manifest(path)
@@ -131,6 +147,9 @@ class Trainer:
         else:  # different world size: fresh per-rank streams, still deterministic
             torch.manual_seed(self.cfg.seed * 1000 + self.state.rank + 7919 * self.progress.step)
         self.saver.saved_at = self.progress.step
+        self.monitor.kept = [
+            ckpt.read_manifest(c)["monitor"]["value"] for c in self.saver.ckpts.best(self.monitor.keep_best)
+        ]
         p = self.progress
         log.info(
             "resumed from %s at step %d (epoch %d, %d samples into it; saved on %d process(es))",
@@ -146,6 +165,8 @@ class Trainer:
         """Checkpoint the current step; async (checkpoint.async_save) except for the last save of a run."""
         t0 = time.perf_counter()
         step = self.progress.step
+        if self.metrics:
+            self.metrics.flush()  # every row up to this step is written before its checkpoint exists
         self.watchdog.mark(step, "checkpoint")
         sharded, state = None, None
         if self.strategy.sharded:
@@ -165,6 +186,8 @@ class Trainer:
             "config_hash": config_hash(self.cfg),
             "task": self.info.task,
         }
+        if self._eval_step == step and self.monitor.record(self.last_eval):
+            extra["monitor"] = self.monitor.record(self.last_eval)
         return self.saver.save(step, state, extra, sharded, final, t0)
 
     # ------------------------------------------------------------------ step
@@ -230,10 +253,13 @@ class Trainer:
         steps, watch = self._since_log, self._watch
         self._since_log = 0
         self.watchdog.mark(self.progress.step, "log")
-        loss_sum, good, bad_max = self.tally.pull()
-        stats = dist.all_reduce_sum(self.state, torch.stack([loss_sum.double(), good.double()]))
-        loss_sum, good = stats.tolist()
-        bad = dist.all_reduce_max(self.state, bad_max).item()
+        if self.tally.on_host and not self.state.distributed:
+            loss_sum, good, bad = self.tally.take()  # one CPU process: nothing to reduce
+        else:
+            loss_sum, good, bad_max = self.tally.pull()
+            stats = dist.all_reduce_sum(self.state, torch.stack([loss_sum.double(), good.double()]))
+            loss_sum, good = stats.tolist()
+            bad = dist.all_reduce_max(self.state, bad_max).item()
         elapsed = max(watch.elapsed(), 1e-9)
         B = self.cfg.train.batch_size
         row = {
@@ -284,7 +310,7 @@ class Trainer:
         s.model.train()
         dist.all_reduce_sum(self.state, sums)
         res = eval_result(self.info.task, *sums.tolist())
-        self.last_eval = res
+        self.last_eval, self._eval_step = res, self.progress.step
         if self.metrics:
             self.metrics.log_eval(self.progress.step, res)
         return res
@@ -300,7 +326,7 @@ class Trainer:
         t_start = time.perf_counter()
         code = OK
         try:
-            while p.step < self.total_steps and code == OK:
+            while p.step < self.total_steps and code == OK and not self.stopped_early:
                 code = self._run_epoch()
             if code == OK:
                 self._end(time.perf_counter() - t_start)
@@ -310,18 +336,17 @@ class Trainer:
                     p.step,
                 )
         finally:
-            self._close()
+            self._close(code)
         return code
 
     def _begin(self) -> None:
         cfg = self.cfg
+        self.provenance = provenance.collect(self.state)  # collective: every rank's host name
+        trackers = None
+        if self.state.is_main:
+            trackers = Trackers(active_trackers(cfg), self.run_dir, cfg, self.provenance, self.progress.step)
         self.metrics = Metrics(
-            self.run_dir,
-            self.state.is_main,
-            cfg.log.tensorboard,
-            cfg.log.progress,
-            self.total_steps,
-            self.progress.step,
+            self.run_dir, self.state.is_main, cfg.log.progress, self.total_steps, self.progress.step, trackers
         )
         self.preempt.install()
         if self.state.distributed:
@@ -355,7 +380,7 @@ class Trainer:
             p.samples_total += t.batch_size
             self._since_log += 1
             code = self._after_step()
-            if code != OK:
+            if code != OK or self.stopped_early:
                 return code
         if p.samples_in_epoch >= self.sampler.steps_per_epoch * t.batch_size:
             p.epoch += 1
@@ -371,36 +396,66 @@ class Trainer:
                 code = NONFINITE
         t_side = time.perf_counter()
         every = cfg.train.eval_every_steps
+        best = False
         if code == OK and every and p.step % every == 0 and p.step < self.total_steps:
-            self.evaluate()
+            best = self._judge(self.evaluate())
         self.saver.poll(p.step)
         stop = code != OK or self.preempt.agreed()
         if stop:
             self.save(final=True)
-        elif cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0:
+        elif best or (cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0):
             self.save()
         self._watch.exclude(t_side)  # eval and checkpoint time is not step time
         if stop and code == OK:
             code = PREEMPTED
         return code
 
+    def _judge(self, result: dict, final: bool = False) -> bool:
+        """After an evaluation: best so far, early stop; True if it deserves a best-K checkpoint."""
+        m = self.monitor
+        if not m.on:
+            return False
+        m.update(self.progress.step, result)
+        keep = m.worth_saving(result)
+        if m.should_stop() and not final:
+            self.stopped_early = {
+                "step": self.progress.step,
+                "metric": m.metric,
+                "patience": m.patience,
+                "best": m.best,
+                "best_step": m.best_step,
+            }
+            if self.metrics:
+                self.metrics.flush()  # the eval rows before the line that explains the stop
+            log.info(
+                "early stop at step %d: %s has not improved for %d evaluations (best %.4f at step %s)",
+                self.progress.step,
+                m.metric,
+                m.patience,
+                m.best if m.best is not None else float("nan"),
+                m.best_step,
+            )
+        return keep
+
     def _end(self, wall: float) -> None:
-        """A run that reached its last step: last log row, final eval, final checkpoint, summary."""
+        """A run that reached its last step (or stopped early): last log row, final eval, final checkpoint,
+        summary."""
         if self._since_log:
             self._log()
-        self.evaluate()
+        if self._eval_step != self.progress.step:
+            self._judge(self.evaluate(), final=True)
         if self.saver.saved_at != self.progress.step:
             self.save(final=True)
         self.saver.finish(self.progress.step)
         self._finish(wall)
 
-    def _close(self) -> None:
+    def _close(self, code: int) -> None:
         if self._profiler:
             self._profiler.close()
         self.preempt.uninstall()
         self.watchdog.stop()
         if self.metrics:
-            self.metrics.close()
+            self.metrics.close(self._summary, code)
 
     def _finish(self, wall: float) -> None:
         if not self.state.is_main:
@@ -418,7 +473,12 @@ class Trainer:
             "precision": self.cfg.train.precision,
             "data": self.info.description,
             "data_fingerprint": self.info.fingerprint,
+            "early_stop": self.stopped_early,
+            "best": self._best_record(),
+            "trackers": self.metrics.tracker_status(),
+            "provenance": {**self.provenance, "end_time": provenance.utc_now()},
         }
+        self._summary = summary
         self.metrics.write_summary(summary)
         if self.cfg.log.plot:
             self.metrics.plot()
@@ -431,3 +491,16 @@ class Trainer:
             ev,
             self.run_dir,
         )
+
+    def _best_record(self) -> Optional[dict]:
+        m = self.monitor
+        if not m.on:
+            return None
+        best = self.saver.ckpts.best(1)
+        return {
+            "metric": m.metric,
+            "mode": m.mode,
+            "value": m.best,
+            "step": m.best_step,
+            "checkpoint": os.path.relpath(best[0], self.run_dir) if best else None,
+        }

@@ -26,7 +26,8 @@ log = logging.getLogger("trainer")
 class Saver:
     def __init__(self, cfg: Config, state: dist.DistState, run_dir: str):
         self.state = state
-        self.ckpts = CheckpointDir(os.path.join(run_dir, "checkpoints"), keep=cfg.checkpoint.keep)
+        c = cfg.checkpoint
+        self.ckpts = CheckpointDir(os.path.join(run_dir, "checkpoints"), keep=c.keep, keep_best=c.keep_best)
         self.writer: Optional[AsyncWriter] = None
         if cfg.checkpoint.async_save:
             self.writer = AsyncWriter(
