@@ -21,7 +21,10 @@ COMMANDS = {  # name -> (help, argument adder); see add_commands
     "eval": "evaluate a run, checkpoint or weights file on its eval split",
     "compress": "quantize or prune a trained model; before/after report",
     "export": "write a run or checkpoint as one .safetensors file",
+    "compare": "plot several runs' curves on one figure; print their config differences and final metrics",
 }
+
+BEST_HELP = "use the run's best checkpoint by the metric its manifests record (checkpoint.monitor) instead of the newest"
 
 
 def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
@@ -32,6 +35,7 @@ def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
         metavar="RUN_OR_CHECKPOINT",
         help="run dir, checkpoints dir, checkpoint dir, compress output, .safetensors or .pt file",
     )
+    sp.add_argument("--best", action="store_true", help=BEST_HELP)
     sp.add_argument("-c", "--config", help="recipe to use instead of the config saved with the weights")
     sp.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. data.classes=[]")
@@ -46,6 +50,19 @@ def add_export_arguments(sp: argparse.ArgumentParser) -> None:
         help="run dir, checkpoints dir, checkpoint dir or weights file",
     )
     sp.add_argument("--out", required=True, metavar="FILE.safetensors", help="the single file to write")
+    sp.add_argument("--best", action="store_true", help=BEST_HELP)
+
+
+def add_compare_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each with metrics.jsonl)")
+    sp.add_argument(
+        "--metric",
+        default=None,
+        help="eval metric to plot and rank by, e.g. eval/accuracy (default: the runs' task metric)",
+    )
+    sp.add_argument(
+        "--out", default="compare.png", metavar="FILE.png", help="the figure (default compare.png)"
+    )
 
 
 def add_compress_arguments(sp: argparse.ArgumentParser) -> None:
@@ -103,7 +120,12 @@ def add_compress_arguments(sp: argparse.ArgumentParser) -> None:
 
 def add_commands(sub) -> None:
     """Add the tools' subcommands to the ``python -m trainer`` subparsers."""
-    adders = {"eval": add_eval_arguments, "compress": add_compress_arguments, "export": add_export_arguments}
+    adders = {
+        "eval": add_eval_arguments,
+        "compress": add_compress_arguments,
+        "export": add_export_arguments,
+        "compare": add_compare_arguments,
+    }
     for name, help_ in COMMANDS.items():
         adders[name](sub.add_parser(name, help=help_, description=help_))
 

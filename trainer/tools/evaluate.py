@@ -25,7 +25,7 @@ from .. import config
 from ..data import build_datasets
 from ..models import build_model
 from ..training.tasks import eval_result, eval_sums
-from ..training.weights import read_weights
+from ..training.weights import best_checkpoint, read_weights
 from .prune import fit_shapes
 from .quantize import rebuild
 
@@ -93,7 +93,8 @@ def evaluate_module(module, eval_ds, task: str, batch_size: int) -> dict:
 
 
 def eval_main(args: argparse.Namespace) -> int:
-    module, cfg, w, (_, eval_ds, info) = load_model(args.src, args.config, args.overrides)
+    src = best_checkpoint(args.src) if args.best else args.src
+    module, cfg, w, (_, eval_ds, info) = load_model(src, args.config, args.overrides)
     if len(eval_ds) == 0:
         raise config.ConfigError(f"data.eval_fraction={cfg.data.eval_fraction}: the eval split is empty")
     res = evaluate_module(module, eval_ds, info.task, cfg.train.eval_batch_size)
