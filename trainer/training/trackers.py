@@ -17,6 +17,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+import uuid
 from typing import Optional
 
 from ..config import Config, dump, flat
@@ -204,7 +205,7 @@ class Wandb:
             probe(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
         import wandb  # several seconds with its service process: only when log.trackers names wandb
 
-        run_id = saved.get("id") or wandb.util.generate_id()
+        run_id = saved.get("id") or uuid.uuid4().hex[:12]  # W&B run ids: lowercase letters and digits
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "torchrunner"),
             name=os.path.basename(os.path.abspath(run_dir)),
@@ -252,9 +253,12 @@ class Trackers:
             except ImportError as e:
                 self.status[name] = f"not installed ({e.name or e})"
                 log.warning("%s: not installed (pip install .[%s]); training without it", name, name)
-            except Exception as e:  # unreachable, refused, bad credentials: warn once, train on
+            except Unreachable as e:
                 self.status[name] = f"unreachable: {e}"
                 log.warning("%s: %s; training without it (summary.json records this)", name, e)
+            except Exception as e:  # refused, bad credentials, a client error: warn once, train on
+                self.status[name] = f"failed at start: {type(e).__name__}: {e}"
+                log.warning("%s: failed at start (%s: %s); training without it", name, type(e).__name__, e)
         if self.open:
             state = {**saved, **{n: t.state for n, t in self.open.items() if getattr(t, "state", None)}}
             atomic_write_text(os.path.join(run_dir, STATE_FILE), json.dumps(state, indent=1))
