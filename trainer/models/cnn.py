@@ -13,7 +13,7 @@ INPUT_SHAPE = (1, 28, 28)
 
 
 class CNN(nn.Module):
-    """conv(1->32, 3x3, pad 1) ReLU maxpool2 -> conv(32->64) ReLU maxpool2 -> fc 3136->128 ReLU -> fc 128->C."""
+    """conv(1->32, 3x3, pad 1) ReLU maxpool2 -> conv(32->64) ReLU maxpool2 -> fc 3136->128 ReLU -> fc->C."""
 
     def __init__(self, num_outputs: int = 10):
         super().__init__()
