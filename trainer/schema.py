@@ -178,7 +178,8 @@ class LogConfig:
     trackers: list[str] = _f(
         ["tensorboard"],
         "Experiment trackers, any of tensorboard | mlflow | wandb. MLflow reads MLFLOW_TRACKING_URI and "
-        "MLFLOW_EXPERIMENT_NAME; W&B reads WANDB_MODE, WANDB_PROJECT, WANDB_DIR (pip install .[mlflow] / .[wandb]).",
+        "MLFLOW_EXPERIMENT_NAME; W&B reads WANDB_MODE, WANDB_PROJECT, WANDB_DIR "
+        "(pip install .[mlflow] / .[wandb]).",
     )
     tensorboard: bool = _f(True, "Alias kept for old recipes: false drops tensorboard from log.trackers.")
     progress: Literal["auto", "on", "off"] = _f(

@@ -24,7 +24,9 @@ COMMANDS = {  # name -> (help, argument adder); see add_commands
     "compare": "plot several runs' curves on one figure; print their config differences and final metrics",
 }
 
-BEST_HELP = "use the run's best checkpoint by the metric its manifests record (checkpoint.monitor) instead of the newest"
+BEST_HELP = (
+    "use the run's best checkpoint by the metric its manifests record (checkpoint.monitor), not the newest"
+)
 
 
 def add_eval_arguments(sp: argparse.ArgumentParser) -> None:

@@ -116,9 +116,8 @@ def compare_main(args: argparse.Namespace) -> int:
     diff = config_diff(runs)
     print(f"config differences ({len(diff)} keys):")
     print(table(["key", *runs], diff) if diff else "  none: the runs share every config value")
-    print(
-        f"\nfinal metrics ({metric}, {'higher' if MONITOR_MODES.get(metric) == 'max' else 'lower'} is better):"
-    )
+    better = "higher" if MONITOR_MODES.get(metric) == "max" else "lower"
+    print(f"\nfinal metrics ({metric}, {better} is better):")
     head = ["run", "steps", "train loss", f"last {metric}", f"best {metric}", "wall s", "early stop"]
     print(table(head, final_metrics(runs, metric)))
     print(f"\nwrote {args.out}")

@@ -342,14 +342,14 @@ def ranked_by_monitor(ckpts: list[str]) -> list[str]:
 
 
 def resolve_best(path: str) -> str:
-    """The best checkpoint of a run dir (or checkpoints dir) that verifies, by its manifest's monitor value."""
+    """The best checkpoint of a run dir (or checkpoints dir) that verifies, by its manifest's monitor."""
     for root in (os.path.join(path, "checkpoints"), path):
         if os.path.isdir(root):
             for c in CheckpointDir(root).best(10**6):
                 if verify(c) is None:
                     return c
     raise CheckpointError(
-        f"{path!r}: no checkpoint records a monitored metric (train with checkpoint.monitor=... and keep_best)"
+        f"{path!r}: no checkpoint records a monitored metric (train with checkpoint.monitor=...)"
     )
 
 

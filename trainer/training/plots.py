@@ -1,4 +1,4 @@
-"""Pictures of runs: the per-run loss.png, and the curves ``python -m trainer compare`` draws for several runs.
+"""Pictures of runs: the per-run loss.png, and the curves ``python -m trainer compare`` draws for runs.
 
 matplotlib (with pyplot ~1.4 s) is imported once per picture, at the end of a run or in the tool.
 """
