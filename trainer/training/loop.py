@@ -270,6 +270,7 @@ class Trainer:
             "samples_per_s": B * steps / elapsed,
             "step_time_s": elapsed / steps,
             "data_wait_frac": watch.data_s / elapsed,
+            "time": round(time.time(), 3),  # when the row was made (the writer thread writes it later)
         }
         if self.info.task == "lm":
             row["tokens_per_s"] = row["samples_per_s"] * self.info.seq_len

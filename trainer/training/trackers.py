@@ -38,7 +38,11 @@ class Unreachable(RuntimeError):
 def metric_items(kind: str, row: dict):
     """(tracker key, value) of one log row: train/<k>, eval/<k>, system/<k>; finite numbers only."""
     for k, v in row.items():
-        if k in ("step", "epoch", "samples") or isinstance(v, bool) or not isinstance(v, (int, float)):
+        if (
+            k in ("step", "epoch", "samples", "time")
+            or isinstance(v, bool)
+            or not isinstance(v, (int, float))
+        ):
             continue
         if not math.isfinite(v):
             continue
@@ -167,9 +171,9 @@ class MLflow:
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_batch(self, batch: list[tuple[str, dict]]) -> None:
-        now = int(time.time() * 1000)
+        now = time.time()
         metrics = [
-            self._Metric(k, v, now, int(row["step"]))
+            self._Metric(k, v, int(row.get("time", now) * 1000), int(row["step"]))
             for kind, row in batch
             for k, v in metric_items(kind, row)
         ]
