@@ -581,7 +581,8 @@ def log_cost(tr, n: int) -> list[dict]:
                     rows.append({"what": f"Trainer._log (the loop's side), log.tensorboard={str(tb).lower()}",
                                  "us": B.median(ts) * 1e6})
                     sinks = "jsonl + console" + (" + TensorBoard" if tb else "")
-                    rows.append({"what": f"  writer thread, per row ({sinks})", "us": B.median(per_row) * 1e6})
+                    rows.append({"what": f"  writer thread, per row ({sinks})",
+                                 "us": B.median(per_row) * 1e6})
                     rows += alt
                     if not tb:
                         rows.append({"what": "  of which process_stats() (rss at most 1/s + CPU share)",
