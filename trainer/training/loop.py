@@ -18,7 +18,7 @@ import torch
 from ..config import Config, ConfigError, active_trackers, config_hash, from_dict, math_diff, to_dict
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
-from ..exitcodes import NONFINITE, OK, PREEMPTED
+from ..exitcodes import INTERNAL, NONFINITE, OK, PREEMPTED
 from ..runtime import dist
 from ..runtime.logs import rank_log_stream
 from ..runtime.memory import write_oom_snapshot
@@ -325,7 +325,7 @@ class Trainer:
             return OK
         self._begin()
         t_start = time.perf_counter()
-        code = OK
+        code, ended = OK, False
         try:
             while p.step < self.total_steps and code == OK and not self.stopped_early:
                 code = self._run_epoch()
@@ -336,8 +336,9 @@ class Trainer:
                     "preempted by signal: checkpoint at step %d saved; rerun the same command to resume",
                     p.step,
                 )
+            ended = True
         finally:
-            self._close(code)
+            self._close(code if ended else INTERNAL)  # the trackers' runs end FAILED on an exception
         return code
 
     def _begin(self) -> None:
@@ -413,29 +414,12 @@ class Trainer:
 
     def _judge(self, result: dict, final: bool = False) -> bool:
         """After an evaluation: best so far, early stop; True if it deserves a best-K checkpoint."""
-        m = self.monitor
-        if not m.on:
-            return False
-        m.update(self.progress.step, result)
-        keep = m.worth_saving(result)
-        if m.should_stop() and not final:
-            self.stopped_early = {
-                "step": self.progress.step,
-                "metric": m.metric,
-                "patience": m.patience,
-                "best": m.best,
-                "best_step": m.best_step,
-            }
+        keep, stop = self.monitor.after_eval(self.progress.step, result, final)
+        if stop:
+            self.stopped_early = stop
             if self.metrics:
                 self.metrics.flush()  # the eval rows before the line that explains the stop
-            log.info(
-                "early stop at step %d: %s has not improved for %d evaluations (best %.4f at step %s)",
-                self.progress.step,
-                m.metric,
-                m.patience,
-                m.best if m.best is not None else float("nan"),
-                m.best_step,
-            )
+            log.info(self.monitor.stop_line(self.progress.step))
         return keep
 
     def _end(self, wall: float) -> None:
@@ -475,7 +459,7 @@ class Trainer:
             "data": self.info.description,
             "data_fingerprint": self.info.fingerprint,
             "early_stop": self.stopped_early,
-            "best": self._best_record(),
+            "best": self.monitor.summary(self.saver.ckpts, self.run_dir),
             "trackers": self.metrics.tracker_status(),
             "provenance": {**self.provenance, "end_time": provenance.utc_now()},
         }
@@ -492,16 +476,3 @@ class Trainer:
             ev,
             self.run_dir,
         )
-
-    def _best_record(self) -> Optional[dict]:
-        m = self.monitor
-        if not m.on:
-            return None
-        best = self.saver.ckpts.best(1)
-        return {
-            "metric": m.metric,
-            "mode": m.mode,
-            "value": m.best,
-            "step": m.best_step,
-            "checkpoint": os.path.relpath(best[0], self.run_dir) if best else None,
-        }

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .checkpoint import atomic_write_text
 from .plots import plot_run
-from .rowwriter import RowWriter
+from .rowwriter import RowWriter, yield_gil
 from .trackers import Trackers
 
 log = logging.getLogger("trainer")
@@ -92,6 +92,7 @@ def eval_line(row: dict) -> str:
 def _console(batch: list[tuple[str, dict]]) -> None:
     for kind, row in batch:
         log.info(train_line(row) if kind == "train" else eval_line(row))
+        yield_gil()
 
 
 class Metrics:

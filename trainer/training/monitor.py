@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 from ..config import MONITOR_MODES, Config, ConfigError
@@ -63,6 +64,42 @@ class Monitor:
 
     def should_stop(self) -> bool:
         return bool(self.patience) and self.since_best >= self.patience
+
+    def after_eval(self, step: int, result: dict, final: bool) -> tuple[bool, Optional[dict]]:
+        """(save a best-K checkpoint here?, the early-stop record if the run stops here)."""
+        if not self.on:
+            return False, None
+        self.update(step, result)
+        keep = self.worth_saving(result)
+        if final or not self.should_stop():
+            return keep, None
+        return keep, {
+            "step": step,
+            "metric": self.metric,
+            "patience": self.patience,
+            "best": self.best,
+            "best_step": self.best_step,
+        }
+
+    def stop_line(self, step: int) -> str:
+        best = self.best if self.best is not None else float("nan")
+        return (
+            f"early stop at step {step}: {self.metric} has not improved for {self.patience} evaluations "
+            f"(best {best:.4f} at step {self.best_step})"
+        )
+
+    def summary(self, ckpts, run_dir: str) -> Optional[dict]:
+        """summary.json's "best": the metric, its best value and step, and the best checkpoint kept."""
+        if not self.on:
+            return None
+        best = ckpts.best(1)
+        return {
+            "metric": self.metric,
+            "mode": self.mode,
+            "value": self.best,
+            "step": self.best_step,
+            "checkpoint": os.path.relpath(best[0], run_dir) if best else None,
+        }
 
     def record(self, result: dict) -> Optional[dict]:
         """What a checkpoint's manifest says about this evaluation."""

@@ -23,6 +23,7 @@ from typing import Optional
 from ..config import Config, dump, flat
 from . import provenance as prov_mod
 from .checkpoint import atomic_write_text
+from .rowwriter import yield_gil
 
 log = logging.getLogger("trainer")
 
@@ -103,6 +104,7 @@ class TensorBoard:
         for kind, row in batch:
             vals = [self._summary.Value(tag=k, simple_value=v) for k, v in metric_items(kind, row)]
             self._fw.add_summary(self._summary(value=vals), row["step"])  # one event per row, not per value
+            yield_gil()
 
     def flush(self) -> None:
         self.writer.flush()
@@ -194,7 +196,9 @@ class MLflow:
         tags = [self._Tag(f"summary.{k}", str(v)[:5000]) for k, v in prov_mod.flat(summary).items()]
         self.client.log_batch(self.run_id, metrics=nums, tags=tags[:100])
         self.client.log_dict(self.run_id, summary, "summary.json")
-        self.client.set_terminated(self.run_id, "FINISHED" if code == 0 else "FAILED")
+        # preempted (75) is resumable: KILLED, as MLflow calls a run stopped from outside
+        status = {0: "FINISHED", 75: "KILLED"}.get(code, "FAILED")
+        self.client.set_terminated(self.run_id, status)
 
 
 # ----------------------------------------------------------------------------- Weights & Biases
