@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import glob
 import json
+import subprocess
 import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
-from tests.conftest import free_port, run_cli
+from tests.conftest import PY, ROOT, free_port, run_cli
 from tests.helpers import read_summary
 
 TINY = ["-c", "configs/cnn.yaml", "train.max_steps=20", "train.eval_every_steps=10", "log.progress=off",
@@ -109,6 +110,13 @@ def test_unreachable_tracker_is_one_warning_and_the_run_trains_on(tmp_path):
     assert "Traceback" not in r.stderr
     assert read_summary(tmp_path / "run")["trackers"]["mlflow"].startswith("unreachable: cannot reach")
     assert time.monotonic() - t0 < 120
+
+
+def test_the_loop_does_not_import_mlflow_or_wandb_unless_asked():
+    r = subprocess.run([PY, "-c", "import sys, trainer.run, trainer.training.loop; "
+                        "print(sorted(m for m in ('mlflow', 'wandb') if m in sys.modules))"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:]
 
 
 def test_wandb_offline_run_starts_and_finishes_without_network(tmp_path):

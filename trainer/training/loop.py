@@ -285,6 +285,8 @@ class Trainer:
         self.last_loss = row["loss"]
         watch.reset()
         if bad > self.cfg.train.max_bad_steps:
+            if self.metrics:
+                self.metrics.flush()  # the rows first, then the line that says why the run stops
             log.error(
                 "loss was non-finite for %d consecutive steps (train.max_bad_steps=%d): stopping at step %d "
                 "with the last good state",
@@ -445,6 +447,7 @@ class Trainer:
     def _finish(self, wall: float) -> None:
         if not self.state.is_main:
             return
+        self.metrics.flush()  # the last rows on the console before the "done" line
         summary = {
             "steps": self.progress.step,
             "epochs": self.progress.epoch,
