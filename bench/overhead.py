@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from typing import Optional
@@ -180,6 +181,7 @@ class Interleaved:
         self.data: list[float] = []  # wall time of each next() on the trainer's batch iterator
         self.raw: dict[str, list[float]] = {k: [] for k in loops}
         self.raw_cpu: dict[str, list[float]] = {k: [] for k in loops}
+        self.side_cpu: list[float] = []  # CPU seconds of the trainer's other threads, read at its close
 
     def trainer_cls(self) -> type:
         """A ``Trainer`` subclass whose batches are timed and whose steps run the raw loops beside them."""
@@ -190,6 +192,7 @@ class Interleaved:
         stamps, cpu, in_step, inserted, inserted_cpu = (self.stamps, self.cpu, self.in_step, self.inserted,
                                                         self.inserted_cpu)
         loops, raw, raw_cpu, data = self.loops, self.raw, self.raw_cpu, self.data
+        side_cpu = self.side_cpu
 
         def run_raw() -> tuple[float, float]:
             # One clock pair around all of it: the bookkeeping here is charged to neither side.
@@ -205,6 +208,15 @@ class Interleaved:
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
                 self.batches = TimedBatches(self.batches, data)
+
+            def _close(self, code: int) -> None:
+                # CPU the trainer spent in its other threads (metrics writer, TensorBoard's writer): the
+                # wall-clock figures only see it as it steals the step thread's core
+                if self.metrics:
+                    self.metrics.flush()
+                side_cpu.append(sum(_thread_cpu(t) for t in threading.enumerate()
+                                    if t is not threading.main_thread()))
+                super()._close(code)
 
             def _run_step(self, micro_batches) -> None:
                 stamps.append(wall())
@@ -227,8 +239,17 @@ class Interleaved:
         return iv, ic
 
 
+def _thread_cpu(t: threading.Thread) -> float:
+    """CPU seconds a live thread has used (Linux: its pthread CPU clock); 0 if it is gone."""
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+    except (OSError, AttributeError, TypeError, OverflowError):
+        return 0.0
+
+
 def summarize(wall: list[float], cpu: list[float], every: int, warmup: int,
-              base: Optional[list[float]] = None, base_cpu: Optional[list[float]] = None) -> dict:
+              base: Optional[list[float]] = None, base_cpu: Optional[list[float]] = None,
+              side_cpu_per_step: float = 0.0) -> dict:
     """Medians over non-log steps after warm-up (wall, CPU), the mean with log steps in, the extra cost of a
     log step, and, given a baseline from the same steps, the median of the per-step differences."""
     idx = [i for i in range(warmup, len(wall)) if (i + 1) % every]
@@ -241,6 +262,10 @@ def summarize(wall: list[float], cpu: list[float], every: int, warmup: int,
         out["diff_s"] = B.median(wall[i] - base[i] for i in idx)
         # what wall-clock pays: the mean, log steps in, minus the raw loop's mean over the same steps
         out["mean_diff_s"] = out["mean_s"] - sum(base[warmup:]) / max(1, len(base) - warmup)
+        # the same in CPU time, other threads' CPU spread over every step: what a core pays, unmoved by
+        # waits for a core on a loaded machine (which swing the wall-clock mean by +-100 µs there)
+        n = max(1, len(cpu) - warmup)
+        out["mean_cpu_diff_s"] = (sum(cpu[warmup:]) / n + side_cpu_per_step) - sum(base_cpu[warmup:]) / n
         out["diff_cpu_s"] = B.median(cpu[i] - base_cpu[i] for i in idx)
         out["ratio"] = med / B.median(base[i] for i in idx)
         out["cpu_ratio"] = out["cpu_s"] / B.median(base_cpu[i] for i in idx)
@@ -270,7 +295,8 @@ def run_interleaved(recipe: str, extra: list[str], steps: int, warmup: int, flav
     n = len(wall)
     base, base_cpu = clock.raw["raw"][:n], clock.raw_cpu["raw"][:n]
     t_name = f"trainer[{strategy}]" if strategy else "trainer"
-    out = {t_name: summarize(wall, cpu, every, warmup, base, base_cpu)}
+    side = sum(clock.side_cpu) / max(1, len(clock.stamps))  # spread over every step the trainer ran
+    out = {t_name: summarize(wall, cpu, every, warmup, base, base_cpu, side)}
     for f in flavors:
         out[f] = summarize(clock.raw[f][:n], clock.raw_cpu[f][:n], every, warmup, base, base_cpu)
     # Split each side into the step itself and what surrounds it (data fetch; for the trainer also fit's
@@ -312,6 +338,7 @@ def rows_for(runs: dict[str, list[dict]]) -> list[dict]:
         med = B.spread(x["median_s"] for x in rs)
         d = B.spread(x["diff_s"] for x in rs)
         md = B.spread(x["mean_diff_s"] for x in rs)
+        mc = B.spread(x["mean_cpu_diff_s"] for x in rs)
         q = B.spread(x["ratio"] for x in rs)
         qc = B.spread(x["cpu_ratio"] for x in rs)
         rows.append({"variant": v, "runs": len(rs), "steps_per_run": rs[0]["steps"],
@@ -326,6 +353,8 @@ def rows_for(runs: dict[str, list[dict]]) -> list[dict]:
                      "mean_us": B.median(x["mean_s"] for x in rs) * 1e6,
                      "mean_vs_raw_us": md["median"] * 1e6,
                      "mean_vs_raw_range": f"{md['min'] * 1e6:+.0f}..{md['max'] * 1e6:+.0f}",
+                     "mean_cpu_vs_raw_us": mc["median"] * 1e6,
+                     "mean_cpu_vs_raw_range": f"{mc['min'] * 1e6:+.0f}..{mc['max'] * 1e6:+.0f}",
                      "in_step_us": B.median(x["in_step_s"] for x in rs) * 1e6,
                      "outside_us": B.median(x["outside_s"] for x in rs) * 1e6,
                      "data_us": B.median(x["data_s"] for x in rs) * 1e6,
@@ -663,6 +692,8 @@ def main(argv=None) -> None:
             ("in_step_us", "in step µs", ".0f"), ("outside_us", "data + loop µs", ".0f"),
             ("data_us", "data µs", ".0f"), ("mean_us", "mean µs (log steps in)", ".0f"),
             ("mean_vs_raw_us", "mean vs raw µs", "+.0f"), ("mean_vs_raw_range", "range", ""),
+            ("mean_cpu_vs_raw_us", "mean CPU vs raw µs (all threads)", "+.0f"),
+            ("mean_cpu_vs_raw_range", "range", ""),
             ("log_extra_us", "log step +µs", ".0f")]
 
     if "mlp" in only:
