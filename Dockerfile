@@ -17,9 +17,25 @@
 #
 # The CPU variant swaps two build arguments: BASE_IMAGE=ubuntu:24.04 (the OS nvidia/cuda:*-ubuntu24.04
 # is built on, so the same apt steps apply) and TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu.
+# BASE_IMAGE may also be Debian (tested: a debootstrap-made Debian 12 bookworm, `make image-test`): the apt
+# package names used here are the same on both; what differs (Ubuntu's `ubuntu` user on uid 1000) is handled.
+#
+# Behind a mirror or air-gapped (README "Run in Docker"): pip reads PIP_INDEX_URL, PIP_EXTRA_INDEX_URL,
+# PIP_FIND_LINKS, PIP_NO_INDEX and PIP_TRUSTED_HOST from build arguments of those names, and a local
+# wheelhouse comes in as a named build context, bind-mounted into the builder stage only (never a layer);
+# for the CUDA variant, download torch from the PyTorch index into it first (README shows both commands):
+#   pip download -r requirements.txt --python-version 3.11 --only-binary=:all: -d wheels/   # 3.12: Ubuntu 24.04
+#   docker build --build-context wheels=wheels/ --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels .
+# apt uses the base image's own sources: point BASE_IMAGE at a base that names your apt mirror, or pass the
+# predefined http_proxy/https_proxy build arguments.
 
 # Pinned tags; never `latest`. CUDA 12.8 matches the cu128 wheel below.
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
+
+# ---------------------------------------------------------------------------------------------------------
+# wheels: an empty wheelhouse, unless `--build-context wheels=DIR` replaces it (a named build context
+# overrides the stage of the same name, in BuildKit and in buildah).
+FROM scratch AS wheels
 
 # ---------------------------------------------------------------------------------------------------------
 # builder: a virtual environment with the pinned dependencies; nothing from here but /opt/venv is kept.
@@ -27,6 +43,12 @@ FROM ${BASE_IMAGE} AS builder
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+# pip's own settings for mirrors and wheelhouses; unset unless given (pip then uses its defaults).
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
+ARG PIP_TRUSTED_HOST
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -44,10 +66,13 @@ ENV PATH=/opt/venv/bin:$PATH
 
 # torch first, from the PyTorch index for the chosen CUDA (or CPU) build; then the rest from PyPI with the
 # same pins as CI. `torch==2.13.0` in requirements.txt is already satisfied by 2.13.0+cu128 (PEP 440 ignores
-# the local label), so the second step does not replace it.
-RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
-COPY requirements.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir -r /tmp/requirements.txt \
+# the local label), so the second step does not replace it. With PIP_NO_INDEX=1 both come from the
+# wheelhouse. One RUN, and requirements.txt and the wheels bind-mounted rather than copied: every layer of
+# the builder is another copy of the venv on a copy-on-write-less storage driver (buildah's vfs).
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    --mount=type=bind,source=requirements.txt,target=/tmp/requirements.txt \
+    pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+ && pip install --no-cache-dir -r /tmp/requirements.txt \
  && python -c "import torch; assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__"
 
 # ---------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ help:
 	@echo "make lint    ruff + shellcheck + hadolint"
 	@echo "make bench   CPU benchmarks against a raw PyTorch loop (~8 minutes)"
 	@echo "make setup   create .venv and install pinned dependencies (done by train/test)"
+	@echo "make image-test  build the CPU image with buildah and run checks inside it (root, Linux; ~6-18 minutes)"
 
 setup: $(STAMP)
 
@@ -52,7 +53,7 @@ RUN_NAME ?= $(basename $(notdir $(CONFIG)))
 CPU_BUILD_ARGS := --build-arg BASE_IMAGE=ubuntu:24.04 --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 GPU_BUILD_ARGS := --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/$(VARIANT)
 
-.PHONY: docker-build docker-run
+.PHONY: docker-build docker-run image-test
 
 docker-build:
 	docker build $(if $(filter cpu,$(VARIANT)),$(CPU_BUILD_ARGS),$(GPU_BUILD_ARGS)) \
@@ -75,3 +76,9 @@ docker-run:
 	docker run --rm $(if $(filter cpu,$(VARIANT)),--shm-size=2g,--gpus all --ipc=host) \
 		--ulimit memlock=-1 --ulimit stack=67108864 --stop-timeout 120 \
 		-v $(CURDIR)/runs:/runs -e RUN_DIR=/runs/$(RUN_NAME) $(IMAGE) -c $(CONFIG) $(ARGS)
+
+# Build the CPU variant for real with buildah (no Docker engine needed) on a debootstrap-made Debian 12 base,
+# from a pip-downloaded wheelhouse, and run the checks inside the image. Root and Linux; not part of
+# `make test` (.ci/run calls it where buildah and debootstrap are installed). See docker/image-test.sh.
+image-test: setup
+	PYTHON=$(BIN)/python bash docker/image-test.sh

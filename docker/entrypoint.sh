@@ -8,7 +8,9 @@
 #
 # Steps, for a training run:
 #   1. `python -m launch env --json` reads the cluster (plain docker, Kubeflow PyTorchJob v1, Trainer v2,
-#      Indexed Job, JobSet, Slurm) from the environment; a contradiction stops here with its exit code (2).
+#      Indexed Job, JobSet, Volcano, Slurm) from the environment; a contradiction, or a world that looks
+#      distributed but names no node count (e.g. an Indexed Job pod without LAUNCH_NNODES, an MPI world),
+#      stops here with its exit code (2) and one line naming the variable.
 #   2. On a node other than 0 of a multi-node job, `python -m launch wait` waits up to ENTRYPOINT_WAIT_S
 #      for the rendezvous host to resolve and its port to answer, instead of crash-looping while the master
 #      pod is still being scheduled; it exits 69 (EX_UNAVAILABLE) on timeout.
@@ -23,6 +25,9 @@
 #   RUN_DIR            run.dir for the trainer, e.g. /runs/<job> on a shared volume (appended as run.dir=...
 #                      unless the arguments already set run.dir)
 #   ENTRYPOINT_WAIT_S  seconds a non-zero node waits for the master (default 300; 0 = do not wait)
+#   LAUNCH_LOCAL_ADDR  the address this node advertises to its peers (the launcher's --local-addr): set it where
+#                      the pod's or host's name resolves to another network than the one the nodes share
+#                      (multi-homed nodes: management NIC + fabric NIC); with GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME
 #   PYTHON             interpreter (default python; the tests point it at the repository's .venv)
 #   APP_DIR            where the code and configs live (default: this script's parent, /app in the image)
 # Exit codes: the launcher's (0 ok, 1 internal, 2 config, 3 non-finite loss, 4 hang, 75 preempted),

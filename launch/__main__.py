@@ -24,13 +24,15 @@ On Kubeflow, a Kubernetes Indexed Job, JobSet or Slurm the flags come from the e
     python -m launch wait ...              # wait for the rendezvous host to resolve (launch.wait)
 
 Exit codes (launch/exitcodes.py): 0 ok, 1 internal error, 2 config/usage/environment error, 3 non-finite loss,
-4 hang/collective timeout, 75 preempted (retry resumes), 128+N a worker killed by signal N. The config is checked
-once (``python -m trainer check``) and a fast doctor runs before any worker starts, unless ``--no-preflight``.
+4 hang/collective timeout, 74 storage error (fix it, retry resumes), 75 preempted (retry resumes), 128+N a worker
+killed by signal N. The config is checked once (``python -m trainer check``) and a fast doctor runs before any
+worker starts, unless ``--no-preflight``.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import sys
@@ -38,8 +40,8 @@ from collections.abc import Sequence
 
 from launch.cluster import ClusterError, resolve
 from launch.exitcodes import CONFIG
-from launch.gpus import resolve_nproc
-from launch.modes import MODES, UsageError, build
+from launch.gpus import NoGPU, resolve_nproc
+from launch.modes import DEFAULT_INIT_TIMEOUT_S, MODES, UsageError, build
 
 SUBCOMMANDS = ("env", "doctor", "k8s", "wait")
 
@@ -74,18 +76,31 @@ def _fail(message: str, code: int = CONFIG) -> int:
     return code
 
 
+def _init_timeout(config: str | None, overrides: Sequence[str]) -> float:
+    """dist.init_timeout_s of the resolved config (the trainer's answer, ~0.1 s); its default if it has none."""
+    from launch.doctor import _get, resolve_config
+
+    cfg, _problem = resolve_config(config, overrides)  # a problem is reported by the config check, before any start
+    try:
+        return max(1.0, float(_get(cfg or {}, "dist.init_timeout_s") or DEFAULT_INIT_TIMEOUT_S))
+    except (TypeError, ValueError):
+        return float(DEFAULT_INIT_TIMEOUT_S)
+
+
 def launch_main(mode: str, argv: Sequence[str]) -> int:
     p = _parser(f"python -m launch {mode}", f"Start the trainer in {mode} mode.")
     p.add_argument("-c", "--config", help="training config (YAML); without it, the trainer's defaults")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_steps=100")
     p.add_argument("--dry-run", action="store_true", help="print the command and the variables it adds; run nothing")
     p.add_argument("--no-preflight", action="store_true", help="skip the config check and the fast doctor")
-    p.add_argument("--local-addr", help="address this node advertises (hosts that cannot resolve each other)")
+    p.add_argument("--local-addr", help="address this node advertises to its peers (default LAUNCH_LOCAL_ADDR): "
+                   "hosts that cannot resolve each other, or whose name resolves to another interface")
     p.add_argument("--entry", default="trainer", help=argparse.SUPPRESS)  # worker module; tests use a fake one
     ns = p.parse_intermixed_args(argv)
     try:
         cluster = resolve(overrides=_cluster_flags(ns))
-        plan = build(mode, cluster, ns.config, ns.overrides, entry=ns.entry, local_addr=ns.local_addr)
+        plan = build(mode, cluster, ns.config, ns.overrides, entry=ns.entry, local_addr=ns.local_addr,
+                     init_timeout_s=_init_timeout(ns.config, ns.overrides) if cluster.nnodes > 1 else None)
     except (ClusterError, UsageError) as e:
         return _fail(str(e))
     if ns.dry_run:
@@ -119,6 +134,9 @@ def env_main(argv: Sequence[str]) -> int:
         info = {**c.as_dict(), "nproc_per_node_resolved": resolve_nproc(c.nproc_per_node)}
     except ClusterError as e:
         return _fail(str(e))
+    except NoGPU:
+        return _fail(f"{c.origin('nproc_per_node')}=gpu: one process per GPU, but no GPU is visible here; use auto "
+                     "(1 process without GPUs) or a number")
     if ns.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:
@@ -155,7 +173,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor.main(rest, _parser("python -m launch doctor", "Check this machine before a job starts."))
     if cmd in ("k8s", "wait"):
         return _delegate(cmd, rest)
-    return _fail(f"unknown command {cmd!r}: expected a mode ({', '.join(MODES)}) or {', '.join(SUBCOMMANDS)}")
+    return _fail(f"unknown command {cmd!r}{_did_you_mean(cmd, (*MODES, *SUBCOMMANDS))}: expected a mode "
+                 f"({', '.join(MODES)}) or {', '.join(SUBCOMMANDS)}")
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance (tiny inputs: command, mode and key names)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """The same rule as trainer/config.py ``did_you_mean`` (one typo away, same length first)."""
+    near = sorted((_edits(word, c), len(c) != len(word), c) for c in choices)
+    if near and near[0][0] <= max(1, len(word) // 4):
+        return f" (did you mean {near[0][2]}?)"
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 if __name__ == "__main__":

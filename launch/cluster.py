@@ -11,20 +11,34 @@ Rows, most specific first:
 =================  =========================================================================================
 torchrun           already inside torchrun: LOCAL_RANK, LOCAL_WORLD_SIZE, RANK, WORLD_SIZE, GROUP_RANK,
                    MASTER_ADDR/PORT, TORCHELASTIC_RESTART_COUNT/MAX_RESTARTS/RUN_ID (the trainer runs directly)
-pytorchjob-v1      Kubeflow PyTorchJob v1: MASTER_ADDR/PORT, RANK = node rank, WORLD_SIZE = replicas x
-                   nprocPerNode (replicas when nprocPerNode is not an integer), PET_NPROC_PER_NODE, from
-                   operator v1.7 PET_NNODES/PET_NODE_RANK; elastic: PET_RDZV_ENDPOINT/BACKEND, PET_MAX_RESTARTS.
-                   Told apart from torchrun by the absence of LOCAL_RANK.
-trainer-v2         Kubeflow Trainer v2 (TrainJob): PET_NNODES, PET_NPROC_PER_NODE (may be "auto"),
+pytorchjob-v1      Kubeflow PyTorchJob v1 (and Volcano's pytorch plugin, which sets the same four): MASTER_ADDR/PORT,
+                   RANK = node rank, WORLD_SIZE = replicas x nprocPerNode (replicas when nprocPerNode is not an
+                   integer), PET_NPROC_PER_NODE, from operator v1.7 PET_NNODES/PET_NODE_RANK; elastic:
+                   PET_RDZV_ENDPOINT/BACKEND/CONF, PET_MAX_RESTARTS, PET_STANDALONE. Told apart from torchrun by
+                   the absence of LOCAL_RANK.
+trainer-v2         Kubeflow Trainer v2 (TrainJob): PET_NNODES, PET_NPROC_PER_NODE (an integer, auto, cpu or gpu),
                    PET_NODE_RANK, PET_MASTER_ADDR (``<job>-node-0-0.<job>``), PET_MASTER_PORT
 torchrun-env       any other PET_* variable: torchrun's own environment defaults for its flags
 jobset             JobSet, which injects nothing; expose its annotations with the downward API (below)
 indexed-job        Kubernetes Indexed Job: JOB_COMPLETION_INDEX (set by Kubernetes) + LAUNCH_NNODES and
                    LAUNCH_MASTER_ADDR (or MASTER_ADDR), LAUNCH_MASTER_PORT (or MASTER_PORT, default 29500)
-slurm              SLURM_NNODES, SLURM_NODEID, SLURM_PROCID, SLURM_NTASKS, SLURM_JOB_NODELIST (master = its first
-                   host), SLURM_JOB_ID (rendezvous id); run one launcher per node (see launch/slurm.sbatch)
+slurm              SLURM_STEP_NUM_NODES/SLURM_NNODES, SLURM_NODEID, SLURM_PROCID, SLURM_NTASKS, the master = the first
+                   host of SLURM_STEP_NODELIST, else SLURM_NODELIST, else SLURM_JOB_NODELIST (a step may run on part
+                   of the allocation), SLURM_JOB_ID (rendezvous id); one launcher per node (launch/slurm.sbatch)
 local              nothing found: one node on this machine
 =================  =========================================================================================
+
+**No silent single node.** A world that *looks* distributed but names no node count is refused (exit 2, naming
+the missing variable) instead of training alone: an Indexed Job or JobSet pod without LAUNCH_NNODES (JobSet's own
+PyTorch example sets MASTER_ADDR and RANK = completion index, and no WORLD_SIZE), MASTER_ADDR or WORLD_SIZE > 1
+with nothing else, and Open MPI / PMI / PMIx worlds (OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_RANK), whose ranks are
+processes, not nodes. ``--nnodes`` on the command line settles it.
+
+**Who hosts the c10d store.** torchrun decides by comparing the endpoint with this machine's host name and the
+addresses *that name* resolves to, so on a multi-homed node with the endpoint on a second interface nobody hosts
+it. Rows whose endpoint is node 0 by the controller's contract (PyTorchJob's master, Trainer v2, Indexed Job,
+JobSet, Slurm's first host, PET_MASTER_ADDR) say so in :attr:`Cluster.rdzv_fixed`; :mod:`launch.modes` then
+tells node 0 it hosts the store and the others that they do not.
 
 JobSet downward-API snippet (the pod's hostname is ``<jobset>-<replicatedJob>-<jobIndex>-<podIndex>``, resolvable
 as ``<hostname>.<subdomain>``; the subdomain defaults to the JobSet name)::
@@ -46,13 +60,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from launch import nodelist
+
 DEFAULT_MASTER_PORT = 29500  # torchrun's default for --master-port
 DEFAULT_RDZV_PORT = 29400  # torchrun's default port when --rdzv-endpoint has none
+NPROC_WORDS = ("auto", "gpu", "cpu")  # torchrun's words for --nproc-per-node (Trainer v2 sets any of them)
 
 
 class ClusterError(ValueError):
@@ -67,7 +83,7 @@ class Cluster:
     nnodes: int = 1  # nodes (the maximum for an elastic min:max range)
     min_nnodes: int = 1  # elastic lower bound; equals nnodes unless a range was given
     node_rank: int = 0  # this node's index, 0..nnodes-1
-    nproc_per_node: int | str = "auto"  # an int, or "auto" = one per visible GPU (1 on a CPU-only machine)
+    nproc_per_node: int | str = "auto"  # an int; auto = one per visible GPU (1 without); gpu, cpu: torchrun's
     master_addr: str | None = None  # host of node 0 (rendezvous host unless rdzv_endpoint says otherwise)
     master_port: int | None = None
     rdzv_endpoint: str | None = None  # HOST:PORT of the c10d rendezvous; derived from master_* when unset
@@ -76,6 +92,7 @@ class Cluster:
     max_restarts: int = 0  # torchrun --max-restarts
     restart_count: int = 0  # restarts so far (only known inside torchrun)
     in_torchrun: bool = False  # we are a torchrun worker already: start the trainer directly
+    rdzv_fixed: bool = False  # the endpoint is node rank 0's by the source's contract: node 0 hosts the store
     origins: tuple = dataclasses.field(default=(), compare=False)  # (field, variable or flag) pairs
 
     def origin(self, name: str) -> str:
@@ -128,57 +145,10 @@ def split_endpoint(text: str, var: str) -> tuple[str, int]:
     return host.strip("[]"), _port(port, var)
 
 
-# ----------------------------------------------------------------------------- Slurm nodelist
-
-
-def _split_top(text: str) -> list[str]:
-    parts, depth, cur = [], 0, []
-    for ch in text:
-        depth += {"[": 1, "]": -1}.get(ch, 0)
-        if depth < 0 or depth > 1:
-            raise ValueError("unbalanced brackets")
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    if depth:
-        raise ValueError("unbalanced brackets")
-    parts.append("".join(cur))
-    return [p for p in parts if p]
-
-
-def _expand_one(name: str) -> list[str]:
-    m = re.search(r"\[([^\]]*)\]", name)
-    if not m:
-        return [name]
-    head, tail = name[: m.start()], name[m.end() :]
-    out = []
-    for item in m.group(1).split(","):
-        lo, _, hi = item.partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
-            raise ValueError(f"bad range {item!r}")
-        hi = hi or lo
-        if int(hi) < int(lo):
-            raise ValueError(f"descending range {item!r}")
-        width = len(lo)  # Slurm keeps leading zeros: node[01-03] -> node01 node02 node03
-        for n in range(int(lo), int(hi) + 1):
-            out += [f"{head}{n:0{width}d}{rest}" for rest in _expand_one(tail)]
-    return out
-
-
-def expand_nodelist(text: str) -> list[str]:
-    """Slurm's compressed host list as names: 'node[01-03,7],gpu5' -> node01 node02 node03 node7 gpu5."""
-    try:
-        return [host for part in _split_top(text.strip()) for host in _expand_one(part)]
-    except ValueError as e:
-        raise ClusterError(f"SLURM_JOB_NODELIST={text!r}: {e}") from None
-
-
 # ----------------------------------------------------------------------------- rows
 
-PET_VARS = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT",
-            "PET_RDZV_ENDPOINT", "PET_RDZV_BACKEND", "PET_RDZV_ID", "PET_MAX_RESTARTS")
+PET_VARS = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_N_PROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR",
+            "PET_MASTER_PORT", "PET_RDZV_ENDPOINT", "PET_RDZV_BACKEND", "PET_RDZV_ID", "PET_MAX_RESTARTS")
 
 
 def _read_torchrun(env: Mapping[str, str]) -> _Raw:
@@ -221,6 +191,12 @@ def _read_pytorchjob(env: Mapping[str, str]) -> _Raw:
             raw["nnodes"] = (str(world // int(nproc)), "WORLD_SIZE/PET_NPROC_PER_NODE")
         else:
             raw["nnodes"] = (str(world), "WORLD_SIZE")
+    # MASTER_ADDR is the master replica, RANK 0 (envvar.go); an elastic job's PET_RDZV_ENDPOINT is worker 0 and
+    # its ranks come from the rendezvous, so only the first case says who hosts.
+    if "rdzv_endpoint" not in raw:
+        raw["rdzv_fixed"] = ("1", "MASTER_ADDR")
+    else:
+        raw.pop("rdzv_fixed", None)
     return raw
 
 
@@ -229,6 +205,9 @@ def _read_pet(env: Mapping[str, str]) -> _Raw:
     for name in ("nnodes", "nproc_per_node", "node_rank", "master_addr", "master_port", "rdzv_endpoint",
                  "rdzv_backend", "rdzv_id", "max_restarts"):
         raw.put(env, name, "PET_" + name.upper())
+    raw.put(env, "nproc_per_node", "PET_NPROC_PER_NODE", "PET_N_PROC_PER_NODE")  # elastic.go before v1.7
+    if "master_addr" in raw and "rdzv_endpoint" not in raw:
+        raw["rdzv_fixed"] = ("1", "PET_MASTER_ADDR")  # torchrun's --master-addr is node rank 0's address
     return raw
 
 
@@ -251,6 +230,7 @@ def _read_jobset(env: Mapping[str, str]) -> _Raw:
         raw["master_addr"] = (f"{name}-{rjob}-0-0.{sub}", "JOBSET_NAME/JOBSET_REPLICATED_JOB_NAME")
     if name:
         raw["rdzv_id"] = (name, "JOBSET_NAME")
+    raw["rdzv_fixed"] = ("1", "JOBSET_JOB_INDEX")
     return raw
 
 
@@ -260,29 +240,78 @@ def _read_indexed_job(env: Mapping[str, str]) -> _Raw:
     raw.put(env, "nnodes", "LAUNCH_NNODES")
     raw.put(env, "master_addr", "LAUNCH_MASTER_ADDR", "MASTER_ADDR")
     raw.put(env, "master_port", "LAUNCH_MASTER_PORT", "MASTER_PORT")
+    raw["rdzv_fixed"] = ("1", "JOB_COMPLETION_INDEX")  # the master is pod 0 (train-0.train when rendered)
     return raw
+
+
+def expand_nodelist(text: str, var: str = "SLURM_JOB_NODELIST") -> list[str]:
+    """Slurm's compressed host list as names (launch/nodelist.py); a malformed one names its variable."""
+    try:
+        return nodelist.expand(text)
+    except ValueError as e:
+        raise ClusterError(f"{var}={text!r}: {e}") from None
+
+
+# Where a step's node list lives, most specific first: inside ``srun`` SLURM_STEP_NODELIST (and SLURM_NODELIST) are
+# the step's nodes, SLURM_JOB_NODELIST the whole allocation (src/common/env.c); SLURM_NODEID counts the step's nodes.
+SLURM_NODELISTS = ("SLURM_STEP_NODELIST", "SLURM_NODELIST", "SLURM_JOB_NODELIST")
 
 
 def _read_slurm(env: Mapping[str, str]) -> _Raw:
     raw = _Raw()
-    raw.put(env, "nnodes", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
+    raw.put(env, "nnodes", "SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
     raw.put(env, "node_rank", "SLURM_NODEID")
     raw.put(env, "rdzv_id", "SLURM_JOB_ID", "SLURM_JOBID")
     raw.put(env, "master_port", "MASTER_PORT")
     raw.put(env, "master_addr", "LAUNCH_MASTER_ADDR", "MASTER_ADDR")
-    if "master_addr" not in raw and env.get("SLURM_JOB_NODELIST"):
-        hosts = expand_nodelist(env["SLURM_JOB_NODELIST"])
+    if "master_addr" not in raw:
+        var = next((v for v in SLURM_NODELISTS if env.get(v)), None)
+        hosts = expand_nodelist(env[var], var) if var else []
         if hosts:
-            raw["master_addr"] = (hosts[0], "SLURM_JOB_NODELIST")
+            raw["master_addr"] = (hosts[0], var)
+            raw["rdzv_fixed"] = ("1", var)  # SLURM_NODEID 0 is the first host of the step's list
     nnodes = _int(raw["nnodes"][0], raw["nnodes"][1], lo=1) if "nnodes" in raw else 1
     if env.get("SLURM_NTASKS"):
         ntasks = _int(env["SLURM_NTASKS"], "SLURM_NTASKS", lo=1)
         if ntasks > nnodes:
-            raise ClusterError(f"SLURM_NTASKS={ntasks} > SLURM_NNODES={nnodes}: run one launcher per node "
-                               "(srun --ntasks-per-node=1); it starts the processes of its node itself")
+            raise ClusterError(f"SLURM_NTASKS={ntasks} > {raw['nnodes'][1] if 'nnodes' in raw else 'SLURM_NNODES'}"
+                               f"={nnodes}: run one launcher per node (srun --ntasks-per-node=1); it starts the "
+                               "processes of its node itself")
         if env.get("SLURM_PROCID") and _int(env["SLURM_PROCID"], "SLURM_PROCID") >= ntasks:
             raise ClusterError(f"SLURM_PROCID={env['SLURM_PROCID']} is outside SLURM_NTASKS={ntasks}")
     return raw
+
+
+# Process worlds of MPI launchers: their ranks are processes, and nothing in them says how many nodes there are.
+MPI_SIZES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+MPI_RANKS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+
+
+def _no_silent_single_node(source: str, env: Mapping[str, str], raw: _Raw) -> None:
+    """Refuse a world that looks distributed but names no node count (one line: the variable and the fix)."""
+    fix = "or pass --nnodes N (--nnodes 1 to train alone)"
+    if source == "indexed-job" and "nnodes" not in raw:
+        extra = f", MASTER_ADDR={env['MASTER_ADDR']}" if env.get("MASTER_ADDR") else ""
+        raise ClusterError(f"JOB_COMPLETION_INDEX={env['JOB_COMPLETION_INDEX']}{extra} (a Kubernetes Indexed Job or "
+                           f"JobSet pod) but no node count: set LAUNCH_NNODES to the Job's completions, {fix}")
+    if source == "jobset" and "nnodes" not in raw:
+        raise ClusterError(f"JOBSET_NAME={env.get('JOBSET_NAME', '')!r} but no node count: set LAUNCH_NNODES to "
+                           f"replicas x parallelism, {fix}")
+    if source != "local":
+        return
+    for var in MPI_SIZES:
+        if env.get(var, "").strip() not in ("", "1", "0"):
+            raise ClusterError(f"{var}={env[var]}: an MPI world of processes, which the launcher does not read: start "
+                               "one launcher per node (e.g. mpirun --map-by ppr:1:node) with --nnodes N --node-rank R "
+                               "--rdzv-endpoint HOST:PORT")
+    if env.get("PMIX_RANK", "") != "" and env.get("OMPI_COMM_WORLD_SIZE", "").strip() != "1":
+        raise ClusterError(f"PMIX_RANK={env['PMIX_RANK']}: a PMIx world of processes, which the launcher does not "
+                           "read: start one launcher per node with --nnodes N --node-rank R --rdzv-endpoint HOST:PORT")
+    if env.get("MASTER_ADDR", "").strip() not in ("", "localhost", "127.0.0.1", "::1"):  # loopback: one machine
+        raise ClusterError(f"MASTER_ADDR={env['MASTER_ADDR']} is set but no node count (WORLD_SIZE with RANK, "
+                           f"PET_NNODES or LAUNCH_NNODES): set one, {fix}, or unset MASTER_ADDR")
+    if env.get("WORLD_SIZE", "").strip() not in ("", "1"):
+        raise ClusterError(f"WORLD_SIZE={env['WORLD_SIZE']} is set without MASTER_ADDR and RANK: set them, {fix}")
 
 
 @dataclass(frozen=True)
@@ -318,9 +347,12 @@ def resolve(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] |
     env = os.environ if env is None else env
     row = detect(env)
     raw = row.read(env)
+    if (overrides or {}).get("nnodes") is None:
+        _no_silent_single_node(row.source, env, raw)
     if (overrides or {}).get("rdzv_endpoint") is not None:  # a new endpoint also names a new node 0
         raw.pop("master_addr", None)
         raw.pop("master_port", None)
+        raw.pop("rdzv_fixed", None)  # and nothing says that it is node rank 0's
     for name, value in (overrides or {}).items():
         if value is not None:
             raw[name] = (str(value), FLAGS.get(name, "--" + name.replace("_", "-")))
@@ -341,13 +373,15 @@ def _build(source: str, raw: _Raw) -> Cluster:
             f[name] = _int(raw[name][0], raw[name][1])
     if "nproc_per_node" in raw:
         text, v = raw["nproc_per_node"]
-        f["nproc_per_node"] = "auto" if text.strip() in ("auto", "gpu") else _int(text, v, lo=1)
+        word = text.strip().lower()
+        f["nproc_per_node"] = word if word in NPROC_WORDS else _int(text, v, lo=1)
     if "master_port" in raw:
         f["master_port"] = _port(*raw["master_port"])
     for name in ("master_addr", "rdzv_backend", "rdzv_id"):
         if name in raw:
             f[name] = raw[name][0].strip()
     f["in_torchrun"] = "in_torchrun" in raw
+    f["rdzv_fixed"] = "rdzv_fixed" in raw
     if "rdzv_endpoint" in raw:
         host, port = split_endpoint(*raw["rdzv_endpoint"])
         f["rdzv_endpoint"] = f"{host}:{port}"

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from launch.cluster import Cluster, ClusterError, resolve, split_endpoint
-from launch.gpus import resolve_nproc, visible_gpus
+from launch.gpus import NoGPU, resolve_nproc, visible_gpus
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -286,7 +286,12 @@ def run_checks(*, env: Mapping[str, str] | None = None, overrides: Mapping | Non
     nnodes = cluster.nnodes if cluster else 1
     if nproc is None:  # torch-free GPU count: the fast subset must not import torch
         gpus = lambda: visible_gpus(env, torch_fallback=False)  # noqa: E731
-        nproc = resolve_nproc(cluster.nproc_per_node, env, gpus) if cluster else 1
+        try:
+            nproc = resolve_nproc(cluster.nproc_per_node, env, gpus) if cluster else 1
+        except NoGPU:
+            checks.append(Check("nproc", "fail", f"{cluster.origin('nproc_per_node')}=gpu but no GPU is visible",
+                                "use auto (1 process without GPUs) or a number"))
+            nproc = 1
     cfg, problem = resolve_config(config, config_overrides)
     if problem:
         checks.append(Check("config", "fail", problem, "fix the key named (python -m trainer config lists them)"))

@@ -14,6 +14,7 @@ INTERNAL = 1  # a bug or an unexpected crash: do not retry blindly
 CONFIG = 2  # bad config, bad arguments or an unfit environment: fix it, retrying will not help
 NONFINITE = 3  # stopped on a non-finite loss (after train.max_bad_steps skipped steps)
 HANG = 4  # a collective or the rendezvous timed out; the stalled rank is named in the log
+STORAGE = 74  # EX_IOERR: the storage refused a write (disk full, read-only, ...); fix it, rerun resumes
 PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM/SIGINT, checkpoint saved; retrying resumes
 
 NAMES = {
@@ -22,6 +23,7 @@ NAMES = {
     CONFIG: "config or usage error",
     NONFINITE: "stopped on non-finite loss",
     HANG: "hang or collective timeout",
+    STORAGE: "storage error (fix the storage, retry resumes)",
     PREEMPTED: "preempted (checkpoint saved, retry resumes)",
 }
 

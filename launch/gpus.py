@@ -41,8 +41,28 @@ def visible_gpus(env: Mapping[str, str] | None = None, driver_dir: str = "/proc/
     return in_driver if named is None else min(in_driver, named)
 
 
-def resolve_nproc(value: int | str, env: Mapping[str, str] | None = None, gpus: Callable[[], int] | None = None) -> int:
-    """'auto' -> one process per visible GPU, or 1 on a CPU-only machine; an int stays as it is."""
-    if value != "auto":
+class NoGPU(ValueError):
+    """``gpu`` processes per node asked for on a machine without a visible GPU."""
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_nproc(value: int | str, env: Mapping[str, str] | None = None, gpus: Callable[[], int] | None = None,
+                  cpus: Callable[[], int] | None = None) -> int:
+    """Processes per node for torchrun's words: an int stays; 'auto' = one per visible GPU, or 1 without GPUs
+    (torchrun would start one per core); 'gpu' = one per visible GPU, and none visible is an error; 'cpu' = one
+    per usable core (Trainer v2 sets 'cpu' when asked to run on CPUs)."""
+    if value not in ("auto", "gpu", "cpu"):
         return int(value)
-    return max(1, (gpus or (lambda: visible_gpus(env)))())
+    if value == "cpu":
+        return max(1, (cpus or usable_cpus)())
+    n = (gpus or (lambda: visible_gpus(env)))()
+    if value == "gpu" and n < 1:
+        raise NoGPU("no GPU is visible")
+    return max(1, n)

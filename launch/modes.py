@@ -23,8 +23,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from launch.cluster import Cluster, split_endpoint
-from launch.gpus import resolve_nproc
+from launch import addrs
+from launch.cluster import Cluster, ClusterError, split_endpoint
+from launch.gpus import NoGPU, resolve_nproc, usable_cpus
 
 MODES = ("single", "dp", "ddp", "fsdp", "accelerate")
 
@@ -36,6 +37,19 @@ NO_SHARED_STORE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 # Placeholders in the dry-run text for values created when the job starts.
 FRESH_DIR = '"$(mktemp -d)"'
+
+# dist.init_timeout_s when the trainer cannot be asked (launch/__main__.py asks `trainer check --json`);
+# tests/unit/test_launch_cli.py keeps it equal to the trainer's default. It bounds torchrun's rendezvous too:
+# join_timeout (how long the rendezvous waits for the peers) and read_timeout (a store client's wait).
+DEFAULT_INIT_TIMEOUT_S = 300
+
+# torchrun reads PET_<FLAG> as the default of each flag. The launcher decides these flags itself, and torchrun's
+# parser, which runs in this process, must not trip over a value it already replaced: an elastic PyTorchJob's
+# PET_STANDALONE="" makes it fail with int('') (elastic.go sets it empty). PET_RDZV_CONF is merged into the one
+# --rdzv-conf that is passed (torchrun keeps only the last --rdzv-conf).
+OWNED_PET = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT",
+             "PET_RDZV_ENDPOINT", "PET_RDZV_BACKEND", "PET_RDZV_ID", "PET_RDZV_CONF", "PET_MAX_RESTARTS",
+             "PET_STANDALONE", "PET_LOCAL_ADDR")
 
 
 class UsageError(ValueError):
@@ -57,6 +71,10 @@ class Plan:
     nnodes: int = 1
     nproc_per_node: int = 1
     summary: str = ""
+    unset: tuple[str, ...] = ()  # variables removed before the tool starts (PET_* values passed as flags)
+    rdzv_endpoint: str | None = None  # HOST:PORT of a multi-node rendezvous, for the timeout message
+    rdzv_timeout_s: int | None = None  # the join/read timeout passed to that rendezvous
+    rdzv_client: bool = False  # this node does not host the store: wait for it (bounded) before torchrun starts
 
     @property
     def tool_args(self) -> list[str]:
@@ -66,18 +84,11 @@ class Plan:
     def shell(self) -> str:
         """Copy-paste text: ``export`` lines for the added variables, then the command."""
         lines = [f"# {self.summary}"] if self.summary else []
+        lines += [f"unset {k}" for k in self.unset]
         lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(self.env.items())]
         lines += [f"export {k}={FRESH_DIR}" for k in self.fresh_dirs]
         lines.append(shlex.join(self.argv))
         return "\n".join(lines)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (a container's cpuset, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def worker_args(entry: str, config: str | None, overrides: Sequence[str], mode: str) -> list[str]:
@@ -96,11 +107,19 @@ def worker_args(entry: str, config: str | None, overrides: Sequence[str], mode: 
 
 def build(mode: str, cluster: Cluster, config: str | None, overrides: Sequence[str] = (), *, entry: str = "trainer",
           local_addr: str | None = None, env: Mapping[str, str] | None = None,
-          gpus: Callable[[], int] | None = None, cpus: int | None = None) -> Plan:
-    """The plan for ``mode`` on ``cluster``; pure apart from GPU detection (injectable as ``gpus``)."""
+          gpus: Callable[[], int] | None = None, cpus: int | None = None, init_timeout_s: float | None = None,
+          local_addrs: Callable[[], set[str]] | None = None, route: Callable[[str], str | None] | None = None) -> Plan:
+    """The plan for ``mode`` on ``cluster``; pure apart from GPU detection (injectable as ``gpus``) and, for a
+    multi-node rendezvous whose host the source does not fix, the local interface addresses (``local_addrs``).
+
+    ``local_addr`` (``--local-addr``, else LAUNCH_LOCAL_ADDR, else this machine's source address on the route to
+    the endpoint: ``route``) is the address this node advertises to its peers; ``init_timeout_s``
+    (dist.init_timeout_s) bounds the rendezvous.
+    """
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
     env = os.environ if env is None else env
+    local_addr = local_addr or env.get("LAUNCH_LOCAL_ADDR") or None
     args = worker_args(entry, config, overrides, mode)
     add: dict[str, str] = {}
     fresh = ["TRAINER_EXIT_DIR"]
@@ -120,7 +139,11 @@ def build(mode: str, cluster: Cluster, config: str | None, overrides: Sequence[s
                              f"{cluster.origin('max_restarts')}); torchrun restarts: ddp --nproc-per-node 1")
         nproc = 1
     else:
-        nproc = resolve_nproc(cluster.nproc_per_node, env, gpus)
+        try:
+            nproc = resolve_nproc(cluster.nproc_per_node, env, gpus)
+        except NoGPU:
+            raise ClusterError(f"{cluster.origin('nproc_per_node')}=gpu: one process per GPU, but no GPU is visible "
+                               "here; use auto (1 process without GPUs) or a number") from None
     if "OMP_NUM_THREADS" not in env:
         # torchrun sets 1 with >1 process per node (idle cores on a big machine) and nothing with 1: give each
         # process its share. Several agents on one host (tests) must set OMP_NUM_THREADS themselves.
@@ -130,16 +153,57 @@ def build(mode: str, cluster: Cluster, config: str | None, overrides: Sequence[s
     where = f"{cluster.nnodes} node(s) x {nproc} process(es), node rank {cluster.node_rank}, from {cluster.source}"
     if one_process:
         return Plan("process", [sys.executable, *args], add, tuple(fresh), 1, 1, f"{mode}: {where}")
+    unset = tuple(k for k in OWNED_PET if k in env)
+    multi = not (cluster.nnodes == 1 and cluster.min_nnodes == 1)
+    timeout = int(-(-float(init_timeout_s or DEFAULT_INIT_TIMEOUT_S) // 1))  # torchrun wants whole seconds
+    rdzv = {"rdzv_endpoint": cluster.rdzv_endpoint, "rdzv_timeout_s": timeout} if multi else {}
     if mode == "accelerate":
         if "HF_HOME" not in env:  # a stray ~/.cache/huggingface/accelerate/default_config.yaml must not steer us
             fresh.append("HF_HOME")
         return Plan("accelerate", ["accelerate", "launch", *_accelerate_args(cluster, nproc), *args],
-                    add, tuple(fresh), cluster.nnodes, nproc, f"{mode}: {where}")
-    return Plan("torchrun", ["torchrun", *_torchrun_args(cluster, nproc, local_addr), *args],
-                add, tuple(fresh), cluster.nnodes, nproc, f"{mode}: {where}")
+                    add, tuple(fresh), cluster.nnodes, nproc, f"{mode}: {where}", unset, **rdzv)
+    if not multi:  # standalone: torchrun's own rendezvous on localhost; leave PET_RDZV_CONF to it
+        unset = tuple(k for k in unset if k != "PET_RDZV_CONF")
+    is_host = hosts_store(cluster, local_addr, local_addrs or addrs.local_addresses) if multi else None
+    if multi and not local_addr and cluster.rdzv_endpoint:
+        # torchrun advertises socket.getfqdn() otherwise, and the rendezvous's rank 0 serves the workers' store on
+        # it: on a node whose name resolves to another network (a management NIC, a namespace's own hosts file)
+        # the peers cannot reach it. The route towards the endpoint is on the network the nodes share.
+        local_addr = (route or addrs.route_source)(split_endpoint(cluster.rdzv_endpoint, "--rdzv-endpoint")[0])
+    tr = _torchrun_args(cluster, nproc, local_addr, timeout, env.get("PET_RDZV_CONF", ""), is_host)
+    return Plan("torchrun", ["torchrun", *tr, *args], add, tuple(fresh), cluster.nnodes, nproc, f"{mode}: {where}",
+                unset, **rdzv, rdzv_client=is_host is False)
 
 
-def _torchrun_args(c: Cluster, nproc: int, local_addr: str | None) -> list[str]:
+def hosts_store(c: Cluster, local_addr: str | None, local_addrs: Callable[[], set[str]]) -> bool | None:
+    """Whether this node must host the c10d store: True, False, or None = let torchrun decide by host name.
+
+    A source that fixes the endpoint to node rank 0 (:attr:`Cluster.rdzv_fixed`) decides whatever DNS says.
+    Otherwise this node hosts when the endpoint resolves to one of its interface addresses (or ``local_addr``);
+    a loopback endpoint stays torchrun's to decide (several agents on one machine).
+    """
+    if c.rdzv_backend != "c10d" or not c.rdzv_endpoint:
+        return None
+    if c.rdzv_fixed:
+        return c.node_rank == 0
+    host, _ = split_endpoint(c.rdzv_endpoint, "--rdzv-endpoint")
+    mine = set(local_addrs()) | ({local_addr} if local_addr else set())
+    return addrs.endpoint_is_local(host, mine)
+
+
+def _rdzv_conf(pet_conf: str, ours: dict[str, str]) -> str:
+    """One --rdzv-conf: PET_RDZV_CONF's keys (the controller's or the user's word) win over ours."""
+    merged = dict(ours)
+    for item in filter(None, (x.strip() for x in pet_conf.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ClusterError(f"PET_RDZV_CONF={pet_conf!r}: expected KEY=VALUE[,KEY=VALUE...]")
+        merged[key.strip()] = value.strip()
+    return ",".join(f"{k}={v}" for k, v in merged.items())
+
+
+def _torchrun_args(c: Cluster, nproc: int, local_addr: str | None, timeout_s: int, pet_conf: str,
+                   is_host: bool | None) -> list[str]:
     nnodes = f"{c.min_nnodes}:{c.nnodes}" if c.min_nnodes != c.nnodes else str(c.nnodes)
     out = [f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", f"--max-restarts={c.max_restarts}"]
     if c.nnodes == 1 and c.min_nnodes == 1:
@@ -147,11 +211,15 @@ def _torchrun_args(c: Cluster, nproc: int, local_addr: str | None) -> list[str]:
     out += [f"--rdzv-backend={c.rdzv_backend}", f"--rdzv-endpoint={c.rdzv_endpoint}", f"--rdzv-id={c.rdzv_id}"]
     if c.rdzv_backend == "static":
         out.append(f"--node-rank={c.node_rank}")  # c10d assigns ranks itself and ignores --node-rank
+    # A TCPStore client retries its connection past read_timeout (measured: 11 s for 5 s, 21 s for 8 s; torchrun's
+    # default is 60 s); half the timeout keeps a client that torchrun leaves to find the store near the timeout.
+    # Clients the launcher knows of (is_host=0) wait for the store's port themselves first (launch/runner.py).
+    ours = {"join_timeout": str(timeout_s), "read_timeout": str(max(1, -(-timeout_s // 2)))}
+    if is_host is not None:
+        ours["is_host"] = str(int(is_host))
     if local_addr:
-        # Hosts that cannot resolve each other's names (network namespaces, some CNIs) need the address each
-        # agent advertises, and the rendezvous host must know it is the host (../shared/PLATFORM.md).
-        host, _ = split_endpoint(c.rdzv_endpoint or "", "--rdzv-endpoint")
-        out += [f"--local-addr={local_addr}", f"--rdzv-conf=is_host={int(host == local_addr)}"]
+        out.append(f"--local-addr={local_addr}")  # the address this agent advertises (see build)
+    out.append(f"--rdzv-conf={_rdzv_conf(pet_conf, ours)}")
     return out
 
 

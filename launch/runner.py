@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from launch import outcome
-from launch.exitcodes import CONFIG, describe
+from launch.exitcodes import CONFIG, HANG, describe
 from launch.modes import Plan
 
 SHUTDOWN_GRACE_S = 30  # torchrun's default wait between SIGTERM and SIGKILL for its workers
@@ -88,9 +88,64 @@ def _run_process(plan: Plan, exit_dir: str) -> int:
     return _report(outcome.from_process(rc, outcome.read_reasons(exit_dir), time.time(), rank))
 
 
+def rendezvous_failed(plan: Plan, exc: BaseException | None) -> int:
+    """A rendezvous that never formed: one line naming the endpoint and the timeout, exit 4 (HANG).
+
+    ``exc`` None: the store's port never answered (the launcher's own wait on a node that does not host it).
+    """
+    endpoint = plan.rdzv_endpoint or "the rendezvous endpoint"
+    port = endpoint.rpartition(":")[2] or "its port"
+    within = f" in {plan.rdzv_timeout_s} s" if plan.rdzv_timeout_s else ""
+    if exc is None:
+        what = f"the store at {endpoint} did not answer{within}"
+    elif type(exc).__name__ == "RendezvousTimeoutError":
+        what = f"no peer reached {endpoint}{within}"
+    elif type(exc).__name__ == "RendezvousConnectionError":
+        what = f"the store at {endpoint} did not answer{within}"
+    else:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        what = f"{type(exc).__name__} at {endpoint}: {first}"
+    print(f"launch: rendezvous failed: {what}: is node 0 up? is port {port} open? (dist.init_timeout_s bounds the "
+          "wait)", file=sys.stderr, flush=True)
+    return HANG
+
+
+def _import_torch_quietly() -> None:
+    """Import torch with its C++ log level at FATAL in this process only.
+
+    The agent's TCPStore client logs each failed connection attempt as an error with ~20 C++ frames; the launcher
+    reports a failed rendezvous in one line instead. The level is read once, when torch loads, and the variable is
+    removed again so that the workers log as usual.
+    """
+    if "torch" in sys.modules or "TORCH_CPP_LOG_LEVEL" in os.environ:
+        return
+    os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
+    try:
+        import torch  # noqa: F401
+    finally:
+        del os.environ["TORCH_CPP_LOG_LEVEL"]
+
+
+def _store_answers(plan: Plan) -> bool:
+    """On a node that does not host the store: wait until its port answers, within the rendezvous timeout.
+
+    torchrun's own client wait is not bounded by the timeout (TCPStore retries with a random back-off: measured
+    11 s for a 5 s timeout, 21 s for 8 s), so the launcher waits itself and torchrun then connects at once.
+    """
+    from launch.cluster import split_endpoint
+    from launch.wait import READY, wait_for
+
+    host, port = split_endpoint(plan.rdzv_endpoint or "", "rendezvous endpoint")
+    return wait_for(host, port, float(plan.rdzv_timeout_s or 0), interval=0.5, log=lambda _msg: None) == READY
+
+
 def _run_torchrun(plan: Plan, exit_dir: str) -> int:
+    if plan.rdzv_client and plan.rdzv_endpoint and not _store_answers(plan):
+        return rendezvous_failed(plan, None)
+    _import_torch_quietly()
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(plan.tool_args)
@@ -100,6 +155,8 @@ def _run_torchrun(plan: Plan, exit_dir: str) -> int:
         return _report(outcome.from_failures(e.failures, outcome.read_reasons(exit_dir)))
     except SignalException as e:
         return _after_signal(e, exit_dir, getattr(args, "shutdown_timeout", None) or SHUTDOWN_GRACE_S)
+    except RendezvousError as e:
+        return rendezvous_failed(plan, e)
     return 0
 
 
@@ -132,6 +189,8 @@ def execute(plan: Plan) -> int:
         fresh = {name: os.path.join(tmp, name.lower()) for name in plan.fresh_dirs}
         for path in fresh.values():
             os.makedirs(path)
+        for name in plan.unset:  # PET_* values the plan passes as flags: torchrun's parser must not read them
+            os.environ.pop(name, None)
         os.environ.update(plan.env)
         os.environ.update(fresh)
         try:

@@ -23,8 +23,24 @@ from . import exitcodes as codes
 from .tools import cli as tools_cli
 
 
+class _Parser(argparse.ArgumentParser):
+    """One line on a usage error (exit 2), with a "did you mean" for commands and options."""
+
+    argv: list[str] = []
+
+    def error(self, message: str):
+        bad = next((a for a in self.argv[:1] if a not in COMMANDS and not a.startswith("-")), None)
+        if "invalid choice" in message and bad:
+            message = f"unknown command {bad!r}{config.did_you_mean(bad, COMMANDS)}"
+        print(f"{self.prog}: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(codes.CONFIG)
+
+
+COMMANDS = ("train", "check", "config", *tools_cli.COMMANDS)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m trainer",
         description="Config-driven PyTorch trainer.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -83,7 +99,14 @@ def _tool_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    _Parser.argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # e.g. `--max_steps 10`, meant as train.max_steps=10
+        given = _Parser.argv
+        nxt = given[given.index(extra[0]) + 1] if given.index(extra[0]) + 1 < len(given) else None
+        print(f"python -m trainer: {config.option_hint(extra[0], nxt)}", file=sys.stderr)
+        sys.exit(codes.CONFIG)
     if args.cmd in ("config", "check"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `python -m trainer config | head` ends quietly
     if args.cmd == "config":

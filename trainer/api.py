@@ -12,6 +12,7 @@ import sys
 from . import exitcodes as codes
 from .config import Config, ConfigError
 from .run import train
+from .runtime import storage
 
 log = logging.getLogger("trainer")
 
@@ -30,7 +31,15 @@ def train_command(cfg: Config) -> tuple[int, str]:
         return codes.config_error(e), str(e)
     except KeyboardInterrupt:
         return 128 + 2, "interrupted"
+    except SystemExit as e:  # sys.exit() in user code (a model or dataset module) must not look like success
+        reason = f"sys.exit({e.code!r}) was called during the run (user code?); the run did not finish"
+        print(f"error: {reason}", file=sys.stderr)
+        return codes.INTERNAL, reason
     except Exception as e:
+        fault = storage.describe(e, where=cfg.run.dir or "the run directory")
+        if fault:
+            print(f"{fault} (fix the storage, then rerun the same command: it resumes)", file=sys.stderr)
+            return codes.STORAGE, fault
         if _is_timeout(e):  # the watchdog normally fires first; this is the process group's backstop
             reason = f"collective timed out: {e}"
             print(f"hang: {reason.splitlines()[0][:300]}", file=sys.stderr)

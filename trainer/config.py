@@ -8,9 +8,11 @@ message names the key, the value and what was expected; the CLI turns it into ex
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import types
 import typing
@@ -45,6 +47,82 @@ class ConfigError(ValueError):
     """A bad key, value or file in the configuration (exit code 2)."""
 
 
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance (tiny inputs: command, mode and key names)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean X?)' for the closest of `choices`, or ''. One typo away wins, a same-length name
+    first (a typed letter wrong: dpp -> ddp, not dp); otherwise difflib's closest."""
+    word, choices = str(word), [str(c) for c in choices]
+    near = sorted((_edits(word, c), len(c) != len(word), c) for c in choices)
+    if near and near[0][0] <= max(1, len(word) // 4):
+        return f" (did you mean {near[0][2]}?)"
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def option_hint(arg: str, following: Optional[str] = None) -> str:
+    """For `--max_steps 10` (an option the CLI does not have): the KEY=VALUE override it probably meant."""
+    name, _, value = arg.lstrip("-").partition("=")
+    name = name.replace("-", "_")
+    value = value or (following if following and not following.startswith("-") else "VALUE")
+    keys = [k for k, *_ in iter_fields()]
+    match = [k for k in keys if k == name or k.endswith("." + name)]
+    if match:
+        return f"{arg}: config keys are not options; use {match[0]}={value}"
+    return f"unrecognized argument {arg}" + did_you_mean(name, [k.rsplit(".", 1)[-1] for k in keys])
+
+
+# ----------------------------------------------------------------------------- strict YAML
+
+MAX_YAML_VALUES = 100_000  # a config expands to at most this many values (caps YAML alias bombs)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (safe_load silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(
+                    f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                    f"(first at line {seen[key] + 1})"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _count_values(tree: Any, budget: int = MAX_YAML_VALUES) -> None:
+    """Walk the tree as it would expand (aliases are shared objects); refuse more than `budget` values."""
+    stack, n = [tree], 0
+    while stack:
+        node = stack.pop()
+        n += 1
+        if n > budget:
+            raise ConfigError(f"expands to more than {budget} values (YAML aliases nested too deep?)")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
+def load_yaml(text: str) -> Any:
+    """Strict YAML: safe types only, no duplicate keys, bounded alias expansion. Raises ConfigError."""
+    tree = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    _count_values(tree)
+    return tree
+
+
 # ----------------------------------------------------------------------------- coercion
 
 
@@ -63,20 +141,22 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
                 value,
             )
         if value not in choices:
-            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(map(str, choices))}")
+            hint = did_you_mean(value, choices)
+            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(map(str, choices))}{hint}")
         return value
     if origin is list:
         (inner,) = typing.get_args(tp) or (Any,)
         if isinstance(value, str):
-            value = (
-                yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
-            )
+            value = load_yaml(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}={value!r}: expected a list")
-        return [_coerce(key, v, inner, {}) if inner is not Any else v for v in value]
+        # min/max of a list field bound each element (model.hidden=[0] is a zero-width layer)
+        return [
+            _coerce(f"{key}[{i}]", v, inner, meta) if inner is not Any else v for i, v in enumerate(value)
+        ]
     if tp is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = load_yaml(value)
         if not isinstance(value, dict):
             raise ConfigError(f"{key}={value!r}: expected a mapping")
         return dict(value)
@@ -105,6 +185,8 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
             out = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}={value!r}: expected a number") from None
+        if not math.isfinite(out):
+            raise ConfigError(f"{key}={value!r}: expected a finite number")
     elif tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}={value!r}: expected a string")
@@ -123,17 +205,22 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}={data!r}: expected a mapping")
     hints = field_types(cls)
     names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(set(data) - set(names), key=str)
     if unknown:
-        known = ", ".join(sorted(names))
-        raise ConfigError(f"unknown key {prefix}{unknown[0]!s} (known in this section: {known})")
+        hint = did_you_mean(unknown[0], names)
+        if hint:
+            hint = hint.replace("mean ", "mean " + prefix)
+        else:
+            hint = f" (known in this section: {', '.join(sorted(names))})"
+        raise ConfigError(f"unknown key {prefix}{unknown[0]!s}{hint}")
     kwargs = {}
     for name, f in names.items():
         if name not in data:
             continue
         tp = hints[name]
         if is_section(tp):
-            kwargs[name] = _build(tp, data[name] or {}, prefix + name + ".")
+            # `model:` alone (None) is an empty section; `model: []` or `train: 0` is a mistake
+            kwargs[name] = _build(tp, {} if data[name] is None else data[name], prefix + name + ".")
         else:
             kwargs[name] = _coerce(prefix + name, data[name], tp, dict(f.metadata))
     return cls(**kwargs)
@@ -155,6 +242,8 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     out = []
     for item in overrides:
         if "=" not in item:
+            if item.endswith((".yaml", ".yml")) or os.path.isfile(item):
+                raise ConfigError(f"override {item!r}: a config file is given with -c: -c {item}")
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.max_steps=50")
         key, raw = item.split("=", 1)
         key = key.strip()
@@ -162,9 +251,11 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"override {item!r}: empty key")
         # YAML scalars give ints, floats, bools and lists; strings stay strings.
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        except ConfigError as e:
+            raise ConfigError(f"override {item!r}: {e}") from None
         out.append((key, value))
     return out
 
@@ -173,15 +264,26 @@ def load(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> C
     """Load defaults <- YAML file <- dotted overrides, then validate. Raises ConfigError."""
     tree: dict = {}
     if path:
-        if not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise ConfigError(f"config file {path!r}: is a directory, expected a YAML file")
+        if not os.path.exists(path):
             raise ConfigError(f"config file {path!r} not found")
         try:
             with open(path, encoding="utf-8") as fh:
-                tree = yaml.safe_load(fh) or {}
+                text = fh.read()
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path!r}: not UTF-8 text (a binary file?)") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path!r}: cannot read: {e.strerror or e}") from None
+        try:
+            tree = load_yaml(text)
+        except ConfigError as e:
+            raise ConfigError(f"config file {path!r}: {e}") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
             raise ConfigError(f"config file {path!r}{where}: invalid YAML") from None
+        tree = {} if tree is None else tree
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path!r}: top level must be a mapping, got {type(tree).__name__}")
     for key, value in parse_overrides(overrides or []):
@@ -243,6 +345,7 @@ DATA_NAMES = (
     "csv",
 )
 _NEEDS_PATH = ("tokens", "tensors", "csv")
+RESUME_MODES = ("auto", "never", "restart")
 
 
 def _is_import_path(name: str) -> bool:
@@ -255,10 +358,12 @@ def validate(cfg: Config) -> None:
     if m.name not in MODEL_NAMES and not _is_import_path(m.name):
         raise ConfigError(
             f"model.name={m.name!r}: expected one of {', '.join(MODEL_NAMES)} or package.module:Name"
+            + did_you_mean(m.name, MODEL_NAMES)
         )
     if d.name not in DATA_NAMES and not _is_import_path(d.name):
         raise ConfigError(
             f"data.name={d.name!r}: expected one of {', '.join(DATA_NAMES)} or package.module:Name"
+            + did_you_mean(d.name, DATA_NAMES)
         )
     if d.name in _NEEDS_PATH and not d.path:
         raise ConfigError(f"data.path=None: data.name={d.name} needs a file (data.path=...)")
@@ -272,6 +377,18 @@ def validate(cfg: Config) -> None:
     for i, g in enumerate(o.param_groups):
         if not isinstance(g, dict) or "pattern" not in g or set(g) - {"pattern", "lr", "weight_decay"}:
             raise ConfigError(f"optim.param_groups[{i}]={g!r}: expected {{pattern: GLOB, lr: NUMBER}}")
+        for k in ("lr", "weight_decay"):
+            if k in g:
+                _coerce(f"optim.param_groups[{i}].{k}", g[k], float, {"min": 0.0})
+    for key, name, kwargs, builtin in (
+        ("model", m.name, m.kwargs, MODEL_NAMES),
+        ("data", d.name, d.kwargs, DATA_NAMES),
+    ):
+        if kwargs and name in builtin:
+            raise ConfigError(
+                f"{key}.kwargs={kwargs!r}: {key}.name={name} is built in and takes no kwargs "
+                f"(set its own keys, see `python -m trainer config`)"
+            )
     if t.batch_size % t.grad_accum:
         raise ConfigError(
             f"train.batch_size={t.batch_size}: not divisible by train.grad_accum={t.grad_accum}"
@@ -281,8 +398,11 @@ def validate(cfg: Config) -> None:
     ):
         raise ConfigError(f"profile.steps={cfg.profile.steps!r}: expected [start, end] with start < end")
     r = cfg.run.resume
-    if r not in ("auto", "never") and not os.path.exists(r):
-        raise ConfigError(f"run.resume={r!r}: expected auto, never or an existing checkpoint path")
+    if r not in RESUME_MODES and not os.path.exists(r):
+        raise ConfigError(
+            f"run.resume={r!r}: expected {', '.join(RESUME_MODES)} or an existing checkpoint path"
+            + did_you_mean(r, RESUME_MODES)
+        )
     _validate_monitor(cfg)
     _validate_trackers(cfg.log.trackers)
 
@@ -334,6 +454,16 @@ def check_world(cfg: Config, world_size: int) -> int:
             f"train.grad_accum({t.grad_accum}) = {denom}"
         )
     return t.batch_size // denom
+
+
+def run_key(cfg: Config) -> str:
+    """12 hex chars naming a config by what changes its result: the default run directory's suffix, so the
+    same command (same recipe and overrides) finds the same run again."""
+    # keys that do not change the math (logging, checkpoint cadence, timeouts, workers) do not make a new run;
+    # the length of the run does
+    ignored = tuple(p for p in RESUME_SAFE_PREFIXES if p not in ("train.max_steps", "train.epochs"))
+    keyed = {k: v for k, v in flat(cfg).items() if not k.startswith(ignored)}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def config_hash(cfg: Config) -> str:

@@ -18,6 +18,10 @@ def import_object(key: str, spec: str) -> Any:
         raise ConfigError(f"{key}={spec!r}: expected package.module:Name")
     try:
         module = importlib.import_module(mod_name)
+    except SystemExit as e:  # a module that exits on import would end the run with its code, silently
+        raise ConfigError(
+            f"{key}={spec!r}: importing module {mod_name!r} called sys.exit({e.code!r})"
+        ) from None
     except Exception as e:  # ImportError, but also a SyntaxError or any error raised by the module body
         raise ConfigError(
             f"{key}={spec!r}: cannot import module {mod_name!r}: {type(e).__name__}: {e}"
@@ -37,6 +41,8 @@ def build_object(key: str, spec: str, kwargs: dict) -> Any:
     factory = import_object(key, spec)
     try:
         return factory(**kwargs)
+    except SystemExit as e:
+        raise ConfigError(f"{key}={spec!r}: calling it called sys.exit({e.code!r})") from None
     except Exception as e:
         kw_key = key.rsplit(".", 1)[0] + ".kwargs"
         raise ConfigError(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -21,15 +23,16 @@ import torch
 from . import config as cfgmod
 from .config import Config, ConfigError
 from .data import build_datasets
-from .exitcodes import OK
+from .exitcodes import OK, PREEMPTED
 from .models import build_model, flops_per_sample
-from .runtime import dist
+from .runtime import dist, storage, workerenv
+from .runtime.lease import LEASE, Lease
 from .runtime.logs import add_rank_log, setup_logging
 from .training import checkpoint as ckpt
 from .training.finetune import prepare_for_finetune
 from .training.loop import Trainer
 from .training.optim import apply_freeze, build_optimizer
-from .training.strategy import Strategy, make_accelerator, resolve_mode
+from .training.strategy import Strategy, adopt_accelerate_launch, make_accelerator, resolve_mode
 from .training.weights import merge_lora_state, write_safetensors
 
 log = logging.getLogger("trainer")
@@ -52,8 +55,11 @@ class Parts:
     run_dir: str
     resume_path: Optional[str]
     created: list[str] = field(default_factory=list)  # dirs this run made (removed if it fails before work)
+    lease: Optional[Lease] = None  # run.dir's lease (global rank 0)
 
     def close(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
         dist.teardown(self.state)
 
 
@@ -70,10 +76,9 @@ def _numerics(cfg: Config) -> None:
 def _init_dist(cfg: Config):
     """The process group (or accelerate's), and the Accelerator when train.strategy=accelerate."""
     accelerator = None
+    env = workerenv.read(os.environ)  # a bad RANK/WORLD_SIZE/MASTER_PORT is exit 2 before anything waits
     if cfg.train.strategy == "accelerate":  # Accelerator creates the process group itself
-        accelerator = make_accelerator(
-            cfg, dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
-        )
+        accelerator = make_accelerator(cfg, dist.pick_device(cfg.device, env.local_rank))
     state = dist.init(
         cfg.device,
         cfg.dist.init_timeout_s,
@@ -88,53 +93,136 @@ def _init_dist(cfg: Config):
 
 
 def default_run_dir(cfg: Config) -> str:
+    """``runs/<model>-<run_key>``: the same recipe and overrides name the same directory, so rerunning the
+    same command resumes (README "Resume")."""
     model = cfg.model.name.split(":")[-1].lower()
-    base = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{model}")
-    path, i = base, 1
-    while os.path.exists(path):
+    return os.path.join("runs", f"{model}-{cfgmod.run_key(cfg)}")
+
+
+# What makes a directory one of our runs (anything else non-empty is refused as run.dir).
+RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", LEASE, "logs", "summary.json")
+# What run.resume=restart moves aside (never deletes) before starting over at step 0.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "summary.json", "model.safetensors", "loss.png", "tensorboard")
+
+
+def _check_run_dir(cfg: Config, run_dir: str) -> None:
+    """Refuse a run.dir that is a file, or a non-empty folder that is not a run of ours."""
+    if os.path.lexists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError(f"run.dir={run_dir!r}: is a file, expected a directory")
+    if not os.path.isdir(run_dir):
+        return
+    entries = os.listdir(run_dir)
+    if entries and not any(m in entries for m in RUN_MARKERS):
+        raise ConfigError(
+            f"run.dir={run_dir!r}: not empty and not a run directory (no config.yaml or checkpoints/); "
+            "choose a new or empty folder"
+        )
+    if cfg.run.resume == "never" and entries:
+        raise ConfigError(
+            f"run.dir={run_dir!r}: not empty and run.resume=never (choose another run.dir or run.resume=auto)"
+        )
+
+
+def _set_aside_outputs(run_dir: str) -> Optional[str]:
+    """run.resume=restart: the previous run's outputs go to ``previous-<time>/`` (kept, not deleted)."""
+    present = [n for n in RUN_OUTPUTS if os.path.lexists(os.path.join(run_dir, n))]
+    if not present:
+        return None
+    base = dst = os.path.join(run_dir, "previous-" + time.strftime("%Y%m%d-%H%M%S"))
+    i = 1
+    while os.path.exists(dst):
         i += 1
-        path = f"{base}-{i}"
-    return path
+        dst = f"{base}-{i}"
+    os.makedirs(dst)
+    for n in present:
+        os.rename(os.path.join(run_dir, n), os.path.join(dst, n))
+    log.warning(
+        "run.resume=restart: the previous outputs of %s were moved to %s; starting at step 0", run_dir, dst
+    )
+    return dst
 
 
 def find_resume(cfg: Config, run_dir: str) -> Optional[str]:
-    """The checkpoint to resume from, by ``run.resume`` (auto | never | PATH)."""
+    """The checkpoint to resume from, by ``run.resume`` (auto | never | restart | PATH). Rank 0 only."""
     r = cfg.run.resume
     if r == "never":
-        if os.path.isdir(run_dir) and os.listdir(run_dir):
-            raise ConfigError(
-                f"run.dir={run_dir!r}: not empty and run.resume=never (choose another run.dir "
-                "or run.resume=auto)"
-            )
+        return None
+    if r == "restart":
+        _set_aside_outputs(run_dir)
         return None
     if r == "auto":
-        return ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints")).find_resumable()
+        cdir = ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints"))
+        try:
+            found = cdir.find_resumable()
+        except ckpt.CheckpointError as e:
+            raise ConfigError(
+                f"run.dir={run_dir!r}: {e}; set run.resume=restart to start over (they are kept)"
+            ) from None
+        for moved in cdir.set_aside(cdir.unusable):  # a later save of the same step must not delete them
+            log.warning("unusable checkpoint kept aside as %s", moved)
+        return found
     try:
         return ckpt.resolve(r)
     except ckpt.CheckpointError as e:
         raise ConfigError(f"run.resume={r!r}: {e}") from None
 
 
-def _make_run_dir(cfg: Config, state: dist.DistState, created: list[str]) -> tuple[str, Optional[str]]:
-    run_dir = dist.broadcast_object(state, cfg.run.dir or default_run_dir(cfg))
-    resume_path = find_resume(cfg, run_dir)
-    if state.is_main and not os.path.isdir(run_dir):
+def _claim_run_dir(
+    cfg: Config, run_dir: str, created: list[str], world_size: int
+) -> tuple[Lease, Optional[str]]:
+    """Rank 0: check run.dir, create it, take its lease before writing anything else, find the resume."""
+    _check_run_dir(cfg, run_dir)
+    if not os.path.isdir(run_dir):
         os.makedirs(run_dir)
         created.append(run_dir)
-    dist.barrier(state)
-    add_rank_log(run_dir, state.rank, state.world_size)
+    lease = Lease(run_dir)
+    note = lease.acquire()
+    try:
+        add_rank_log(run_dir, 0, world_size)  # the lease and the resume search are in the run's own log
+        if note:
+            log.warning("%s", note)
+        return lease, find_resume(cfg, run_dir)
+    except BaseException:
+        lease.release()
+        raise
+
+
+def _make_run_dir(
+    cfg: Config, state: dist.DistState, created: list[str]
+) -> tuple[str, Optional[str], Optional[Lease]]:
+    run_dir = dist.broadcast_object(state, cfg.run.dir or default_run_dir(cfg))
+    lease, outcome = None, ("ok", None)
+    if state.is_main:
+        try:
+            lease, resume = _claim_run_dir(cfg, run_dir, created, state.world_size)
+            outcome = ("ok", resume)
+        except ConfigError as e:
+            outcome = ("config", str(e))
+        except OSError as e:
+            outcome = ("storage", storage.describe(e) or f"storage error: {e}")
+    kind, value = dist.broadcast_object(state, outcome)  # every rank fails the same way, or none
+    if kind == "config":
+        raise ConfigError(value)
+    if kind == "storage":
+        raise storage.StorageError(value)
+    if not state.is_main:
+        add_rank_log(run_dir, state.rank, state.world_size)
     if state.is_main:
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as fh:
             fh.write(cfgmod.dump(cfg))
-    return run_dir, resume_path
+    return run_dir, value, lease
 
 
 def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
     """Everything before the first step. On failure, nothing this call created is left behind."""
+    cfg, launched_by = adopt_accelerate_launch(cfg)  # under `accelerate launch`: its strategy and precision
     _numerics(cfg)
     state, accelerator = _init_dist(cfg)
     setup_logging(state.rank)
+    if launched_by:
+        log.info(launched_by)
     created: list[str] = []
+    lease: Optional[Lease] = None
     try:
         mode = resolve_mode(cfg, state)
         cfgmod.check_world(cfg, state.world_size)
@@ -145,7 +233,12 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
         trainable, total = apply_freeze(module, cfg.train.freeze)
         # MFU is reported on CUDA only; counting FLOPs runs a forward (and imports torch._dynamo, ~1.3 s).
         flops = flops_per_sample(module, info) if state.device.type == "cuda" else None  # before FSDP shards
-        run_dir, resume_path = _make_run_dir(cfg, state, created)
+        run_dir, resume_path, lease = _make_run_dir(cfg, state, created)
+        if cfg.train.precision == "fp16" and state.device.type == "cpu":
+            log.warning(  # measured: seed CNN 151 ms/step in fp16 vs 21 fp32, 15 bf16 (PLATFORM.md)
+                "train.precision=fp16 on CPU is emulated and ~7x slower than fp32 here; "
+                "train.precision=bf16 is the CPU mixed precision"
+            )
         torch.manual_seed(cfg.seed + 1 + state.rank)  # dropout differs per rank; init did not
         strategy = Strategy(cfg, state, mode, accelerator)
         optimizer = strategy.wrap(module, lambda m: build_optimizer(m, cfg, state.device))
@@ -163,11 +256,13 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
         trainer = trainer_cls(cfg, state, strategy, optimizer, train_ds, eval_ds, info, run_dir, flops)
         _KEEPALIVE.extend([strategy, module, optimizer, trainer])
     except BaseException:
+        if lease is not None:
+            lease.release()
         for d in created:
             shutil.rmtree(d, ignore_errors=True)
         dist.teardown(state)
         raise
-    return Parts(cfg, state, strategy, optimizer, trainer, run_dir, resume_path, created)
+    return Parts(cfg, state, strategy, optimizer, trainer, run_dir, resume_path, created, lease)
 
 
 def export_final(parts: Parts) -> None:
@@ -179,6 +274,20 @@ def export_final(parts: Parts) -> None:
         write_safetensors(merged, path, {"lora": "merged"} if merged is not msd else None)
         if merged is not msd:
             log.info("LoRA adapters merged into plain weights: %s", path)
+
+
+def resume_command(run_dir: str) -> str:
+    """The exact command that resumes this run (under torchrun: the launcher's command, rerun as is)."""
+    if os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("LOCAL_RANK"):
+        return f"the same launch command again (it resumes from {run_dir})"
+    argv = list(sys.argv)
+    prog = (
+        "python -m trainer"
+        if argv and argv[0].endswith("__main__.py")
+        else os.path.basename(argv[0] or "trainer")
+    )
+    args = [a for a in argv[1:] if not a.startswith("run.dir=")]
+    return " ".join([prog, *map(shlex.quote, args), shlex.quote(f"run.dir={run_dir}")])
 
 
 def train(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> int:
@@ -201,6 +310,8 @@ def train(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> int:
         code = parts.trainer.fit()
         if code == OK:
             export_final(parts)
+        elif code == PREEMPTED and parts.state.is_main:
+            log.warning("resume with: %s", resume_command(parts.run_dir))
         return code
     except BaseException:
         for d in parts.created:

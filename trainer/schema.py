@@ -28,12 +28,15 @@ TRACKERS = ("tensorboard", "mlflow", "wandb")
 @dataclass
 class RunConfig:
     dir: Optional[str] = _f(
-        None, "Run directory for every output. Default: a new runs/<timestamp>-<model> directory."
+        None,
+        "Run directory for every output. Default: runs/<model>-<hash of the config>, so rerunning the "
+        "same command resumes the same run.",
     )
     resume: str = _f(
         "auto",
-        "auto: continue from the latest checkpoint in run.dir if any; never: refuse a non-empty run.dir; "
-        "or a checkpoint PATH.",
+        "auto: continue from the latest checkpoint in run.dir if any (exit 2 if none is usable); never: "
+        "refuse a non-empty run.dir; restart: start at step 0 in run.dir, moving its old checkpoints "
+        "aside; or a checkpoint PATH.",
     )
     resume_config_change: Literal["refuse", "allow"] = _f(
         "refuse", "On resume, refuse (default) or allow a config that differs in keys that change the math."
@@ -78,7 +81,12 @@ class DataConfig:
     eval_fraction: float = _f(
         0.1, "Fraction of samples held out for evaluation (fixed split seed).", min=0.0, max=0.9
     )
-    split_seed: int = _f(1234, "Seed of the train/eval split; independent of `seed` so runs stay comparable.")
+    split_seed: int = _f(
+        1234,
+        "Seed of the train/eval split; independent of `seed` so runs stay comparable.",
+        min=0,
+        max=2**32 - 1,
+    )
     num_samples: int = _f(4096, "Synthetic datasets: number of samples.", min=1)
     num_features: int = _f(16, "Synthetic datasets: input features.", min=1)
     num_classes: int = _f(4, "Synthetic classification: classes.", min=2)
@@ -216,7 +224,7 @@ class ProfileConfig:
 
 @dataclass
 class Config:
-    seed: int = _f(0, "Seed for model init, data order and augmentation.")
+    seed: int = _f(0, "Seed for model init, data order and augmentation.", min=0, max=2**32 - 1)
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto picks CUDA when present.")
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -1,12 +1,13 @@
 """``python -m launch k8s render ...``: the command line of :mod:`launch.k8s.manifests`.
 
-    python -m launch k8s render --kind indexedjob --image REGISTRY/torchrunner:0.1.0-cu128 \\
-        --nodes 2 --gpus-per-node 8 --config configs/gpt.yaml -o k8s/ -- train.precision=bf16
-    kubectl apply -f k8s/
+    python -m launch k8s render --kind indexedjob --name gpt --image REGISTRY/torchrunner:0.1.0-cu128 \\
+        --nodes 2 --gpus-per-node 8 --config configs/gpt.yaml -o k8s/gpt/ -- train.precision=bf16
+    kubectl apply -f k8s/gpt/
 
 Writes to stdout (one multi-document stream), to a file (``-o FILE``) or one file per object (``-o DIR/``),
-each headed by the command that rendered it and the job's failure policy. Exit 0, or 2 with one line that
-names the bad option.
+each headed by the command that rendered it and the job's failure policy. A directory holds one job: rendering
+another kind or name into it is refused (``kubectl apply -f DIR/`` would start both); the same job overwrites.
+Exit 0, or 2 with one line that names the bad option.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import argparse
 import sys
 import textwrap
 from pathlib import Path
+
+import yaml
 
 from launch import exitcodes
 from launch.k8s.manifests import (
@@ -80,12 +83,42 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+JOB_KINDS = ("Job", "PyTorchJob", "TrainJob")  # the objects that start pods; one per output directory
+
+
+def _jobs_in(directory: Path) -> dict[tuple[str, str], Path]:
+    """(kind, name) -> file of every job object already rendered (or put) in ``directory``."""
+    found: dict[tuple[str, str], Path] = {}
+    for path in sorted(directory.glob("*.y*ml")):
+        try:
+            docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except (OSError, yaml.YAMLError):
+            continue
+        for doc in docs:
+            if isinstance(doc, dict) and doc.get("kind") in JOB_KINDS:
+                found[(doc["kind"], str((doc.get("metadata") or {}).get("name", "")))] = path
+    return found
+
+
+def check_directory(objs: list[dict], directory: Path) -> None:
+    """Refuse to put a second job into a directory: ``kubectl apply -f DIR`` would start both, sharing the claim
+    and RUN_DIR when they share a name. Rendering the same job again (same kind and name) overwrites it."""
+    if not directory.is_dir():
+        return
+    mine = {(o["kind"], o["metadata"]["name"]) for o in objs if o["kind"] in JOB_KINDS}
+    for (kind, name), path in _jobs_in(directory).items():
+        if (kind, name) not in mine:
+            raise RenderError(f"{path} already holds {kind} {name!r}: `kubectl apply -f {directory}/` would start "
+                              "both jobs; render into another directory (one job each) or remove that one first")
+
+
 def write(objs: list[dict], output: str | None, header: str) -> list[Path]:
     if output is None:
         sys.stdout.write(to_yaml(objs, header))
         return []
     out = Path(output)
     if output.endswith("/") or out.is_dir():
+        check_directory(objs, out)
         out.mkdir(parents=True, exist_ok=True)
         paths = []
         for obj in objs:
@@ -106,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(**args)
     try:
         objs = render(opts)
+        paths = write(objs, output, _header(opts, argv))
     except RenderError as err:
         print(f"k8s render: {err}", file=sys.stderr)
         return exitcodes.CONFIG
-    for path in write(objs, output, _header(opts, argv)):
+    for path in paths:
         print(f"wrote {path}", file=sys.stderr)
     return exitcodes.OK

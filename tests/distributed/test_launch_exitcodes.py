@@ -183,3 +183,35 @@ def test_two_nodes_on_localhost_both_report_the_workers_code(tmp_path):
         if not any(os.strerror(errno.EADDRINUSE) in err for _, err in outs):
             break
     assert [p.returncode for p in procs] == [75, 75], outs
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("role", ["host", "client"])
+def test_a_lone_node_exits_4_within_the_timeout_in_one_line(tmp_path, role):
+    """Node 0 whose peers never come (it hosts the store and waits join_timeout), and node 1 whose node 0 never
+    comes (the store never answers): exit 4 with one line within dist.init_timeout_s plus a few seconds."""
+    port, timeout = free_port(), 3
+    env = {"JOB_COMPLETION_INDEX": "0" if role == "host" else "1", "LAUNCH_NNODES": "2",
+           "LAUNCH_MASTER_ADDR": "127.0.0.1", "LAUNCH_MASTER_PORT": str(port)}
+    t0 = time.monotonic()
+    r = launch(tmp_path, "ddp", "--nproc-per-node", "1", "--no-preflight", f"dist.init_timeout_s={timeout}", **env)
+    wall = time.monotonic() - t0
+    print(f"lone {role}: exit {r.returncode} after {wall:.1f} s (timeout {timeout} s)")
+    assert r.returncode == 4, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert f"127.0.0.1:{port} " in lines[0] and f"in {timeout} s" in lines[0] and "is node 0 up?" in lines[0]
+    assert ("no peer reached" if role == "host" else "did not answer") in lines[0]
+    # The rest is start-up (torch import, torchrun): 3.3-7.6 s in all on an idle 2-core machine, up to ~13 s
+    # under load; torchrun alone waits 600 s (node 0) or 2 x 60 s (a client).
+    assert wall < timeout + 15
+    assert not seen(tmp_path)  # no worker started
+
+
+@pytest.mark.timeout(60)
+def test_elastic_pytorchjob_empty_pet_standalone_does_not_crash_torchrun(tmp_path):
+    """elastic.go sets PET_STANDALONE="" (empty); torchrun's own parser fails on int('') when it reads it."""
+    r = launch(tmp_path, "ddp", "--nproc-per-node", "1", PET_STANDALONE="", PET_NNODES="1", PET_MAX_RESTARTS="0",
+               PET_RDZV_ENDPOINT="127.0.0.1:1", PET_RDZV_BACKEND="c10d")
+    assert r.returncode == 0, r.stderr
+    assert set(seen(tmp_path)) == {"rank0-attempt0"}

@@ -25,6 +25,7 @@ import yaml
 
 from launch.k8s import manifests
 from launch.wait import UNAVAILABLE
+from tests.unit.test_controllers import JOBS
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -162,6 +163,59 @@ def test_two_nodes_start_as_two_processes(make_env, source, master_port):
         assert p.trainer_args[:2] == CONFIG
     assert "waiting" not in plans[0].stderr  # node 0 hosts the rendezvous: nothing to wait for
     assert re.search(rf"wait: 127\.0\.0\.1:{master_port} is ready", plans[1].stderr), plans[1].stderr
+
+
+def _slurm_step_env(rank: int, port: int) -> dict:
+    """src/common/env.c inside `srun -N2` on the last two nodes of a 4-node allocation (MASTER_PORT: ours)."""
+    return {"SLURM_JOB_ID": 77, "SLURM_JOB_NODELIST": "127.0.0.[0-1]", "SLURM_NODELIST": "127.0.0.1",
+            "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NNODES": 2, "SLURM_STEP_NUM_NODES": 2, "SLURM_NODEID": rank,
+            "SLURM_PROCID": rank, "SLURM_NTASKS": 2, "MASTER_PORT": port}
+
+
+def _is_host(p: Plan) -> str | None:
+    m = re.search(r"--rdzv-conf=\S*is_host=(\d)", p.command)
+    return m.group(1) if m else None
+
+
+@pytest.mark.parametrize("make_env, source", [
+    (_pytorchjob_env, "pytorchjob-v1"),
+    (_trainer_v2_env, "trainer-v2"),
+    (_indexed_job_env, "indexed-job"),
+    (_slurm_step_env, "slurm"),
+], ids=["pytorchjob", "trainer-v2", "indexed-job", "slurm-step"])
+def test_node_0_is_told_it_hosts_the_store(make_env, source, master_port):
+    """Whatever the host name resolves to: the controller fixed the endpoint to node rank 0."""
+    hosts = []
+    for rank in (0, 1):
+        p = Plan(entrypoint("--dry-run", *CONFIG, env=make_env(rank, master_port)))
+        assert (p.source, p.node_rank) == (source, rank)
+        hosts.append(_is_host(p))
+    assert hosts == ["1", "0"]
+
+
+@pytest.mark.parametrize("envs, source, endpoint", [j[1:] for j in JOBS], ids=[j[0] for j in JOBS])
+def test_every_controller_through_the_entrypoint(envs, source, endpoint):
+    """The controllers' environments of tests/unit/test_controllers.py (each cites its source), every node, as the
+    entrypoint reads them; the master names do not resolve here, so the workers do not wait (ENTRYPOINT_WAIT_S=0)."""
+    for rank, env in enumerate(envs):
+        p = Plan(entrypoint("--dry-run", *CONFIG, "--nproc-per-node", "1", env={**env, "ENTRYPOINT_WAIT_S": 0}))
+        assert (p.source, p.nnodes, p.node_rank) == (source, len(envs), rank)
+        assert p.flag("rdzv-endpoint") == endpoint and _is_host(p) == str(int(rank == 0))
+
+
+def test_launch_local_addr_reaches_the_launcher():
+    env = {**_trainer_v2_env(0, 29400), "PET_MASTER_ADDR": "10.99.0.1", "LAUNCH_LOCAL_ADDR": "10.99.0.1"}
+    p = Plan(entrypoint("--dry-run", *CONFIG, env=env))
+    assert p.flag("local-addr") == "10.99.0.1" and _is_host(p) == "1"
+
+
+def test_jobset_example_without_a_node_count_is_refused():
+    """JobSet's site/static/examples/pytorch/cnn-mnist/mnist.yaml pod 0 (MASTER_ADDR, RANK = completion index, no
+    WORLD_SIZE; Kubernetes adds JOB_COMPLETION_INDEX) used to train alone."""
+    r = entrypoint("--dry-run", *CONFIG, env={"MASTER_ADDR": "pytorch-workers-0-0.pytorch", "MASTER_PORT": 3389,
+                                              "RANK": 0, "JOB_COMPLETION_INDEX": 0})
+    assert r.returncode == 2 and "LAUNCH_NNODES" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "exec" not in r.stderr and r.stdout == ""
 
 
 def test_indexed_job_node0_uses_the_rendered_master_name_and_run_dir():

@@ -101,7 +101,8 @@ def test_every_checkpoint_damaged_means_none_usable(three):
     root, paths = three
     for p in paths:
         _flip_byte(os.path.join(p, "state.pt"))
-    assert ckpt.CheckpointDir(str(root)).find_resumable() is None
+    with pytest.raises(ckpt.CheckpointError, match="no usable checkpoint.*step-00000003: checksum mismatch"):
+        ckpt.CheckpointDir(str(root)).find_resumable()  # never "none at all": the caller must not restart
     with pytest.raises(ckpt.CheckpointError, match="no usable checkpoint"):
         ckpt.resolve(str(root.parent))
 
@@ -207,9 +208,11 @@ def test_malicious_pickle_with_a_matching_checksum_is_refused_without_running(th
         with open(target, "wb") as fh:
             pickle.dump(payload, fh, protocol=2)  # what torch's legacy (non-zip) format uses
     _rewrite_manifest_checksum(p3, file)  # the attacker controls the whole directory
-    assert ckpt.verify(p3) is None  # checksums alone cannot catch this: weights_only must
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        ckpt.load_state(p3)
+    # checksums alone cannot catch this: verify's weights_only probe does, as one line, and falls back
+    assert ckpt.verify(p3) == f"{file} refused: it holds objects other than tensors and plain data (weights_only load)"
+    assert ckpt.CheckpointDir(str(root)).find_resumable() == os.path.join(str(root), ckpt.step_name(2))
+    with pytest.raises(ckpt.CheckpointError, match="refused"):
+        ckpt.load_state(p3, verify_first=False)
     assert not marker.exists()
     # Control: the payload is live; an unrestricted load runs it.
     with open(target, "rb") as fh:

@@ -1,10 +1,12 @@
-"""The container files, checked statically (no Docker engine here: nothing is built or run).
+"""The container files, checked statically and fast (the real build and the checks inside the image are
+`make image-test`, docker/image-test.sh, which CI runs where it is root with buildah).
 
 hadolint and shellcheck must report nothing at all; then the structure the issue asks for: a pinned base from
 a build argument, multi-stage with a runtime stage that only copies the venv, pinned installs without a pip
 cache, tini as PID 1 in an exec-form ENTRYPOINT, a numeric non-root USER, NCCL defaults under their current
 names, labels, a .dockerignore that keeps the venv and runs out of the context, a CPU variant through build
-arguments, the two-node compose file and the Makefile's docker targets.
+arguments, pip mirror arguments and a wheelhouse as a named build context for the builder stage only, the
+two-node compose file, the Makefile's docker targets and the image test that CI runs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 ENTRYPOINT_SH = ROOT / "docker" / "entrypoint.sh"
+IMAGE_TEST_SH = ROOT / "docker" / "image-test.sh"
+CI_RUN = ROOT / ".ci" / "run"
+PIP_MIRROR_ARGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX")
 
 
 def _tool(name: str) -> str:
@@ -60,6 +65,11 @@ def _stages(instructions) -> list[list[tuple[str, str]]]:
         if stages:
             stages[-1].append(ins)
     return stages
+
+
+def _named(stages) -> dict[str, list[tuple[str, str]]]:
+    """Stages by their `AS` name."""
+    return {stage[0][1].split()[-1]: stage for stage in stages if " AS " in stage[0][1]}
 
 
 def _arg_defaults(instructions) -> dict[str, str]:
@@ -113,14 +123,15 @@ def test_base_image_is_a_pinned_build_argument(dockerfile):
     assert name and tag and tag != "latest" and "/" not in tag, base
     assert re.search(r"\d+\.\d+", tag), f"{base}: pin a versioned tag"
     froms = [rest for stage in stages for word, rest in stage if word == "FROM"]
-    assert all(rest.split()[0] == "${BASE_IMAGE}" for rest in froms), froms
+    # Every stage but the empty wheelhouse placeholder is built on the base.
+    assert all(rest.split()[0] == "${BASE_IMAGE}" for rest in froms if rest != "scratch AS wheels"), froms
     assert "latest" not in " ".join(rest for word, rest in ins if word in ("FROM", "ARG"))
 
 
 def test_multi_stage_runtime_copies_only_the_venv(dockerfile):
     _, stages, _ = dockerfile
     assert len(stages) >= 2
-    assert stages[0][0][1].endswith("AS builder") and stages[-1][0][1].endswith("AS runtime")
+    assert "builder" in _named(stages) and stages[-1][0][1].endswith("AS runtime")
     final = stages[-1]
     copies_from = [rest for word, rest in final if word == "COPY" and "--from=" in rest]
     assert copies_from == ["--from=builder /opt/venv /opt/venv"]
@@ -190,6 +201,40 @@ def test_env_labels_and_nccl_defaults(dockerfile):
     labels = " ".join(rest for word, rest in stages[-1] if word == "LABEL")
     for key in ("title", "description", "version", "revision", "licenses", "base.name"):
         assert f"org.opencontainers.image.{key}=" in labels
+
+
+def test_pip_mirror_arguments_reach_the_builder_only(dockerfile):
+    """pip reads PIP_* from the environment, so an ARG is enough; unset (no default), pip keeps its own
+    defaults and the CUDA build is unchanged. No ENV: a mirror's address must not stay in the image."""
+    ins, stages, args = dockerfile
+    builder, runtime = _named(stages)["builder"], stages[-1]
+    declared = {rest.split("=")[0] for word, rest in builder if word == "ARG"}
+    assert set(PIP_MIRROR_ARGS) <= declared
+    assert not set(PIP_MIRROR_ARGS) & set(args), "no defaults: unset means pip's defaults"
+    assert not any(word == "ARG" and rest.startswith("PIP_") for word, rest in runtime)
+    envs = " ".join(rest for word, rest in ins if word == "ENV")
+    assert not re.search(r"\bPIP_(INDEX_URL|EXTRA_INDEX_URL|FIND_LINKS|NO_INDEX|TRUSTED_HOST)\b", envs)
+    pip_at = next(i for i, (word, rest) in enumerate(builder) if word == "RUN" and "pip install" in rest)
+    arg_at = max(i for i, (word, rest) in enumerate(builder) if word == "ARG" and rest.startswith("PIP_"))
+    assert arg_at < pip_at, "declared before the pip step that reads them"
+
+
+def test_wheelhouse_is_a_named_context_mounted_into_the_builder(dockerfile):
+    """`--build-context wheels=DIR` replaces the empty `wheels` stage; a bind mount keeps it out of every layer."""
+    ins, stages, _ = dockerfile
+    named = _named(stages)
+    assert named["wheels"] == [("FROM", "scratch AS wheels")], "an empty placeholder stage"
+    assert stages.index(named["wheels"]) < stages.index(named["builder"]), "defined before it is mounted"
+    pips = [rest for word, rest in named["builder"] if word == "RUN" and "pip install" in rest]
+    assert len(pips) == 1, "torch and the requirements in one RUN: one layer (vfs copies every layer whole)"
+    (pip,) = pips
+    assert "--mount=type=bind,from=wheels,target=/wheels" in pip
+    assert "--mount=type=bind,source=requirements.txt,target=/tmp/requirements.txt" in pip
+    assert pip.index('"torch==${TORCH_VERSION}"') < pip.index("-r /tmp/requirements.txt")
+    for word, rest in ins:
+        assert not (word in ("COPY", "ADD") and "wheels" in rest), f"{word} {rest}: the wheelhouse became a layer"
+    assert not any("from=wheels" in rest for word, rest in stages[-1]), "the runtime stage never sees it"
+    assert _ignored("wheels", _dockerignore()) and _ignored("build", _dockerignore())
 
 
 def _dockerignore() -> list[str]:
@@ -286,3 +331,45 @@ def test_compose_cpu_override_drops_the_gpus():
         assert svc["deploy"] == {"!reset": {}}
         assert svc["ipc"] == "private" and svc["shm_size"]
         assert svc["build"]["args"]["TORCH_INDEX_URL"].endswith("/cpu")
+
+
+def test_image_test_builds_the_cpu_variant_with_buildah_from_a_wheelhouse():
+    """`make image-test` (not part of `make test`) runs docker/image-test.sh, whose shape is checked here."""
+    r = subprocess.run([_tool("shellcheck"), str(IMAGE_TEST_SH), str(CI_RUN)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert os.access(IMAGE_TEST_SH, os.X_OK) and os.access(CI_RUN, os.X_OK)
+    make = subprocess.run(["make", "--no-print-directory", "-n", "image-test"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert make.returncode == 0 and "docker/image-test.sh" in make.stdout, make.stdout + make.stderr
+    test_deps = re.search(r"^test:(.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert "image-test" not in test_deps
+    text = IMAGE_TEST_SH.read_text()
+    assert "\nset -euo pipefail\n" in text
+    for needle in ("--isolation chroot", "--storage-driver vfs", "localhost/torchrunner:test-cpu",
+                   "localhost/debian:bookworm", "debootstrap --variant=minbase bookworm",
+                   '--build-context "wheels=$wheels"', "--build-arg PIP_NO_INDEX=1",
+                   "--build-arg PIP_FIND_LINKS=/wheels", "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu",
+                   "--only-binary=:all:", '--python-version "$PY_VERSION"', "--layers=false"):
+        assert needle in text, needle
+    assert re.search(r"^PY_VERSION=3\.11$", text, re.M), "Debian 12's Python"
+    # Inside the image: the declared entrypoint with tini as a subreaper, and each check the issue names.
+    assert '"-s"' in text and 'entry[:1], "-s", *entry[1:]' in text
+    for check in ("--dry-run, plain run", "--dry-run, PyTorchJob worker", '"doctor"', "training as uid",
+                  "SIGTERM -> exit 75", "no compilers, pip cache or apt lists"):
+        assert check in text, check
+    assert "[ $rc -eq 75 ]" in text and "kill -TERM $pid" in text
+    # The mirror path too: the builder stage from an index on loopback, no wheels context.
+    for needle in ('--build-arg "PIP_INDEX_URL=$url"', "--build-arg PIP_TRUSTED_HOST=127.0.0.1",
+                   '--build-arg "TORCH_INDEX_URL=$url"', "--bind 127.0.0.1"):
+        assert needle in text, needle
+
+
+def test_ci_runs_the_image_test_after_make_test_or_says_why_not():
+    text = CI_RUN.read_text()
+    assert "\nset -euo pipefail\n" in text
+    lines = [line.strip() for line in text.splitlines()]
+    assert "make test" in lines and "make image-test" in lines
+    assert lines.index("make test") < lines.index("make image-test")
+    assert "apt-get install -y -q buildah debootstrap" in text
+    assert "ci: SKIP make image-test: " in text

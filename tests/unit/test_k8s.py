@@ -349,3 +349,23 @@ def test_render_to_stdout_is_a_multi_document_stream(capsys):
     assert [o["kind"] for o in objs] == ["PersistentVolumeClaim", "Service", "Job"]
     assert {o["metadata"]["namespace"] for o in objs} == {"ml"}
     assert "Failure policy:" in out.split("apiVersion")[0]
+
+
+def test_one_job_per_output_directory(tmp_path, capsys):
+    """The README once rendered three kinds into k8s/: `kubectl apply -f k8s/` then started three jobs named
+    train, sharing one claim and one RUN_DIR. A second job is refused; the same one re-renders in place."""
+    base = ["render", "--image", IMAGE, "--nodes", "2"]
+    out = f"{tmp_path}/k8s/"
+    assert cli.main([*base, "--kind", "indexedjob", "--name", "gpt", "-o", out]) == 0
+    first = sorted(p.name for p in (tmp_path / "k8s").iterdir())
+    assert first == ["job-gpt.yaml", "persistentvolumeclaim-gpt-runs.yaml", "service-gpt.yaml"]
+    assert cli.main([*base, "--kind", "indexedjob", "--name", "gpt", "--gpus-per-node", "8", "-o", out]) == 0
+    capsys.readouterr()
+    for other in (["--kind", "pytorchjob", "--name", "gpt"], ["--kind", "trainjob", "--name", "gpt"],
+                  ["--kind", "indexedjob", "--name", "bert"]):
+        assert cli.main([*base, *other, "-o", out]) == exitcodes.CONFIG
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "job-gpt.yaml already holds Job 'gpt'" in err, err
+    assert sorted(p.name for p in (tmp_path / "k8s").iterdir()) == first  # nothing half-written
+    assert cli.main([*base, "--kind", "pytorchjob", "--name", "gpt-v1", "-o", f"{tmp_path}/k8s-v1/"]) == 0
+    assert (tmp_path / "k8s-v1" / "pytorchjob-gpt-v1.yaml").is_file()

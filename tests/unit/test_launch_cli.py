@@ -17,7 +17,7 @@ import pytest
 
 from launch.__main__ import _delegate
 from launch.cluster import resolve
-from launch.modes import build
+from launch.modes import DEFAULT_INIT_TIMEOUT_S, build
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_DIR = ROOT / "tests" / "distributed"
@@ -45,7 +45,8 @@ def dry_run(*args: str, **env: str) -> tuple[list[str], dict[str, str]]:
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln and not ln.startswith("#")]
     added = dict(ln[len("export "):].split("=", 1) for ln in lines if ln.startswith("export "))
-    (command,) = [ln for ln in lines if not ln.startswith("export ")]
+    added.update((ln[len("unset "):], None) for ln in lines if ln.startswith("unset "))  # None = removed
+    (command,) = [ln for ln in lines if not ln.startswith(("export ", "unset "))]
     return shlex.split(command), added
 
 
@@ -89,12 +90,41 @@ def test_ddp_two_nodes_from_the_environment():
     assert "--rdzv-endpoint=tj-node-0-0.tj:29400" in argv and "--nnodes=2" in argv
 
 
+def _conf(argv: list[str]) -> dict[str, str]:
+    (conf,) = [a.split("=", 1)[1] for a in argv if a.startswith("--rdzv-conf=")]  # torchrun keeps only the last
+    return dict(item.split("=", 1) for item in conf.split(","))
+
+
 def test_local_addr_marks_the_rendezvous_host():
     base = ("ddp", "--nnodes", "2", "--rdzv-endpoint", "10.99.0.1:29555", "-c", "c.yaml")
     host, _ = dry_run(*base, "--local-addr", "10.99.0.1")
     other, _ = dry_run(*base, "--local-addr", "10.99.0.2")
-    assert "--rdzv-conf=is_host=1" in host and "--rdzv-conf=is_host=0" in other
+    assert _conf(host)["is_host"] == "1" and "is_host" not in _conf(other)  # torchrun's own rule for the rest
     assert "--local-addr=10.99.0.2" in other
+    env_addr, _ = dry_run(*base, LAUNCH_LOCAL_ADDR="10.99.0.1")  # the entrypoint's way to say it
+    assert "--local-addr=10.99.0.1" in env_addr and _conf(env_addr)["is_host"] == "1"
+
+
+def test_init_timeout_bounds_the_rendezvous_in_one_rdzv_conf(tmp_path):
+    base = ("ddp", "--nnodes", "2", "--rdzv-endpoint", "10.99.0.1:29555")
+    argv, _ = dry_run(*base, "dist.init_timeout_s=7")
+    assert {k: _conf(argv)[k] for k in ("join_timeout", "read_timeout")} == {"join_timeout": "7", "read_timeout": "4"}
+    config = tmp_path / "c.yaml"
+    config.write_text("dist:\n  init_timeout_s: 42.5\n")
+    argv, _ = dry_run(*base, "-c", str(config))
+    assert _conf(argv)["join_timeout"] == "43"
+    argv, _ = dry_run(*base)
+    assert _conf(argv)["join_timeout"] == str(DEFAULT_INIT_TIMEOUT_S)
+    # An elastic PyTorchJob's PET_RDZV_CONF (elastic.go) is merged into the one flag; its keys win.
+    argv, added = dry_run(*base, PET_RDZV_CONF="join_timeout=900,foo=bar")
+    assert _conf(argv) == {"join_timeout": "900", "read_timeout": "150", "foo": "bar"}
+    assert added["PET_RDZV_CONF"] is None  # unset: torchrun must not read it a second time
+
+
+def test_default_init_timeout_is_the_trainers():
+    from trainer.schema import DistConfig
+
+    assert DistConfig().init_timeout_s == DEFAULT_INIT_TIMEOUT_S
 
 
 def test_fsdp_is_torchrun_with_fsdp_strategy():
@@ -237,3 +267,51 @@ def test_dry_run_and_env_do_not_import_torch():
             "print('torch' in sys.modules, 'accelerate' in sys.modules, file=sys.stderr)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=clean_env())
     assert proc.stderr.split() == ["False", "False"], proc.stderr
+
+
+def test_store_host_is_found_on_any_interface_not_by_host_name(monkeypatch):
+    """The multi-homed node: the endpoint's name resolves to the fabric address of node A, a second interface that
+    A's own host name does not resolve to (torchrun's rule then makes nobody the host). The old --local-addr rule
+    compared the name with the address (is_host=int("nodeA" == "198.18.0.1") = 0 on every node)."""
+    from launch import addrs
+
+    monkeypatch.setattr(addrs, "resolve", lambda host: {"nodeA": ["198.18.0.1"]}.get(host, []))
+    c = resolve({}, {"nnodes": "2", "rdzv_endpoint": "nodeA:29400"})
+
+    def conf(local: set[str], local_addr: str | None = None) -> dict:
+        plan = build("ddp", c, None, gpus=lambda: 0, cpus=2, env={}, local_addrs=lambda: local, local_addr=local_addr,
+                     route=lambda host: None)
+        return _conf(plan.argv)
+
+    assert conf({"10.0.0.5", "198.18.0.1"})["is_host"] == "1"  # node A: management NIC + fabric NIC
+    assert "is_host" not in conf({"10.0.0.6", "198.18.0.2"})  # node B: torchrun's rule (not the host)
+    assert conf({"10.0.0.5"}, local_addr="198.18.0.1")["is_host"] == "1"  # the README's --local-addr advice
+    assert "is_host" not in conf({"10.0.0.6"}, local_addr="198.18.0.2")
+    monkeypatch.setattr(addrs, "resolve", lambda host: ["127.0.0.1"])  # several agents on one machine
+    assert "is_host" not in conf({"127.0.0.1"})
+
+
+def test_a_fixed_endpoint_decides_whatever_dns_says(monkeypatch):
+    from launch import addrs
+
+    monkeypatch.setattr(addrs, "resolve", lambda host: [])  # the master's name does not resolve yet
+    for rank in (0, 1):
+        c = resolve({"JOB_COMPLETION_INDEX": str(rank), "LAUNCH_NNODES": "2", "LAUNCH_MASTER_ADDR": "train-0.train"})
+        plan = build("ddp", c, None, gpus=lambda: 0, cpus=2, env={}, local_addrs=lambda: {"10.0.0.9"})
+        assert _conf(plan.argv)["is_host"] == str(int(rank == 0))
+        assert plan.rdzv_client == (rank == 1)  # node 1 waits for the store within the timeout, then joins
+
+
+def test_the_advertised_address_is_the_route_to_the_endpoint():
+    """Without --local-addr torchrun advertises socket.getfqdn(), which on a multi-homed node names the management
+    network; the source address on the route to the endpoint is on the network the nodes share."""
+    c = resolve({}, {"nnodes": "2", "rdzv_endpoint": "nodeA:29400"})
+    seen = []
+    plan = build("ddp", c, None, gpus=lambda: 0, cpus=2, env={}, local_addrs=lambda: set(),
+                 route=lambda host: seen.append(host) or "198.18.0.2")
+    assert "--local-addr=198.18.0.2" in plan.argv and seen == ["nodeA"]
+    plan = build("ddp", c, None, gpus=lambda: 0, cpus=2, env={"LAUNCH_LOCAL_ADDR": "10.1.1.1"},
+                 local_addrs=lambda: set(), route=lambda host: "198.18.0.2")
+    assert "--local-addr=10.1.1.1" in plan.argv  # an explicit address wins
+    one = build("ddp", resolve({}), None, gpus=lambda: 0, cpus=2, env={}, route=lambda host: "198.18.0.2")
+    assert not [a for a in one.argv if a.startswith("--local-addr")]  # standalone: nothing to advertise

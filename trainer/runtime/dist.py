@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import ConfigError
+from . import workerenv
 
 log = logging.getLogger("trainer")
 
@@ -43,11 +44,6 @@ class DistState:
         return self.backend is not None
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else default
-
-
 def pick_device(choice: str, local_rank: int) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -69,10 +65,8 @@ def init(
     `force_group` makes a group of one (ddp/fsdp asked for on a single process, e.g. the GPU check's
     "DDP with one NCCL process"); without torchrun's variables it rendezvous on a free loopback port.
     """
-    rank = _env_int("RANK", 0)
-    world = _env_int("WORLD_SIZE", 1)
-    local_rank = _env_int("LOCAL_RANK", 0)
-    local_world = _env_int("LOCAL_WORLD_SIZE", 1)
+    env = workerenv.read(os.environ)  # the launcher's rules: a bad value is exit 2, not a hang or traceback
+    rank, world, local_rank, local_world = env.rank, env.world_size, env.local_rank, env.local_world_size
     device = pick_device(device_choice, local_rank)
     state = DistState(rank, local_rank, world, local_world, device)
     if force_group and world == 1 and "MASTER_ADDR" not in os.environ:
@@ -92,9 +86,7 @@ def init(
             # NCCL Flight Recorder: a ring buffer of recent collectives, dumped per rank on a timeout.
             os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000")
             os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1")
-        # The group's own timeout is a backstop: the trainer's watchdog (runtime.watchdog) fires first, at
-        # collective_timeout_s, and names the stalled rank, which gloo's timeout error does not.
-        backstop = datetime.timedelta(seconds=2 * collective_timeout_s + 10)
+        backstop = datetime.timedelta(seconds=backstop_s(collective_timeout_s))
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=backstop, **kwargs)
         state.backend = backend
         # Control traffic (preemption flag, async checkpoint) must not queue behind training collectives.
@@ -102,8 +94,19 @@ def init(
     return state
 
 
-def add_groups(state: DistState, timeout_s: float) -> None:
-    timeout = datetime.timedelta(seconds=timeout_s)
+def backstop_s(collective_timeout_s: float) -> float:
+    """The timeout of every process group: later than the watchdog's, so the watchdog always fires first.
+
+    The watchdog (runtime.watchdog) fires at collective_timeout_s and names the stalled rank and where; a group
+    that timed out at the same moment would end the healthy rank first with gloo's rank-less error (seen with
+    the side groups at collective_timeout_s: a rank stopped with SIGSTOP mid-run, 2 of 3 trials).
+    """
+    return 2 * collective_timeout_s + 10
+
+
+def add_groups(state: DistState, collective_timeout_s: float) -> None:
+    """The gloo side groups: control traffic (preemption flag, checkpoint barriers) and DCP's collectives."""
+    timeout = datetime.timedelta(seconds=backstop_s(collective_timeout_s))
     state.side_group = dist.new_group(backend="gloo", timeout=timeout)
     state.ckpt_group = dist.new_group(backend="gloo", timeout=timeout)
 

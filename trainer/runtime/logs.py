@@ -23,11 +23,19 @@ def setup_logging(rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class _RankFileHandler(logging.FileHandler):
+    """A rank log that a full or vanished disk silences instead of printing a traceback per record: the
+    write that matters (checkpoint, metrics) reports the fault once, as exit 74."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.setLevel(logging.CRITICAL + 1)
+
+
 def add_rank_log(run_dir: str, rank: int, world_size: int) -> None:
     """``run_dir/logs/rank-N.log``, opened with one line saying who wrote it (tests and people count
     real processes by it)."""
     os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
-    fh = logging.FileHandler(os.path.join(run_dir, "logs", f"rank-{rank}.log"))
+    fh = _RankFileHandler(os.path.join(run_dir, "logs", f"rank-{rank}.log"))
     fh.setFormatter(logging.Formatter("%(asctime)s rank" + str(rank) + " %(levelname)s %(message)s"))
     fh.stream.write(f"rank {rank} pid {os.getpid()} host {socket.gethostname()} world {world_size}\n")
     logging.getLogger().addHandler(fh)

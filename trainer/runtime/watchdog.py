@@ -10,6 +10,7 @@ import faulthandler
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -22,8 +23,23 @@ from .dist import DistState
 log = logging.getLogger("trainer")
 
 
-# Order of the breadcrumbs inside one step: a rank at an earlier op of the same step is behind.
-OPS = ("data", "forward", "backward", "optimizer", "log", "eval", "checkpoint", "done")
+# Order of the breadcrumbs inside one step: a rank at an earlier op of the same step is behind. "agree" is the
+# preemption all-reduce on the side group; during a save, "checkpoint" is this rank's own work and "checkpoint
+# barrier" waiting for the others, so the rank still writing is the one behind.
+OPS = ("data", "forward", "backward", "optimizer", "log", "eval", "agree", "checkpoint", "checkpoint barrier",
+       "done")
+
+# Test hook: TRAINER_TEST_STALL_AT=OP:STEP:RANK[:stop|sleep] stalls RANK when it marks OP of STEP, by SIGSTOP of the
+# whole process (heartbeat included, as `kill -STOP` does) or by a sleep of the main thread. Normal runs never set it.
+STALL_ENV = "TRAINER_TEST_STALL_AT"
+
+
+def _stall_spec(rank: int) -> tuple[str, int, str] | None:
+    spec = os.environ.get(STALL_ENV)
+    if not spec:
+        return None
+    op, step, want_rank, how = (spec.split(":") + ["stop"])[:4]
+    return (op, int(step), how) if int(want_rank) == rank else None
 
 
 class Watchdog:
@@ -48,6 +64,7 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trainer-watchdog", daemon=True)
         self.store = _get_default_store()
+        self._stall = _stall_spec(state.rank)
 
     def start(self) -> None:
         self._thread.start()
@@ -57,6 +74,11 @@ class Watchdog:
 
     def mark(self, step: int, op: str) -> None:
         self.step, self.op, self.t_progress = step, op, time.monotonic()
+        if self._stall is not None and self._stall[:2] == (op, step):
+            self._publish()  # the breadcrumb of the stall point, as the heartbeat would have sent it
+            if self._stall[2] == "sleep":
+                time.sleep(3600)
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     def pause(self, paused: bool) -> None:
         """For phases that may legitimately take long without collectives (first compiled step)."""
@@ -96,7 +118,8 @@ class Watchdog:
             if r not in peers or now - peers[r]["t"] > max(3 * self.interval, 2.0)
         )
         if stale:
-            return stale, "no heartbeat (process dead or frozen)"
+            seen = [f"{peers[r]['op']} of step {peers[r]['step']}" for r in stale if r in peers]
+            return stale, "no heartbeat" + (f" since {seen[0]}" if len(seen) == 1 else "") + " (process dead or frozen)"
         pos = {r: (p["step"], OPS.index(p["op"]) if p["op"] in OPS else -1) for r, p in peers.items()}
         low = min(pos.values())
         behind = sorted(r for r, v in pos.items() if v == low)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import platform
 import random
 import shutil
@@ -166,26 +167,62 @@ class CheckpointDir:
         ]
 
     def latest_pointer(self) -> Optional[str]:
+        """The checkpoint `latest` names; None (with a warning) if missing or not a plain name in here."""
         p = os.path.join(self.root, LATEST)
         if not os.path.isfile(p):
             return None
-        with open(p, encoding="utf-8") as fh:
-            name = fh.read().strip()
-        return os.path.join(self.root, name) if name else None
+        try:
+            with open(p, encoding="utf-8") as fh:
+                name = fh.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning(
+                "checkpoint pointer %s is unreadable (%s); looking at the checkpoints themselves", p, e
+            )
+            return None
+        if not name:
+            return None
+        if os.path.isabs(name) or os.path.basename(name) != name or name in (".", ".."):
+            log.warning("checkpoint pointer %s names %r, outside %s; ignored", p, name[:200], self.root)
+            return None
+        return os.path.join(self.root, name)
 
     def find_resumable(self) -> Optional[str]:
-        """The `latest` checkpoint if it verifies, else the newest older one that does."""
+        """The `latest` checkpoint if it verifies, else the newest older one that does.
+
+        None when there is no checkpoint at all; CheckpointError naming every problem when there are some
+        and none is usable. ``self.unusable`` lists those that failed (never to be deleted by a prune).
+        """
         candidates = []
         ptr = self.latest_pointer()
         if ptr:
             candidates.append(ptr)
         candidates += [c for c in self.committed() if c != ptr and (ptr is None or c < ptr)]
+        problems = []
+        self.unusable: list[str] = []
         for c in candidates:
             problem = verify(c)
             if problem is None:
                 return c
             log.warning("checkpoint %s is unusable (%s); trying the previous one", c, problem)
+            problems.append(f"{os.path.basename(c)}: {problem}")
+            if os.path.isdir(c):
+                self.unusable.append(c)
+        if problems:
+            raise CheckpointError(f"no usable checkpoint in {self.root} ({'; '.join(problems)})")
         return None
+
+    def set_aside(self, paths: list[str]) -> list[str]:
+        """Move checkpoints that could not be read to ``unusable-step-N`` (never deleted, never resumed)."""
+        moved = []
+        for c in paths:
+            dst = os.path.join(self.root, "unusable-" + os.path.basename(c))
+            i = 1
+            while os.path.exists(dst):
+                i += 1
+                dst = os.path.join(self.root, f"unusable-{os.path.basename(c)}-{i}")
+            os.rename(c, dst)
+            moved.append(dst)
+        return moved
 
     # ------------------------------------------------------------------ writing
     # A save is three verbs so that the middle one can run in a background thread (async saves):
@@ -266,10 +303,25 @@ class CheckpointDir:
         sharded: Optional[dict] = None,
         group=None,
     ) -> str:
-        """Synchronous save. Collective: every rank calls it; rank 0 passes the gathered `state`."""
-        self.begin(step, rank, barrier)
-        self.write(step, rank, state, rng_state(), sharded, group)
-        return self.commit(step, rank, world_size, manifest_extra, barrier)
+        """Synchronous save. Collective: every rank calls it; rank 0 passes the gathered `state`.
+
+        A write the storage refuses (disk full, ...) removes its temp dir (space for the next try) and
+        re-raises; `latest` still names the previous checkpoint.
+        """
+        try:
+            self.begin(step, rank, barrier)
+            self.write(step, rank, state, rng_state(), sharded, group)
+            return self.commit(step, rank, world_size, manifest_extra, barrier)
+        except OSError:
+            self.discard(step)
+            raise
+        except RuntimeError as e:  # torch.save reports ENOSPC as "unexpected pos", the OSError chained
+            if isinstance(e.__cause__ or e.__context__, OSError):
+                self.discard(step)
+            raise
+
+    def discard(self, step: int) -> None:
+        shutil.rmtree(self.tmp_dir(step), ignore_errors=True)
 
     def best(self, k: int) -> list[str]:
         """The k best committed checkpoints by the ``monitor`` record of their manifests, best first."""
@@ -312,18 +364,65 @@ def read_manifest(ckpt: str) -> dict:
         return json.load(fh)
 
 
+def _manifest_problem(manifest: Any) -> Optional[str]:
+    if not isinstance(manifest, dict):
+        return "manifest is not a JSON object"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return "manifest lists no files"
+    for name, digest in files.items():
+        if not isinstance(name, str) or not isinstance(digest, str):
+            return f"manifest entry {name!r} is malformed"
+        if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+            return f"manifest names a file outside the checkpoint: {name!r}"
+    if STATE not in files and not any(n.startswith(DCP + "/") for n in files):
+        return f"manifest lists no {STATE} and no {DCP}/"
+    if not isinstance(manifest.get("step"), int):
+        return "manifest has no step"
+    return None
+
+
+def _load_problem(name: str, e: BaseException) -> str:
+    if isinstance(e, pickle.UnpicklingError):
+        return f"{name} refused: it holds objects other than tensors and plain data (weights_only load)"
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{name} cannot be loaded ({type(e).__name__}: {first})"
+
+
+def _probe_load(path: str) -> Optional[str]:
+    """Whether a torch file loads with weights_only (the pickle is parsed; zip files are memory-mapped)."""
+    try:
+        with open(path, "rb") as fh:
+            is_zip = fh.read(4) == b"PK\x03\x04"
+        torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except Exception as e:  # UnpicklingError for a refused object, RuntimeError for a torn zip, ...
+        return _load_problem(os.path.basename(path), e)
+    return None
+
+
 def verify(ckpt: str) -> Optional[str]:
-    """None if every file matches the manifest's checksum, else what is wrong."""
+    """None if the manifest is sound, every file matches its checksum and loads with weights_only;
+    else what is wrong (the caller then tries the previous checkpoint)."""
     try:
         manifest = read_manifest(ckpt)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         return f"manifest unreadable: {e}"
-    for name, digest in manifest.get("files", {}).items():
+    problem = _manifest_problem(manifest)
+    if problem:
+        return problem
+    for name, digest in manifest["files"].items():
         p = os.path.join(ckpt, name)
         if not os.path.isfile(p):
             return f"missing {name}"
-        if sha256_file(p) != digest:
-            return f"checksum mismatch in {name}"
+        try:
+            if sha256_file(p) != digest:
+                return f"checksum mismatch in {name}"
+        except OSError as e:
+            return f"{name} unreadable: {e.strerror or e}"
+        if name.endswith(".pt"):
+            problem = _probe_load(p)
+            if problem:
+                return problem
     return None
 
 
@@ -361,7 +460,7 @@ def resolve(path: str) -> str:
         if os.path.isdir(root) and (
             os.path.isfile(os.path.join(root, LATEST)) or any(n.startswith("step-") for n in os.listdir(root))
         ):
-            found = CheckpointDir(root).find_resumable()
+            found = CheckpointDir(root).find_resumable()  # raises when every one is unusable
             if found:
                 return found
     raise CheckpointError(f"{path!r}: no usable checkpoint found")
@@ -375,7 +474,14 @@ def load_state(
         problem = verify(ckpt)
         if problem:
             raise CheckpointError(f"checkpoint {ckpt}: {problem}")
-    state = torch.load(os.path.join(ckpt, STATE), map_location=map_location, weights_only=True)
-    rng_path = os.path.join(ckpt, f"rng-rank{rank:05d}.pt")
-    rng = torch.load(rng_path, map_location="cpu", weights_only=True) if os.path.isfile(rng_path) else None
+    try:
+        state = torch.load(os.path.join(ckpt, STATE), map_location=map_location, weights_only=True)
+        rng_path = os.path.join(ckpt, f"rng-rank{rank:05d}.pt")
+        rng = (
+            torch.load(rng_path, map_location="cpu", weights_only=True) if os.path.isfile(rng_path) else None
+        )
+    except Exception as e:  # a refused pickle (UnpicklingError) or a torn file: one line, not a traceback
+        raise CheckpointError(f"checkpoint {ckpt}: {_load_problem(STATE, e)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {ckpt}: {STATE} does not hold a state dict")
     return state, rng

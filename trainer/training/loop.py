@@ -19,14 +19,14 @@ from ..config import Config, ConfigError, active_trackers, config_hash, from_dic
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
 from ..exitcodes import INTERNAL, NONFINITE, OK, PREEMPTED
-from ..runtime import dist
+from ..runtime import dist, storage
 from ..runtime.logs import rank_log_stream
 from ..runtime.memory import write_oom_snapshot
 from ..runtime.signals import PreemptionWatch
 from ..runtime.watchdog import NoWatchdog, Watchdog
 from . import checkpoint as ckpt
-from . import provenance
-from .metrics import Metrics, Stopwatch, peak_flops
+from . import provenance, resume
+from .metrics import Metrics, Stopwatch, close_progress, peak_flops, plot_or_warn, read_history, trim_rows
 from .monitor import Monitor
 from .optim import build_scheduler
 from .profiler import Profiler
@@ -122,13 +122,20 @@ class Trainer:
         mon = sd.get("monitor") or {}  # checkpoints from before checkpoint.monitor have none
         self.monitor.best, self.monitor.best_step = mon.get("best"), mon.get("best_step")
         self.monitor.since_best = mon.get("since_best", 0)
+        w = sd.get("window")  # older checkpoints have none: the next row then covers fewer steps
+        if w:
+            self.tally.restore(
+                *(x if self.state.is_main else 0 for x in (w["loss"], w["good"], w["bad_run"])), w["bad_max"]
+            )
 
     def resume_from(self, path: str) -> None:
         manifest = ckpt.read_manifest(path)
         saved_cfg = manifest.get("config")
+        changed: list = []
         if saved_cfg is not None:
             try:
-                diff = math_diff(from_dict(saved_cfg), self.cfg)
+                old_cfg = from_dict(saved_cfg)
+                diff, changed = math_diff(old_cfg, self.cfg), resume.changes(old_cfg, self.cfg)
             except ConfigError:
                 diff = ["<checkpoint config no longer valid>"]
             if diff and self.cfg.run.resume_config_change != "allow":
@@ -136,12 +143,14 @@ class Trainer:
                     f"run.resume: checkpoint {path} was trained with a different config in "
                     f"{', '.join(diff)}; set run.resume_config_change=allow to resume anyway"
                 )
+            resume.check_allowed(changed, path)
         state, rng = ckpt.load_state(path, rank=self.state.rank)
         if ckpt.is_sharded(path):
             self.strategy.load_sharded(self.optimizer, os.path.join(path, ckpt.DCP))
         else:
             self.strategy.load_full_state(self.optimizer, state["model"], state["optimizer"])
         self.load_state_dict(state)
+        self._apply_config_changes(changed)
         if rng is not None and manifest.get("world_size") == self.state.world_size:
             ckpt.set_rng_state(rng)
         else:  # different world size: fresh per-rank streams, still deterministic
@@ -160,7 +169,33 @@ class Trainer:
             manifest.get("world_size"),
         )
 
+    def _apply_config_changes(self, changed: list) -> None:
+        """Allowed config changes take effect: hyperparameters and the LR schedule from the new config."""
+        keys = {k for k, _, _ in changed}
+        total_changed = bool(keys & {"train.max_steps", "train.epochs"}) and self._schedule_moves
+        rebuilt = any(k.startswith("optim.") for k in keys) or total_changed
+        lr_before = self.scheduler.get_last_lr()[0]
+        if rebuilt:
+            self.scheduler = resume.rebuild_schedule(
+                self.optimizer, self.strategy.module, self.cfg, self.total_steps, self.progress.step
+            )
+        resume.report(changed, lr_before, self.scheduler.get_last_lr()[0], rebuilt)
+
     # ------------------------------------------------------------------ checkpoint
+    def _window(self) -> dict:
+        """The log window in progress (loss sum, good and bad steps since the last row), summed over ranks:
+        saved with a checkpoint so that a resumed run's next row covers the same steps as an uninterrupted
+        run's (collective)."""
+        loss_sum, good, bad_run, bad_max = self.tally.peek()
+        sums = dist.all_reduce_sum(self.state, torch.stack([loss_sum.double(), good.double()])).tolist()
+        bads = dist.all_reduce_max(self.state, torch.stack([bad_run.double(), bad_max.double()])).tolist()
+        return {"loss": sums[0], "good": sums[1], "bad_run": bads[0], "bad_max": bads[1]}
+
+    def _savable(self) -> bool:
+        """Never checkpoint non-finite parameters (collective): the previous checkpoint stays the newest.
+        (Skipped bad steps leave the parameters as they were, so a state inside a short streak is good.)"""
+        return dist.all_true(self.state, all(bool(torch.isfinite(p).all()) for p in self.params))
+
     def save(self, final: bool = False) -> Optional[str]:
         """Checkpoint the current step; async (checkpoint.async_save) except for the last save of a run."""
         t0 = time.perf_counter()
@@ -168,6 +203,16 @@ class Trainer:
         if self.metrics:
             self.metrics.flush()  # every row up to this step is written before its checkpoint exists
         self.watchdog.mark(step, "checkpoint")
+        storage.require_dir(self.run_dir)
+        if not self._savable():
+            log.warning(
+                "not checkpointing step %d: the parameters are non-finite; the newest checkpoint (%s) is "
+                "from before",
+                step,
+                self.saver.ckpts.latest_pointer() or "none",
+            )
+            return None
+        window = self._window()
         sharded, state = None, None
         if self.strategy.sharded:
             sharded = self.strategy.sharded_state(self.optimizer)
@@ -175,6 +220,7 @@ class Trainer:
             msd, osd = self.strategy.full_state(self.optimizer)
         if self.state.is_main:
             state = self.state_dict()
+            state["window"] = window
             if sharded is None:
                 state.update(model=msd, optimizer=osd)
         p = self.progress
@@ -253,6 +299,8 @@ class Trainer:
         steps, watch = self._since_log, self._watch
         self._since_log = 0
         self.watchdog.mark(self.progress.step, "log")
+        if self.state.is_main:
+            storage.require_dir(self.run_dir)  # a deleted run dir is an error, not silently written into
         if self.tally.on_host and not self.state.distributed:
             loss_sum, good, bad = self.tally.take()  # one CPU process: nothing to reduce
         else:
@@ -288,18 +336,35 @@ class Trainer:
             if self.metrics:
                 self.metrics.flush()  # the rows first, then the line that says why the run stops
             log.error(
-                "loss was non-finite for %d consecutive steps (train.max_bad_steps=%d): stopping at step %d "
-                "with the last good state",
+                "loss was non-finite for %d consecutive steps (train.max_bad_steps=%d): stopping at step %d; "
+                "the last good checkpoint is %s",
                 int(bad),
                 self.cfg.train.max_bad_steps,
                 self.progress.step,
+                self.saver.ckpts.latest_pointer() or "none (checkpoint.every_steps=0)",
             )
             return False
         return True
 
+    def _nonfinite_outcome(self) -> Optional[str]:
+        """Why the finished run is not a result (non-finite final loss, eval or parameters), or None."""
+        _, _, bad_run, _ = self.tally.peek()
+        if self.last_loss is None or not math.isfinite(self.last_loss):
+            return f"final loss is {self.last_loss}"
+        if bad_run.item():
+            return f"the run ended inside a streak of {int(bad_run.item())} non-finite step(s)"
+        bad = [k for k, v in self.last_eval.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            return f"final eval {bad[0]} is {self.last_eval[bad[0]]}"
+        if not dist.all_true(self.state, all(bool(torch.isfinite(p).all()) for p in self.params)):
+            return "final parameters are non-finite"
+        return None
+
     # ------------------------------------------------------------------ eval
     @torch.no_grad()
     def evaluate(self) -> dict:
+        if len(self.eval_ds) == 0:  # data.eval_fraction=0: no metric, rather than accuracy 0.0 on 0 samples
+            return {}
         s = self.strategy
         self.watchdog.mark(self.progress.step, "eval")
         s.model.eval()
@@ -324,6 +389,7 @@ class Trainer:
         p = self.progress
         if p.step >= self.total_steps:
             log.info("run already complete: step %d of %d; nothing to do", p.step, self.total_steps)
+            self._complete_outputs()
             return OK
         self._begin()
         t_start = time.perf_counter()
@@ -332,7 +398,7 @@ class Trainer:
             while p.step < self.total_steps and code == OK and not self.stopped_early:
                 code = self._run_epoch()
             if code == OK:
-                self._end(time.perf_counter() - t_start)
+                code = self._end(time.perf_counter() - t_start)
             elif code == PREEMPTED:
                 log.warning(
                     "preempted by signal: checkpoint at step %d saved; rerun the same command to resume",
@@ -345,6 +411,8 @@ class Trainer:
 
     def _begin(self) -> None:
         cfg = self.cfg
+        if self.state.is_main:
+            trim_rows(self.run_dir, self.progress.step)
         self.provenance = provenance.collect(self.state)  # collective: every rank's host name
         trackers = None
         if self.state.is_main:
@@ -352,13 +420,17 @@ class Trainer:
         self.metrics = Metrics(
             self.run_dir, self.state.is_main, cfg.log.progress, self.total_steps, self.progress.step, trackers
         )
+        read_history(self.metrics)
         self.preempt.install()
         if self.state.distributed:
             self.watchdog = Watchdog(self.state, cfg.dist.collective_timeout_s, rank_log_stream())
             self.watchdog.start()
+            self.saver.phase = lambda op: self.watchdog.mark(self.progress.step, op)
         self._watch = Stopwatch()
         self._since_log = 0
         self.strategy.model.train()
+        if len(self.eval_ds) == 0:
+            log.info("no evaluation: the eval split is empty (data.eval_fraction=%s)", cfg.data.eval_fraction)
         if cfg.profile.steps and self.state.is_main:
             self._profiler = Profiler(cfg.profile.steps, self.run_dir)
 
@@ -395,7 +467,9 @@ class Trainer:
         """Log, eval, save and the preemption check, each at its own interval; returns the exit code."""
         p, cfg = self.progress, self.cfg
         code = OK
-        if self._since_log >= cfg.log.every_steps or p.step == self.total_steps:
+        # rows on multiples of log.every_steps (not "every N since the last row"): a resumed run logs the
+        # same steps as an uninterrupted one
+        if p.step % cfg.log.every_steps == 0 or p.step == self.total_steps:
             if not self._log():
                 code = NONFINITE
         t_side = time.perf_counter()
@@ -404,8 +478,11 @@ class Trainer:
         if code == OK and every and p.step % every == 0 and p.step < self.total_steps:
             best = self._judge(self.evaluate())
         self.saver.poll(p.step)
+        self.watchdog.mark(p.step, "agree")  # the preemption all-reduce (side group)
         stop = code != OK or self.preempt.agreed()
-        if stop:
+        if stop and code == NONFINITE:
+            self.saver.finish(p.step)  # commit an in-flight (good) write; no checkpoint of the bad state
+        elif stop:
             self.save(final=True)
         elif best or (cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0):
             self.save()
@@ -424,17 +501,48 @@ class Trainer:
             log.info(self.monitor.stop_line(self.progress.step))
         return keep
 
-    def _end(self, wall: float) -> None:
+    def _end(self, wall: float) -> int:
         """A run that reached its last step (or stopped early): last log row, final eval, final checkpoint,
-        summary."""
+        summary.
+
+        Returns NONFINITE (no final checkpoint, no export) when the result is not finite."""
         if self._since_log:
             self._log()
         if self._eval_step != self.progress.step:
             self._judge(self.evaluate(), final=True)
+        problem = self._nonfinite_outcome()
+        if problem:
+            self.saver.finish(self.progress.step)
+            log.error(
+                "the run is not a result: %s; no final checkpoint or weights were written (the last good "
+                "checkpoint is %s)",
+                problem,
+                self.saver.ckpts.latest_pointer() or "none",
+            )
+            self._finish(wall)
+            return NONFINITE
         if self.saver.saved_at != self.progress.step:
             self.save(final=True)
         self.saver.finish(self.progress.step)
         self._finish(wall)
+        return OK
+
+    def _complete_outputs(self) -> None:
+        """A complete run resumed again (e.g. killed after its final checkpoint): write what is missing."""
+        want = ["summary.json"] + (["loss.png"] if self.cfg.log.plot else [])
+        missing = [n for n in want if not os.path.exists(os.path.join(self.run_dir, n))]
+        if not missing or not self.state.is_main:
+            return
+        log.info("run already complete: regenerating %s", ", ".join(missing))
+        self.metrics = Metrics(self.run_dir, True, "off", self.total_steps, self.progress.step)
+        try:
+            read_history(self.metrics)
+            train_rows = self.metrics.history
+            self.last_loss = train_rows[-1]["loss"] if train_rows else None
+            self.last_eval = {k: v for k, v in (self.metrics.evals or [{}])[-1].items() if k != "step"}
+            self._finish(None)
+        finally:
+            self.metrics.close()
 
     def _close(self, code: int) -> None:
         if self._profiler:
@@ -444,7 +552,7 @@ class Trainer:
         if self.metrics:
             self.metrics.close(self._summary, code)
 
-    def _finish(self, wall: float) -> None:
+    def _finish(self, wall: Optional[float]) -> None:
         if not self.state.is_main:
             return
         self.metrics.flush()  # the last rows on the console before the "done" line
@@ -452,9 +560,10 @@ class Trainer:
             "steps": self.progress.step,
             "epochs": self.progress.epoch,
             "samples": self.progress.samples_total,
-            "final_loss": self.last_loss,
+            # as metrics.jsonl has it (6 decimals), so a summary regenerated from it is the same
+            "final_loss": round(self.last_loss, 6) if self.last_loss is not None else None,
             "eval": self.last_eval,
-            "wall_time_s": round(wall, 3),
+            "wall_time_s": round(wall, 3) if wall is not None else None,  # None: regenerated afterwards
             "compile_time_s": self.compile_time_s,
             "world_size": self.state.world_size,
             "strategy": self.strategy.mode,
@@ -469,13 +578,14 @@ class Trainer:
         self._summary = summary
         self.metrics.write_summary(summary)
         if self.cfg.log.plot:
-            self.metrics.plot()
+            plot_or_warn(self.metrics)
+        close_progress(self.metrics)  # the finished bar once, then the closing line below it
         ev = "  ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if k != "samples")
         log.info(
             "done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s",
             self.progress.step,
-            wall,
-            summary["final_loss"] or float("nan"),
+            wall or 0.0,
+            summary["final_loss"] if summary["final_loss"] is not None else float("nan"),
             ev,
             self.run_dir,
         )

@@ -18,10 +18,11 @@ from typing import Optional
 
 import psutil
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .checkpoint import atomic_write_text
 from .plots import plot_run
-from .rowwriter import RowWriter, yield_gil
+from .rowwriter import RowWriter, strict_json, yield_gil
 from .trackers import Trackers
 
 log = logging.getLogger("trainer")
@@ -89,10 +90,19 @@ def eval_line(row: dict) -> str:
     return f"eval @ step {row['step']}: {msg}"
 
 
-def _console(batch: list[tuple[str, dict]]) -> None:
-    for kind, row in batch:
-        log.info(train_line(row) if kind == "train" else eval_line(row))
-        yield_gil()
+def console_sink(train_lines: bool):
+    """The console lines of a batch of rows: eval lines always (timestamped; through the bar while it is
+    shown), train lines when no progress bar shows them."""
+
+    def sink(batch: list[tuple[str, dict]]) -> None:
+        for kind, row in batch:
+            if kind == "eval":
+                log.info(eval_line(row))
+            elif train_lines:
+                log.info(train_line(row))
+            yield_gil()
+
+    return sink
 
 
 class Metrics:
@@ -120,7 +130,8 @@ class Metrics:
             self._bar = tqdm(
                 total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr
             )
-        sinks = {} if self._bar is not None else {"console": _console}
+            open_progress(self)
+        sinks = {"console": console_sink(train_lines=self._bar is None)}
         sinks.update(trackers.sinks() if trackers else {})
         fh = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
         self._writer = RowWriter(fh, sinks)
@@ -134,8 +145,8 @@ class Metrics:
         self.history.append(row)
         self._writer.put("train", row)
         if self._bar is not None:
+            self._bar.set_postfix(progress_postfix(row), refresh=False)  # drawn by the update, once
             self._bar.update(row["step"] - self._bar.n)
-            self._bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
 
     def log_eval(self, step: int, result: dict) -> None:
         if not self.enabled:
@@ -143,8 +154,6 @@ class Metrics:
         row = {"step": step, **result}
         self.evals.append(row)
         self._writer.put("eval", row)
-        if self._bar is not None:
-            self._bar.write(eval_line(row))
 
     def flush(self) -> None:
         """Every row so far written (before a checkpoint is saved, and before the loop says something the
@@ -165,7 +174,8 @@ class Metrics:
     def write_summary(self, summary: dict) -> None:
         if not self.enabled:
             return
-        atomic_write_text(os.path.join(self.run_dir, "summary.json"), json.dumps(summary, indent=1))
+        text = json.dumps(strict_json(summary), indent=1, allow_nan=False)
+        atomic_write_text(os.path.join(self.run_dir, "summary.json"), text)
 
     def plot(self) -> Optional[str]:
         if not self.enabled:
@@ -179,11 +189,92 @@ class Metrics:
             if writer is not None:
                 writer.close()
         finally:
-            if self._bar is not None:
-                self._bar.close()
-                self._bar = None
+            close_progress(self)
             if self.trackers:
                 self.trackers.finish(summary, code)
+
+
+def open_progress(metrics: Metrics) -> None:
+    """While the bar is shown, console log lines go through tqdm.write (above the bar, not glued to it)."""
+    metrics._redirect = logging_redirect_tqdm()
+    metrics._redirect.__enter__()
+
+
+def close_progress(metrics: Metrics) -> None:
+    """Close the bar once (its final state printed once), then give the console handler back."""
+    bar, metrics._bar = metrics._bar, None
+    if bar is not None:
+        bar.close()
+    redirect = getattr(metrics, "_redirect", None)
+    if redirect is not None:
+        metrics._redirect = None
+        redirect.__exit__(None, None, None)
+
+
+def progress_postfix(row: dict) -> dict:
+    """loss, lr and throughput (tokens/s for language models, samples/s otherwise) for the bar."""
+    out = {"loss": f"{row['loss']:.4f}" if row.get("loss") is not None else "nan", "lr": f"{row['lr']:.2e}"}
+    if "tokens_per_s" in row:
+        out["tok/s"] = f"{row['tokens_per_s']:.0f}"
+    else:
+        out["samples/s"] = f"{row['samples_per_s']:.0f}"
+    return out
+
+
+def _rows(path: str) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except ValueError:  # a torn last line from a killed run
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+    return rows
+
+
+def trim_rows(run_dir: str, step: int) -> None:
+    """On resume from `step`: drop rows logged after it (they are logged again, identically), so metrics.jsonl
+    reads as one uninterrupted run. Atomic rewrite."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return
+    rows = _rows(path)
+    keep = [r for r in rows if r["step"] <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, allow_nan=False) + "\n" for r in keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    if len(keep) < len(rows):
+        log.info(
+            "metrics.jsonl: %d row(s) after step %d dropped (they are logged again)",
+            len(rows) - len(keep),
+            step,
+        )
+
+
+def read_history(metrics: Metrics) -> None:
+    """Earlier rows of this run (before a resume) into ``metrics.history`` / ``evals``: loss.png and a
+    regenerated summary cover the whole run."""
+    path = os.path.join(metrics.run_dir, "metrics.jsonl")
+    if not metrics.enabled or not os.path.isfile(path):
+        return
+    rows = _rows(path)
+    metrics.history[:0] = [r for r in rows if not r.get("eval") and r.get("loss") is not None]
+    metrics.evals[:0] = [{k: v for k, v in r.items() if k != "eval"} for r in rows if r.get("eval")]
+
+
+def plot_or_warn(metrics: Metrics) -> None:
+    """loss.png, or one warning: a plot never costs the run its weights or its exit code."""
+    try:
+        metrics.plot()
+    except ImportError:
+        log.warning("loss.png skipped: matplotlib is not installed (pip install 'torchrunner[plot]')")
+    except Exception as e:
+        log.warning("loss.png skipped: plotting failed: %s: %s", type(e).__name__, e)
 
 
 class Stopwatch:

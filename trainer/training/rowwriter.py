@@ -36,9 +36,23 @@ def yield_gil() -> None:
     time.sleep(0)
 
 
+def strict_json(obj):
+    """NaN and Inf as null: metrics.jsonl and summary.json stay strict JSON (a bare NaN is not JSON)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def json_line(kind: str, row: dict) -> str:
-    clean = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()}
-    return json.dumps({"eval": True, **clean} if kind == "eval" else clean) + "\n"
+    """One metrics.jsonl line: floats to 6 decimals, non-finite ones as null."""
+    clean = {
+        k: (round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in row.items()
+    }
+    return json.dumps({"eval": True, **clean} if kind == "eval" else clean, allow_nan=False) + "\n"
 
 
 class RowWriter:

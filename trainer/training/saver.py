@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from ..config import Config
-from ..runtime import dist
+from ..runtime import dist, storage
 from .checkpoint import CheckpointDir, CheckpointError, rng_state
 
 log = logging.getLogger("trainer")
@@ -38,9 +38,14 @@ class Saver:
                 lambda done: dist.all_true(state, done),
             )
         self.saved_at = -1  # the step of the last save started (or resumed from)
+        # The loop's watchdog breadcrumb: called with "checkpoint barrier" before each barrier and "checkpoint"
+        # after it, so that the watchdog names the rank still writing when the others wait.
+        self.phase: Callable[[str], None] = lambda op: None
 
     def _barrier(self) -> None:
+        self.phase("checkpoint barrier")
         dist.barrier(self.state)
+        self.phase("checkpoint")
 
     def save(
         self, step: int, state: Optional[dict], extra: dict, sharded: Optional[dict], final: bool, t0: float
@@ -56,24 +61,43 @@ class Saver:
                 time.perf_counter() - t0,
             )
             return self.finish(step) if final else None
-        path = self.ckpts.save(
-            step,
-            self.state.rank,
-            self.state.world_size,
-            state,
-            extra,
-            self._barrier,
-            sharded,
-            self.state.ckpt_group,
-        )
+        try:
+            path = self.ckpts.save(
+                step,
+                self.state.rank,
+                self.state.world_size,
+                state,
+                extra,
+                self._barrier,
+                sharded,
+                self.state.ckpt_group,
+            )
+        except Exception as e:
+            self._raise_storage(e, step)
+            raise
         log.info("checkpoint step %d saved in %.2fs -> %s", step, time.perf_counter() - t0, path)
         return path
+
+    def _raise_storage(self, e: BaseException, step: int) -> None:
+        """A write the storage refused: StorageError naming the checkpoint (exit 74); `latest` unchanged."""
+        fault = storage.describe(e, where=self.ckpts.tmp_dir(step))
+        if fault:
+            self.ckpts.discard(step)  # free what the failed write took; the next try starts clean
+            latest = self.ckpts.latest_pointer()
+            raise storage.StorageError(
+                f"{fault} while writing checkpoint step {step}; "
+                + (f"the previous checkpoint {latest} is intact" if latest else "no earlier checkpoint")
+            ) from e
 
     def poll(self, step: int) -> None:
         """At a step boundary: commit an async write that every rank has finished."""
         if self.writer is not None and self.writer.in_flight:
             started = self.writer.step
-            path = self.writer.poll()
+            try:
+                path = self.writer.poll()
+            except Exception as e:
+                self._raise_storage(e, started)
+                raise
             if path:
                 log.info(
                     "checkpoint step %d committed at step %d (async: %d steps ran during the write) -> %s",
@@ -88,7 +112,11 @@ class Saver:
         if self.writer is None or not self.writer.in_flight:
             return None
         started = self.writer.step
-        path = self.writer.wait()
+        try:
+            path = self.writer.wait()
+        except Exception as e:
+            self._raise_storage(e, started)
+            raise
         log.info("checkpoint step %d committed at step %d -> %s", started, step, path)
         return path
 

@@ -8,7 +8,10 @@ state dicts for checkpoints, so one checkpoint format serves every mode and worl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
+from collections.abc import Mapping
 from typing import Optional
 
 import torch
@@ -20,6 +23,50 @@ from ..runtime.dist import DistState
 log = logging.getLogger("trainer")
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# What `accelerate launch` tells the processes it starts (accelerate/utils/launch.py, prepare_*_env): its
+# --mixed_precision, --dynamo_backend, --use_fsdp and --use_deepspeed choices.
+ACCELERATE_PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+def adopt_accelerate_launch(cfg: Config, env: Optional[Mapping[str, str]] = None) -> tuple[Config, Optional[str]]:
+    """Under ``accelerate launch``: train.strategy=auto becomes accelerate, and its --mixed_precision is honoured
+    (train.precision=fp32, the default, takes it) or refused (another precision set, fp8); what the accelerate
+    strategy does not configure (--use_fsdp, --use_deepspeed, --dynamo_backend) is refused. Returns the config
+    and the line to log (None when nothing changed); without accelerate's variables, ``cfg`` as it is.
+    """
+    env = os.environ if env is None else env
+    if "ACCELERATE_MIXED_PRECISION" not in env:
+        return cfg, None
+    mp = env["ACCELERATE_MIXED_PRECISION"].strip().lower()
+    t = cfg.train
+    for var, flag, fix in (("ACCELERATE_USE_FSDP", "--use_fsdp", "train.strategy=fsdp (python -m launch fsdp)"),
+                           ("ACCELERATE_USE_DEEPSPEED", "--use_deepspeed", "ddp or fsdp")):
+        if env.get(var, "").strip().lower() in ("true", "1"):
+            raise ConfigError(f"accelerate launch {flag} ({var}): the trainer does not configure it; use {fix}")
+    dynamo = env.get("ACCELERATE_DYNAMO_BACKEND", "no").strip().lower()
+    if dynamo not in ("", "no"):
+        raise ConfigError(f"accelerate launch --dynamo_backend {dynamo} (ACCELERATE_DYNAMO_BACKEND): not used by "
+                          "the trainer; drop it and set train.compile=true")
+    if mp not in ACCELERATE_PRECISION:
+        raise ConfigError(f"accelerate launch --mixed_precision {mp} (ACCELERATE_MIXED_PRECISION): the trainer "
+                          f"supports {', '.join(ACCELERATE_PRECISION)}")
+    precision = t.precision
+    if ACCELERATE_PRECISION[mp] != t.precision:
+        if mp != "no" and t.precision != "fp32":
+            raise ConfigError(f"accelerate launch --mixed_precision {mp} contradicts train.precision={t.precision}; "
+                              "drop one of them")
+        if mp != "no":
+            precision = ACCELERATE_PRECISION[mp]
+    strategy = "accelerate" if t.strategy == "auto" else t.strategy
+    note = None
+    if strategy != "accelerate":
+        note = (f"started by accelerate launch, but train.strategy={strategy} was asked for: accelerate's "
+                f"Accelerator is not used (train.precision={precision})")
+    elif (strategy, precision) != (t.strategy, t.precision):
+        note = f"started by accelerate launch: train.strategy=accelerate, train.precision={precision}"
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, strategy=strategy, precision=precision)), note
 
 
 def resolve_mode(cfg: Config, state: DistState) -> str:

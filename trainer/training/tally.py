@@ -40,6 +40,17 @@ class HostTally:
             torch.tensor(bad),
         )
 
+    def peek(self) -> tuple[torch.Tensor, ...]:
+        """(loss sum, good steps, current bad streak, longest bad streak) of the window, without a reset."""
+        return tuple(
+            torch.tensor(float(v), dtype=torch.float64)
+            for v in (self.loss, self.good, self.bad_run, self.bad_max)
+        )
+
+    def restore(self, loss: float, good: float, bad_run: float, bad_max: float) -> None:
+        """The window saved with a checkpoint (see Trainer._window)."""
+        self.loss, self.good, self.bad_run, self.bad_max = float(loss), int(good), int(bad_run), int(bad_max)
+
 
 class DeviceTally:
     """The same on the device (CUDA), read only at log intervals."""
@@ -63,6 +74,13 @@ class DeviceTally:
         self.good.zero_()
         self.bad_max.copy_(self.bad_run)
         return out
+
+    def peek(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t.detach().double().cpu() for t in (self.loss, self.good, self.bad_run, self.bad_max))
+
+    def restore(self, loss: float, good: float, bad_run: float, bad_max: float) -> None:
+        for t, v in zip((self.loss, self.good, self.bad_run, self.bad_max), (loss, good, bad_run, bad_max)):
+            t.fill_(float(v))
 
 
 def make_tally(device: torch.device):

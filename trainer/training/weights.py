@@ -61,6 +61,10 @@ def import_torchao():
         logging.getLogger(n).setLevel(logging.ERROR)
     try:
         import torchao.quantization as tq
+    except ImportError as e:  # an optional extra: say how to get it, in one line
+        raise ConfigError(
+            f"torchao is not installed ({e}): pip install 'torchrunner[quantize]' (requirements.txt pins it)"
+        ) from None
     finally:
         for n, lvl in levels.items():
             logging.getLogger(n).setLevel(lvl)
@@ -145,14 +149,15 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
         compressed = _compressed_entry(path, None)
         if compressed is not None:
             return _read_compressed(path, compressed, key)
+        problem = "no usable checkpoint"
         try:
             found = ckpt.resolve(path)
-        except ckpt.CheckpointError:
-            found = None
+        except ckpt.CheckpointError as e:  # e names each unusable checkpoint and why (e.g. a refused pickle)
+            found, problem = None, str(e).removeprefix(f"{path!r}: ")
         if found is None:
             final = os.path.join(path, "model.safetensors")
             if not os.path.isfile(final):
-                raise ConfigError(f"{key}={path!r}: no usable checkpoint and no model.safetensors found")
+                raise ConfigError(f"{key}={path!r}: {problem} and no model.safetensors found")
             w = read_weights(final, key)
             w.config = w.config or _read_yaml(os.path.join(path, "config.yaml"))
             return w

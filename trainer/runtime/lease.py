@@ -1,0 +1,126 @@
+"""An exclusive lease on run.dir: one run writes into a run directory at a time.
+
+``<run.dir>/.lease`` holds ``{pid, host, started, job, proc_start}`` and is created with ``O_EXCL`` by
+global rank 0 before anything else is written there. A second run on the same directory is refused (exit 2)
+with who holds it. A lease is taken over:
+
+- when it names this job (``TORCHELASTIC_RUN_ID``): after an elastic restart rank 0 may be on another node;
+- when its process is dead on this host (a SIGKILLed run): with a warning.
+
+A lease held from another host cannot be checked from here; if that host is gone, delete the ``.lease``
+file (README "When things go wrong"). On a shared file system (NFS, Lustre, ...) ``O_EXCL`` creation is
+atomic on NFSv3+ and all common parallel file systems, which is what the lease relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Optional
+
+import psutil
+
+from ..config import ConfigError
+
+LEASE = ".lease"
+
+
+def job_id() -> Optional[str]:
+    """The job this process belongs to: torchrun's run id (shared by every node and restart), if any."""
+    rid = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return rid if rid and rid.lower() != "none" else None  # torchrun's default --rdzv-id is "none"
+
+
+def _proc_start(pid: int) -> Optional[float]:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+def _mine() -> dict:
+    pid = os.getpid()
+    return {
+        "pid": pid,
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "job": job_id(),
+        "proc_start": _proc_start(pid),
+    }
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the holder's process still runs (same pid AND same start time: pids are reused)."""
+    start = _proc_start(int(holder.get("pid", -1)))
+    if start is None:
+        return False
+    want = holder.get("proc_start")
+    return want is None or abs(start - float(want)) < 1.0
+
+
+class Lease:
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, LEASE)
+        self.held = False
+
+    def read(self) -> Optional[dict]:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                data = json.load(fh)
+            return data if isinstance(data, dict) else {}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # a torn or foreign file: treated as a lease of unknown holder
+
+    def _write_exclusive(self, mine: dict) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(mine, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+
+    def acquire(self) -> Optional[str]:
+        """Take the lease or raise ConfigError naming the holder; returns a warning to log when a lease was
+        taken over (the caller logs it once the run's own log is open). OSError (storage) propagates."""
+        mine, note = _mine(), None
+        for _ in range(3):  # a holder may release between our attempts
+            if self._write_exclusive(mine):
+                self.held = True
+                return note
+            holder = self.read()
+            if holder is None:
+                continue
+            pid, host = holder.get("pid", "?"), holder.get("host", "?")
+            who = f"pid {pid} on {host} since {holder.get('started', '?')}"
+            if mine["job"] and holder.get("job") == mine["job"]:
+                note = f"run.dir lease of this job ({mine['job']}) taken over from {who} (elastic restart)"
+            elif holder.get("host") == mine["host"] and not _alive(holder):
+                note = f"run.dir {self.path}: stale lease of {who} (that process is gone): taken over"
+            else:
+                raise ConfigError(
+                    f"run.dir={os.path.dirname(self.path)!r}: in use by {who} "
+                    f"(wait for it, choose another run.dir, or delete {self.path} if that run is gone)"
+                )
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        raise ConfigError(f"run.dir={os.path.dirname(self.path)!r}: could not take the lease {self.path}")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        holder = self.read()
+        if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass  # a vanished run dir is reported elsewhere; releasing must not mask the exit code
