@@ -554,7 +554,7 @@ def log_cost(tr, n: int) -> list[dict]:
     import logging
 
     from trainer.runtime.logs import add_rank_log, setup_logging
-    from trainer.training.metrics import Metrics, Stopwatch, _console
+    from trainer.training.metrics import Metrics, Stopwatch, console_sink
     from trainer.training.rowwriter import RowWriter
     from trainer.training.trackers import Trackers
 
@@ -596,7 +596,8 @@ def log_cost(tr, n: int) -> list[dict]:
                         ps.append(time.perf_counter() - a)
                     # the writer thread's pass, timed here on the same rows in batches of 10
                     with open(os.path.join(d, "again.jsonl"), "w", encoding="utf-8") as fh:
-                        w = RowWriter(fh, {"console": _console, **trackers.sinks()}, interval_s=3600)
+                        writer_sinks = {"console": console_sink(True), **trackers.sinks()}
+                        w = RowWriter(fh, writer_sinks, interval_s=3600)
                         hist = [("train", r) for r in m.history]
                         per_row = []
                         for i in range(0, len(hist) - 9, 10):

@@ -48,11 +48,14 @@ def strict_json(obj):
 
 
 def json_line(kind: str, row: dict) -> str:
-    """One metrics.jsonl line: floats to 6 decimals, non-finite ones as null."""
+    """One metrics.jsonl line, strict JSON (non-finite as null); train floats to 6 decimals, eval values
+    exact (a summary regenerated from the file matches the one written at the end of the run)."""
+    if kind == "eval":
+        return json.dumps(strict_json({"eval": True, **row}), allow_nan=False) + "\n"
     clean = {
         k: (round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in row.items()
     }
-    return json.dumps({"eval": True, **clean} if kind == "eval" else clean, allow_nan=False) + "\n"
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 class RowWriter:
