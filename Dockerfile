@@ -67,12 +67,13 @@ ENV PATH=/opt/venv/bin:$PATH
 # torch first, from the PyTorch index for the chosen CUDA (or CPU) build; then the rest from PyPI with the
 # same pins as CI. `torch==2.13.0` in requirements.txt is already satisfied by 2.13.0+cu128 (PEP 440 ignores
 # the local label), so the second step does not replace it. With PIP_NO_INDEX=1 both come from the
-# wheelhouse. One RUN, and requirements.txt and the wheels bind-mounted rather than copied: every layer of
+# wheelhouse. One RUN, and the requirements (the [hf] extra's too) and the wheels bind-mounted rather than copied: every layer of
 # the builder is another copy of the venv on a copy-on-write-less storage driver (buildah's vfs).
 RUN --mount=type=bind,from=wheels,target=/wheels \
     --mount=type=bind,source=requirements.txt,target=/tmp/requirements.txt \
+    --mount=type=bind,source=requirements-hf.txt,target=/tmp/requirements-hf.txt \
     pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
- && pip install --no-cache-dir -r /tmp/requirements.txt \
+ && pip install --no-cache-dir -r /tmp/requirements.txt -r /tmp/requirements-hf.txt \
  && python -c "import torch; assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__"
 
 # ---------------------------------------------------------------------------------------------------------

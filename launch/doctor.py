@@ -6,6 +6,7 @@ the config or the environment" code) when any fails.**
 
 The *fast* subset (cluster variables, /dev/shm, run directory, shared storage) imports neither torch nor the
 trainer, takes well under a second, and runs before every launch unless ``--no-preflight``. The full report adds
+that ``checkpoint.dir``, when it is an ``s3://`` URL, is reachable and writable (launch/bucket.py),
 CPU/RAM, GPUs and their memory, CUDA and NCCL versions (torch imported only for these), the interfaces named in
 NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME, and a TCP connect to the rendezvous endpoint (nodes other than 0, which
 hosts it).
@@ -39,6 +40,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
+from launch import bucket
 from launch.cluster import Cluster, ClusterError, resolve, split_endpoint
 from launch.gpus import NoGPU, resolve_nproc, visible_gpus
 
@@ -297,9 +299,16 @@ def run_checks(*, env: Mapping[str, str] | None = None, overrides: Mapping | Non
         checks.append(Check("config", "fail", problem, "fix the key named (python -m trainer config lists them)"))
     checks.append(check_shm(*shm_need(cfg, nproc, nproc * nnodes, sample), path=shm_path))
     run_dir = run_dir or str(_get(cfg or {}, "run.dir") or "runs")  # the trainer's default: runs/<stamp>
-    checks += [check_run_dir(run_dir, min_free), check_shared(run_dir, nnodes)]
+    ckpt_dir = _get(cfg or {}, "checkpoint.dir")
+    checks.append(check_run_dir(run_dir, min_free))
+    if bucket.is_url(ckpt_dir):  # checkpoints on an object store: no shared volume needed
+        checks.append(Check("shared_dir", "ok", f"checkpoints in {ckpt_dir}: no shared volume needed"))
+    else:
+        checks.append(check_shared(run_dir, nnodes))
     if fast:
         return checks
+    if bucket.is_url(ckpt_dir):
+        checks.append(Check("checkpoint_dir", *bucket.check_bucket(ckpt_dir, env)))
     checks.append(check_cpu_ram(nproc, env))
     checks += check_gpus(cluster.nproc_per_node if cluster else "auto", env)
     checks += check_ifnames(env)

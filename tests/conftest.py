@@ -99,3 +99,34 @@ def mlflow_server(tmp_path_factory):
             proc.wait()
         log.close()
         shutil.rmtree(base / "artifacts", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One SeaweedFS S3 server on loopback for the whole session (tests/s3server.py); ~10 s to start."""
+    from tests import s3server
+
+    server = s3server.start(str(tmp_path_factory.mktemp("s3")))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch, request):
+    """The server's admin credentials in this test's environment, and a prefix of the session's bucket
+    named after the test: (server, "bucket/prefix", s3fs filesystem)."""
+    import hashlib
+    import re
+
+    from tests.s3server import BUCKET
+    from trainer.training import stores
+
+    monkeypatch.setattr(stores, "_REMOTE", {})  # a store made under another test's credentials is not reused
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-role probe on a laptop/CI box
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())
+    prefix = f"{BUCKET}/{name[:60].strip('-')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return s3_server, prefix, s3_server.fs()

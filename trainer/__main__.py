@@ -1,4 +1,4 @@
-"""python -m trainer: train, check, config, eval, export, compress, compare.
+"""python -m trainer: train, check, config, eval, export, compress, generate, compare.
 
     python -m trainer train -c configs/cnn.yaml train.max_steps=50         # one process (CPU or one GPU)
     torchrun --standalone --nproc-per-node 2 -m trainer train -c configs/cnn.yaml
@@ -6,6 +6,7 @@
     python -m trainer check -c configs/gpt.yaml model.n_layer=8             # validate only (no torch import)
     python -m trainer check --json -c configs/gpt.yaml                      # ... printing the resolved config
     python -m trainer config                                                # every key, type, default, help
+    python -m trainer generate --from runs/llm --prompt "Q: ..."            # complete with a fine-tuned LM
 
 This module parses arguments and dispatches; nothing imports it. ``train`` ends with a clean exit that
 keeps the intended exit code (trainer/exitcodes.py, trainer/runtime/dist.py ``clean_exit``).
@@ -90,6 +91,8 @@ def _tool_command(args: argparse.Namespace) -> int:
         from .tools.compress import compress_main as fn
     elif args.cmd == "export":
         from .tools.export import export_main as fn
+    elif args.cmd == "generate":
+        from .tools.generate import generate_main as fn
     elif args.cmd == "compare":
         from .tools.compare import compare_main as fn
     else:

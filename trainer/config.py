@@ -293,6 +293,23 @@ def load(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> C
     return cfg
 
 
+def load_config(config: Any = None, overrides: Any = ()) -> Config:
+    """A validated Config from a YAML path, a (nested) dict, a Config or None (the defaults), with dotted
+    ``KEY=VALUE`` overrides on top (``trainer.load_config``; ``trainer.fit`` takes the same arguments)."""
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    if config is None or isinstance(config, (str, os.PathLike)):
+        return load(os.fspath(config) if config is not None else None, overrides)
+    if isinstance(config, Config):
+        tree = to_dict(config)
+    elif isinstance(config, dict):
+        tree = json.loads(json.dumps(config, default=str))  # a deep copy of plain data
+    else:
+        raise ConfigError(f"config={type(config).__name__}: expected a YAML path, a dict or a Config")
+    for key, value in parse_overrides(overrides):
+        set_dotted(tree, key, value)
+    return from_dict(tree)
+
+
 def from_dict(tree: dict) -> Config:
     cfg = _build(Config, tree, "")
     validate(cfg)
@@ -333,7 +350,7 @@ def math_diff(a: Config, b: Config) -> list[str]:
 
 # The one list of built-in names (config must not import torch, so the builders in trainer/models and
 # trainer/data are keyed by these; tests/unit/test_layers.py checks they agree).
-MODEL_NAMES = ("linreg", "cnn", "mlp", "gpt")
+MODEL_NAMES = ("linreg", "cnn", "mlp", "gpt", "hf")
 DATA_NAMES = (
     "synthetic_regression",
     "synthetic_classification",
@@ -343,8 +360,9 @@ DATA_NAMES = (
     "tokens",
     "tensors",
     "csv",
+    "jsonl",
 )
-_NEEDS_PATH = ("tokens", "tensors", "csv")
+_NEEDS_PATH = ("tokens", "tensors", "csv", "jsonl")
 RESUME_MODES = ("auto", "never", "restart")
 
 
@@ -367,9 +385,41 @@ def validate(cfg: Config) -> None:
         )
     if d.name in _NEEDS_PATH and not d.path:
         raise ConfigError(f"data.path=None: data.name={d.name} needs a file (data.path=...)")
-    for key, p in (("data.path", d.path), ("model.init_from", m.init_from)):
+    for key, p in (
+        ("data.path", d.path),
+        ("data.eval_path", d.eval_path),
+        ("data.tokenizer", d.tokenizer),
+        ("model.init_from", m.init_from),
+        ("model.path", m.path),
+    ):
         if p and not os.path.exists(p):
             raise ConfigError(f"{key}={p!r}: no such file or directory")
+    for key, spec in (("model.config", m.config), ("train.loss", t.loss)):
+        if spec is not None and not _is_import_path(spec):
+            raise ConfigError(f"{key}={spec!r}: expected package.module:Name")
+    if m.config and m.name in MODEL_NAMES:
+        raise ConfigError(
+            f"model.config={m.config!r}: only for a user model (model.name=package.module:Name)"
+        )
+    if m.name == "hf":
+        if not m.path:
+            raise ConfigError("model.path=None: model.name=hf needs a local model directory (model.path=DIR)")
+        if not os.path.isfile(os.path.join(m.path, "config.json")):
+            raise ConfigError(
+                f"model.path={m.path!r}: no config.json there (expected a Hugging Face model dir)"
+            )
+    if d.name == "jsonl":
+        if m.name in MODEL_NAMES and m.name != "hf":
+            raise ConfigError(
+                f"model.name={m.name!r}: data.name=jsonl feeds named inputs (input_ids, position_ids); "
+                "use model.name=hf or a user model (package.module:Name)"
+            )
+        if m.name != "hf" and not d.tokenizer:
+            raise ConfigError(
+                f"data.tokenizer=None: data.name=jsonl with model.name={m.name!r} needs a tokenizer directory"
+            )
+        if d.path and not os.path.isfile(d.path):
+            raise ConfigError(f"data.path={d.path!r}: data.name=jsonl needs a file")
     if m.name == "gpt" and m.n_embd % m.n_head:
         raise ConfigError(f"model.n_embd={m.n_embd}: must be divisible by model.n_head={m.n_head}")
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
@@ -398,11 +448,14 @@ def validate(cfg: Config) -> None:
     ):
         raise ConfigError(f"profile.steps={cfg.profile.steps!r}: expected [start, end] with start < end")
     r = cfg.run.resume
-    if r not in RESUME_MODES and not os.path.exists(r):
+    if r not in RESUME_MODES and not _is_url(r) and not os.path.exists(r):
         raise ConfigError(
             f"run.resume={r!r}: expected {', '.join(RESUME_MODES)} or an existing checkpoint path"
             + did_you_mean(r, RESUME_MODES)
         )
+    for key, url in (("checkpoint.dir", cfg.checkpoint.dir), ("run.resume", r)):
+        if url and _is_url(url):
+            _check_url(key, url)
     _validate_monitor(cfg)
     _validate_trackers(cfg.log.trackers)
 
@@ -442,6 +495,29 @@ def _validate_trackers(trackers: list) -> None:
 def active_trackers(cfg: Config) -> list[str]:
     """log.trackers with the log.tensorboard alias applied (false drops tensorboard)."""
     return [n for n in cfg.log.trackers if n != "tensorboard" or cfg.log.tensorboard]
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _check_url(key: str, url: str) -> None:
+    """A storage URL names a known fsspec protocol whose package is installed (nothing is contacted here:
+    reachability is checked when the run starts, and by the doctor)."""
+    from fsspec.registry import known_implementations  # ~58 ms to import: only for URLs
+
+    protocol, _, rest = url.partition("://")
+    impl = known_implementations.get(protocol)
+    if impl is None:
+        raise ConfigError(
+            f"{key}={url!r}: unknown storage protocol {protocol!r} (expected e.g. s3://bucket/prefix)"
+        )
+    if not rest.split("/", 1)[0]:
+        raise ConfigError(f"{key}={url!r}: no bucket (expected {protocol}://bucket/prefix)")
+    module = impl["class"].split(".", 1)[0]
+    if importlib.util.find_spec(module) is None:
+        extra = " (pip install '.[s3]', or make setup)" if protocol in ("s3", "s3a") else ""
+        raise ConfigError(f"{key}={url!r}: {protocol}:// needs the {module} package{extra}")
 
 
 def check_world(cfg: Config, world_size: int) -> int:

@@ -2,9 +2,11 @@
 
 ``build`` does everything ``python -m trainer train`` does before the first step, in this order: numeric
 flags (TF32 / deterministic), the process group, logging, data, model (seeded identically on every rank),
-fine-tuning preparation and freezing, the FLOP count, the run directory with its resolved ``config.yaml``
-and per-rank logs, per-rank reseeding, the strategy wrapping and the optimizer, and the ``Trainer``.
-``train`` resumes, fits and exports. Benchmarks drive the same ``build`` (``bench/common.py``).
+fine-tuning preparation and freezing, the probe (one forward + loss on a real micro-batch: a model that
+does not fit the data is exit 2 before anything is written), the FLOP count, the run directory with its
+resolved ``config.yaml`` and per-rank logs, per-rank reseeding, the strategy wrapping and the optimizer,
+and the ``Trainer``. ``train`` resumes, fits and exports. Benchmarks drive the same ``build``
+(``bench/common.py``).
 """
 
 from __future__ import annotations
@@ -15,24 +17,31 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
+from torch import nn
 
 from . import config as cfgmod
 from .config import Config, ConfigError
-from .data import build_datasets
+from .data import build_datasets, wrap_datasets
 from .exitcodes import OK, PREEMPTED
-from .models import build_model, flops_per_sample
+from .models import build_model, flops_per_sample, prepare_user_model
+from .models.outputs import model_io
 from .runtime import dist, storage, workerenv
 from .runtime.lease import LEASE, Lease
 from .runtime.logs import add_rank_log, setup_logging
 from .training import checkpoint as ckpt
+from .training import history, stores
 from .training.finetune import prepare_for_finetune
+from .training.hf_export import write_adapter, write_hf_dir
 from .training.loop import Trainer
 from .training.optim import apply_freeze, build_optimizer
+from .training.probe import probe
 from .training.strategy import Strategy, adopt_accelerate_launch, make_accelerator, resolve_mode
+from .training.tasks import Objective
 from .training.weights import merge_lora_state, write_safetensors
 
 log = logging.getLogger("trainer")
@@ -41,6 +50,16 @@ log = logging.getLogger("trainer")
 # all-reduce while the group's destructor waits for it); the process ends with os._exit, so the parts of
 # every run stay referenced here until then instead of being returned to the GC.
 _KEEPALIVE: list = []
+
+
+@dataclass
+class Given:
+    """Objects handed to ``trainer.fit`` in place of the config's import paths (each may be None)."""
+
+    model: Optional[nn.Module] = None
+    train_data: Any = None
+    eval_data: Any = None
+    loss: Optional[Callable] = None
 
 
 @dataclass
@@ -142,19 +161,43 @@ def _set_aside_outputs(run_dir: str) -> Optional[str]:
     return dst
 
 
+def check_storage(cfg: Config) -> None:
+    """Before anything is written: a remote checkpoint.dir must be reachable and writable (exit 2 if not)."""
+    if cfg.checkpoint.dir and stores.is_url(cfg.checkpoint.dir):
+        try:
+            stores.check_writable(cfg.checkpoint.dir)
+        except stores.StoreError as e:
+            raise ConfigError(f"checkpoint.dir={cfg.checkpoint.dir!r}: {str(e).split(': ', 1)[-1]}") from None
+
+
 def find_resume(cfg: Config, run_dir: str) -> Optional[str]:
     """The checkpoint to resume from, by ``run.resume`` (auto | never | restart | PATH). Rank 0 only."""
     r = cfg.run.resume
+    root = ckpt.checkpoint_root(cfg.checkpoint.dir, run_dir)
     if r == "never":
+        if stores.is_url(root) and not ckpt.CheckpointDir(root).is_empty():
+            raise ConfigError(
+                f"checkpoint.dir={root!r}: not empty and run.resume=never (choose another "
+                "checkpoint.dir or run.resume=auto)"
+            )
         return None
     if r == "restart":
+        if stores.is_url(root) and not ckpt.CheckpointDir(root).is_empty():  # objects cannot be moved aside
+            raise ConfigError(
+                f"run.resume=restart: checkpoint.dir={root!r} holds a run's checkpoints, which cannot be set "
+                "aside on an object store; choose a new checkpoint.dir"
+            )
         _set_aside_outputs(run_dir)
         return None
     if r == "auto":
-        cdir = ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints"))
+        cdir = ckpt.CheckpointDir(root)
         try:
             found = cdir.find_resumable()
         except ckpt.CheckpointError as e:
+            if stores.is_url(root):
+                raise ConfigError(
+                    f"checkpoint.dir={root!r}: {e}; choose a new checkpoint.dir to start over"
+                ) from None
             raise ConfigError(
                 f"run.dir={run_dir!r}: {e}; set run.resume=restart to start over (they are kept)"
             ) from None
@@ -167,14 +210,25 @@ def find_resume(cfg: Config, run_dir: str) -> Optional[str]:
         raise ConfigError(f"run.resume={r!r}: {e}") from None
 
 
+def _restore_history(cfg: Config, run_dir: str, rank: int) -> None:
+    """A node whose run.dir is empty, resuming from a bucket: the metrics and this rank's log so far, before
+    logging appends to them (history.py)."""
+    got = history.restore(run_dir, ckpt.checkpoint_root(cfg.checkpoint.dir, run_dir), rank)
+    if got:
+        log.info("history restored from %s: %s", cfg.checkpoint.dir, ", ".join(got))
+
+
 def _claim_run_dir(
     cfg: Config, run_dir: str, created: list[str], world_size: int
 ) -> tuple[Lease, Optional[str]]:
-    """Rank 0: check run.dir, create it, take its lease before writing anything else, find the resume."""
+    """Rank 0: check run.dir (and a remote checkpoint.dir), create it, bring back the history kept beside
+    remote checkpoints, take its lease before writing anything else, find the resume."""
+    check_storage(cfg)
     _check_run_dir(cfg, run_dir)
     if not os.path.isdir(run_dir):
         os.makedirs(run_dir)
         created.append(run_dir)
+    _restore_history(cfg, run_dir, 0)
     lease = Lease(run_dir)
     note = lease.acquire()
     try:
@@ -206,6 +260,7 @@ def _make_run_dir(
     if kind == "storage":
         raise storage.StorageError(value)
     if not state.is_main:
+        _restore_history(cfg, run_dir, state.rank)
         add_rank_log(run_dir, state.rank, state.world_size)
     if state.is_main:
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as fh:
@@ -213,8 +268,20 @@ def _make_run_dir(
     return run_dir, value, lease
 
 
-def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
-    """Everything before the first step. On failure, nothing this call created is left behind."""
+def _data(cfg: Config, given: Given):
+    if given.train_data is not None:
+        return wrap_datasets(cfg, given.train_data, given.eval_data, key="fit(train_data=...)")
+    if given.eval_data is not None:
+        raise ConfigError("fit(eval_data=...): needs train_data too")
+    return build_datasets(cfg)
+
+
+def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Given] = None) -> Parts:
+    """Everything before the first step. On failure, nothing this call created is left behind.
+
+    ``given``: objects passed to ``trainer.fit`` (a model, datasets, a loss) used instead of building them.
+    """
+    given = given or Given()
     cfg, launched_by = adopt_accelerate_launch(cfg)  # under `accelerate launch`: its strategy and precision
     _numerics(cfg)
     state, accelerator = _init_dist(cfg)
@@ -225,12 +292,19 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
     lease: Optional[Lease] = None
     try:
         mode = resolve_mode(cfg, state)
-        cfgmod.check_world(cfg, state.world_size)
+        micro = cfgmod.check_world(cfg, state.world_size)
         torch.manual_seed(cfg.seed)
-        train_ds, eval_ds, info = build_datasets(cfg)
-        module = build_model(cfg, info)  # identical init on every rank: seeded just above
+        train_ds, eval_ds, info = _data(cfg, given)
+        if given.model is not None:
+            module = prepare_user_model(given.model, "fit(model=...)", cfg)
+        else:
+            module = build_model(cfg, info)  # identical init on every rank: seeded just above
         module = prepare_for_finetune(module, cfg)  # model.init_from, LoRA wrapping, trainable report
         trainable, total = apply_freeze(module, cfg.train.freeze)
+        io = model_io(cfg, module, train_ds, info.task)
+        objective = Objective.for_run(cfg, info.task, given.loss)
+        # before the run dir exists: a model that does not fit the data is exit 2 with nothing written
+        probe(cfg, state, module, train_ds, info, io, objective, micro)
         # MFU is reported on CUDA only; counting FLOPs runs a forward (and imports torch._dynamo, ~1.3 s).
         flops = flops_per_sample(module, info) if state.device.type == "cuda" else None  # before FSDP shards
         run_dir, resume_path, lease = _make_run_dir(cfg, state, created)
@@ -253,7 +327,19 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
             cfg.train.precision,
             state.device,
         )
-        trainer = trainer_cls(cfg, state, strategy, optimizer, train_ds, eval_ds, info, run_dir, flops)
+        trainer = trainer_cls(
+            cfg,
+            state,
+            strategy,
+            optimizer,
+            train_ds,
+            eval_ds,
+            info,
+            run_dir,
+            flops,
+            io=io,
+            objective=objective,
+        )
         _KEEPALIVE.extend([strategy, module, optimizer, trainer])
     except BaseException:
         if lease is not None:
@@ -266,14 +352,23 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> Parts:
 
 
 def export_final(parts: Parts) -> None:
-    """``run_dir/model.safetensors``: the full model state, LoRA adapters merged into plain weights."""
+    """``run_dir/model.safetensors``: the full model state, LoRA adapters merged into plain weights; for
+    ``model.name=hf`` also ``hf/`` (merged model + tokenizer) and ``adapter/`` (the peft adapter)."""
     msd, _ = parts.strategy.full_state(parts.optimizer)  # FSDP: a collective, so every rank calls it
     if parts.state.is_main:
+        cfg = parts.cfg
         path = os.path.join(parts.run_dir, "model.safetensors")
-        merged = merge_lora_state(msd)
+        merged = merge_lora_state(msd, cfgmod.to_dict(cfg))
         write_safetensors(merged, path, {"lora": "merged"} if merged is not msd else None)
         if merged is not msd:
             log.info("LoRA adapters merged into plain weights: %s", path)
+        if cfg.model.name == "hf":
+            write_hf_dir(merged, cfg, os.path.join(parts.run_dir, "hf"))
+            if cfg.lora.targets:
+                write_adapter(parts.strategy.module, msd, cfg, os.path.join(parts.run_dir, "adapter"))
+    history.upload_final(
+        parts.run_dir, ckpt.checkpoint_root(parts.cfg.checkpoint.dir, parts.run_dir), parts.state.rank
+    )
 
 
 def resume_command(run_dir: str) -> str:
@@ -295,7 +390,14 @@ def train(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> int:
 
     ``trainer_cls``: a ``Trainer`` subclass to build instead (the benchmarks time the loop's verbs this way).
     """
-    parts = build(cfg, trainer_cls)
+    return train_parts(cfg, trainer_cls)[0]
+
+
+def train_parts(
+    cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Given] = None
+) -> tuple[int, Parts]:
+    """``train`` that also returns the parts it trained (``trainer.fit`` hands back the model)."""
+    parts = build(cfg, trainer_cls, given)
     try:
         restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
         if restarts:
@@ -312,7 +414,7 @@ def train(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> int:
             export_final(parts)
         elif code == PREEMPTED and parts.state.is_main:
             log.warning("resume with: %s", resume_command(parts.run_dir))
-        return code
+        return code, parts
     except BaseException:
         for d in parts.created:
             shutil.rmtree(d, ignore_errors=True)

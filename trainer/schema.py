@@ -45,8 +45,35 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _f("cnn", "linreg | cnn | mlp | gpt, or a user nn.Module as package.module:Name.")
-    kwargs: dict = _f({}, "Keyword arguments passed to a user model given by import path.")
+    name: str = _f(
+        "cnn",
+        "linreg | cnn | mlp | gpt | hf (a Hugging Face causal LM from model.path), or a user nn.Module as "
+        "package.module:Name.",
+    )
+    path: Optional[str] = _f(
+        None,
+        "hf: a local model directory (config.json, *.safetensors possibly sharded with an index, tokenizer "
+        "files). Nothing is downloaded.",
+        path=True,
+    )
+    dtype: Literal["auto", "fp32", "bf16"] = _f(
+        "auto",
+        "hf: the dtype the weights are held in (auto = the checkpoint's own); train.precision is autocast.",
+    )
+    kwargs: dict = _f(
+        {},
+        "Keyword arguments for a user model given by import path (or for model.config when that is set).",
+    )
+    config: Optional[str] = _f(
+        None,
+        "package.module:ConfigClass: the user model is called with ConfigClass(**model.kwargs) as its one "
+        "argument (nanoGPT's GPTConfig, transformers' LlamaConfig).",
+    )
+    target_arg: Optional[str] = _f(
+        None,
+        "Pass the target to the model's forward as this keyword (nanoGPT: targets, transformers: labels) "
+        "so the model computes its own loss, in training and eval.",
+    )
     hidden: list[int] = _f([256, 128], "MLP hidden layer widths.", min=1)
     dropout: float = _f(0.0, "Dropout probability (mlp, gpt).", min=0.0, max=0.999)
     n_layer: int = _f(4, "GPT: number of transformer blocks.", min=1)
@@ -72,12 +99,26 @@ class DataConfig:
     name: str = _f(
         "digits",
         "synthetic_regression | synthetic_classification | digits | diabetes | text | tokens | tensors | "
-        "csv, or a user Dataset as package.module:Name.",
+        "csv | jsonl, or a user Dataset as package.module:Name.",
     )
     path: Optional[str] = _f(
-        None, "File or directory for text, tokens (.bin), tensors (.npy/.npz/.pt) and csv data.", path=True
+        None,
+        "File or directory for text, tokens (.bin), tensors (.npy/.npz/.pt), csv and jsonl data.",
+        path=True,
+    )
+    eval_path: Optional[str] = _f(
+        None, "jsonl: a held-out file for evaluation (default: a data.eval_fraction split).", path=True
+    )
+    tokenizer: Optional[str] = _f(
+        None, "jsonl: a local tokenizer directory (default: model.path).", path=True
+    )
+    seq_len: int = _f(
+        0, "jsonl: tokens per packed row (0 = the model's maximum positions, capped at 2048).", min=0
     )
     kwargs: dict = _f({}, "Keyword arguments passed to a user Dataset given by import path.")
+    target_key: str = _f(
+        "labels", "Dict samples: the key holding the target; every other key goes to forward as a keyword."
+    )
     eval_fraction: float = _f(
         0.1, "Fraction of samples held out for evaluation (fixed split seed).", min=0.0, max=0.9
     )
@@ -135,6 +176,11 @@ class TrainConfig:
     )
     eval_batch_size: int = _f(512, "Global batch size for evaluation.", min=1)
     eval_every_steps: int = _f(0, "Evaluate every N steps (0 = only at the end).", min=0)
+    eval_before: Optional[bool] = _f(
+        None,
+        "Evaluate before the first step too (summary.json: eval_before beside eval). "
+        "Default: true for model.name=hf, else false.",
+    )
     precision: Literal["fp32", "fp16", "bf16"] = _f(
         "fp32", "fp32, fp16 (autocast + GradScaler) or bf16 (autocast)."
     )
@@ -145,7 +191,19 @@ class TrainConfig:
     grad_clip: float = _f(0.0, "Clip the global gradient norm to this value (0 = off).", min=0.0)
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms and fixed cuDNN/cuBLAS settings.")
     freeze: list[str] = _f([], "Freeze parameters whose name matches any glob (or re:REGEX) pattern.")
-    activation_checkpointing: bool = _f(False, "Recompute GPT blocks in backward to save memory.")
+    activation_checkpointing: bool = _f(
+        False, "Recompute each block (the train.fsdp_wrap units: GPT blocks, hf decoder layers) in backward."
+    )
+    fsdp_wrap: list[str] = _f(
+        [],
+        "Class names of the modules FSDP shards one by one and activation checkpointing wraps; default: "
+        "the model's _no_split_modules, else its .blocks, else the children of its largest nn.ModuleList.",
+    )
+    loss: Optional[str] = _f(
+        None,
+        "package.module:fn, called as fn(outputs, targets) -> scalar tensor; replaces the model's own loss "
+        "and the task loss.",
+    )
     max_bad_steps: int = _f(
         3, "Consecutive non-finite-loss steps skipped before the run stops (exit 3).", min=0
     )
@@ -164,6 +222,11 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
+    dir: Optional[str] = _f(
+        None,
+        "Where checkpoints live: a directory, or an fsspec URL such as s3://bucket/prefix (needs the .[s3] "
+        "extra; credentials from AWS_* variables or an instance role). Default: run.dir/checkpoints.",
+    )
     every_steps: int = _f(0, "Save a checkpoint every N optimizer steps (0 = only at the end).", min=0)
     keep: int = _f(3, "Keep the last K checkpoints.", min=1)
     async_save: bool = _f(False, "Write checkpoints in a background thread while training continues.")
@@ -198,14 +261,18 @@ class LogConfig:
 
 @dataclass
 class LoraConfig:
-    targets: list[str] = _f([], "Wrap nn.Linear layers whose name matches these patterns with LoRA adapters.")
+    targets: list[str] = _f(
+        [],
+        "LoRA (peft) on nn.Linear layers whose name matches: exact names or suffixes (q_proj), globs "
+        "(blocks.*.attn.c_attn) or re:REGEX. Empty = full fine-tuning.",
+    )
     rank: int = _f(8, "LoRA rank.", min=1)
     alpha: float = _f(16.0, "LoRA scaling numerator (scale = alpha / rank).", min=0.0)
     dropout: float = _f(0.0, "Dropout on the LoRA input.", min=0.0, max=0.999)
     trainable: list[str] = _f(
         [],
-        "With LoRA on, base parameters that stay trainable (glob or re:REGEX, e.g. a new head 'fc2'); "
-        "all others are frozen.",
+        "With LoRA on, base modules that stay trainable (glob or re:REGEX, e.g. a new head 'fc2'; "
+        "peft's modules_to_save); all others are frozen.",
     )
 
 
@@ -249,6 +316,7 @@ RESUME_SAFE_PREFIXES = (
     "train.epochs",
     "train.eval_every_steps",
     "train.eval_batch_size",
+    "train.eval_before",
     "train.compile",
     "train.strategy",
     "data.num_workers",
@@ -261,6 +329,7 @@ RESUME_SAFE_PREFIXES = (
     "train.compile_backend",
     "train.compile_mode",
     "train.early_stop_patience",
+    "train.fsdp_wrap",
 )
 
 

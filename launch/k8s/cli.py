@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", default=None, help=f"run.dir on the shared volume (default {RUNS_MOUNT}/NAME)")
     r.add_argument("--pvc", default=None, help="existing ReadWriteMany claim (default: render NAME-runs)")
     r.add_argument("--pvc-size", default="100Gi", help="size of the rendered claim (default 100Gi)")
+    r.add_argument("--checkpoint-dir", default=None,
+                   help="s3://bucket/prefix: checkpoints on object storage (checkpoint.dir); no PVC is rendered")
+    r.add_argument("--s3-secret", default=None,
+                   help="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (optional AWS_ENDPOINT_URL, AWS_REGION); "
+                        "omit to use the node's instance role")
     r.add_argument("--storage-class", default=None, help="storageClassName of the rendered claim (RWX-capable)")
     r.add_argument("--shm-size", default=None, help="/dev/shm size limit (default 16Gi with GPUs, 2Gi without)")
     r.add_argument("--grace-period", type=int, default=120,

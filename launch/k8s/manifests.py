@@ -86,6 +86,8 @@ class Options:
     memory: str | None = None
     runtime: str = "torchrunner"  # trainjob: our TrainingRuntime, or the name of a ClusterTrainingRuntime
     wait_s: int = 300  # ENTRYPOINT_WAIT_S: how long non-zero nodes wait for the master
+    checkpoint_dir: str | None = None  # s3://bucket/prefix: checkpoints on object storage, no shared volume
+    s3_secret: str | None = None  # a Secret holding AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (+ endpoint, region)
 
     def check(self) -> None:
         problems = []
@@ -123,11 +125,31 @@ class Options:
             problems.append(f"--pvc {self.pvc!r}: expected the name of an existing PersistentVolumeClaim")
         if self.run_dir is not None and not self.run_dir.startswith(RUNS_MOUNT + "/"):
             problems.append(f"--run-dir {self.run_dir!r}: expected a path under {RUNS_MOUNT}/ (the shared volume)")
+        problems += self._check_object_storage()
         bad = [o for o in self.overrides if "=" not in o or o.startswith("=")]
         if bad:
             problems.append(f"overrides {bad}: expected KEY=VALUE")
         if problems:
             raise RenderError("; ".join(problems))
+
+    def _check_object_storage(self) -> list[str]:
+        problems = []
+        if self.checkpoint_dir is not None and not re.match(r"^s3a?://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9](/|$)",
+                                                            self.checkpoint_dir):
+            problems.append(f"--checkpoint-dir {self.checkpoint_dir!r}: expected s3://bucket/prefix (a path "
+                            "would be on each pod's own disk; use --pvc for a shared volume)")
+        if self.s3_secret is not None:
+            if self.checkpoint_dir is None:
+                problems.append(f"--s3-secret {self.s3_secret!r}: only with --checkpoint-dir s3://...")
+            if not re.match(r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$", self.s3_secret):
+                problems.append(f"--s3-secret {self.s3_secret!r}: expected the name of a Secret")
+        if self.checkpoint_dir is not None and self.pvc is not None:
+            problems.append(f"--pvc {self.pvc!r}: not used with --checkpoint-dir (no shared volume is needed)")
+        return problems
+
+    @property
+    def object_storage(self) -> bool:
+        return self.checkpoint_dir is not None
 
     @property
     def nproc(self) -> int:
@@ -183,7 +205,18 @@ def _entrypoint_env(opts: Options) -> dict[str, object]:
 
 
 def _args(opts: Options) -> list[str]:
-    return ["-c", opts.config, *opts.overrides]
+    ckpt = [f"checkpoint.dir={opts.checkpoint_dir}"] if opts.object_storage else []
+    return ["-c", opts.config, *ckpt, *opts.overrides]
+
+
+def _secret_env(opts: Options) -> list[dict]:
+    """The standard AWS variables from the Secret, key by key (TrainJob's trainer.env has no envFrom)."""
+    if not opts.s3_secret:
+        return []  # an instance role / IRSA / workload identity supplies the credentials
+    keys = [("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_ENDPOINT_URL", True),
+            ("AWS_REGION", True)]
+    return [{"name": k, "valueFrom": {"secretKeyRef": {"name": opts.s3_secret, "key": k, "optional": optional}}}
+            for k, optional in keys]
 
 
 def _resources(opts: Options) -> dict:
@@ -204,7 +237,7 @@ def pod_template(opts: Options, container: str = "trainer", env: dict[str, objec
     spec["terminationGracePeriodSeconds"] = opts.grace_period
     shared = spec["containers"][0]  # imagePullPolicy, securityContext, volumeMounts
     ctr = {"name": container, "image": opts.image, "args": _args(opts),
-           "env": _env({**_entrypoint_env(opts), **(env or {})})}
+           "env": _env({**_entrypoint_env(opts), **(env or {})}) + _secret_env(opts)}
     resources = _resources(opts)
     if resources:
         ctr["resources"] = resources
@@ -213,6 +246,10 @@ def pod_template(opts: Options, container: str = "trainer", env: dict[str, objec
     for vol in spec["volumes"]:
         if vol["name"] == "dshm":
             vol["emptyDir"]["sizeLimit"] = opts.shm
+        elif vol["name"] == "runs" and opts.object_storage:
+            # Checkpoints (and copies of logs, metrics, the final model) go to the bucket; run.dir is scratch.
+            del vol["persistentVolumeClaim"]
+            vol["emptyDir"] = {}
         elif vol["name"] == "runs":
             vol["persistentVolumeClaim"]["claimName"] = opts.claim
     if opts.gpus_per_node:
@@ -327,7 +364,7 @@ def trainjob(opts: Options) -> list[dict]:
 def render(opts: Options) -> list[dict]:
     """All objects for one job, in the order `kubectl apply` should create them."""
     opts.check()
-    objs = [] if opts.pvc else [pvc(opts)]
+    objs = [] if opts.pvc or opts.object_storage else [pvc(opts)]
     objs += {"pytorchjob": pytorchjob, "trainjob": trainjob, "indexedjob": indexedjob}[opts.kind](opts)
     return objs
 

@@ -108,8 +108,8 @@ def test_checkpoint_smoke(runs):
     out, doc = result(runs, "checkpoint")
     assert "held up s" in out
     rows = {r["mode"]: r for r in doc["rows"]}
-    assert set(rows) == {"sync", "async"}
-    assert rows["sync"]["status"] == "ok"
+    assert set(rows) == {"sync", "async", "s3 sync", "s3 async"}
+    assert rows["sync"]["status"] == "ok" and rows["s3 sync"]["status"] == "ok"  # weed: requirements-dev.txt
     for r in rows.values():
         if r["status"] == "ok":
             assert pos(r["blocking_s"]) and pos(r["committed_s"]) and pos(r["held_up_s"]), r

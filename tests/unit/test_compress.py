@@ -131,3 +131,24 @@ def test_channel_pruning_maps_channels_exactly_through_pool_and_flatten():
     P.prune_channels(model, 0.5, [])
     assert model.fc1.weight.shape == (64, 32 * 49)
     torch.testing.assert_close(model(x), before, atol=1e-5, rtol=0)
+
+
+def test_auto_scheme_picks_the_fastest_not_slower_than_fp32_or_none(monkeypatch):
+    """--scheme auto (the default): chosen by timing every scheme against fp32 here; never a slower one."""
+    from trainer.tools import compress as K
+
+    model = nn.Sequential(nn.Linear(8, 8))
+    x = torch.randn(4, 8)
+    fake = {"fp32": 10.0}
+
+    def timings(models, x, repeats):
+        return [(fake[k], fake[k], 0.0) for k in ["fp32", *Q.SCHEMES][: len(models)]]
+
+    monkeypatch.setattr(K, "measure_latency", timings)
+    fake.update({"int8-dynamic": 20.0, "int8-weight": 9.0, "torch-ao-dynamic": 5.0})
+    auto = K.choose_scheme(model, x, 5)
+    assert auto["chosen"] == "torch-ao-dynamic" and "2.00x fp32" in auto["why"]
+    assert [c["speed_vs_fp32"] for c in auto["candidates"]] == [0.5, 10 / 9, 2.0]
+    fake.update({"int8-weight": 11.0, "torch-ao-dynamic": 12.0})
+    auto = K.choose_scheme(model, x, 5)
+    assert auto["chosen"] is None and "none is written" in auto["why"]

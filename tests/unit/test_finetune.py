@@ -3,7 +3,6 @@ merge, and refusing a pickle that would run code."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import pickle
@@ -19,14 +18,8 @@ from trainer import config as C
 from trainer.config import ConfigError
 from trainer.data import build_datasets
 from trainer.models import CNN, build_model
-from trainer.training.finetune import (
-    LoRALinear,
-    apply_lora,
-    load_into,
-    merge_lora,
-    prepare_for_finetune,
-)
-from trainer.training.optim import build_optimizer
+from trainer.training.finetune import apply_lora, load_into, prepare_for_finetune, resolve_targets
+from trainer.training.optim import apply_freeze, build_optimizer
 from trainer.training.weights import merge_lora_state, read_weights
 
 torch.set_num_threads(1)
@@ -187,62 +180,96 @@ def test_the_evil_pickle_does_run_code_when_loaded_unsafely(tmp_path):
         torch.load(path, weights_only=True)
 
 
-# ----------------------------------------------------------------------------- LoRA
+# ----------------------------------------------------------------------------- LoRA (peft)
+
+
+def _lora_cfg(*extra: str) -> C.Config:
+    return C.load(None, [*TINY, *extra])
 
 
 def test_lora_starts_as_an_exact_noop_and_merges_to_the_adapted_model():
+    pytest.importorskip("peft")
     torch.manual_seed(0)
     model = CNN(10).eval()
     x = torch.randn(8, 1, 28, 28)
     before = model(x)
-    wrapped = apply_lora(model, ["fc*"], rank=4, alpha=8.0, dropout=0.0)
-    assert wrapped == ["fc1", "fc2"] and isinstance(model.fc1, LoRALinear)
-    assert torch.equal(model(x), before)  # B = 0: exactly what it computed before
+    cfg = _lora_cfg("lora.targets=[fc*]", "lora.rank=4", "lora.alpha=8")
+    wrapped = apply_lora(model, cfg, [])
+    assert wrapped.lora_targets == ["fc1", "fc2"] and type(wrapped).__name__ == "PeftModel"
+    assert torch.equal(wrapped(x), before)  # B = 0: exactly what it computed before
     with torch.no_grad():
-        for m in (model.fc1, model.fc2):
-            m.lora_B.normal_(0, 0.05)
-    adapted = model(x)
+        for n, p in wrapped.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.05)
+    adapted = wrapped(x)
     assert (adapted - before).abs().max() > 1e-3  # the adapter now does something
-    merged = merge_lora(copy.deepcopy(model))
-    assert type(merged.fc1) is nn.Linear and not any("lora" in k for k in merged.state_dict())
-    torch.testing.assert_close(merged(x), adapted, atol=1e-5, rtol=0)
+    merged = merge_lora_state(wrapped.state_dict(), C.to_dict(cfg))
+    assert set(merged) == set(CNN(10).state_dict())  # plain names again
     plain = CNN(10).eval()
-    plain.load_state_dict(merge_lora_state(model.state_dict()))
+    plain.load_state_dict(merged)
     torch.testing.assert_close(plain(x), adapted, atol=1e-5, rtol=0)
 
 
-def test_lora_refuses_tied_weights_and_names_unmatched_patterns():
+def test_lora_resolves_globs_and_suffixes_refuses_tied_weights_and_names_unmatched_patterns():
     from trainer.models import GPT
 
-    gpt = GPT(64, 16, 1, 2, 16)
+    gpt = GPT(64, 16, 2, 2, 16)
+    assert resolve_targets(gpt, ["blocks.*.attn.c_attn"]) == ["blocks.0.attn.c_attn", "blocks.1.attn.c_attn"]
+    assert resolve_targets(gpt, ["c_attn"]) == ["blocks.0.attn.c_attn", "blocks.1.attn.c_attn"]
     with pytest.raises(ConfigError, match="lm_head.weight is tied to wte.weight"):
-        apply_lora(gpt, ["lm_head"], 2, 4.0)
+        resolve_targets(gpt, ["lm_head"])
     with pytest.raises(ConfigError, match=r"matches no nn.Linear \(the model has: fc1, fc2\)"):
-        apply_lora(CNN(10), ["conv*"], 2, 4.0)
+        resolve_targets(CNN(10), ["conv*"])
 
 
 def test_lora_run_trains_only_adapters_and_writes_merged_plain_weights(tmp_path, capfd):
+    pytest.importorskip("peft")
     src, sd = source_file(tmp_path)
     run = tmp_path / "run"
-    assert train_inprocess(None, run, TINY + [f"model.init_from={src}", "lora.targets=[body.1]", "lora.rank=2",
-                                              "lora.trainable=[head.bias]"]) == 0
+    over = [f"model.init_from={src}", "lora.targets=[body.1]", "lora.rank=2", "lora.trainable=[head.bias]",
+            "optim.param_groups=[{pattern: head.bias, lr: 0.2}]", "train.freeze=[body.1.lora_A*]"]
+    assert train_inprocess(None, run, TINY + over) == 0
     err = capfd.readouterr().err
-    assert "lora: body.1 wrapped (rank 2" in err and "LoRA adapters merged" in err
+    assert "lora (peft): body.1 wrapped (rank 2" in err and "LoRA adapters merged" in err
+    assert "lr 0.2 for 'head.bias': 4 parameters" in err  # param_groups see peft's names as plain ones
     out = final_weights(run)
     assert set(out) == set(sd)  # plain keys only: loads into the plain model
     from trainer.training import checkpoint as ckpt
 
     state, _ = ckpt.load_state(ckpt.resolve(str(run)))
-    trained = state["model"]
-    assert torch.equal(trained["body.1.weight"], sd["body.1.weight"])  # base frozen
-    assert torch.equal(trained["head.weight"], sd["head.weight"])  # frozen (not in lora.trainable)
-    assert not torch.equal(trained["head.bias"], sd["head.bias"])  # lora.trainable
-    assert trained["body.1.lora_B"].abs().sum() > 0  # the adapter trained
+    trained = {k.removeprefix("base_model.model."): v for k, v in state["model"].items()}
+    assert torch.equal(trained["body.1.base_layer.weight"], sd["body.1.weight"])  # base frozen
+    assert torch.equal(trained["head.modules_to_save.default.weight"], sd["head.weight"])  # not in trainable
+    assert not torch.equal(trained["head.modules_to_save.default.bias"], sd["head.bias"])  # lora.trainable
+    assert trained["body.1.lora_B.default.weight"].abs().sum() > 0  # the adapter trained
     # The merged file computes what the adapted model computes.
-    adapted, cfg = tiny_model("lora.targets=[body.1]", "lora.rank=2")
-    apply_lora(adapted, ["body.1"], 2, cfg.lora.alpha, 0.0)
-    adapted.load_state_dict(trained)
+    cfg = C.load(os.path.join(run, "config.yaml"))
+    adapted = prepare_for_finetune(tiny_model()[0], C.load(None, [*TINY, "lora.targets=[body.1]", "lora.rank=2",
+                                                                  "lora.trainable=[head.bias]"]))
+    adapted.load_state_dict(state["model"])
     plain, _ = tiny_model()
     plain.load_state_dict(out)
     x = torch.randn(16, 8)
     torch.testing.assert_close(plain.eval()(x), adapted.eval()(x), atol=1e-5, rtol=0)
+    # train.freeze reaches adapter weights through their plain names (the run froze every lora_A)
+    apply_freeze(adapted, cfg.train.freeze)
+    grads = {n: p.requires_grad for n, p in adapted.named_parameters() if ".lora_" in n}
+    assert grads == {"base_model.model.body.1.lora_A.default.weight": False,
+                     "base_model.model.body.1.lora_B.default.weight": True}
+
+
+def test_old_handwritten_lora_files_are_converted_on_read_and_refused_for_resume(tmp_path):
+    """The former LoRALinear layout (X.lora_A, X.lora_B, X.lora_scale) still merges on read (init_from,
+    eval, export); resuming such a checkpoint into a peft model is refused with a clear message."""
+    torch.manual_seed(0)
+    w, a, b = torch.randn(4, 3), torch.randn(2, 3), torch.randn(4, 2)
+    old = {"fc.weight": w, "fc.bias": torch.zeros(4), "fc.lora_A": a, "fc.lora_B": b,
+           "fc.lora_scale": torch.tensor(0.5)}
+    merged = merge_lora_state(old)
+    assert set(merged) == {"fc.weight", "fc.bias"}
+    torch.testing.assert_close(merged["fc.weight"], w + 0.5 * b @ a)
+    from trainer.training.loop import refuse_old_lora
+
+    with pytest.raises(ConfigError, match="written by the former hand-written LoRA"):
+        refuse_old_lora(old, "ckpt")
+

@@ -41,6 +41,11 @@ CASES["trainjob-cluster-runtime"] = ["--kind", "trainjob", "--image", IMAGE, "--
 CASES["indexedjob-existing-pvc"] = ["--kind", "indexedjob", "--image", IMAGE, "--name", "ipvc", "--nodes", "3",
                                     "--gpus-per-node", "4", "--pvc", "team-runs", "--run-dir", "/runs/exp7",
                                     "--grace-period", "300", "--backoff-limit", "9", "--shm-size", "64Gi"]
+# Checkpoints on object storage: credentials from a Secret, no ReadWriteMany claim (issue 17).
+S3_DIR = "s3://team-ckpts/exp7"
+for _kind in R.KINDS:
+    CASES[f"{_kind}-s3"] = ["--kind", _kind, "--image", IMAGE, "--name", f"{_kind[:3]}s3", "--nodes", "2",
+                            "--gpus-per-node", "8", "--checkpoint-dir", S3_DIR, "--s3-secret", "s3-creds"]
 
 
 def _tool(name: str) -> str:
@@ -107,7 +112,7 @@ def _pod_templates(obj: dict) -> list[dict]:
 
 
 def _env(container: dict) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env", [])}
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
 def test_every_object_passes_kubernetes_validate_strict(rendered, tmp_path):
@@ -152,7 +157,7 @@ def test_pytorchjob_loads_into_the_kubeflow_training_model_unchanged(rendered):
     from kubeflow.training.models import KubeflowOrgV1PyTorchJob
 
     client = ApiClient()
-    for case in ("pytorchjob-2x8", "pytorchjob-1x0"):
+    for case in ("pytorchjob-2x8", "pytorchjob-1x0", "pytorchjob-s3"):
         obj = _one(rendered[case], "PyTorchJob")
 
         class Response:  # ApiClient.deserialize reads a REST response's .data
@@ -166,7 +171,7 @@ def test_pytorchjob_loads_into_the_kubeflow_training_model_unchanged(rendered):
 def test_trainjob_and_runtime_load_into_the_trainer_api_models_unchanged(rendered):
     from kubeflow_trainer_api.models import TrainerV1alpha1TrainingRuntime, TrainerV1alpha1TrainJob
 
-    for case in ("trainjob-2x8", "trainjob-1x0", "trainjob-cluster-runtime"):
+    for case in ("trainjob-2x8", "trainjob-1x0", "trainjob-cluster-runtime", "trainjob-s3"):
         job = _one(rendered[case], "TrainJob")
         assert _norm(TrainerV1alpha1TrainJob.from_dict(job).to_dict()) == _norm(job), case
     runtime = _one(rendered["trainjob-2x8"], "TrainingRuntime")
@@ -182,7 +187,7 @@ def test_every_pod_has_shm_grace_gpus_and_the_shared_run_volume(rendered, case):
     grace = int(opt.get("--grace-period", 120))
     workload = next(o for o in objs if o["kind"] in ("Job", "PyTorchJob", "TrainJob"))
     claim = opt.get("--pvc") or f"{workload['metadata']['name']}-runs"
-    if "--pvc" in opt:
+    if "--pvc" in opt or "--checkpoint-dir" in opt:
         assert not [o for o in objs if o["kind"] == "PersistentVolumeClaim"]
     else:
         pvc = _one(objs, "PersistentVolumeClaim")
@@ -213,12 +218,17 @@ def test_every_pod_has_shm_grace_gpus_and_the_shared_run_volume(rendered, case):
         else:
             assert "nvidia.com/gpu" not in limits and "tolerations" not in spec
 
-        assert vols[mounts["/runs"]]["persistentVolumeClaim"]["claimName"] == claim
+        if "--checkpoint-dir" in opt:  # run.dir is pod scratch; checkpoints and history go to the bucket
+            assert vols[mounts["/runs"]] == {"name": "runs", "emptyDir": {}}
+        else:
+            assert vols[mounts["/runs"]]["persistentVolumeClaim"]["claimName"] == claim
         assert env["RUN_DIR"] == opt.get("--run-dir", f"/runs/{workload['metadata']['name']}")
         assert env["RUN_DIR"].startswith("/runs/")
         assert env["LAUNCH_MODE"] == "ddp"
         assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
-        if "--" in argv:
+        if "--checkpoint-dir" in opt:
+            assert ctr["args"] == ["-c", R.DEFAULT_CONFIG, f"checkpoint.dir={S3_DIR}"]
+        elif "--" in argv:
             assert ctr["args"] == ["-c", "configs/gpt.yaml", "train.precision=bf16"]
         else:
             assert ctr["args"] == ["-c", R.DEFAULT_CONFIG]
@@ -349,6 +359,34 @@ def test_render_to_stdout_is_a_multi_document_stream(capsys):
     assert [o["kind"] for o in objs] == ["PersistentVolumeClaim", "Service", "Job"]
     assert {o["metadata"]["namespace"] for o in objs} == {"ml"}
     assert "Failure policy:" in out.split("apiVersion")[0]
+
+
+@pytest.mark.parametrize("kind", R.KINDS)
+def test_s3_checkpoints_take_credentials_from_the_secret_and_need_no_claim(rendered, kind):
+    objs = rendered[f"{kind}-s3"]
+    assert not [o for o in objs if o["kind"] == "PersistentVolumeClaim"]
+    text = yaml.safe_dump_all(objs)
+    assert "persistentVolumeClaim" not in text and "ReadWriteMany" not in text
+    workload = next(o for o in objs if o["kind"] in ("Job", "PyTorchJob", "TrainJob"))
+    for tpl in _pod_templates(workload):
+        (ctr,) = tpl["spec"]["containers"]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in ctr["env"] if "valueFrom" in e}
+        assert set(refs) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION"}
+        assert all(r["name"] == "s3-creds" and r["key"] == k for k, r in refs.items())
+        assert not refs["AWS_ACCESS_KEY_ID"]["optional"] and refs["AWS_ENDPOINT_URL"]["optional"]
+    assert f"checkpoint.dir={S3_DIR}" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--checkpoint-dir", "/mnt/ckpt"], "--checkpoint-dir '/mnt/ckpt': expected s3://bucket/prefix"),
+    (["--s3-secret", "creds"], "--s3-secret 'creds': only with --checkpoint-dir"),
+    (["--checkpoint-dir", "s3://b-1/x", "--pvc", "runs"], "--pvc 'runs': not used with --checkpoint-dir"),
+    (["--checkpoint-dir", "s3://b-1/x", "--s3-secret", "Bad_Name"], "--s3-secret 'Bad_Name': expected the name"),
+])
+def test_object_storage_options_are_one_line_errors(capsys, argv, message):
+    assert cli.main(["render", "--kind", "indexedjob", "--image", IMAGE, *argv]) == exitcodes.CONFIG
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_one_job_per_output_directory(tmp_path, capsys):

@@ -1,14 +1,16 @@
 """Datasets: ``build_datasets(cfg) -> (train, eval, DataInfo)``, the one entry point the loop calls.
 
-Built-in names (``data.name``): synthetic_regression, synthetic_classification, digits, diabetes (no files);
-text, tokens, tensors, csv (read ``data.path``); or ``package.module:Name`` for a user Dataset. Every
-dataset is map-style, returns ``(x, y)`` tensors, and also offers ``get_batch(indices) -> (X, Y)`` (one
-gather per micro-batch instead of B Python calls) and ``set_epoch(epoch)`` (augmentation is a pure function
-of (seed, epoch, index), so it is identical at any world size). The train/eval split depends only on
-``data.split_seed``. Bad input raises :class:`trainer.config.ConfigError` naming the key and the value.
+Built-in names (``data.name``): synthetic_regression, synthetic_classification, digits, diabetes (no
+files); text, tokens, tensors, csv, jsonl (read ``data.path``); or ``package.module:Name`` for a user Dataset.
+Every dataset is map-style, returns ``(x, y)`` (``x`` a tensor, or a dict of tensors for dict samples),
+and also offers ``get_batch(indices) -> (X, Y)`` (one gather per micro-batch instead of B Python calls)
+and ``set_epoch(epoch)`` (augmentation is a pure function of (seed, epoch, index), so it is identical at
+any world size). The train/eval split depends only on ``data.split_seed``. Bad input raises
+:class:`trainer.config.ConfigError` naming the key and the value.
 
 The implementations live beside this file: ``base`` (DataInfo, storage, split, hashing), ``builtin``,
-``files``, ``user``, ``sampler`` (global-batch sampling) and ``loaders`` (worker processes).
+``files``, ``user``, ``collate`` (tensor and dict batches), ``sampler`` (global-batch sampling) and
+``loaders`` (worker processes).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from ..config import DATA_NAMES, Config, ConfigError
-from . import builtin, files, user
+from . import builtin, files, jsonl, user
 from .base import (
     ArrayDataset,
     DataInfo,
@@ -25,6 +27,7 @@ from .base import (
     sample_hash,
     split_indices,
 )
+from .user import wrap as wrap_datasets
 
 __all__ = [
     "ArrayDataset",
@@ -34,6 +37,7 @@ __all__ = [
     "fingerprint",
     "sample_hash",
     "split_indices",
+    "wrap_datasets",
     "BUILDERS",
 ]
 
@@ -46,6 +50,7 @@ BUILDERS = {
     "tokens": files.tokens,
     "tensors": files.tensors,
     "csv": files.csv_table,
+    "jsonl": jsonl.jsonl,
 }
 
 

@@ -1,18 +1,24 @@
-"""A user Dataset given as ``data.name=package.module:Name``, called with ``**data.kwargs``.
+"""A user Dataset: ``data.name=package.module:Name`` called with ``**data.kwargs``, or dataset objects
+passed to ``trainer.fit(train_data=..., eval_data=...)``.
 
 The factory may return one map-style dataset (split here by eval_fraction with split_seed) or a
-``(train, eval)`` pair. The task comes from attributes on the dataset when present (``task``,
-``num_classes``, ``num_outputs``, ``vocab_size``), else from the first sample:
+``(train, eval)`` pair. A sample is an ``(x, y)`` pair or a dict: a dict's ``data.target_key`` entry
+(default ``labels``) is the target and every other entry an input that reaches ``forward`` as a keyword
+argument (``input_ids``, ``attention_mask``...; see ``collate``). The task comes from attributes on the
+dataset when present (``task``, ``num_classes``, ``num_outputs``, ``vocab_size``), else from the first
+sample (for a dict, its ``input_ids`` or first tensor stands for x):
   * y an integer scalar -> classification; num_classes = max label + 1 over ``targets``/``labels`` if the
     dataset has them, else over the first 10000 samples;
   * x and y integer sequences of the same shape -> lm (vocab from ``vocab_size`` or model.vocab_size);
   * y floating -> regression with num_outputs = y.numel().
 Samples are converted to the tensor types the loop expects; ``get_batch`` uses the dataset's own when it
-has one, else stacks ``__getitem__``; ``set_epoch`` is forwarded when the dataset defines it.
+has one, else collates ``__getitem__`` (per key for dicts); ``set_epoch`` is forwarded when the dataset
+defines it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import numpy as np
@@ -22,16 +28,36 @@ from torch.utils.data import Dataset
 from ..config import Config, ConfigError
 from ..objects import build_object
 from .base import DataInfo, Indices, as_index, fingerprint, split_indices
+from .collate import collate, first_tensor, split_target
 
 LABEL_SCAN = 10_000  # samples scanned for the largest label when the dataset does not say num_classes
 FINGERPRINT_SAMPLES = 64  # a user dataset may be huge or lazy: fingerprint its length and first samples
 
 
+def _input(t: Any) -> torch.Tensor:
+    t = torch.as_tensor(t)
+    return t.float() if t.is_floating_point() or t.dtype == torch.bool else t
+
+
+def _keyword_input(t: Any) -> Any:
+    """A dict entry keeps its integer or bool dtype (masks, ids); floats become float32."""
+    if not isinstance(t, (torch.Tensor, np.ndarray, list, tuple, int, float, bool)):
+        return t  # strings and other metadata pass through to forward untouched
+    t = torch.as_tensor(t)
+    return t.float() if t.is_floating_point() else t
+
+
 class UserDataset(Dataset):
     """Adapts any map-style dataset (optionally a subset of it) to get_batch/set_epoch and fixed dtypes."""
 
-    def __init__(self, base: Any, indices: Optional[np.ndarray] = None, task: Optional[str] = None):
-        self.base, self.indices, self.task = base, indices, task
+    def __init__(
+        self,
+        base: Any,
+        indices: Optional[np.ndarray] = None,
+        task: Optional[str] = None,
+        target_key: str = "labels",
+    ):
+        self.base, self.indices, self.task, self.target_key = base, indices, task, target_key
 
     def __len__(self) -> int:
         return len(self.base) if self.indices is None else len(self.indices)
@@ -43,35 +69,51 @@ class UserDataset(Dataset):
         if hasattr(self.base, "set_epoch"):
             self.base.set_epoch(epoch)
 
-    def _convert(self, x: Any, y: Any, batched: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = torch.as_tensor(x), torch.as_tensor(y)
-        if self.task == "lm":
-            return x.long(), y.long()
-        if x.is_floating_point() or x.dtype == torch.bool:
-            x = x.float()
+    def _pair(self, sample: Any) -> tuple[Any, Any]:
+        if isinstance(sample, Mapping):
+            return split_target(sample, self.target_key)
+        if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+            raise TypeError(
+                f"user dataset samples must be (x, y) pairs or dicts, got {type(sample).__name__}"
+            )
+        return sample[0], sample[1]
+
+    def _convert(self, x: Any, y: Any, batched: bool) -> tuple[Any, torch.Tensor]:
+        y = torch.as_tensor(y)
+        if isinstance(x, Mapping):
+            x = {k: _keyword_input(v) for k, v in x.items()}
+            if self.task in ("lm", "classification"):
+                y = y.long()
+        elif self.task == "lm":
+            return torch.as_tensor(x).long(), y.long()
+        else:
+            x = _input(x)
         if self.task == "classification":
             y = y.long()
         elif self.task == "regression":
             y = y.float().reshape((y.shape[0], -1) if batched else (-1,))
         return x, y
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
         j = int(self._map(as_index([i + len(self) if i < 0 else i], len(self)))[0])
-        sample = self.base[j]
-        if not isinstance(sample, (tuple, list)) or len(sample) != 2:
-            raise TypeError(f"user dataset samples must be (x, y) pairs, got {type(sample).__name__}")
-        return self._convert(*sample, batched=False)
+        return self._convert(*self._pair(self.base[j]), batched=False)
 
-    def get_batch(self, indices: Indices) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_batch(self, indices: Indices) -> tuple[Any, torch.Tensor]:
         idx = as_index(indices, len(self))
         if hasattr(self.base, "get_batch"):
-            x, y = self.base.get_batch(self._map(idx))
-            return self._convert(x, y, batched=True)
+            return self._convert(*self._pair(self.base.get_batch(self._map(idx))), batched=True)
         pairs = [self[int(i)] for i in idx]
         if not pairs:
             x0, y0 = self[0] if len(self) else (torch.empty(0), torch.empty(0))
             return x0.new_empty((0, *x0.shape)), y0.new_empty((0, *y0.shape))
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        try:
+            x, y = collate(pairs)
+        except RuntimeError as e:  # e.g. "stack expects each tensor to be equal size"
+            raise ConfigError(
+                f"data: samples {int(idx[0])}..{int(idx[-1])} cannot be batched ({str(e).splitlines()[0]}); "
+                "pad them to one length in the dataset"
+            ) from None
+        return x, y
 
 
 def _num_classes(base: Any, ds: UserDataset) -> int:
@@ -86,12 +128,14 @@ def _num_classes(base: Any, ds: UserDataset) -> int:
     return max(int(ds[i][1]) for i in range(n)) + 1
 
 
-def _infer(cfg: Config, base: Any, train: UserDataset) -> DataInfo:
-    key = f"data.name={cfg.data.name!r}"
+def _infer(cfg: Config, key: str, base: Any, train: UserDataset) -> DataInfo:
     if len(train) == 0:
         raise ConfigError(f"{key}: the training dataset is empty")
     try:
         x0, y0 = train[0]
+        x0 = first_tensor(x0)
+    except ConfigError:
+        raise
     except Exception as e:
         raise ConfigError(f"{key}: cannot read sample 0: {type(e).__name__}: {e}") from None
     task = getattr(base, "task", None)
@@ -118,6 +162,7 @@ def _infer(cfg: Config, base: Any, train: UserDataset) -> DataInfo:
         )
     train.task = task
     x0, y0 = train[0]
+    x0 = first_tensor(x0)
     nc = no = vocab = seq = None
     if task == "classification":
         nc = getattr(base, "num_classes", None) or _num_classes(base, train)
@@ -129,31 +174,48 @@ def _infer(cfg: Config, base: Any, train: UserDataset) -> DataInfo:
     return DataInfo(task, tuple(x0.shape), nc, no, vocab, seq, "", "")
 
 
-def build(cfg: Config):
+def _tensors(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, Mapping):
+        return [x[k] for k in sorted(x) if isinstance(x[k], torch.Tensor)]
+    return [x]
+
+
+def wrap(cfg: Config, made: Any, eval_made: Any = None, key: Optional[str] = None):
+    """(train, eval, DataInfo) from what the user gave: one dataset (split here), a (train, eval) pair,
+    or a train dataset and an eval dataset."""
     d = cfg.data
-    made = build_object("data.name", d.name, d.kwargs)
-    if isinstance(made, tuple) and len(made) == 2:
-        base = made[0]
-        train, evald = UserDataset(made[0]), UserDataset(made[1])
-    elif hasattr(made, "__getitem__") and hasattr(made, "__len__"):
-        base = made
-        tr, ev = split_indices(len(made), d.eval_fraction, d.split_seed)
-        train, evald = UserDataset(made, tr), UserDataset(made, ev)
+    key = key or f"data.name={d.name!r}"
+    if eval_made is None and isinstance(made, tuple) and len(made) == 2:
+        made, eval_made = made
+    for obj in (made, eval_made):
+        if obj is not None and not (hasattr(obj, "__getitem__") and hasattr(obj, "__len__")):
+            raise ConfigError(
+                f"{key}: got {type(obj).__name__}; expected a map-style Dataset or a (train, eval) pair"
+            )
+    tk = d.target_key
+    if eval_made is not None:
+        train, evald = UserDataset(made, target_key=tk), UserDataset(eval_made, target_key=tk)
     else:
-        raise ConfigError(
-            f"data.name={d.name!r}: returned {type(made).__name__}; expected a map-style Dataset "
-            f"or a (train, eval) pair"
-        )
-    info = _infer(cfg, base, train)
+        tr, ev = split_indices(len(made), d.eval_fraction, d.split_seed)
+        train, evald = UserDataset(made, tr, target_key=tk), UserDataset(made, ev, target_key=tk)
+    info = _infer(cfg, key, made, train)
     evald.task = info.task
     n_fp = min(len(train), FINGERPRINT_SAMPLES)
     parts = [str(len(train)), str(len(evald))]
     for i in range(n_fp):
         x, y = train[i]
-        parts += [t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy() for t in (x, y)]
+        parts += [
+            t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy() for t in (*_tensors(x), y)
+        ]
     info.fingerprint = fingerprint(*parts)
+    x0 = train[0][0]
+    keys = f", keys {', '.join(x0)} -> forward" if isinstance(x0, Mapping) else ""
     info.description = (
-        f"{d.name}: {len(train)} train / {len(evald)} eval, input {info.input_shape}, {info.task} "
+        f"{d.name}: {len(train)} train / {len(evald)} eval, input {info.input_shape}{keys}, {info.task} "
         f"(user dataset)"
     )
     return train, evald, info
+
+
+def build(cfg: Config):
+    return wrap(cfg, build_object("data.name", cfg.data.name, cfg.data.kwargs))

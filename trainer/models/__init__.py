@@ -1,15 +1,24 @@
 """Models: ``build_model(cfg, info)`` and ``flops_per_sample(model, info)`` (for throughput and MFU).
 
-Built-in ``model.name``: linreg, cnn, mlp, gpt; or ``package.module:Name`` for a user nn.Module called with
-``**model.kwargs``. Construction draws only from torch's global RNG, so the loop's ``torch.manual_seed``
-before ``build_model`` makes initialisation deterministic. Every model gets ``task = info.task`` so the
-loop picks the loss (MSE for regression, cross-entropy for classification and lm).
+Built-in ``model.name``: linreg, cnn, mlp, gpt, hf (a local Hugging Face causal LM from ``model.path``,
+``hf.py``: it keeps ``model.dtype``); or ``package.module:Callable`` (also
+``module:Class.classmethod``, e.g. ``transformers:AutoModelForCausalLM.from_config``) for a user nn.Module,
+called with ``**model.kwargs``, or with ``model.config=package.module:ConfigClass`` called with
+``ConfigClass(**model.kwargs)`` as its one argument. A user model built in another floating dtype (a
+transformers config's ``dtype``) is cast to float32: every ``train.precision`` keeps fp32 master weights
+(autocast, GradScaler and FSDP's mixed-precision policy cast from them). Construction draws only from
+torch's global RNG, so the loop's ``torch.manual_seed`` before ``build_model`` makes initialisation
+deterministic. Every model gets ``task = info.task`` so the
+loop picks the loss (MSE for regression, cross-entropy for classification and lm); a user model keeps its
+own ``task`` attribute if it has one.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -17,13 +26,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import MODEL_NAMES, Config, ConfigError
 from ..data.base import DataInfo
-from ..objects import build_object
+from ..objects import import_object
 from .cnn import CNN
 from .gpt import GPT
+from .hf import build_hf
 from .linreg import LinReg
 from .mlp import MLP
+from .outputs import ModelIO
 
-__all__ = ["CNN", "GPT", "LinReg", "MLP", "build_model", "flops_per_sample", "unwrap"]
+__all__ = ["CNN", "GPT", "LinReg", "MLP", "build_model", "flops_per_sample", "prepare_user_model", "unwrap"]
+
+log = logging.getLogger("trainer")
 
 
 def _out_features(name: str, info: DataInfo) -> int:
@@ -59,11 +72,83 @@ def _build_gpt(cfg: Config, info: DataInfo) -> GPT:
     )
 
 
+def _takes(obj: Any) -> str:
+    """The parameters a callable takes, for error messages."""
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return "?"
+    return (
+        ", ".join(
+            ("**" if p.kind is p.VAR_KEYWORD else "*" if p.kind is p.VAR_POSITIONAL else "") + p.name
+            for p in params
+        )
+        or "no parameters"
+    )
+
+
+def _call(key: str, spec: str, fn: Any, args: tuple, kwargs: dict, given: str) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except SystemExit as e:  # user code must not end the run as if it had succeeded
+        raise ConfigError(f"{key}={spec!r}: calling it with {given} called sys.exit({e.code!r})") from None
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(
+            f"{key}={spec!r}: calling {getattr(fn, '__qualname__', type(fn).__name__)} with {given} failed: "
+            f"{type(e).__name__}: {msg} (it takes: {_takes(fn)})"
+        ) from None
+
+
+def _check_config_keys(spec: str, conf_cls: Any, kwargs: dict) -> None:
+    """transformers' config classes keep unknown keys silently (whatever their signature says), so a
+    typo (or YAML's ``{a:1}``, one key "a:1") would build a default-sized model: refuse keys that are
+    neither a parameter nor an attribute of a default instance."""
+    try:
+        params = inspect.signature(conf_cls).parameters
+    except (TypeError, ValueError):
+        return
+    try:
+        default = conf_cls()
+    except Exception:
+        return
+    for key in kwargs:
+        if key not in params and not hasattr(default, key):
+            hint = " (in YAML write {key: value}, with a space after the colon)" if ":" in str(key) else ""
+            raise ConfigError(
+                f"model.kwargs: {key!r} is not a field of {getattr(conf_cls, '__name__', spec)} "
+                f"(model.config={spec!r}){hint}; it takes: {_takes(conf_cls)}"
+            )
+
+
 def _build_user(cfg: Config) -> nn.Module:
     m = cfg.model
-    model = build_object("model.name", m.name, m.kwargs)
+    factory = import_object("model.name", m.name)
+    if m.config:
+        conf_cls = import_object("model.config", m.config)
+        _check_config_keys(m.config, conf_cls, m.kwargs)
+        conf = _call("model.config", m.config, conf_cls, (), m.kwargs, f"model.kwargs={m.kwargs!r}")
+        model = _call("model.name", m.name, factory, (conf,), {}, f"a {type(conf).__name__}")
+    else:
+        model = _call("model.name", m.name, factory, (), m.kwargs, f"model.kwargs={m.kwargs!r}")
+    return prepare_user_model(model, f"model.name={m.name!r}", cfg)
+
+
+def prepare_user_model(model: Any, key: str, cfg: Config) -> nn.Module:
+    """A user model checked and cast to float32 master weights (see the module docstring)."""
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"model.name={m.name!r}: returned {type(model).__name__}, expected an nn.Module")
+        raise ConfigError(f"{key}: returned {type(model).__name__}, expected an nn.Module")
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes - {torch.float32}:
+        log.info(
+            "model: built in %s; cast to float32 master weights (train.precision=%s computes in %s)",
+            ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes)),
+            cfg.train.precision,
+            {"fp32": "float32", "bf16": "bfloat16 under autocast", "fp16": "float16 under autocast"}[
+                cfg.train.precision
+            ],
+        )
+        model = model.float()
     return model
 
 
@@ -89,6 +174,7 @@ BUILDERS = {
     "cnn": _build_cnn,
     "mlp": _build_mlp,
     "gpt": _build_gpt,
+    "hf": build_hf,
 }  # config.MODEL_NAMES
 
 
@@ -97,13 +183,15 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
     name = cfg.model.name
     if name in BUILDERS:
         model: nn.Module = BUILDERS[name](cfg, info)
+        model.task = info.task
     elif ":" in name:
         model = _build_user(cfg)
+        if not hasattr(model, "task"):  # never overwrite a user model's own attribute
+            model.task = info.task
     else:
         raise ConfigError(
             f"model.name={name!r}: expected one of {', '.join(MODEL_NAMES)} or package.module:Name"
         )
-    model.task = info.task
     return model
 
 
@@ -115,6 +203,8 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         elif kind in ("DistributedDataParallel", "DataParallel"):
             model = model.module
+        elif kind.startswith("Peft") and hasattr(model, "get_base_model"):
+            model = model.get_base_model()
         else:
             return model
 
@@ -145,7 +235,7 @@ def flops_per_sample(model: nn.Module, info: DataInfo) -> Optional[float]:
         inner.eval()  # no dropout draws, no BatchNorm running-stat updates
         try:
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                inner(x)
+                ModelIO().forward(inner, {"input_ids": x} if info.extra.get("loss_mask") else x, None)
         finally:
             inner.train(was_training)
         fwd = counter.get_total_flops()

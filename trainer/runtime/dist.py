@@ -97,9 +97,9 @@ def init(
 def backstop_s(collective_timeout_s: float) -> float:
     """The timeout of every process group: later than the watchdog's, so the watchdog always fires first.
 
-    The watchdog (runtime.watchdog) fires at collective_timeout_s and names the stalled rank and where; a group
-    that timed out at the same moment would end the healthy rank first with gloo's rank-less error (seen with
-    the side groups at collective_timeout_s: a rank stopped with SIGSTOP mid-run, 2 of 3 trials).
+    The watchdog (runtime.watchdog) fires at collective_timeout_s and names the stalled rank and where; a
+    group that timed out at the same moment would end the healthy rank first with gloo's rank-less error
+    (seen with the side groups at collective_timeout_s: a rank stopped with SIGSTOP mid-run, 2 of 3 trials).
     """
     return 2 * collective_timeout_s + 10
 
@@ -134,6 +134,19 @@ def broadcast_object(state: DistState, obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0, group=state.side_group)
     return box[0]
+
+
+def first_error(state: DistState, msg: Optional[str]) -> Optional[str]:
+    """The same verdict on every rank: the lowest rank's error message (prefixed ``rank N:`` when it is not
+    rank 0), or None when no rank has one. A collective over the side group."""
+    if not state.distributed:
+        return msg
+    out: list = [None] * state.world_size
+    dist.all_gather_object(out, msg, group=state.side_group)
+    for rank, m in enumerate(out):
+        if m:
+            return m if rank == 0 else f"rank {rank}: {m}"
+    return None
 
 
 def teardown(state: Optional[DistState]) -> None:

@@ -26,11 +26,22 @@ log = logging.getLogger("trainer")
 # Order of the breadcrumbs inside one step: a rank at an earlier op of the same step is behind. "agree" is the
 # preemption all-reduce on the side group; during a save, "checkpoint" is this rank's own work and "checkpoint
 # barrier" waiting for the others, so the rank still writing is the one behind.
-OPS = ("data", "forward", "backward", "optimizer", "log", "eval", "agree", "checkpoint", "checkpoint barrier",
-       "done")
+OPS = (
+    "data",
+    "forward",
+    "backward",
+    "optimizer",
+    "log",
+    "eval",
+    "agree",
+    "checkpoint",
+    "checkpoint barrier",
+    "done",
+)
 
-# Test hook: TRAINER_TEST_STALL_AT=OP:STEP:RANK[:stop|sleep] stalls RANK when it marks OP of STEP, by SIGSTOP of the
-# whole process (heartbeat included, as `kill -STOP` does) or by a sleep of the main thread. Normal runs never set it.
+# Test hook: TRAINER_TEST_STALL_AT=OP:STEP:RANK[:stop|sleep] stalls RANK when it marks OP of STEP, by
+# SIGSTOP of the whole process (heartbeat included, as `kill -STOP` does) or by a sleep of the main thread.
+# Normal runs never set it.
 STALL_ENV = "TRAINER_TEST_STALL_AT"
 
 
@@ -119,7 +130,9 @@ class Watchdog:
         )
         if stale:
             seen = [f"{peers[r]['op']} of step {peers[r]['step']}" for r in stale if r in peers]
-            return stale, "no heartbeat" + (f" since {seen[0]}" if len(seen) == 1 else "") + " (process dead or frozen)"
+            return stale, "no heartbeat" + (
+                f" since {seen[0]}" if len(seen) == 1 else ""
+            ) + " (process dead or frozen)"
         pos = {r: (p["step"], OPS.index(p["op"]) if p["op"] in OPS else -1) for r, p in peers.items()}
         low = min(pos.values())
         behind = sorted(r for r, v in pos.items() if v == low)

@@ -21,6 +21,7 @@ COMMANDS = {  # name -> (help, argument adder); see add_commands
     "eval": "evaluate a run, checkpoint or weights file on its eval split",
     "compress": "quantize or prune a trained model; before/after report",
     "export": "write a run or checkpoint as one .safetensors file",
+    "generate": "complete prompts with a fine-tuned language model (a run, a checkpoint or an hf/ dir)",
     "compare": "plot several runs' curves on one figure; print their config differences and final metrics",
 }
 
@@ -83,9 +84,10 @@ def add_compress_arguments(sp: argparse.ArgumentParser) -> None:
     q = sp.add_argument_group("quantize")
     q.add_argument(
         "--scheme",
-        default="int8-dynamic",
-        help=f"comma-separated, from {', '.join(QUANT_SCHEMES)} (default int8-dynamic; torchao "
-        "schemes fall back to torch-ao-dynamic if torchao fails)",
+        default="auto",
+        help=f"auto (default: every scheme is timed against fp32 on this machine and the fastest that is "
+        f"not slower is used; the report shows the measurement), or comma-separated from "
+        f"{', '.join(QUANT_SCHEMES)} (torchao schemes fall back to torch-ao-dynamic if torchao fails)",
     )
     p = sp.add_argument_group("prune")
     p.add_argument("--amount", type=float, default=0.5, help="fraction of weights (or channels) to remove")
@@ -120,12 +122,32 @@ def add_compress_arguments(sp: argparse.ArgumentParser) -> None:
     )
 
 
+def add_generate_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--from",
+        dest="src",
+        required=True,
+        metavar="RUN_OR_DIR",
+        help="a model.name=hf run dir (its hf/), a checkpoint dir of one, or a Hugging Face model dir",
+    )
+    src = sp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeat for several)")
+    src.add_argument("--prompt-file", metavar="FILE", help="a file with one prompt a line")
+    sp.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt (64)")
+    sp.add_argument(
+        "--temperature", type=float, default=0.0, help="0 = greedy, deterministic (default); > 0 samples"
+    )
+    sp.add_argument("--top-k", type=int, default=0, help="sample among the K most likely tokens (0 = all)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the sampling (temperature > 0)")
+
+
 def add_commands(sub) -> None:
     """Add the tools' subcommands to the ``python -m trainer`` subparsers."""
     adders = {
         "eval": add_eval_arguments,
         "compress": add_compress_arguments,
         "export": add_export_arguments,
+        "generate": add_generate_arguments,
         "compare": add_compare_arguments,
     }
     for name, help_ in COMMANDS.items():

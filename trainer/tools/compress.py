@@ -32,6 +32,7 @@ from safetensors.torch import save
 from torch import nn
 
 from .. import config
+from ..models.outputs import ModelIO
 from ..training.tasks import metric_name
 from ..training.weights import write_safetensors
 from . import prune
@@ -62,6 +63,7 @@ def measure_latency(models: list, x, repeats: int) -> list[tuple[float, float, f
     times: list[list[float]] = [[] for _ in models]
     inner: list[list[float]] = [[] for _ in models]
     acc = [0.0]
+    io = ModelIO()  # a tensor batch positionally, a dict batch (an LM's input_ids, ...) as keywords
 
     def pre(mod, args):
         mod._t0 = time.perf_counter()
@@ -78,13 +80,13 @@ def measure_latency(models: list, x, repeats: int) -> list[tuple[float, float, f
     try:
         with torch.inference_mode():
             for m in models:  # warm-up: first-call allocations, kernel selection
-                m(x)
-                m(x)
+                io.forward(m, x, None)
+                io.forward(m, x, None)
             for _ in range(max(1, repeats)):
                 for i, m in enumerate(models):
                     acc[0] = 0.0
                     t0 = time.perf_counter()
-                    m(x)
+                    io.forward(m, x, None)
                     times[i].append(time.perf_counter() - t0)
                     inner[i].append(acc[0])
     finally:
@@ -141,18 +143,66 @@ def format_table(report: dict) -> str:
     for r in rows[1:]:
         if r.get("note"):
             lines.append(f"{r['variant']}: {r['note']}")
+    auto = report.get("auto_scheme")
+    if auto:
+        timed = [c for c in auto["candidates"] if "latency_ms" in c]
+        lines.append(
+            (f"--scheme auto chose {auto['chosen']}: " if auto["chosen"] else "--scheme auto: ")
+            + f"{auto['why']}; measured "
+            + ", ".join(f"{c['scheme']} {c['latency_ms']:.2f} ms ({c['speed_vs_fp32']:.2f}x)" for c in timed)
+            + "".join(f"; {c['scheme']} failed ({c['error']})" for c in auto["candidates"] if "error" in c)
+        )
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- methods
 
 
+def choose_scheme(module, x, repeats: int) -> dict:
+    """``--scheme auto``: time every scheme against fp32 on this machine, this model and this batch, and
+    pick the fastest one that is not slower than fp32 (int8 is not faster everywhere: torchao's dynamic
+    path was 2.2x slower than fp32 inside Linear layers on our CI CPU, torch.ao's fbgemm 1.8x faster)."""
+    candidates, models = [], [module]
+    for scheme in QUANT_SCHEMES:
+        try:
+            q, used, _ = quantize(module, scheme, fallback=False)
+        except Exception as e:  # a scheme this build cannot run: reported, not chosen
+            candidates.append({"scheme": scheme, "error": f"{type(e).__name__}: {str(e)[:120]}"})
+            continue
+        candidates.append({"scheme": used})
+        models.append(q)
+    times = measure_latency(models, x, max(3, repeats // 2))
+    fp32 = times[0][0]
+    timed = [c for c in candidates if "error" not in c]
+    for c, (med, _, _) in zip(timed, times[1:]):
+        c.update(latency_ms=med, speed_vs_fp32=fp32 / med)
+    ok = [c for c in timed if c["speed_vs_fp32"] >= 1.0]
+    if not ok:  # the default never makes a model slower: nothing is written, the report says why
+        best = max(timed, key=lambda c: c["speed_vs_fp32"]) if timed else {"scheme": "-", "speed_vs_fp32": 0}
+        why = (
+            f"no int8 scheme is as fast as fp32 ({fp32:.2f} ms) for this model on this machine (fastest: "
+            f"{best['scheme']} at {best['speed_vs_fp32']:.2f}x), so none is written; pass --scheme NAME "
+            "to quantize anyway"
+        )
+        return {"fp32_latency_ms": fp32, "candidates": candidates, "chosen": None, "why": why}
+    best = max(ok, key=lambda c: c["speed_vs_fp32"])
+    why = f"the fastest scheme measured here, {best['speed_vs_fp32']:.2f}x fp32 ({fp32:.2f} ms)"
+    return {"fp32_latency_ms": fp32, "candidates": candidates, "chosen": best["scheme"], "why": why}
+
+
 def _quantize(module, ctx: dict, args, out: str) -> list[dict]:
-    schemes = [s.strip() for s in args.scheme.split(",") if s.strip()]
+    if args.scheme == "auto":
+        ctx["auto"] = choose_scheme(module, ctx["x"], args.repeats)
+        log.info("--scheme auto: %s (%s)", ctx["auto"]["chosen"], ctx["auto"]["why"])
+        if ctx["auto"]["chosen"] is None:
+            return []
+        schemes = [ctx["auto"]["chosen"]]
+    else:
+        schemes = [s.strip() for s in args.scheme.split(",") if s.strip()]
     bad = [s for s in schemes if s not in QUANT_SCHEMES]
     if bad or not schemes:
         raise config.ConfigError(
-            f"--scheme {args.scheme!r}: expected one or more of {', '.join(QUANT_SCHEMES)}"
+            f"--scheme {args.scheme!r}: expected auto or one or more of {', '.join(QUANT_SCHEMES)}"
         )
     rows = []
     for scheme in schemes:
@@ -243,13 +293,14 @@ def _compress(module, cfg, w, info, ctx: dict, x, args, out: str) -> dict:
         "data": info.description,
         "rows": rows,
         "measurement": {
-            "batch_size": x.shape[0],
+            "batch_size": ctx["batch_size"],
             "repeats": args.repeats,
             "threads": torch.get_num_threads(),
             "device": "cpu",
             "torch": torch.__version__,
         },
         "prune": details or None,
+        "auto_scheme": ctx.get("auto"),
         "config": config.to_dict(cfg),
     }
     with open(os.path.join(out, "report.json.tmp"), "w", encoding="utf-8") as fh:
@@ -282,6 +333,8 @@ def compress_main(args: argparse.Namespace) -> int:
         "metric": metric_name(info.task),
         "eval_bs": cfg.train.eval_batch_size,
         "models": [],
+        "x": x,
+        "batch_size": bs,
     }
     created = not os.path.exists(out)
     os.makedirs(out, exist_ok=True)

@@ -23,8 +23,10 @@ import torch
 
 from .. import config
 from ..data import build_datasets
+from ..data.collate import batch_size_of
 from ..models import build_model
-from ..training.tasks import eval_result, eval_sums
+from ..models.outputs import ModelIO, model_io
+from ..training.tasks import Objective, eval_result
 from ..training.weights import best_checkpoint, read_weights
 from .prune import fit_shapes
 from .quantize import rebuild
@@ -77,15 +79,21 @@ def load_model(src: str, config_path: str | None = None, overrides: list[str] | 
     return module.eval(), cfg, w, data
 
 
-def evaluate_module(module, eval_ds, task: str, batch_size: int) -> dict:
-    """Loss and the task's metric (accuracy | mse | perplexity) over the whole eval split, one process."""
-    sums = torch.zeros(3, dtype=torch.float64)
+def evaluate_module(
+    module, eval_ds, task: str, batch_size: int, io: ModelIO | None = None, objective: Objective | None = None
+) -> dict:
+    """Loss and the task's metric (accuracy | mse | perplexity) over the whole eval split, one process.
+
+    ``io`` / ``objective``: how the run fed its model and scored it (a user model's ``model.target_arg``,
+    dict batches, ``train.loss``); default: the built-in models' plain path."""
+    io, objective = io or ModelIO(), objective or Objective(task)
+    sums = torch.zeros(4, dtype=torch.float64)  # loss sum, weight, correct, samples
     module.eval()
     with torch.inference_mode():
         for start in range(0, len(eval_ds), batch_size):
             stop = min(start + batch_size, len(eval_ds))
             x, y = eval_ds.get_batch(torch.arange(start, stop))
-            sums += eval_sums(task, module(x), y, stop - start)
+            sums += objective.eval_sums(io.forward(module, x, y), y, batch_size_of(x))
     return eval_result(task, *sums.tolist())
 
 
@@ -97,9 +105,11 @@ def eval_main(args: argparse.Namespace) -> int:
     module, cfg, w, (_, eval_ds, info) = load_model(src, args.config, args.overrides)
     if len(eval_ds) == 0:
         raise config.ConfigError(f"data.eval_fraction={cfg.data.eval_fraction}: the eval split is empty")
-    res = evaluate_module(module, eval_ds, info.task, cfg.train.eval_batch_size)
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in res.items() if k != "samples")
-    print(f"eval: {shown} on {res['samples']} samples ({info.description}); weights: {w.source}")
+    io, objective = model_io(cfg, module, eval_ds, info.task), Objective.for_run(cfg, info.task)
+    res = evaluate_module(module, eval_ds, info.task, cfg.train.eval_batch_size, io, objective)
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in res.items() if k not in ("samples", "tokens"))
+    scored = f"{res['samples']} samples" + (f", {res['tokens']} tokens" if "tokens" in res else "")
+    print(f"eval: {shown} on {scored} ({info.description}); weights: {w.source}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"source": w.source, "data": info.description, **res}, fh, indent=1)

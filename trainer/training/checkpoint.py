@@ -1,6 +1,6 @@
 """Transactional checkpoints: write under a temporary name, fsync, checksum, rename, then move `latest`.
 
-Layout under ``<run.dir>/checkpoints/``::
+Layout under ``checkpoint.dir`` (default ``<run.dir>/checkpoints/``)::
 
     step-00000100/            a committed checkpoint (renamed into place only when complete)
         state.pt              model, optimizer, scheduler, scaler, progress (rank 0; full, unsharded)
@@ -11,24 +11,32 @@ Layout under ``<run.dir>/checkpoints/``::
 
 Reading verifies every checksum before unpickling anything, and then uses ``weights_only=True``; a
 checkpoint that fails is reported and the previous one is used.
+
+On an object store (``checkpoint.dir=s3://bucket/prefix``, stores.py) there is no rename: the files are
+written in place under ``step-N/`` (a stale one from an interrupted write is deleted first), the manifest
+is written last (digests of the bytes rank 0 sent itself, read back for files other ranks wrote), then
+``latest`` in one PUT. A ``step-N/`` without a manifest is not a checkpoint: it is never listed and is
+deleted by the next commit.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import pickle
 import platform
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+
+from . import stores
 
 log = logging.getLogger("trainer")
 
@@ -47,8 +55,9 @@ def _phase(name: str, step: int = -1, rank: int = 0) -> None:
     """Instrumented point of a checkpoint write, for deterministic fault injection.
 
     TRAINER_TEST_KILL_AT=PHASE[:STEP[:RANK]] SIGKILLs this process when it reaches PHASE (one of
-    before_data, mid_file, before_rename, before_latest) of the save at STEP on RANK (any step / rank 0
-    when omitted). Normal runs never set it.
+    before_data, mid_file, before_manifest, before_rename, before_latest) of the save at STEP on RANK (any
+    step / rank 0 when omitted). On an object store mid_file is during an upload and before_rename does not
+    occur (nothing is renamed). Normal runs never set it.
     """
     if crash_hook is not None:
         crash_hook(name)
@@ -73,24 +82,17 @@ class Progress:
     samples_total: int = 0  # global samples consumed since the start
 
 
+def checkpoint_root(configured: Optional[str], run_dir: str) -> str:
+    """``checkpoint.dir`` if set (a directory or a URL), else ``<run.dir>/checkpoints``."""
+    return configured or os.path.join(run_dir, "checkpoints")
+
+
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def sha256_file(path: str) -> str:
+    return stores.for_path(path).sha256(path)
 
 
 class _PhaseAfterFirstWrite:
@@ -112,6 +114,13 @@ class _PhaseAfterFirstWrite:
 
 
 def atomic_torch_save(obj: Any, path: str, step: int = -1, rank: int = 0) -> None:
+    store = stores.for_path(path)
+    if store.remote:  # serialized here, then one PUT (retried): an object is whole or absent
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        on_first = (lambda: _phase("mid_file", step, rank)) if step >= 0 else None
+        store.write_bytes(path, buf.getvalue(), on_first_chunk=on_first)
+        return
     tmp = path + ".tmp"
     with open(tmp, "wb") as fh:
         torch.save(obj, _PhaseAfterFirstWrite(fh, step, rank) if step >= 0 else fh)
@@ -121,13 +130,7 @@ def atomic_torch_save(obj: Any, path: str, step: int = -1, rank: int = 0) -> Non
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
+    stores.for_path(path).write_bytes(path, text.encode("utf-8"))
 
 
 def rng_state() -> dict:
@@ -149,31 +152,30 @@ def versions() -> dict:
 
 
 class CheckpointDir:
-    """Owns ``<run.dir>/checkpoints``: save (all ranks call), discover, verify, load, prune."""
+    """Owns ``checkpoint.dir``: save (all ranks call), discover, verify, load, prune; local or remote."""
 
     def __init__(self, root: str, keep: int = 3, keep_best: int = 0):
-        self.root = root
+        self.root = str(root)
         self.keep = keep
         self.keep_best = keep_best  # also kept: the K best by the metric their manifests record
+        self.store = stores.for_path(self.root)
+
+    def _join(self, *parts: str) -> str:
+        return stores.join(self.root, *parts)
 
     # ------------------------------------------------------------------ discovery
     def committed(self) -> list[str]:
         """Committed checkpoint directories, newest first (temp dirs are never listed)."""
-        if not os.path.isdir(self.root):
-            return []
-        names = sorted((n for n in os.listdir(self.root) if n.startswith("step-")), reverse=True)
-        return [
-            os.path.join(self.root, n) for n in names if os.path.isfile(os.path.join(self.root, n, MANIFEST))
-        ]
+        names = sorted((n for n in self.store.listdir(self.root) if n.startswith("step-")), reverse=True)
+        return [self._join(n) for n in names if self.store.isfile(self._join(n, MANIFEST))]
 
     def latest_pointer(self) -> Optional[str]:
         """The checkpoint `latest` names; None (with a warning) if missing or not a plain name in here."""
-        p = os.path.join(self.root, LATEST)
-        if not os.path.isfile(p):
+        p = self._join(LATEST)
+        if not self.store.isfile(p):
             return None
         try:
-            with open(p, encoding="utf-8") as fh:
-                name = fh.read().strip()
+            name = self.store.read_bytes(p).decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as e:
             log.warning(
                 "checkpoint pointer %s is unreadable (%s); looking at the checkpoints themselves", p, e
@@ -184,7 +186,10 @@ class CheckpointDir:
         if os.path.isabs(name) or os.path.basename(name) != name or name in (".", ".."):
             log.warning("checkpoint pointer %s names %r, outside %s; ignored", p, name[:200], self.root)
             return None
-        return os.path.join(self.root, name)
+        return self._join(name)
+
+    def is_empty(self) -> bool:
+        return not self.store.listdir(self.root)
 
     def find_resumable(self) -> Optional[str]:
         """The `latest` checkpoint if it verifies, else the newest older one that does.
@@ -228,16 +233,22 @@ class CheckpointDir:
     # A save is three verbs so that the middle one can run in a background thread (async saves):
     # begin (collective, main thread) -> write (this rank's files) -> commit (collective, main thread).
     def tmp_dir(self, step: int) -> str:
-        return os.path.join(self.root, ".tmp-" + step_name(step))
+        """Where the files of a save are written: a temp dir renamed later, or step-N/ itself (no rename)."""
+        return self._join((".tmp-" if self.store.renames else "") + step_name(step))
 
     def begin(self, step: int, rank: int, barrier: Callable[[], None]) -> None:
         tmp = self.tmp_dir(step)
         if rank == 0:
-            os.makedirs(self.root, exist_ok=True)
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp)
-            os.makedirs(tmp)
+            self.store.makedirs(self.root)
+            if self.store.exists(tmp):
+                self._remove_checkpoint(tmp)
+            self.store.makedirs(tmp)
         barrier()
+
+    def _remove_checkpoint(self, path: str) -> None:
+        """Manifest first: a half-deleted checkpoint must never look committed."""
+        self.store.remove(stores.join(path, MANIFEST))
+        self.store.rmtree(path)
 
     def write(
         self,
@@ -255,40 +266,41 @@ class CheckpointDir:
         """
         tmp = self.tmp_dir(step)
         _phase("before_data", step, rank)
-        atomic_torch_save(rng, os.path.join(tmp, f"rng-rank{rank:05d}.pt"))
+        atomic_torch_save(rng, stores.join(tmp, f"rng-rank{rank:05d}.pt"))
         if sharded is not None:
             from . import dcp_io  # torch.distributed.checkpoint costs ~0.9 s to import: FSDP runs only
 
-            dcp_io.save(sharded, os.path.join(tmp, DCP), process_group=group)
+            dcp_io.save(sharded, stores.join(tmp, DCP), process_group=group)
         if rank == 0:
             assert state is not None
-            atomic_torch_save(state, os.path.join(tmp, STATE), step, rank)
+            atomic_torch_save(state, stores.join(tmp, STATE), step, rank)
 
     def commit(
         self, step: int, rank: int, world_size: int, manifest_extra: dict, barrier: Callable[[], None]
     ) -> str:
         """After every rank's write: manifest, rename into place, move `latest`, prune (rank 0)."""
-        tmp, final = self.tmp_dir(step), os.path.join(self.root, step_name(step))
+        tmp, final = self.tmp_dir(step), self._join(step_name(step))
         barrier()  # every rank's files are durable
         if rank == 0:
-            files = _list_files(tmp)
+            files = self.store.list_files(tmp)
+            if not files:  # a listing that sees nothing must not become a manifest that vouches for nothing
+                raise CheckpointError(f"checkpoint step {step}: no files found under {tmp}")
             manifest = {
                 "step": step,
                 "world_size": world_size,
                 "time": time.time(),
                 "versions": versions(),
-                "files": {f: sha256_file(os.path.join(tmp, f)) for f in files},
+                "files": {f: self.store.sha256(stores.join(tmp, f), reread=False) for f in files},
                 **manifest_extra,
             }
-            atomic_write_text(os.path.join(tmp, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True))
-            _phase("before_rename", step, rank)
-            if os.path.exists(final):  # same step saved again (e.g. final save after periodic)
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-            _fsync_dir(self.root)
+            _phase("before_manifest", step, rank)
+            atomic_write_text(stores.join(tmp, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True))
+            if self.store.renames:
+                _phase("before_rename", step, rank)
+                self.store.rename_dir(tmp, final)
             _phase("before_latest", step, rank)
-            atomic_write_text(os.path.join(self.root, LATEST), step_name(step) + "\n")
-            self._prune()
+            atomic_write_text(self._join(LATEST), step_name(step) + "\n")
+            self._prune(keep_step=step)
         barrier()  # nobody proceeds (or exits) before `latest` moved
         return final
 
@@ -321,32 +333,32 @@ class CheckpointDir:
             raise
 
     def discard(self, step: int) -> None:
-        shutil.rmtree(self.tmp_dir(step), ignore_errors=True)
+        """Remove a failed save's files (on an object store: the partial step-N/, which has no manifest)."""
+        try:
+            self.store.rmtree(self.tmp_dir(step))
+        except OSError as e:  # the store that refused the write may refuse this too; the next commit prunes
+            log.warning("could not remove %s: %s", self.tmp_dir(step), stores.describe(e))
 
     def best(self, k: int) -> list[str]:
         """The k best committed checkpoints by the ``monitor`` record of their manifests, best first."""
         return ranked_by_monitor(self.committed())[:k]
 
-    def _prune(self) -> None:
+    def _prune(self, keep_step: int = -1) -> None:
         committed = self.committed()
         spared = set(committed[: self.keep]) | set(self.best(self.keep_best) if self.keep_best else [])
         for d in committed:
             if d not in spared:
-                shutil.rmtree(d, ignore_errors=True)
-        for n in os.listdir(self.root):
+                self._remove_checkpoint(d)
+        for n in self.store.listdir(self.root):
             if n.startswith(".tmp-"):
-                shutil.rmtree(os.path.join(self.root, n), ignore_errors=True)
-
-
-def _list_files(root: str) -> list[str]:
-    out = []
-    for d, _, files in os.walk(root):
-        out += [os.path.relpath(os.path.join(d, f), root) for f in files if not f.endswith(".tmp")]
-    return sorted(out)
+                self.store.rmtree(self._join(n))
+            elif not self.store.renames and n.startswith("step-") and n != step_name(keep_step):
+                if self._join(n) not in committed:  # an interrupted write in place: never a checkpoint
+                    self.store.rmtree(self._join(n))
 
 
 def is_sharded(ckpt: str) -> bool:
-    return os.path.isdir(os.path.join(ckpt, DCP))
+    return stores.for_path(ckpt).isdir(stores.join(ckpt, DCP))
 
 
 def consolidated_model_state(ckpt: str) -> dict:
@@ -356,12 +368,12 @@ def consolidated_model_state(ckpt: str) -> dict:
         return state["model"]
     from . import dcp_io  # ~0.9 s import (torch.distributed.checkpoint), only for sharded checkpoints
 
-    return dcp_io.consolidate(os.path.join(ckpt, DCP))["model"]
+    return dcp_io.consolidate(stores.join(ckpt, DCP))["model"]
 
 
 def read_manifest(ckpt: str) -> dict:
-    with open(os.path.join(ckpt, MANIFEST), encoding="utf-8") as fh:
-        return json.load(fh)
+    path = stores.join(ckpt, MANIFEST)
+    return json.loads(stores.for_path(path).read_bytes(path).decode("utf-8"))
 
 
 def _manifest_problem(manifest: Any) -> Optional[str]:
@@ -389,14 +401,18 @@ def _load_problem(name: str, e: BaseException) -> str:
     return f"{name} cannot be loaded ({type(e).__name__}: {first})"
 
 
-def _probe_load(path: str) -> Optional[str]:
-    """Whether a torch file loads with weights_only (the pickle is parsed; zip files are memory-mapped)."""
+def _probe_load(src: str | io.BytesIO, name: str) -> Optional[str]:
+    """Whether a torch file (a local path, or a remote object's bytes) loads with weights_only (the pickle
+    is parsed; local zip files are memory-mapped)."""
     try:
-        with open(path, "rb") as fh:
-            is_zip = fh.read(4) == b"PK\x03\x04"
-        torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        if isinstance(src, str):
+            with open(src, "rb") as fh:
+                is_zip = fh.read(4) == b"PK\x03\x04"
+            torch.load(src, map_location="cpu", weights_only=True, mmap=is_zip)
+        else:
+            torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for a refused object, RuntimeError for a torn zip, ...
-        return _load_problem(os.path.basename(path), e)
+        return _load_problem(name, e)
     return None
 
 
@@ -410,19 +426,25 @@ def verify(ckpt: str) -> Optional[str]:
     problem = _manifest_problem(manifest)
     if problem:
         return problem
+    store = stores.for_path(ckpt)
     for name, digest in manifest["files"].items():
-        p = os.path.join(ckpt, name)
-        if not os.path.isfile(p):
+        p = stores.join(ckpt, name)
+        if not store.isfile(p):
             return f"missing {name}"
         try:
-            if sha256_file(p) != digest:
-                return f"checksum mismatch in {name}"
+            if store.remote and name.endswith(".pt"):  # one download: checksum and load probe
+                data = store.read_bytes(p)
+                if hashlib.sha256(data).hexdigest() != digest:
+                    return f"checksum mismatch in {name}"
+                problem = _probe_load(io.BytesIO(data), name)
+            else:
+                if store.sha256(p, reread=True) != digest:
+                    return f"checksum mismatch in {name}"
+                problem = _probe_load(p, name) if name.endswith(".pt") else None
         except OSError as e:
             return f"{name} unreadable: {e.strerror or e}"
-        if name.endswith(".pt"):
-            problem = _probe_load(p)
-            if problem:
-                return problem
+        if problem:
+            return problem
     return None
 
 
@@ -442,8 +464,9 @@ def ranked_by_monitor(ckpts: list[str]) -> list[str]:
 
 def resolve_best(path: str) -> str:
     """The best checkpoint of a run dir (or checkpoints dir) that verifies, by its manifest's monitor."""
-    for root in (os.path.join(path, "checkpoints"), path):
-        if os.path.isdir(root):
+    store = stores.for_path(path)
+    for root in (stores.join(path, "checkpoints"), path):
+        if store.isdir(root):
             for c in CheckpointDir(root).best(10**6):
                 if verify(c) is None:
                     return c
@@ -453,13 +476,13 @@ def resolve_best(path: str) -> str:
 
 
 def resolve(path: str) -> str:
-    """A checkpoint dir from a checkpoint dir, a checkpoints/ dir or a run dir."""
-    if os.path.isfile(os.path.join(path, MANIFEST)):
+    """A checkpoint dir from a checkpoint dir, a checkpoints/ dir or a run dir (local paths or URLs)."""
+    store = stores.for_path(path)
+    if store.isfile(stores.join(path, MANIFEST)):
         return path
-    for root in (path, os.path.join(path, "checkpoints")):
-        if os.path.isdir(root) and (
-            os.path.isfile(os.path.join(root, LATEST)) or any(n.startswith("step-") for n in os.listdir(root))
-        ):
+    for root in (path, stores.join(path, "checkpoints")):
+        names = store.listdir(root)
+        if LATEST in names or any(n.startswith("step-") for n in names):
             found = CheckpointDir(root).find_resumable()  # raises when every one is unusable
             if found:
                 return found
@@ -474,14 +497,22 @@ def load_state(
         problem = verify(ckpt)
         if problem:
             raise CheckpointError(f"checkpoint {ckpt}: {problem}")
+    store = stores.for_path(ckpt)
+    state_path, rng_path = stores.join(ckpt, STATE), stores.join(ckpt, f"rng-rank{rank:05d}.pt")
     try:
-        state = torch.load(os.path.join(ckpt, STATE), map_location=map_location, weights_only=True)
-        rng_path = os.path.join(ckpt, f"rng-rank{rank:05d}.pt")
-        rng = (
-            torch.load(rng_path, map_location="cpu", weights_only=True) if os.path.isfile(rng_path) else None
-        )
+        state = torch.load(_readable(store, state_path), map_location=map_location, weights_only=True)
+        rng = None
+        if store.isfile(rng_path):
+            rng = torch.load(_readable(store, rng_path), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as e:  # a refused pickle (UnpicklingError) or a torn file: one line, not a traceback
         raise CheckpointError(f"checkpoint {ckpt}: {_load_problem(STATE, e)}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {ckpt}: {STATE} does not hold a state dict")
     return state, rng
+
+
+def _readable(store, path: str):
+    """A local path as is, a remote object as its bytes in memory."""
+    return io.BytesIO(store.read_bytes(path)) if store.remote else path

@@ -4,6 +4,11 @@ DCP's FileSystemReader unpickles its `.metadata` file with plain `pickle.load`, 
 planner reads non-tensor items with `torch.load(weights_only=False)`: a planted file runs code at load
 time (../shared/PLATFORM.md). Here the metadata goes through an unpickler that accepts only DCP's own
 metadata classes and a few inert torch/builtin types, and byte items through `weights_only=True`.
+
+URLs (``s3://...``, stores.py) go through DCP's fsspec writer and reader (private in torch 2.13:
+``torch.distributed.checkpoint._fsspec_filesystem``), with the same safe metadata read, and
+``sync_files=False``: on an object store a PUT is durable when it returns, and sync_files would
+``os.sync()`` the whole host once per file.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import pickle
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+from . import stores
 
 _ALLOWED = {
     "torch.distributed.checkpoint.metadata": {
@@ -65,20 +73,43 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 def read_metadata_safely(path: str) -> Metadata:
-    with open(os.path.join(path, ".metadata"), "rb") as fh:
+    if stores.is_url(path):
+        fh = stores.read_stream(stores.join(path, ".metadata"))
+    else:
+        fh = open(os.path.join(path, ".metadata"), "rb")  # noqa: SIM115 - closed below
+    with fh:
         meta = _MetadataUnpickler(fh).load()
     if not isinstance(meta, Metadata):
         raise UnsafeCheckpoint(f"{path}/.metadata does not hold DCP Metadata")
     return meta
 
 
-class SafeReader(FileSystemReader):
+class _SafeMetadata:
+    """read_metadata through the restricted unpickler, for both readers below."""
+
     def read_metadata(self, *args, **kwargs) -> Metadata:
         meta = read_metadata_safely(str(self.path))
         if getattr(meta, "storage_meta", None) is None:
             meta.storage_meta = StorageMeta()
         meta.storage_meta.load_id = self.load_id
         return meta
+
+
+class SafeReader(_SafeMetadata, FileSystemReader):
+    pass
+
+
+class SafeFsspecReader(_SafeMetadata, FsspecReader):
+    pass
+
+
+def _options(path: str) -> dict:
+    return stores.storage_options(path.split("://", 1)[0])
+
+
+def _reader(path: str):
+    path = str(path)
+    return SafeFsspecReader(path, **_options(path)) if stores.is_url(path) else SafeReader(path)
 
 
 class SafeLoadPlanner(DefaultLoadPlanner):
@@ -93,15 +124,18 @@ class SafeLoadPlanner(DefaultLoadPlanner):
 
 
 def save(state: dict, path: str, process_group=None) -> None:
-    dcp.save(state, storage_writer=FileSystemWriter(path, sync_files=True), process_group=process_group)
+    path = str(path)
+    if stores.is_url(path):
+        writer = FsspecWriter(path, sync_files=False, **_options(path))
+    else:
+        writer = FileSystemWriter(path, sync_files=True)
+    dcp.save(state, storage_writer=writer, process_group=process_group)
 
 
 def load(state: dict, path: str, process_group=None) -> None:
     """Load into `state` in place (resharding to the current layout as DCP does)."""
     try:
-        dcp.load(
-            state, storage_reader=SafeReader(path), planner=SafeLoadPlanner(), process_group=process_group
-        )
+        dcp.load(state, storage_reader=_reader(path), planner=SafeLoadPlanner(), process_group=process_group)
     except CheckpointException as e:
         _reraise(e)
 
@@ -115,7 +149,7 @@ def consolidate(path: str) -> dict:
 
     out: dict = {}
     try:
-        _load_state_dict(out, storage_reader=SafeReader(path), planner=_Planner(), no_dist=True)
+        _load_state_dict(out, storage_reader=_reader(path), planner=_Planner(), no_dist=True)
     except CheckpointException as e:
         _reraise(e)
     return out

@@ -9,11 +9,13 @@
    config error; ``model.init_strict=false`` loads what matches and prints the rest. A tensor whose shape
    changed keeps the new model's fresh initialisation and is reported ("re-initialised"); under strict
    loading that is allowed for one module only (the head, e.g. a new number of classes).
-2. ``lora.targets=[patterns]`` wraps matching ``nn.Linear`` layers in :class:`LoRALinear`
-   (y = W x + b + (alpha/rank) * B A dropout(x), with B = 0 at the start so the wrapped model computes exactly
-   what it did before) and freezes every base parameter except ``lora.trainable`` patterns and heads that
-   were re-initialised. After training, ``weights.merge_lora_state`` folds B A into W, so
-   ``model.safetensors`` holds plain weights.
+2. ``lora.targets=[patterns]`` puts peft LoRA adapters on the matching ``nn.Linear`` layers: our patterns
+   (exact names, dotted suffixes such as ``q_proj``, globs such as ``blocks.*.attn.c_attn``, ``re:``) are
+   resolved to exact module names first (peft rejects globs), ``lora.trainable`` and heads re-initialised
+   by ``init_from`` become peft's ``modules_to_save``, and LoRA on a weight tied to another module (a GPT's
+   ``lm_head``) is refused (peft would accept it and merging would change the embedding too). peft's B
+   starts at zero, so the wrapped model computes exactly what it did before. After training,
+   ``weights.merge_lora_state`` folds (alpha/rank) B A into W, so ``model.safetensors`` holds plain weights.
 3. ``train.freeze`` is applied (the same ``apply_freeze`` that ``train()`` calls again; it is idempotent)
    and a per-module table of trainable parameters is logged.
 """
@@ -21,16 +23,16 @@
 from __future__ import annotations
 
 import logging
-import math
+import re
+import warnings
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config, ConfigError
+from ..data.tokenizer import require_hf
 from .optim import apply_freeze, name_matches
-from .weights import lora_merge, read_weights
+from .weights import read_weights
 
 log = logging.getLogger("trainer")
 
@@ -100,86 +102,79 @@ def init_from(module: nn.Module, cfg: Config) -> LoadReport:
     return rep
 
 
-# ----------------------------------------------------------------------------- LoRA
+# ----------------------------------------------------------------------------- LoRA (peft)
 
 
-class LoRALinear(nn.Linear):
-    """nn.Linear plus a low-rank update: y = x W^T + b + scale * dropout(x) A^T B^T, scale = alpha / rank.
-
-    ``weight`` and ``bias`` keep their names (so freeze patterns and checkpoints still name them as
-    before); the adapter adds ``lora_A`` (rank x in, Kaiming-uniform like nn.Linear), ``lora_B`` (out x
-    rank, zeros: the wrapped layer starts as an exact no-op) and the buffer ``lora_scale``, which travels
-    in every state dict so a checkpoint can be merged without its config.
-    """
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
-        nn.Module.__init__(self)
-        self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight, self.bias = base.weight, base.bias
-        w = base.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, device=w.device, dtype=w.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=w.device, dtype=w.dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.register_buffer("lora_scale", torch.tensor(alpha / rank, dtype=torch.float32, device=w.device))
-        self.lora_dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        delta = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
-        return F.linear(x, self.weight, self.bias) + delta * self.lora_scale.to(delta.dtype)
-
-    def merged(self) -> nn.Linear:
-        """A plain nn.Linear holding W + scale * B A (new tensors; this module is unchanged)."""
-        lin = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
-        )
-        with torch.no_grad():
-            lin.weight.copy_(lora_merge(self.weight, self.lora_A, self.lora_B, self.lora_scale))
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        lin.weight.requires_grad_(self.weight.requires_grad)
-        return lin
+def _resolves(name: str, pattern: str) -> bool:
+    """A module name chosen by a ``lora.*`` pattern: glob / re:REGEX (``name_matches``), or peft's own
+    convention of an exact name or a dotted suffix (``q_proj`` picks ``model.layers.0.self_attn.q_proj``)."""
+    return name_matches(name, pattern) or name == pattern or name.endswith("." + pattern)
 
 
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
-
-
-def apply_lora(
-    module: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float = 0.0
-) -> list[str]:
-    """Wrap every nn.Linear whose module name matches a pattern; returns the wrapped names."""
-    linears = {n: m for n, m in module.named_modules() if type(m) is nn.Linear}
-    chosen = [n for n in linears if any(name_matches(n, p) for p in targets)]
+def resolve_targets(module: nn.Module, targets: list[str]) -> list[str]:
+    """Exact names of the nn.Linear layers our patterns pick (peft rejects globs); tied weights refused."""
+    linears = {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear)}
+    chosen = [n for n in linears if any(_resolves(n, p) for p in targets)]
     if not chosen:
         raise ConfigError(
             f"lora.targets={targets!r}: matches no nn.Linear (the model has: {_short(list(linears), 12)})"
         )
     owners: dict[int, list[str]] = {}
-    for n, m in module.named_modules():
+    for n, m in module.named_modules(remove_duplicate=False):
         for pn, p in m.named_parameters(recurse=False):
             owners.setdefault(id(p), []).append(f"{n}.{pn}" if n else pn)
     for n in chosen:
-        tied = owners[id(linears[n].weight)]
-        if len(tied) > 1:  # merging would silently change the other user of the same matrix
+        tied = sorted(set(owners[id(linears[n].weight)]) - {n + ".weight"})
+        if tied:  # merging would silently change the other user of the same matrix (peft accepts it)
             raise ConfigError(
-                f"lora.targets: {n}.weight is tied to {', '.join(t for t in tied if t != n + '.weight')}; "
+                f"lora.targets: {n}.weight is tied to {', '.join(tied)}; "
                 "LoRA on a tied weight is not supported"
             )
-        _set_submodule(module, n, LoRALinear(linears[n], rank, alpha, dropout))
     return chosen
 
 
-def merge_lora(module: nn.Module) -> nn.Module:
-    """Replace every LoRALinear by a plain nn.Linear with the merged weight (in place; returns module)."""
-    for n, m in list(module.named_modules()):
-        if isinstance(m, LoRALinear):
-            _set_submodule(module, n, m.merged())
-    return module
+def _modules_to_save(module: nn.Module, patterns: list[str]) -> list[str]:
+    """The modules owning parameters that ``lora.trainable`` (or a re-initialised head) names."""
+    out = []
+    for n, m in module.named_modules():
+        own = [f"{n}.{pn}" if n else pn for pn, _ in m.named_parameters(recurse=False)]
+        if n and any(name_matches(q, p) for q in own for p in patterns):
+            out.append(n)
+    return out
+
+
+def apply_lora(module: nn.Module, cfg: Config, keep: list[str]) -> nn.Module:
+    """``peft.get_peft_model`` with our keys: targets resolved to exact names, ``keep`` patterns mapped to
+    ``modules_to_save`` (and within those, only the parameters they name train)."""
+    peft = require_hf("lora.targets", "peft")
+    lo = cfg.lora
+    names = resolve_targets(module, lo.targets)
+    save = _modules_to_save(module, keep)
+    hf = type(module).__module__.startswith("transformers.")
+    pc = peft.LoraConfig(
+        r=lo.rank,
+        lora_alpha=lo.alpha,
+        lora_dropout=lo.dropout,
+        target_modules="^(" + "|".join(re.escape(n) for n in names) + ")$",  # exact names, full match
+        modules_to_save=save or None,  # peft matches these by name suffix; ours are exact names
+        task_type="CAUSAL_LM" if hf else None,
+    )
+    with warnings.catch_warnings():  # peft warns about custom (non-transformers) models
+        warnings.simplefilter("ignore")
+        wrapped = peft.get_peft_model(module, pc)
+    for name, p in wrapped.named_parameters():
+        if ".modules_to_save." in name:  # a copy of a whole module: only the named parameters train
+            p.requires_grad_(any(name_matches(name, k) for k in keep))
+    wrapped.lora_targets = names
+    log.info(
+        "lora (peft): %s wrapped (rank %d, alpha %g, dropout %g); base weights frozen except %s",
+        _short(names, 8),
+        lo.rank,
+        lo.alpha,
+        lo.dropout,
+        keep or "none",
+    )
+    return wrapped
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -222,22 +217,13 @@ def prepare_for_finetune(module: nn.Module, cfg: Config) -> nn.Module:
         reinit = [n for n, _ in init_from(module, cfg).reinit]
     lo = cfg.lora
     if lo.targets:
-        wrapped = apply_lora(module, lo.targets, lo.rank, lo.alpha, lo.dropout)
-        keep = list(lo.trainable)
-        for name, p in module.named_parameters():
-            adapter = name.endswith((".lora_A", ".lora_B"))
-            p.requires_grad_(adapter or name in reinit or any(name_matches(name, k) for k in keep))
-        kept = [n for n in reinit if not any(name_matches(n, k) for k in keep)]
+        kept = [n for n in reinit if not any(name_matches(n, k) for k in lo.trainable)]
         if kept:
             log.info("lora: %s stay trainable (re-initialised by init_from)", ", ".join(kept))
-        log.info(
-            "lora: %s wrapped (rank %d, alpha %g, dropout %g); base weights frozen except %s",
-            ", ".join(wrapped),
-            lo.rank,
-            lo.alpha,
-            lo.dropout,
-            keep or "none",
-        )
+        task = getattr(module, "task", None)
+        module = apply_lora(module, cfg, list(lo.trainable) + kept)
+        if task is not None:
+            module.task = task
     if cfg.model.init_from or lo.targets or cfg.train.freeze or cfg.optim.param_groups:
         apply_freeze(module, cfg.train.freeze)  # train() applies it again: idempotent
         log.info("trainable parameters:\n%s", trainable_table(module))

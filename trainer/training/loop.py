@@ -16,9 +16,11 @@ from typing import Optional
 import torch
 
 from ..config import Config, ConfigError, active_trackers, config_hash, from_dict, math_diff, to_dict
+from ..data.collate import to_device
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
 from ..exitcodes import INTERNAL, NONFINITE, OK, PREEMPTED
+from ..models.outputs import ModelIO, split_output
 from ..runtime import dist, storage
 from ..runtime.logs import rank_log_stream
 from ..runtime.memory import write_oom_snapshot
@@ -26,14 +28,15 @@ from ..runtime.signals import PreemptionWatch
 from ..runtime.watchdog import NoWatchdog, Watchdog
 from . import checkpoint as ckpt
 from . import provenance, resume
+from .finite import all_finite, nonfinite_outcome
 from .metrics import Metrics, Stopwatch, close_progress, peak_flops, plot_or_warn, read_history, trim_rows
 from .monitor import Monitor
 from .optim import build_scheduler
 from .profiler import Profiler
 from .saver import Saver
 from .strategy import Strategy
-from .tally import make_tally
-from .tasks import eval_result, eval_sums, task_loss
+from .tally import make_tally, reduced_window
+from .tasks import IGNORE, Objective, eval_result, lm_loss_sum
 from .trackers import Trackers
 
 log = logging.getLogger("trainer")
@@ -46,6 +49,10 @@ class Trainer:
 
     ``state_dict()`` / ``load_state_dict()`` cover the loop's own state (scheduler, scaler, progress); the
     model and optimizer state comes from the strategy, which knows how it is sharded.
+
+    ``io`` says how a batch goes into the model (``trainer.models.outputs.ModelIO``: positional tensor or
+    keyword dict, the target as ``model.target_arg``); ``objective`` what the step minimises and eval
+    reports (``trainer.training.tasks.Objective``). Both default to the built-in models' plain path.
     """
 
     def __init__(
@@ -59,7 +66,11 @@ class Trainer:
         info,
         run_dir: str,
         flops_per_sample: Optional[float] = None,
+        io: Optional[ModelIO] = None,
+        objective: Optional[Objective] = None,
     ):
+        self.io = io or ModelIO()
+        self.objective = objective or Objective(info.task)
         self.cfg, self.state, self.strategy, self.optimizer = cfg, state, strategy, optimizer
         self.train_ds, self.eval_ds, self.info = train_ds, eval_ds, info
         self.run_dir = run_dir
@@ -86,6 +97,12 @@ class Trainer:
         self.watchdog: Watchdog | NoWatchdog = NoWatchdog()
         self.compile_time_s: Optional[float] = None
         self.last_eval: dict = {}
+        self.eval_before: Optional[dict] = None
+        # Masked LM data (jsonl): the loss is a mean over the labelled tokens of the whole step, all
+        # micro-batches and ranks together, not a mean of per-micro-batch means.
+        self._token_mean = bool(info.extra.get("loss_mask")) and self.objective.loss_fn is None
+        eb = cfg.train.eval_before
+        self._eval_before = cfg.model.name == "hf" if eb is None else eb
         self.last_loss: Optional[float] = None
         self.monitor = Monitor(cfg, info.task)
         self.stopped_early: Optional[dict] = None  # set when train.early_stop_patience ends the run
@@ -112,6 +129,7 @@ class Trainer:
                 "best_step": self.monitor.best_step,
                 "since_best": self.monitor.since_best,
             },
+            "eval_before": self.eval_before,  # so a resumed run still reports it
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -122,6 +140,7 @@ class Trainer:
         mon = sd.get("monitor") or {}  # checkpoints from before checkpoint.monitor have none
         self.monitor.best, self.monitor.best_step = mon.get("best"), mon.get("best_step")
         self.monitor.since_best = mon.get("since_best", 0)
+        self.eval_before = sd.get("eval_before")
         w = sd.get("window")  # older checkpoints have none: the next row then covers fewer steps
         if w:
             self.tally.restore(
@@ -145,6 +164,8 @@ class Trainer:
                 )
             resume.check_allowed(changed, path)
         state, rng = ckpt.load_state(path, rank=self.state.rank)
+        if state is not None and isinstance(state.get("model"), dict):
+            refuse_old_lora(state["model"], path)
         if ckpt.is_sharded(path):
             self.strategy.load_sharded(self.optimizer, os.path.join(path, ckpt.DCP))
         else:
@@ -182,20 +203,6 @@ class Trainer:
         resume.report(changed, lr_before, self.scheduler.get_last_lr()[0], rebuilt)
 
     # ------------------------------------------------------------------ checkpoint
-    def _window(self) -> dict:
-        """The log window in progress (loss sum, good and bad steps since the last row), summed over ranks:
-        saved with a checkpoint so that a resumed run's next row covers the same steps as an uninterrupted
-        run's (collective)."""
-        loss_sum, good, bad_run, bad_max = self.tally.peek()
-        sums = dist.all_reduce_sum(self.state, torch.stack([loss_sum.double(), good.double()])).tolist()
-        bads = dist.all_reduce_max(self.state, torch.stack([bad_run.double(), bad_max.double()])).tolist()
-        return {"loss": sums[0], "good": sums[1], "bad_run": bads[0], "bad_max": bads[1]}
-
-    def _savable(self) -> bool:
-        """Never checkpoint non-finite parameters (collective): the previous checkpoint stays the newest.
-        (Skipped bad steps leave the parameters as they were, so a state inside a short streak is good.)"""
-        return dist.all_true(self.state, all(bool(torch.isfinite(p).all()) for p in self.params))
-
     def save(self, final: bool = False) -> Optional[str]:
         """Checkpoint the current step; async (checkpoint.async_save) except for the last save of a run."""
         t0 = time.perf_counter()
@@ -204,7 +211,7 @@ class Trainer:
             self.metrics.flush()  # every row up to this step is written before its checkpoint exists
         self.watchdog.mark(step, "checkpoint")
         storage.require_dir(self.run_dir)
-        if not self._savable():
+        if not all_finite(self.state, self.params):  # the previous checkpoint stays the newest
             log.warning(
                 "not checkpointing step %d: the parameters are non-finite; the newest checkpoint (%s) is "
                 "from before",
@@ -212,7 +219,7 @@ class Trainer:
                 self.saver.ckpts.latest_pointer() or "none",
             )
             return None
-        window = self._window()
+        window = reduced_window(self.state, self.tally)
         sharded, state = None, None
         if self.strategy.sharded:
             sharded = self.strategy.sharded_state(self.optimizer)
@@ -238,23 +245,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ step
     def _to_device(self, batch):
-        x, y = batch
-        nb = self.device.type == "cuda"
-        return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+        return to_device(batch, self.device, self.device.type == "cuda")
+
+    def _token_scale(self, micro_batches) -> torch.Tensor:
+        """world_size / labelled tokens in this step on all ranks: turns each micro-batch's loss sum into
+        its share of the step's token mean (DDP and FSDP average gradients over ranks, hence world_size)."""
+        count = sum((y != IGNORE).sum() for _, y in micro_batches).double()
+        count = dist.all_reduce_sum(self.state, count)
+        return self.state.world_size / count.clamp(min=1)
 
     def _run_step(self, micro_batches) -> None:
         s = self.strategy
         n = len(micro_batches)
         total = None
         wd, step = self.watchdog, self.progress.step + 1  # the step being run, counted from 1
+        forward, objective = self.io.forward, self.objective.loss
+        scale = self._token_scale(micro_batches) if self._token_mean else None
         for i, (x, y) in enumerate(micro_batches):
             with s.sync(i == n - 1):
                 wd.mark(step, "forward")
                 with s.autocast():
-                    out = s.model(x)
-                loss = task_loss(self.info.task, out, y)
-                if n > 1:
-                    loss = loss / n
+                    out = forward(s.model, x, y)
+                if scale is not None:  # masked LM data: a share of the step's token mean
+                    loss = lm_loss_sum(split_output(out)[0], y)[0] * scale
+                else:
+                    loss = objective(out, y)
+                    if n > 1:
+                        loss = loss / n
                 wd.mark(step, "backward")
                 s.backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
@@ -346,20 +363,6 @@ class Trainer:
             return False
         return True
 
-    def _nonfinite_outcome(self) -> Optional[str]:
-        """Why the finished run is not a result (non-finite final loss, eval or parameters), or None."""
-        _, _, bad_run, _ = self.tally.peek()
-        if self.last_loss is None or not math.isfinite(self.last_loss):
-            return f"final loss is {self.last_loss}"
-        if bad_run.item():
-            return f"the run ended inside a streak of {int(bad_run.item())} non-finite step(s)"
-        bad = [k for k, v in self.last_eval.items() if isinstance(v, float) and not math.isfinite(v)]
-        if bad:
-            return f"final eval {bad[0]} is {self.last_eval[bad[0]]}"
-        if not dist.all_true(self.state, all(bool(torch.isfinite(p).all()) for p in self.params)):
-            return "final parameters are non-finite"
-        return None
-
     # ------------------------------------------------------------------ eval
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -369,12 +372,12 @@ class Trainer:
         self.watchdog.mark(self.progress.step, "eval")
         s.model.eval()
         bs = self.cfg.train.eval_batch_size
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, count, correct
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, weight, correct, samples
         for idx, valid in eval_shards(len(self.eval_ds), bs, self.state.rank, self.state.world_size):
             x, y = self._to_device(self.eval_ds.get_batch(idx))
             with s.autocast():
-                out = s.model(x)
-            sums += eval_sums(self.info.task, out, y, valid)
+                out = self.io.forward(s.model, x, y)
+            sums += self.objective.eval_sums(out, y, valid)
         s.model.train()
         dist.all_reduce_sum(self.state, sums)
         res = eval_result(self.info.task, *sums.tolist())
@@ -392,6 +395,10 @@ class Trainer:
             self._complete_outputs()
             return OK
         self._begin()
+        if self._eval_before and p.step == 0 and self.eval_before is None:
+            self.eval_before = self.evaluate()
+            self.strategy.model.train()
+            log.info("eval before training: %s", _fmt_eval(self.eval_before))
         t_start = time.perf_counter()
         code, ended = OK, False
         try:
@@ -510,7 +517,7 @@ class Trainer:
             self._log()
         if self._eval_step != self.progress.step:
             self._judge(self.evaluate(), final=True)
-        problem = self._nonfinite_outcome()
+        problem = nonfinite_outcome(self.state, self.tally, self.last_loss, self.last_eval, self.params)
         if problem:
             self.saver.finish(self.progress.step)
             log.error(
@@ -545,6 +552,7 @@ class Trainer:
             self.metrics.close()
 
     def _close(self, code: int) -> None:
+        self.saver.close()
         if self._profiler:
             self._profiler.close()
         self.preempt.uninstall()
@@ -563,6 +571,7 @@ class Trainer:
             # as metrics.jsonl has it (6 decimals), so a summary regenerated from it is the same
             "final_loss": round(self.last_loss, 6) if self.last_loss is not None else None,
             "eval": self.last_eval,
+            **({"eval_before": self.eval_before} if self.eval_before is not None else {}),
             "wall_time_s": round(wall, 3) if wall is not None else None,  # None: regenerated afterwards
             "compile_time_s": self.compile_time_s,
             "world_size": self.state.world_size,
@@ -580,7 +589,7 @@ class Trainer:
         if self.cfg.log.plot:
             plot_or_warn(self.metrics)
         close_progress(self.metrics)  # the finished bar once, then the closing line below it
-        ev = "  ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if k != "samples")
+        ev = _fmt_eval(self.last_eval)
         log.info(
             "done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s",
             self.progress.step,
@@ -589,3 +598,18 @@ class Trainer:
             ev,
             self.run_dir,
         )
+
+
+def refuse_old_lora(model_state: dict, path: str) -> None:
+    """A checkpoint of the former hand-written LoRA (``X.lora_scale`` beside ``X.lora_A``) cannot resume into
+    a peft model; its weights still serve ``model.init_from`` (merged on read)."""
+    if any(k.endswith(".lora_scale") for k in model_state):
+        raise ConfigError(
+            f"run.resume: checkpoint {path} was written by the former hand-written LoRA (before peft) and "
+            f"cannot be resumed; start a new run from it with model.init_from={path} "
+            "(adapters merged on read)"
+        )
+
+
+def _fmt_eval(res: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in res.items() if k not in ("samples", "tokens"))

@@ -86,7 +86,7 @@ def train_line(row: dict) -> str:
 
 
 def eval_line(row: dict) -> str:
-    msg = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("samples", "step"))
+    msg = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("samples", "step", "tokens"))
     return f"eval @ step {row['step']}: {msg}"
 
 

@@ -98,7 +98,9 @@ class Monitor:
             "mode": self.mode,
             "value": self.best,
             "step": self.best_step,
-            "checkpoint": os.path.relpath(best[0], run_dir) if best else None,
+            "checkpoint": (os.path.relpath(best[0], run_dir) if "://" not in best[0] else best[0])
+            if best
+            else None,
         }
 
     def record(self, result: dict) -> Optional[dict]:

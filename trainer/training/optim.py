@@ -15,11 +15,29 @@ from ..config import Config, ConfigError
 log = logging.getLogger("trainer")
 
 
+_PEFT_PREFIX = "base_model.model."
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name as the model without peft's wrappers calls it: ``base_model.model.fc1.base_layer.
+    weight`` -> ``fc1.weight``, ``head.modules_to_save.default.bias`` -> ``head.bias`` (adapter weights
+    keep their ``lora_A.default`` part, so patterns can still pick them)."""
+    if name.startswith(_PEFT_PREFIX):
+        name = name[len(_PEFT_PREFIX) :]
+    return (
+        name.replace(".base_layer.", ".")
+        .replace(".modules_to_save.default.", ".")
+        .replace(".original_module.", ".")
+    )
+
+
 def name_matches(name: str, pattern: str) -> bool:
-    """Glob on the parameter name, or a regular expression when written as ``re:EXPR``."""
+    """Glob on the parameter name, or a regular expression when written as ``re:EXPR``; a peft-wrapped
+    name also matches through its plain name (see :func:`plain_name`)."""
+    names = (name, plain_name(name)) if "." in name else (name,)
     if pattern.startswith("re:"):
-        return re.search(pattern[3:], name) is not None
-    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*")
+        return any(re.search(pattern[3:], n) is not None for n in names)
+    return any(fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n, pattern + ".*") for n in names)
 
 
 def apply_freeze(module: nn.Module, patterns: list[str]) -> tuple[int, int]:

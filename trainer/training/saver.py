@@ -1,14 +1,14 @@
 """When and how the loop checkpoints: synchronous saves, or asynchronous ones with one write in flight.
 
 ``Saver`` is the loop's side of ``trainer/training/checkpoint.py`` (which owns the on-disk transaction): it
-keeps the ``CheckpointDir`` of the run, starts, polls and commits async writes, and says in the log what
-each save cost the step loop.
+keeps the ``CheckpointDir`` of the run (``checkpoint.dir``: local or an object store), starts, polls and
+commits async writes, says in the log what each save cost the step loop, and after each commit copies the
+run's history beside remote checkpoints (history.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,16 +18,20 @@ import torch
 
 from ..config import Config
 from ..runtime import dist, storage
-from .checkpoint import CheckpointDir, CheckpointError, rng_state
+from . import history, stores
+from .checkpoint import CheckpointDir, CheckpointError, checkpoint_root, rng_state
 
 log = logging.getLogger("trainer")
 
 
 class Saver:
     def __init__(self, cfg: Config, state: dist.DistState, run_dir: str):
-        self.state = state
-        c = cfg.checkpoint
-        self.ckpts = CheckpointDir(os.path.join(run_dir, "checkpoints"), keep=c.keep, keep_best=c.keep_best)
+        self.state, self.run_dir = state, run_dir
+        self.ckpts = CheckpointDir(
+            checkpoint_root(cfg.checkpoint.dir, run_dir),
+            keep=cfg.checkpoint.keep,
+            keep_best=cfg.checkpoint.keep_best,
+        )
         self.writer: Optional[AsyncWriter] = None
         if cfg.checkpoint.async_save:
             self.writer = AsyncWriter(
@@ -38,8 +42,9 @@ class Saver:
                 lambda done: dist.all_true(state, done),
             )
         self.saved_at = -1  # the step of the last save started (or resumed from)
-        # The loop's watchdog breadcrumb: called with "checkpoint barrier" before each barrier and "checkpoint"
-        # after it, so that the watchdog names the rank still writing when the others wait.
+        self._history: Optional[threading.Thread] = None  # copies of logs and metrics, off the step loop
+        # The loop's watchdog breadcrumb: called with "checkpoint barrier" before each barrier and with
+        # "checkpoint" after it, so that the watchdog names the rank still writing when the others wait.
         self.phase: Callable[[str], None] = lambda op: None
 
     def _barrier(self) -> None:
@@ -51,6 +56,7 @@ class Saver:
         self, step: int, state: Optional[dict], extra: dict, sharded: Optional[dict], final: bool, t0: float
     ) -> Optional[str]:
         """Collective. Async (checkpoint.async_save) except for the last save of a run."""
+        self.close()  # the previous checkpoint's history copy is complete before this save starts
         self.saved_at = step
         if self.writer is not None:
             self.finish(step)  # at most one write in flight
@@ -76,11 +82,37 @@ class Saver:
             self._raise_storage(e, step)
             raise
         log.info("checkpoint step %d saved in %.2fs -> %s", step, time.perf_counter() - t0, path)
+        self._after_commit()
         return path
 
+    def _after_commit(self) -> None:
+        """Copy the run's history as of this commit beside a remote checkpoint, in a thread (one at a time;
+        it is done before the next save begins)."""
+        if not self.ckpts.store.remote:
+            return
+        self.close()
+        snap = history.snapshot(self.run_dir, self.state.rank)
+        self._history = threading.Thread(
+            target=history.upload, args=(self.ckpts.root, snap), name="history-upload", daemon=True
+        )
+        self._history.start()
+
+    def close(self) -> None:
+        """Wait for the last history upload (before the process exits or the final files are uploaded)."""
+        if self._history is not None:
+            self._history.join()
+            self._history = None
+
     def _raise_storage(self, e: BaseException, step: int) -> None:
-        """A write the storage refused: StorageError naming the checkpoint (exit 74); `latest` unchanged."""
+        """A write the storage refused: StorageError naming the checkpoint (exit 74); `latest` unchanged.
+
+        On an object store, any OSError that survived the retries (a timeout, a 5xx, a refusal) is such a
+        fault, worded by stores.describe."""
         fault = storage.describe(e, where=self.ckpts.tmp_dir(step))
+        if not fault and self.ckpts.store.remote:
+            cause = _os_error(e)
+            if cause is not None:
+                fault = f"storage error: {stores.describe(cause)} at {self.ckpts.tmp_dir(step)}"
         if fault:
             self.ckpts.discard(step)  # free what the failed write took; the next try starts clean
             latest = self.ckpts.latest_pointer()
@@ -106,6 +138,7 @@ class Saver:
                     step - started,
                     path,
                 )
+                self._after_commit()
 
     def finish(self, step: int) -> Optional[str]:
         """Wait for an in-flight async write and commit it (before exiting, or before the next save)."""
@@ -118,7 +151,19 @@ class Saver:
             self._raise_storage(e, started)
             raise
         log.info("checkpoint step %d committed at step %d -> %s", started, step, path)
+        self._after_commit()
         return path
+
+
+def _os_error(e: Optional[BaseException]) -> Optional[OSError]:
+    """The first OSError in an exception chain (DCP and the async writer wrap the store's error)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _clone_tree(obj):

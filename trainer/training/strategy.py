@@ -16,9 +16,12 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.distributed._composable import checkpoint
 
 from ..config import Config, ConfigError
+from ..models import GPT, unwrap
 from ..runtime.dist import DistState
+from .units import describe, find_units
 
 log = logging.getLogger("trainer")
 
@@ -30,43 +33,60 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ACCELERATE_PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
-def adopt_accelerate_launch(cfg: Config, env: Optional[Mapping[str, str]] = None) -> tuple[Config, Optional[str]]:
-    """Under ``accelerate launch``: train.strategy=auto becomes accelerate, and its --mixed_precision is honoured
-    (train.precision=fp32, the default, takes it) or refused (another precision set, fp8); what the accelerate
-    strategy does not configure (--use_fsdp, --use_deepspeed, --dynamo_backend) is refused. Returns the config
-    and the line to log (None when nothing changed); without accelerate's variables, ``cfg`` as it is.
+def adopt_accelerate_launch(
+    cfg: Config, env: Optional[Mapping[str, str]] = None
+) -> tuple[Config, Optional[str]]:
+    """Under ``accelerate launch``: train.strategy=auto becomes accelerate, and its --mixed_precision is
+    honoured (train.precision=fp32, the default, takes it) or refused (another precision set, fp8); what the
+    accelerate strategy does not configure (--use_fsdp, --use_deepspeed, --dynamo_backend) is refused.
+    Returns the config and the line to log (None when nothing changed); without accelerate's variables,
+    ``cfg`` as it is.
     """
     env = os.environ if env is None else env
     if "ACCELERATE_MIXED_PRECISION" not in env:
         return cfg, None
     mp = env["ACCELERATE_MIXED_PRECISION"].strip().lower()
     t = cfg.train
-    for var, flag, fix in (("ACCELERATE_USE_FSDP", "--use_fsdp", "train.strategy=fsdp (python -m launch fsdp)"),
-                           ("ACCELERATE_USE_DEEPSPEED", "--use_deepspeed", "ddp or fsdp")):
+    for var, flag, fix in (
+        ("ACCELERATE_USE_FSDP", "--use_fsdp", "train.strategy=fsdp (python -m launch fsdp)"),
+        ("ACCELERATE_USE_DEEPSPEED", "--use_deepspeed", "ddp or fsdp"),
+    ):
         if env.get(var, "").strip().lower() in ("true", "1"):
-            raise ConfigError(f"accelerate launch {flag} ({var}): the trainer does not configure it; use {fix}")
+            raise ConfigError(
+                f"accelerate launch {flag} ({var}): the trainer does not configure it; use {fix}"
+            )
     dynamo = env.get("ACCELERATE_DYNAMO_BACKEND", "no").strip().lower()
     if dynamo not in ("", "no"):
-        raise ConfigError(f"accelerate launch --dynamo_backend {dynamo} (ACCELERATE_DYNAMO_BACKEND): not used by "
-                          "the trainer; drop it and set train.compile=true")
+        raise ConfigError(
+            f"accelerate launch --dynamo_backend {dynamo} (ACCELERATE_DYNAMO_BACKEND): not used by "
+            "the trainer; drop it and set train.compile=true"
+        )
     if mp not in ACCELERATE_PRECISION:
-        raise ConfigError(f"accelerate launch --mixed_precision {mp} (ACCELERATE_MIXED_PRECISION): the trainer "
-                          f"supports {', '.join(ACCELERATE_PRECISION)}")
+        raise ConfigError(
+            f"accelerate launch --mixed_precision {mp} (ACCELERATE_MIXED_PRECISION): the trainer "
+            f"supports {', '.join(ACCELERATE_PRECISION)}"
+        )
     precision = t.precision
     if ACCELERATE_PRECISION[mp] != t.precision:
         if mp != "no" and t.precision != "fp32":
-            raise ConfigError(f"accelerate launch --mixed_precision {mp} contradicts train.precision={t.precision}; "
-                              "drop one of them")
+            raise ConfigError(
+                f"accelerate launch --mixed_precision {mp} contradicts train.precision={t.precision}; "
+                "drop one of them"
+            )
         if mp != "no":
             precision = ACCELERATE_PRECISION[mp]
     strategy = "accelerate" if t.strategy == "auto" else t.strategy
     note = None
     if strategy != "accelerate":
-        note = (f"started by accelerate launch, but train.strategy={strategy} was asked for: accelerate's "
-                f"Accelerator is not used (train.precision={precision})")
+        note = (
+            f"started by accelerate launch, but train.strategy={strategy} was asked for: accelerate's "
+            f"Accelerator is not used (train.precision={precision})"
+        )
     elif (strategy, precision) != (t.strategy, t.precision):
         note = f"started by accelerate launch: train.strategy=accelerate, train.precision={precision}"
-    return dataclasses.replace(cfg, train=dataclasses.replace(t, strategy=strategy, precision=precision)), note
+    return dataclasses.replace(
+        cfg, train=dataclasses.replace(t, strategy=strategy, precision=precision)
+    ), note
 
 
 def resolve_mode(cfg: Config, state: DistState) -> str:
@@ -112,8 +132,43 @@ class Strategy:
 
     # ------------------------------------------------------------------ wrapping
     def wrap(self, module: nn.Module, optimizer_factory) -> torch.optim.Optimizer:
-        """Wrap `module` for the mode and build the optimizer on the right parameters."""
-        self.module = module.to(self.state.device)
+        """Wrap `module` for the mode and build the optimizer on the right parameters.
+
+        A model marked ``broadcast_from_rank0`` (``model.name=hf`` in a multi-process job) holds real
+        weights on rank 0 only (meta elsewhere): it is sharded (FSDP) or not, allocated on each rank's
+        device, then filled from rank 0's full state dict by one broadcast.
+        """
+        bcast = bool(getattr(module, "broadcast_from_rank0", False)) and self.state.distributed
+        full: dict = {}
+        buffers: dict = {}
+        if bcast:
+            full = module.state_dict() if self.state.is_main else {}
+            buffers = {n: b.detach().clone() for n, b in module.named_buffers()}  # real on every rank
+            self.module = module
+        else:
+            self.module = module.to(self.state.device)
+        t = self.cfg.train
+        own_ac = isinstance(unwrap(module), GPT)  # the built-in GPT recomputes its blocks itself
+        units, rule = [], ""
+        if self.mode == "fsdp" or t.fsdp_wrap or (t.activation_checkpointing and not own_ac):
+            units, rule = find_units(self.module, t.fsdp_wrap)
+        if t.activation_checkpointing and not own_ac:
+            for unit in units:  # in place: parameter names, hence checkpoints, stay the same
+                checkpoint(unit)
+            log.info("activation checkpointing: %s (%s)", describe(units), rule)
+        if self.mode == "fsdp":
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # ~2 s import: FSDP only
+
+            policy = MixedPrecisionPolicy(
+                param_dtype=self.dtype if self.precision != "fp32" else None, reduce_dtype=torch.float32
+            )
+            said = describe(units)  # before fully_shard renames the classes (FSDPLlamaDecoderLayer)
+            for unit in units:
+                fully_shard(unit, mp_policy=policy)
+            fully_shard(self.module, mp_policy=policy)
+            log.info("fsdp: %s (%s)", f"{said} + root" if units else "root only", rule)
+        if bcast:
+            self._fill_from_rank0(full, buffers)
         if self.mode == "dp":
             ids = list(range(torch.cuda.device_count())) if self.state.device.type == "cuda" else None
             model = nn.DataParallel(self.module, device_ids=ids)  # on CPU: a pass-through to the module
@@ -122,16 +177,6 @@ class Strategy:
             model = self._ddp = nn.parallel.DistributedDataParallel(
                 self.module, device_ids=ids, find_unused_parameters=self.cfg.train.find_unused_parameters
             )
-        elif self.mode == "fsdp":
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # ~2 s import: FSDP only
-
-            policy = MixedPrecisionPolicy(
-                param_dtype=self.dtype if self.precision != "fp32" else None, reduce_dtype=torch.float32
-            )
-            for block in getattr(self.module, "blocks", []):
-                fully_shard(block, mp_policy=policy)
-            fully_shard(self.module, mp_policy=policy)
-            model = self.module
         else:
             model = self.module
         optimizer = optimizer_factory(self.module)
@@ -144,6 +189,20 @@ class Strategy:
             )
         self.model = model
         return optimizer
+
+    def _fill_from_rank0(self, full: dict, buffers: dict) -> None:
+        # ~2 s import (see full_state): only for a model whose weights only rank 0 read
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        self.module.to_empty(device=self.state.device)
+        with torch.no_grad():
+            for name, b in buffers.items():  # non-persistent buffers (rotary tables) are in no state dict
+                self.module.get_buffer(name).copy_(b)
+        if hasattr(self.module, "tie_weights"):
+            self.module.tie_weights()
+        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+        set_model_state_dict(self.module, full, options=opts)
+        full.clear()
 
     # ------------------------------------------------------------------ per step
     def autocast(self):

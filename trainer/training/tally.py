@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..runtime import dist
+
 
 class HostTally:
     """When `ok` is already on the host (CPU): plain Python floats and ints."""
@@ -85,3 +87,13 @@ class DeviceTally:
 
 def make_tally(device: torch.device):
     return HostTally() if device.type == "cpu" else DeviceTally(device)
+
+
+def reduced_window(state: dist.DistState, tally) -> dict:
+    """The log window in progress (loss sum, good steps, bad streaks since the last row) over all ranks:
+    saved with a checkpoint, so a resumed run's next row covers the same steps as an uninterrupted run's
+    (collective; restored on rank 0 by ``restore``)."""
+    loss_sum, good, bad_run, bad_max = tally.peek()
+    sums = dist.all_reduce_sum(state, torch.stack([loss_sum.double(), good.double()])).tolist()
+    bads = dist.all_reduce_max(state, torch.stack([bad_run.double(), bad_max.double()])).tolist()
+    return {"loss": sums[0], "good": sums[1], "bad_run": bads[0], "bad_max": bads[1]}

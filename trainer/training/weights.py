@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError
 from . import checkpoint as ckpt
+from . import stores
 
 log = logging.getLogger("trainer")
 
@@ -143,6 +144,14 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
     A run dir prefers its newest verified checkpoint (full fidelity, checksummed) over model.safetensors.
     Every failure is a :class:`ConfigError` that names ``key`` and the path.
     """
+    if stores.is_url(path):  # checkpoints on an object store (checkpoint.dir=s3://...)
+        try:
+            found = ckpt.resolve(path)
+        except ckpt.CheckpointError as e:
+            raise ConfigError(f"{key}={path!r}: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"{key}={path!r}: {stores.describe(e)}") from None
+        return _read_checkpoint(path, found, key)
     if not os.path.exists(path):
         raise ConfigError(f"{key}={path!r}: no such file or directory")
     if os.path.isdir(path):
@@ -161,30 +170,7 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
             w = read_weights(final, key)
             w.config = w.config or _read_yaml(os.path.join(path, "config.yaml"))
             return w
-        try:
-            state, _ = ckpt.load_state(found, verify_first=True)
-        except ckpt.CheckpointError as e:
-            raise ConfigError(f"{key}={path!r}: {e}") from None
-        except Exception as e:  # an unpickling error: weights_only refused something
-            raise ConfigError(
-                f"{key}={path!r}: refused {found}: not a plain weights file "
-                f"(read with weights_only=True; {_first_line(e)})"
-            ) from None
-        manifest = ckpt.read_manifest(found)
-        if ckpt.is_sharded(found):  # FSDP: consolidate the DCP shards here (restricted unpickler)
-            try:
-                sd = ckpt.consolidated_model_state(found)
-            except Exception as e:
-                raise ConfigError(
-                    f"{key}={path!r}: sharded checkpoint {found} unreadable ({_first_line(e)})"
-                ) from None
-        else:
-            sd = _as_state_dict(state, found, key)
-        return Weights(
-            merge_lora_state(_strip_wrappers(sd)),
-            manifest.get("config"),
-            f"checkpoint {found} (step {manifest.get('step')})",
-        )
+        return _read_checkpoint(path, found, key)
     parent = os.path.dirname(os.path.abspath(path))
     compressed = _compressed_entry(parent, os.path.basename(path))
     if compressed is not None:
@@ -197,9 +183,37 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
         except Exception as e:
             raise ConfigError(f"{key}={path!r}: not a readable safetensors file ({_first_line(e)})") from None
         cfg = json.loads(meta["config"]) if "config" in meta else None
-        return Weights(merge_lora_state(_strip_wrappers(sd)), cfg, f"safetensors {path}")
+        return Weights(merge_lora_state(_strip_wrappers(sd), cfg), cfg, f"safetensors {path}")
     sd = _as_state_dict(_torch_load(path, key), path, key)
     return Weights(merge_lora_state(_strip_wrappers(sd)), None, f"state dict {path}")
+
+
+def _read_checkpoint(path: str, found: str, key: str) -> Weights:
+    """The weights of one committed checkpoint (local or remote), verified before anything is unpickled."""
+    try:
+        state, _ = ckpt.load_state(found, verify_first=True)
+    except ckpt.CheckpointError as e:
+        raise ConfigError(f"{key}={path!r}: {e}") from None
+    except Exception as e:  # an unpickling error: weights_only refused something
+        raise ConfigError(
+            f"{key}={path!r}: refused {found}: not a plain weights file "
+            f"(read with weights_only=True; {_first_line(e)})"
+        ) from None
+    manifest = ckpt.read_manifest(found)
+    if ckpt.is_sharded(found):  # FSDP: consolidate the DCP shards here (restricted unpickler)
+        try:
+            sd = ckpt.consolidated_model_state(found)
+        except Exception as e:
+            raise ConfigError(
+                f"{key}={path!r}: sharded checkpoint {found} unreadable ({_first_line(e)})"
+            ) from None
+    else:
+        sd = _as_state_dict(state, found, key)
+    return Weights(
+        merge_lora_state(_strip_wrappers(sd), manifest.get("config")),
+        manifest.get("config"),
+        f"checkpoint {found} (step {manifest.get('step')})",
+    )
 
 
 def _compressed_entry(directory: str, filename: Optional[str]) -> Optional[dict]:
@@ -243,17 +257,56 @@ def _read_compressed(directory: str, entry: dict, key: str) -> Weights:
 # ----------------------------------------------------------------------------- LoRA adapters in a state dict
 
 
-def lora_merge(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def lora_merge(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
     return (w.float() + float(scale) * (b.float() @ a.float())).to(w.dtype)
 
 
-def merge_lora_state(sd: dict) -> dict:
-    """A state dict with every ``X.lora_A/lora_B/lora_scale`` folded into ``X.weight`` (plain keys only)."""
+def lora_scale(config: Optional[dict]) -> Optional[float]:
+    """alpha / rank from a saved config's ``lora`` section (peft keeps the scale out of the state dict)."""
+    lo = (config or {}).get("lora") or {}
+    if not lo.get("targets"):
+        return None
+    return float(lo.get("alpha", 16.0)) / float(lo.get("rank", 8))
+
+
+def is_peft_state(sd: dict) -> bool:
+    return any(".lora_A.default." in k or ".base_layer." in k or ".modules_to_save." in k for k in sd)
+
+
+def merge_lora_state(sd: dict, config: Optional[dict] = None) -> dict:
+    """Plain weights from a state dict with LoRA adapters: W + (alpha/rank) B A, under the model's own names.
+
+    Reads peft's layout (``base_model.model.`` prefix, ``X.base_layer.weight``, ``X.lora_A.default.weight``,
+    ``X.modules_to_save.default.*``; the scale comes from ``config``, the run's saved config) and, converted
+    on the fly, the layout of this project's former hand-written LoRA (``X.lora_A``, ``X.lora_B``,
+    ``X.lora_scale``, the scale stored beside them).
+    """
+    if is_peft_state(sd):
+        scale = lora_scale(config)
+        if scale is None and any(".lora_A.default." in k for k in sd):
+            raise ConfigError("LoRA weights without the run's config (lora.alpha / lora.rank): cannot merge")
+        out: dict = {}
+        pre = "base_model.model."
+        plain = {(k[len(pre) :] if k.startswith(pre) else k): v for k, v in sd.items()}
+        for k, v in plain.items():
+            if ".lora_A.default." in k or ".lora_B.default." in k or ".original_module." in k:
+                continue
+            if ".modules_to_save.default." in k:
+                out[k.replace(".modules_to_save.default.", ".")] = v
+            elif ".base_layer." in k:
+                mod, _, leaf = k.partition(".base_layer.")
+                a = plain.get(f"{mod}.lora_A.default.weight")
+                if leaf == "weight" and a is not None:
+                    v = lora_merge(v, a, plain[f"{mod}.lora_B.default.weight"], scale)
+                out.setdefault(f"{mod}.{leaf}", v)
+            else:
+                out.setdefault(k, v)
+        return out
     if not any(k.endswith(".lora_A") for k in sd):
         return sd
     out = dict(sd)
     for k in [k for k in sd if k.endswith(".lora_A")]:
         p = k[: -len(".lora_A")]
         a, b, s = out.pop(k), out.pop(p + ".lora_B"), out.pop(p + ".lora_scale")
-        out[p + ".weight"] = lora_merge(out[p + ".weight"], a, b, s)
+        out[p + ".weight"] = lora_merge(out[p + ".weight"], a, b, float(s))
     return out

@@ -1,0 +1,341 @@
+"""Where checkpoints live: a local directory, or an fsspec URL (``s3://bucket/prefix`` first).
+
+``CheckpointDir`` (checkpoint.py) owns the transaction and calls only these verbs, so the logic of "a reader
+never sees a half-written checkpoint" is written once. What differs is what each store can do atomically:
+
+* ``LocalStorage``: files are written to a temporary name, fsynced and renamed; a checkpoint directory is
+  renamed into place (``renames`` is True).
+* ``FsspecStorage``: object stores have no rename (``mv`` is copy + delete), but a single PUT is atomic. So a
+  checkpoint is written in place under ``step-N/``, its manifest last (a step without a verified manifest
+  does not exist), then ``latest`` in one PUT. Every write is retried with backoff on transient errors.
+
+s3fs is imported only for ``s3://`` paths (it is the optional extra ``.[s3]``); credentials and endpoint come
+the standard way (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_REGION``, or
+an instance role), read by botocore itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from typing import Optional
+
+log = logging.getLogger("trainer")
+
+# Test hook: called with (operation, path) before every write to a remote store; a test raises from it to
+# simulate a transient fault. None in normal runs.
+fault_hook: Optional[Callable[[str, str], None]] = None
+
+RETRIES = 4  # attempts after the first one, 0.5 s, 1 s, 2 s, 4 s apart
+BACKOFF_S = 0.5
+
+
+_REMOTE: dict = {}  # (protocol, pid) -> FsspecStorage
+
+
+class StoreError(OSError):
+    """A store that cannot be used (no credentials, missing bucket, access denied, unreachable endpoint)."""
+
+
+def is_url(path: str) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([str(root).rstrip("/"), *parts]) if is_url(root) else os.path.join(root, *parts)
+
+
+def basename(path: str) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1] if is_url(path) else os.path.basename(path)
+
+
+def dirname(path: str) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[0] if is_url(path) else os.path.dirname(path)
+
+
+def for_path(path: str) -> LocalStorage | FsspecStorage:
+    """The store a path lives on (one object per protocol and process)."""
+    if not is_url(path):
+        return LOCAL
+    protocol = str(path).split("://", 1)[0]
+    key = (protocol, os.getpid())  # a forked child must not share its parent's event loop
+    if key not in _REMOTE:
+        _REMOTE[key] = FsspecStorage(protocol)
+    return _REMOTE[key]
+
+
+def storage_options(protocol: str) -> dict:
+    """fsspec keyword arguments for a protocol (also given to DCP's fsspec writer and reader)."""
+    if protocol not in ("s3", "s3a"):
+        return {}
+    client: dict = {}
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        client["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+    if os.environ.get("AWS_REGION"):
+        client["region_name"] = os.environ["AWS_REGION"]
+    # No listings cache: several processes write one prefix, and `latest` must be read fresh every time.
+    return {"client_kwargs": client, "use_listings_cache": False, "skip_instance_cache": True}
+
+
+class LocalStorage:
+    renames = True
+    remote = False
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def isfile(self, path: str) -> bool:
+        return os.path.isfile(path)
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path) if os.path.isdir(path) else []
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def read_bytes(self, path: str) -> bytes:
+        with open(path, "rb") as fh:
+            return fh.read()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Atomic: a temp file, fsynced, renamed over `path`, the directory fsynced."""
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(os.path.dirname(path) or ".")
+
+    def rmtree(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def remove(self, path: str) -> None:
+        if os.path.exists(path):
+            os.remove(path)
+
+    def rename_dir(self, src: str, dst: str) -> None:
+        if os.path.exists(dst):  # the same step saved again (e.g. final save after periodic)
+            shutil.rmtree(dst)
+        os.rename(src, dst)
+        fsync_dir(os.path.dirname(dst) or ".")
+
+    def list_files(self, root: str) -> list[str]:
+        """Every file under root, relative, sorted (temp files of atomic writes excluded)."""
+        out = []
+        for d, _, files in os.walk(root):
+            out += [os.path.relpath(os.path.join(d, f), root) for f in files if not f.endswith(".tmp")]
+        return sorted(out)
+
+    def sha256(self, path: str, reread: bool = True, chunk: int = 1 << 20) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+        return h.hexdigest()
+
+    def upload(self, local: str, path: str) -> None:
+        if os.path.abspath(local) != os.path.abspath(path):
+            self.makedirs(os.path.dirname(path))
+            shutil.copyfile(local, path)
+
+    def download(self, path: str, local: str) -> None:
+        if os.path.abspath(local) != os.path.abspath(path):
+            shutil.copyfile(path, local)
+
+
+LOCAL = LocalStorage()
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _transient(e: BaseException) -> bool:
+    """Worth retrying: a dropped connection, a timeout, a 5xx, SlowDown; not a refusal or a missing bucket."""
+    if isinstance(e, (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return False
+    name = type(e).__name__
+    if name in ("NoCredentialsError", "PartialCredentialsError", "ClientError") and "SlowDown" not in str(e):
+        return False
+    return isinstance(e, (OSError, TimeoutError, ConnectionError)) or "Timeout" in name or "Connect" in name
+
+
+class FsspecStorage:
+    renames = False
+    remote = True
+
+    def __init__(self, protocol: str):
+        import fsspec  # ~60 ms (and s3fs ~0.4 s more): only when a remote path is used
+
+        self.protocol = protocol
+        # sha256 of what this process PUT, by path: the manifest need not download what rank 0 uploaded
+        # itself (botocore checksums every PutObject in transit, so the digest of the bytes sent is the
+        # digest of the object stored); files other processes wrote are read back.
+        self._sent: dict[str, str] = {}
+        # Their INFO lines ("Found credentials in environment variables") would reach the console.
+        for name in ("botocore", "aiobotocore", "s3fs"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        try:
+            self.fs = fsspec.filesystem(protocol, **storage_options(protocol))
+        except ImportError as e:
+            extra = " (pip install '.[s3]')" if protocol.startswith("s3") else ""
+            raise StoreError(f"{protocol}:// needs a package that is not installed: {e}{extra}") from None
+
+    def _p(self, path: str) -> str:
+        return self.fs._strip_protocol(str(path))  # the path as this filesystem names it in listings
+
+    def _retry(self, op: str, path: str, fn: Callable[[], object]):
+        delay = BACKOFF_S
+        for attempt in range(RETRIES + 1):
+            try:
+                if fault_hook is not None:
+                    fault_hook(op, path)
+                return fn()
+            except Exception as e:
+                if attempt == RETRIES or not _transient(e):
+                    raise
+                log.warning("%s %s failed (%s: %s); retrying in %.1fs", op, path, type(e).__name__, e, delay)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def exists(self, path: str) -> bool:
+        return self._retry("exists", path, lambda: self.fs.exists(self._p(path)))
+
+    def isfile(self, path: str) -> bool:
+        return self._retry("isfile", path, lambda: self.fs.isfile(self._p(path)))
+
+    def isdir(self, path: str) -> bool:
+        return self._retry("isdir", path, lambda: self.fs.isdir(self._p(path)))
+
+    def listdir(self, path: str) -> list[str]:
+        def ls():
+            try:
+                return [basename(p) for p in self.fs.ls(self._p(path), detail=False)]
+            except FileNotFoundError:
+                return []
+
+        return self._retry("list", path, ls)
+
+    def makedirs(self, path: str) -> None:
+        pass  # prefixes exist as soon as an object is written under them
+
+    def read_bytes(self, path: str) -> bytes:
+        return self._retry("read", path, lambda: self.fs.cat_file(self._p(path)))
+
+    def write_bytes(
+        self, path: str, data: bytes, on_first_chunk: Optional[Callable[[], None]] = None
+    ) -> None:
+        """One PUT (atomic on S3: the object is either the old one or the new one); retried with backoff.
+
+        on_first_chunk: called once part of the object is handed to the client, before the upload completes
+        (the instrumented kill point of the tests).
+        """
+
+        def put():
+            with self.fs.open(self._p(path), "wb") as fh:
+                fh.write(data[: len(data) // 2])
+                if on_first_chunk is not None:
+                    on_first_chunk()
+                fh.write(data[len(data) // 2 :])
+
+        self._sent.pop(path, None)
+        self._retry("write", path, put)
+        self._sent[path] = hashlib.sha256(data).hexdigest()
+
+    def rmtree(self, path: str) -> None:
+        def rm():
+            try:
+                self.fs.rm(self._p(path), recursive=True)
+            except FileNotFoundError:
+                pass
+
+        self._retry("delete", path, rm)
+        for p in [p for p in self._sent if p.startswith(str(path).rstrip("/") + "/")]:
+            del self._sent[p]
+
+    def remove(self, path: str) -> None:
+        def rm():
+            try:
+                self.fs.rm_file(self._p(path))
+            except FileNotFoundError:
+                pass
+
+        self._retry("delete", path, rm)
+        self._sent.pop(path, None)
+
+    def rename_dir(self, src: str, dst: str) -> None:
+        raise NotImplementedError("object stores have no rename: checkpoints are written in place")
+
+    def list_files(self, root: str) -> list[str]:
+        base = self._p(root).rstrip("/") + "/"
+        found = self._retry("list", root, lambda: self.fs.find(base))
+        return sorted(p[len(base) :] for p in found if p.startswith(base))
+
+    def sha256(self, path: str, reread: bool = False) -> str:
+        """Of the object: remembered if this process wrote it, else as the store returns it (a read-back)."""
+        if path in self._sent and not reread:
+            return self._sent[path]
+
+        def digest():
+            h = hashlib.sha256()
+            with self.fs.open(self._p(path), "rb", block_size=8 << 20) as fh:
+                while block := fh.read(8 << 20):
+                    h.update(block)
+            return h.hexdigest()
+
+        return self._retry("read", path, digest)
+
+    def upload(self, local: str, path: str) -> None:
+        self._retry("upload", path, lambda: self.fs.put_file(local, self._p(path)))
+
+    def download(self, path: str, local: str) -> None:
+        self._retry("download", path, lambda: self.fs.get_file(self._p(path), local))
+
+
+def read_stream(path: str) -> io.BytesIO:
+    return io.BytesIO(for_path(path).read_bytes(path))
+
+
+def check_writable(root: str) -> None:
+    """Raise StoreError with one line if `root` cannot hold checkpoints: the start-of-run preflight."""
+    store = for_path(root)
+    if not store.remote:
+        return
+    bucket = store._p(root).lstrip("/").split("/", 1)[0]
+    probe = join(root, f".probe-{uuid.uuid4().hex[:12]}")
+    try:
+        store._retry("list", root, lambda: store.fs.ls(bucket, detail=False))
+        store._retry("write", probe, lambda: store.fs.pipe_file(store._p(probe), b"probe"))
+        store._retry("delete", probe, lambda: store.fs.rm_file(store._p(probe)))
+    except Exception as e:
+        raise StoreError(f"{root}: {describe(e, bucket)}") from None
+
+
+def describe(e: BaseException, bucket: str = "") -> str:
+    """One line for a storage failure, in the terms a user acts on."""
+    name, text = type(e).__name__, str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    if name in ("NoCredentialsError", "PartialCredentialsError"):
+        return "no credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use an instance role)"
+    if isinstance(e, FileNotFoundError):
+        return f"bucket {bucket!r} does not exist ({text})" if bucket else f"not found ({text})"
+    if isinstance(e, PermissionError):
+        return f"access denied ({text})"
+    if "Endpoint" in name or "Connect" in name or isinstance(e, (ConnectionError, TimeoutError)):
+        where = os.environ.get("AWS_ENDPOINT_URL", "the default AWS endpoint")
+        return f"endpoint unreachable: {where} ({text or name})"
+    return f"{name}: {text}"
