@@ -21,7 +21,9 @@ same sample order, the LR schedule written by hand, loss.item() at the same log 
 Interleaving is per step: inside each trainer step one iteration of every raw loop runs too (before the
 trainer's step on even steps, after it on odd ones), so noise from other jobs on the machine falls on both
 sides of every pair. A figure is the median over steps (log steps excluded, warm-up dropped) of one run, then
-the median over runs with the range beside it; "vs raw" is the median of per-step differences. CPU time
+the median over runs with the range beside it; "vs raw" is the median of per-step differences. "mean vs raw"
+is what wall-clock pays: mean(trainer) - mean(raw) over the same steps of one run, log steps in (the issue's
+figure, target <= +20 µs at the default log.every_steps), median over runs. CPU time
 (this thread's, time.thread_time) is reported beside wall time: waiting for a core does not count in it.
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from typing import Optional
@@ -178,6 +181,7 @@ class Interleaved:
         self.data: list[float] = []  # wall time of each next() on the trainer's batch iterator
         self.raw: dict[str, list[float]] = {k: [] for k in loops}
         self.raw_cpu: dict[str, list[float]] = {k: [] for k in loops}
+        self.side_cpu: list[float] = []  # CPU seconds of the trainer's other threads, read at its close
 
     def trainer_cls(self) -> type:
         """A ``Trainer`` subclass whose batches are timed and whose steps run the raw loops beside them."""
@@ -188,6 +192,7 @@ class Interleaved:
         stamps, cpu, in_step, inserted, inserted_cpu = (self.stamps, self.cpu, self.in_step, self.inserted,
                                                         self.inserted_cpu)
         loops, raw, raw_cpu, data = self.loops, self.raw, self.raw_cpu, self.data
+        side_cpu = self.side_cpu
 
         def run_raw() -> tuple[float, float]:
             # One clock pair around all of it: the bookkeeping here is charged to neither side.
@@ -203,6 +208,15 @@ class Interleaved:
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
                 self.batches = TimedBatches(self.batches, data)
+
+            def _close(self, code: int) -> None:
+                # CPU the trainer spent in its other threads (metrics writer, TensorBoard's writer): the
+                # wall-clock figures only see it as it steals the step thread's core
+                if self.metrics:
+                    self.metrics.flush()
+                side_cpu.append(sum(_thread_cpu(t) for t in threading.enumerate()
+                                    if t is not threading.main_thread()))
+                super()._close(code)
 
             def _run_step(self, micro_batches) -> None:
                 stamps.append(wall())
@@ -225,8 +239,17 @@ class Interleaved:
         return iv, ic
 
 
+def _thread_cpu(t: threading.Thread) -> float:
+    """CPU seconds a live thread has used (Linux: its pthread CPU clock); 0 if it is gone."""
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+    except (OSError, AttributeError, TypeError, OverflowError):
+        return 0.0
+
+
 def summarize(wall: list[float], cpu: list[float], every: int, warmup: int,
-              base: Optional[list[float]] = None, base_cpu: Optional[list[float]] = None) -> dict:
+              base: Optional[list[float]] = None, base_cpu: Optional[list[float]] = None,
+              side_cpu_per_step: float = 0.0) -> dict:
     """Medians over non-log steps after warm-up (wall, CPU), the mean with log steps in, the extra cost of a
     log step, and, given a baseline from the same steps, the median of the per-step differences."""
     idx = [i for i in range(warmup, len(wall)) if (i + 1) % every]
@@ -237,6 +260,12 @@ def summarize(wall: list[float], cpu: list[float], every: int, warmup: int,
            "log_extra_s": (B.median(logs) - med) if logs else float("nan"), "steps": len(wall) - warmup}
     if base is not None:
         out["diff_s"] = B.median(wall[i] - base[i] for i in idx)
+        # what wall-clock pays: the mean, log steps in, minus the raw loop's mean over the same steps
+        out["mean_diff_s"] = out["mean_s"] - sum(base[warmup:]) / max(1, len(base) - warmup)
+        # the same in CPU time, other threads' CPU spread over every step: what a core pays, unmoved by
+        # waits for a core on a loaded machine (which swing the wall-clock mean by +-100 µs there)
+        n = max(1, len(cpu) - warmup)
+        out["mean_cpu_diff_s"] = (sum(cpu[warmup:]) / n + side_cpu_per_step) - sum(base_cpu[warmup:]) / n
         out["diff_cpu_s"] = B.median(cpu[i] - base_cpu[i] for i in idx)
         out["ratio"] = med / B.median(base[i] for i in idx)
         out["cpu_ratio"] = out["cpu_s"] / B.median(base_cpu[i] for i in idx)
@@ -266,7 +295,8 @@ def run_interleaved(recipe: str, extra: list[str], steps: int, warmup: int, flav
     n = len(wall)
     base, base_cpu = clock.raw["raw"][:n], clock.raw_cpu["raw"][:n]
     t_name = f"trainer[{strategy}]" if strategy else "trainer"
-    out = {t_name: summarize(wall, cpu, every, warmup, base, base_cpu)}
+    side = sum(clock.side_cpu) / max(1, len(clock.stamps))  # spread over every step the trainer ran
+    out = {t_name: summarize(wall, cpu, every, warmup, base, base_cpu, side)}
     for f in flavors:
         out[f] = summarize(clock.raw[f][:n], clock.raw_cpu[f][:n], every, warmup, base, base_cpu)
     # Split each side into the step itself and what surrounds it (data fetch; for the trainer also fit's
@@ -307,6 +337,8 @@ def rows_for(runs: dict[str, list[dict]]) -> list[dict]:
             continue
         med = B.spread(x["median_s"] for x in rs)
         d = B.spread(x["diff_s"] for x in rs)
+        md = B.spread(x["mean_diff_s"] for x in rs)
+        mc = B.spread(x["mean_cpu_diff_s"] for x in rs)
         q = B.spread(x["ratio"] for x in rs)
         qc = B.spread(x["cpu_ratio"] for x in rs)
         rows.append({"variant": v, "runs": len(rs), "steps_per_run": rs[0]["steps"],
@@ -319,6 +351,10 @@ def rows_for(runs: dict[str, list[dict]]) -> list[dict]:
                      "vs_raw_cpu_us": B.median(x["diff_cpu_s"] for x in rs) * 1e6,
                      "cpu_ratio": qc["median"], "cpu_ratio_range": f"{qc['min']:.3f}-{qc['max']:.3f}",
                      "mean_us": B.median(x["mean_s"] for x in rs) * 1e6,
+                     "mean_vs_raw_us": md["median"] * 1e6,
+                     "mean_vs_raw_range": f"{md['min'] * 1e6:+.0f}..{md['max'] * 1e6:+.0f}",
+                     "mean_cpu_vs_raw_us": mc["median"] * 1e6,
+                     "mean_cpu_vs_raw_range": f"{mc['min'] * 1e6:+.0f}..{mc['max'] * 1e6:+.0f}",
                      "in_step_us": B.median(x["in_step_s"] for x in rs) * 1e6,
                      "outside_us": B.median(x["outside_s"] for x in rs) * 1e6,
                      "data_us": B.median(x["data_s"] for x in rs) * 1e6,
@@ -511,13 +547,16 @@ def python_profile(real, n: int) -> list[dict]:
 
 
 def log_cost(tr, n: int) -> list[dict]:
-    """What one log step costs (Trainer._log: the host sync, psutil, metrics.jsonl, the log line,
-    TensorBoard), with the logging handlers `python -m trainer train` installs (stderr here goes to a
+    """What one log step costs: the loop's side (Trainer._log: the host sync, the row, the CPU share, the
+    hand-over to the writer thread) and, apart, the writer thread's pass per row (metrics.jsonl, the console
+    line, TensorBoard), with the logging handlers `python -m trainer train` installs (stderr here goes to a
     file)."""
     import logging
 
     from trainer.runtime.logs import add_rank_log, setup_logging
-    from trainer.training.metrics import Metrics, Stopwatch
+    from trainer.training.metrics import Metrics, Stopwatch, console_sink
+    from trainer.training.rowwriter import RowWriter
+    from trainer.training.trackers import Trackers
 
     tmp = tempfile.mkdtemp(prefix="bench-log-")
     root = logging.getLogger()
@@ -533,11 +572,12 @@ def log_cost(tr, n: int) -> list[dict]:
                 for tb in (True, False):
                     d = os.path.join(tmp, f"tb{int(tb)}")
                     os.makedirs(d)
-                    tr.metrics = Metrics(d, True, tb, "off", 10**6, 0)
-                    if tb and tr.metrics._tb is None:
+                    trackers = Trackers(["tensorboard"] if tb else [], d, tr.cfg, {}, 0)
+                    if tb and "tensorboard" not in trackers.open:
                         rows.append({"what": "Trainer._log with TensorBoard", "us": float("nan"),
                                      "note": "tensorboard not installed"})
                         continue
+                    tr.metrics = Metrics(d, True, "off", 10**6, 0, trackers)
                     ts = []
                     for k in range(n + 5):
                         watch = Stopwatch()
@@ -548,18 +588,34 @@ def log_cost(tr, n: int) -> list[dict]:
                         if k >= 5:
                             ts.append(time.perf_counter() - a)
                     m = tr.metrics
+                    m.flush()
                     ps = []
                     for _ in range(n):
                         a = time.perf_counter()
                         m.process_stats()
                         ps.append(time.perf_counter() - a)
-                    alt = _tb_alternative(m._tb, m.history[-1], n) if tb else []
+                    # the writer thread's pass, timed here on the same rows in batches of 10
+                    with open(os.path.join(d, "again.jsonl"), "w", encoding="utf-8") as fh:
+                        writer_sinks = {"console": console_sink(True), **trackers.sinks()}
+                        w = RowWriter(fh, writer_sinks, interval_s=3600)
+                        hist = [("train", r) for r in m.history]
+                        per_row = []
+                        for i in range(0, len(hist) - 9, 10):
+                            a = time.perf_counter()
+                            w._write(hist[i:i + 10])
+                            per_row.append((time.perf_counter() - a) / 10)
+                        w.close()
+                    tb_writer = trackers.open["tensorboard"].writer if tb else None
+                    alt = _tb_alternative(tb_writer, m.history[-1], n) if tb else []
                     m.close()
-                    rows.append({"what": f"Trainer._log, log.tensorboard={str(tb).lower()}",
+                    rows.append({"what": f"Trainer._log (the loop's side), log.tensorboard={str(tb).lower()}",
                                  "us": B.median(ts) * 1e6})
+                    sinks = "jsonl + console" + (" + TensorBoard" if tb else "")
+                    rows.append({"what": f"  writer thread, per row ({sinks})",
+                                 "us": B.median(per_row) * 1e6})
                     rows += alt
                     if not tb:
-                        rows.append({"what": "  of which process_stats() (psutil rss + cpu%)",
+                        rows.append({"what": "  of which process_stats() (rss at most 1/s + CPU share)",
                                      "us": B.median(ps) * 1e6})
         tr.metrics = None
     finally:
@@ -575,7 +631,7 @@ def log_cost(tr, n: int) -> list[dict]:
 
 
 def _tb_alternative(writer, row: dict, n: int) -> list[dict]:
-    """TensorBoard: one add_scalar per metric (what metrics.py does) vs one event holding every metric."""
+    """TensorBoard: one add_scalar per metric vs one event holding every metric (what trackers.py does)."""
     try:
         from tensorboard.compat.proto.summary_pb2 import Summary
     except ImportError:
@@ -592,8 +648,8 @@ def _tb_alternative(writer, row: dict, n: int) -> list[dict]:
             Summary(value=[Summary.Value(tag=f"train/{k}", simple_value=v) for k, v in vals.items()]), step)
 
     out = []
-    for what, fn in ((f"  of which add_scalar x {len(vals)} (one event per metric)", per_metric),
-                     (f"  alternative: one event with {len(vals)} values", one_event)):
+    for what, fn in ((f"  TensorBoard alone, add_scalar x {len(vals)} (one event per metric)", per_metric),
+                     (f"  TensorBoard alone, one event with {len(vals)} values (what we write)", one_event)):
         ts = []
         for _ in range(n):
             a = time.perf_counter()
@@ -628,7 +684,7 @@ def main(argv=None) -> None:
                 "mlp_overrides": MLP,
                 "sizes": {k: {"steps": s, "warmup": w} for k, (s, w) in sizes.items()},
                 "sources": B.file_digest("trainer/training/loop.py", "trainer/training/strategy.py",
-                                         "trainer/training/metrics.py")}
+                                         "trainer/training/metrics.py", "trainer/training/rowwriter.py")}
     out: dict = {"settings": settings, "loadavg_start": load0, "rows": []}
     cols = [("variant", "variant", ""), ("step_us", "median µs/step", ".0f"),
             ("range_us", "range (runs)", ""), ("vs_raw_us", "vs raw µs", "+.0f"),
@@ -636,6 +692,9 @@ def main(argv=None) -> None:
             ("vs_raw_cpu_us", "CPU vs raw", "+.0f"),
             ("in_step_us", "in step µs", ".0f"), ("outside_us", "data + loop µs", ".0f"),
             ("data_us", "data µs", ".0f"), ("mean_us", "mean µs (log steps in)", ".0f"),
+            ("mean_vs_raw_us", "mean vs raw µs", "+.0f"), ("mean_vs_raw_range", "range", ""),
+            ("mean_cpu_vs_raw_us", "mean CPU vs raw µs (all threads)", "+.0f"),
+            ("mean_cpu_vs_raw_range", "range", ""),
             ("log_extra_us", "log step +µs", ".0f")]
 
     if "mlp" in only:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -56,6 +59,46 @@ def cnn_run(tmp_path_factory):
     r = run_cli(["train", "-c", "configs/cnn.yaml", f"run.dir={run_dir}"], env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir, r
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on loopback, once per session: sqlite backend, artifacts in the test's
+    folder, a free port. Yields its URL; skipped when mlflow is not installed (`make setup` installs it)."""
+    pytest.importorskip("mlflow")
+    base = tmp_path_factory.mktemp("mlflow")
+    log = open(base / "server.log", "w")
+    for _attempt in range(3):  # retry on a port taken between free_port() and the bind
+        port = free_port()
+        proc = subprocess.Popen(
+            [PY, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{base}/db.sqlite",
+             "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"], cwd=str(base), stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        deadline, healthy = time.monotonic() + 180, False  # ~10 s on a quiet machine, more under load
+        while not healthy and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).close()
+                healthy = True
+            except OSError:
+                time.sleep(0.5)
+        if healthy:
+            break
+        proc.kill()
+        proc.wait()
+    else:
+        pytest.fail(f"mlflow server did not start: {(base / 'server.log').read_text()[-2000:]}")
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(base / "artifacts", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

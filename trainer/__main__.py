@@ -1,4 +1,4 @@
-"""python -m trainer: train, check, config, eval, export, compress, generate.
+"""python -m trainer: train, check, config, eval, export, compress, generate, compare.
 
     python -m trainer train -c configs/cnn.yaml train.max_steps=50         # one process (CPU or one GPU)
     torchrun --standalone --nproc-per-node 2 -m trainer train -c configs/cnn.yaml
@@ -93,6 +93,8 @@ def _tool_command(args: argparse.Namespace) -> int:
         from .tools.export import export_main as fn
     elif args.cmd == "generate":
         from .tools.generate import generate_main as fn
+    elif args.cmd == "compare":
+        from .tools.compare import compare_main as fn
     else:
         from .tools.evaluate import eval_main as fn
     setup_logging(0)

@@ -21,7 +21,9 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from .schema import (  # noqa: F401  (re-exported: trainer.config is where callers find the schema)
+    MONITOR_MODES,
     RESUME_SAFE_PREFIXES,
+    TRACKERS,
     CheckpointConfig,
     Config,
     DataConfig,
@@ -454,6 +456,45 @@ def validate(cfg: Config) -> None:
     for key, url in (("checkpoint.dir", cfg.checkpoint.dir), ("run.resume", r)):
         if url and _is_url(url):
             _check_url(key, url)
+    _validate_monitor(cfg)
+    _validate_trackers(cfg.log.trackers)
+
+
+def _validate_monitor(cfg: Config) -> None:
+    c, t = cfg.checkpoint, cfg.train
+    if c.monitor is not None and c.monitor not in MONITOR_MODES:
+        raise ConfigError(f"checkpoint.monitor={c.monitor!r}: expected one of {', '.join(MONITOR_MODES)}")
+    for key, value in (
+        ("checkpoint.keep_best", c.keep_best),
+        ("train.early_stop_patience", t.early_stop_patience),
+    ):
+        if value and c.monitor is None:
+            raise ConfigError(
+                f"{key}={value}: needs checkpoint.monitor (e.g. checkpoint.monitor=eval/accuracy)"
+            )
+    if t.early_stop_patience and not t.eval_every_steps:
+        raise ConfigError(
+            f"train.early_stop_patience={t.early_stop_patience}: needs train.eval_every_steps > 0 "
+            "(evaluations to compare)"
+        )
+
+
+def _validate_trackers(trackers: list) -> None:
+    for name in trackers:
+        if name not in TRACKERS:
+            raise ConfigError(
+                f"log.trackers={trackers!r}: unknown tracker {name!r} (expected {', '.join(TRACKERS)})"
+            )
+        # find_spec looks the package up without importing it (import mlflow alone costs ~1 s)
+        if name != "tensorboard" and importlib.util.find_spec(name) is None:
+            raise ConfigError(f"log.trackers={trackers!r}: {name} is not installed (pip install .[{name}])")
+    if len(set(trackers)) != len(trackers):
+        raise ConfigError(f"log.trackers={trackers!r}: a tracker is listed twice")
+
+
+def active_trackers(cfg: Config) -> list[str]:
+    """log.trackers with the log.tensorboard alias applied (false drops tensorboard)."""
+    return [n for n in cfg.log.trackers if n != "tensorboard" or cfg.log.tensorboard]
 
 
 def _is_url(path: str) -> bool:

@@ -20,6 +20,11 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
+# Metrics checkpoint.monitor accepts, and which way is better; the experiment trackers log.trackers knows.
+MONITOR_MODES = {"eval/accuracy": "max", "eval/loss": "min", "eval/perplexity": "min", "eval/mse": "min"}
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
 @dataclass
 class RunConfig:
     dir: Optional[str] = _f(
@@ -208,6 +213,11 @@ class TrainConfig:
         "Set by `python -m launch`.",
     )
     find_unused_parameters: bool = _f(False, "DDP: allow parameters that get no gradient (slower).")
+    early_stop_patience: int = _f(
+        0,
+        "Stop (exit 0) after N evaluations in a row without improvement of checkpoint.monitor (0 = off).",
+        min=0,
+    )
 
 
 @dataclass
@@ -220,12 +230,29 @@ class CheckpointConfig:
     every_steps: int = _f(0, "Save a checkpoint every N optimizer steps (0 = only at the end).", min=0)
     keep: int = _f(3, "Keep the last K checkpoints.", min=1)
     async_save: bool = _f(False, "Write checkpoints in a background thread while training continues.")
+    monitor: Optional[str] = _f(
+        None,
+        "Eval metric that ranks checkpoints and drives early stopping: "
+        + " | ".join(
+            f"{k} ({'higher' if v == 'max' else 'lower'} is better)" for k, v in MONITOR_MODES.items()
+        )
+        + ".",
+    )
+    keep_best: int = _f(
+        0, "Also keep the K best checkpoints by checkpoint.monitor, besides the last checkpoint.keep.", min=0
+    )
 
 
 @dataclass
 class LogConfig:
     every_steps: int = _f(10, "Pull loss to the host and write metrics every N steps.", min=1)
-    tensorboard: bool = _f(True, "Write TensorBoard event files (if tensorboard is installed).")
+    trackers: list[str] = _f(
+        ["tensorboard"],
+        "Experiment trackers, any of tensorboard | mlflow | wandb. MLflow reads MLFLOW_TRACKING_URI and "
+        "MLFLOW_EXPERIMENT_NAME; W&B reads WANDB_MODE, WANDB_PROJECT, WANDB_DIR "
+        "(pip install .[mlflow] / .[wandb]).",
+    )
+    tensorboard: bool = _f(True, "Alias kept for old recipes: false drops tensorboard from log.trackers.")
     progress: Literal["auto", "on", "off"] = _f(
         "auto", "Progress bar: auto = only on an interactive terminal."
     )
@@ -301,6 +328,7 @@ RESUME_SAFE_PREFIXES = (
     "model.init_skip",
     "train.compile_backend",
     "train.compile_mode",
+    "train.early_stop_patience",
     "train.fsdp_wrap",
 )
 

@@ -94,6 +94,12 @@ def test_startup_smoke(runs):
     out, doc = result(runs, "startup")
     assert "first step done, beyond import torch" in out
     assert all(pos(r["s"]) for r in doc["rows"]), doc["rows"]
+    # "beyond" subtracts the launch's own import torch (python -X importtime), so it is positive and less
+    # than the whole launch -> first step on any load (a separate `import torch` process once took longer)
+    rows = {r["what"]: r["s"] for r in doc["rows"]}
+    first = rows["launch -> first step done (step-1 metrics row)"]
+    inside = rows["import torch inside the trainer launch (excluded)"]
+    assert rows["first step done, beyond import torch"] == pytest.approx(first - inside, abs=1e-6)
     assert math.isfinite(doc["first_step_beyond_import_torch_s"])
     assert doc["imports"] and all(pos(r["cumulative_s"]) for r in doc["imports"])
 

@@ -309,11 +309,12 @@ def test_log_lines_go_through_the_progress_bar_and_it_shows_throughput(tmp_path,
     saved = root.handlers[:]
     root.handlers = [handler]
     try:
-        m = M.Metrics(str(tmp_path), True, False, "on", 20, 0)
+        m = M.Metrics(str(tmp_path), True, "on", 20, 0)
         row = {"step": 10, "epoch": 0, "loss": 1.5, "lr": 0.1, "samples_per_s": 1234.0, "step_time_s": 0.01}
         m.log_train(row)
         logging.getLogger("trainer").info("a log line while the bar is shown")
         m.log_eval(10, {"loss": 1.2, "accuracy": 0.5})
+        m.flush()  # the eval line is written by the metrics writer thread
         M.close_progress(m)
         m.close()
     finally:

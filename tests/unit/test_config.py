@@ -12,6 +12,7 @@ REQUIRED_KEYS = {
     "seed", "device", "run.dir", "run.resume", "model.name", "data.name", "train.max_steps", "train.epochs",
     "train.batch_size", "train.precision", "train.compile", "train.grad_accum", "train.grad_clip", "optim.name",
     "optim.lr", "checkpoint.every_steps", "train.deterministic", "train.strategy",
+    "log.trackers", "log.tensorboard", "checkpoint.monitor", "checkpoint.keep_best", "train.early_stop_patience",
 }
 
 

@@ -185,3 +185,12 @@ def all_true(state: DistState, local: bool) -> bool:
     t = torch.tensor([1 if local else 0], dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MIN, group=state.side_group)
     return bool(t.item())
+
+
+def all_gather_object(state: DistState, obj) -> list:
+    """Every rank's ``obj`` in rank order (on the side group, so it never interleaves with training)."""
+    if not state.distributed:
+        return [obj]
+    out = [None] * state.world_size
+    dist.all_gather_object(out, obj, group=state.side_group)
+    return out

@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 
-NOISY = ("torch", "accelerate", "matplotlib", "PIL")
+NOISY = ("torch", "accelerate", "matplotlib", "PIL", "urllib3", "mlflow", "alembic", "wandb")
 
 
 def setup_logging(rank: int) -> None:

@@ -22,7 +22,12 @@ COMMANDS = {  # name -> (help, argument adder); see add_commands
     "compress": "quantize or prune a trained model; before/after report",
     "export": "write a run or checkpoint as one .safetensors file",
     "generate": "complete prompts with a fine-tuned language model (a run, a checkpoint or an hf/ dir)",
+    "compare": "plot several runs' curves on one figure; print their config differences and final metrics",
 }
+
+BEST_HELP = (
+    "use the run's best checkpoint by the metric its manifests record (checkpoint.monitor), not the newest"
+)
 
 
 def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
@@ -33,6 +38,7 @@ def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
         metavar="RUN_OR_CHECKPOINT",
         help="run dir, checkpoints dir, checkpoint dir, compress output, .safetensors or .pt file",
     )
+    sp.add_argument("--best", action="store_true", help=BEST_HELP)
     sp.add_argument("-c", "--config", help="recipe to use instead of the config saved with the weights")
     sp.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. data.classes=[]")
@@ -47,6 +53,19 @@ def add_export_arguments(sp: argparse.ArgumentParser) -> None:
         help="run dir, checkpoints dir, checkpoint dir or weights file",
     )
     sp.add_argument("--out", required=True, metavar="FILE.safetensors", help="the single file to write")
+    sp.add_argument("--best", action="store_true", help=BEST_HELP)
+
+
+def add_compare_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each with metrics.jsonl)")
+    sp.add_argument(
+        "--metric",
+        default=None,
+        help="eval metric to plot and rank by, e.g. eval/accuracy (default: the runs' task metric)",
+    )
+    sp.add_argument(
+        "--out", default="compare.png", metavar="FILE.png", help="the figure (default compare.png)"
+    )
 
 
 def add_compress_arguments(sp: argparse.ArgumentParser) -> None:
@@ -129,6 +148,7 @@ def add_commands(sub) -> None:
         "compress": add_compress_arguments,
         "export": add_export_arguments,
         "generate": add_generate_arguments,
+        "compare": add_compare_arguments,
     }
     for name, help_ in COMMANDS.items():
         adders[name](sub.add_parser(name, help=help_, description=help_))

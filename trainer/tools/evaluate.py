@@ -27,7 +27,7 @@ from ..data.collate import batch_size_of
 from ..models import build_model
 from ..models.outputs import ModelIO, model_io
 from ..training.tasks import Objective, eval_result
-from ..training.weights import read_weights
+from ..training.weights import best_checkpoint, read_weights
 from .prune import fit_shapes
 from .quantize import rebuild
 
@@ -101,7 +101,8 @@ def evaluate_module(
 
 
 def eval_main(args: argparse.Namespace) -> int:
-    module, cfg, w, (_, eval_ds, info) = load_model(args.src, args.config, args.overrides)
+    src = best_checkpoint(args.src) if args.best else args.src
+    module, cfg, w, (_, eval_ds, info) = load_model(src, args.config, args.overrides)
     if len(eval_ds) == 0:
         raise config.ConfigError(f"data.eval_fraction={cfg.data.eval_fraction}: the eval split is empty")
     io, objective = model_io(cfg, module, eval_ds, info.task), Objective.for_run(cfg, info.task)

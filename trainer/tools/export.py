@@ -13,13 +13,13 @@ import os
 import torch
 
 from ..config import ConfigError
-from ..training.weights import read_weights, write_safetensors
+from ..training.weights import best_checkpoint, read_weights, write_safetensors
 
 
 def export_main(args: argparse.Namespace) -> int:
     if not args.out.endswith(".safetensors"):
         raise ConfigError(f"--out {args.out!r}: expected a .safetensors file name")
-    w = read_weights(args.src, "--from")
+    w = read_weights(best_checkpoint(args.src) if args.best else args.src, "--from")
     odd = [k for k, v in w.state.items() if type(v) not in (torch.Tensor, torch.nn.Parameter)]
     if odd:
         raise ConfigError(

@@ -154,9 +154,10 @@ def versions() -> dict:
 class CheckpointDir:
     """Owns ``checkpoint.dir``: save (all ranks call), discover, verify, load, prune; local or remote."""
 
-    def __init__(self, root: str, keep: int = 3):
+    def __init__(self, root: str, keep: int = 3, keep_best: int = 0):
         self.root = str(root)
         self.keep = keep
+        self.keep_best = keep_best  # also kept: the K best by the metric their manifests record
         self.store = stores.for_path(self.root)
 
     def _join(self, *parts: str) -> str:
@@ -338,10 +339,16 @@ class CheckpointDir:
         except OSError as e:  # the store that refused the write may refuse this too; the next commit prunes
             log.warning("could not remove %s: %s", self.tmp_dir(step), stores.describe(e))
 
+    def best(self, k: int) -> list[str]:
+        """The k best committed checkpoints by the ``monitor`` record of their manifests, best first."""
+        return ranked_by_monitor(self.committed())[:k]
+
     def _prune(self, keep_step: int = -1) -> None:
         committed = self.committed()
-        for d in committed[self.keep :]:
-            self._remove_checkpoint(d)
+        spared = set(committed[: self.keep]) | set(self.best(self.keep_best) if self.keep_best else [])
+        for d in committed:
+            if d not in spared:
+                self._remove_checkpoint(d)
         for n in self.store.listdir(self.root):
             if n.startswith(".tmp-"):
                 self.store.rmtree(self._join(n))
@@ -439,6 +446,33 @@ def verify(ckpt: str) -> Optional[str]:
         if problem:
             return problem
     return None
+
+
+def ranked_by_monitor(ckpts: list[str]) -> list[str]:
+    """Checkpoints whose manifest records a ``monitor`` value, best first (a tie goes to the earlier one)."""
+    scored = []
+    for c in ckpts:
+        try:
+            mon = read_manifest(c).get("monitor") or {}
+        except (OSError, ValueError):
+            continue
+        if mon.get("value") is not None:
+            sign = -1.0 if mon.get("mode") == "max" else 1.0
+            scored.append((sign * mon["value"], os.path.basename(c), c))
+    return [c for *_, c in sorted(scored)]
+
+
+def resolve_best(path: str) -> str:
+    """The best checkpoint of a run dir (or checkpoints dir) that verifies, by its manifest's monitor."""
+    store = stores.for_path(path)
+    for root in (stores.join(path, "checkpoints"), path):
+        if store.isdir(root):
+            for c in CheckpointDir(root).best(10**6):
+                if verify(c) is None:
+                    return c
+    raise CheckpointError(
+        f"{path!r}: no checkpoint records a monitored metric (train with checkpoint.monitor=...)"
+    )
 
 
 def resolve(path: str) -> str:

@@ -15,11 +15,11 @@ from typing import Optional
 
 import torch
 
-from ..config import Config, ConfigError, config_hash, from_dict, math_diff, to_dict
+from ..config import Config, ConfigError, active_trackers, config_hash, from_dict, math_diff, to_dict
 from ..data.collate import to_device
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
-from ..exitcodes import NONFINITE, OK, PREEMPTED
+from ..exitcodes import INTERNAL, NONFINITE, OK, PREEMPTED
 from ..models.outputs import ModelIO, split_output
 from ..runtime import dist, storage
 from ..runtime.logs import rank_log_stream
@@ -27,15 +27,17 @@ from ..runtime.memory import write_oom_snapshot
 from ..runtime.signals import PreemptionWatch
 from ..runtime.watchdog import NoWatchdog, Watchdog
 from . import checkpoint as ckpt
-from . import resume
+from . import provenance, resume
 from .finite import all_finite, nonfinite_outcome
 from .metrics import Metrics, Stopwatch, close_progress, peak_flops, plot_or_warn, read_history, trim_rows
+from .monitor import Monitor
 from .optim import build_scheduler
 from .profiler import Profiler
 from .saver import Saver
 from .strategy import Strategy
 from .tally import make_tally, reduced_window
 from .tasks import IGNORE, Objective, eval_result, lm_loss_sum
+from .trackers import Trackers
 
 log = logging.getLogger("trainer")
 
@@ -102,6 +104,11 @@ class Trainer:
         eb = cfg.train.eval_before
         self._eval_before = cfg.model.name == "hf" if eb is None else eb
         self.last_loss: Optional[float] = None
+        self.monitor = Monitor(cfg, info.task)
+        self.stopped_early: Optional[dict] = None  # set when train.early_stop_patience ends the run
+        self.provenance: dict = {}
+        self._eval_step = -1  # the step of the last evaluation
+        self._summary: Optional[dict] = None
         self.tally = make_tally(self.device)
         self._need_norm = bool(cfg.train.grad_clip) or state.distributed or strategy.scaler is not None
         self._schedule_moves = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps > 0
@@ -117,6 +124,11 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.strategy.scaler.state_dict() if self.strategy.scaler else None,
             "progress": vars(self.progress).copy(),
+            "monitor": {
+                "best": self.monitor.best,
+                "best_step": self.monitor.best_step,
+                "since_best": self.monitor.since_best,
+            },
             "eval_before": self.eval_before,  # so a resumed run still reports it
         }
 
@@ -125,6 +137,9 @@ class Trainer:
         if self.strategy.scaler is not None and sd.get("scaler"):
             self.strategy.scaler.load_state_dict(sd["scaler"])
         self.progress = ckpt.Progress(**sd["progress"])
+        mon = sd.get("monitor") or {}  # checkpoints from before checkpoint.monitor have none
+        self.monitor.best, self.monitor.best_step = mon.get("best"), mon.get("best_step")
+        self.monitor.since_best = mon.get("since_best", 0)
         self.eval_before = sd.get("eval_before")
         w = sd.get("window")  # older checkpoints have none: the next row then covers fewer steps
         if w:
@@ -162,6 +177,9 @@ class Trainer:
         else:  # different world size: fresh per-rank streams, still deterministic
             torch.manual_seed(self.cfg.seed * 1000 + self.state.rank + 7919 * self.progress.step)
         self.saver.saved_at = self.progress.step
+        self.monitor.kept = [
+            ckpt.read_manifest(c)["monitor"]["value"] for c in self.saver.ckpts.best(self.monitor.keep_best)
+        ]
         p = self.progress
         log.info(
             "resumed from %s at step %d (epoch %d, %d samples into it; saved on %d process(es))",
@@ -189,6 +207,8 @@ class Trainer:
         """Checkpoint the current step; async (checkpoint.async_save) except for the last save of a run."""
         t0 = time.perf_counter()
         step = self.progress.step
+        if self.metrics:
+            self.metrics.flush()  # every row up to this step is written before its checkpoint exists
         self.watchdog.mark(step, "checkpoint")
         storage.require_dir(self.run_dir)
         self.watchdog.mark(step, "checkpoint barrier")  # the two agreements below are collectives
@@ -222,6 +242,8 @@ class Trainer:
             "config_hash": config_hash(self.cfg),
             "task": self.info.task,
         }
+        if self._eval_step == step and self.monitor.record(self.last_eval):
+            extra["monitor"] = self.monitor.record(self.last_eval)
         return self.saver.save(step, state, extra, sharded, final, t0)
 
     # ------------------------------------------------------------------ step
@@ -299,10 +321,13 @@ class Trainer:
         self.watchdog.mark(self.progress.step, "log")
         if self.state.is_main:
             storage.require_dir(self.run_dir)  # a deleted run dir is an error, not silently written into
-        loss_sum, good, bad_max = self.tally.pull()
-        stats = dist.all_reduce_sum(self.state, torch.stack([loss_sum.double(), good.double()]))
-        loss_sum, good = stats.tolist()
-        bad = dist.all_reduce_max(self.state, bad_max).item()
+        if self.tally.on_host and not self.state.distributed:
+            loss_sum, good, bad = self.tally.take()  # one CPU process: nothing to reduce
+        else:
+            loss_sum, good, bad_max = self.tally.pull()
+            stats = dist.all_reduce_sum(self.state, torch.stack([loss_sum.double(), good.double()]))
+            loss_sum, good = stats.tolist()
+            bad = dist.all_reduce_max(self.state, bad_max).item()
         elapsed = max(watch.elapsed(), 1e-9)
         B = self.cfg.train.batch_size
         row = {
@@ -313,6 +338,7 @@ class Trainer:
             "samples_per_s": B * steps / elapsed,
             "step_time_s": elapsed / steps,
             "data_wait_frac": watch.data_s / elapsed,
+            "time": round(time.time(), 3),  # when the row was made (the writer thread writes it later)
         }
         if self.info.task == "lm":
             row["tokens_per_s"] = row["samples_per_s"] * self.info.seq_len
@@ -327,6 +353,8 @@ class Trainer:
         self.last_loss = row["loss"]
         watch.reset()
         if bad > self.cfg.train.max_bad_steps:
+            if self.metrics:
+                self.metrics.flush()  # the rows first, then the line that says why the run stops
             log.error(
                 "loss was non-finite for %d consecutive steps (train.max_bad_steps=%d): stopping at step %d; "
                 "the last good checkpoint is %s",
@@ -356,7 +384,7 @@ class Trainer:
         s.model.train()
         dist.all_reduce_sum(self.state, sums)
         res = eval_result(self.info.task, *sums.tolist())
-        self.last_eval = res
+        self.last_eval, self._eval_step = res, self.progress.step
         if self.metrics:
             self.metrics.log_eval(self.progress.step, res)
         return res
@@ -375,9 +403,9 @@ class Trainer:
             self.strategy.model.train()
             log.info("eval before training: %s", _fmt_eval(self.eval_before))
         t_start = time.perf_counter()
-        code = OK
+        code, ended = OK, False
         try:
-            while p.step < self.total_steps and code == OK:
+            while p.step < self.total_steps and code == OK and not self.stopped_early:
                 code = self._run_epoch()
             if code == OK:
                 code = self._end(time.perf_counter() - t_start)
@@ -386,21 +414,21 @@ class Trainer:
                     "preempted by signal: checkpoint at step %d saved; rerun the same command to resume",
                     p.step,
                 )
+            ended = True
         finally:
-            self._close()
+            self._close(code if ended else INTERNAL)  # the trackers' runs end FAILED on an exception
         return code
 
     def _begin(self) -> None:
         cfg = self.cfg
         if self.state.is_main:
             trim_rows(self.run_dir, self.progress.step)
+        self.provenance = provenance.collect(self.state)  # collective: every rank's host name
+        trackers = None
+        if self.state.is_main:
+            trackers = Trackers(active_trackers(cfg), self.run_dir, cfg, self.provenance, self.progress.step)
         self.metrics = Metrics(
-            self.run_dir,
-            self.state.is_main,
-            cfg.log.tensorboard,
-            cfg.log.progress,
-            self.total_steps,
-            self.progress.step,
+            self.run_dir, self.state.is_main, cfg.log.progress, self.total_steps, self.progress.step, trackers
         )
         read_history(self.metrics)
         self.preempt.install()
@@ -438,7 +466,7 @@ class Trainer:
             p.samples_total += t.batch_size
             self._since_log += 1
             code = self._after_step()
-            if code != OK:
+            if code != OK or self.stopped_early:
                 return code
         if p.samples_in_epoch >= self.sampler.steps_per_epoch * t.batch_size:
             p.epoch += 1
@@ -456,8 +484,9 @@ class Trainer:
                 code = NONFINITE
         t_side = time.perf_counter()
         every = cfg.train.eval_every_steps
+        best = False
         if code == OK and every and p.step % every == 0 and p.step < self.total_steps:
-            self.evaluate()
+            best = self._judge(self.evaluate())
         self.saver.poll(p.step)
         self.watchdog.mark(p.step, "agree")  # the preemption all-reduce (side group)
         stop = code != OK or self.preempt.agreed()
@@ -465,20 +494,32 @@ class Trainer:
             self.saver.finish(p.step)  # commit an in-flight (good) write; no checkpoint of the bad state
         elif stop:
             self.save(final=True)
-        elif cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0:
+        elif best or (cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0):
             self.save()
         self._watch.exclude(t_side)  # eval and checkpoint time is not step time
         if stop and code == OK:
             code = PREEMPTED
         return code
 
+    def _judge(self, result: dict, final: bool = False) -> bool:
+        """After an evaluation: best so far, early stop; True if it deserves a best-K checkpoint."""
+        keep, stop = self.monitor.after_eval(self.progress.step, result, final)
+        if stop:
+            self.stopped_early = stop
+            if self.metrics:
+                self.metrics.flush()  # the eval rows before the line that explains the stop
+            log.info(self.monitor.stop_line(self.progress.step))
+        return keep
+
     def _end(self, wall: float) -> int:
-        """A run that reached its last step: last log row, final eval, final checkpoint, summary.
+        """A run that reached its last step (or stopped early): last log row, final eval, final checkpoint,
+        summary.
 
         Returns NONFINITE (no final checkpoint, no export) when the result is not finite."""
         if self._since_log:
             self._log()
-        self.evaluate()
+        if self._eval_step != self.progress.step:
+            self._judge(self.evaluate(), final=True)
         problem = nonfinite_outcome(self.state, self.tally, self.last_loss, self.last_eval, self.params)
         if problem:
             self.saver.finish(self.progress.step)
@@ -503,7 +544,7 @@ class Trainer:
         if not missing or not self.state.is_main:
             return
         log.info("run already complete: regenerating %s", ", ".join(missing))
-        self.metrics = Metrics(self.run_dir, True, False, "off", self.total_steps, self.progress.step)
+        self.metrics = Metrics(self.run_dir, True, "off", self.total_steps, self.progress.step)
         try:
             read_history(self.metrics)
             train_rows = self.metrics.history
@@ -513,18 +554,19 @@ class Trainer:
         finally:
             self.metrics.close()
 
-    def _close(self) -> None:
+    def _close(self, code: int) -> None:
         self.saver.close()
         if self._profiler:
             self._profiler.close()
         self.preempt.uninstall()
         self.watchdog.stop()
         if self.metrics:
-            self.metrics.close()
+            self.metrics.close(self._summary, code)
 
     def _finish(self, wall: Optional[float]) -> None:
         if not self.state.is_main:
             return
+        self.metrics.flush()  # the last rows on the console before the "done" line
         summary = {
             "steps": self.progress.step,
             "epochs": self.progress.epoch,
@@ -540,7 +582,12 @@ class Trainer:
             "precision": self.cfg.train.precision,
             "data": self.info.description,
             "data_fingerprint": self.info.fingerprint,
+            "early_stop": self.stopped_early,
+            "best": self.monitor.summary(self.saver.ckpts, self.run_dir),
+            "trackers": self.metrics.tracker_status(),
+            "provenance": {**self.provenance, "end_time": provenance.utc_now()},
         }
+        self._summary = summary
         self.metrics.write_summary(summary)
         if self.cfg.log.plot:
             plot_or_warn(self.metrics)

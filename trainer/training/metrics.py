@@ -1,7 +1,9 @@
-"""Run outputs that are not checkpoints: metrics.jsonl, TensorBoard, progress bar, loss.png, summary.json.
+"""Run outputs that are not checkpoints: metrics.jsonl, the console line or progress bar, the trackers
+(TensorBoard, MLflow, W&B), loss.png and summary.json.
 
 Everything here runs on global rank 0 only (the loop passes ``enabled=False`` elsewhere) and only at log
-intervals: nothing in this module is on the per-step hot path.
+intervals. The loop's side of a row is small (the row dict, two clock reads for the CPU share, a queue put):
+the writing happens in the writer thread (trainer/training/rowwriter.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from typing import Optional
 import psutil
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
+
+from .checkpoint import atomic_write_text
+from .plots import plot_run
+from .rowwriter import RowWriter, strict_json, yield_gil
+from .trackers import Trackers
 
 log = logging.getLogger("trainer")
 
@@ -51,142 +58,140 @@ def peak_flops(device_name: str, precision: str) -> Optional[float]:
     return None
 
 
+class ProcessStats:
+    """rss and CPU share for each log row, cheaply: the CPU share from this process's CPU time over wall time
+    (``time.process_time``, ~1 us; the figure psutil's ``cpu_percent`` reads from /proc in ~20 us), the
+    resident set from psutil at most once a second (~10 us a read)."""
+
+    def __init__(self):
+        self._proc = psutil.Process()
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        self._rss, self._rss_at = 0.0, -math.inf
+
+    def sample(self) -> dict:
+        wall, cpu = time.perf_counter(), time.process_time()
+        share = 100.0 * (cpu - self._cpu) / max(wall - self._wall, 1e-9)
+        self._wall, self._cpu = wall, cpu
+        if wall - self._rss_at >= 1.0:
+            self._rss, self._rss_at = round(self._proc.memory_info().rss / 2**20, 1), wall
+        return {"rss_mb": self._rss, "cpu_percent": round(share, 1)}
+
+
+def train_line(row: dict) -> str:
+    extra = f" tok/s {row['tokens_per_s']:.0f}" if "tokens_per_s" in row else ""
+    return (
+        f"step {row['step']}  epoch {row['epoch']}  loss {row['loss']:.4f}  lr {row['lr']:.3e}  "
+        f"{row['samples_per_s']:.1f} samples/s{extra}  {row['step_time_s'] * 1e3:.1f} ms/step"
+    )
+
+
+def eval_line(row: dict) -> str:
+    msg = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("samples", "step", "tokens"))
+    return f"eval @ step {row['step']}: {msg}"
+
+
+def console_sink(train_lines: bool):
+    """The console lines of a batch of rows: eval lines always (timestamped; through the bar while it is
+    shown), train lines when no progress bar shows them."""
+
+    def sink(batch: list[tuple[str, dict]]) -> None:
+        for kind, row in batch:
+            if kind == "eval":
+                log.info(eval_line(row))
+            elif train_lines:
+                log.info(train_line(row))
+            yield_gil()
+
+    return sink
+
+
 class Metrics:
     def __init__(
-        self, run_dir: str, enabled: bool, tensorboard: bool, progress: str, total_steps: int, start_step: int
+        self,
+        run_dir: str,
+        enabled: bool,
+        progress: str,
+        total_steps: int,
+        start_step: int,
+        trackers: Optional[Trackers] = None,
     ):
         self.enabled = enabled
         self.run_dir = run_dir
         self.history: list[dict] = []
         self.evals: list[dict] = []
-        self._fh = None
-        self._tb = None
+        self.trackers = trackers
         self._bar = None
-        self._proc = psutil.Process()
-        self._proc.cpu_percent(None)  # prime: the first call always returns 0
+        self._writer: Optional[RowWriter] = None
+        self._stats = ProcessStats()
         if not enabled:
             return
-        self._fh = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # ~0.2 s: only with TensorBoard on
-
-                self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
-            except ImportError:
-                log.info("tensorboard not installed: no event files (pip install tensorboard)")
         interactive = sys.stderr.isatty()
         if progress == "on" or (progress == "auto" and interactive):
             self._bar = tqdm(
                 total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr
             )
             open_progress(self)
+        sinks = {"console": console_sink(train_lines=self._bar is None)}
+        sinks.update(trackers.sinks() if trackers else {})
+        fh = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        self._writer = RowWriter(fh, sinks)
 
     def process_stats(self) -> dict:
-        return {
-            "rss_mb": round(self._proc.memory_info().rss / 2**20, 1),
-            "cpu_percent": self._proc.cpu_percent(None),
-        }
+        return self._stats.sample()
 
     def log_train(self, row: dict) -> None:
         if not self.enabled:
             return
-        row = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()}
         self.history.append(row)
-        self._fh.write(json.dumps(strict_json(row), allow_nan=False) + "\n")
-        self._fh.flush()
-        if self._tb is not None:
-            self._tb_scalars(
-                "train", {k: v for k, v in row.items() if k not in ("step", "epoch")}, row["step"]
-            )
+        self._writer.put("train", row)
         if self._bar is not None:
             self._bar.set_postfix(progress_postfix(row), refresh=False)  # drawn by the update, once
             self._bar.update(row["step"] - self._bar.n)
-        else:
-            extra = f" tok/s {row['tokens_per_s']:.0f}" if "tokens_per_s" in row else ""
-            log.info(
-                "step %d  epoch %d  loss %.4f  lr %.3e  %.1f samples/s%s  %.1f ms/step",
-                row["step"],
-                row["epoch"],
-                row["loss"],
-                row["lr"],
-                row["samples_per_s"],
-                extra,
-                row["step_time_s"] * 1e3,
-            )
 
     def log_eval(self, step: int, result: dict) -> None:
         if not self.enabled:
             return
         row = {"step": step, **result}
         self.evals.append(row)
-        self._fh.write(json.dumps(strict_json({"eval": True, **row}), allow_nan=False) + "\n")
-        self._fh.flush()
-        if self._tb is not None:
-            self._tb_scalars("eval", result, step)
-        msg = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k not in ("samples", "tokens"))
-        log.info(f"eval @ step {step}: {msg}")  # timestamped; routed through the bar while it is shown
+        self._writer.put("eval", row)
 
-    def _tb_scalars(self, prefix: str, values: dict, step: int) -> None:
-        """All of a row's scalars as ONE event: seven add_scalar calls cost ~450 us, one event ~30 us."""
-        from tensorboard.compat.proto.summary_pb2 import Summary  # tensorboard is optional
+    def flush(self) -> None:
+        """Every row so far written (before a checkpoint is saved, and before the loop says something the
+        rows must precede on the console)."""
+        if self._writer is not None:
+            self._writer.flush()
+            if self.trackers:
+                self.trackers.flush()
 
-        vals = [
-            Summary.Value(tag=f"{prefix}/{k}", simple_value=float(v))
-            for k, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        ]
-        self._tb._get_file_writer().add_summary(Summary(value=vals), step)
+    def tracker_status(self) -> dict:
+        if not self.trackers:
+            return {}
+        for name in self.trackers.open:
+            if self._writer is not None and name not in self._writer.sinks:
+                self.trackers.failed(name)
+        return dict(self.trackers.status)
 
     def write_summary(self, summary: dict) -> None:
         if not self.enabled:
             return
-        with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as fh:
-            json.dump(strict_json(summary), fh, indent=1, allow_nan=False)
+        text = json.dumps(strict_json(summary), indent=1, allow_nan=False)
+        atomic_write_text(os.path.join(self.run_dir, "summary.json"), text)
 
     def plot(self) -> Optional[str]:
-        if not self.enabled or not self.history:
+        if not self.enabled:
             return None
-        import matplotlib  # ~1.4 s with pyplot: once, at the end of a run
+        return plot_run(self.run_dir, self.history, self.evals)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot([r["step"] for r in self.history], [r["loss"] for r in self.history], label="train loss")
-        if self.evals:
-            ax.plot([r["step"] for r in self.evals], [r["loss"] for r in self.evals], "o-", label="eval loss")
-            key = next((k for k in ("accuracy", "mse") if k in self.evals[0]), None)
-            if key:
-                ax2 = ax.twinx()
-                ax2.plot(
-                    [r["step"] for r in self.evals],
-                    [r[key] for r in self.evals],
-                    "s--",
-                    color="tab:green",
-                    label=f"eval {key}",
-                )
-                ax2.set_ylabel(f"eval {key}")
-                ax2.legend(loc="center right")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.set_yscale("log" if min(r["loss"] for r in self.history) > 0 else "linear")
-        ax.legend(loc="upper right")
-        ax.set_title(os.path.basename(os.path.abspath(self.run_dir)))
-        fig.tight_layout()
-        path = os.path.join(self.run_dir, "loss.png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
-
-    def close(self) -> None:
-        close_progress(self)
-        if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
-            self._tb = None
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+    def close(self, summary: Optional[dict] = None, code: int = 0) -> None:
+        """Write what is queued, then end the trackers' runs (with the summary when the run finished)."""
+        writer, self._writer = self._writer, None
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            close_progress(self)
+            if self.trackers:
+                self.trackers.finish(summary, code)
 
 
 def open_progress(metrics: Metrics) -> None:
@@ -214,17 +219,6 @@ def progress_postfix(row: dict) -> dict:
     else:
         out["samples/s"] = f"{row['samples_per_s']:.0f}"
     return out
-
-
-def strict_json(obj):
-    """NaN and Inf as null: metrics.jsonl and summary.json stay strict JSON (a bare NaN is not JSON)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    return obj
 
 
 def _rows(path: str) -> list[dict]:

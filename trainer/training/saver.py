@@ -27,7 +27,11 @@ log = logging.getLogger("trainer")
 class Saver:
     def __init__(self, cfg: Config, state: dist.DistState, run_dir: str):
         self.state, self.run_dir = state, run_dir
-        self.ckpts = CheckpointDir(checkpoint_root(cfg.checkpoint.dir, run_dir), keep=cfg.checkpoint.keep)
+        self.ckpts = CheckpointDir(
+            checkpoint_root(cfg.checkpoint.dir, run_dir),
+            keep=cfg.checkpoint.keep,
+            keep_best=cfg.checkpoint.keep_best,
+        )
         self.writer: Optional[AsyncWriter] = None
         if cfg.checkpoint.async_save:
             self.writer = AsyncWriter(

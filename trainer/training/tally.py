@@ -25,16 +25,22 @@ class HostTally:
             self.bad_run += 1
             self.bad_max = max(self.bad_max, self.bad_run)
 
-    def pull(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss sum, good steps, longest bad streak) since the last pull, as tensors to all-reduce."""
-        out = (
-            torch.tensor(self.loss, dtype=torch.float64),
-            torch.tensor(float(self.good), dtype=torch.float64),
-            torch.tensor(self.bad_max),
-        )
+    def take(self) -> tuple[float, int, int]:
+        """(loss sum, good steps, longest bad streak) since the last pull, as Python numbers (one process:
+        no tensors to build for an all-reduce)."""
+        out = (self.loss, self.good, self.bad_max)
         self.loss, self.good = 0.0, 0
         self.bad_max = self.bad_run
         return out
+
+    def pull(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same as tensors to all-reduce."""
+        loss, good, bad = self.take()
+        return (
+            torch.tensor(loss, dtype=torch.float64),
+            torch.tensor(float(good), dtype=torch.float64),
+            torch.tensor(bad),
+        )
 
     def peek(self) -> tuple[torch.Tensor, ...]:
         """(loss sum, good steps, current bad streak, longest bad streak) of the window, without a reset."""

@@ -128,6 +128,16 @@ def _read_yaml(path: str) -> Optional[dict]:
         return yaml.safe_load(fh)
 
 
+def best_checkpoint(path: str, key: str = "--from") -> str:
+    """The best checkpoint of a run by its manifests' monitor record (``--best``)."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"{key}={path!r}: --best needs a run dir or checkpoints dir")
+    try:
+        return ckpt.resolve_best(path)
+    except ckpt.CheckpointError as e:
+        raise ConfigError(f"{key} --best: {e}") from None
+
+
 def read_weights(path: str, key: str = "model.init_from") -> Weights:
     """Weights from a run dir, checkpoints dir, checkpoint dir, compress output, .safetensors or .pt file.
 
