@@ -268,7 +268,7 @@ def test_old_handwritten_lora_files_are_converted_on_read_and_refused_for_resume
     merged = merge_lora_state(old)
     assert set(merged) == {"fc.weight", "fc.bias"}
     torch.testing.assert_close(merged["fc.weight"], w + 0.5 * b @ a)
-    from trainer.training.loop import refuse_old_lora
+    from trainer.training.snapshot import refuse_old_lora
 
     with pytest.raises(ConfigError, match="written by the former hand-written LoRA"):
         refuse_old_lora(old, "ckpt")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from typing import Optional
 
 import torch
 
-from ..config import Config, ConfigError, active_trackers, config_hash, from_dict, math_diff, to_dict
+from ..config import Config, active_trackers
 from ..data.collate import to_device
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
@@ -27,22 +26,23 @@ from ..runtime.memory import write_oom_snapshot
 from ..runtime.signals import PreemptionWatch
 from ..runtime.watchdog import NoWatchdog, Watchdog
 from . import checkpoint as ckpt
-from . import provenance, resume
-from .finite import all_finite, nonfinite_outcome
-from .metrics import Metrics, Stopwatch, close_progress, peak_flops, plot_or_warn, read_history, trim_rows
+from . import provenance
+from .ending import EndVerbs, format_eval
+from .metrics import Metrics, Stopwatch, peak_flops, read_history, trim_rows
 from .monitor import Monitor
 from .optim import build_scheduler
 from .profiler import Profiler
 from .saver import Saver
+from .snapshot import CheckpointVerbs
 from .strategy import Strategy
-from .tally import make_tally, reduced_window
+from .tally import make_tally
 from .tasks import IGNORE, Objective, eval_result, lm_loss_sum
 from .trackers import Trackers
 
 log = logging.getLogger("trainer")
 
 
-class Trainer:
+class Trainer(CheckpointVerbs, EndVerbs):
     """Runs ``fit()`` over parts built elsewhere (``trainer.run.build``): the strategy-wrapped model, its
     optimizer, the datasets and their ``DataInfo``, and the run directory. It owns the schedule, the
     progress counters, checkpoints, metrics, preemption and the hang watchdog.
@@ -116,135 +116,6 @@ class Trainer:
         self._watch = Stopwatch()
         self._since_log = 0
         self._profiler: Optional[Profiler] = None
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict:
-        """The loop's own state for a checkpoint (the model and optimizer come from the strategy)."""
-        return {
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.strategy.scaler.state_dict() if self.strategy.scaler else None,
-            "progress": vars(self.progress).copy(),
-            "monitor": {
-                "best": self.monitor.best,
-                "best_step": self.monitor.best_step,
-                "since_best": self.monitor.since_best,
-            },
-            "eval_before": self.eval_before,  # so a resumed run still reports it
-        }
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.scheduler.load_state_dict(sd["scheduler"])
-        if self.strategy.scaler is not None and sd.get("scaler"):
-            self.strategy.scaler.load_state_dict(sd["scaler"])
-        self.progress = ckpt.Progress(**sd["progress"])
-        mon = sd.get("monitor") or {}  # checkpoints from before checkpoint.monitor have none
-        self.monitor.best, self.monitor.best_step = mon.get("best"), mon.get("best_step")
-        self.monitor.since_best = mon.get("since_best", 0)
-        self.eval_before = sd.get("eval_before")
-        w = sd.get("window")  # older checkpoints have none: the next row then covers fewer steps
-        if w:
-            self.tally.restore(
-                *(x if self.state.is_main else 0 for x in (w["loss"], w["good"], w["bad_run"])), w["bad_max"]
-            )
-
-    def resume_from(self, path: str) -> None:
-        manifest = ckpt.read_manifest(path)
-        saved_cfg = manifest.get("config")
-        changed: list = []
-        if saved_cfg is not None:
-            try:
-                old_cfg = from_dict(saved_cfg)
-                diff, changed = math_diff(old_cfg, self.cfg), resume.changes(old_cfg, self.cfg)
-            except ConfigError:
-                diff = ["<checkpoint config no longer valid>"]
-            if diff and self.cfg.run.resume_config_change != "allow":
-                raise ConfigError(
-                    f"run.resume: checkpoint {path} was trained with a different config in "
-                    f"{', '.join(diff)}; set run.resume_config_change=allow to resume anyway"
-                )
-            resume.check_allowed(changed, path)
-        state, rng = ckpt.load_state(path, rank=self.state.rank)
-        if state is not None and isinstance(state.get("model"), dict):
-            refuse_old_lora(state["model"], path)
-        if ckpt.is_sharded(path):
-            self.strategy.load_sharded(self.optimizer, os.path.join(path, ckpt.DCP))
-        else:
-            self.strategy.load_full_state(self.optimizer, state["model"], state["optimizer"])
-        self.load_state_dict(state)
-        self._apply_config_changes(changed)
-        if rng is not None and manifest.get("world_size") == self.state.world_size:
-            ckpt.set_rng_state(rng)
-        else:  # different world size: fresh per-rank streams, still deterministic
-            torch.manual_seed(self.cfg.seed * 1000 + self.state.rank + 7919 * self.progress.step)
-        self.saver.saved_at = self.progress.step
-        self.monitor.kept = [
-            ckpt.read_manifest(c)["monitor"]["value"] for c in self.saver.ckpts.best(self.monitor.keep_best)
-        ]
-        p = self.progress
-        log.info(
-            "resumed from %s at step %d (epoch %d, %d samples into it; saved on %d process(es))",
-            path,
-            p.step,
-            p.epoch,
-            p.samples_in_epoch,
-            manifest.get("world_size"),
-        )
-
-    def _apply_config_changes(self, changed: list) -> None:
-        """Allowed config changes take effect: hyperparameters and the LR schedule from the new config."""
-        keys = {k for k, _, _ in changed}
-        total_changed = bool(keys & {"train.max_steps", "train.epochs"}) and self._schedule_moves
-        rebuilt = any(k.startswith("optim.") for k in keys) or total_changed
-        lr_before = self.scheduler.get_last_lr()[0]
-        if rebuilt:
-            self.scheduler = resume.rebuild_schedule(
-                self.optimizer, self.strategy.module, self.cfg, self.total_steps, self.progress.step
-            )
-        resume.report(changed, lr_before, self.scheduler.get_last_lr()[0], rebuilt)
-
-    # ------------------------------------------------------------------ checkpoint
-    def save(self, final: bool = False) -> Optional[str]:
-        """Checkpoint the current step; async (checkpoint.async_save) except for the last save of a run."""
-        t0 = time.perf_counter()
-        step = self.progress.step
-        if self.metrics:
-            self.metrics.flush()  # every row up to this step is written before its checkpoint exists
-        self.watchdog.mark(step, "checkpoint")
-        storage.require_dir(self.run_dir)
-        self.watchdog.mark(step, "checkpoint barrier")  # the two agreements below are collectives
-        finite = all_finite(self.state, self.params)
-        window = reduced_window(self.state, self.tally) if finite else None
-        self.watchdog.mark(step, "checkpoint")
-        if not finite:  # the previous checkpoint stays the newest
-            log.warning(
-                "not checkpointing step %d: the parameters are non-finite; the newest checkpoint (%s) is "
-                "from before",
-                step,
-                self.saver.ckpts.latest_pointer() or "none",
-            )
-            return None
-        sharded, state = None, None
-        if self.strategy.sharded:
-            sharded = self.strategy.sharded_state(self.optimizer)
-        else:
-            msd, osd = self.strategy.full_state(self.optimizer)
-        if self.state.is_main:
-            state = self.state_dict()
-            state["window"] = window
-            if sharded is None:
-                state.update(model=msd, optimizer=osd)
-        p = self.progress
-        extra = {
-            "epoch": p.epoch,
-            "samples_in_epoch": p.samples_in_epoch,
-            "samples_total": p.samples_total,
-            "config": to_dict(self.cfg),
-            "config_hash": config_hash(self.cfg),
-            "task": self.info.task,
-        }
-        if self._eval_step == step and self.monitor.record(self.last_eval):
-            extra["monitor"] = self.monitor.record(self.last_eval)
-        return self.saver.save(step, state, extra, sharded, final, t0)
 
     # ------------------------------------------------------------------ step
     def _to_device(self, batch):
@@ -401,7 +272,7 @@ class Trainer:
         if self._eval_before and p.step == 0 and self.eval_before is None:
             self.eval_before = self.evaluate()
             self.strategy.model.train()
-            log.info("eval before training: %s", _fmt_eval(self.eval_before))
+            log.info("eval before training: %s", format_eval(self.eval_before))
         t_start = time.perf_counter()
         code, ended = OK, False
         try:
@@ -501,59 +372,6 @@ class Trainer:
             code = PREEMPTED
         return code
 
-    def _judge(self, result: dict, final: bool = False) -> bool:
-        """After an evaluation: best so far, early stop; True if it deserves a best-K checkpoint."""
-        keep, stop = self.monitor.after_eval(self.progress.step, result, final)
-        if stop:
-            self.stopped_early = stop
-            if self.metrics:
-                self.metrics.flush()  # the eval rows before the line that explains the stop
-            log.info(self.monitor.stop_line(self.progress.step))
-        return keep
-
-    def _end(self, wall: float) -> int:
-        """A run that reached its last step (or stopped early): last log row, final eval, final checkpoint,
-        summary.
-
-        Returns NONFINITE (no final checkpoint, no export) when the result is not finite."""
-        if self._since_log:
-            self._log()
-        if self._eval_step != self.progress.step:
-            self._judge(self.evaluate(), final=True)
-        problem = nonfinite_outcome(self.state, self.tally, self.last_loss, self.last_eval, self.params)
-        if problem:
-            self.saver.finish(self.progress.step)
-            log.error(
-                "the run is not a result: %s; no final checkpoint or weights were written (the last good "
-                "checkpoint is %s)",
-                problem,
-                self.saver.ckpts.latest_pointer() or "none",
-            )
-            self._finish(wall)
-            return NONFINITE
-        if self.saver.saved_at != self.progress.step:
-            self.save(final=True)
-        self.saver.finish(self.progress.step)
-        self._finish(wall)
-        return OK
-
-    def _complete_outputs(self) -> None:
-        """A complete run resumed again (e.g. killed after its final checkpoint): write what is missing."""
-        want = ["summary.json"] + (["loss.png"] if self.cfg.log.plot else [])
-        missing = [n for n in want if not os.path.exists(os.path.join(self.run_dir, n))]
-        if not missing or not self.state.is_main:
-            return
-        log.info("run already complete: regenerating %s", ", ".join(missing))
-        self.metrics = Metrics(self.run_dir, True, "off", self.total_steps, self.progress.step)
-        try:
-            read_history(self.metrics)
-            train_rows = self.metrics.history
-            self.last_loss = train_rows[-1]["loss"] if train_rows else None
-            self.last_eval = {k: v for k, v in (self.metrics.evals or [{}])[-1].items() if k != "step"}
-            self._finish(None)
-        finally:
-            self.metrics.close()
-
     def _close(self, code: int) -> None:
         self.saver.close()
         if self._profiler:
@@ -562,57 +380,3 @@ class Trainer:
         self.watchdog.stop()
         if self.metrics:
             self.metrics.close(self._summary, code)
-
-    def _finish(self, wall: Optional[float]) -> None:
-        if not self.state.is_main:
-            return
-        self.metrics.flush()  # the last rows on the console before the "done" line
-        summary = {
-            "steps": self.progress.step,
-            "epochs": self.progress.epoch,
-            "samples": self.progress.samples_total,
-            # as metrics.jsonl has it (6 decimals), so a summary regenerated from it is the same
-            "final_loss": round(self.last_loss, 6) if self.last_loss is not None else None,
-            "eval": self.last_eval,
-            **({"eval_before": self.eval_before} if self.eval_before is not None else {}),
-            "wall_time_s": round(wall, 3) if wall is not None else None,  # None: regenerated afterwards
-            "compile_time_s": self.compile_time_s,
-            "world_size": self.state.world_size,
-            "strategy": self.strategy.mode,
-            "precision": self.cfg.train.precision,
-            "data": self.info.description,
-            "data_fingerprint": self.info.fingerprint,
-            "early_stop": self.stopped_early,
-            "best": self.monitor.summary(self.saver.ckpts, self.run_dir),
-            "trackers": self.metrics.tracker_status(),
-            "provenance": {**self.provenance, "end_time": provenance.utc_now()},
-        }
-        self._summary = summary
-        self.metrics.write_summary(summary)
-        if self.cfg.log.plot:
-            plot_or_warn(self.metrics)
-        close_progress(self.metrics)  # the finished bar once, then the closing line below it
-        ev = _fmt_eval(self.last_eval)
-        log.info(
-            "done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s",
-            self.progress.step,
-            wall or 0.0,
-            summary["final_loss"] if summary["final_loss"] is not None else float("nan"),
-            ev,
-            self.run_dir,
-        )
-
-
-def refuse_old_lora(model_state: dict, path: str) -> None:
-    """A checkpoint of the former hand-written LoRA (``X.lora_scale`` beside ``X.lora_A``) cannot resume into
-    a peft model; its weights still serve ``model.init_from`` (merged on read)."""
-    if any(k.endswith(".lora_scale") for k in model_state):
-        raise ConfigError(
-            f"run.resume: checkpoint {path} was written by the former hand-written LoRA (before peft) and "
-            f"cannot be resumed; start a new run from it with model.init_from={path} "
-            "(adapters merged on read)"
-        )
-
-
-def _fmt_eval(res: dict) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in res.items() if k not in ("samples", "tokens"))
