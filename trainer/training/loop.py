@@ -191,6 +191,9 @@ class Trainer:
         step = self.progress.step
         self.watchdog.mark(step, "checkpoint")
         storage.require_dir(self.run_dir)
+        # The save's collectives (finite check, log window, FSDP's gathers) wait for every rank, like a
+        # barrier: the rank not there yet is the one the watchdog names.
+        self.watchdog.mark(step, "checkpoint barrier")
         if not all_finite(self.state, self.params):  # the previous checkpoint stays the newest
             log.warning(
                 "not checkpointing step %d: the parameters are non-finite; the newest checkpoint (%s) is "
@@ -205,6 +208,7 @@ class Trainer:
             sharded = self.strategy.sharded_state(self.optimizer)
         else:
             msd, osd = self.strategy.full_state(self.optimizer)
+        self.watchdog.mark(step, "checkpoint")
         if self.state.is_main:
             state = self.state_dict()
             state["window"] = window
