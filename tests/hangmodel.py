@@ -15,7 +15,8 @@ class SleepyMLP(nn.Module):
         self.calls = 0
 
     def forward(self, x):
-        self.calls += 1
+        # Training calls only: the trainer's probe (trainer/training/probe.py) runs one forward in eval mode first.
+        self.calls += int(self.training)
         if self.training and self.calls == self.sleep_at_call and int(os.environ.get("RANK", 0)) == self.sleep_rank:
             time.sleep(self.sleep_s)  # this rank never reaches the gradient all-reduce in time
         return self.net(x)
