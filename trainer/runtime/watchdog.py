@@ -25,7 +25,8 @@ log = logging.getLogger("trainer")
 
 # Order of the breadcrumbs inside one step: a rank at an earlier op of the same step is behind. "agree" is the
 # preemption all-reduce on the side group; during a save, "checkpoint" is this rank's own work and "checkpoint
-# barrier" waiting for the others, so the rank still writing is the one behind.
+# barrier" waiting for the others (a barrier or one of the save's collectives), so the rank still writing is
+# the one behind.
 OPS = (
     "data",
     "forward",

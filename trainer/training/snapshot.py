@@ -118,10 +118,11 @@ class CheckpointVerbs:
             self.metrics.flush()  # every row up to this step is written before its checkpoint exists
         self.watchdog.mark(step, "checkpoint")
         storage.require_dir(self.run_dir)
-        self.watchdog.mark(step, "checkpoint barrier")  # the two agreements below are collectives
+        # The save's collectives (finite check, log window, FSDP's gathers) wait for every rank, like a
+        # barrier: the rank not there yet is the one the watchdog names.
+        self.watchdog.mark(step, "checkpoint barrier")
         finite = all_finite(self.state, self.params)
         window = reduced_window(self.state, self.tally) if finite else None
-        self.watchdog.mark(step, "checkpoint")
         if not finite:  # the previous checkpoint stays the newest
             log.warning(
                 "not checkpointing step %d: the parameters are non-finite; the newest checkpoint (%s) is "
@@ -135,6 +136,7 @@ class CheckpointVerbs:
             sharded = self.strategy.sharded_state(self.optimizer)
         else:
             msd, osd = self.strategy.full_state(self.optimizer)
+        self.watchdog.mark(step, "checkpoint")
         if self.state.is_main:
             state = self.state_dict()
             state["window"] = window
