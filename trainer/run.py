@@ -304,7 +304,7 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
         io = model_io(cfg, module, train_ds, info.task)
         objective = Objective.for_run(cfg, info.task, given.loss)
         # before the run dir exists: a model that does not fit the data is exit 2 with nothing written
-        probe(cfg, state, module, train_ds, info, io, objective, micro)
+        probed = probe(cfg, state, module, train_ds, info, io, objective, micro)
         # MFU is reported on CUDA only; counting FLOPs runs a forward (and imports torch._dynamo, ~1.3 s).
         flops = flops_per_sample(module, info) if state.device.type == "cuda" else None  # before FSDP shards
         run_dir, resume_path, lease = _make_run_dir(cfg, state, created)
@@ -316,6 +316,8 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
         torch.manual_seed(cfg.seed + 1 + state.rank)  # dropout differs per rank; init did not
         strategy = Strategy(cfg, state, mode, accelerator)
         optimizer = strategy.wrap(module, lambda m: build_optimizer(m, cfg, state.device))
+        if probed:
+            log.info("%s", probed)
         log.info("data: %s (fingerprint %s)", info.description, info.fingerprint)
         log.info(
             "model: %s, %.3fM parameters (%.3fM trainable); %s on %d process(es), %s, device %s",

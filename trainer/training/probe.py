@@ -150,15 +150,19 @@ def probe(
     io: ModelIO,
     objective: Objective,
     micro: int,
-) -> None:
-    """Raise ConfigError (the same on every rank) when the model does not fit the data; see the module doc."""
+) -> str | None:
+    """Raise ConfigError (the same on every rank) when the model does not fit the data; see the module doc.
+
+    Returns the line that says what was probed (for the log once the run dir exists, so that an error
+    found between the probe and the first step is still the only line on the console), None on ranks that
+    took rank 0's verdict."""
     was_training = module.training
     if any(p.is_meta for p in module.parameters()):
         # model.name=hf on ranks > 0: weights arrive from rank 0 after wrapping; rank 0's verdict is theirs
         err = dist.first_error(state, None)
         if err:
             raise ConfigError(err)
-        return
+        return None
     module.to(state.device)  # first, so that the CUDA generator it may create is saved below too
     rng = (torch.get_rng_state(), random.getstate(), np.random.get_state())
     cuda = (
@@ -185,4 +189,4 @@ def probe(
     err = dist.first_error(state, err)
     if err:
         raise ConfigError(err)
-    log.info("%s", line)
+    return line
