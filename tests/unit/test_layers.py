@@ -15,7 +15,7 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LAYERS = {  # module prefix -> layer (higher may import lower)
-    "trainer.config": 0, "trainer.schema": 0, "trainer.exitcodes": 0, "trainer.objects": 0,
+    "trainer.config": 0, "trainer.schema": 0, "trainer.errors": 0, "trainer.strict_yaml": 0, "trainer.validate": 0, "trainer.exitcodes": 0, "trainer.objects": 0,
     "trainer.runtime": 1,
     "trainer.data": 2,
     "trainer.models": 3,
