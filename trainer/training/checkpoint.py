@@ -21,30 +21,41 @@ deleted by the next commit.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import os
-import pickle
-import platform
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
 from . import stores
+from .checkpoint_read import (  # noqa: F401  (re-exported: callers read checkpoints through this module)
+    consolidated_model_state,
+    is_sharded,
+    load_state,
+    ranked_by_monitor,
+    read_manifest,
+    verify,
+)
+from .ckpt_layout import (  # noqa: F401  (re-exported)
+    DCP,
+    FORMAT,
+    LATEST,
+    MANIFEST,
+    STATE,
+    CheckpointError,
+    Progress,
+    checkpoint_root,
+    sha256_file,
+    step_name,
+    versions,
+)
 
 log = logging.getLogger("trainer")
-
-STATE = "state.pt"
-DCP = "dcp"  # sharded model + optimizer state (FSDP), written by torch.distributed.checkpoint
-MANIFEST = "manifest.json"
-LATEST = "latest"
-FORMAT = 1
 
 # Test hook: called with a phase name at each point of a write where a crash must leave the latest
 # checkpoint loadable. Fault-injection tests set it; it is None in normal runs.
@@ -68,31 +79,6 @@ def _phase(name: str, step: int = -1, rank: int = 0) -> None:
     want_step, _, want_rank = rest.partition(":")
     if want == name and (not want_step or int(want_step) == step) and int(want_rank or 0) == rank:
         os.kill(os.getpid(), 9)
-
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-@dataclass
-class Progress:
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # current epoch
-    samples_in_epoch: int = 0  # global samples consumed in the current epoch
-    samples_total: int = 0  # global samples consumed since the start
-
-
-def checkpoint_root(configured: Optional[str], run_dir: str) -> str:
-    """``checkpoint.dir`` if set (a directory or a URL), else ``<run.dir>/checkpoints``."""
-    return configured or os.path.join(run_dir, "checkpoints")
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def sha256_file(path: str) -> str:
-    return stores.for_path(path).sha256(path)
 
 
 class _PhaseAfterFirstWrite:
@@ -145,10 +131,6 @@ def set_rng_state(st: dict) -> None:
     random.setstate(st["python"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state(st["cuda"])
-
-
-def versions() -> dict:
-    return {"torch": torch.__version__, "python": platform.python_version(), "format": FORMAT}
 
 
 class CheckpointDir:
@@ -357,111 +339,6 @@ class CheckpointDir:
                     self.store.rmtree(self._join(n))
 
 
-def is_sharded(ckpt: str) -> bool:
-    return stores.for_path(ckpt).isdir(stores.join(ckpt, DCP))
-
-
-def consolidated_model_state(ckpt: str) -> dict:
-    """Full model state dict from any checkpoint (sharded ones consolidated here, in one process)."""
-    state, _ = load_state(ckpt)
-    if "model" in state:
-        return state["model"]
-    from . import dcp_io  # ~0.9 s import (torch.distributed.checkpoint), only for sharded checkpoints
-
-    return dcp_io.consolidate(stores.join(ckpt, DCP))["model"]
-
-
-def read_manifest(ckpt: str) -> dict:
-    path = stores.join(ckpt, MANIFEST)
-    return json.loads(stores.for_path(path).read_bytes(path).decode("utf-8"))
-
-
-def _manifest_problem(manifest: Any) -> Optional[str]:
-    if not isinstance(manifest, dict):
-        return "manifest is not a JSON object"
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        return "manifest lists no files"
-    for name, digest in files.items():
-        if not isinstance(name, str) or not isinstance(digest, str):
-            return f"manifest entry {name!r} is malformed"
-        if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
-            return f"manifest names a file outside the checkpoint: {name!r}"
-    if STATE not in files and not any(n.startswith(DCP + "/") for n in files):
-        return f"manifest lists no {STATE} and no {DCP}/"
-    if not isinstance(manifest.get("step"), int):
-        return "manifest has no step"
-    return None
-
-
-def _load_problem(name: str, e: BaseException) -> str:
-    if isinstance(e, pickle.UnpicklingError):
-        return f"{name} refused: it holds objects other than tensors and plain data (weights_only load)"
-    first = (str(e).strip().splitlines() or [""])[0][:200]
-    return f"{name} cannot be loaded ({type(e).__name__}: {first})"
-
-
-def _probe_load(src: str | io.BytesIO, name: str) -> Optional[str]:
-    """Whether a torch file (a local path, or a remote object's bytes) loads with weights_only (the pickle
-    is parsed; local zip files are memory-mapped)."""
-    try:
-        if isinstance(src, str):
-            with open(src, "rb") as fh:
-                is_zip = fh.read(4) == b"PK\x03\x04"
-            torch.load(src, map_location="cpu", weights_only=True, mmap=is_zip)
-        else:
-            torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for a refused object, RuntimeError for a torn zip, ...
-        return _load_problem(name, e)
-    return None
-
-
-def verify(ckpt: str) -> Optional[str]:
-    """None if the manifest is sound, every file matches its checksum and loads with weights_only;
-    else what is wrong (the caller then tries the previous checkpoint)."""
-    try:
-        manifest = read_manifest(ckpt)
-    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
-        return f"manifest unreadable: {e}"
-    problem = _manifest_problem(manifest)
-    if problem:
-        return problem
-    store = stores.for_path(ckpt)
-    for name, digest in manifest["files"].items():
-        p = stores.join(ckpt, name)
-        if not store.isfile(p):
-            return f"missing {name}"
-        try:
-            if store.remote and name.endswith(".pt"):  # one download: checksum and load probe
-                data = store.read_bytes(p)
-                if hashlib.sha256(data).hexdigest() != digest:
-                    return f"checksum mismatch in {name}"
-                problem = _probe_load(io.BytesIO(data), name)
-            else:
-                if store.sha256(p, reread=True) != digest:
-                    return f"checksum mismatch in {name}"
-                problem = _probe_load(p, name) if name.endswith(".pt") else None
-        except OSError as e:
-            return f"{name} unreadable: {e.strerror or e}"
-        if problem:
-            return problem
-    return None
-
-
-def ranked_by_monitor(ckpts: list[str]) -> list[str]:
-    """Checkpoints whose manifest records a ``monitor`` value, best first (a tie goes to the earlier one)."""
-    scored = []
-    for c in ckpts:
-        try:
-            mon = read_manifest(c).get("monitor") or {}
-        except (OSError, ValueError):
-            continue
-        if mon.get("value") is not None:
-            sign = -1.0 if mon.get("mode") == "max" else 1.0
-            scored.append((sign * mon["value"], os.path.basename(c), c))
-    return [c for *_, c in sorted(scored)]
-
-
 def resolve_best(path: str) -> str:
     """The best checkpoint of a run dir (or checkpoints dir) that verifies, by its manifest's monitor."""
     store = stores.for_path(path)
@@ -487,32 +364,3 @@ def resolve(path: str) -> str:
             if found:
                 return found
     raise CheckpointError(f"{path!r}: no usable checkpoint found")
-
-
-def load_state(
-    ckpt: str, rank: int = 0, map_location: str = "cpu", verify_first: bool = True
-) -> tuple[dict, Optional[dict]]:
-    """(state, rng-of-this-rank or None). Verifies checksums before any unpickling."""
-    if verify_first:
-        problem = verify(ckpt)
-        if problem:
-            raise CheckpointError(f"checkpoint {ckpt}: {problem}")
-    store = stores.for_path(ckpt)
-    state_path, rng_path = stores.join(ckpt, STATE), stores.join(ckpt, f"rng-rank{rank:05d}.pt")
-    try:
-        state = torch.load(_readable(store, state_path), map_location=map_location, weights_only=True)
-        rng = None
-        if store.isfile(rng_path):
-            rng = torch.load(_readable(store, rng_path), map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
-    except Exception as e:  # a refused pickle (UnpicklingError) or a torn file: one line, not a traceback
-        raise CheckpointError(f"checkpoint {ckpt}: {_load_problem(STATE, e)}") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {ckpt}: {STATE} does not hold a state dict")
-    return state, rng
-
-
-def _readable(store, path: str):
-    """A local path as is, a remote object as its bytes in memory."""
-    return io.BytesIO(store.read_bytes(path)) if store.remote else path

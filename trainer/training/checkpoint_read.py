@@ -1,0 +1,154 @@
+"""Reading checkpoints: the manifest, verification before anything is unpickled, resolving a path (or the
+best one), and loading state with ``weights_only=True``. Local directories and object stores alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+from typing import Any, Optional
+
+import torch
+
+from . import stores
+from .ckpt_layout import DCP, MANIFEST, STATE, CheckpointError
+
+log = logging.getLogger("trainer")
+
+
+def is_sharded(ckpt: str) -> bool:
+    return stores.for_path(ckpt).isdir(stores.join(ckpt, DCP))
+
+
+def consolidated_model_state(ckpt: str) -> dict:
+    """Full model state dict from any checkpoint (sharded ones consolidated here, in one process)."""
+    state, _ = load_state(ckpt)
+    if "model" in state:
+        return state["model"]
+    from . import dcp_io  # ~0.9 s import (torch.distributed.checkpoint), only for sharded checkpoints
+
+    return dcp_io.consolidate(stores.join(ckpt, DCP))["model"]
+
+
+def read_manifest(ckpt: str) -> dict:
+    path = stores.join(ckpt, MANIFEST)
+    return json.loads(stores.for_path(path).read_bytes(path).decode("utf-8"))
+
+
+def _manifest_problem(manifest: Any) -> Optional[str]:
+    if not isinstance(manifest, dict):
+        return "manifest is not a JSON object"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return "manifest lists no files"
+    for name, digest in files.items():
+        if not isinstance(name, str) or not isinstance(digest, str):
+            return f"manifest entry {name!r} is malformed"
+        if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+            return f"manifest names a file outside the checkpoint: {name!r}"
+    if STATE not in files and not any(n.startswith(DCP + "/") for n in files):
+        return f"manifest lists no {STATE} and no {DCP}/"
+    if not isinstance(manifest.get("step"), int):
+        return "manifest has no step"
+    return None
+
+
+def _load_problem(name: str, e: BaseException) -> str:
+    if isinstance(e, pickle.UnpicklingError):
+        return f"{name} refused: it holds objects other than tensors and plain data (weights_only load)"
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{name} cannot be loaded ({type(e).__name__}: {first})"
+
+
+def _probe_load(src: str | io.BytesIO, name: str) -> Optional[str]:
+    """Whether a torch file (a local path, or a remote object's bytes) loads with weights_only (the pickle
+    is parsed; local zip files are memory-mapped)."""
+    try:
+        if isinstance(src, str):
+            with open(src, "rb") as fh:
+                is_zip = fh.read(4) == b"PK\x03\x04"
+            torch.load(src, map_location="cpu", weights_only=True, mmap=is_zip)
+        else:
+            torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for a refused object, RuntimeError for a torn zip, ...
+        return _load_problem(name, e)
+    return None
+
+
+def verify(ckpt: str) -> Optional[str]:
+    """None if the manifest is sound, every file matches its checksum and loads with weights_only;
+    else what is wrong (the caller then tries the previous checkpoint)."""
+    try:
+        manifest = read_manifest(ckpt)
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        return f"manifest unreadable: {e}"
+    problem = _manifest_problem(manifest)
+    if problem:
+        return problem
+    store = stores.for_path(ckpt)
+    for name, digest in manifest["files"].items():
+        p = stores.join(ckpt, name)
+        if not store.isfile(p):
+            return f"missing {name}"
+        try:
+            if store.remote and name.endswith(".pt"):  # one download: checksum and load probe
+                data = store.read_bytes(p)
+                if hashlib.sha256(data).hexdigest() != digest:
+                    return f"checksum mismatch in {name}"
+                problem = _probe_load(io.BytesIO(data), name)
+            else:
+                if store.sha256(p, reread=True) != digest:
+                    return f"checksum mismatch in {name}"
+                problem = _probe_load(p, name) if name.endswith(".pt") else None
+        except OSError as e:
+            return f"{name} unreadable: {e.strerror or e}"
+        if problem:
+            return problem
+    return None
+
+
+def ranked_by_monitor(ckpts: list[str]) -> list[str]:
+    """Checkpoints whose manifest records a ``monitor`` value, best first (a tie goes to the earlier one)."""
+    scored = []
+    for c in ckpts:
+        try:
+            mon = read_manifest(c).get("monitor") or {}
+        except (OSError, ValueError):
+            continue
+        if mon.get("value") is not None:
+            sign = -1.0 if mon.get("mode") == "max" else 1.0
+            scored.append((sign * mon["value"], os.path.basename(c), c))
+    return [c for *_, c in sorted(scored)]
+
+
+def load_state(
+    ckpt: str, rank: int = 0, map_location: str = "cpu", verify_first: bool = True
+) -> tuple[dict, Optional[dict]]:
+    """(state, rng-of-this-rank or None). Verifies checksums before any unpickling."""
+    if verify_first:
+        problem = verify(ckpt)
+        if problem:
+            raise CheckpointError(f"checkpoint {ckpt}: {problem}")
+    store = stores.for_path(ckpt)
+    state_path, rng_path = stores.join(ckpt, STATE), stores.join(ckpt, f"rng-rank{rank:05d}.pt")
+    try:
+        state = torch.load(_readable(store, state_path), map_location=map_location, weights_only=True)
+        rng = None
+        if store.isfile(rng_path):
+            rng = torch.load(_readable(store, rng_path), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as e:  # a refused pickle (UnpicklingError) or a torn file: one line, not a traceback
+        raise CheckpointError(f"checkpoint {ckpt}: {_load_problem(STATE, e)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {ckpt}: {STATE} does not hold a state dict")
+    return state, rng
+
+
+def _readable(store, path: str):
+    """A local path as is, a remote object as its bytes in memory."""
+    return io.BytesIO(store.read_bytes(path)) if store.remote else path

@@ -1,0 +1,50 @@
+"""The checkpoint format's names and records: file names, the error, the progress counters, versions.
+
+Shared by the writer (checkpoint.py) and the reader (checkpoint_read.py); imports neither.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import stores
+
+STATE = "state.pt"
+DCP = "dcp"  # sharded model + optimizer state (FSDP), written by torch.distributed.checkpoint
+MANIFEST = "manifest.json"
+LATEST = "latest"
+FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch
+    samples_in_epoch: int = 0  # global samples consumed in the current epoch
+    samples_total: int = 0  # global samples consumed since the start
+
+
+def checkpoint_root(configured: Optional[str], run_dir: str) -> str:
+    """``checkpoint.dir`` if set (a directory or a URL), else ``<run.dir>/checkpoints``."""
+    return configured or os.path.join(run_dir, "checkpoints")
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def sha256_file(path: str) -> str:
+    return stores.for_path(path).sha256(path)
+
+
+def versions() -> dict:
+    return {"torch": torch.__version__, "python": platform.python_version(), "format": FORMAT}
