@@ -17,8 +17,12 @@ def local_addresses() -> set[str]:
     """Every IPv4/IPv6 address of every interface of this machine (of this network namespace)."""
     import psutil  # ~10 ms; only multi-node plans that must decide who hosts ask
 
-    return {a.address.split("%", 1)[0] for addrs in psutil.net_if_addrs().values() for a in addrs
-            if a.family in (socket.AF_INET, socket.AF_INET6)}
+    return {
+        a.address.split("%", 1)[0]
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family in (socket.AF_INET, socket.AF_INET6)
+    }
 
 
 def resolve(host: str) -> list[str]:

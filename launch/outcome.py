@@ -47,8 +47,11 @@ def read_reasons(exit_dir: str | None) -> dict[int, dict[str, Any]]:
         try:
             with open(os.path.join(exit_dir, name)) as f:
                 rec = json.load(f)
-            out[int(rec["rank"])] = {"code": int(rec["code"]), "reason": str(rec.get("reason", "")),
-                                     "time": float(rec["time"])}
+            out[int(rec["rank"])] = {
+                "code": int(rec["code"]),
+                "reason": str(rec.get("reason", "")),
+                "time": float(rec["time"]),
+            }
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return out
@@ -92,6 +95,9 @@ def from_process(returncode: int, reasons: Mapping[int, dict], now: float, rank:
 
 def from_reasons(reasons: Mapping[int, dict], since: float) -> Failure | None:
     """The first failure that workers recorded at or after ``since`` (after the launcher was signalled)."""
-    items = [Failure(r, rec["code"], rec["time"], rec["reason"], True)
-             for r, rec in reasons.items() if rec["time"] >= since and rec["code"] != 0]
+    items = [
+        Failure(r, rec["code"], rec["time"], rec["reason"], True)
+        for r, rec in reasons.items()
+        if rec["time"] >= since and rec["code"] != 0
+    ]
     return _first(items) if items else None

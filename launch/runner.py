@@ -24,10 +24,19 @@ from launch.modes import Plan
 SHUTDOWN_GRACE_S = 30  # torchrun's default wait between SIGTERM and SIGKILL for its workers
 
 
-def check_config(entry: str, config: str | None, overrides: list[str], mode: str, timeout: float = 120) -> str | None:
+def check_config(
+    entry: str, config: str | None, overrides: list[str], mode: str, timeout: float = 120
+) -> str | None:
     """Run ``python -m ENTRY check`` once, before any worker starts; None if the config is valid, else its line."""
-    cmd = [sys.executable, "-m", entry, "check", *(["-c", config] if config else []), *overrides,
-           f"train.strategy={mode}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        entry,
+        "check",
+        *(["-c", config] if config else []),
+        *overrides,
+        f"train.strategy={mode}",
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -67,7 +76,9 @@ def forwarding_signals():
 
 def _report(f: outcome.Failure) -> int:
     why = f": {f.reason}" if f.reason else ""
-    print(f"launch: rank {f.rank} exited with {f.code} ({describe(f.code)}){why}", file=sys.stderr, flush=True)
+    print(
+        f"launch: rank {f.rank} exited with {f.code} ({describe(f.code)}){why}", file=sys.stderr, flush=True
+    )
     return f.code
 
 
@@ -105,8 +116,12 @@ def rendezvous_failed(plan: Plan, exc: BaseException | None) -> int:
     else:
         first = (str(exc).strip().splitlines() or [""])[0]
         what = f"{type(exc).__name__} at {endpoint}: {first}"
-    print(f"launch: rendezvous failed: {what}: is node 0 up? is port {port} open? (dist.init_timeout_s bounds the "
-          "wait)", file=sys.stderr, flush=True)
+    print(
+        f"launch: rendezvous failed: {what}: is node 0 up? is port {port} open? (dist.init_timeout_s bounds the "
+        "wait)",
+        file=sys.stderr,
+        flush=True,
+    )
     return HANG
 
 
@@ -196,7 +211,9 @@ def execute(plan: Plan) -> int:
         try:
             return RUNNERS[plan.kind](plan, fresh.get("TRAINER_EXIT_DIR", tmp))
         except ImportError as e:  # torch or accelerate missing: an unfit environment, not a bug
-            print(f"launch: {plan.kind} needs {e.name or e}: install the pinned requirements", file=sys.stderr)
+            print(
+                f"launch: {plan.kind} needs {e.name or e}: install the pinned requirements", file=sys.stderr
+            )
             return CONFIG
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

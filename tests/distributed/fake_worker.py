@@ -31,9 +31,20 @@ def train(argv: list[str]) -> int:
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     out = os.environ.get("FAKE_OUT")
     if out:
-        seen = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
-                                               "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS",
-                                               "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "TRAINER_EXIT_DIR")}
+        seen = {
+            k: os.environ.get(k)
+            for k in (
+                "RANK",
+                "LOCAL_RANK",
+                "WORLD_SIZE",
+                "LOCAL_WORLD_SIZE",
+                "MASTER_ADDR",
+                "MASTER_PORT",
+                "OMP_NUM_THREADS",
+                "TORCH_DISABLE_SHARE_RDZV_TCP_STORE",
+                "TRAINER_EXIT_DIR",
+            )
+        }
         with open(os.path.join(out, f"rank{rank}-attempt{attempt}.json"), "w") as f:
             json.dump({"argv": argv, "env": seen, "pid": os.getpid()}, f)
     targeted = os.environ.get("FAKE_RANK", str(rank)) == str(rank)

@@ -28,7 +28,13 @@ from trainer.training import checkpoint as ckpt
 
 PHASES = ["before_data", "mid_file", "before_rename", "before_latest"]
 EVERY = 4
-JOB = [*TINY, "train.max_steps=12", f"checkpoint.every_steps={EVERY}", "checkpoint.keep=2", "log.every_steps=4"]
+JOB = [
+    *TINY,
+    "train.max_steps=12",
+    f"checkpoint.every_steps={EVERY}",
+    "checkpoint.keep=2",
+    "log.every_steps=4",
+]
 VARIANTS = {  # name -> (step of the killed save, extra overrides)
     "first_save": (4, []),
     "periodic": (8, []),
