@@ -2,12 +2,12 @@
 
 One machine::
 
-    python -m launch single -c configs/cnn.yaml                      # one process
-    python -m launch dp -c configs/cnn.yaml                          # one process, nn.DataParallel over GPUs
-    python -m launch ddp --nproc-per-node auto -c configs/cnn.yaml   # torchrun, one process per GPU (1 on CPU)
-    python -m launch fsdp --nproc-per-node 2 -c configs/gpt.yaml     # FSDP2
+    python -m launch single -c configs/cnn.yaml                     # one process
+    python -m launch dp -c configs/cnn.yaml                         # one process, nn.DataParallel over GPUs
+    python -m launch ddp --nproc-per-node auto -c configs/cnn.yaml  # torchrun, one process per GPU (1 on CPU)
+    python -m launch fsdp --nproc-per-node 2 -c configs/gpt.yaml    # FSDP2
     python -m launch accelerate --nproc-per-node 2 -c configs/cnn.yaml
-    python -m launch ddp -c configs/cnn.yaml train.precision=bf16    # AMP on any mode (launch/amp.sh)
+    python -m launch ddp -c configs/cnn.yaml train.precision=bf16   # AMP on any mode (launch/amp.sh)
     python -m launch ddp --nproc-per-node 2 --dry-run -c configs/cnn.yaml   # print the command, run nothing
 
 Two machines (run on each; node 0 hosts the rendezvous at HOST:PORT)::
@@ -24,9 +24,9 @@ On Kubeflow, a Kubernetes Indexed Job, JobSet or Slurm the flags come from the e
     python -m launch wait ...              # wait for the rendezvous host to resolve (launch.wait)
 
 Exit codes (launch/exitcodes.py): 0 ok, 1 internal error, 2 config/usage/environment error, 3 non-finite loss,
-4 hang/collective timeout, 74 storage error (fix it, retry resumes), 75 preempted (retry resumes), 128+N a worker
-killed by signal N. The config is checked once (``python -m trainer check``) and a fast doctor runs before any
-worker starts, unless ``--no-preflight``.
+4 hang/collective timeout, 74 storage error (fix it, retry resumes), 75 preempted (retry resumes), 128+N a
+worker killed by signal N. The config is checked once (``python -m trainer check``) and a fast doctor runs
+before any worker starts, unless ``--no-preflight``.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def _fail(message: str, code: int = CONFIG) -> int:
 
 
 def _init_timeout(config: str | None, overrides: Sequence[str]) -> float:
-    """dist.init_timeout_s of the resolved config (the trainer's answer, ~0.1 s); its default if it has none."""
+    """dist.init_timeout_s of the resolved config (the trainer's answer, ~0.1 s); its default if it
+    has none."""
     from launch.doctor import _get, resolve_config
 
     cfg, _problem = resolve_config(

@@ -1,4 +1,5 @@
-"""The doctor's object-storage check: is ``checkpoint.dir=s3://bucket/prefix`` reachable and writable from here?
+"""The doctor's object-storage check: is ``checkpoint.dir=s3://bucket/prefix`` reachable and
+writable from here?
 
 Credentials and endpoint come the standard way (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_ENDPOINT_URL``, ``AWS_REGION``, or an instance role), read by botocore as the trainer's will be. The

@@ -1,59 +1,64 @@
 """The cluster environment, read through one table, as one normalized :class:`Cluster`.
 
 Every scheduler names the same few facts differently, and some reuse a name for another fact: ``RANK`` is a
-*process* rank under torchrun but a *node* rank in a Kubeflow PyTorchJob v1 pod. Each row of :data:`ROWS` says how
-to recognise one environment and where its facts live; the first row that matches wins, CLI flags override it,
-and :func:`resolve` validates the result once. A contradiction is a :class:`ClusterError` whose one line names the
-variables involved (the launcher turns it into exit code 2).
+*process* rank under torchrun but a *node* rank in a Kubeflow PyTorchJob v1 pod. Each row of :data:`ROWS` says
+how to recognise one environment and where its facts live; the first row that matches wins, CLI flags override
+it, and :func:`resolve` validates the result once. A contradiction is a :class:`ClusterError` whose one line
+names the variables involved (the launcher turns it into exit code 2).
 
 Rows, most specific first:
 
 =================  =========================================================================================
 torchrun           already inside torchrun: LOCAL_RANK, LOCAL_WORLD_SIZE, RANK, WORLD_SIZE, GROUP_RANK,
-                   MASTER_ADDR/PORT, TORCHELASTIC_RESTART_COUNT/MAX_RESTARTS/RUN_ID (the trainer runs directly)
-pytorchjob-v1      Kubeflow PyTorchJob v1 (and Volcano's pytorch plugin, which sets the same four): MASTER_ADDR/PORT,
-                   RANK = node rank, WORLD_SIZE = replicas x nprocPerNode (replicas when nprocPerNode is not an
-                   integer), PET_NPROC_PER_NODE, from operator v1.7 PET_NNODES/PET_NODE_RANK; elastic:
-                   PET_RDZV_ENDPOINT/BACKEND/CONF, PET_MAX_RESTARTS, PET_STANDALONE. Told apart from torchrun by
-                   the absence of LOCAL_RANK.
-trainer-v2         Kubeflow Trainer v2 (TrainJob): PET_NNODES, PET_NPROC_PER_NODE (an integer, auto, cpu or gpu),
-                   PET_NODE_RANK, PET_MASTER_ADDR (``<job>-node-0-0.<job>``), PET_MASTER_PORT
+                   MASTER_ADDR/PORT, TORCHELASTIC_RESTART_COUNT/MAX_RESTARTS/RUN_ID (the trainer runs
+                   directly)
+pytorchjob-v1      Kubeflow PyTorchJob v1 (and Volcano's pytorch plugin, which sets the same four):
+                   MASTER_ADDR/PORT, RANK = node rank, WORLD_SIZE = replicas x nprocPerNode (replicas when
+                   nprocPerNode is not an integer), PET_NPROC_PER_NODE, from operator v1.7
+                   PET_NNODES/PET_NODE_RANK; elastic: PET_RDZV_ENDPOINT/BACKEND/CONF, PET_MAX_RESTARTS,
+                   PET_STANDALONE. Told apart from torchrun by the absence of LOCAL_RANK.
+trainer-v2         Kubeflow Trainer v2 (TrainJob): PET_NNODES, PET_NPROC_PER_NODE (an integer, auto, cpu or
+                   gpu), PET_NODE_RANK, PET_MASTER_ADDR (``<job>-node-0-0.<job>``), PET_MASTER_PORT
 torchrun-env       any other PET_* variable: torchrun's own environment defaults for its flags
 jobset             JobSet, which injects nothing; expose its annotations with the downward API (below)
 indexed-job        Kubernetes Indexed Job: JOB_COMPLETION_INDEX (set by Kubernetes) + LAUNCH_NNODES and
                    LAUNCH_MASTER_ADDR (or MASTER_ADDR), LAUNCH_MASTER_PORT (or MASTER_PORT, default 29500)
-slurm              SLURM_STEP_NUM_NODES/SLURM_NNODES, SLURM_NODEID, SLURM_PROCID, SLURM_NTASKS, the master = the first
-                   host of SLURM_STEP_NODELIST, else SLURM_NODELIST, else SLURM_JOB_NODELIST (a step may run on part
-                   of the allocation), SLURM_JOB_ID (rendezvous id); one launcher per node (launch/slurm.sbatch)
+slurm              SLURM_STEP_NUM_NODES/SLURM_NNODES, SLURM_NODEID, SLURM_PROCID, SLURM_NTASKS, the master =
+                   the first host of SLURM_STEP_NODELIST, else SLURM_NODELIST, else SLURM_JOB_NODELIST (a step
+                   may run on part of the allocation), SLURM_JOB_ID (rendezvous id); one launcher per node
+                   (launch/slurm.sbatch)
 local              nothing found: one node on this machine
 =================  =========================================================================================
 
 **No silent single node.** A world that *looks* distributed but names no node count is refused (exit 2, naming
-the missing variable) instead of training alone: an Indexed Job or JobSet pod without LAUNCH_NNODES (JobSet's own
-PyTorch example sets MASTER_ADDR and RANK = completion index, and no WORLD_SIZE), MASTER_ADDR or WORLD_SIZE > 1
-with nothing else, and Open MPI / PMI / PMIx worlds (OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_RANK), whose ranks are
-processes, not nodes. ``--nnodes`` on the command line settles it.
+the missing variable) instead of training alone: an Indexed Job or JobSet pod without LAUNCH_NNODES (JobSet's
+own PyTorch example sets MASTER_ADDR and RANK = completion index, and no WORLD_SIZE), MASTER_ADDR or
+WORLD_SIZE > 1 with nothing else, and Open MPI / PMI / PMIx worlds (OMPI_COMM_WORLD_SIZE, PMI_SIZE,
+PMIX_RANK), whose ranks are processes, not nodes. ``--nnodes`` on the command line settles it.
 
 **Who hosts the c10d store.** torchrun decides by comparing the endpoint with this machine's host name and the
-addresses *that name* resolves to, so on a multi-homed node with the endpoint on a second interface nobody hosts
-it. Rows whose endpoint is node 0 by the controller's contract (PyTorchJob's master, Trainer v2, Indexed Job,
-JobSet, Slurm's first host, PET_MASTER_ADDR) say so in :attr:`Cluster.rdzv_fixed`; :mod:`launch.modes` then
-tells node 0 it hosts the store and the others that they do not.
+addresses *that name* resolves to, so on a multi-homed node with the endpoint on a second interface nobody
+hosts it. Rows whose endpoint is node 0 by the controller's contract (PyTorchJob's master, Trainer v2, Indexed
+Job, JobSet, Slurm's first host, PET_MASTER_ADDR) say so in :attr:`Cluster.rdzv_fixed`; :mod:`launch.modes`
+then tells node 0 it hosts the store and the others that they do not.
 
-JobSet downward-API snippet (the pod's hostname is ``<jobset>-<replicatedJob>-<jobIndex>-<podIndex>``, resolvable
-as ``<hostname>.<subdomain>``; the subdomain defaults to the JobSet name)::
+JobSet downward-API snippet (the pod's hostname is ``<jobset>-<replicatedJob>-<jobIndex>-<podIndex>``,
+resolvable as ``<hostname>.<subdomain>``; the subdomain defaults to the JobSet name)::
 
     env:
-    - {name: JOBSET_NAME, valueFrom: {fieldRef: {fieldPath: "metadata.annotations['jobset.sigs.k8s.io/jobset-name']"}}}
+    - {name: JOBSET_NAME,
+       valueFrom: {fieldRef: {fieldPath: "metadata.annotations['jobset.sigs.k8s.io/jobset-name']"}}}
     - {name: JOBSET_REPLICATED_JOB_NAME,
        valueFrom: {fieldRef: {fieldPath: "metadata.annotations['jobset.sigs.k8s.io/replicatedjob-name']"}}}
-    - {name: JOBSET_JOB_INDEX, valueFrom: {fieldRef: {fieldPath: "metadata.annotations['jobset.sigs.k8s.io/job-index']"}}}
+    - {name: JOBSET_JOB_INDEX,
+       valueFrom: {fieldRef: {fieldPath: "metadata.annotations['jobset.sigs.k8s.io/job-index']"}}}
     - {name: JOB_COMPLETION_INDEX,
        valueFrom: {fieldRef: {fieldPath: "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}
     - {name: LAUNCH_NNODES, value: "4"}        # replicas x parallelism of the replicated job
     - {name: LAUNCH_PODS_PER_JOB, value: "1"}  # parallelism; node rank = job index x this + completion index
 
-The master is then ``<jobset>-<replicatedJob>-0-0.<JOBSET_SUBDOMAIN or jobset>`` unless LAUNCH_MASTER_ADDR is set.
+The master is then ``<jobset>-<replicatedJob>-0-0.<JOBSET_SUBDOMAIN or jobset>`` unless LAUNCH_MASTER_ADDR is
+set.
 """
 
 from __future__ import annotations
@@ -203,8 +208,8 @@ def _read_pytorchjob(env: Mapping[str, str]) -> _Raw:
             raw["nnodes"] = (str(world // int(nproc)), "WORLD_SIZE/PET_NPROC_PER_NODE")
         else:
             raw["nnodes"] = (str(world), "WORLD_SIZE")
-    # MASTER_ADDR is the master replica, RANK 0 (envvar.go); an elastic job's PET_RDZV_ENDPOINT is worker 0 and
-    # its ranks come from the rendezvous, so only the first case says who hosts.
+    # MASTER_ADDR is the master replica, RANK 0 (envvar.go); an elastic job's PET_RDZV_ENDPOINT is worker 0
+    # and its ranks come from the rendezvous, so only the first case says who hosts.
     if "rdzv_endpoint" not in raw:
         raw["rdzv_fixed"] = ("1", "MASTER_ADDR")
     else:
@@ -275,8 +280,9 @@ def expand_nodelist(text: str, var: str = "SLURM_JOB_NODELIST") -> list[str]:
         raise ClusterError(f"{var}={text!r}: {e}") from None
 
 
-# Where a step's node list lives, most specific first: inside ``srun`` SLURM_STEP_NODELIST (and SLURM_NODELIST) are
-# the step's nodes, SLURM_JOB_NODELIST the whole allocation (src/common/env.c); SLURM_NODEID counts the step's nodes.
+# Where a step's node list lives, most specific first: inside ``srun`` SLURM_STEP_NODELIST (and
+# SLURM_NODELIST) are the step's nodes, SLURM_JOB_NODELIST the whole allocation (src/common/env.c);
+# SLURM_NODEID counts the step's nodes.
 SLURM_NODELISTS = ("SLURM_STEP_NODELIST", "SLURM_NODELIST", "SLURM_JOB_NODELIST")
 
 
@@ -307,7 +313,8 @@ def _read_slurm(env: Mapping[str, str]) -> _Raw:
     return raw
 
 
-# Process worlds of MPI launchers: their ranks are processes, and nothing in them says how many nodes there are.
+# Process worlds of MPI launchers: their ranks are processes, and nothing in them says how many nodes
+# there are.
 MPI_SIZES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 MPI_RANKS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 

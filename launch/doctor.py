@@ -1,30 +1,31 @@
 """``python -m launch doctor``: find what would break a job before it starts, and say how to fix it.
 
-Each check returns ``Check(name, status, message, fix)`` with status ``ok``, ``warn`` or ``fail``. The report is
-human-readable by default and JSON with ``--json``. **Exit code: 0 when every check is ok or warn, 2 (the "fix
-the config or the environment" code) when any fails.**
+Each check returns ``Check(name, status, message, fix)`` with status ``ok``, ``warn`` or ``fail``. The report
+is human-readable by default and JSON with ``--json``. **Exit code: 0 when every check is ok or warn, 2 (the
+"fix the config or the environment" code) when any fails.**
 
 The *fast* subset (cluster variables, /dev/shm, run directory, shared storage) imports neither torch nor the
-trainer, takes well under a second, and runs before every launch unless ``--no-preflight``. The full report adds
-that ``checkpoint.dir``, when it is an ``s3://`` URL, is reachable and writable (launch/bucket.py),
-CPU/RAM, GPUs and their memory, CUDA and NCCL versions (torch imported only for these), the interfaces named in
-NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME, and a TCP connect to the rendezvous endpoint (nodes other than 0, which
-hosts it).
+trainer, takes well under a second, and runs before every launch unless ``--no-preflight``. The full report
+adds that ``checkpoint.dir``, when it is an ``s3://`` URL, is reachable and writable (launch/bucket.py),
+CPU/RAM, GPUs and their memory, CUDA and NCCL versions (torch imported only for these), the interfaces named
+in NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME, and a TCP connect to the rendezvous endpoint (nodes other than 0,
+which hosts it).
 
-/dev/shm. DataLoader workers hand batches to the trainer through shared memory, and NCCL moves data between the
-processes of a node through it; Docker's default is 64 MiB. The need checked is::
+/dev/shm. DataLoader workers hand batches to the trainer through shared memory, and NCCL moves data between
+the processes of a node through it; Docker's default is 64 MiB. The need checked is::
 
     need = procs_per_node x num_workers x prefetch_factor x (batch_size / world_size) x sample_bytes x 2
            + 256 MiB when procs_per_node > 1 (NCCL's intra-node buffers)
 
 (x 2: the batch being filled plus the one being consumed). ``sample_bytes`` comes from the data section
 (digits 264 B, synthetic num_features x 4 + 8, text/tokens block_size x 16) or, for any other dataset, a
-224x224x3 float32 image (602,112 B); ``--sample-bytes`` overrides it. Without a config the need is a 1 GiB floor.
-Free space below the need fails; a total below 1 GiB warns.
+224x224x3 float32 image (602,112 B); ``--sample-bytes`` overrides it. Without a config the need is a 1 GiB
+floor. Free space below the need fails; a total below 1 GiB warns.
 
-Shared run directory (more than one node). Heuristic, not a handshake: the filesystem type of the mount holding
-run.dir must be a network or cluster filesystem (nfs, cifs, ceph, lustre, gpfs, beegfs, glusterfs, fuse.*, ...);
-a local one (ext4, xfs, overlay, tmpfs) warns, because node 1 would not see node 0's checkpoints after a restart.
+Shared run directory (more than one node). Heuristic, not a handshake: the filesystem type of the mount
+holding run.dir must be a network or cluster filesystem (nfs, cifs, ceph, lustre, gpfs, beegfs, glusterfs,
+fuse.*, ...); a local one (ext4, xfs, overlay, tmpfs) warns, because node 1 would not see node 0's checkpoints
+after a restart.
 """
 
 from __future__ import annotations
@@ -183,7 +184,8 @@ def _existing(path: str) -> str:
 
 
 def check_run_dir(run_dir: str, min_free: int = GiB) -> Check:
-    """Writable (by really creating a file: root ignores permission bits) with at least ``min_free`` bytes free."""
+    """Writable (by really creating a file: root ignores permission bits) with at least ``min_free`` bytes
+    free."""
     base = _existing(run_dir)
     if not os.path.isdir(base):
         return Check("run_dir", "fail", f"{run_dir}: {base} is not a directory", "choose another run.dir")

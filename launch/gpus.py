@@ -63,8 +63,8 @@ def resolve_nproc(
     cpus: Callable[[], int] | None = None,
 ) -> int:
     """Processes per node for torchrun's words: an int stays; 'auto' = one per visible GPU, or 1 without GPUs
-    (torchrun would start one per core); 'gpu' = one per visible GPU, and none visible is an error; 'cpu' = one
-    per usable core (Trainer v2 sets 'cpu' when asked to run on CPUs)."""
+    (torchrun would start one per core); 'gpu' = one per visible GPU, and none visible is an error; 'cpu' =
+    one per usable core (Trainer v2 sets 'cpu' when asked to run on CPUs)."""
     if value not in ("auto", "gpu", "cpu"):
         return int(value)
     if value == "cpu":

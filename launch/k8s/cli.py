@@ -141,8 +141,9 @@ def _jobs_in(directory: Path) -> dict[tuple[str, str], Path]:
 
 
 def check_directory(objs: list[dict], directory: Path) -> None:
-    """Refuse to put a second job into a directory: ``kubectl apply -f DIR`` would start both, sharing the claim
-    and RUN_DIR when they share a name. Rendering the same job again (same kind and name) overwrites it."""
+    """Refuse to put a second job into a directory: ``kubectl apply -f DIR`` would start both, sharing the
+    claim and RUN_DIR when they share a name. Rendering the same job again (same kind and name) overwrites
+    it."""
     if not directory.is_dir():
         return
     mine = {(o["kind"], o["metadata"]["name"]) for o in objs if o["kind"] in JOB_KINDS}

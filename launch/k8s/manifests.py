@@ -1,5 +1,6 @@
 """Kubernetes manifests for a training job, as Python data: a Kubeflow PyTorchJob (v1), a Kubeflow TrainJob
-(Trainer v2) with its TrainingRuntime, or a plain Indexed Job with a headless Service; plus the PVC for run.dir.
+(Trainer v2) with its TrainingRuntime, or a plain Indexed Job with a headless Service; plus the PVC for
+run.dir.
 
 The YAML files in ``templates/`` hold what every job shares; this module loads them with ``yaml.safe_load``,
 fills in the job's values as Python data and writes them with ``yaml.safe_dump`` (no text templating).
@@ -36,26 +37,27 @@ SHUTDOWN_MARGIN_S = 30  # grace period minus this = how long torchrun waits for 
 FAILURE_POLICY = {
     "indexedjob": (
         "podFailurePolicy (restartPolicy Never): exit 2 (config) and 3 (non-finite loss) -> FailJob at once; "
-        "exit 75 (preempted, checkpoint saved) and the DisruptionTarget condition (eviction, drain) -> Ignore: "
-        "the pod is replaced and resumes, not counted; any other failure counts towards backoffLimit."
+        "exit 75 (preempted, checkpoint saved) and the DisruptionTarget condition (eviction, drain) -> "
+        "Ignore: the pod is replaced and resumes, not counted; any other failure counts towards "
+        "backoffLimit."
     ),
     "trainjob": (
-        "Runtime 'torchrunner' (rendered alongside): the Job's podFailurePolicy fails on exit 2/3 and the JobSet "
-        "rule FailJobSet on reason PodFailurePolicy ends the TrainJob; exit 75 and DisruptionTarget are ignored "
-        "(pod replaced, resumes); any other failure restarts the whole JobSet (every node, from the shared "
-        "checkpoint), at most --backoff-limit times (default 2 per node). With "
-        "--runtime NAME the cluster's runtime decides."
+        "Runtime 'torchrunner' (rendered alongside): the Job's podFailurePolicy fails on exit 2/3 and the "
+        "JobSet rule FailJobSet on reason PodFailurePolicy ends the TrainJob; exit 75 and DisruptionTarget "
+        "are ignored (pod replaced, resumes); any other failure restarts the whole JobSet (every node, from "
+        "the shared checkpoint), at most --backoff-limit times (default 2 per node). With --runtime NAME the "
+        "cluster's runtime decides."
     ),
     "trainjob-cluster-runtime": (
-        "ClusterTrainingRuntime {runtime}: its Job and JobSet policies decide; the stock torch-distributed has "
-        "no exit-code policy (default Job backoffLimit, no JobSet restarts). Render with --runtime torchrunner "
-        "for exit 2/3 -> fail fast, exit 75 -> resume."
+        "ClusterTrainingRuntime {runtime}: its Job and JobSet policies decide; the stock torch-distributed "
+        "has no exit-code policy (default Job backoffLimit, no JobSet restarts). Render with --runtime "
+        "torchrunner for exit 2/3 -> fail fast, exit 75 -> resume."
     ),
     "pytorchjob": (
-        "restartPolicy OnFailure + runPolicy.backoffLimit: every non-zero exit restarts the container in place "
-        "and counts towards backoffLimit (summed over all pods). ExitCode is not used: it treats 1-127 as "
-        "permanent, so a preemption (75) and the exit 1 of the peers whose rendezvous broke would fail the "
-        "job. The cost: a config error (2) is retried until backoffLimit before the job fails; use "
+        "restartPolicy OnFailure + runPolicy.backoffLimit: every non-zero exit restarts the container in "
+        "place and counts towards backoffLimit (summed over all pods). ExitCode is not used: it treats 1-127 "
+        "as permanent, so a preemption (75) and the exit 1 of the peers whose rendezvous broke would fail "
+        "the job. The cost: a config error (2) is retried until backoffLimit before the job fails; use "
         "--kind indexedjob or trainjob for an exact exit-code policy."
     ),
 }
@@ -360,7 +362,8 @@ def indexedjob(opts: Options) -> list[dict]:
 
 
 def _set_exit_codes(policy: dict, container: str) -> None:
-    """Point the podFailurePolicy's exit-code rules at our container and at the codes in launch/exitcodes.py."""
+    """Point the podFailurePolicy's exit-code rules at our container and at the codes in
+    launch/exitcodes.py."""
     codes = {"FailJob": [exitcodes.CONFIG, exitcodes.NONFINITE], "Ignore": [exitcodes.PREEMPTED]}
     for rule in policy["rules"]:
         if "onExitCodes" in rule:

@@ -1,6 +1,7 @@
 """A stand-in for ``python -m trainer`` that keeps the launcher's half of the contract testable on its own.
 
-``python -m fake_worker check [-c CONFIG] ...`` exits 2 with one line on stderr when CONFIG is missing, else 0.
+``python -m fake_worker check [-c CONFIG] ...`` exits 2 with one line on stderr when CONFIG is
+missing, else 0.
 ``python -m fake_worker train -c CONFIG ...`` records what it saw in ``$FAKE_OUT/rank{R}-attempt{K}.json`` and
 then, on the rank in FAKE_RANK (default: every rank):
 

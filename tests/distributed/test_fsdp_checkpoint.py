@@ -1,4 +1,5 @@
-"""FSDP checkpoints are sharded (DCP) and still serve every consumer: resume on 1 process, export, init_from."""
+"""FSDP checkpoints are sharded (DCP) and still serve every consumer: resume on 1 process, export,
+init_from."""
 
 import os
 
@@ -26,7 +27,8 @@ def test_sharded_checkpoint_resume_export_and_init_from(tmp_path):
     assert e.value.code in (0, None)
     assert_close(load_file(str(out)), final_weights(run), tol=0)
 
-    # Resume the sharded step-6 checkpoint on ONE process (DCP reshards) and finish: same as the 2-process run.
+    # Resume the sharded step-6 checkpoint on ONE process (DCP reshards) and finish: same as the 2-process
+    # run.
     resumed = tmp_path / "resumed"
     over = [o for o in TINY if not o.startswith("device")] + [
         f"run.resume={run / 'checkpoints' / 'step-00000006'}"

@@ -75,9 +75,10 @@ STALL_RUN = [
 ]
 
 
-# Every breadcrumb of runtime/watchdog.py OPS at step 3 (eval, agree and the save all happen at step 3), stopped as
-# `kill -STOP` does (heartbeat included); and two stalls by a sleeping main thread (heartbeat alive), where the
-# verdict is "behind": the rank still writing its checkpoint, the rank that never joined the preemption all-reduce.
+# Every breadcrumb of runtime/watchdog.py OPS at step 3 (eval, agree and the save all happen at step 3),
+# stopped as `kill -STOP` does (heartbeat included); and two stalls by a sleeping main thread (heartbeat
+# alive), where the verdict is "behind": the rank still writing its checkpoint, the rank that never joined the
+# preemption all-reduce.
 STALLS = [
     (op, "stop", f"no heartbeat since {op} of step 3")
     for op in (
@@ -103,8 +104,9 @@ STALLS += [
     "op, how, where", STALLS, ids=[f"{op.replace(' ', '-')}-{how}" for op, how, _ in STALLS]
 )
 def test_the_watchdog_names_the_stalled_rank_at_every_phase(tmp_path, op, how, where):
-    """The side groups (preemption all-reduce, checkpoint barriers) time out after the watchdog, not with it: the
-    healthy rank's summary names rank 1 and where it stalled, every time (issue 14: a gloo timeout won 2 of 3)."""
+    """The side groups (preemption all-reduce, checkpoint barriers) time out after the watchdog, not with it:
+    the healthy rank's summary names rank 1 and where it stalled, every time (issue 14: a gloo timeout won 2
+    of 3)."""
     run_dir = tmp_path / "run"
     env = dict(
         os.environ,

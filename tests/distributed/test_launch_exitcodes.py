@@ -1,8 +1,8 @@
 """A worker's own exit code reaches the launcher's caller through torchrun, accelerate and single mode.
 
-Real processes (torchrun in-process in the launcher, gloo-free fake workers from fake_worker.py) on this machine;
-the verdict comes from exit codes and the files the workers wrote. The first tests need no processes: they pin
-how :mod:`launch.outcome` picks the code when several ranks fail.
+Real processes (torchrun in-process in the launcher, gloo-free fake workers from fake_worker.py) on this
+machine; the verdict comes from exit codes and the files the workers wrote. The first tests need no processes:
+they pin how :mod:`launch.outcome` picks the code when several ranks fail.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 
-# ----------------------------------------------------------------------------- choosing the code (no processes)
+# --------------------------------------------------------------------------- choosing the code (no processes)
 
 
 def pf(code, ts):
@@ -72,7 +72,7 @@ def test_read_reasons_skips_garbage(tmp_path):
     assert outcome.read_reasons(str(tmp_path)) == {0: {"code": 3, "reason": "x", "time": 1.5}}
 
 
-# ----------------------------------------------------------------------------- real launches
+# --------------------------------------------------------------------------- real launches
 
 
 def free_port() -> int:
@@ -252,8 +252,9 @@ def test_two_nodes_on_localhost_both_report_the_workers_code(tmp_path):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("role", ["host", "client"])
 def test_a_lone_node_exits_4_within_the_timeout_in_one_line(tmp_path, role):
-    """Node 0 whose peers never come (it hosts the store and waits join_timeout), and node 1 whose node 0 never
-    comes (the store never answers): exit 4 with one line within dist.init_timeout_s plus a few seconds."""
+    """Node 0 whose peers never come (it hosts the store and waits join_timeout), and node 1 whose node 0
+    never comes (the store never answers): exit 4 with one line within dist.init_timeout_s plus a few
+    seconds."""
     port, timeout = free_port(), 3
     env = {
         "JOB_COMPLETION_INDEX": "0" if role == "host" else "1",

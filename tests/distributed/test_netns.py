@@ -3,11 +3,11 @@
 Needs root and iproute2 (CI has both); skips with the reason elsewhere. ../shared/PLATFORM.md lists the
 three settings this needs: GLOO_SOCKET_IFNAME, torchrun's --local-addr, and is_host on the first node.
 
-The multi-homed case adds what a GPU node looks like: each namespace has its own host name (a UTS namespace) and
-its own hosts file (``ip netns exec`` bind-mounts /etc/netns/NS/hosts over /etc/hosts), in which the host name
-resolves to a management address on an interface of its own (unreachable from the other node), while
-the rendezvous address is on the second interface, the veth pair. torchrun alone then makes nobody the store
-host (both nodes time out as clients) and advertises the management name; the launcher must find the host by
+The multi-homed case adds what a GPU node looks like: each namespace has its own host name (a UTS namespace)
+and its own hosts file (``ip netns exec`` bind-mounts /etc/netns/NS/hosts over /etc/hosts), in which the host
+name resolves to a management address on an interface of its own (unreachable from the other node), while the
+rendezvous address is on the second interface, the veth pair. torchrun alone then makes nobody the store host
+(both nodes time out as clients) and advertises the management name; the launcher must find the host by
 interface address and advertise the address on the route to the endpoint.
 """
 
@@ -192,7 +192,8 @@ def test_multi_homed_nodes_train_with_the_rendezvous_on_a_second_interface(multi
     ref = tmp_path / "one-node"
     launch("ddp", ref, "--nproc-per-node", "2")
     # Two ways in: the entrypoint under an Indexed Job's variables (the source fixes node 0 as the host; the
-    # rendezvous name resolves to the fabric), and plain flags with an address (found among node A's interfaces).
+    # rendezvous name resolves to the fabric), and plain flags with an address (found among node A's
+    # interfaces).
     for way in ("entrypoint", "flags"):
         run_dir = tmp_path / way
         port = free_port()

@@ -247,8 +247,9 @@ def test_node_0_is_told_it_hosts_the_store(make_env, source, master_port):
 
 @pytest.mark.parametrize("envs, source, endpoint", [j[1:] for j in JOBS], ids=[j[0] for j in JOBS])
 def test_every_controller_through_the_entrypoint(envs, source, endpoint):
-    """The controllers' environments of tests/unit/test_controllers.py (each cites its source), every node, as the
-    entrypoint reads them; the master names do not resolve here, so the workers do not wait (ENTRYPOINT_WAIT_S=0)."""
+    """The controllers' environments of tests/unit/test_controllers.py (each cites its source), every node, as
+    the entrypoint reads them; the master names do not resolve here, so the workers do not wait
+    (ENTRYPOINT_WAIT_S=0)."""
     for rank, env in enumerate(envs):
         p = Plan(
             entrypoint("--dry-run", *CONFIG, "--nproc-per-node", "1", env={**env, "ENTRYPOINT_WAIT_S": 0})
@@ -264,8 +265,8 @@ def test_launch_local_addr_reaches_the_launcher():
 
 
 def test_jobset_example_without_a_node_count_is_refused():
-    """JobSet's site/static/examples/pytorch/cnn-mnist/mnist.yaml pod 0 (MASTER_ADDR, RANK = completion index, no
-    WORLD_SIZE; Kubernetes adds JOB_COMPLETION_INDEX) used to train alone."""
+    """JobSet's site/static/examples/pytorch/cnn-mnist/mnist.yaml pod 0 (MASTER_ADDR, RANK = completion index,
+    no WORLD_SIZE; Kubernetes adds JOB_COMPLETION_INDEX) used to train alone."""
     r = entrypoint(
         "--dry-run",
         *CONFIG,

@@ -1,5 +1,6 @@
-"""Fine-tune a (tiny, random, made-here) Hugging Face model on a JSONL: LoRA on Llama, full on a sharded Qwen2,
-FSDP on 2 processes with resume; the outputs load in transformers and peft; generate is deterministic."""
+"""Fine-tune a (tiny, random, made-here) Hugging Face model on a JSONL: LoRA on Llama, full on a sharded
+Qwen2, FSDP on 2 processes with resume; the outputs load in transformers and peft; generate is
+deterministic."""
 
 import os
 

@@ -1,4 +1,5 @@
-"""kill -9 at every instrumented phase of a checkpoint write: 20 real kills, the latest checkpoint always loads.
+"""kill -9 at every instrumented phase of a checkpoint write: 20 real kills, the latest checkpoint always
+loads.
 
 The hook ``TRAINER_TEST_KILL_AT=PHASE:STEP:RANK`` (trainer/checkpoint.py) SIGKILLs the process at PHASE of the
 save at STEP on RANK. Four phases (before_data, mid_file, before_rename, before_latest) times five variations:

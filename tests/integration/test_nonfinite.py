@@ -102,7 +102,8 @@ def test_a_bad_run_that_ended_between_two_checks_still_stops(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_nan_on_one_rank_is_skipped_by_every_rank(tmp_path):
-    """Under DDP the NaN reaches the other rank through the gradient all-reduce: both skip, both stay equal."""
+    """Under DDP the NaN reaches the other rank through the gradient all-reduce: both skip, both stay
+    equal."""
     run_dir = tmp_path / "run"
     overrides = job(
         tmp_path, [5], "checkpoint.every_steps=1", "checkpoint.keep=20", "log.every_steps=1", ranks=[1]

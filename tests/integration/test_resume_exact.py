@@ -96,7 +96,8 @@ def test_sigterm_at_step_exits_75_with_a_checkpoint_and_the_restart_is_bitwise_e
 
 @pytest.mark.timeout(60)
 def test_a_second_signal_exits_at_once_without_a_checkpoint(tmp_path):
-    """SIGTERM while a step is busy (60 s in forward), then SIGTERM again: exit 143 now, not after the step."""
+    """SIGTERM while a step is busy (60 s in forward), then SIGTERM again: exit 143 now, not after the
+    step."""
     ready, err = tmp_path / "ready", tmp_path / "stderr.txt"
     overrides = job(tmp_path, f"sleep_at: 5, sleep_s: 60, ready_file: {ready}")
     with open(err, "w") as fh:

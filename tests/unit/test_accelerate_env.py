@@ -1,8 +1,9 @@
 """Under `accelerate launch` the trainer takes accelerate's strategy and honours or refuses its precision.
 
-The variables are the ones accelerate's launchers export to the processes they start (accelerate/utils/launch.py,
-prepare_simple_launcher_cmd_env and prepare_multi_gpu_env): ACCELERATE_MIXED_PRECISION, ACCELERATE_DYNAMO_BACKEND
-(an enum value such as NO or INDUCTOR), ACCELERATE_USE_FSDP, ACCELERATE_USE_DEEPSPEED, ACCELERATE_USE_CPU.
+The variables are the ones accelerate's launchers export to the processes they start
+(accelerate/utils/launch.py, prepare_simple_launcher_cmd_env and prepare_multi_gpu_env):
+ACCELERATE_MIXED_PRECISION, ACCELERATE_DYNAMO_BACKEND (an enum value such as NO or INDUCTOR),
+ACCELERATE_USE_FSDP, ACCELERATE_USE_DEEPSPEED, ACCELERATE_USE_CPU.
 """
 
 from __future__ import annotations

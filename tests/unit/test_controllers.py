@@ -1,10 +1,10 @@
 """Each controller's environment as its own source sets it, for every node of a 2-3 node job.
 
 Each case reads the environment three ways: :func:`launch.cluster.resolve` in process, ``python -m launch env
---json`` and ``python -m launch ddp --dry-run`` (subprocesses, as the entrypoint runs them; the entrypoint itself
-is covered in tests/integration/test_entrypoint.py). The rendezvous host question (item 1 of issue 14) is asserted
-on the torchrun command: node 0 of a source that fixes the endpoint is told ``is_host=1``, every other node
-``is_host=0``.
+--json`` and ``python -m launch ddp --dry-run`` (subprocesses, as the entrypoint runs them; the entrypoint
+itself is covered in tests/integration/test_entrypoint.py). The rendezvous host question (item 1 of issue 14)
+is asserted on the torchrun command: node 0 of a source that fixes the endpoint is told ``is_host=1``, every
+other node ``is_host=0``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def flag(argv: list[str], name: str) -> str | None:
 def check_job(
     envs: list[dict], source: str, endpoint: str, nnodes: int = None, fixed: bool = True, nproc: str = "1"
 ) -> list[list[str]]:
-    """Every node of one job: the same world and endpoint, its own node rank, node 0 (only) hosting the store."""
+    """Every node of one job: the same world and endpoint, its own node rank, node 0 (only) hosting the
+    store."""
     nnodes = nnodes or len(envs)
     argvs = []
     for rank, env in enumerate(envs):
@@ -149,7 +150,8 @@ def slurm_step(n: int = 2) -> list[dict]:
     ]
 
 
-# (id, the environment of every node, the row, the endpoint): shared with tests/integration/test_entrypoint.py.
+# (id, the environment of every node, the row, the endpoint): shared with
+# tests/integration/test_entrypoint.py.
 JOBS = [
     ("pytorchjob-v1", pytorchjob_v1(), "pytorchjob-v1", "job-master-0:23456"),
     ("volcano", volcano(), "pytorchjob-v1", "vj-master-0.vj:23456"),
@@ -161,10 +163,10 @@ JOBS = [
 
 
 def test_pytorchjob_v1_master_and_two_workers():
-    """Kubeflow training-operator v1, pkg/controller.v1/pytorch/envvar.go (setPodEnv) and master.go: MASTER_ADDR
-    = <job>-master-0, MASTER_PORT = the master's port (23456), WORLD_SIZE = replicas x nprocPerNode, RANK =
-    replica index (+1 for workers), PET_NODE_RANK = RANK, PET_NPROC_PER_NODE = nprocPerNode, PET_NNODES = replicas
-    (no elastic policy), PYTHONUNBUFFERED."""
+    """Kubeflow training-operator v1, pkg/controller.v1/pytorch/envvar.go (setPodEnv) and master.go:
+    MASTER_ADDR = <job>-master-0, MASTER_PORT = the master's port (23456), WORLD_SIZE = replicas x
+    nprocPerNode, RANK = replica index (+1 for workers), PET_NODE_RANK = RANK, PET_NPROC_PER_NODE =
+    nprocPerNode, PET_NNODES = replicas (no elastic policy), PYTHONUNBUFFERED."""
     for argv in check_job(pytorchjob_v1(), "pytorchjob-v1", "job-master-0:23456", nproc="2"):
         assert flag(argv, "nproc-per-node") == "2"
 
@@ -188,8 +190,9 @@ def test_pytorchjob_v1_before_operator_1_7():
 def test_pytorchjob_v1_elastic_workers():
     """training-operator v1, pkg/controller.v1/pytorch/elastic.go: PET_RDZV_ENDPOINT = <job>-worker-0:PORT,
     PET_RDZV_BACKEND = c10d, PET_NNODES = min:max, PET_MAX_RESTARTS, PET_RDZV_ID, PET_RDZV_CONF = "k=v,...",
-    PET_STANDALONE = "" (empty) when standalone is set. No MASTER_ADDR/RANK without a Master replica: the ranks
-    come from the rendezvous, so no node is told it hosts; worker-0's own host name matches the endpoint."""
+    PET_STANDALONE = "" (empty) when standalone is set. No MASTER_ADDR/RANK without a Master replica: the
+    ranks come from the rendezvous, so no node is told it hosts; worker-0's own host name matches the
+    endpoint."""
     env = {
         "PET_RDZV_ENDPOINT": "job-worker-0:23456",
         "PET_RDZV_BACKEND": "c10d",
@@ -261,8 +264,8 @@ def test_jobset_with_the_downward_api_snippet():
 
 def test_jobset_pytorch_example_is_refused_not_run_alone():
     """JobSet's own example, site/static/examples/pytorch/cnn-mnist/mnist.yaml: MASTER_ADDR =
-    pytorch-workers-0-0.pytorch, MASTER_PORT = 3389, RANK = the job-completion-index annotation, no WORLD_SIZE;
-    the Job controller adds JOB_COMPLETION_INDEX. Index 0 used to train a 1-node job alone."""
+    pytorch-workers-0-0.pytorch, MASTER_PORT = 3389, RANK = the job-completion-index annotation, no
+    WORLD_SIZE; the Job controller adds JOB_COMPLETION_INDEX. Index 0 used to train a 1-node job alone."""
     for r in range(4):
         env = {
             "MASTER_ADDR": "pytorch-workers-0-0.pytorch",
@@ -281,9 +284,10 @@ def test_jobset_pytorch_example_is_refused_not_run_alone():
 
 
 def test_slurm_step_on_part_of_the_allocation():
-    """Slurm, src/common/env.c: inside `srun -N2` of a 4-node allocation, SLURM_STEP_NODELIST and SLURM_NODELIST
-    are the step's nodes, SLURM_JOB_NODELIST the allocation's; SLURM_NNODES / SLURM_STEP_NUM_NODES the step's
-    node count; SLURM_NODEID the node's index in the step; SLURM_PROCID, SLURM_NTASKS per task."""
+    """Slurm, src/common/env.c: inside `srun -N2` of a 4-node allocation, SLURM_STEP_NODELIST and
+    SLURM_NODELIST are the step's nodes, SLURM_JOB_NODELIST the allocation's; SLURM_NNODES /
+    SLURM_STEP_NUM_NODES the step's node count; SLURM_NODEID the node's index in the step; SLURM_PROCID,
+    SLURM_NTASKS per task."""
     envs = slurm_step()
     check_job(envs, "slurm", "gpu03:29500")
     # Older or hand-made environments: the next list in line.
@@ -336,8 +340,8 @@ def test_one_process_mpi_world_and_loopback_master_are_one_node():
 
 
 def test_pytorchjob_v1_elastic_before_1_7_names_nproc_differently():
-    """training-operator v1 before 1.7, pkg/controller.v1/pytorch/elastic.go: EnvNProcPerNode = PET_N_PROC_PER_NODE
-    (torchrun itself reads PET_NPROC_PER_NODE, so it never saw that value)."""
+    """training-operator v1 before 1.7, pkg/controller.v1/pytorch/elastic.go: EnvNProcPerNode =
+    PET_N_PROC_PER_NODE (torchrun itself reads PET_NPROC_PER_NODE, so it never saw that value)."""
     env = {
         "PET_RDZV_ENDPOINT": "job-worker-0:23456",
         "PET_RDZV_BACKEND": "c10d",

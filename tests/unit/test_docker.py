@@ -242,7 +242,8 @@ def test_pip_mirror_arguments_reach_the_builder_only(dockerfile):
 
 
 def test_wheelhouse_is_a_named_context_mounted_into_the_builder(dockerfile):
-    """`--build-context wheels=DIR` replaces the empty `wheels` stage; a bind mount keeps it out of every layer."""
+    """`--build-context wheels=DIR` replaces the empty `wheels` stage; a bind mount keeps it out of every
+    layer."""
     ins, stages, _ = dockerfile
     named = _named(stages)
     assert named["wheels"] == [("FROM", "scratch AS wheels")], "an empty placeholder stage"

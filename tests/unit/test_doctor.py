@@ -172,7 +172,8 @@ def test_fast_subset_imports_no_torch_and_takes_under_a_second(tmp_path):
         "from launch import doctor\n"
         f"checks = doctor.run_checks(env={{}}, fast=True, run_dir={str(tmp_path)!r})\n"
         "elapsed = time.perf_counter() - t\n"
-        "print('torch' in sys.modules, 'trainer' in sys.modules, round(elapsed, 3), doctor.exit_code(checks))\n"
+        "print('torch' in sys.modules, 'trainer' in sys.modules, round(elapsed, 3), "
+        "doctor.exit_code(checks))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],

@@ -113,7 +113,8 @@ def _tool(name: str) -> str:
 
 
 def _norm(x):
-    """Compare numbers by value: the models turn the quantity 8 into '8' (kubernetes client) or 8.0 (pydantic)."""
+    """Compare numbers by value: the models turn the quantity 8 into '8' (kubernetes client) or 8.0
+    (pydantic)."""
     if isinstance(x, dict):
         return {k: _norm(v) for k, v in x.items()}
     if isinstance(x, list):
@@ -181,7 +182,8 @@ def _env(container: dict) -> dict[str, str]:
 
 
 def test_every_object_passes_kubernetes_validate_strict(rendered, tmp_path):
-    """Core/batch objects as rendered, plus the Kubeflow objects' pod and Job templates wrapped, in one call."""
+    """Core/batch objects as rendered, plus the Kubeflow objects' pod and Job templates wrapped, in one
+    call."""
     files = []
     for case, objs in rendered.items():
         for i, obj in enumerate(objs):

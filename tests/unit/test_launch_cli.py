@@ -401,9 +401,10 @@ def test_dry_run_and_env_do_not_import_torch():
 
 
 def test_store_host_is_found_on_any_interface_not_by_host_name(monkeypatch):
-    """The multi-homed node: the endpoint's name resolves to the fabric address of node A, a second interface that
-    A's own host name does not resolve to (torchrun's rule then makes nobody the host). The old --local-addr rule
-    compared the name with the address (is_host=int("nodeA" == "198.18.0.1") = 0 on every node)."""
+    """The multi-homed node: the endpoint's name resolves to the fabric address of node A, a second interface
+    that A's own host name does not resolve to (torchrun's rule then makes nobody the host). The old
+    --local-addr rule compared the name with the address (is_host=int("nodeA" == "198.18.0.1") = 0 on every
+    node)."""
     from launch import addrs
 
     monkeypatch.setattr(addrs, "resolve", lambda host: {"nodeA": ["198.18.0.1"]}.get(host, []))
@@ -445,8 +446,8 @@ def test_a_fixed_endpoint_decides_whatever_dns_says(monkeypatch):
 
 
 def test_the_advertised_address_is_the_route_to_the_endpoint():
-    """Without --local-addr torchrun advertises socket.getfqdn(), which on a multi-homed node names the management
-    network; the source address on the route to the endpoint is on the network the nodes share."""
+    """Without --local-addr torchrun advertises socket.getfqdn(), which on a multi-homed node names the
+    management network; the source address on the route to the endpoint is on the network the nodes share."""
     c = resolve({}, {"nnodes": "2", "rdzv_endpoint": "nodeA:29400"})
     seen = []
     plan = build(

@@ -1,6 +1,7 @@
 """The layers of trainer/ (README "Design"): every import, also those inside functions, points downward.
 
-    __main__  ->  api, run  ->  tools  ->  training  ->  models  ->  data  ->  runtime  ->  config, schema, exitcodes, objects
+    __main__  ->  api, run  ->  tools  ->  training  ->  models  ->  data  ->  runtime
+              ->  config, schema, exitcodes, objects
 
 A module may import its own layer or a lower one, never a higher one; no import circle, even inside a layer;
 nothing imports ``trainer.__main__``; ``tools`` never imports the loop; ``launch`` never imports ``trainer``.
