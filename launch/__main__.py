@@ -2,12 +2,12 @@
 
 One machine::
 
-    python -m launch single -c configs/cnn.yaml                      # one process
-    python -m launch dp -c configs/cnn.yaml                          # one process, nn.DataParallel over GPUs
-    python -m launch ddp --nproc-per-node auto -c configs/cnn.yaml   # torchrun, one process per GPU (1 on CPU)
-    python -m launch fsdp --nproc-per-node 2 -c configs/gpt.yaml     # FSDP2
+    python -m launch single -c configs/cnn.yaml                     # one process
+    python -m launch dp -c configs/cnn.yaml                         # one process, nn.DataParallel over GPUs
+    python -m launch ddp --nproc-per-node auto -c configs/cnn.yaml  # torchrun, one process per GPU (1 on CPU)
+    python -m launch fsdp --nproc-per-node 2 -c configs/gpt.yaml    # FSDP2
     python -m launch accelerate --nproc-per-node 2 -c configs/cnn.yaml
-    python -m launch ddp -c configs/cnn.yaml train.precision=bf16    # AMP on any mode (launch/amp.sh)
+    python -m launch ddp -c configs/cnn.yaml train.precision=bf16   # AMP on any mode (launch/amp.sh)
     python -m launch ddp --nproc-per-node 2 --dry-run -c configs/cnn.yaml   # print the command, run nothing
 
 Two machines (run on each; node 0 hosts the rendezvous at HOST:PORT)::
@@ -24,9 +24,9 @@ On Kubeflow, a Kubernetes Indexed Job, JobSet or Slurm the flags come from the e
     python -m launch wait ...              # wait for the rendezvous host to resolve (launch.wait)
 
 Exit codes (launch/exitcodes.py): 0 ok, 1 internal error, 2 config/usage/environment error, 3 non-finite loss,
-4 hang/collective timeout, 74 storage error (fix it, retry resumes), 75 preempted (retry resumes), 128+N a worker
-killed by signal N. The config is checked once (``python -m trainer check``) and a fast doctor runs before any
-worker starts, unless ``--no-preflight``.
+4 hang/collective timeout, 74 storage error (fix it, retry resumes), 75 preempted (retry resumes), 128+N a
+worker killed by signal N. The config is checked once (``python -m trainer check``) and a fast doctor runs
+before any worker starts, unless ``--no-preflight``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ class _Parser(argparse.ArgumentParser):
 def _parser(prog: str, description: str = "") -> _Parser:
     p = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("cluster (override the environment)")
-    g.add_argument("--nproc-per-node", metavar="N|auto", help="processes per node; auto = one per GPU, 1 on CPU")
+    g.add_argument(
+        "--nproc-per-node", metavar="N|auto", help="processes per node; auto = one per GPU, 1 on CPU"
+    )
     g.add_argument("--nnodes", metavar="N", help="number of nodes (MIN:MAX for elastic jobs)")
     g.add_argument("--node-rank", metavar="R", help="this node's rank, 0..N-1")
     g.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address for the c10d rendezvous")
@@ -67,8 +69,10 @@ def _parser(prog: str, description: str = "") -> _Parser:
 
 
 def _cluster_flags(ns: argparse.Namespace) -> dict:
-    return {k: getattr(ns, k) for k in ("nnodes", "node_rank", "nproc_per_node", "rdzv_endpoint", "rdzv_id",
-                                        "max_restarts")}
+    return {
+        k: getattr(ns, k)
+        for k in ("nnodes", "node_rank", "nproc_per_node", "rdzv_endpoint", "rdzv_id", "max_restarts")
+    }
 
 
 def _fail(message: str, code: int = CONFIG) -> int:
@@ -77,10 +81,13 @@ def _fail(message: str, code: int = CONFIG) -> int:
 
 
 def _init_timeout(config: str | None, overrides: Sequence[str]) -> float:
-    """dist.init_timeout_s of the resolved config (the trainer's answer, ~0.1 s); its default if it has none."""
+    """dist.init_timeout_s of the resolved config (the trainer's answer, ~0.1 s); its default if it
+    has none."""
     from launch.doctor import _get, resolve_config
 
-    cfg, _problem = resolve_config(config, overrides)  # a problem is reported by the config check, before any start
+    cfg, _problem = resolve_config(
+        config, overrides
+    )  # a problem is reported by the config check, before any start
     try:
         return max(1.0, float(_get(cfg or {}, "dist.init_timeout_s") or DEFAULT_INIT_TIMEOUT_S))
     except (TypeError, ValueError):
@@ -90,17 +97,33 @@ def _init_timeout(config: str | None, overrides: Sequence[str]) -> float:
 def launch_main(mode: str, argv: Sequence[str]) -> int:
     p = _parser(f"python -m launch {mode}", f"Start the trainer in {mode} mode.")
     p.add_argument("-c", "--config", help="training config (YAML); without it, the trainer's defaults")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_steps=100")
-    p.add_argument("--dry-run", action="store_true", help="print the command and the variables it adds; run nothing")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_steps=100"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the command and the variables it adds; run nothing"
+    )
     p.add_argument("--no-preflight", action="store_true", help="skip the config check and the fast doctor")
-    p.add_argument("--local-addr", help="address this node advertises to its peers (default LAUNCH_LOCAL_ADDR): "
-                   "hosts that cannot resolve each other, or whose name resolves to another interface")
-    p.add_argument("--entry", default="trainer", help=argparse.SUPPRESS)  # worker module; tests use a fake one
+    p.add_argument(
+        "--local-addr",
+        help="address this node advertises to its peers (default LAUNCH_LOCAL_ADDR): "
+        "hosts that cannot resolve each other, or whose name resolves to another interface",
+    )
+    p.add_argument(
+        "--entry", default="trainer", help=argparse.SUPPRESS
+    )  # worker module; tests use a fake one
     ns = p.parse_intermixed_args(argv)
     try:
         cluster = resolve(overrides=_cluster_flags(ns))
-        plan = build(mode, cluster, ns.config, ns.overrides, entry=ns.entry, local_addr=ns.local_addr,
-                     init_timeout_s=_init_timeout(ns.config, ns.overrides) if cluster.nnodes > 1 else None)
+        plan = build(
+            mode,
+            cluster,
+            ns.config,
+            ns.overrides,
+            entry=ns.entry,
+            local_addr=ns.local_addr,
+            init_timeout_s=_init_timeout(ns.config, ns.overrides) if cluster.nnodes > 1 else None,
+        )
     except (ClusterError, UsageError) as e:
         return _fail(str(e))
     if ns.dry_run:
@@ -112,12 +135,20 @@ def launch_main(mode: str, argv: Sequence[str]) -> int:
         problem = runner.check_config(ns.entry, ns.config, ns.overrides, mode)
         if problem:
             return _fail(f"config check failed: {problem}")
-        checks = doctor.run_checks(config=ns.config, config_overrides=ns.overrides, fast=True, cluster=cluster,
-                                   nproc=plan.nproc_per_node)
+        checks = doctor.run_checks(
+            config=ns.config,
+            config_overrides=ns.overrides,
+            fast=True,
+            cluster=cluster,
+            nproc=plan.nproc_per_node,
+        )
         for c in checks:
             if c.status != "ok":
-                print(f"launch: doctor {c.status}: {c.name}: {c.message}" + (f" (fix: {c.fix})" if c.fix else ""),
-                      file=sys.stderr)
+                print(
+                    f"launch: doctor {c.status}: {c.name}: {c.message}"
+                    + (f" (fix: {c.fix})" if c.fix else ""),
+                    file=sys.stderr,
+                )
         if doctor.exit_code(checks):
             return CONFIG
     from launch import runner
@@ -135,8 +166,10 @@ def env_main(argv: Sequence[str]) -> int:
     except ClusterError as e:
         return _fail(str(e))
     except NoGPU:
-        return _fail(f"{c.origin('nproc_per_node')}=gpu: one process per GPU, but no GPU is visible here; use auto "
-                     "(1 process without GPUs) or a number")
+        return _fail(
+            f"{c.origin('nproc_per_node')}=gpu: one process per GPU, but no GPU is visible here; use auto "
+            "(1 process without GPUs) or a number"
+        )
     if ns.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:
@@ -170,11 +203,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd == "doctor":
         from launch import doctor
 
-        return doctor.main(rest, _parser("python -m launch doctor", "Check this machine before a job starts."))
+        return doctor.main(
+            rest, _parser("python -m launch doctor", "Check this machine before a job starts.")
+        )
     if cmd in ("k8s", "wait"):
         return _delegate(cmd, rest)
-    return _fail(f"unknown command {cmd!r}{_did_you_mean(cmd, (*MODES, *SUBCOMMANDS))}: expected a mode "
-                 f"({', '.join(MODES)}) or {', '.join(SUBCOMMANDS)}")
+    return _fail(
+        f"unknown command {cmd!r}{_did_you_mean(cmd, (*MODES, *SUBCOMMANDS))}: expected a mode "
+        f"({', '.join(MODES)}) or {', '.join(SUBCOMMANDS)}"
+    )
 
 
 def _edits(a: str, b: str) -> int:

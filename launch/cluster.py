@@ -1,59 +1,64 @@
 """The cluster environment, read through one table, as one normalized :class:`Cluster`.
 
 Every scheduler names the same few facts differently, and some reuse a name for another fact: ``RANK`` is a
-*process* rank under torchrun but a *node* rank in a Kubeflow PyTorchJob v1 pod. Each row of :data:`ROWS` says how
-to recognise one environment and where its facts live; the first row that matches wins, CLI flags override it,
-and :func:`resolve` validates the result once. A contradiction is a :class:`ClusterError` whose one line names the
-variables involved (the launcher turns it into exit code 2).
+*process* rank under torchrun but a *node* rank in a Kubeflow PyTorchJob v1 pod. Each row of :data:`ROWS` says
+how to recognise one environment and where its facts live; the first row that matches wins, CLI flags override
+it, and :func:`resolve` validates the result once. A contradiction is a :class:`ClusterError` whose one line
+names the variables involved (the launcher turns it into exit code 2).
 
 Rows, most specific first:
 
 =================  =========================================================================================
 torchrun           already inside torchrun: LOCAL_RANK, LOCAL_WORLD_SIZE, RANK, WORLD_SIZE, GROUP_RANK,
-                   MASTER_ADDR/PORT, TORCHELASTIC_RESTART_COUNT/MAX_RESTARTS/RUN_ID (the trainer runs directly)
-pytorchjob-v1      Kubeflow PyTorchJob v1 (and Volcano's pytorch plugin, which sets the same four): MASTER_ADDR/PORT,
-                   RANK = node rank, WORLD_SIZE = replicas x nprocPerNode (replicas when nprocPerNode is not an
-                   integer), PET_NPROC_PER_NODE, from operator v1.7 PET_NNODES/PET_NODE_RANK; elastic:
-                   PET_RDZV_ENDPOINT/BACKEND/CONF, PET_MAX_RESTARTS, PET_STANDALONE. Told apart from torchrun by
-                   the absence of LOCAL_RANK.
-trainer-v2         Kubeflow Trainer v2 (TrainJob): PET_NNODES, PET_NPROC_PER_NODE (an integer, auto, cpu or gpu),
-                   PET_NODE_RANK, PET_MASTER_ADDR (``<job>-node-0-0.<job>``), PET_MASTER_PORT
+                   MASTER_ADDR/PORT, TORCHELASTIC_RESTART_COUNT/MAX_RESTARTS/RUN_ID (the trainer runs
+                   directly)
+pytorchjob-v1      Kubeflow PyTorchJob v1 (and Volcano's pytorch plugin, which sets the same four):
+                   MASTER_ADDR/PORT, RANK = node rank, WORLD_SIZE = replicas x nprocPerNode (replicas when
+                   nprocPerNode is not an integer), PET_NPROC_PER_NODE, from operator v1.7
+                   PET_NNODES/PET_NODE_RANK; elastic: PET_RDZV_ENDPOINT/BACKEND/CONF, PET_MAX_RESTARTS,
+                   PET_STANDALONE. Told apart from torchrun by the absence of LOCAL_RANK.
+trainer-v2         Kubeflow Trainer v2 (TrainJob): PET_NNODES, PET_NPROC_PER_NODE (an integer, auto, cpu or
+                   gpu), PET_NODE_RANK, PET_MASTER_ADDR (``<job>-node-0-0.<job>``), PET_MASTER_PORT
 torchrun-env       any other PET_* variable: torchrun's own environment defaults for its flags
 jobset             JobSet, which injects nothing; expose its annotations with the downward API (below)
 indexed-job        Kubernetes Indexed Job: JOB_COMPLETION_INDEX (set by Kubernetes) + LAUNCH_NNODES and
                    LAUNCH_MASTER_ADDR (or MASTER_ADDR), LAUNCH_MASTER_PORT (or MASTER_PORT, default 29500)
-slurm              SLURM_STEP_NUM_NODES/SLURM_NNODES, SLURM_NODEID, SLURM_PROCID, SLURM_NTASKS, the master = the first
-                   host of SLURM_STEP_NODELIST, else SLURM_NODELIST, else SLURM_JOB_NODELIST (a step may run on part
-                   of the allocation), SLURM_JOB_ID (rendezvous id); one launcher per node (launch/slurm.sbatch)
+slurm              SLURM_STEP_NUM_NODES/SLURM_NNODES, SLURM_NODEID, SLURM_PROCID, SLURM_NTASKS, the master =
+                   the first host of SLURM_STEP_NODELIST, else SLURM_NODELIST, else SLURM_JOB_NODELIST (a step
+                   may run on part of the allocation), SLURM_JOB_ID (rendezvous id); one launcher per node
+                   (launch/slurm.sbatch)
 local              nothing found: one node on this machine
 =================  =========================================================================================
 
 **No silent single node.** A world that *looks* distributed but names no node count is refused (exit 2, naming
-the missing variable) instead of training alone: an Indexed Job or JobSet pod without LAUNCH_NNODES (JobSet's own
-PyTorch example sets MASTER_ADDR and RANK = completion index, and no WORLD_SIZE), MASTER_ADDR or WORLD_SIZE > 1
-with nothing else, and Open MPI / PMI / PMIx worlds (OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_RANK), whose ranks are
-processes, not nodes. ``--nnodes`` on the command line settles it.
+the missing variable) instead of training alone: an Indexed Job or JobSet pod without LAUNCH_NNODES (JobSet's
+own PyTorch example sets MASTER_ADDR and RANK = completion index, and no WORLD_SIZE), MASTER_ADDR or
+WORLD_SIZE > 1 with nothing else, and Open MPI / PMI / PMIx worlds (OMPI_COMM_WORLD_SIZE, PMI_SIZE,
+PMIX_RANK), whose ranks are processes, not nodes. ``--nnodes`` on the command line settles it.
 
 **Who hosts the c10d store.** torchrun decides by comparing the endpoint with this machine's host name and the
-addresses *that name* resolves to, so on a multi-homed node with the endpoint on a second interface nobody hosts
-it. Rows whose endpoint is node 0 by the controller's contract (PyTorchJob's master, Trainer v2, Indexed Job,
-JobSet, Slurm's first host, PET_MASTER_ADDR) say so in :attr:`Cluster.rdzv_fixed`; :mod:`launch.modes` then
-tells node 0 it hosts the store and the others that they do not.
+addresses *that name* resolves to, so on a multi-homed node with the endpoint on a second interface nobody
+hosts it. Rows whose endpoint is node 0 by the controller's contract (PyTorchJob's master, Trainer v2, Indexed
+Job, JobSet, Slurm's first host, PET_MASTER_ADDR) say so in :attr:`Cluster.rdzv_fixed`; :mod:`launch.modes`
+then tells node 0 it hosts the store and the others that they do not.
 
-JobSet downward-API snippet (the pod's hostname is ``<jobset>-<replicatedJob>-<jobIndex>-<podIndex>``, resolvable
-as ``<hostname>.<subdomain>``; the subdomain defaults to the JobSet name)::
+JobSet downward-API snippet (the pod's hostname is ``<jobset>-<replicatedJob>-<jobIndex>-<podIndex>``,
+resolvable as ``<hostname>.<subdomain>``; the subdomain defaults to the JobSet name)::
 
     env:
-    - {name: JOBSET_NAME, valueFrom: {fieldRef: {fieldPath: "metadata.annotations['jobset.sigs.k8s.io/jobset-name']"}}}
+    - {name: JOBSET_NAME,
+       valueFrom: {fieldRef: {fieldPath: "metadata.annotations['jobset.sigs.k8s.io/jobset-name']"}}}
     - {name: JOBSET_REPLICATED_JOB_NAME,
        valueFrom: {fieldRef: {fieldPath: "metadata.annotations['jobset.sigs.k8s.io/replicatedjob-name']"}}}
-    - {name: JOBSET_JOB_INDEX, valueFrom: {fieldRef: {fieldPath: "metadata.annotations['jobset.sigs.k8s.io/job-index']"}}}
+    - {name: JOBSET_JOB_INDEX,
+       valueFrom: {fieldRef: {fieldPath: "metadata.annotations['jobset.sigs.k8s.io/job-index']"}}}
     - {name: JOB_COMPLETION_INDEX,
        valueFrom: {fieldRef: {fieldPath: "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}
     - {name: LAUNCH_NNODES, value: "4"}        # replicas x parallelism of the replicated job
     - {name: LAUNCH_PODS_PER_JOB, value: "1"}  # parallelism; node rank = job index x this + completion index
 
-The master is then ``<jobset>-<replicatedJob>-0-0.<JOBSET_SUBDOMAIN or jobset>`` unless LAUNCH_MASTER_ADDR is set.
+The master is then ``<jobset>-<replicatedJob>-0-0.<JOBSET_SUBDOMAIN or jobset>`` unless LAUNCH_MASTER_ADDR is
+set.
 """
 
 from __future__ import annotations
@@ -147,8 +152,18 @@ def split_endpoint(text: str, var: str) -> tuple[str, int]:
 
 # ----------------------------------------------------------------------------- rows
 
-PET_VARS = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_N_PROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR",
-            "PET_MASTER_PORT", "PET_RDZV_ENDPOINT", "PET_RDZV_BACKEND", "PET_RDZV_ID", "PET_MAX_RESTARTS")
+PET_VARS = (
+    "PET_NNODES",
+    "PET_NPROC_PER_NODE",
+    "PET_N_PROC_PER_NODE",
+    "PET_NODE_RANK",
+    "PET_MASTER_ADDR",
+    "PET_MASTER_PORT",
+    "PET_RDZV_ENDPOINT",
+    "PET_RDZV_BACKEND",
+    "PET_RDZV_ID",
+    "PET_MAX_RESTARTS",
+)
 
 
 def _read_torchrun(env: Mapping[str, str]) -> _Raw:
@@ -170,8 +185,10 @@ def _read_torchrun(env: Mapping[str, str]) -> _Raw:
     if world % local_world:
         raise ClusterError(f"WORLD_SIZE={world} is not a multiple of LOCAL_WORLD_SIZE={local_world}")
     raw["nnodes"] = (str(world // local_world), "WORLD_SIZE/LOCAL_WORLD_SIZE")
-    raw["node_rank"] = (env.get("GROUP_RANK") or str(rank // local_world),
-                        "GROUP_RANK" if env.get("GROUP_RANK") else "RANK/LOCAL_WORLD_SIZE")
+    raw["node_rank"] = (
+        env.get("GROUP_RANK") or str(rank // local_world),
+        "GROUP_RANK" if env.get("GROUP_RANK") else "RANK/LOCAL_WORLD_SIZE",
+    )
     raw["in_torchrun"] = ("1", "LOCAL_RANK")
     return raw
 
@@ -191,8 +208,8 @@ def _read_pytorchjob(env: Mapping[str, str]) -> _Raw:
             raw["nnodes"] = (str(world // int(nproc)), "WORLD_SIZE/PET_NPROC_PER_NODE")
         else:
             raw["nnodes"] = (str(world), "WORLD_SIZE")
-    # MASTER_ADDR is the master replica, RANK 0 (envvar.go); an elastic job's PET_RDZV_ENDPOINT is worker 0 and
-    # its ranks come from the rendezvous, so only the first case says who hosts.
+    # MASTER_ADDR is the master replica, RANK 0 (envvar.go); an elastic job's PET_RDZV_ENDPOINT is worker 0
+    # and its ranks come from the rendezvous, so only the first case says who hosts.
     if "rdzv_endpoint" not in raw:
         raw["rdzv_fixed"] = ("1", "MASTER_ADDR")
     else:
@@ -202,8 +219,17 @@ def _read_pytorchjob(env: Mapping[str, str]) -> _Raw:
 
 def _read_pet(env: Mapping[str, str]) -> _Raw:
     raw = _Raw()
-    for name in ("nnodes", "nproc_per_node", "node_rank", "master_addr", "master_port", "rdzv_endpoint",
-                 "rdzv_backend", "rdzv_id", "max_restarts"):
+    for name in (
+        "nnodes",
+        "nproc_per_node",
+        "node_rank",
+        "master_addr",
+        "master_port",
+        "rdzv_endpoint",
+        "rdzv_backend",
+        "rdzv_id",
+        "max_restarts",
+    ):
         raw.put(env, name, "PET_" + name.upper())
     raw.put(env, "nproc_per_node", "PET_NPROC_PER_NODE", "PET_N_PROC_PER_NODE")  # elastic.go before v1.7
     if "master_addr" in raw and "rdzv_endpoint" not in raw:
@@ -220,8 +246,10 @@ def _read_jobset(env: Mapping[str, str]) -> _Raw:
     per_job = _int(env.get("LAUNCH_PODS_PER_JOB", "1"), "LAUNCH_PODS_PER_JOB", lo=1)
     if pod_index >= per_job:
         raise ClusterError(f"JOB_COMPLETION_INDEX={pod_index} is outside LAUNCH_PODS_PER_JOB={per_job}")
-    raw["node_rank"] = (str(job_index * per_job + pod_index),
-                        "JOBSET_JOB_INDEX*LAUNCH_PODS_PER_JOB+JOB_COMPLETION_INDEX")
+    raw["node_rank"] = (
+        str(job_index * per_job + pod_index),
+        "JOBSET_JOB_INDEX*LAUNCH_PODS_PER_JOB+JOB_COMPLETION_INDEX",
+    )
     raw.put(env, "nnodes", "LAUNCH_NNODES")
     raw.put(env, "master_port", "LAUNCH_MASTER_PORT", "MASTER_PORT")
     raw.put(env, "master_addr", "LAUNCH_MASTER_ADDR", "MASTER_ADDR")
@@ -252,8 +280,9 @@ def expand_nodelist(text: str, var: str = "SLURM_JOB_NODELIST") -> list[str]:
         raise ClusterError(f"{var}={text!r}: {e}") from None
 
 
-# Where a step's node list lives, most specific first: inside ``srun`` SLURM_STEP_NODELIST (and SLURM_NODELIST) are
-# the step's nodes, SLURM_JOB_NODELIST the whole allocation (src/common/env.c); SLURM_NODEID counts the step's nodes.
+# Where a step's node list lives, most specific first: inside ``srun`` SLURM_STEP_NODELIST (and
+# SLURM_NODELIST) are the step's nodes, SLURM_JOB_NODELIST the whole allocation (src/common/env.c);
+# SLURM_NODEID counts the step's nodes.
 SLURM_NODELISTS = ("SLURM_STEP_NODELIST", "SLURM_NODELIST", "SLURM_JOB_NODELIST")
 
 
@@ -274,15 +303,18 @@ def _read_slurm(env: Mapping[str, str]) -> _Raw:
     if env.get("SLURM_NTASKS"):
         ntasks = _int(env["SLURM_NTASKS"], "SLURM_NTASKS", lo=1)
         if ntasks > nnodes:
-            raise ClusterError(f"SLURM_NTASKS={ntasks} > {raw['nnodes'][1] if 'nnodes' in raw else 'SLURM_NNODES'}"
-                               f"={nnodes}: run one launcher per node (srun --ntasks-per-node=1); it starts the "
-                               "processes of its node itself")
+            raise ClusterError(
+                f"SLURM_NTASKS={ntasks} > {raw['nnodes'][1] if 'nnodes' in raw else 'SLURM_NNODES'}"
+                f"={nnodes}: run one launcher per node (srun --ntasks-per-node=1); it starts the "
+                "processes of its node itself"
+            )
         if env.get("SLURM_PROCID") and _int(env["SLURM_PROCID"], "SLURM_PROCID") >= ntasks:
             raise ClusterError(f"SLURM_PROCID={env['SLURM_PROCID']} is outside SLURM_NTASKS={ntasks}")
     return raw
 
 
-# Process worlds of MPI launchers: their ranks are processes, and nothing in them says how many nodes there are.
+# Process worlds of MPI launchers: their ranks are processes, and nothing in them says how many nodes
+# there are.
 MPI_SIZES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 MPI_RANKS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 
@@ -292,26 +324,43 @@ def _no_silent_single_node(source: str, env: Mapping[str, str], raw: _Raw) -> No
     fix = "or pass --nnodes N (--nnodes 1 to train alone)"
     if source == "indexed-job" and "nnodes" not in raw:
         extra = f", MASTER_ADDR={env['MASTER_ADDR']}" if env.get("MASTER_ADDR") else ""
-        raise ClusterError(f"JOB_COMPLETION_INDEX={env['JOB_COMPLETION_INDEX']}{extra} (a Kubernetes Indexed Job or "
-                           f"JobSet pod) but no node count: set LAUNCH_NNODES to the Job's completions, {fix}")
+        raise ClusterError(
+            f"JOB_COMPLETION_INDEX={env['JOB_COMPLETION_INDEX']}{extra} (a Kubernetes Indexed Job or "
+            f"JobSet pod) but no node count: set LAUNCH_NNODES to the Job's completions, {fix}"
+        )
     if source == "jobset" and "nnodes" not in raw:
-        raise ClusterError(f"JOBSET_NAME={env.get('JOBSET_NAME', '')!r} but no node count: set LAUNCH_NNODES to "
-                           f"replicas x parallelism, {fix}")
+        raise ClusterError(
+            f"JOBSET_NAME={env.get('JOBSET_NAME', '')!r} but no node count: set LAUNCH_NNODES to "
+            f"replicas x parallelism, {fix}"
+        )
     if source != "local":
         return
     for var in MPI_SIZES:
         if env.get(var, "").strip() not in ("", "1", "0"):
-            raise ClusterError(f"{var}={env[var]}: an MPI world of processes, which the launcher does not read: start "
-                               "one launcher per node (e.g. mpirun --map-by ppr:1:node) with --nnodes N --node-rank R "
-                               "--rdzv-endpoint HOST:PORT")
+            raise ClusterError(
+                f"{var}={env[var]}: an MPI world of processes, which the launcher does not read: start "
+                "one launcher per node (e.g. mpirun --map-by ppr:1:node) with --nnodes N --node-rank R "
+                "--rdzv-endpoint HOST:PORT"
+            )
     if env.get("PMIX_RANK", "") != "" and env.get("OMPI_COMM_WORLD_SIZE", "").strip() != "1":
-        raise ClusterError(f"PMIX_RANK={env['PMIX_RANK']}: a PMIx world of processes, which the launcher does not "
-                           "read: start one launcher per node with --nnodes N --node-rank R --rdzv-endpoint HOST:PORT")
-    if env.get("MASTER_ADDR", "").strip() not in ("", "localhost", "127.0.0.1", "::1"):  # loopback: one machine
-        raise ClusterError(f"MASTER_ADDR={env['MASTER_ADDR']} is set but no node count (WORLD_SIZE with RANK, "
-                           f"PET_NNODES or LAUNCH_NNODES): set one, {fix}, or unset MASTER_ADDR")
+        raise ClusterError(
+            f"PMIX_RANK={env['PMIX_RANK']}: a PMIx world of processes, which the launcher does not "
+            "read: start one launcher per node with --nnodes N --node-rank R --rdzv-endpoint HOST:PORT"
+        )
+    if env.get("MASTER_ADDR", "").strip() not in (
+        "",
+        "localhost",
+        "127.0.0.1",
+        "::1",
+    ):  # loopback: one machine
+        raise ClusterError(
+            f"MASTER_ADDR={env['MASTER_ADDR']} is set but no node count (WORLD_SIZE with RANK, "
+            f"PET_NNODES or LAUNCH_NNODES): set one, {fix}, or unset MASTER_ADDR"
+        )
     if env.get("WORLD_SIZE", "").strip() not in ("", "1"):
-        raise ClusterError(f"WORLD_SIZE={env['WORLD_SIZE']} is set without MASTER_ADDR and RANK: set them, {fix}")
+        raise ClusterError(
+            f"WORLD_SIZE={env['WORLD_SIZE']} is set without MASTER_ADDR and RANK: set them, {fix}"
+        )
 
 
 @dataclass(frozen=True)
@@ -322,10 +371,21 @@ class Row:
 
 
 ROWS: tuple[Row, ...] = (
-    Row("torchrun", lambda e: "LOCAL_RANK" in e and ("LOCAL_WORLD_SIZE" in e or "TORCHELASTIC_RUN_ID" in e), _read_torchrun),
-    Row("pytorchjob-v1", lambda e: all(k in e for k in ("MASTER_ADDR", "RANK", "WORLD_SIZE")) and "LOCAL_RANK" not in e,
-        _read_pytorchjob),
-    Row("trainer-v2", lambda e: all(k in e for k in ("PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR")), _read_pet),
+    Row(
+        "torchrun",
+        lambda e: "LOCAL_RANK" in e and ("LOCAL_WORLD_SIZE" in e or "TORCHELASTIC_RUN_ID" in e),
+        _read_torchrun,
+    ),
+    Row(
+        "pytorchjob-v1",
+        lambda e: all(k in e for k in ("MASTER_ADDR", "RANK", "WORLD_SIZE")) and "LOCAL_RANK" not in e,
+        _read_pytorchjob,
+    ),
+    Row(
+        "trainer-v2",
+        lambda e: all(k in e for k in ("PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR")),
+        _read_pet,
+    ),
     Row("torchrun-env", lambda e: any(k in e for k in PET_VARS), _read_pet),
     Row("jobset", lambda e: "JOBSET_NAME" in e or "JOBSET_JOB_INDEX" in e, _read_jobset),
     Row("indexed-job", lambda e: "JOB_COMPLETION_INDEX" in e, _read_indexed_job),
@@ -334,8 +394,14 @@ ROWS: tuple[Row, ...] = (
 )
 
 # CLI flag for each overridable field (flags win over every row).
-FLAGS = {"nnodes": "--nnodes", "node_rank": "--node-rank", "nproc_per_node": "--nproc-per-node",
-         "rdzv_endpoint": "--rdzv-endpoint", "rdzv_id": "--rdzv-id", "max_restarts": "--max-restarts"}
+FLAGS = {
+    "nnodes": "--nnodes",
+    "node_rank": "--node-rank",
+    "nproc_per_node": "--nproc-per-node",
+    "rdzv_endpoint": "--rdzv-endpoint",
+    "rdzv_id": "--rdzv-id",
+    "max_restarts": "--max-restarts",
+}
 
 
 def detect(env: Mapping[str, str]) -> Row:
@@ -398,10 +464,16 @@ def _build(source: str, raw: _Raw) -> Cluster:
 
 def _validate(c: Cluster) -> None:
     if not 0 <= c.node_rank < c.nnodes:
-        raise ClusterError(f"node rank {c.node_rank} ({c.origin('node_rank')}) is outside a world of "
-                           f"{c.nnodes} node(s) ({c.origin('nnodes')})")
+        raise ClusterError(
+            f"node rank {c.node_rank} ({c.origin('node_rank')}) is outside a world of "
+            f"{c.nnodes} node(s) ({c.origin('nnodes')})"
+        )
     if c.nnodes > 1 and not c.rdzv_endpoint and not c.in_torchrun:
-        raise ClusterError(f"{c.nnodes} nodes ({c.origin('nnodes')}) but no master address: set MASTER_ADDR "
-                           "(or LAUNCH_MASTER_ADDR) or pass --rdzv-endpoint HOST:PORT")
+        raise ClusterError(
+            f"{c.nnodes} nodes ({c.origin('nnodes')}) but no master address: set MASTER_ADDR "
+            "(or LAUNCH_MASTER_ADDR) or pass --rdzv-endpoint HOST:PORT"
+        )
     if c.rdzv_backend not in ("c10d", "static", "etcd", "etcd-v2"):
-        raise ClusterError(f"{c.origin('rdzv_backend')}={c.rdzv_backend!r}: expected c10d, static, etcd or etcd-v2")
+        raise ClusterError(
+            f"{c.origin('rdzv_backend')}={c.rdzv_backend!r}: expected c10d, static, etcd or etcd-v2"
+        )

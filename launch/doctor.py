@@ -1,30 +1,31 @@
 """``python -m launch doctor``: find what would break a job before it starts, and say how to fix it.
 
-Each check returns ``Check(name, status, message, fix)`` with status ``ok``, ``warn`` or ``fail``. The report is
-human-readable by default and JSON with ``--json``. **Exit code: 0 when every check is ok or warn, 2 (the "fix
-the config or the environment" code) when any fails.**
+Each check returns ``Check(name, status, message, fix)`` with status ``ok``, ``warn`` or ``fail``. The report
+is human-readable by default and JSON with ``--json``. **Exit code: 0 when every check is ok or warn, 2 (the
+"fix the config or the environment" code) when any fails.**
 
 The *fast* subset (cluster variables, /dev/shm, run directory, shared storage) imports neither torch nor the
-trainer, takes well under a second, and runs before every launch unless ``--no-preflight``. The full report adds
-that ``checkpoint.dir``, when it is an ``s3://`` URL, is reachable and writable (launch/bucket.py),
-CPU/RAM, GPUs and their memory, CUDA and NCCL versions (torch imported only for these), the interfaces named in
-NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME, and a TCP connect to the rendezvous endpoint (nodes other than 0, which
-hosts it).
+trainer, takes well under a second, and runs before every launch unless ``--no-preflight``. The full report
+adds that ``checkpoint.dir``, when it is an ``s3://`` URL, is reachable and writable (launch/bucket.py),
+CPU/RAM, GPUs and their memory, CUDA and NCCL versions (torch imported only for these), the interfaces named
+in NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME, and a TCP connect to the rendezvous endpoint (nodes other than 0,
+which hosts it).
 
-/dev/shm. DataLoader workers hand batches to the trainer through shared memory, and NCCL moves data between the
-processes of a node through it; Docker's default is 64 MiB. The need checked is::
+/dev/shm. DataLoader workers hand batches to the trainer through shared memory, and NCCL moves data between
+the processes of a node through it; Docker's default is 64 MiB. The need checked is::
 
     need = procs_per_node x num_workers x prefetch_factor x (batch_size / world_size) x sample_bytes x 2
            + 256 MiB when procs_per_node > 1 (NCCL's intra-node buffers)
 
 (x 2: the batch being filled plus the one being consumed). ``sample_bytes`` comes from the data section
 (digits 264 B, synthetic num_features x 4 + 8, text/tokens block_size x 16) or, for any other dataset, a
-224x224x3 float32 image (602,112 B); ``--sample-bytes`` overrides it. Without a config the need is a 1 GiB floor.
-Free space below the need fails; a total below 1 GiB warns.
+224x224x3 float32 image (602,112 B); ``--sample-bytes`` overrides it. Without a config the need is a 1 GiB
+floor. Free space below the need fails; a total below 1 GiB warns.
 
-Shared run directory (more than one node). Heuristic, not a handshake: the filesystem type of the mount holding
-run.dir must be a network or cluster filesystem (nfs, cifs, ceph, lustre, gpfs, beegfs, glusterfs, fuse.*, ...);
-a local one (ext4, xfs, overlay, tmpfs) warns, because node 1 would not see node 0's checkpoints after a restart.
+Shared run directory (more than one node). Heuristic, not a handshake: the filesystem type of the mount
+holding run.dir must be a network or cluster filesystem (nfs, cifs, ceph, lustre, gpfs, beegfs, glusterfs,
+fuse.*, ...); a local one (ext4, xfs, overlay, tmpfs) warns, because node 1 would not see node 0's checkpoints
+after a restart.
 """
 
 from __future__ import annotations
@@ -49,8 +50,28 @@ MiB = 1 << 20
 SHM_FLOOR = 1 * GiB
 NCCL_SHM = 256 * MiB
 IMAGE_SAMPLE_BYTES = 224 * 224 * 3 * 4
-NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "cephfs", "lustre", "gpfs", "beegfs", "glusterfs",
-              "wekafs", "panfs", "ocfs2", "gfs2", "9p", "orangefs", "juicefs", "alluxio", "efs"}
+NETWORK_FS = {
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ceph",
+    "cephfs",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "glusterfs",
+    "wekafs",
+    "panfs",
+    "ocfs2",
+    "gfs2",
+    "9p",
+    "orangefs",
+    "juicefs",
+    "alluxio",
+    "efs",
+}
 
 
 @dataclass(frozen=True)
@@ -112,8 +133,10 @@ def shm_need(cfg: dict | None, nproc: int, world: int, sample: int | None = None
     batch = max(1, int(_get(cfg, "train.batch_size") or 1) // max(1, world))
     sample = sample or sample_bytes(cfg)
     need = nproc * workers * prefetch * batch * sample * 2 + (NCCL_SHM if nproc > 1 else 0)
-    return need, (f"{nproc} proc x {workers} workers x prefetch {prefetch} x batch {batch} x {sample} B x 2"
-                  + (" + 256 MiB NCCL" if nproc > 1 else ""))
+    return need, (
+        f"{nproc} proc x {workers} workers x prefetch {prefetch} x batch {batch} x {sample} B x 2"
+        + (" + 256 MiB NCCL" if nproc > 1 else "")
+    )
 
 
 # ----------------------------------------------------------------------------- checks
@@ -131,7 +154,9 @@ def check_cluster(env: Mapping[str, str], overrides: Mapping | None = None) -> t
     try:
         c = resolve(env, overrides)
     except ClusterError as e:
-        return Check("cluster", "fail", str(e), "fix the variables named, or override them with launch flags"), None
+        return Check(
+            "cluster", "fail", str(e), "fix the variables named, or override them with launch flags"
+        ), None
     where = f"{c.source}: {c.nnodes} node(s), node rank {c.node_rank}, {c.nproc_per_node} proc(s)/node"
     return Check("cluster", "ok", where + (f", rendezvous {c.rdzv_endpoint}" if c.nnodes > 1 else "")), c
 
@@ -159,7 +184,8 @@ def _existing(path: str) -> str:
 
 
 def check_run_dir(run_dir: str, min_free: int = GiB) -> Check:
-    """Writable (by really creating a file: root ignores permission bits) with at least ``min_free`` bytes free."""
+    """Writable (by really creating a file: root ignores permission bits) with at least ``min_free`` bytes
+    free."""
     base = _existing(run_dir)
     if not os.path.isdir(base):
         return Check("run_dir", "fail", f"{run_dir}: {base} is not a directory", "choose another run.dir")
@@ -168,13 +194,21 @@ def check_run_dir(run_dir: str, min_free: int = GiB) -> Check:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        return Check("run_dir", "fail", f"{run_dir}: cannot create files in {base} ({e.strerror})",
-                     "mount the run directory read-write, or set run.dir=PATH to a writable place")
+        return Check(
+            "run_dir",
+            "fail",
+            f"{run_dir}: cannot create files in {base} ({e.strerror})",
+            "mount the run directory read-write, or set run.dir=PATH to a writable place",
+        )
     free = shutil.disk_usage(base).free
     text = f"{run_dir}: writable, {_size(free)} free"
     if free < min_free:
-        return Check("run_dir", "fail", f"{text}; need {_size(min_free)}",
-                     "free disk space or point run.dir at a larger volume (threshold: --min-free-gb)")
+        return Check(
+            "run_dir",
+            "fail",
+            f"{text}; need {_size(min_free)}",
+            "free disk space or point run.dir at a larger volume (threshold: --min-free-gb)",
+        )
     return Check("run_dir", "ok", text)
 
 
@@ -189,8 +223,12 @@ def check_shared(run_dir: str, nnodes: int, partitions: Callable | None = None) 
     fstype = max(mounts, key=lambda p: len(p.mountpoint)).fstype if mounts else "unknown"
     if fstype in NETWORK_FS or fstype.startswith("fuse") or fstype.startswith("nfs"):
         return Check("shared_dir", "ok", f"{run_dir} is on {fstype}")
-    return Check("shared_dir", "warn", f"{run_dir} is on {fstype}, which looks local to this node",
-                 "put run.dir on storage every node mounts (NFS, a ReadWriteMany volume) so all resume alike")
+    return Check(
+        "shared_dir",
+        "warn",
+        f"{run_dir} is on {fstype}, which looks local to this node",
+        "put run.dir on storage every node mounts (NFS, a ReadWriteMany volume) so all resume alike",
+    )
 
 
 def check_cpu_ram(nproc: int, env: Mapping[str, str]) -> Check:
@@ -201,8 +239,12 @@ def check_cpu_ram(nproc: int, env: Mapping[str, str]) -> Check:
     text = f"{cpus} usable CPU(s), {_size(avail)} RAM available, {nproc} proc(s)/node"
     threads = int(env.get("OMP_NUM_THREADS", "0") or 0)
     if threads and threads * nproc > cpus:
-        return Check("cpu_ram", "warn", f"{text}; OMP_NUM_THREADS={threads} oversubscribes the CPUs",
-                     f"OMP_NUM_THREADS={max(1, cpus // nproc)}")
+        return Check(
+            "cpu_ram",
+            "warn",
+            f"{text}; OMP_NUM_THREADS={threads} oversubscribes the CPUs",
+            f"OMP_NUM_THREADS={max(1, cpus // nproc)}",
+        )
     if avail < nproc * GiB:
         return Check("cpu_ram", "warn", text + "; under 1 GiB per process", "fewer processes or more memory")
     return Check("cpu_ram", "ok", text)
@@ -222,8 +264,15 @@ def check_ifnames(env: Mapping[str, str], if_addrs: Callable | None = None) -> l
         wanted = [w.strip() for w in value.lstrip("=").split(",") if w.strip()]
         missing = [w for w in wanted if not any(n == w if exact else n.startswith(w) for n in names)]
         if missing:
-            out.append(Check(var, "fail", f"{var}={value}: no interface {', '.join(missing)} here "
-                             f"(have {', '.join(sorted(names))})", f"set {var} to one of the interfaces listed"))
+            out.append(
+                Check(
+                    var,
+                    "fail",
+                    f"{var}={value}: no interface {', '.join(missing)} here "
+                    f"(have {', '.join(sorted(names))})",
+                    f"set {var} to one of the interfaces listed",
+                )
+            )
         else:
             out.append(Check(var, "ok", f"{var}={value} exists"))
     return out
@@ -237,8 +286,12 @@ def check_endpoint(c: Cluster | None, timeout: float = 3.0) -> Check | None:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as e:
-        return Check("rendezvous", "fail", f"{host}:{port} does not answer ({e.strerror or e}) after {timeout:g} s",
-                     "start node 0 first; check the address, the port and firewalls/NetworkPolicy")
+        return Check(
+            "rendezvous",
+            "fail",
+            f"{host}:{port} does not answer ({e.strerror or e}) after {timeout:g} s",
+            "start node 0 first; check the address, the port and firewalls/NetworkPolicy",
+        )
     return Check("rendezvous", "ok", f"{host}:{port} answers")
 
 
@@ -252,21 +305,43 @@ def check_gpus(nproc_wanted: int | str, env: Mapping[str, str]) -> list[Check]:
     if not torch.cuda.is_available():
         seen = visible_gpus(env)
         if seen:
-            return out + [Check("gpus", "warn", f"the driver lists {seen} GPU(s) but torch cannot use them "
-                                f"(CUDA build: {torch.version.cuda})", "install a CUDA build of torch")]
+            return out + [
+                Check(
+                    "gpus",
+                    "warn",
+                    f"the driver lists {seen} GPU(s) but torch cannot use them "
+                    f"(CUDA build: {torch.version.cuda})",
+                    "install a CUDA build of torch",
+                )
+            ]
         return out + [Check("gpus", "ok", "no GPU: CPU processes on gloo")]
     n = torch.cuda.device_count()
     props = [torch.cuda.get_device_properties(i) for i in range(n)]
-    out.append(Check("gpus", "ok", "; ".join(f"{i}: {p.name} {p.total_memory / GiB:.0f} GiB"
-                                              for i, p in enumerate(props))))
+    out.append(
+        Check(
+            "gpus",
+            "ok",
+            "; ".join(f"{i}: {p.name} {p.total_memory / GiB:.0f} GiB" for i, p in enumerate(props)),
+        )
+    )
     if isinstance(nproc_wanted, int) and nproc_wanted > n:
-        out[-1] = Check("gpus", "fail", f"{nproc_wanted} processes per node but {n} GPU(s)",
-                        "--nproc-per-node auto (one per GPU)")
+        out[-1] = Check(
+            "gpus",
+            "fail",
+            f"{nproc_wanted} processes per node but {n} GPU(s)",
+            "--nproc-per-node auto (one per GPU)",
+        )
     try:
         nccl = torch.cuda.nccl.version()
     except Exception as e:  # a build without NCCL: multi-GPU jobs cannot use the nccl backend
-        return out + [Check("cuda", "warn", f"CUDA {torch.version.cuda}, NCCL unavailable ({e})",
-                            "install a torch build with NCCL")]
+        return out + [
+            Check(
+                "cuda",
+                "warn",
+                f"CUDA {torch.version.cuda}, NCCL unavailable ({e})",
+                "install a torch build with NCCL",
+            )
+        ]
     nccl = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl
     return out + [Check("cuda", "ok", f"CUDA {torch.version.cuda}, NCCL {nccl}")]
 
@@ -274,29 +349,50 @@ def check_gpus(nproc_wanted: int | str, env: Mapping[str, str]) -> list[Check]:
 # ----------------------------------------------------------------------------- report
 
 
-def run_checks(*, env: Mapping[str, str] | None = None, overrides: Mapping | None = None, config: str | None = None,
-               config_overrides: Sequence[str] = (), fast: bool = False, shm_path: str = "/dev/shm",
-               run_dir: str | None = None, min_free: int = GiB, timeout: float = 3.0,
-               sample: int | None = None, cluster: Cluster | None = None, nproc: int | None = None) -> list[Check]:
+def run_checks(
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping | None = None,
+    config: str | None = None,
+    config_overrides: Sequence[str] = (),
+    fast: bool = False,
+    shm_path: str = "/dev/shm",
+    run_dir: str | None = None,
+    min_free: int = GiB,
+    timeout: float = 3.0,
+    sample: int | None = None,
+    cluster: Cluster | None = None,
+    nproc: int | None = None,
+) -> list[Check]:
     """All checks (or the fast subset); paths and thresholds are parameters so tests can plant problems."""
     env = os.environ if env is None else env
     if cluster is None:
         first, cluster = check_cluster(env, overrides)
         checks = [first]
     else:
-        checks = [Check("cluster", "ok", f"{cluster.source}: {cluster.nnodes} node(s), rank {cluster.node_rank}")]
+        checks = [
+            Check("cluster", "ok", f"{cluster.source}: {cluster.nnodes} node(s), rank {cluster.node_rank}")
+        ]
     nnodes = cluster.nnodes if cluster else 1
     if nproc is None:  # torch-free GPU count: the fast subset must not import torch
         gpus = lambda: visible_gpus(env, torch_fallback=False)  # noqa: E731
         try:
             nproc = resolve_nproc(cluster.nproc_per_node, env, gpus) if cluster else 1
         except NoGPU:
-            checks.append(Check("nproc", "fail", f"{cluster.origin('nproc_per_node')}=gpu but no GPU is visible",
-                                "use auto (1 process without GPUs) or a number"))
+            checks.append(
+                Check(
+                    "nproc",
+                    "fail",
+                    f"{cluster.origin('nproc_per_node')}=gpu but no GPU is visible",
+                    "use auto (1 process without GPUs) or a number",
+                )
+            )
             nproc = 1
     cfg, problem = resolve_config(config, config_overrides)
     if problem:
-        checks.append(Check("config", "fail", problem, "fix the key named (python -m trainer config lists them)"))
+        checks.append(
+            Check("config", "fail", problem, "fix the key named (python -m trainer config lists them)")
+        )
     checks.append(check_shm(*shm_need(cfg, nproc, nproc * nnodes, sample), path=shm_path))
     run_dir = run_dir or str(_get(cfg or {}, "run.dir") or "runs")  # the trainer's default: runs/<stamp>
     ckpt_dir = _get(cfg or {}, "checkpoint.dir")
@@ -342,11 +438,21 @@ def main(argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
     parser.add_argument("--shm-path", default="/dev/shm", help=argparse.SUPPRESS)
     parser.add_argument("--sample-bytes", type=int, help="bytes per sample for the /dev/shm need")
     ns = parser.parse_intermixed_args(argv)
-    flags = {k: getattr(ns, k) for k in ("nnodes", "node_rank", "nproc_per_node", "rdzv_endpoint", "rdzv_id",
-                                         "max_restarts")}
-    checks = run_checks(overrides=flags, config=ns.config, config_overrides=ns.overrides, fast=ns.fast,
-                        shm_path=ns.shm_path, run_dir=ns.run_dir, min_free=int(ns.min_free_gb * GiB),
-                        timeout=ns.timeout, sample=ns.sample_bytes)
+    flags = {
+        k: getattr(ns, k)
+        for k in ("nnodes", "node_rank", "nproc_per_node", "rdzv_endpoint", "rdzv_id", "max_restarts")
+    }
+    checks = run_checks(
+        overrides=flags,
+        config=ns.config,
+        config_overrides=ns.overrides,
+        fast=ns.fast,
+        shm_path=ns.shm_path,
+        run_dir=ns.run_dir,
+        min_free=int(ns.min_free_gb * GiB),
+        timeout=ns.timeout,
+        sample=ns.sample_bytes,
+    )
     if ns.json:
         print(json.dumps({"ok": exit_code(checks) == 0, "checks": [asdict(c) for c in checks]}, indent=2))
     else:

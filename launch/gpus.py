@@ -10,8 +10,11 @@ import os
 from collections.abc import Callable, Mapping
 
 
-def visible_gpus(env: Mapping[str, str] | None = None, driver_dir: str = "/proc/driver/nvidia/gpus",
-                 torch_fallback: bool = True) -> int:
+def visible_gpus(
+    env: Mapping[str, str] | None = None,
+    driver_dir: str = "/proc/driver/nvidia/gpus",
+    torch_fallback: bool = True,
+) -> int:
     """GPUs this process may use, without importing torch or running nvidia-smi.
 
     The NVIDIA driver lists one directory per GPU under /proc/driver/nvidia/gpus (the container toolkit mounts
@@ -53,11 +56,15 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_nproc(value: int | str, env: Mapping[str, str] | None = None, gpus: Callable[[], int] | None = None,
-                  cpus: Callable[[], int] | None = None) -> int:
+def resolve_nproc(
+    value: int | str,
+    env: Mapping[str, str] | None = None,
+    gpus: Callable[[], int] | None = None,
+    cpus: Callable[[], int] | None = None,
+) -> int:
     """Processes per node for torchrun's words: an int stays; 'auto' = one per visible GPU, or 1 without GPUs
-    (torchrun would start one per core); 'gpu' = one per visible GPU, and none visible is an error; 'cpu' = one
-    per usable core (Trainer v2 sets 'cpu' when asked to run on CPUs)."""
+    (torchrun would start one per core); 'gpu' = one per visible GPU, and none visible is an error; 'cpu' =
+    one per usable core (Trainer v2 sets 'cpu' when asked to run on CPUs)."""
     if value not in ("auto", "gpu", "cpu"):
         return int(value)
     if value == "cpu":

@@ -30,8 +30,8 @@ from launch.gpus import NoGPU, resolve_nproc, usable_cpus
 MODES = ("single", "dp", "ddp", "fsdp", "accelerate")
 
 # With the rendezvous TCPStore shared between torchrun's agent and the workers (the default since torch 2.4,
-# https://github.com/pytorch/pytorch/pull/128096), restarted workers reach a stale store address: measured here,
-# 1 success in 7 restarts without this variable and 12 in 12 with it (../shared/PLATFORM.md;
+# https://github.com/pytorch/pytorch/pull/128096), restarted workers reach a stale store address: measured
+# here, 1 success in 7 restarts without this variable and 12 in 12 with it (../shared/PLATFORM.md;
 # https://github.com/pytorch/pytorch/issues/135712).
 NO_SHARED_STORE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
@@ -43,13 +43,24 @@ FRESH_DIR = '"$(mktemp -d)"'
 # join_timeout (how long the rendezvous waits for the peers) and read_timeout (a store client's wait).
 DEFAULT_INIT_TIMEOUT_S = 300
 
-# torchrun reads PET_<FLAG> as the default of each flag. The launcher decides these flags itself, and torchrun's
-# parser, which runs in this process, must not trip over a value it already replaced: an elastic PyTorchJob's
-# PET_STANDALONE="" makes it fail with int('') (elastic.go sets it empty). PET_RDZV_CONF is merged into the one
-# --rdzv-conf that is passed (torchrun keeps only the last --rdzv-conf).
-OWNED_PET = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT",
-             "PET_RDZV_ENDPOINT", "PET_RDZV_BACKEND", "PET_RDZV_ID", "PET_RDZV_CONF", "PET_MAX_RESTARTS",
-             "PET_STANDALONE", "PET_LOCAL_ADDR")
+# torchrun reads PET_<FLAG> as the default of each flag. The launcher decides these flags itself, and
+# torchrun's parser, which runs in this process, must not trip over a value it already replaced: an elastic
+# PyTorchJob's PET_STANDALONE="" makes it fail with int('') (elastic.go sets it empty). PET_RDZV_CONF is
+# merged into the one --rdzv-conf that is passed (torchrun keeps only the last --rdzv-conf).
+OWNED_PET = (
+    "PET_NNODES",
+    "PET_NPROC_PER_NODE",
+    "PET_NODE_RANK",
+    "PET_MASTER_ADDR",
+    "PET_MASTER_PORT",
+    "PET_RDZV_ENDPOINT",
+    "PET_RDZV_BACKEND",
+    "PET_RDZV_ID",
+    "PET_RDZV_CONF",
+    "PET_MAX_RESTARTS",
+    "PET_STANDALONE",
+    "PET_LOCAL_ADDR",
+)
 
 
 class UsageError(ValueError):
@@ -74,7 +85,9 @@ class Plan:
     unset: tuple[str, ...] = ()  # variables removed before the tool starts (PET_* values passed as flags)
     rdzv_endpoint: str | None = None  # HOST:PORT of a multi-node rendezvous, for the timeout message
     rdzv_timeout_s: int | None = None  # the join/read timeout passed to that rendezvous
-    rdzv_client: bool = False  # this node does not host the store: wait for it (bounded) before torchrun starts
+    rdzv_client: bool = (
+        False  # this node does not host the store: wait for it (bounded) before torchrun starts
+    )
 
     @property
     def tool_args(self) -> list[str]:
@@ -105,15 +118,26 @@ def worker_args(entry: str, config: str | None, overrides: Sequence[str], mode: 
     return ["-m", entry, "train", *(["-c", config] if config else []), *overrides, f"train.strategy={mode}"]
 
 
-def build(mode: str, cluster: Cluster, config: str | None, overrides: Sequence[str] = (), *, entry: str = "trainer",
-          local_addr: str | None = None, env: Mapping[str, str] | None = None,
-          gpus: Callable[[], int] | None = None, cpus: int | None = None, init_timeout_s: float | None = None,
-          local_addrs: Callable[[], set[str]] | None = None, route: Callable[[str], str | None] | None = None) -> Plan:
+def build(
+    mode: str,
+    cluster: Cluster,
+    config: str | None,
+    overrides: Sequence[str] = (),
+    *,
+    entry: str = "trainer",
+    local_addr: str | None = None,
+    env: Mapping[str, str] | None = None,
+    gpus: Callable[[], int] | None = None,
+    cpus: int | None = None,
+    init_timeout_s: float | None = None,
+    local_addrs: Callable[[], set[str]] | None = None,
+    route: Callable[[str], str | None] | None = None,
+) -> Plan:
     """The plan for ``mode`` on ``cluster``; pure apart from GPU detection (injectable as ``gpus``) and, for a
     multi-node rendezvous whose host the source does not fix, the local interface addresses (``local_addrs``).
 
-    ``local_addr`` (``--local-addr``, else LAUNCH_LOCAL_ADDR, else this machine's source address on the route to
-    the endpoint: ``route``) is the address this node advertises to its peers; ``init_timeout_s``
+    ``local_addr`` (``--local-addr``, else LAUNCH_LOCAL_ADDR, else this machine's source address on the route
+    to the endpoint: ``route``) is the address this node advertises to its peers; ``init_timeout_s``
     (dist.init_timeout_s) bounds the rendezvous.
     """
     if mode not in MODES:
@@ -124,33 +148,51 @@ def build(mode: str, cluster: Cluster, config: str | None, overrides: Sequence[s
     add: dict[str, str] = {}
     fresh = ["TRAINER_EXIT_DIR"]
     if cluster.in_torchrun:  # a torchrun worker already: the trainer reads torchrun's variables itself
-        return Plan("process", [sys.executable, *args], add, tuple(fresh), cluster.nnodes, 1,
-                    f"{mode}: inside torchrun ({cluster.origin('nnodes')}), the trainer runs directly")
+        return Plan(
+            "process",
+            [sys.executable, *args],
+            add,
+            tuple(fresh),
+            cluster.nnodes,
+            1,
+            f"{mode}: inside torchrun ({cluster.origin('nnodes')}), the trainer runs directly",
+        )
     one_process = mode in ("single", "dp")
     if one_process:
         if cluster.nnodes > 1:
-            raise UsageError(f"mode {mode} runs one process but the cluster has {cluster.nnodes} nodes "
-                             f"({cluster.origin('nnodes')}); use ddp or fsdp")
+            raise UsageError(
+                f"mode {mode} runs one process but the cluster has {cluster.nnodes} nodes "
+                f"({cluster.origin('nnodes')}); use ddp or fsdp"
+            )
         if cluster.nproc_per_node not in ("auto", 1):
-            raise UsageError(f"mode {mode} runs one process; --nproc-per-node {cluster.nproc_per_node} "
-                             f"({cluster.origin('nproc_per_node')}) needs ddp, fsdp or accelerate")
+            raise UsageError(
+                f"mode {mode} runs one process; --nproc-per-node {cluster.nproc_per_node} "
+                f"({cluster.origin('nproc_per_node')}) needs ddp, fsdp or accelerate"
+            )
         if cluster.max_restarts:
-            raise UsageError(f"mode {mode} has no restarts (max restarts {cluster.max_restarts} from "
-                             f"{cluster.origin('max_restarts')}); torchrun restarts: ddp --nproc-per-node 1")
+            raise UsageError(
+                f"mode {mode} has no restarts (max restarts {cluster.max_restarts} from "
+                f"{cluster.origin('max_restarts')}); torchrun restarts: ddp --nproc-per-node 1"
+            )
         nproc = 1
     else:
         try:
             nproc = resolve_nproc(cluster.nproc_per_node, env, gpus)
         except NoGPU:
-            raise ClusterError(f"{cluster.origin('nproc_per_node')}=gpu: one process per GPU, but no GPU is visible "
-                               "here; use auto (1 process without GPUs) or a number") from None
+            raise ClusterError(
+                f"{cluster.origin('nproc_per_node')}=gpu: one process per GPU, but no GPU is visible "
+                "here; use auto (1 process without GPUs) or a number"
+            ) from None
     if "OMP_NUM_THREADS" not in env:
         # torchrun sets 1 with >1 process per node (idle cores on a big machine) and nothing with 1: give each
         # process its share. Several agents on one host (tests) must set OMP_NUM_THREADS themselves.
         add["OMP_NUM_THREADS"] = str(max(1, (cpus or usable_cpus()) // nproc))
     if cluster.max_restarts > 0:
         add[NO_SHARED_STORE] = "1"
-    where = f"{cluster.nnodes} node(s) x {nproc} process(es), node rank {cluster.node_rank}, from {cluster.source}"
+    where = (
+        f"{cluster.nnodes} node(s) x {nproc} process(es), node rank {cluster.node_rank}, "
+        f"from {cluster.source}"
+    )
     if one_process:
         return Plan("process", [sys.executable, *args], add, tuple(fresh), 1, 1, f"{mode}: {where}")
     unset = tuple(k for k in OWNED_PET if k in env)
@@ -158,29 +200,53 @@ def build(mode: str, cluster: Cluster, config: str | None, overrides: Sequence[s
     timeout = int(-(-float(init_timeout_s or DEFAULT_INIT_TIMEOUT_S) // 1))  # torchrun wants whole seconds
     rdzv = {"rdzv_endpoint": cluster.rdzv_endpoint, "rdzv_timeout_s": timeout} if multi else {}
     if mode == "accelerate":
-        if "HF_HOME" not in env:  # a stray ~/.cache/huggingface/accelerate/default_config.yaml must not steer us
+        if (
+            "HF_HOME" not in env
+        ):  # a stray ~/.cache/huggingface/accelerate/default_config.yaml must not steer us
             fresh.append("HF_HOME")
-        return Plan("accelerate", ["accelerate", "launch", *_accelerate_args(cluster, nproc), *args],
-                    add, tuple(fresh), cluster.nnodes, nproc, f"{mode}: {where}", unset, **rdzv)
+        return Plan(
+            "accelerate",
+            ["accelerate", "launch", *_accelerate_args(cluster, nproc), *args],
+            add,
+            tuple(fresh),
+            cluster.nnodes,
+            nproc,
+            f"{mode}: {where}",
+            unset,
+            **rdzv,
+        )
     if not multi:  # standalone: torchrun's own rendezvous on localhost; leave PET_RDZV_CONF to it
         unset = tuple(k for k in unset if k != "PET_RDZV_CONF")
     is_host = hosts_store(cluster, local_addr, local_addrs or addrs.local_addresses) if multi else None
     if multi and not local_addr and cluster.rdzv_endpoint:
-        # torchrun advertises socket.getfqdn() otherwise, and the rendezvous's rank 0 serves the workers' store on
-        # it: on a node whose name resolves to another network (a management NIC, a namespace's own hosts file)
-        # the peers cannot reach it. The route towards the endpoint is on the network the nodes share.
-        local_addr = (route or addrs.route_source)(split_endpoint(cluster.rdzv_endpoint, "--rdzv-endpoint")[0])
+        # torchrun advertises socket.getfqdn() otherwise, and the rendezvous's rank 0 serves the workers'
+        # store on it: on a node whose name resolves to another network (a management NIC, a namespace's own
+        # hosts file) the peers cannot reach it. The route towards the endpoint is on the network the nodes
+        # share.
+        local_addr = (route or addrs.route_source)(
+            split_endpoint(cluster.rdzv_endpoint, "--rdzv-endpoint")[0]
+        )
     tr = _torchrun_args(cluster, nproc, local_addr, timeout, env.get("PET_RDZV_CONF", ""), is_host)
-    return Plan("torchrun", ["torchrun", *tr, *args], add, tuple(fresh), cluster.nnodes, nproc, f"{mode}: {where}",
-                unset, **rdzv, rdzv_client=is_host is False)
+    return Plan(
+        "torchrun",
+        ["torchrun", *tr, *args],
+        add,
+        tuple(fresh),
+        cluster.nnodes,
+        nproc,
+        f"{mode}: {where}",
+        unset,
+        **rdzv,
+        rdzv_client=is_host is False,
+    )
 
 
 def hosts_store(c: Cluster, local_addr: str | None, local_addrs: Callable[[], set[str]]) -> bool | None:
     """Whether this node must host the c10d store: True, False, or None = let torchrun decide by host name.
 
     A source that fixes the endpoint to node rank 0 (:attr:`Cluster.rdzv_fixed`) decides whatever DNS says.
-    Otherwise this node hosts when the endpoint resolves to one of its interface addresses (or ``local_addr``);
-    a loopback endpoint stays torchrun's to decide (several agents on one machine).
+    Otherwise this node hosts when the endpoint resolves to one of its interface addresses (or
+    ``local_addr``); a loopback endpoint stays torchrun's to decide (several agents on one machine).
     """
     if c.rdzv_backend != "c10d" or not c.rdzv_endpoint:
         return None
@@ -202,18 +268,24 @@ def _rdzv_conf(pet_conf: str, ours: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in merged.items())
 
 
-def _torchrun_args(c: Cluster, nproc: int, local_addr: str | None, timeout_s: int, pet_conf: str,
-                   is_host: bool | None) -> list[str]:
+def _torchrun_args(
+    c: Cluster, nproc: int, local_addr: str | None, timeout_s: int, pet_conf: str, is_host: bool | None
+) -> list[str]:
     nnodes = f"{c.min_nnodes}:{c.nnodes}" if c.min_nnodes != c.nnodes else str(c.nnodes)
     out = [f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", f"--max-restarts={c.max_restarts}"]
     if c.nnodes == 1 and c.min_nnodes == 1:
         return ["--standalone", *out]  # c10d on localhost:0 = a free port chosen by torchrun
-    out += [f"--rdzv-backend={c.rdzv_backend}", f"--rdzv-endpoint={c.rdzv_endpoint}", f"--rdzv-id={c.rdzv_id}"]
+    out += [
+        f"--rdzv-backend={c.rdzv_backend}",
+        f"--rdzv-endpoint={c.rdzv_endpoint}",
+        f"--rdzv-id={c.rdzv_id}",
+    ]
     if c.rdzv_backend == "static":
         out.append(f"--node-rank={c.node_rank}")  # c10d assigns ranks itself and ignores --node-rank
-    # A TCPStore client retries its connection past read_timeout (measured: 11 s for 5 s, 21 s for 8 s; torchrun's
-    # default is 60 s); half the timeout keeps a client that torchrun leaves to find the store near the timeout.
-    # Clients the launcher knows of (is_host=0) wait for the store's port themselves first (launch/runner.py).
+    # A TCPStore client retries its connection past read_timeout (measured: 11 s for 5 s, 21 s for 8 s;
+    # torchrun's default is 60 s); half the timeout keeps a client that torchrun leaves to find the store near
+    # the timeout. Clients the launcher knows of (is_host=0) wait for the store's port themselves first
+    # (launch/runner.py).
     ours = {"join_timeout": str(timeout_s), "read_timeout": str(max(1, -(-timeout_s // 2)))}
     if is_host is not None:
         ours["is_host"] = str(int(is_host))
@@ -231,7 +303,14 @@ def _accelerate_args(c: Cluster, nproc: int) -> list[str]:
     out = ["--multi_gpu", "--num_processes", str(total), "--num_machines", str(c.nnodes)]
     if c.nnodes > 1:
         host, port = split_endpoint(c.rdzv_endpoint or "", "--rdzv-endpoint")
-        out += ["--machine_rank", str(c.node_rank), "--main_process_ip", host, "--main_process_port", str(port)]
+        out += [
+            "--machine_rank",
+            str(c.node_rank),
+            "--main_process_ip",
+            host,
+            "--main_process_port",
+            str(port),
+        ]
     else:
         out += ["--main_process_port", "0"]  # 0 = a free port, picked by accelerate
     if c.max_restarts:

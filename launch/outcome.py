@@ -6,12 +6,13 @@ Two sources, best first:
    ``ProcessFailure`` with ``exitcode`` and an integer-second ``timestamp``) or from the child process itself.
 2. The reason file a worker writes when it exits non-zero (``$TRAINER_EXIT_DIR/exit-rank{RANK}.json`` =
    ``{"rank", "code", "reason", "time"}``). It is used when the process status says nothing about the intent:
-   a worker killed by a signal *after* it chose its code (gloo's abort at interpreter exit, ../shared/PLATFORM.md),
-   and a launcher stopped by SIGTERM, where torchrun reports the signal and not the workers' codes.
+   a worker killed by a signal *after* it chose its code (gloo's abort at interpreter exit,
+   ../shared/PLATFORM.md), and a launcher stopped by SIGTERM, where torchrun reports the signal and not the
+   workers' codes.
 
 "First" is the earliest failure; within the same second, a specific code beats 1, since a rank that loses its
-peer usually fails with 1 just after the rank that had the real problem. Reason files older than the failure by
-more than :data:`RECENT_S` belong to an earlier restart round and are ignored.
+peer usually fails with 1 just after the rank that had the real problem. Reason files older than the failure
+by more than :data:`RECENT_S` belong to an earlier restart round and are ignored.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ def read_reasons(exit_dir: str | None) -> dict[int, dict[str, Any]]:
         try:
             with open(os.path.join(exit_dir, name)) as f:
                 rec = json.load(f)
-            out[int(rec["rank"])] = {"code": int(rec["code"]), "reason": str(rec.get("reason", "")),
-                                     "time": float(rec["time"])}
+            out[int(rec["rank"])] = {
+                "code": int(rec["code"]),
+                "reason": str(rec.get("reason", "")),
+                "time": float(rec["time"]),
+            }
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return out
@@ -67,7 +71,8 @@ def _first(items: list[Failure]) -> Failure:
 
 
 def from_failures(failures: Mapping[int, Any], reasons: Mapping[int, dict]) -> Failure:
-    """The first failure among torchrun's ``ProcessFailure`` records (needs ``exitcode`` and ``timestamp``)."""
+    """The first failure among torchrun's ``ProcessFailure`` records (needs ``exitcode`` and
+    ``timestamp``)."""
     items = []
     for rank, pf in failures.items():
         rc, ts = int(pf.exitcode), float(pf.timestamp)
@@ -92,6 +97,9 @@ def from_process(returncode: int, reasons: Mapping[int, dict], now: float, rank:
 
 def from_reasons(reasons: Mapping[int, dict], since: float) -> Failure | None:
     """The first failure that workers recorded at or after ``since`` (after the launcher was signalled)."""
-    items = [Failure(r, rec["code"], rec["time"], rec["reason"], True)
-             for r, rec in reasons.items() if rec["time"] >= since and rec["code"] != 0]
+    items = [
+        Failure(r, rec["code"], rec["time"], rec["reason"], True)
+        for r, rec in reasons.items()
+        if rec["time"] >= since and rec["code"] != 0
+    ]
     return _first(items) if items else None

@@ -1,9 +1,10 @@
 """Run a :class:`launch.modes.Plan` and return the exit code the job deserves.
 
-torchrun and ``accelerate launch`` run *in this process* (torch imported only here): run as commands they exit 1
-for any worker failure, and a preemption (75) or a config error (2) would look like a bug to the scheduler.
-Single-process modes run the trainer as a child in its own session, as torchrun does with its workers, and this
-process forwards SIGTERM/SIGINT/SIGHUP to it, so ``docker stop`` or a pod deletion reaches the trainer once.
+torchrun and ``accelerate launch`` run *in this process* (torch imported only here): run as commands they exit
+1 for any worker failure, and a preemption (75) or a config error (2) would look like a bug to the scheduler.
+Single-process modes run the trainer as a child in its own session, as torchrun does with its workers, and
+this process forwards SIGTERM/SIGINT/SIGHUP to it, so ``docker stop`` or a pod deletion reaches the trainer
+once.
 """
 
 from __future__ import annotations
@@ -24,10 +25,20 @@ from launch.modes import Plan
 SHUTDOWN_GRACE_S = 30  # torchrun's default wait between SIGTERM and SIGKILL for its workers
 
 
-def check_config(entry: str, config: str | None, overrides: list[str], mode: str, timeout: float = 120) -> str | None:
-    """Run ``python -m ENTRY check`` once, before any worker starts; None if the config is valid, else its line."""
-    cmd = [sys.executable, "-m", entry, "check", *(["-c", config] if config else []), *overrides,
-           f"train.strategy={mode}"]
+def check_config(
+    entry: str, config: str | None, overrides: list[str], mode: str, timeout: float = 120
+) -> str | None:
+    """Run ``python -m ENTRY check`` once, before any worker starts; None if the config is valid, else its
+    line."""
+    cmd = [
+        sys.executable,
+        "-m",
+        entry,
+        "check",
+        *(["-c", config] if config else []),
+        *overrides,
+        f"train.strategy={mode}",
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -42,8 +53,8 @@ def check_config(entry: str, config: str | None, overrides: list[str], mode: str
 def forwarding_signals():
     """Pass SIGTERM, SIGINT and SIGHUP on to our child processes while the block runs.
 
-    SIGINT and SIGHUP from a terminal already reach every process of the foreground group, so they are forwarded
-    only to children in another process group (a second SIGINT means "exit now" to the trainer).
+    SIGINT and SIGHUP from a terminal already reach every process of the foreground group, so they are
+    forwarded only to children in another process group (a second SIGINT means "exit now" to the trainer).
     """
     import psutil
 
@@ -67,7 +78,9 @@ def forwarding_signals():
 
 def _report(f: outcome.Failure) -> int:
     why = f": {f.reason}" if f.reason else ""
-    print(f"launch: rank {f.rank} exited with {f.code} ({describe(f.code)}){why}", file=sys.stderr, flush=True)
+    print(
+        f"launch: rank {f.rank} exited with {f.code} ({describe(f.code)}){why}", file=sys.stderr, flush=True
+    )
     return f.code
 
 
@@ -105,17 +118,21 @@ def rendezvous_failed(plan: Plan, exc: BaseException | None) -> int:
     else:
         first = (str(exc).strip().splitlines() or [""])[0]
         what = f"{type(exc).__name__} at {endpoint}: {first}"
-    print(f"launch: rendezvous failed: {what}: is node 0 up? is port {port} open? (dist.init_timeout_s bounds the "
-          "wait)", file=sys.stderr, flush=True)
+    print(
+        f"launch: rendezvous failed: {what}: is node 0 up? is port {port} open? "
+        "(dist.init_timeout_s bounds the wait)",
+        file=sys.stderr,
+        flush=True,
+    )
     return HANG
 
 
 def _import_torch_quietly() -> None:
     """Import torch with its C++ log level at FATAL in this process only.
 
-    The agent's TCPStore client logs each failed connection attempt as an error with ~20 C++ frames; the launcher
-    reports a failed rendezvous in one line instead. The level is read once, when torch loads, and the variable is
-    removed again so that the workers log as usual.
+    The agent's TCPStore client logs each failed connection attempt as an error with ~20 C++ frames; the
+    launcher reports a failed rendezvous in one line instead. The level is read once, when torch loads, and
+    the variable is removed again so that the workers log as usual.
     """
     if "torch" in sys.modules or "TORCH_CPP_LOG_LEVEL" in os.environ:
         return
@@ -129,8 +146,9 @@ def _import_torch_quietly() -> None:
 def _store_answers(plan: Plan) -> bool:
     """On a node that does not host the store: wait until its port answers, within the rendezvous timeout.
 
-    torchrun's own client wait is not bounded by the timeout (TCPStore retries with a random back-off: measured
-    11 s for a 5 s timeout, 21 s for 8 s), so the launcher waits itself and torchrun then connects at once.
+    torchrun's own client wait is not bounded by the timeout (TCPStore retries with a random back-off:
+    measured 11 s for a 5 s timeout, 21 s for 8 s), so the launcher waits itself and torchrun then connects at
+    once.
     """
     from launch.cluster import split_endpoint
     from launch.wait import READY, wait_for
@@ -196,7 +214,9 @@ def execute(plan: Plan) -> int:
         try:
             return RUNNERS[plan.kind](plan, fresh.get("TRAINER_EXIT_DIR", tmp))
         except ImportError as e:  # torch or accelerate missing: an unfit environment, not a bug
-            print(f"launch: {plan.kind} needs {e.name or e}: install the pinned requirements", file=sys.stderr)
+            print(
+                f"launch: {plan.kind} needs {e.name or e}: install the pinned requirements", file=sys.stderr
+            )
             return CONFIG
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -54,8 +54,13 @@ def _connect(host: str, port: int, timeout: float) -> str | None:
         return str(err) or type(err).__name__
 
 
-def wait_for(host: str, port: int | None, timeout: float, interval: float = 1.0,
-             log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> int:
+def wait_for(
+    host: str,
+    port: int | None,
+    timeout: float,
+    interval: float = 1.0,
+    log=lambda msg: print(msg, file=sys.stderr, flush=True),
+) -> int:
     """Poll until ready or ``timeout`` seconds have passed; return the exit code (0 or 69)."""
     target = f"{host}:{port}" if port else host
     start = time.monotonic()
@@ -77,8 +82,10 @@ def wait_for(host: str, port: int | None, timeout: float, interval: float = 1.0,
             log(f"wait: still waiting for {target} ({now - start:.0f} s of {timeout:.0f} s): {error}")
             next_note = now + 30.0
         time.sleep(min(interval, max(deadline - now, 0.0)))
-    log(f"wait: {target} not reachable within {timeout:g} s ({error}); is the master node running and is "
-        f"the address right? Raise the limit with ENTRYPOINT_WAIT_S / --timeout. Exit {UNAVAILABLE}.")
+    log(
+        f"wait: {target} not reachable within {timeout:g} s ({error}); is the master node running and is "
+        f"the address right? Raise the limit with ENTRYPOINT_WAIT_S / --timeout. Exit {UNAVAILABLE}."
+    )
     return UNAVAILABLE
 
 
@@ -94,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m launch wait", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", required=True, help="host name to resolve (the master / rendezvous host)")
     p.add_argument("--port", type=int, default=None, help="also wait until this TCP port accepts connections")
-    p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds (default 300)")
+    p.add_argument(
+        "--timeout", type=float, default=300.0, help="give up after this many seconds (default 300)"
+    )
     p.add_argument("--interval", type=float, default=1.0, help="seconds between attempts (default 1)")
     return p
 

@@ -27,7 +27,9 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1, self.ln_2 = nn.LayerNorm(c.n_embd), nn.LayerNorm(c.n_embd)
         self.attn = nn.MultiheadAttention(c.n_embd, c.n_head, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(c.n_embd, 4 * c.n_embd), nn.GELU(), nn.Linear(4 * c.n_embd, c.n_embd))
+        self.mlp = nn.Sequential(
+            nn.Linear(c.n_embd, 4 * c.n_embd), nn.GELU(), nn.Linear(4 * c.n_embd, c.n_embd)
+        )
 
     def forward(self, x):
         T = x.shape[1]
@@ -107,11 +109,16 @@ def scalar_per_sample_loss(outputs, targets):
 def tiny_llama_config(**kw):
     from transformers import LlamaConfig
 
-    base = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    base = dict(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaConfig(**{**base, **kw})
-
-
 
 
 LOSS_CALLS = []

@@ -29,8 +29,16 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp / "mpl"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
-    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                "TORCHELASTIC_RESTART_COUNT", "TRAINER_EXIT_DIR"):
+    for var in (
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "TORCHELASTIC_RESTART_COUNT",
+        "TRAINER_EXIT_DIR",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -41,14 +49,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_cli(args: list[str], cwd: str = ROOT, env: dict | None = None, timeout: float = 180,
-            module: str = "trainer") -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: str = ROOT, env: dict | None = None, timeout: float = 180, module: str = "trainer"
+) -> subprocess.CompletedProcess:
     """Run `python -m <module> ARGS` as a user would; never raises on a non-zero exit."""
     e = dict(os.environ)
     e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
     e.update(env or {})
-    return subprocess.run([PY, "-m", module, *args], cwd=cwd, env=e, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [PY, "-m", module, *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +81,26 @@ def mlflow_server(tmp_path_factory):
     for _attempt in range(3):  # retry on a port taken between free_port() and the bind
         port = free_port()
         proc = subprocess.Popen(
-            [PY, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{base}/db.sqlite",
-             "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"], cwd=str(base), stdout=log, stderr=subprocess.STDOUT)
+            [
+                PY,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{base}/db.sqlite",
+                "--artifacts-destination",
+                str(base / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            cwd=str(base),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         url = f"http://127.0.0.1:{port}"
         deadline, healthy = time.monotonic() + 180, False  # ~10 s on a quiet machine, more under load
         while not healthy and time.monotonic() < deadline and proc.poll() is None:

@@ -34,9 +34,19 @@ def _rank() -> int:
 
 
 class FaultMLP(nn.Module):
-    def __init__(self, in_features: int = 8, hidden: int = 32, num_classes: int = 4, ranks=(0,), nan_at=(),
-                 sigterm_at: int | None = None, crash_at: int | None = None, sleep_at: int | None = None,
-                 sleep_s: float = 60.0, ready_file: str | None = None):
+    def __init__(
+        self,
+        in_features: int = 8,
+        hidden: int = 32,
+        num_classes: int = 4,
+        ranks=(0,),
+        nan_at=(),
+        sigterm_at: int | None = None,
+        crash_at: int | None = None,
+        sleep_at: int | None = None,
+        sleep_s: float = 60.0,
+        ready_file: str | None = None,
+    ):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
         self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
@@ -91,8 +101,9 @@ class _Blobs:
         return self.x[idx], self.y[idx]
 
 
-def IndexLogged(n: int = 512, n_eval: int = 64, num_features: int = 8, num_classes: int = 4,
-                log_dir: str | None = None):
+def IndexLogged(
+    n: int = 512, n_eval: int = 64, num_features: int = 8, num_classes: int = 4, log_dir: str | None = None
+):
     rng = np.random.default_rng(7)
     centres = rng.standard_normal((num_classes, num_features))
     y = rng.integers(0, num_classes, n + n_eval)

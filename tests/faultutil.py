@@ -21,10 +21,24 @@ from tests.conftest import ROOT
 from tests.helpers import train_inprocess
 
 # The tiny job of ../shared/PLATFORM.md habits: 14 steps of 32 on 461 training samples.
-TINY = ["model.name=mlp", "model.hidden=[32]", "data.name=synthetic_classification", "data.num_samples=512",
-        "data.num_features=8", "data.num_classes=4", "train.batch_size=32", "train.eval_every_steps=0",
-        "train.deterministic=true", "optim.name=sgd", "optim.lr=0.1", "optim.momentum=0.9",
-        "log.tensorboard=false", "log.plot=false", "log.progress=off", "device=cpu"]
+TINY = [
+    "model.name=mlp",
+    "model.hidden=[32]",
+    "data.name=synthetic_classification",
+    "data.num_samples=512",
+    "data.num_features=8",
+    "data.num_classes=4",
+    "train.batch_size=32",
+    "train.eval_every_steps=0",
+    "train.deterministic=true",
+    "optim.name=sgd",
+    "optim.lr=0.1",
+    "optim.momentum=0.9",
+    "log.tensorboard=false",
+    "log.plot=false",
+    "log.progress=off",
+    "device=cpu",
+]
 # The same with the fault-injecting model and the index-logging dataset (512 train samples: 16 steps/epoch).
 FAULTY = [*TINY, "model.name=tests.faultmodels:FaultMLP", "data.name=tests.faultmodels:IndexLogged"]
 # Small timeouts: a lost peer must fail the job in seconds, not in the default 10 minutes.
@@ -44,7 +58,9 @@ def _child(run_dir: str, overrides: list[str], env: dict) -> None:
 
 def run_forked(run_dir, overrides: list[str], env: dict | None = None, timeout: float = 60) -> int:
     """Exit code of the trainer run in a forked process (negative: killed by that signal)."""
-    proc = multiprocessing.get_context("fork").Process(target=_child, args=(str(run_dir), overrides, env or {}))
+    proc = multiprocessing.get_context("fork").Process(
+        target=_child, args=(str(run_dir), overrides, env or {})
+    )
     proc.start()
     proc.join(timeout)
     if proc.is_alive():
@@ -72,8 +88,9 @@ def job_env(extra: dict | None = None) -> dict:
 
 def start(args: list[str], env: dict | None = None, module: str = "launch", **popen) -> subprocess.Popen:
     """``python -m MODULE ARGS`` with this test's environment (TMPDIR, threads) plus `env`."""
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=job_env(env),
-                            text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=job_env(env), text=True, **popen
+    )
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
@@ -100,8 +117,10 @@ def launch(args: list[str], env: dict | None = None, timeout: float = 90) -> Job
         alive = _describe_tree(proc)
         kill_tree(proc)
         out, err = proc.communicate()
-        pytest.fail(f"`launch {' '.join(args[:3])}` still running after {timeout}s ({alive}); killed.\n"
-                    f"stderr tail:\n{err[-4000:]}")
+        pytest.fail(
+            f"`launch {' '.join(args[:3])}` still running after {timeout}s ({alive}); killed.\n"
+            f"stderr tail:\n{err[-4000:]}"
+        )
     return Job(proc.returncode, out, err)
 
 

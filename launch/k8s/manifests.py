@@ -1,5 +1,6 @@
 """Kubernetes manifests for a training job, as Python data: a Kubeflow PyTorchJob (v1), a Kubeflow TrainJob
-(Trainer v2) with its TrainingRuntime, or a plain Indexed Job with a headless Service; plus the PVC for run.dir.
+(Trainer v2) with its TrainingRuntime, or a plain Indexed Job with a headless Service; plus the PVC for
+run.dir.
 
 The YAML files in ``templates/`` hold what every job shares; this module loads them with ``yaml.safe_load``,
 fills in the job's values as Python data and writes them with ``yaml.safe_dump`` (no text templating).
@@ -28,30 +29,37 @@ TEMPLATES = Path(__file__).with_name("templates")
 ENTRYPOINT = ["/usr/bin/tini", "--", "/app/docker/entrypoint.sh"]
 DEFAULT_CONFIG = "configs/cnn.yaml"  # the image's default CMD recipe
 RUNS_MOUNT = "/runs"
-RDZV_PORT = 29500  # rendezvous port of the PyTorchJob and the Indexed Job (the TrainJob's is the Trainer's 29400)
+RDZV_PORT = (
+    29500  # rendezvous port of the PyTorchJob and the Indexed Job (the TrainJob's is the Trainer's 29400)
+)
 SHUTDOWN_MARGIN_S = 30  # grace period minus this = how long torchrun waits for workers after SIGTERM
 
 FAILURE_POLICY = {
     "indexedjob": (
         "podFailurePolicy (restartPolicy Never): exit 2 (config) and 3 (non-finite loss) -> FailJob at once; "
-        "exit 75 (preempted, checkpoint saved) and the DisruptionTarget condition (eviction, drain) -> Ignore: "
-        "the pod is replaced and resumes, not counted; any other failure counts towards backoffLimit."),
+        "exit 75 (preempted, checkpoint saved) and the DisruptionTarget condition (eviction, drain) -> "
+        "Ignore: the pod is replaced and resumes, not counted; any other failure counts towards "
+        "backoffLimit."
+    ),
     "trainjob": (
-        "Runtime 'torchrunner' (rendered alongside): the Job's podFailurePolicy fails on exit 2/3 and the JobSet "
-        "rule FailJobSet on reason PodFailurePolicy ends the TrainJob; exit 75 and DisruptionTarget are ignored "
-        "(pod replaced, resumes); any other failure restarts the whole JobSet (every node, from the shared "
-        "checkpoint), at most --backoff-limit times (default 2 per node). With "
-        "--runtime NAME the cluster's runtime decides."),
+        "Runtime 'torchrunner' (rendered alongside): the Job's podFailurePolicy fails on exit 2/3 and the "
+        "JobSet rule FailJobSet on reason PodFailurePolicy ends the TrainJob; exit 75 and DisruptionTarget "
+        "are ignored (pod replaced, resumes); any other failure restarts the whole JobSet (every node, from "
+        "the shared checkpoint), at most --backoff-limit times (default 2 per node). With --runtime NAME the "
+        "cluster's runtime decides."
+    ),
     "trainjob-cluster-runtime": (
-        "ClusterTrainingRuntime {runtime}: its Job and JobSet policies decide; the stock torch-distributed has "
-        "no exit-code policy (default Job backoffLimit, no JobSet restarts). Render with --runtime torchrunner "
-        "for exit 2/3 -> fail fast, exit 75 -> resume."),
+        "ClusterTrainingRuntime {runtime}: its Job and JobSet policies decide; the stock torch-distributed "
+        "has no exit-code policy (default Job backoffLimit, no JobSet restarts). Render with --runtime "
+        "torchrunner for exit 2/3 -> fail fast, exit 75 -> resume."
+    ),
     "pytorchjob": (
-        "restartPolicy OnFailure + runPolicy.backoffLimit: every non-zero exit restarts the container in place "
-        "and counts towards backoffLimit (summed over all pods). ExitCode is not used: it treats 1-127 as "
-        "permanent, so a preemption (75) and the exit 1 of the peers whose rendezvous broke would fail the "
-        "job. The cost: a config error (2) is retried until backoffLimit before the job fails; use "
-        "--kind indexedjob or trainjob for an exact exit-code policy."),
+        "restartPolicy OnFailure + runPolicy.backoffLimit: every non-zero exit restarts the container in "
+        "place and counts towards backoffLimit (summed over all pods). ExitCode is not used: it treats 1-127 "
+        "as permanent, so a preemption (75) and the exit 1 of the peers whose rendezvous broke would fail "
+        "the job. The cost: a config error (2) is retried until backoffLimit before the job fails; use "
+        "--kind indexedjob or trainjob for an exact exit-code policy."
+    ),
 }
 
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -87,7 +95,9 @@ class Options:
     runtime: str = "torchrunner"  # trainjob: our TrainingRuntime, or the name of a ClusterTrainingRuntime
     wait_s: int = 300  # ENTRYPOINT_WAIT_S: how long non-zero nodes wait for the master
     checkpoint_dir: str | None = None  # s3://bucket/prefix: checkpoints on object storage, no shared volume
-    s3_secret: str | None = None  # a Secret holding AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (+ endpoint, region)
+    s3_secret: str | None = (
+        None  # a Secret holding AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (+ endpoint, region)
+    )
 
     def check(self) -> None:
         problems = []
@@ -96,14 +106,24 @@ class Options:
         if self.mode not in MODES:
             problems.append(f"--mode {self.mode!r}: expected one of {', '.join(MODES)}")
         if not self.image or any(c.isspace() for c in self.image):
-            problems.append(f"--image {self.image!r}: expected an image reference such as registry/torchrunner:0.1.0")
-        elif self.image.endswith(":latest") or ":" not in self.image.rsplit("/", 1)[-1] and "@" not in self.image:
-            problems.append(f"--image {self.image!r}: pin a tag or digest (no implicit or explicit :latest), "
-                            "so that restarted pods run the same code")
+            problems.append(
+                f"--image {self.image!r}: expected an image reference such as registry/torchrunner:0.1.0"
+            )
+        elif (
+            self.image.endswith(":latest")
+            or ":" not in self.image.rsplit("/", 1)[-1]
+            and "@" not in self.image
+        ):
+            problems.append(
+                f"--image {self.image!r}: pin a tag or digest (no implicit or explicit :latest), "
+                "so that restarted pods run the same code"
+            )
         # Pod host names are <name>-<index> (Indexed Job) or <name>-node-0-<i> (TrainJob), at most 63 chars.
         if not _NAME_RE.match(self.name) or len(self.name) > 40:
-            problems.append(f"--name {self.name!r}: expected a DNS label of at most 40 characters "
-                            "(lower-case letters, digits, '-'; starting with a letter)")
+            problems.append(
+                f"--name {self.name!r}: expected a DNS label of at most 40 characters "
+                "(lower-case letters, digits, '-'; starting with a letter)"
+            )
         if self.nodes < 1:
             problems.append(f"--nodes {self.nodes}: expected at least 1")
         if self.gpus_per_node < 0:
@@ -111,20 +131,31 @@ class Options:
         if self.nproc_per_node is not None and self.nproc_per_node < 1:
             problems.append(f"--nproc-per-node {self.nproc_per_node}: expected at least 1")
         if self.grace_period <= SHUTDOWN_MARGIN_S:
-            problems.append(f"--grace-period {self.grace_period}: expected more than {SHUTDOWN_MARGIN_S} s "
-                            "(checkpoint save time plus torchrun's shutdown)")
-        for flag, value in (("--backoff-limit", self.backoff_limit), ("--max-restarts", self.max_restarts),
-                            ("--wait", self.wait_s)):
+            problems.append(
+                f"--grace-period {self.grace_period}: expected more than {SHUTDOWN_MARGIN_S} s "
+                "(checkpoint save time plus torchrun's shutdown)"
+            )
+        for flag, value in (
+            ("--backoff-limit", self.backoff_limit),
+            ("--max-restarts", self.max_restarts),
+            ("--wait", self.wait_s),
+        ):
             if value is not None and value < 0:
                 problems.append(f"{flag} {value}: expected 0 or more")
-        for flag, value in (("--shm-size", self.shm_size), ("--pvc-size", self.pvc_size),
-                            ("--cpu", self.cpu), ("--memory", self.memory)):
+        for flag, value in (
+            ("--shm-size", self.shm_size),
+            ("--pvc-size", self.pvc_size),
+            ("--cpu", self.cpu),
+            ("--memory", self.memory),
+        ):
             if value is not None and not _QUANTITY_RE.match(value):
                 problems.append(f"{flag} {value!r}: expected a Kubernetes quantity such as 16Gi or 500m")
         if self.pvc is not None and not re.match(r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$", self.pvc):
             problems.append(f"--pvc {self.pvc!r}: expected the name of an existing PersistentVolumeClaim")
         if self.run_dir is not None and not self.run_dir.startswith(RUNS_MOUNT + "/"):
-            problems.append(f"--run-dir {self.run_dir!r}: expected a path under {RUNS_MOUNT}/ (the shared volume)")
+            problems.append(
+                f"--run-dir {self.run_dir!r}: expected a path under {RUNS_MOUNT}/ (the shared volume)"
+            )
         problems += self._check_object_storage()
         bad = [o for o in self.overrides if "=" not in o or o.startswith("=")]
         if bad:
@@ -134,17 +165,22 @@ class Options:
 
     def _check_object_storage(self) -> list[str]:
         problems = []
-        if self.checkpoint_dir is not None and not re.match(r"^s3a?://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9](/|$)",
-                                                            self.checkpoint_dir):
-            problems.append(f"--checkpoint-dir {self.checkpoint_dir!r}: expected s3://bucket/prefix (a path "
-                            "would be on each pod's own disk; use --pvc for a shared volume)")
+        if self.checkpoint_dir is not None and not re.match(
+            r"^s3a?://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9](/|$)", self.checkpoint_dir
+        ):
+            problems.append(
+                f"--checkpoint-dir {self.checkpoint_dir!r}: expected s3://bucket/prefix (a path "
+                "would be on each pod's own disk; use --pvc for a shared volume)"
+            )
         if self.s3_secret is not None:
             if self.checkpoint_dir is None:
                 problems.append(f"--s3-secret {self.s3_secret!r}: only with --checkpoint-dir s3://...")
             if not re.match(r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$", self.s3_secret):
                 problems.append(f"--s3-secret {self.s3_secret!r}: expected the name of a Secret")
         if self.checkpoint_dir is not None and self.pvc is not None:
-            problems.append(f"--pvc {self.pvc!r}: not used with --checkpoint-dir (no shared volume is needed)")
+            problems.append(
+                f"--pvc {self.pvc!r}: not used with --checkpoint-dir (no shared volume is needed)"
+            )
         return problems
 
     @property
@@ -213,10 +249,16 @@ def _secret_env(opts: Options) -> list[dict]:
     """The standard AWS variables from the Secret, key by key (TrainJob's trainer.env has no envFrom)."""
     if not opts.s3_secret:
         return []  # an instance role / IRSA / workload identity supplies the credentials
-    keys = [("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_ENDPOINT_URL", True),
-            ("AWS_REGION", True)]
-    return [{"name": k, "valueFrom": {"secretKeyRef": {"name": opts.s3_secret, "key": k, "optional": optional}}}
-            for k, optional in keys]
+    keys = [
+        ("AWS_ACCESS_KEY_ID", False),
+        ("AWS_SECRET_ACCESS_KEY", False),
+        ("AWS_ENDPOINT_URL", True),
+        ("AWS_REGION", True),
+    ]
+    return [
+        {"name": k, "valueFrom": {"secretKeyRef": {"name": opts.s3_secret, "key": k, "optional": optional}}}
+        for k, optional in keys
+    ]
 
 
 def _resources(opts: Options) -> dict:
@@ -236,8 +278,12 @@ def pod_template(opts: Options, container: str = "trainer", env: dict[str, objec
     spec = tpl["spec"]
     spec["terminationGracePeriodSeconds"] = opts.grace_period
     shared = spec["containers"][0]  # imagePullPolicy, securityContext, volumeMounts
-    ctr = {"name": container, "image": opts.image, "args": _args(opts),
-           "env": _env({**_entrypoint_env(opts), **(env or {})}) + _secret_env(opts)}
+    ctr = {
+        "name": container,
+        "image": opts.image,
+        "args": _args(opts),
+        "env": _env({**_entrypoint_env(opts), **(env or {})}) + _secret_env(opts),
+    }
     resources = _resources(opts)
     if resources:
         ctr["resources"] = resources
@@ -297,14 +343,17 @@ def indexedjob(opts: Options) -> list[dict]:
     spec["completions"] = spec["parallelism"] = opts.nodes
     spec["backoffLimit"] = opts.backoff
     _set_exit_codes(spec["podFailurePolicy"], "trainer")
-    tpl = pod_template(opts, env={
-        # The Job controller sets JOB_COMPLETION_INDEX (the node rank) and the host name <job>-<index>;
-        # the subdomain makes it resolvable as <job>-<index>.<service>.
-        "LAUNCH_NNODES": opts.nodes,
-        "LAUNCH_MASTER_ADDR": f"{opts.name}-0.{opts.name}",
-        "LAUNCH_MASTER_PORT": RDZV_PORT,
-        "NPROC_PER_NODE": opts.nproc,
-    })
+    tpl = pod_template(
+        opts,
+        env={
+            # The Job controller sets JOB_COMPLETION_INDEX (the node rank) and the host name <job>-<index>;
+            # the subdomain makes it resolvable as <job>-<index>.<service>.
+            "LAUNCH_NNODES": opts.nodes,
+            "LAUNCH_MASTER_ADDR": f"{opts.name}-0.{opts.name}",
+            "LAUNCH_MASTER_PORT": RDZV_PORT,
+            "NPROC_PER_NODE": opts.nproc,
+        },
+    )
     tpl["spec"]["subdomain"] = opts.name
     tpl["spec"]["restartPolicy"] = "Never"
     tpl["spec"]["containers"][0]["ports"] = [{"name": "rdzv", "containerPort": RDZV_PORT}]
@@ -313,7 +362,8 @@ def indexedjob(opts: Options) -> list[dict]:
 
 
 def _set_exit_codes(policy: dict, container: str) -> None:
-    """Point the podFailurePolicy's exit-code rules at our container and at the codes in launch/exitcodes.py."""
+    """Point the podFailurePolicy's exit-code rules at our container and at the codes in
+    launch/exitcodes.py."""
     codes = {"FailJob": [exitcodes.CONFIG, exitcodes.NONFINITE], "Ignore": [exitcodes.PREEMPTED]}
     for rule in policy["rules"]:
         if "onExitCodes" in rule:
@@ -335,29 +385,54 @@ def trainjob(opts: Options) -> list[dict]:
         _set_exit_codes(rjob["podFailurePolicy"], "node")
         rjob["template"]["spec"]["containers"][0]["image"] = opts.image
         objs.append(runtime)
-        spec["runtimeRef"] = {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime", "name": runtime_name}
+        spec["runtimeRef"] = {
+            "apiGroup": "trainer.kubeflow.org",
+            "kind": "TrainingRuntime",
+            "name": runtime_name,
+        }
     else:
-        spec["runtimeRef"] = {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
-                              "name": opts.runtime}
+        spec["runtimeRef"] = {
+            "apiGroup": "trainer.kubeflow.org",
+            "kind": "ClusterTrainingRuntime",
+            "name": opts.runtime,
+        }
 
     pod = pod_template(opts, container="node")["spec"]
     ctr = pod["containers"][0]
     trainer = spec["trainer"]
-    trainer.update(image=opts.image, command=list(ENTRYPOINT), args=ctr["args"], env=ctr["env"],
-                   numNodes=opts.nodes, numProcPerNode=opts.nproc)
+    trainer.update(
+        image=opts.image,
+        command=list(ENTRYPOINT),
+        args=ctr["args"],
+        env=ctr["env"],
+        numNodes=opts.nodes,
+        numProcPerNode=opts.nproc,
+    )
     if "resources" in ctr:
         trainer["resourcesPerNode"] = ctr["resources"]
     # Only the fields a PodSpecPatch allows; env goes through trainer.env (the Trainer forbids it here).
-    pod_patch = {key: pod[key] for key in ("terminationGracePeriodSeconds", "securityContext", "volumes",
-                                           "tolerations") if key in pod}
-    pod_patch["containers"] = [{"name": "node", "securityContext": ctr["securityContext"],
-                                "volumeMounts": ctr["volumeMounts"]}]
-    spec["runtimePatches"] = [{
-        "manager": "torchrunner",
-        "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
-            {"name": "node", "template": {"spec": {"template": {"spec": pod_patch}}}},
-        ]}}},
-    }]
+    pod_patch = {
+        key: pod[key]
+        for key in ("terminationGracePeriodSeconds", "securityContext", "volumes", "tolerations")
+        if key in pod
+    }
+    pod_patch["containers"] = [
+        {"name": "node", "securityContext": ctr["securityContext"], "volumeMounts": ctr["volumeMounts"]}
+    ]
+    spec["runtimePatches"] = [
+        {
+            "manager": "torchrunner",
+            "trainingRuntimeSpec": {
+                "template": {
+                    "spec": {
+                        "replicatedJobs": [
+                            {"name": "node", "template": {"spec": {"template": {"spec": pod_patch}}}},
+                        ]
+                    }
+                }
+            },
+        }
+    ]
     return [*objs, job]
 
 

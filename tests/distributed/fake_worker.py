@@ -1,6 +1,7 @@
 """A stand-in for ``python -m trainer`` that keeps the launcher's half of the contract testable on its own.
 
-``python -m fake_worker check [-c CONFIG] ...`` exits 2 with one line on stderr when CONFIG is missing, else 0.
+``python -m fake_worker check [-c CONFIG] ...`` exits 2 with one line on stderr when CONFIG is
+missing, else 0.
 ``python -m fake_worker train -c CONFIG ...`` records what it saw in ``$FAKE_OUT/rank{R}-attempt{K}.json`` and
 then, on the rank in FAKE_RANK (default: every rank):
 
@@ -31,9 +32,20 @@ def train(argv: list[str]) -> int:
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     out = os.environ.get("FAKE_OUT")
     if out:
-        seen = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
-                                               "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS",
-                                               "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "TRAINER_EXIT_DIR")}
+        seen = {
+            k: os.environ.get(k)
+            for k in (
+                "RANK",
+                "LOCAL_RANK",
+                "WORLD_SIZE",
+                "LOCAL_WORLD_SIZE",
+                "MASTER_ADDR",
+                "MASTER_PORT",
+                "OMP_NUM_THREADS",
+                "TORCH_DISABLE_SHARE_RDZV_TCP_STORE",
+                "TRAINER_EXIT_DIR",
+            )
+        }
         with open(os.path.join(out, f"rank{rank}-attempt{attempt}.json"), "w") as f:
             json.dump({"argv": argv, "env": seen, "pid": os.getpid()}, f)
     targeted = os.environ.get("FAKE_RANK", str(rank)) == str(rank)

@@ -20,8 +20,12 @@ pytest.importorskip("transformers")
 
 
 def launch(mode: str, run_dir, *extra: str, expect: int = 0):
-    r = run_cli([mode, "--nproc-per-node", "2", f"run.dir={run_dir}", *extra], module="launch", timeout=240,
-                env={"OMP_NUM_THREADS": "1"})
+    r = run_cli(
+        [mode, "--nproc-per-node", "2", f"run.dir={run_dir}", *extra],
+        module="launch",
+        timeout=240,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == expect, f"{mode} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
     return r
 
@@ -39,7 +43,9 @@ def assert_same_training(a, b):
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-5, rtol=0), (k, (wa[k] - wb[k]).abs().max().item())
-    assert [r["loss"] for r in read_metrics(b)] == pytest.approx([r["loss"] for r in read_metrics(a)], abs=1e-5)
+    assert [r["loss"] for r in read_metrics(b)] == pytest.approx(
+        [r["loss"] for r in read_metrics(a)], abs=1e-5
+    )
 
 
 def test_hf_llama_under_ddp_2_equals_one_process(single, tmp_path):
@@ -58,8 +64,11 @@ def test_hf_llama_under_fsdp_2_is_sharded_per_decoder_layer(single, tmp_path):
 
 def test_a_probe_error_on_one_rank_is_every_ranks_exit_2(tmp_path):
     run_dir = tmp_path / "run"
-    r = launch("ddp", run_dir, "model.name=tests.byo_models:RankTrap", "data.name=digits", "device=cpu",
-               expect=2)
-    assert "rank 1: model.name='tests.byo_models:RankTrap' on data.name='digits': model output (32, 4) " \
-           "does not fit 10 classes" in r.stderr
+    r = launch(
+        "ddp", run_dir, "model.name=tests.byo_models:RankTrap", "data.name=digits", "device=cpu", expect=2
+    )
+    assert (
+        "rank 1: model.name='tests.byo_models:RankTrap' on data.name='digits': model output (32, 4) "
+        "does not fit 10 classes" in r.stderr
+    )
     assert not run_dir.exists() and not os.path.exists(tmp_path / "runs")

@@ -24,8 +24,15 @@ JOB = [*FAULTY, "train.max_steps=16", "checkpoint.every_steps=4", "log.every_ste
 
 
 def ddp(run_dir, *extra: str, restarts: int = 0) -> list[str]:
-    return ["ddp", "--nproc-per-node", "2", *(["--max-restarts", str(restarts)] if restarts else []),
-            f"run.dir={run_dir}", *JOB, *extra]
+    return [
+        "ddp",
+        "--nproc-per-node",
+        "2",
+        *(["--max-restarts", str(restarts)] if restarts else []),
+        f"run.dir={run_dir}",
+        *JOB,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +42,9 @@ def runs(tmp_path_factory):
     env = {"TMPDIR": str(base)}  # module scope: the per-test TMPDIR is not set yet (torchelastic_* dirs)
     ref = launch(ddp(base / "ref", "model.kwargs={crash_at: 10, ranks: []}"), env=env, timeout=100)
     assert ref.returncode == 0, ref.stderr[-3000:]
-    job = launch(ddp(base / "crash", "model.kwargs={crash_at: 10, ranks: [1]}", restarts=1), env=env, timeout=150)
+    job = launch(
+        ddp(base / "crash", "model.kwargs={crash_at: 10, ranks: [1]}", restarts=1), env=env, timeout=150
+    )
     return base / "ref", base / "crash", job
 
 
@@ -49,7 +58,9 @@ def test_crash_once_under_max_restarts_completes_with_equal_parameters(runs):
     assert read_summary(crashed)["steps"] == 16 and read_summary(crashed)["world_size"] == 2
     a, b = final_weights(ref), final_weights(crashed)
     assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), "parameters after the restart differ from the uninterrupted run"
+    assert all(torch.equal(a[k], b[k]) for k in a), (
+        "parameters after the restart differ from the uninterrupted run"
+    )
 
 
 @pytest.mark.timeout(300)

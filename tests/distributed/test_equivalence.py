@@ -16,16 +16,37 @@ from tests.helpers import final_weights, read_metrics, read_summary
 
 pytestmark = pytest.mark.slow
 
-TINY = ["model.name=mlp", "model.hidden=[32]", "data.name=synthetic_classification", "data.num_samples=512",
-        "data.num_features=8", "data.num_classes=4", "train.batch_size=32", "train.max_steps=12",
-        "optim.name=sgd", "optim.lr=0.1", "optim.momentum=0.9", "log.every_steps=1", "log.tensorboard=false",
-        "log.plot=false", "train.eval_every_steps=0", "checkpoint.every_steps=0", "device=cpu"]
+TINY = [
+    "model.name=mlp",
+    "model.hidden=[32]",
+    "data.name=synthetic_classification",
+    "data.num_samples=512",
+    "data.num_features=8",
+    "data.num_classes=4",
+    "train.batch_size=32",
+    "train.max_steps=12",
+    "optim.name=sgd",
+    "optim.lr=0.1",
+    "optim.momentum=0.9",
+    "log.every_steps=1",
+    "log.tensorboard=false",
+    "log.plot=false",
+    "train.eval_every_steps=0",
+    "checkpoint.every_steps=0",
+    "device=cpu",
+]
 
 
 def launch(mode: str, run_dir, *args: str, extra=(), timeout=150) -> subprocess.CompletedProcess:
-    r = run_cli([mode, *args, f"run.dir={run_dir}", *TINY, *extra], module="launch", timeout=timeout,
-                env={"OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, f"{mode} {args} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    r = run_cli(
+        [mode, *args, f"run.dir={run_dir}", *TINY, *extra],
+        module="launch",
+        timeout=timeout,
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, (
+        f"{mode} {args} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    )
     return r
 
 
@@ -90,10 +111,27 @@ def test_two_nodes_on_localhost_equal_two_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
     procs = []
     for node in range(2):
-        cmd = [__import__("sys").executable, "-m", "launch", "ddp", "--nnodes", "2", "--nproc-per-node", "1",
-               "--node-rank", str(node), "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "eq2",
-               f"run.dir={run_dir}", *TINY]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        cmd = [
+            __import__("sys").executable,
+            "-m",
+            "launch",
+            "ddp",
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--node-rank",
+            str(node),
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv-id",
+            "eq2",
+            f"run.dir={run_dir}",
+            *TINY,
+        ]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     outs = [p.communicate(timeout=150) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert_close(final_weights(ref), final_weights(run_dir))

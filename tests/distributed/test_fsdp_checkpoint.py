@@ -1,4 +1,5 @@
-"""FSDP checkpoints are sharded (DCP) and still serve every consumer: resume on 1 process, export, init_from."""
+"""FSDP checkpoints are sharded (DCP) and still serve every consumer: resume on 1 process, export,
+init_from."""
 
 import os
 
@@ -26,9 +27,12 @@ def test_sharded_checkpoint_resume_export_and_init_from(tmp_path):
     assert e.value.code in (0, None)
     assert_close(load_file(str(out)), final_weights(run), tol=0)
 
-    # Resume the sharded step-6 checkpoint on ONE process (DCP reshards) and finish: same as the 2-process run.
+    # Resume the sharded step-6 checkpoint on ONE process (DCP reshards) and finish: same as the 2-process
+    # run.
     resumed = tmp_path / "resumed"
-    over = [o for o in TINY if not o.startswith("device")] + [f"run.resume={run / 'checkpoints' / 'step-00000006'}"]
+    over = [o for o in TINY if not o.startswith("device")] + [
+        f"run.resume={run / 'checkpoints' / 'step-00000006'}"
+    ]
     assert train_inprocess(None, resumed, over) == 0
     assert read_summary(resumed)["steps"] == 12
     assert_close(final_weights(run), final_weights(resumed))
@@ -36,7 +40,8 @@ def test_sharded_checkpoint_resume_export_and_init_from(tmp_path):
     # init_from a sharded run dir: weights consolidated on the fly
     init = tmp_path / "init"
     over = [o for o in TINY if not o.startswith(("device", "train.max_steps"))]
-    assert train_inprocess(None, init, [*over, f"model.init_from={run}", "train.max_steps=1",
-                                        "optim.lr=0"]) == 0
+    assert (
+        train_inprocess(None, init, [*over, f"model.init_from={run}", "train.max_steps=1", "optim.lr=0"]) == 0
+    )
     a, b = final_weights(run), final_weights(init)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -26,9 +26,20 @@ def make_trainer(mode: str, state: DistState, accum: int, tmp_path) -> Trainer:
     from trainer.data import build_datasets
     from trainer.models import build_model
 
-    cfg = C.load(None, ["model.name=mlp", "model.hidden=[16]", "data.name=synthetic_classification",
-                        "data.num_samples=128", "data.num_features=8", "train.batch_size=32",
-                        f"train.grad_accum={accum}", f"train.strategy={mode}", "device=cpu"])
+    cfg = C.load(
+        None,
+        [
+            "model.name=mlp",
+            "model.hidden=[16]",
+            "data.name=synthetic_classification",
+            "data.num_samples=128",
+            "data.num_features=8",
+            "train.batch_size=32",
+            f"train.grad_accum={accum}",
+            f"train.strategy={mode}",
+            "device=cpu",
+        ],
+    )
     torch.manual_seed(0)
     tr, ev, info = build_datasets(cfg)
     strategy = Strategy(cfg, state, mode)

@@ -30,12 +30,19 @@ def test_steps_run_while_the_write_is_in_flight_and_the_result_is_unchanged(tmp_
             raise AssertionError("training did not advance while the write was in flight")
 
     monkeypatch.setattr(checkpoint, "crash_hook", writer_waits_for_training)
-    over = ["train.max_steps=30", "checkpoint.every_steps=10", "train.eval_every_steps=0",
-            "train.deterministic=true", "log.every_steps=1"]
+    over = [
+        "train.max_steps=30",
+        "checkpoint.every_steps=10",
+        "train.eval_every_steps=0",
+        "train.deterministic=true",
+        "log.every_steps=1",
+    ]
     assert train_inprocess("cnn", run, [*over, "checkpoint.async_save=true"]) == 0
     assert seen["steps_during_write"] >= 13
     log = (run / "logs" / "rank-0.log").read_text()
-    spans = dict((int(a), int(b)) for a, b in re.findall(r"checkpoint step (\d+) committed at step (\d+)", log))
+    spans = dict(
+        (int(a), int(b)) for a, b in re.findall(r"checkpoint step (\d+) committed at step (\d+)", log)
+    )
     assert spans[10] > 13 and set(spans) == {10, 20, 30}, spans
 
     # The state written at step 10 is the step-10 state, although training mutated the live tensors meanwhile:
@@ -43,6 +50,8 @@ def test_steps_run_while_the_write_is_in_flight_and_the_result_is_unchanged(tmp_
     monkeypatch.setattr(checkpoint, "crash_hook", None)
     assert train_inprocess("cnn", tmp_path / "sync", over) == 0
     resumed = tmp_path / "resumed"
-    assert train_inprocess("cnn", resumed, [*over, f"run.resume={run / 'checkpoints' / 'step-00000010'}"]) == 0
+    assert (
+        train_inprocess("cnn", resumed, [*over, f"run.resume={run / 'checkpoints' / 'step-00000010'}"]) == 0
+    )
     a, b, c = final_weights(run), final_weights(tmp_path / "sync"), final_weights(resumed)
     assert all(torch.equal(a[k], b[k]) and torch.equal(b[k], c[k]) for k in a)

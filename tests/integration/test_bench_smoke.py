@@ -29,16 +29,31 @@ def pos(x) -> bool:
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("bench")
     env = dict(os.environ)
-    env.update(PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
-               TMPDIR=str(base), HF_HOME=str(base / "hf"), MPLCONFIGDIR=str(base / "mpl"),
-               TORCHINDUCTOR_CACHE_DIR=str(base / "inductor"), PYTHONUNBUFFERED="1")
+    env.update(
+        PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
+        OMP_NUM_THREADS="1",
+        TMPDIR=str(base),
+        HF_HOME=str(base / "hf"),
+        MPLCONFIGDIR=str(base / "mpl"),
+        TORCHINDUCTOR_CACHE_DIR=str(base / "inductor"),
+        PYTHONUNBUFFERED="1",
+    )
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OUT"):
         env.pop(var, None)
     procs = {}
     for name in SCRIPTS:
         out = base / name
-        procs[name] = (out, subprocess.Popen([PY, "-m", f"bench.{name}", "--smoke", "--out", str(out)], cwd=ROOT,
-                                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs[name] = (
+            out,
+            subprocess.Popen(
+                [PY, "-m", f"bench.{name}", "--smoke", "--out", str(out)],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
     yield procs
     for _, p in procs.values():
         if p.poll() is None:
@@ -121,8 +136,19 @@ def test_gpu_smoke_runs_every_row_on_cpu(runs):
     out, doc = result(runs, "gpu")
     assert "tokens/s" in out and "MFU %" in out
     rows = doc["rows"]
-    assert {r["row"] for r in rows} == {"fp32", "fp16", "bf16", "compile", "accelerate", "ddp", "ckpt", "recipe",
-                                        "fused_loss", "host_data", "gpt1b"}  # gpt1b: the ~1B row (issue 12)
+    assert {r["row"] for r in rows} == {
+        "fp32",
+        "fp16",
+        "bf16",
+        "compile",
+        "accelerate",
+        "ddp",
+        "ckpt",
+        "recipe",
+        "fused_loss",
+        "host_data",
+        "gpt1b",
+    }  # gpt1b: the ~1B row (issue 12)
     for r in rows:
         assert r["status"] == "ok", r
         assert pos(r["tokens_per_s"]) and pos(r["tflops"]) and pos(r["mfu_pct"]) and pos(r["wall_s"]), r

@@ -22,8 +22,9 @@ def evals(run_dir) -> list[dict]:
 @pytest.fixture(scope="module")
 def best_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("best") / "run"
-    code = train_inprocess("cnn", run_dir, [*CNN, "checkpoint.monitor=eval/loss", "checkpoint.keep_best=2",
-                                            "checkpoint.keep=1"])
+    code = train_inprocess(
+        "cnn", run_dir, [*CNN, "checkpoint.monitor=eval/loss", "checkpoint.keep_best=2", "checkpoint.keep=1"]
+    )
     assert code == 0
     return run_dir
 
@@ -32,7 +33,9 @@ def test_keep_best_keeps_the_k_best_besides_the_latest_and_manifests_record_the_
     rows = evals(best_run)
     assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
     best2 = {r["step"] for r in sorted(rows, key=lambda r: (r["loss"], r["step"]))[:2]}
-    kept = {int(p.name.split("-")[1]) for p in (best_run / "checkpoints").iterdir() if p.name.startswith("step-")}
+    kept = {
+        int(p.name.split("-")[1]) for p in (best_run / "checkpoints").iterdir() if p.name.startswith("step-")
+    }
     assert kept == best2 | {60}, (kept, rows)
     for step in kept:
         mon = ckpt.read_manifest(str(best_run / "checkpoints" / ckpt.step_name(step)))["monitor"]
@@ -40,7 +43,9 @@ def test_keep_best_keeps_the_k_best_besides_the_latest_and_manifests_record_the_
         assert mon["value"] == pytest.approx(next(r["loss"] for r in rows if r["step"] == step), rel=1e-5)
     summ = read_summary(best_run)
     best = min(rows, key=lambda r: (r["loss"], r["step"]))
-    assert summ["best"]["step"] == best["step"] and summ["best"]["checkpoint"].endswith(ckpt.step_name(best["step"]))
+    assert summ["best"]["step"] == best["step"] and summ["best"]["checkpoint"].endswith(
+        ckpt.step_name(best["step"])
+    )
 
 
 def test_best_flag_picks_the_best_checkpoint_for_export_and_eval(best_run, tmp_path):
@@ -53,7 +58,10 @@ def test_best_flag_picks_the_best_checkpoint_for_export_and_eval(best_run, tmp_p
     from trainer.tools.evaluate import eval_main
 
     res = tmp_path / "eval.json"
-    assert eval_main(argparse.Namespace(src=str(best_run), best=True, config=None, overrides=[], json=str(res))) == 0
+    assert (
+        eval_main(argparse.Namespace(src=str(best_run), best=True, config=None, overrides=[], json=str(res)))
+        == 0
+    )
     got = json.loads(res.read_text())
     assert ckpt.step_name(best) in got["source"]
     assert got["loss"] == pytest.approx(next(r["loss"] for r in rows if r["step"] == best), rel=1e-4)
@@ -62,30 +70,49 @@ def test_best_flag_picks_the_best_checkpoint_for_export_and_eval(best_run, tmp_p
 
 def test_best_without_a_monitored_checkpoint_is_one_line_exit_2(tmp_path):
     assert train_inprocess("linreg", tmp_path / "run", ["train.max_steps=5"]) == 0
-    r = run_cli(["export", "--from", str(tmp_path / "run"), "--best", "--out", str(tmp_path / "x.safetensors")])
+    r = run_cli(
+        ["export", "--from", str(tmp_path / "run"), "--best", "--out", str(tmp_path / "x.safetensors")]
+    )
     assert r.returncode == 2 and "checkpoint.monitor" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_early_stop_after_patience_evals_without_improvement_exits_0_and_says_so(tmp_path):
     run_dir = tmp_path / "run"
     # lr 0: the model never changes, so no evaluation after the first improves on it
-    code = train_inprocess("cnn", run_dir, ["train.max_steps=200", "train.eval_every_steps=5", "optim.lr=0.0",
-                                            "checkpoint.monitor=eval/accuracy", "train.early_stop_patience=2"])
+    code = train_inprocess(
+        "cnn",
+        run_dir,
+        [
+            "train.max_steps=200",
+            "train.eval_every_steps=5",
+            "optim.lr=0.0",
+            "checkpoint.monitor=eval/accuracy",
+            "train.early_stop_patience=2",
+        ],
+    )
     assert code == 0
     summ = read_summary(run_dir)
     assert summ["steps"] == 15
-    assert summ["early_stop"] == {"step": 15, "metric": "eval/accuracy", "patience": 2,
-                                  "best": pytest.approx(summ["eval"]["accuracy"]), "best_step": 5}
+    assert summ["early_stop"] == {
+        "step": 15,
+        "metric": "eval/accuracy",
+        "patience": 2,
+        "best": pytest.approx(summ["eval"]["accuracy"]),
+        "best_step": 5,
+    }
     log = (run_dir / "logs" / "rank-0.log").read_text()
     assert "early stop at step 15: eval/accuracy has not improved for 2 evaluations" in log
     assert (run_dir / "checkpoints" / ckpt.step_name(15)).is_dir()
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("checkpoint.keep_best=2", "needs checkpoint.monitor"),
-    ("checkpoint.monitor=eval/f1", "expected one of eval/accuracy"),
-    ("log.trackers=[neptune]", "unknown tracker 'neptune'"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("checkpoint.keep_best=2", "needs checkpoint.monitor"),
+        ("checkpoint.monitor=eval/f1", "expected one of eval/accuracy"),
+        ("log.trackers=[neptune]", "unknown tracker 'neptune'"),
+    ],
+)
 def test_bad_monitor_and_tracker_settings_are_one_line_exit_2(override, needle):
     r = run_cli(["check", "-c", "configs/cnn.yaml", override])
     assert r.returncode == 2 and needle in r.stderr, r.stderr
@@ -95,8 +122,20 @@ def test_compare_three_runs_writes_the_png_and_prints_config_differences_and_fin
     runs = []
     for lr in ("0.1", "0.05", "0.01"):
         d = tmp_path / f"lr-{lr}"
-        assert train_inprocess(None, d, ["model.name=linreg", "data.name=synthetic_regression", "train.max_steps=20",
-                                         "train.eval_every_steps=10", f"optim.lr={lr}"]) == 0
+        assert (
+            train_inprocess(
+                None,
+                d,
+                [
+                    "model.name=linreg",
+                    "data.name=synthetic_regression",
+                    "train.max_steps=20",
+                    "train.eval_every_steps=10",
+                    f"optim.lr={lr}",
+                ],
+            )
+            == 0
+        )
         runs.append(str(d))
     out = tmp_path / "cmp" / "compare.png"
     r = run_cli(["compare", *runs, "--metric", "eval/mse", "--out", str(out)])

@@ -22,15 +22,35 @@ from trainer import fit, load_config
 
 transformers = pytest.importorskip("transformers")
 
-NANO = ["model.name=tests.byo_models:GPT", "model.config=tests.byo_models:GPTConfig",
-        "model.kwargs={block_size: 16, n_layer: 2, n_embd: 32}", "model.target_arg=targets",
-        "data.name=text", "data.max_bytes=20000", "model.block_size=16", "train.batch_size=8",
-        "optim.name=adamw", "optim.lr=0.003", "log.every_steps=1", *FAST]
-LLAMA = ["model.name=transformers:LlamaForCausalLM", "model.config=transformers:LlamaConfig",
-         "model.kwargs={vocab_size: 256, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, "
-         "num_attention_heads: 2, num_key_value_heads: 2, max_position_embeddings: 32}",
-         "data.name=text", "data.max_bytes=20000", "model.block_size=16", "train.batch_size=8",
-         "train.max_steps=4", "optim.name=adamw", "optim.lr=0.003", "log.every_steps=1", *FAST]
+NANO = [
+    "model.name=tests.byo_models:GPT",
+    "model.config=tests.byo_models:GPTConfig",
+    "model.kwargs={block_size: 16, n_layer: 2, n_embd: 32}",
+    "model.target_arg=targets",
+    "data.name=text",
+    "data.max_bytes=20000",
+    "model.block_size=16",
+    "train.batch_size=8",
+    "optim.name=adamw",
+    "optim.lr=0.003",
+    "log.every_steps=1",
+    *FAST,
+]
+LLAMA = [
+    "model.name=transformers:LlamaForCausalLM",
+    "model.config=transformers:LlamaConfig",
+    "model.kwargs={vocab_size: 256, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, "
+    "num_attention_heads: 2, num_key_value_heads: 2, max_position_embeddings: 32}",
+    "data.name=text",
+    "data.max_bytes=20000",
+    "model.block_size=16",
+    "train.batch_size=8",
+    "train.max_steps=4",
+    "optim.name=adamw",
+    "optim.lr=0.003",
+    "log.every_steps=1",
+    *FAST,
+]
 
 
 def losses(run_dir) -> list[float]:
@@ -41,8 +61,11 @@ def losses(run_dir) -> list[float]:
 def nano_run(tmp_path_factory):
     """The nanoGPT-style model through the real CLI: model.config + model.kwargs + model.target_arg."""
     run_dir = tmp_path_factory.mktemp("nano") / "run"
-    r = run_cli(["train", f"run.dir={run_dir}", "train.max_steps=6", "checkpoint.every_steps=3", *NANO],
-                env={"OMP_NUM_THREADS": "1"}, timeout=120)
+    r = run_cli(
+        ["train", f"run.dir={run_dir}", "train.max_steps=6", "checkpoint.every_steps=3", *NANO],
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir, r
 
@@ -101,13 +124,27 @@ def test_hf_causal_lm_trains_and_its_own_loss_equals_the_trainers(llama_single, 
 
 
 def test_hf_sequence_classifier_on_a_dict_dataset_through_fit(tmp_path, capfd):
-    model = transformers.BertForSequenceClassification(transformers.BertConfig(
-        vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=16, num_labels=2))
-    cfg = load_config({"train": {"max_steps": 8, "batch_size": 16}, "optim": {"name": "adamw", "lr": 0.003}},
-                      [*FAST, f"run.dir={tmp_path / 'bert'}", "model.target_arg=labels"])
-    res = fit(cfg, model=model, train_data=byo_models.DictSequences(96),
-              eval_data=byo_models.DictSequences(32, seed=1))
+    model = transformers.BertForSequenceClassification(
+        transformers.BertConfig(
+            vocab_size=40,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=16,
+            num_labels=2,
+        )
+    )
+    cfg = load_config(
+        {"train": {"max_steps": 8, "batch_size": 16}, "optim": {"name": "adamw", "lr": 0.003}},
+        [*FAST, f"run.dir={tmp_path / 'bert'}", "model.target_arg=labels"],
+    )
+    res = fit(
+        cfg,
+        model=model,
+        train_data=byo_models.DictSequences(96),
+        eval_data=byo_models.DictSequences(32, seed=1),
+    )
     assert res.exit_code == 0, res.reason
     assert res.model is model  # the trained module itself, unwrapped
     ev = res.summary["eval"]
@@ -123,9 +160,18 @@ def test_hf_sequence_classifier_on_a_dict_dataset_through_fit(tmp_path, capfd):
 
 def test_a_custom_loss_trains_and_evaluates(tmp_path):
     byo_models.LOSS_CALLS.clear()
-    over = [*FAST, "model.name=mlp", "model.hidden=[16]", "data.name=synthetic_classification",
-            "data.num_samples=256", "train.batch_size=32", "train.max_steps=3", "train.eval_batch_size=64",
-            f"run.dir={tmp_path / 'a'}", "train.loss=tests.byo_models:counted_ce"]
+    over = [
+        *FAST,
+        "model.name=mlp",
+        "model.hidden=[16]",
+        "data.name=synthetic_classification",
+        "data.num_samples=256",
+        "train.batch_size=32",
+        "train.max_steps=3",
+        "train.eval_batch_size=64",
+        f"run.dir={tmp_path / 'a'}",
+        "train.loss=tests.byo_models:counted_ce",
+    ]
     res = fit(overrides=over)
     assert res.exit_code == 0, res.reason
     # the probe (32), 3 steps (32 each), the final eval over 26 samples (0.1 of 256) in one batch
@@ -135,17 +181,27 @@ def test_a_custom_loss_trains_and_evaluates(tmp_path):
 
 
 PROBE_ERRORS = {
-    "classes": (["model.name=tests.byo_models:four_outputs", "data.name=digits"],
-                "model output (64, 4) does not fit 10 classes"),
-    "last_position": ([o for o in NANO if not o.startswith("model.target_arg")],
-                      "model output (8, 1, 256) does not fit token targets (8, 16): expected (8, 16, vocab) "
-                      "(a model that returns only the last position without targets needs model.target_arg)"),
-    "loss_not_scalar": (["model.name=mlp", "train.loss=tests.byo_models:scalar_per_sample_loss"],
-                        "train.loss='tests.byo_models:scalar_per_sample_loss' returned (64,), expected a scalar"),
-    "forward_fails": ([*NANO, "model.target_arg=labels"],
-                      "forward on a micro-batch of 8 from data.name='text' failed: TypeError"),
-    "target_key": (["model.name=mlp", "data.name=tests.byo_models:DictSequences", "data.target_key=label"],
-                   "data.target_key='label': not a key of the dataset's samples"),
+    "classes": (
+        ["model.name=tests.byo_models:four_outputs", "data.name=digits"],
+        "model output (64, 4) does not fit 10 classes",
+    ),
+    "last_position": (
+        [o for o in NANO if not o.startswith("model.target_arg")],
+        "model output (8, 1, 256) does not fit token targets (8, 16): expected (8, 16, vocab) "
+        "(a model that returns only the last position without targets needs model.target_arg)",
+    ),
+    "loss_not_scalar": (
+        ["model.name=mlp", "train.loss=tests.byo_models:scalar_per_sample_loss"],
+        "train.loss='tests.byo_models:scalar_per_sample_loss' returned (64,), expected a scalar",
+    ),
+    "forward_fails": (
+        [*NANO, "model.target_arg=labels"],
+        "forward on a micro-batch of 8 from data.name='text' failed: TypeError",
+    ),
+    "target_key": (
+        ["model.name=mlp", "data.name=tests.byo_models:DictSequences", "data.target_key=label"],
+        "data.target_key='label': not a key of the dataset's samples",
+    ),
 }
 
 
@@ -163,5 +219,6 @@ def test_probe_error_through_the_cli_is_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "config error: model.name='tests.byo_models:four_outputs' on data.name='digits': "
-        "model output (64, 4) does not fit 10 classes"]
+        "model output (64, 4) does not fit 10 classes"
+    ]
     assert not (tmp_path / "run").exists()

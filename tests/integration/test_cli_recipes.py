@@ -47,16 +47,38 @@ def test_rerun_of_a_finished_run_says_so_and_exits_0(cnn_run):
     assert "run already complete: step 264 of 264" in r.stderr
 
 
-@pytest.mark.parametrize("recipe, extra, key", [
-    ("linreg", ["train.epochs=1"], "mse"),
-    ("mlp", ["train.max_steps=6"], "accuracy"),
-    ("gpt", ["train.max_steps=4", "model.n_layer=1", "model.n_embd=32", "model.block_size=32",
-             "data.max_bytes=200000", "train.batch_size=8"], "perplexity"),
-])
+@pytest.mark.parametrize(
+    "recipe, extra, key",
+    [
+        ("linreg", ["train.epochs=1"], "mse"),
+        ("mlp", ["train.max_steps=6"], "accuracy"),
+        (
+            "gpt",
+            [
+                "train.max_steps=4",
+                "model.n_layer=1",
+                "model.n_embd=32",
+                "model.block_size=32",
+                "data.max_bytes=200000",
+                "train.batch_size=8",
+            ],
+            "perplexity",
+        ),
+    ],
+)
 def test_each_recipe_runs_through_the_cli(tmp_path, recipe, extra, key):
     run_dir = tmp_path / "run"
-    r = run_cli(["train", "-c", f"configs/{recipe}.yaml", f"run.dir={run_dir}", "log.every_steps=2",
-                 "log.tensorboard=false", *extra])
+    r = run_cli(
+        [
+            "train",
+            "-c",
+            f"configs/{recipe}.yaml",
+            f"run.dir={run_dir}",
+            "log.every_steps=2",
+            "log.tensorboard=false",
+            *extra,
+        ]
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     summary = read_summary(run_dir)
     assert key in summary["eval"] and summary["steps"] > 0
@@ -68,14 +90,24 @@ def test_each_recipe_runs_through_the_cli(tmp_path, recipe, extra, key):
 
 
 def test_linreg_fits_the_synthetic_problem(tmp_path):
-    r = run_cli(["train", "-c", "configs/linreg.yaml", f"run.dir={tmp_path / 'run'}", "log.tensorboard=false"])
+    r = run_cli(
+        ["train", "-c", "configs/linreg.yaml", f"run.dir={tmp_path / 'run'}", "log.tensorboard=false"]
+    )
     assert r.returncode == 0, r.stderr
     assert read_summary(tmp_path / "run")["eval"]["mse"] < 0.05
 
 
 def test_resume_continues_bitwise_and_never_refuses(tmp_path):
-    common = ["-c", "configs/cnn.yaml", "train.epochs=1", "train.eval_every_steps=0", "checkpoint.every_steps=5",
-              "log.tensorboard=false", "log.plot=false", "train.deterministic=true"]
+    common = [
+        "-c",
+        "configs/cnn.yaml",
+        "train.epochs=1",
+        "train.eval_every_steps=0",
+        "checkpoint.every_steps=5",
+        "log.tensorboard=false",
+        "log.plot=false",
+        "train.deterministic=true",
+    ]
     full, part = tmp_path / "full", tmp_path / "part"
     assert run_cli(["train", *common, f"run.dir={full}", "train.max_steps=12"]).returncode == 0
     r = run_cli(["train", *common, f"run.dir={part}", "train.max_steps=7"])
@@ -96,8 +128,16 @@ def test_resume_from_explicit_path_and_refuses_math_change(tmp_path):
     r = run_cli(["train", *common, f"run.dir={tmp_path / 'b'}", f"run.resume={ck}", "train.max_steps=8"])
     assert r.returncode == 0 and "at step 5" in r.stderr
     assert read_summary(tmp_path / "b")["steps"] == 8
-    r = run_cli(["train", *common, f"run.dir={tmp_path / 'c'}", f"run.resume={src}", "train.max_steps=8",
-                 "optim.lr=0.5"])
+    r = run_cli(
+        [
+            "train",
+            *common,
+            f"run.dir={tmp_path / 'c'}",
+            f"run.resume={src}",
+            "train.max_steps=8",
+            "optim.lr=0.5",
+        ]
+    )
     assert r.returncode == 2 and "optim.lr" in r.stderr and "resume_config_change=allow" in r.stderr
     assert not (tmp_path / "c").exists()
 
@@ -105,8 +145,17 @@ def test_resume_from_explicit_path_and_refuses_math_change(tmp_path):
 def test_data_error_exits_2_and_leaves_no_run_dir(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n3,4\n")
-    r = run_cli(["train", "-c", "configs/mlp.yaml", "data.name=csv", f"data.path={bad}", "data.target=price",
-                 f"run.dir={tmp_path / 'run'}"])
+    r = run_cli(
+        [
+            "train",
+            "-c",
+            "configs/mlp.yaml",
+            "data.name=csv",
+            f"data.path={bad}",
+            "data.target=price",
+            f"run.dir={tmp_path / 'run'}",
+        ]
+    )
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "data.target" in r.stderr
     assert not (tmp_path / "run").exists()

@@ -49,13 +49,25 @@ def _env(extra: dict | None = None) -> dict[str, str]:
 
 
 def entrypoint(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ENTRYPOINT), *args], cwd=ROOT, env=_env(env), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(ENTRYPOINT), *args],
+        cwd=ROOT,
+        env=_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(["bash", str(ENTRYPOINT), *args], cwd=ROOT, env=_env(env), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        ["bash", str(ENTRYPOINT), *args],
+        cwd=ROOT,
+        env=_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def read_until(stream, pattern: str, timeout: float = 30) -> str:
@@ -75,7 +87,9 @@ def read_until(stream, pattern: str, timeout: float = 30) -> str:
         text = seen.decode(errors="replace")
         if re.search(pattern, text, re.M):
             return text
-    raise AssertionError(f"no line matching {pattern!r} within {timeout} s; got:\n{seen.decode(errors='replace')}")
+    raise AssertionError(
+        f"no line matching {pattern!r} within {timeout} s; got:\n{seen.decode(errors='replace')}"
+    )
 
 
 class Plan:
@@ -83,8 +97,9 @@ class Plan:
 
     def __init__(self, proc: subprocess.CompletedProcess):
         assert proc.returncode == 0, proc.stderr
-        head = re.search(r"^# (\w+): (\d+) node\(s\) x (\d+) process\(es\), node rank (\d+), from (\S+)",
-                         proc.stdout, re.M)
+        head = re.search(
+            r"^# (\w+): (\d+) node\(s\) x (\d+) process\(es\), node rank (\d+), from (\S+)", proc.stdout, re.M
+        )
         assert head, proc.stdout
         self.mode, self.source = head.group(1), head.group(5)
         self.nnodes, self.nproc, self.node_rank = (int(head.group(i)) for i in (2, 3, 4))
@@ -119,23 +134,43 @@ def test_plain_docker_is_one_local_node_and_arguments_pass_through():
 
 def _pytorchjob_env(rank: int, port: int) -> dict:
     # What the Kubeflow training operator injects with 2 replicas and nprocPerNode 1.
-    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": rank, "WORLD_SIZE": 2,
-            "PET_NPROC_PER_NODE": 1, "PET_NNODES": 2, "PET_NODE_RANK": rank}
+    return {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port,
+        "RANK": rank,
+        "WORLD_SIZE": 2,
+        "PET_NPROC_PER_NODE": 1,
+        "PET_NNODES": 2,
+        "PET_NODE_RANK": rank,
+    }
 
 
 def _trainer_v2_env(rank: int, port: int) -> dict:
-    return {"PET_NNODES": 2, "PET_NPROC_PER_NODE": "auto", "PET_NODE_RANK": rank,
-            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": port}
+    return {
+        "PET_NNODES": 2,
+        "PET_NPROC_PER_NODE": "auto",
+        "PET_NODE_RANK": rank,
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": port,
+    }
 
 
 def _indexed_job_env(rank: int, port: int) -> dict:
     """The container env of the rendered Indexed Job, as Kubernetes would start pod ``rank``."""
-    job = next(o for o in manifests.render(manifests.Options(kind="indexedjob", image="r/t:1", nodes=2))
-               if o["kind"] == "Job")
+    job = next(
+        o
+        for o in manifests.render(manifests.Options(kind="indexedjob", image="r/t:1", nodes=2))
+        if o["kind"] == "Job"
+    )
     env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["LAUNCH_MASTER_ADDR"] == "train-0.train"
     # The pod name train-0.train only resolves inside the cluster: point at the local stand-in.
-    return {**env, "JOB_COMPLETION_INDEX": rank, "LAUNCH_MASTER_ADDR": "127.0.0.1", "LAUNCH_MASTER_PORT": port}
+    return {
+        **env,
+        "JOB_COMPLETION_INDEX": rank,
+        "LAUNCH_MASTER_ADDR": "127.0.0.1",
+        "LAUNCH_MASTER_PORT": port,
+    }
 
 
 def _compose_env(rank: int, port: int) -> dict:
@@ -143,12 +178,16 @@ def _compose_env(rank: int, port: int) -> dict:
     return {**svc["environment"], "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": port}
 
 
-@pytest.mark.parametrize("make_env, source", [
-    (_pytorchjob_env, "pytorchjob-v1"),
-    (_trainer_v2_env, "trainer-v2"),
-    (_indexed_job_env, "indexed-job"),
-    (_compose_env, "trainer-v2"),  # compose uses torchrun's PET_* names, which that row reads
-], ids=["pytorchjob", "trainer-v2", "indexed-job", "compose"])
+@pytest.mark.parametrize(
+    "make_env, source",
+    [
+        (_pytorchjob_env, "pytorchjob-v1"),
+        (_trainer_v2_env, "trainer-v2"),
+        (_indexed_job_env, "indexed-job"),
+        (_compose_env, "trainer-v2"),  # compose uses torchrun's PET_* names, which that row reads
+    ],
+    ids=["pytorchjob", "trainer-v2", "indexed-job", "compose"],
+)
 def test_two_nodes_start_as_two_processes(make_env, source, master_port):
     """Node 0 and node 1 of one job, started together: same world and endpoint, their own node ranks."""
     procs = [start("--dry-run", *CONFIG, env=make_env(rank, master_port)) for rank in (0, 1)]
@@ -167,9 +206,18 @@ def test_two_nodes_start_as_two_processes(make_env, source, master_port):
 
 def _slurm_step_env(rank: int, port: int) -> dict:
     """src/common/env.c inside `srun -N2` on the last two nodes of a 4-node allocation (MASTER_PORT: ours)."""
-    return {"SLURM_JOB_ID": 77, "SLURM_JOB_NODELIST": "127.0.0.[0-1]", "SLURM_NODELIST": "127.0.0.1",
-            "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NNODES": 2, "SLURM_STEP_NUM_NODES": 2, "SLURM_NODEID": rank,
-            "SLURM_PROCID": rank, "SLURM_NTASKS": 2, "MASTER_PORT": port}
+    return {
+        "SLURM_JOB_ID": 77,
+        "SLURM_JOB_NODELIST": "127.0.0.[0-1]",
+        "SLURM_NODELIST": "127.0.0.1",
+        "SLURM_STEP_NODELIST": "127.0.0.1",
+        "SLURM_NNODES": 2,
+        "SLURM_STEP_NUM_NODES": 2,
+        "SLURM_NODEID": rank,
+        "SLURM_PROCID": rank,
+        "SLURM_NTASKS": 2,
+        "MASTER_PORT": port,
+    }
 
 
 def _is_host(p: Plan) -> str | None:
@@ -177,12 +225,16 @@ def _is_host(p: Plan) -> str | None:
     return m.group(1) if m else None
 
 
-@pytest.mark.parametrize("make_env, source", [
-    (_pytorchjob_env, "pytorchjob-v1"),
-    (_trainer_v2_env, "trainer-v2"),
-    (_indexed_job_env, "indexed-job"),
-    (_slurm_step_env, "slurm"),
-], ids=["pytorchjob", "trainer-v2", "indexed-job", "slurm-step"])
+@pytest.mark.parametrize(
+    "make_env, source",
+    [
+        (_pytorchjob_env, "pytorchjob-v1"),
+        (_trainer_v2_env, "trainer-v2"),
+        (_indexed_job_env, "indexed-job"),
+        (_slurm_step_env, "slurm"),
+    ],
+    ids=["pytorchjob", "trainer-v2", "indexed-job", "slurm-step"],
+)
 def test_node_0_is_told_it_hosts_the_store(make_env, source, master_port):
     """Whatever the host name resolves to: the controller fixed the endpoint to node rank 0."""
     hosts = []
@@ -195,10 +247,13 @@ def test_node_0_is_told_it_hosts_the_store(make_env, source, master_port):
 
 @pytest.mark.parametrize("envs, source, endpoint", [j[1:] for j in JOBS], ids=[j[0] for j in JOBS])
 def test_every_controller_through_the_entrypoint(envs, source, endpoint):
-    """The controllers' environments of tests/unit/test_controllers.py (each cites its source), every node, as the
-    entrypoint reads them; the master names do not resolve here, so the workers do not wait (ENTRYPOINT_WAIT_S=0)."""
+    """The controllers' environments of tests/unit/test_controllers.py (each cites its source), every node, as
+    the entrypoint reads them; the master names do not resolve here, so the workers do not wait
+    (ENTRYPOINT_WAIT_S=0)."""
     for rank, env in enumerate(envs):
-        p = Plan(entrypoint("--dry-run", *CONFIG, "--nproc-per-node", "1", env={**env, "ENTRYPOINT_WAIT_S": 0}))
+        p = Plan(
+            entrypoint("--dry-run", *CONFIG, "--nproc-per-node", "1", env={**env, "ENTRYPOINT_WAIT_S": 0})
+        )
         assert (p.source, p.nnodes, p.node_rank) == (source, len(envs), rank)
         assert p.flag("rdzv-endpoint") == endpoint and _is_host(p) == str(int(rank == 0))
 
@@ -210,10 +265,18 @@ def test_launch_local_addr_reaches_the_launcher():
 
 
 def test_jobset_example_without_a_node_count_is_refused():
-    """JobSet's site/static/examples/pytorch/cnn-mnist/mnist.yaml pod 0 (MASTER_ADDR, RANK = completion index, no
-    WORLD_SIZE; Kubernetes adds JOB_COMPLETION_INDEX) used to train alone."""
-    r = entrypoint("--dry-run", *CONFIG, env={"MASTER_ADDR": "pytorch-workers-0-0.pytorch", "MASTER_PORT": 3389,
-                                              "RANK": 0, "JOB_COMPLETION_INDEX": 0})
+    """JobSet's site/static/examples/pytorch/cnn-mnist/mnist.yaml pod 0 (MASTER_ADDR, RANK = completion index,
+    no WORLD_SIZE; Kubernetes adds JOB_COMPLETION_INDEX) used to train alone."""
+    r = entrypoint(
+        "--dry-run",
+        *CONFIG,
+        env={
+            "MASTER_ADDR": "pytorch-workers-0-0.pytorch",
+            "MASTER_PORT": 3389,
+            "RANK": 0,
+            "JOB_COMPLETION_INDEX": 0,
+        },
+    )
     assert r.returncode == 2 and "LAUNCH_NNODES" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert "exec" not in r.stderr and r.stdout == ""
 
@@ -228,7 +291,9 @@ def test_indexed_job_node0_uses_the_rendered_master_name_and_run_dir():
 def test_worker_waits_for_a_late_master_instead_of_crash_looping():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound, not yet listening: connections are refused, like a master still starting
+        port = s.getsockname()[
+            1
+        ]  # bound, not yet listening: connections are refused, like a master still starting
         proc = start("--dry-run", *CONFIG, env={**_trainer_v2_env(1, port), "ENTRYPOINT_WAIT_S": 60})
         try:
             read_until(proc.stderr, r"waiting up to 60 s")
@@ -243,8 +308,12 @@ def test_worker_waits_for_a_late_master_instead_of_crash_looping():
 
 
 def test_wait_times_out_with_the_documented_code():
-    env = {"JOB_COMPLETION_INDEX": 1, "LAUNCH_NNODES": 2, "LAUNCH_MASTER_ADDR": "master.invalid",
-           "ENTRYPOINT_WAIT_S": 1}
+    env = {
+        "JOB_COMPLETION_INDEX": 1,
+        "LAUNCH_NNODES": 2,
+        "LAUNCH_MASTER_ADDR": "master.invalid",
+        "ENTRYPOINT_WAIT_S": 1,
+    }
     t0 = time.monotonic()
     r = entrypoint("--dry-run", *CONFIG, env=env)
     assert r.returncode == UNAVAILABLE == 69, r.stderr
@@ -266,7 +335,12 @@ def _processes_mentioning(text: str) -> list[int]:
 
 def test_sigterm_during_the_wait_ends_it_at_once():
     host = f"master-{os.getpid()}-{time.monotonic_ns()}.invalid"  # unique, to find the waiter process
-    env = {"JOB_COMPLETION_INDEX": 1, "LAUNCH_NNODES": 2, "LAUNCH_MASTER_ADDR": host, "ENTRYPOINT_WAIT_S": 300}
+    env = {
+        "JOB_COMPLETION_INDEX": 1,
+        "LAUNCH_NNODES": 2,
+        "LAUNCH_MASTER_ADDR": host,
+        "ENTRYPOINT_WAIT_S": 300,
+    }
     proc = start("--dry-run", *CONFIG, env=env)
     try:
         read_until(proc.stderr, r"waiting up to 300 s")
@@ -285,14 +359,17 @@ def test_sigterm_during_the_wait_ends_it_at_once():
 
 
 def test_contradictory_environment_is_a_one_line_config_error():
-    r = entrypoint("--dry-run", *CONFIG, env={"JOB_COMPLETION_INDEX": 5, "LAUNCH_NNODES": 2,
-                                              "LAUNCH_MASTER_ADDR": "x"})
+    r = entrypoint(
+        "--dry-run", *CONFIG, env={"JOB_COMPLETION_INDEX": 5, "LAUNCH_NNODES": 2, "LAUNCH_MASTER_ADDR": "x"}
+    )
     assert r.returncode == 2, r.stderr
     assert "JOB_COMPLETION_INDEX" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_settings_from_the_environment():
-    p = Plan(entrypoint("--dry-run", *CONFIG, env={"NPROC_PER_NODE": 2, "MAX_RESTARTS": 3, "RUN_DIR": "/runs/a"}))
+    p = Plan(
+        entrypoint("--dry-run", *CONFIG, env={"NPROC_PER_NODE": 2, "MAX_RESTARTS": 3, "RUN_DIR": "/runs/a"})
+    )
     assert p.flag("nproc-per-node") == "2" and p.flag("max-restarts") == "3"
     assert p.trainer_args.count("run.dir=/runs/a") == 1
     # An explicit run.dir argument wins over RUN_DIR.
@@ -324,15 +401,22 @@ def test_the_launcher_replaces_the_shell_and_receives_sigterm(tmp_path):
     fake.write_text(
         "#!/usr/bin/env bash\n"
         "# The interpreter for everything but the launch itself, which stands in for the launcher.\n"
-        'if [[ $1 == -m && $2 == launch && $3 == ddp ]]; then\n'
+        "if [[ $1 == -m && $2 == launch && $3 == ddp ]]; then\n"
         "  trap 'echo got TERM; exit 75' TERM\n"
         '  echo "launcher pid $$"\n'
         "  while :; do sleep 0.05; done\n"
         "fi\n"
-        f'exec {sys.executable} "$@"\n')
+        f'exec {sys.executable} "$@"\n'
+    )
     fake.chmod(0o755)
-    proc = subprocess.Popen(["bash", str(ENTRYPOINT), *CONFIG], cwd=ROOT, env=_env({"PYTHON": fake}),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["bash", str(ENTRYPOINT), *CONFIG],
+        cwd=ROOT,
+        env=_env({"PYTHON": fake}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         text = read_until(proc.stdout, r"^launcher pid \d+$")
         assert int(re.search(r"^launcher pid (\d+)$", text, re.M).group(1)) == proc.pid

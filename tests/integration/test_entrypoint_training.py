@@ -17,8 +17,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 def start(args, env):
     e = _env({"PYTHONPATH": ROOT, "ENTRYPOINT_WAIT_S": "60", **env})
-    return subprocess.Popen(["bash", str(ENTRYPOINT), *args], cwd=ROOT, env=e, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        ["bash", str(ENTRYPOINT), *args],
+        cwd=ROOT,
+        env=e,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize("flavour", ["pytorchjob", "trainer-v2"])
@@ -30,11 +36,23 @@ def test_two_node_job_through_the_entrypoint_equals_one_node(tmp_path, flavour):
     procs = []
     for node in range(2):
         if flavour == "pytorchjob":  # Kubeflow v1: RANK is the NODE rank
-            env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": 2, "RANK": node,
-                   "PET_NPROC_PER_NODE": 1, "PET_NNODES": 2, "PET_NODE_RANK": node}
+            env = {
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+                "WORLD_SIZE": 2,
+                "RANK": node,
+                "PET_NPROC_PER_NODE": 1,
+                "PET_NNODES": 2,
+                "PET_NODE_RANK": node,
+            }
         else:  # Kubeflow Trainer v2
-            env = {"PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": port, "PET_NNODES": 2,
-                   "PET_NODE_RANK": node, "PET_NPROC_PER_NODE": 1}
+            env = {
+                "PET_MASTER_ADDR": "127.0.0.1",
+                "PET_MASTER_PORT": port,
+                "PET_NNODES": 2,
+                "PET_NODE_RANK": node,
+                "PET_NPROC_PER_NODE": 1,
+            }
         procs.append(start([f"run.dir={run_dir}", *TINY], {k: str(v) for k, v in env.items()}))
     try:
         outs = [p.communicate(timeout=150) for p in procs]

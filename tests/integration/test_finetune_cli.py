@@ -40,8 +40,19 @@ def tool(args: list[str], capfd) -> Result:
 def test_pretrain_finetune_eval_export(tmp_path, capfd):
     pre, ft, out = tmp_path / "pre", tmp_path / "ft", tmp_path / "ft.safetensors"
     assert train_inprocess("cnn_pretrain", pre, ["train.max_steps=12", "train.eval_every_steps=0"]) == 0
-    r = run_cli(["train", "-c", "configs/finetune_cnn.yaml", f"run.dir={ft}", f"model.init_from={pre}",
-                 "train.max_steps=6", "train.eval_every_steps=0", *FAST], env=ENV)
+    r = run_cli(
+        [
+            "train",
+            "-c",
+            "configs/finetune_cnn.yaml",
+            f"run.dir={ft}",
+            f"model.init_from={pre}",
+            "train.max_steps=6",
+            "train.eval_every_steps=0",
+            *FAST,
+        ],
+        env=ENV,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "init_from: 6 tensors (420,352 parameters) from checkpoint" in r.stderr
     assert "fc2.weight re-initialised (model.init_skip)" in r.stderr
@@ -63,8 +74,22 @@ def test_pretrain_finetune_eval_export(tmp_path, capfd):
 def test_compress_quantize_and_prune_report_before_and_after(cnn_run, tmp_path, capfd):
     run_dir, _ = cnn_run
     q = tmp_path / "q"
-    r = tool(["compress", "--from", str(run_dir), "--method", "quantize", "--scheme",
-                 "int8-dynamic,torch-ao-dynamic", "--out", str(q), "--repeats", "2"], capfd)
+    r = tool(
+        [
+            "compress",
+            "--from",
+            str(run_dir),
+            "--method",
+            "quantize",
+            "--scheme",
+            "int8-dynamic,torch-ao-dynamic",
+            "--out",
+            str(q),
+            "--repeats",
+            "2",
+        ],
+        capfd,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((q / "report.json").read_text())
     base, *variants = rep["rows"]
@@ -79,8 +104,26 @@ def test_compress_quantize_and_prune_report_before_and_after(cnn_run, tmp_path, 
     assert r.returncode == 0 and f"accuracy {variants[0]['value']:.4f}" in r.stdout, r.stderr
 
     p = tmp_path / "p"
-    r = tool(["compress", "--from", str(run_dir), "--method", "prune", "--amount", "0.6", "--scope", "global",
-                 "--finetune-steps", "3", "--out", str(p), "--repeats", "2"], capfd)
+    r = tool(
+        [
+            "compress",
+            "--from",
+            str(run_dir),
+            "--method",
+            "prune",
+            "--amount",
+            "0.6",
+            "--scope",
+            "global",
+            "--finetune-steps",
+            "3",
+            "--out",
+            str(p),
+            "--repeats",
+            "2",
+        ],
+        capfd,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((p / "report.json").read_text())
     info = rep["prune"]
@@ -89,8 +132,24 @@ def test_compress_quantize_and_prune_report_before_and_after(cnn_run, tmp_path, 
     assert rep["rows"][1]["size_bytes"] == os.path.getsize(p / "model.safetensors")
 
     s = tmp_path / "s"
-    r = tool(["compress", "--from", str(run_dir), "--method", "prune", "--amount", "0.5", "--scope", "channel",
-                 "--out", str(s), "--repeats", "2"], capfd)
+    r = tool(
+        [
+            "compress",
+            "--from",
+            str(run_dir),
+            "--method",
+            "prune",
+            "--amount",
+            "0.5",
+            "--scope",
+            "channel",
+            "--out",
+            str(s),
+            "--repeats",
+            "2",
+        ],
+        capfd,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     row = json.loads((s / "report.json").read_text())["rows"][1]
     assert row["params"] < 0.3 * 421_642 and row["size_bytes"] < 0.3 * rep["rows"][0]["size_bytes"]
@@ -106,7 +165,10 @@ def test_a_malicious_pickle_is_refused_with_one_line_and_exit_2(tmp_path, capfd)
     lines = [ln for ln in r.stderr.splitlines() if "error" in ln]
     assert len(lines) == 1 and "refused" in lines[0] and "Traceback" not in r.stderr
     assert not os.path.exists(marker) and not (tmp_path / "run").exists()
-    for cmd in (["eval", "--from", path], ["export", "--from", path, "--out", str(tmp_path / "x.safetensors")]):
+    for cmd in (
+        ["eval", "--from", path],
+        ["export", "--from", path, "--out", str(tmp_path / "x.safetensors")],
+    ):
         r = tool(cmd, capfd)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "refused" in r.stderr, r.stderr
     assert not os.path.exists(marker) and not (tmp_path / "x.safetensors").exists()

@@ -15,8 +15,9 @@ def test_gpu_check_smoke_writes_every_row(tmp_path, capsys):
     (path,) = tmp_path.glob("gpu_check-*-smoke.json")
     result = json.loads(path.read_text())
     rows = result["rows"]
-    assert {(r["recipe"], r["mode"]) for r in rows} == {(rc, m) for rc in ("cnn", "gpt")
-                                                        for m in ("single", "dp", "ddp", "fsdp", "accelerate")}
+    assert {(r["recipe"], r["mode"]) for r in rows} == {
+        (rc, m) for rc in ("cnn", "gpt") for m in ("single", "dp", "ddp", "fsdp", "accelerate")
+    }
     for r in rows:
         assert r["exit"] == 0 and r["step_ms"] > 0 and r["loss"] > 0
     assert "ms/step" in capsys.readouterr().out

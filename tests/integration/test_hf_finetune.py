@@ -1,5 +1,6 @@
-"""Fine-tune a (tiny, random, made-here) Hugging Face model on a JSONL: LoRA on Llama, full on a sharded Qwen2,
-FSDP on 2 processes with resume; the outputs load in transformers and peft; generate is deterministic."""
+"""Fine-tune a (tiny, random, made-here) Hugging Face model on a JSONL: LoRA on Llama, full on a sharded
+Qwen2, FSDP on 2 processes with resume; the outputs load in transformers and peft; generate is
+deterministic."""
 
 import os
 
@@ -12,10 +13,22 @@ from tests.hfutil import make_model, make_tokenizer, qa_records, write_jsonl
 
 pytest.importorskip("peft")
 
-COMMON = ["model.name=hf", "data.name=jsonl", "data.seq_len=64", "train.batch_size=8", "optim.name=adamw",
-          "log.every_steps=5", "train.eval_batch_size=64"]
-LORA = ["lora.targets=[q_proj,v_proj,o_proj,down_proj]", "lora.trainable=[lm_head]", "lora.rank=8", "lora.alpha=16",
-        "optim.lr=1e-2"]
+COMMON = [
+    "model.name=hf",
+    "data.name=jsonl",
+    "data.seq_len=64",
+    "train.batch_size=8",
+    "optim.name=adamw",
+    "log.every_steps=5",
+    "train.eval_batch_size=64",
+]
+LORA = [
+    "lora.targets=[q_proj,v_proj,o_proj,down_proj]",
+    "lora.trainable=[lm_head]",
+    "lora.rank=8",
+    "lora.alpha=16",
+    "optim.lr=1e-2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +51,19 @@ def _data(a):
 def lora_run(assets):
     """configs/finetune_llm.yaml as a user runs it, sized down for the tiny model."""
     run = assets["root"] / "runs" / "lora"
-    over = [*COMMON, *LORA, *_data(assets), f"model.path={assets['llama']}", "train.max_steps=40",
-            "train.precision=fp32", "train.eval_every_steps=0", "optim.warmup_steps=0", "optim.schedule=constant",
-            "lora.dropout=0", "checkpoint.every_steps=0"]
+    over = [
+        *COMMON,
+        *LORA,
+        *_data(assets),
+        f"model.path={assets['llama']}",
+        "train.max_steps=40",
+        "train.precision=fp32",
+        "train.eval_every_steps=0",
+        "optim.warmup_steps=0",
+        "optim.schedule=constant",
+        "lora.dropout=0",
+        "checkpoint.every_steps=0",
+    ]
     assert train_inprocess("finetune_llm", run, over) == 0
     return run
 
@@ -49,8 +72,15 @@ def _batch(assets, n=4):
     from trainer import config as C
     from trainer.data import build_datasets
 
-    cfg = C.load(None, [*COMMON, *_data(assets), f"model.path={assets['llama']}",
-                        f"run.dir={assets['root'] / 'runs' / 'probe'}"])
+    cfg = C.load(
+        None,
+        [
+            *COMMON,
+            *_data(assets),
+            f"model.path={assets['llama']}",
+            f"run.dir={assets['root'] / 'runs' / 'probe'}",
+        ],
+    )
     return build_datasets(cfg)[1].get_batch(list(range(n)))
 
 
@@ -112,8 +142,14 @@ def test_generate_is_deterministic_at_temperature_0(lora_run, tmp_path, capsys):
 def test_full_finetune_of_a_sharded_qwen2_lowers_eval_loss(assets, tmp_path):
     run = tmp_path / "full"
     assert len([f for f in os.listdir(assets["qwen"]) if f.endswith(".safetensors")]) > 1
-    over = [*COMMON, *_data(assets), f"model.path={assets['qwen']}", "train.max_steps=25", "optim.lr=3e-3",
-            "train.freeze=[model.embed_tokens]"]
+    over = [
+        *COMMON,
+        *_data(assets),
+        f"model.path={assets['qwen']}",
+        "train.max_steps=25",
+        "optim.lr=3e-3",
+        "train.freeze=[model.embed_tokens]",
+    ]
     assert train_inprocess(None, run, over) == 0
     s = read_summary(run)
     assert s["eval"]["loss"] < s["eval_before"]["loss"] - 0.5
@@ -133,15 +169,31 @@ def test_full_finetune_of_a_sharded_qwen2_lowers_eval_loss(assets, tmp_path):
 @pytest.mark.timeout(300)
 def test_fsdp_two_processes_finetune_resume_and_match_one_process(assets, tmp_path):
     run = tmp_path / "fsdp"
-    over = [*COMMON, *LORA, *_data(assets), f"model.path={assets['llama']}", "device=cpu", "log.plot=false",
-            "log.tensorboard=false", "train.eval_before=true"]
+    over = [
+        *COMMON,
+        *LORA,
+        *_data(assets),
+        f"model.path={assets['llama']}",
+        "device=cpu",
+        "log.plot=false",
+        "log.tensorboard=false",
+        "train.eval_before=true",
+    ]
     env = {"OMP_NUM_THREADS": "1"}
-    r = run_cli(["fsdp", "--nproc-per-node", "2", f"run.dir={run}", *over, "train.max_steps=4"],
-                module="launch", env=env, timeout=200)
+    r = run_cli(
+        ["fsdp", "--nproc-per-node", "2", f"run.dir={run}", *over, "train.max_steps=4"],
+        module="launch",
+        env=env,
+        timeout=200,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     assert "rank 0 reads, the others get its weights by broadcast" in r.stderr
-    r = run_cli(["fsdp", "--nproc-per-node", "2", f"run.dir={run}", *over, "train.max_steps=8"],
-                module="launch", env=env, timeout=200)
+    r = run_cli(
+        ["fsdp", "--nproc-per-node", "2", f"run.dir={run}", *over, "train.max_steps=8"],
+        module="launch",
+        env=env,
+        timeout=200,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     assert "resumed from" in r.stderr and "at step 4" in r.stderr
     s = read_summary(run)
@@ -164,8 +216,23 @@ def test_compress_quantizes_the_finetuned_lm_with_perplexity_size_and_latency(lo
 
     out = tmp_path / "q"
     with pytest.raises(SystemExit) as e:
-        main(["compress", "--from", str(lora_run), "--method", "quantize", "--scheme", "torch-ao-dynamic",
-              "--out", str(out), "--threads", "1", "--repeats", "3"])
+        main(
+            [
+                "compress",
+                "--from",
+                str(lora_run),
+                "--method",
+                "quantize",
+                "--scheme",
+                "torch-ao-dynamic",
+                "--out",
+                str(out),
+                "--threads",
+                "1",
+                "--repeats",
+                "3",
+            ]
+        )
     assert e.value.code == 0
     rep = json.loads((out / "report.json").read_text())
     src, q = rep["rows"]

@@ -1,4 +1,5 @@
-"""kill -9 at every instrumented phase of a checkpoint write: 20 real kills, the latest checkpoint always loads.
+"""kill -9 at every instrumented phase of a checkpoint write: 20 real kills, the latest checkpoint always
+loads.
 
 The hook ``TRAINER_TEST_KILL_AT=PHASE:STEP:RANK`` (trainer/checkpoint.py) SIGKILLs the process at PHASE of the
 save at STEP on RANK. Four phases (before_data, mid_file, before_rename, before_latest) times five variations:
@@ -28,7 +29,13 @@ from trainer.training import checkpoint as ckpt
 
 PHASES = ["before_data", "mid_file", "before_rename", "before_latest"]
 EVERY = 4
-JOB = [*TINY, "train.max_steps=12", f"checkpoint.every_steps={EVERY}", "checkpoint.keep=2", "log.every_steps=4"]
+JOB = [
+    *TINY,
+    "train.max_steps=12",
+    f"checkpoint.every_steps={EVERY}",
+    "checkpoint.keep=2",
+    "log.every_steps=4",
+]
 VARIANTS = {  # name -> (step of the killed save, extra overrides)
     "first_save": (4, []),
     "periodic": (8, []),

@@ -23,9 +23,14 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def job(tmp_path, nan_at, *extra: str, ranks=(0,)) -> list[str]:
-    return [*FAULTY, "train.max_steps=12", "train.max_bad_steps=2",
-            f"model.kwargs={{nan_at: {list(nan_at)}, ranks: {list(ranks)}}}",
-            f"data.kwargs={{log_dir: {tmp_path}}}", *extra]
+    return [
+        *FAULTY,
+        "train.max_steps=12",
+        "train.max_bad_steps=2",
+        f"model.kwargs={{nan_at: {list(nan_at)}, ranks: {list(ranks)}}}",
+        f"data.kwargs={{log_dir: {tmp_path}}}",
+        *extra,
+    ]
 
 
 def saved(run_dir, step: int) -> dict:
@@ -59,7 +64,9 @@ def test_a_transient_nan_is_skipped_and_training_completes(tmp_path):
     assert train_inprocess(None, run_dir, overrides) == 0
     assert_bad_step_changed_nothing(run_dir, 5)
     rows = {r["step"]: r["loss"] for r in read_metrics(run_dir)}
-    assert rows[5] is None and all(math.isfinite(v) for s, v in rows.items() if s != 5)  # NaN is null: strict JSON
+    assert rows[5] is None and all(
+        math.isfinite(v) for s, v in rows.items() if s != 5
+    )  # NaN is null: strict JSON
     assert all(torch.isfinite(v).all() for v in final_weights(run_dir).values())
 
 
@@ -95,10 +102,12 @@ def test_a_bad_run_that_ended_between_two_checks_still_stops(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_nan_on_one_rank_is_skipped_by_every_rank(tmp_path):
-    """Under DDP the NaN reaches the other rank through the gradient all-reduce: both skip, both stay equal."""
+    """Under DDP the NaN reaches the other rank through the gradient all-reduce: both skip, both stay
+    equal."""
     run_dir = tmp_path / "run"
-    overrides = job(tmp_path, [5], "checkpoint.every_steps=1", "checkpoint.keep=20", "log.every_steps=1",
-                    ranks=[1])
+    overrides = job(
+        tmp_path, [5], "checkpoint.every_steps=1", "checkpoint.keep=20", "log.every_steps=1", ranks=[1]
+    )
     j = launch(["ddp", "--nproc-per-node", "2", f"run.dir={run_dir}", *overrides, *DIST], timeout=120)
     assert j.returncode == 0, j.stderr[-3000:]
     assert_bad_step_changed_nothing(run_dir, 5)

@@ -103,8 +103,16 @@ def test_a_run_that_diverged_to_the_end_exits_3_and_its_files_are_strict_json(tm
     code = train_inprocess(
         None,
         run_dir,
-        [*TINY, "optim.lr=1e30", "optim.momentum=0", "train.max_steps=6", "train.max_bad_steps=100",
-         "checkpoint.every_steps=1", "checkpoint.keep=20", "log.every_steps=1"],
+        [
+            *TINY,
+            "optim.lr=1e30",
+            "optim.momentum=0",
+            "train.max_steps=6",
+            "train.max_bad_steps=100",
+            "checkpoint.every_steps=1",
+            "checkpoint.keep=20",
+            "log.every_steps=1",
+        ],
     )
     assert code == codes.NONFINITE
     assert not (run_dir / "model.safetensors").exists()  # no export of a non-result
@@ -121,13 +129,17 @@ def test_a_run_that_diverged_to_the_end_exits_3_and_its_files_are_strict_json(tm
 
 def test_strict_json_turns_every_non_finite_number_into_null():
     assert M.strict_json({"a": math.nan, "b": [math.inf, 1.0], "c": {"d": -math.inf}}) == {
-        "a": None, "b": [None, 1.0], "c": {"d": None}}
+        "a": None,
+        "b": [None, 1.0],
+        "c": {"d": None},
+    }
 
 
 # ----------------------------------------------------------------------------- class 8: config edge cases
 
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"b{i}: &b{i} [{', '.join(['*' + ('a' if i == 1 else f'b{i - 1}')] * 10)}]\n" for i in range(1, 8))
+    f"b{i}: &b{i} [{', '.join(['*' + ('a' if i == 1 else f'b{i - 1}')] * 10)}]\n" for i in range(1, 8)
+)
 
 
 @pytest.mark.parametrize(
@@ -143,8 +155,17 @@ ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         ("train: {max_steps: 5\n", "invalid YAML"),
         ("train:\n  max_step: 5\n", "unknown key train.max_step (did you mean train.max_steps?)"),
     ],
-    ids=["dup-key", "dup-section", "alias-bomb", "model-list", "train-zero", "top-list", "binary", "bad-yaml",
-         "typo"],
+    ids=[
+        "dup-key",
+        "dup-section",
+        "alias-bomb",
+        "model-list",
+        "train-zero",
+        "top-list",
+        "binary",
+        "bad-yaml",
+        "typo",
+    ],
 )
 def test_a_bad_config_file_is_one_line_and_writes_nothing(tmp_path, main_train, content, needle):
     path = tmp_path / "recipe.yaml"
@@ -180,7 +201,9 @@ def test_bad_values_and_usage_are_one_line_with_a_hint(main_train, args, needle)
     assert not run_dir.exists()
 
 
-@pytest.mark.parametrize("argv,needle", [(["trian"], "did you mean train?"), (["chek"], "did you mean check?")])
+@pytest.mark.parametrize(
+    "argv,needle", [(["trian"], "did you mean train?"), (["chek"], "did you mean check?")]
+)
 def test_unknown_trainer_commands_suggest_the_closest(argv, needle):
     assert_one_line_exit_2(run_cli(argv), needle)  # the real process: argparse's own exit path
 
@@ -204,10 +227,14 @@ def test_no_eval_split_reports_no_metric_instead_of_accuracy_zero(tmp_path):
     "env,needle",
     [
         ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc': expected an integer"),
-        ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"},
-         "MASTER_PORT='99999': a port is 1..65535"),
-        ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
-         "RANK=2 is outside the world of WORLD_SIZE=2"),
+        (
+            {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"},
+            "MASTER_PORT='99999': a port is 1..65535",
+        ),
+        (
+            {"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
+            "RANK=2 is outside the world of WORLD_SIZE=2",
+        ),
         ({"RANK": "-1"}, "RANK='-1': expected an integer >= 0"),
         ({"WORLD_SIZE": "2", "RANK": "1"}, "MASTER_ADDR is not set"),
     ],
@@ -276,20 +303,31 @@ def test_a_plotting_failure_never_costs_the_weights(tmp_path, monkeypatch, failu
     assert train_inprocess(None, run_dir, [*TINY, "train.max_steps=3", "log.plot=true"]) == 0
     assert (run_dir / "model.safetensors").exists() and (run_dir / "summary.json").exists()
     assert not (run_dir / "loss.png").exists()
-    want = "matplotlib is not installed" if failure == "missing-matplotlib" else "plotting failed: ZeroDivisionError"
-    skipped = [x for x in (run_dir / "logs" / "rank-0.log").read_text().splitlines() if "loss.png skipped" in x]
+    want = (
+        "matplotlib is not installed"
+        if failure == "missing-matplotlib"
+        else "plotting failed: ZeroDivisionError"
+    )
+    skipped = [
+        x for x in (run_dir / "logs" / "rank-0.log").read_text().splitlines() if "loss.png skipped" in x
+    ]
     assert len(skipped) == 1 and want in skipped[0], skipped
 
 
 @pytest.mark.parametrize("where", ["on-import", "in-constructor"])
 def test_a_user_module_that_calls_sys_exit_is_not_a_success(tmp_path, monkeypatch, where):
-    body = "import sys\nsys.exit(0)\n" if where == "on-import" else (
-        "import sys\nclass Net:\n    def __init__(self, **kw):\n        sys.exit(0)\n")
+    body = (
+        "import sys\nsys.exit(0)\n"
+        if where == "on-import"
+        else ("import sys\nclass Net:\n    def __init__(self, **kw):\n        sys.exit(0)\n")
+    )
     (tmp_path / f"exits_{where[:2]}.py").write_text(body)
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = C.load(None, [*TINY, *FAST, f"model.name=exits_{where[:2]}:Net", f"run.dir={tmp_path / 'run'}"])
     code, reason = train_command(cfg)
-    assert code == codes.CONFIG and f"model.name='exits_{where[:2]}:Net'" in reason and "sys.exit(0)" in reason
+    assert (
+        code == codes.CONFIG and f"model.name='exits_{where[:2]}:Net'" in reason and "sys.exit(0)" in reason
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -324,5 +362,7 @@ def test_log_lines_go_through_the_progress_bar_and_it_shows_throughput(tmp_path,
     assert any(x.endswith("a log line while the bar is shown") and x[:2].isdigit() for x in lines), text
     assert any("eval @ step 10" in x and x[:2].isdigit() for x in lines), text  # timestamped
     assert "samples/s=1234" in text
-    assert text.count("\n") - text.count("\r\n") >= 0 and text.rstrip().endswith("samples/s=1234]")  # once, last
+    assert text.count("\n") - text.count("\r\n") >= 0 and text.rstrip().endswith(
+        "samples/s=1234]"
+    )  # once, last
     assert M.progress_postfix({**row, "tokens_per_s": 99.0})["tok/s"] == "99"

@@ -106,14 +106,28 @@ def _latest(content: bytes):
 
 
 DAMAGE = {  # name -> (damage(run_dir), step resumed from, problem named in the log)
-    "files-empty": (lambda r: _manifest(step_dir(r, 4), lambda m: {**m, "files": {}}), 2, "manifest lists no files"),
-    "files-list": (lambda r: _manifest(step_dir(r, 4), lambda m: {**m, "files": ["state.pt"]}), 2,
-                   "manifest lists no files"),
+    "files-empty": (
+        lambda r: _manifest(step_dir(r, 4), lambda m: {**m, "files": {}}),
+        2,
+        "manifest lists no files",
+    ),
+    "files-list": (
+        lambda r: _manifest(step_dir(r, 4), lambda m: {**m, "files": ["state.pt"]}),
+        2,
+        "manifest lists no files",
+    ),
     "manifest-list": (lambda r: _manifest(step_dir(r, 4), lambda m: [m]), 2, "manifest is not a JSON object"),
-    "file-outside": (lambda r: _manifest(step_dir(r, 4), lambda m: {**m, "files": {**m["files"], "../x": "0"}}),
-                     2, "outside the checkpoint"),
+    "file-outside": (
+        lambda r: _manifest(step_dir(r, 4), lambda m: {**m, "files": {**m["files"], "../x": "0"}}),
+        2,
+        "outside the checkpoint",
+    ),
     "refused-pickle": (lambda r: _refused_pickle(step_dir(r, 4)), 2, "state.pt refused"),
-    "torn-state": (lambda r: _flip(os.path.join(step_dir(r, 4), ckpt.STATE)), 2, "checksum mismatch in state.pt"),
+    "torn-state": (
+        lambda r: _flip(os.path.join(step_dir(r, 4), ckpt.STATE)),
+        2,
+        "checksum mismatch in state.pt",
+    ),
     "latest-binary": (_latest(b"\xff\xfe\x00step"), 4, "is unreadable"),
     "latest-absolute": (_latest(b"/etc\n"), 4, "outside"),
     "latest-out-of-run": (_latest(b"../../elsewhere\n"), 4, "outside"),
@@ -143,13 +157,18 @@ def test_every_checkpoint_unusable_is_exit_2_and_they_are_kept_until_restart(fou
     assert lines[-1].startswith("config error: run.dir=") and "no usable checkpoint" in lines[-1]
     assert "step-00000004: checksum mismatch in state.pt" in lines[-1] and "run.resume=restart" in lines[-1]
     assert "Traceback" not in r.stderr
-    assert os.path.isdir(step_dir(four_steps, 2)) and os.path.isdir(step_dir(four_steps, 4))  # nothing deleted
+    assert os.path.isdir(step_dir(four_steps, 2)) and os.path.isdir(
+        step_dir(four_steps, 4)
+    )  # nothing deleted
 
     code, reason = outcome(four_steps, "train.max_steps=6", "run.resume=restart")
     assert code == codes.OK, reason
     prev = [n for n in os.listdir(four_steps) if n.startswith("previous-")]
     assert len(prev) == 1 and sorted(os.listdir(os.path.join(four_steps, prev[0], "checkpoints"))) == [
-        ckpt.LATEST, ckpt.step_name(2), ckpt.step_name(4)]
+        ckpt.LATEST,
+        ckpt.step_name(2),
+        ckpt.step_name(4),
+    ]
     assert read_summary(four_steps)["steps"] == 6 and [r["step"] for r in read_metrics(four_steps)] == [6]
 
 
@@ -229,13 +248,22 @@ def test_the_same_command_resumes_with_the_default_run_dir(tmp_path, monkeypatch
     assert same_command() == codes.OK
     (run,) = os.listdir(tmp_path / "runs")  # one run, not a second timestamped one
     assert run.startswith("mlp-")
-    assert f"resumed from runs/{run}/checkpoints/{ckpt.step_name(2)} at step 2" in rank_log(tmp_path / "runs" / run)
+    assert f"resumed from runs/{run}/checkpoints/{ckpt.step_name(2)} at step 2" in rank_log(
+        tmp_path / "runs" / run
+    )
     assert read_summary(tmp_path / "runs" / run)["steps"] == 6
 
 
 def test_preemption_prints_the_exact_command_that_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["train", *FAST, *FAULTY, "train.max_steps=8", "model.kwargs={sigterm_at: 3}", f"run.dir={run_dir}"]
+    args = [
+        "train",
+        *FAST,
+        *FAULTY,
+        "train.max_steps=8",
+        "model.kwargs={sigterm_at: 3}",
+        f"run.dir={run_dir}",
+    ]
     r = run_cli(args, timeout=60)
     assert r.returncode == codes.PREEMPTED, r.stderr[-2000:]
     line = next(x for x in r.stderr.splitlines() if "resume with: " in x)
@@ -267,8 +295,9 @@ def _ns_child(scenario, tmp_path) -> None:
 def _mount_ns_refused() -> str | None:
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return "needs root and mount(8) for a private mount namespace"
-    r = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True, text=True
+    )
     return None if r.returncode == 0 else f"no private mount namespace here: {r.stderr.strip()[:200]}"
 
 
@@ -326,7 +355,10 @@ def test_disk_full_during_a_checkpoint_is_exit_74_and_the_same_command_resumes(t
     assert sorted(os.listdir(after / "checkpoints")) == [ckpt.LATEST, ckpt.step_name(2), ckpt.step_name(4)]
     assert_loads(step_dir(after, 4), 4)  # the previous checkpoint, intact; no half-written directory
     assert not (after / ".lease").exists()
-    assert f"resumed from {tmp_path}/disk/run/checkpoints/{ckpt.step_name(4)}" in (tmp_path / "again.err").read_text()
+    assert (
+        f"resumed from {tmp_path}/disk/run/checkpoints/{ckpt.step_name(4)}"
+        in (tmp_path / "again.err").read_text()
+    )
     assert read_summary(tmp_path / "final")["steps"] == 8
 
 
@@ -364,9 +396,11 @@ def test_a_run_dir_that_cannot_be_ours_is_one_line(tmp_path, case):
         run_dir.mkdir()
         (run_dir / "thesis.tex").write_text("precious")
     code, reason = outcome(run_dir, "train.max_steps=2")
-    want = {"name-too-long": (codes.STORAGE, "storage error: file name too long"),
-            "is-a-file": (codes.CONFIG, "is a file, expected a directory"),
-            "foreign-folder": (codes.CONFIG, "not empty and not a run directory")}[case]
+    want = {
+        "name-too-long": (codes.STORAGE, "storage error: file name too long"),
+        "is-a-file": (codes.CONFIG, "is a file, expected a directory"),
+        "foreign-folder": (codes.CONFIG, "not empty and not a run directory"),
+    }[case]
     assert code == want[0] and want[1] in reason and "\n" not in reason, reason
     if case == "foreign-folder":
         assert sorted(os.listdir(run_dir)) == ["thesis.tex"]
@@ -399,8 +433,11 @@ def test_a_kill_after_the_final_checkpoint_loses_no_output(four_steps):
     assert code == codes.OK
     assert "regenerating summary.json, loss.png" in rank_log(four_steps)
     again = read_summary(four_steps)
-    assert (again["steps"], again["final_loss"], again["eval"]) == (summary["steps"], summary["final_loss"],
-                                                                    summary["eval"])
+    assert (again["steps"], again["final_loss"], again["eval"]) == (
+        summary["steps"],
+        summary["final_loss"],
+        summary["eval"],
+    )
     assert (four_steps / "loss.png").exists() and (four_steps / "model.safetensors").exists()
 
 
@@ -412,8 +449,13 @@ def _lrs(run_dir) -> dict[int, float]:
 
 
 def test_an_allowed_lr_change_takes_effect_and_the_log_says_so(four_steps):
-    code, reason = outcome(four_steps, "train.max_steps=6", "optim.lr=0.01", "log.every_steps=1",
-                           "run.resume_config_change=allow")
+    code, reason = outcome(
+        four_steps,
+        "train.max_steps=6",
+        "optim.lr=0.01",
+        "log.every_steps=1",
+        "run.resume_config_change=allow",
+    )
     assert code == codes.OK, reason
     assert _lrs(four_steps)[5] == pytest.approx(0.01) and _lrs(four_steps)[6] == pytest.approx(0.01)
     assert "config change on resume: optim.lr 0.1 -> 0.01 (takes effect" in rank_log(four_steps)
@@ -443,7 +485,12 @@ def test_a_change_that_cannot_take_effect_is_refused(four_steps, change):
 
 
 def test_a_resumed_run_logs_the_same_rows_and_summary_as_an_uninterrupted_one(tmp_path):
-    steps = ["train.max_steps=14", "log.every_steps=5", "checkpoint.every_steps=3", "train.deterministic=true"]
+    steps = [
+        "train.max_steps=14",
+        "log.every_steps=5",
+        "checkpoint.every_steps=3",
+        "train.deterministic=true",
+    ]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     assert train_inprocess(None, ref, [*TINY, *steps]) == 0
     code = run_forked(cut, [*TINY, *steps], env={"TRAINER_TEST_KILL_AT": "before_data:9"})

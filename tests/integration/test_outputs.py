@@ -6,8 +6,15 @@ import pytest
 
 from tests.helpers import read_metrics, read_summary, train_inprocess
 
-GPT_TINY = ["model.n_layer=2", "model.n_embd=32", "model.block_size=32", "data.max_bytes=100000",
-            "train.batch_size=8", "train.eval_every_steps=0", "checkpoint.every_steps=0"]
+GPT_TINY = [
+    "model.n_layer=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "data.max_bytes=100000",
+    "train.batch_size=8",
+    "train.eval_every_steps=0",
+    "checkpoint.every_steps=0",
+]
 
 
 def test_profiler_trace_for_the_requested_window(tmp_path):

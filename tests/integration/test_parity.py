@@ -19,7 +19,7 @@ def raw_loop(cfg, steps):
     B = cfg.train.batch_size
     losses = []
     for s in range(steps):
-        x, y = train_ds.get_batch(order[s * B:(s + 1) * B].tolist())
+        x, y = train_ds.get_batch(order[s * B : (s + 1) * B].tolist())
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -30,8 +30,14 @@ def raw_loop(cfg, steps):
 
 def test_trainer_matches_plain_loop_for_20_steps(tmp_path):
     torch.set_num_threads(1)
-    over = ["train.max_steps=20", "log.every_steps=1", "optim.schedule=constant", "optim.warmup_steps=0",
-            "train.eval_every_steps=0", "checkpoint.every_steps=0"]
+    over = [
+        "train.max_steps=20",
+        "log.every_steps=1",
+        "optim.schedule=constant",
+        "optim.warmup_steps=0",
+        "train.eval_every_steps=0",
+        "checkpoint.every_steps=0",
+    ]
     assert train_inprocess("cnn", tmp_path / "run", over) == 0
     ours = [r["loss"] for r in read_metrics(tmp_path / "run")]
     cfg = C.load("configs/cnn.yaml", over)

@@ -29,8 +29,14 @@ N = 512
 
 def job(log_dir, *kwargs: str) -> list[str]:
     model = "{" + ", ".join(kwargs) + "}"
-    return [*FAULTY, f"train.max_steps={STEPS}", "log.every_steps=1", "checkpoint.every_steps=0",
-            f"model.kwargs={model}", f"data.kwargs={{log_dir: {log_dir}}}"]
+    return [
+        *FAULTY,
+        f"train.max_steps={STEPS}",
+        "log.every_steps=1",
+        "checkpoint.every_steps=0",
+        f"model.kwargs={model}",
+        f"data.kwargs={{log_dir: {log_dir}}}",
+    ]
 
 
 def losses(run_dir) -> dict[int, float]:
@@ -72,7 +78,12 @@ def test_sigterm_at_step_exits_75_with_a_checkpoint_and_the_restart_is_bitwise_e
     latest = ckpt.resolve(str(run_dir))
     assert os.path.basename(latest) == ckpt.step_name(11)
     state, _ = ckpt.load_state(latest)
-    assert state["progress"] == {"step": 11, "epoch": 0, "samples_in_epoch": 11 * 32, "samples_total": 11 * 32}
+    assert state["progress"] == {
+        "step": 11,
+        "epoch": 0,
+        "samples_in_epoch": 11 * 32,
+        "samples_total": 11 * 32,
+    }
 
     assert train_inprocess(None, run_dir, overrides) == 0  # the same command again
     assert resumed_steps(run_dir) == [11]
@@ -85,12 +96,17 @@ def test_sigterm_at_step_exits_75_with_a_checkpoint_and_the_restart_is_bitwise_e
 
 @pytest.mark.timeout(60)
 def test_a_second_signal_exits_at_once_without_a_checkpoint(tmp_path):
-    """SIGTERM while a step is busy (60 s in forward), then SIGTERM again: exit 143 now, not after the step."""
+    """SIGTERM while a step is busy (60 s in forward), then SIGTERM again: exit 143 now, not after the
+    step."""
     ready, err = tmp_path / "ready", tmp_path / "stderr.txt"
     overrides = job(tmp_path, f"sleep_at: 5, sleep_s: 60, ready_file: {ready}")
     with open(err, "w") as fh:
-        proc = start(["train", f"run.dir={tmp_path / 'run'}", *FAST, *overrides, "checkpoint.every_steps=2"],
-                     module="trainer", stdout=fh, stderr=fh)
+        proc = start(
+            ["train", f"run.dir={tmp_path / 'run'}", *FAST, *overrides, "checkpoint.every_steps=2"],
+            module="trainer",
+            stdout=fh,
+            stderr=fh,
+        )
     try:
         _wait_for(lambda: ready.exists(), proc, 40, "the model to reach step 5")
         proc.send_signal(signal.SIGTERM)
@@ -119,7 +135,9 @@ def _wait_for(cond, proc, timeout: float, what: str) -> None:
 def assert_losses_close(run_dir, reference) -> None:
     got, want = losses(run_dir), losses(reference / "run")
     assert sorted(got) == list(range(1, STEPS + 1))
-    bad = {s: (got[s], want[s]) for s in want if not math.isclose(got[s], want[s], rel_tol=1e-4, abs_tol=1e-5)}
+    bad = {
+        s: (got[s], want[s]) for s in want if not math.isclose(got[s], want[s], rel_tol=1e-4, abs_tol=1e-5)
+    }
     assert not bad, f"losses differ at steps {bad}"
 
 

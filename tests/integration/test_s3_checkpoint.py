@@ -29,7 +29,13 @@ from trainer.training import checkpoint as ckpt
 from trainer.training import stores
 
 EVERY = 4
-JOB = [*TINY, "train.max_steps=12", f"checkpoint.every_steps={EVERY}", "checkpoint.keep=2", "log.every_steps=4"]
+JOB = [
+    *TINY,
+    "train.max_steps=12",
+    f"checkpoint.every_steps={EVERY}",
+    "checkpoint.keep=2",
+    "log.every_steps=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +104,10 @@ def test_kill9_during_upload_leaves_previous_latest_and_a_fresh_node_resumes_bit
 def test_async_save_to_s3_is_bitwise_equal_and_off_the_step_loop(reference, s3, tmp_path):
     _, bucket, fs = s3  # bucket: "bucket/prefix", this test's own
     run = tmp_path / "run"
-    assert train_inprocess(None, run, [*JOB, f"checkpoint.dir=s3://{bucket}/a", "checkpoint.async_save=true"]) == 0
+    assert (
+        train_inprocess(None, run, [*JOB, f"checkpoint.dir=s3://{bucket}/a", "checkpoint.async_save=true"])
+        == 0
+    )
     assert_equal_weights(reference, run)
     text = (run / "logs" / "rank-0.log").read_text()
     assert "async write started" in text and "committed at step" in text
@@ -107,7 +116,9 @@ def test_async_save_to_s3_is_bitwise_equal_and_off_the_step_loop(reference, s3, 
 
 
 @pytest.mark.timeout(60)
-def test_transient_errors_are_retried_and_a_failing_save_keeps_the_previous_checkpoint(s3, tmp_path, monkeypatch):
+def test_transient_errors_are_retried_and_a_failing_save_keeps_the_previous_checkpoint(
+    s3, tmp_path, monkeypatch
+):
     _, bucket, _ = s3
     url = f"s3://{bucket}/t"
     monkeypatch.setattr(stores, "BACKOFF_S", 0.01)
@@ -212,7 +223,9 @@ def test_fsdp_two_processes_sharded_checkpoints_in_the_bucket(s3, tmp_path):
     _, prefix, fs = s3
     url = f"s3://{prefix}"
     run = tmp_path / "fsdp"
-    eq_launch("fsdp", run, "--nproc-per-node", "2", extra=["checkpoint.every_steps=6", f"checkpoint.dir={url}"])
+    eq_launch(
+        "fsdp", run, "--nproc-per-node", "2", extra=["checkpoint.every_steps=6", f"checkpoint.dir={url}"]
+    )
     shards = objects(fs, f"{prefix}/{ckpt.step_name(12)}/dcp")
     assert shards == {".metadata", "__0_0.distcp", "__1_0.distcp"}, shards
     manifest = json.loads(fs.cat_file(f"{prefix}/{ckpt.step_name(12)}/manifest.json"))
@@ -243,7 +256,9 @@ def test_doctor_checks_the_bucket_is_reachable_and_writable(s3, tmp_path, monkey
 
     server, prefix, fs = s3
     url = f"s3://{prefix}"
-    checks = doctor.run_checks(env=dict(os.environ), run_dir=str(tmp_path), config_overrides=[f"checkpoint.dir={url}"])
+    checks = doctor.run_checks(
+        env=dict(os.environ), run_dir=str(tmp_path), config_overrides=[f"checkpoint.dir={url}"]
+    )
     by_name = {c.name: c for c in checks}
     assert by_name["checkpoint_dir"].status == "ok", by_name["checkpoint_dir"]
     assert by_name["shared_dir"].message == f"checkpoints in {url}: no shared volume needed"

@@ -16,12 +16,21 @@ import pytest
 from tests.conftest import PY, ROOT, free_port, run_cli
 from tests.helpers import read_summary
 
-TINY = ["-c", "configs/cnn.yaml", "train.max_steps=20", "train.eval_every_steps=10", "log.progress=off",
-        "log.plot=false", "data.eval_fraction=0.05"]
+TINY = [
+    "-c",
+    "configs/cnn.yaml",
+    "train.max_steps=20",
+    "train.eval_every_steps=10",
+    "log.progress=off",
+    "log.plot=false",
+    "data.eval_fraction=0.05",
+]
 
 
 def rest(url: str, path: str, **query) -> dict:
-    with urllib.request.urlopen(f"{url}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}", timeout=30) as r:
+    with urllib.request.urlopen(
+        f"{url}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}", timeout=30
+    ) as r:
         return json.load(r)
 
 
@@ -38,10 +47,22 @@ def mlflow_run(mlflow_server, tmp_path_factory):
     first = run_cli(["train", *TINY, f"run.dir={run_dir}", "log.trackers=[tensorboard,mlflow]"], env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     run_id = json.loads((run_dir / "trackers.json").read_text())["mlflow"]["run_id"]
-    seen = {"run": rest(mlflow_server, "runs/get", run_id=run_id)["run"],
-            "loss": history(mlflow_server, run_id, "train/loss")}
-    second = run_cli(["train", *TINY, f"run.dir={run_dir}", "log.trackers=[tensorboard,mlflow]",
-                      "train.max_steps=30", "optim.lr=0.04", "run.resume_config_change=allow"], env=env)
+    seen = {
+        "run": rest(mlflow_server, "runs/get", run_id=run_id)["run"],
+        "loss": history(mlflow_server, run_id, "train/loss"),
+    }
+    second = run_cli(
+        [
+            "train",
+            *TINY,
+            f"run.dir={run_dir}",
+            "log.trackers=[tensorboard,mlflow]",
+            "train.max_steps=30",
+            "optim.lr=0.04",
+            "run.resume_config_change=allow",
+        ],
+        env=env,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     return mlflow_server, run_dir, run_id, seen, second
 
@@ -50,7 +71,9 @@ def test_mlflow_gets_params_metrics_with_steps_system_stats_provenance_and_summa
     url, run_dir, run_id, seen, _ = mlflow_run
     run = seen["run"]
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
-    assert params["optim.lr"] == "0.05" and params["train.batch_size"] == "64" and params["model.name"] == "cnn"
+    assert (
+        params["optim.lr"] == "0.05" and params["train.batch_size"] == "64" and params["model.name"] == "cnn"
+    )
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["provenance.world_size"] == "1" and "trainer train" in tags["provenance.command"]
     assert tags["provenance.versions.torch"].startswith("2.") and tags["provenance.hosts"]
@@ -93,7 +116,9 @@ def test_tensorboard_gets_hparams_and_config_once_in_the_runs_own_event_files(ml
         except KeyError:  # the resumed run's event file: no hparams, as intended
             pass
         texts += acc.Tags()["tensors"]
-        loss_steps += [e.step for e in acc.Scalars("train/loss")] if "train/loss" in acc.Tags()["scalars"] else []
+        loss_steps += (
+            [e.step for e in acc.Scalars("train/loss")] if "train/loss" in acc.Tags()["scalars"] else []
+        )
     assert plugins.count("_hparams_/experiment") == 1 and plugins.count("_hparams_/session_start_info") == 1
     assert "config/text_summary" in texts
     assert sorted(loss_steps) == [10, 20, 30]
@@ -102,8 +127,10 @@ def test_tensorboard_gets_hparams_and_config_once_in_the_runs_own_event_files(ml
 def test_unreachable_tracker_is_one_warning_and_the_run_trains_on(tmp_path):
     port = free_port()  # nothing listens there
     t0 = time.monotonic()
-    r = run_cli(["train", *TINY, f"run.dir={tmp_path / 'run'}", "log.trackers=[mlflow]", "train.max_steps=10"],
-                env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+    r = run_cli(
+        ["train", *TINY, f"run.dir={tmp_path / 'run'}", "log.trackers=[mlflow]", "train.max_steps=10"],
+        env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     warn = [ln for ln in r.stderr.splitlines() if "mlflow" in ln]
     assert len(warn) == 1 and "cannot reach" in warn[0] and "training without it" in warn[0], r.stderr[-2000:]
@@ -113,18 +140,34 @@ def test_unreachable_tracker_is_one_warning_and_the_run_trains_on(tmp_path):
 
 
 def test_the_loop_does_not_import_mlflow_or_wandb_unless_asked():
-    r = subprocess.run([PY, "-c", "import sys, trainer.run, trainer.training.loop; "
-                        "print(sorted(m for m in ('mlflow', 'wandb') if m in sys.modules))"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            PY,
+            "-c",
+            "import sys, trainer.run, trainer.training.loop; "
+            "print(sorted(m for m in ('mlflow', 'wandb') if m in sys.modules))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:]
 
 
 def test_wandb_offline_run_starts_and_finishes_without_network(tmp_path):
     pytest.importorskip("wandb")
-    r = run_cli(["train", *TINY, f"run.dir={tmp_path / 'run'}", "log.trackers=[wandb]", "train.max_steps=10"],
-                env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wb"), "WANDB_SILENT": "true",
-                     "WANDB_CONFIG_DIR": str(tmp_path / "wbconfig"), "WANDB_CACHE_DIR": str(tmp_path / "wbcache")},
-                timeout=240)
+    r = run_cli(
+        ["train", *TINY, f"run.dir={tmp_path / 'run'}", "log.trackers=[wandb]", "train.max_steps=10"],
+        env={
+            "WANDB_MODE": "offline",
+            "WANDB_DIR": str(tmp_path / "wb"),
+            "WANDB_SILENT": "true",
+            "WANDB_CONFIG_DIR": str(tmp_path / "wbconfig"),
+            "WANDB_CACHE_DIR": str(tmp_path / "wbcache"),
+        },
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert read_summary(tmp_path / "run")["trackers"] == {"wandb": "ok"}
     run_id = json.loads((tmp_path / "run" / "trackers.json").read_text())["wandb"]["id"]

@@ -1,8 +1,9 @@
 """Under `accelerate launch` the trainer takes accelerate's strategy and honours or refuses its precision.
 
-The variables are the ones accelerate's launchers export to the processes they start (accelerate/utils/launch.py,
-prepare_simple_launcher_cmd_env and prepare_multi_gpu_env): ACCELERATE_MIXED_PRECISION, ACCELERATE_DYNAMO_BACKEND
-(an enum value such as NO or INDUCTOR), ACCELERATE_USE_FSDP, ACCELERATE_USE_DEEPSPEED, ACCELERATE_USE_CPU.
+The variables are the ones accelerate's launchers export to the processes they start
+(accelerate/utils/launch.py, prepare_simple_launcher_cmd_env and prepare_multi_gpu_env):
+ACCELERATE_MIXED_PRECISION, ACCELERATE_DYNAMO_BACKEND (an enum value such as NO or INDUCTOR),
+ACCELERATE_USE_FSDP, ACCELERATE_USE_DEEPSPEED, ACCELERATE_USE_CPU.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ import pytest
 from trainer.config import ConfigError, load
 from trainer.training.strategy import adopt_accelerate_launch
 
-LAUNCH = {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_DYNAMO_BACKEND": "NO", "ACCELERATE_USE_CPU": "False"}
+LAUNCH = {
+    "ACCELERATE_MIXED_PRECISION": "no",
+    "ACCELERATE_DYNAMO_BACKEND": "NO",
+    "ACCELERATE_USE_CPU": "False",
+}
 
 
 def adopt(overrides=(), **env):
@@ -46,13 +51,20 @@ def test_an_explicit_other_strategy_says_why_accelerate_is_not_used():
     assert "train.strategy=ddp" in note and "Accelerator is not used" in note
 
 
-@pytest.mark.parametrize("overrides, env, words", [
-    (["train.precision=fp16"], {"ACCELERATE_MIXED_PRECISION": "bf16"}, "contradicts train.precision=fp16"),
-    ([], {"ACCELERATE_MIXED_PRECISION": "fp8"}, "--mixed_precision fp8"),
-    ([], {"ACCELERATE_USE_FSDP": "true"}, "--use_fsdp"),
-    ([], {"ACCELERATE_USE_DEEPSPEED": "true"}, "--use_deepspeed"),
-    ([], {"ACCELERATE_DYNAMO_BACKEND": "INDUCTOR"}, "train.compile=true"),
-])
+@pytest.mark.parametrize(
+    "overrides, env, words",
+    [
+        (
+            ["train.precision=fp16"],
+            {"ACCELERATE_MIXED_PRECISION": "bf16"},
+            "contradicts train.precision=fp16",
+        ),
+        ([], {"ACCELERATE_MIXED_PRECISION": "fp8"}, "--mixed_precision fp8"),
+        ([], {"ACCELERATE_USE_FSDP": "true"}, "--use_fsdp"),
+        ([], {"ACCELERATE_USE_DEEPSPEED": "true"}, "--use_deepspeed"),
+        ([], {"ACCELERATE_DYNAMO_BACKEND": "INDUCTOR"}, "train.compile=true"),
+    ],
+)
 def test_what_the_trainer_would_ignore_is_refused(overrides, env, words):
     with pytest.raises(ConfigError, match=words) as e:
         adopt(overrides, **env)

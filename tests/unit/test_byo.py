@@ -86,14 +86,22 @@ def test_units_by_rule():
     units, rule = find_units(nano, [])
     assert describe(units) == "3 x Block" and rule == "the largest nn.ModuleList"
     assert describe(find_units(nano, ["Block"])[0]) == "3 x Block"
-    with pytest.raises(ConfigError, match=r"train.fsdp_wrap=\['Blok'\]: no module of class Blok .*Block \(3\)"):
+    with pytest.raises(
+        ConfigError, match=r"train.fsdp_wrap=\['Blok'\]: no module of class Blok .*Block \(3\)"
+    ):
         find_units(nano, ["Blok"])
     llama = transformers.LlamaForCausalLM(tiny_llama_config())
     units, rule = find_units(llama, [])
     assert describe(units) == "2 x LlamaDecoderLayer" and rule == "_no_split_modules"
     bert = transformers.BertForSequenceClassification(
-        transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=32, max_position_embeddings=16)
+        transformers.BertConfig(
+            vocab_size=40,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=16,
+        )
     )
     assert bert._no_split_modules == {"BertLayer", "BertEmbeddings"}  # a set, as the issue says
     assert sorted(describe(find_units(bert, [])[0]).split(", ")) == ["1 x BertEmbeddings", "2 x BertLayer"]
@@ -109,21 +117,42 @@ def _cfg(*overrides):
 
 
 def test_model_config_classes_classmethods_and_their_errors():
-    kw = ("model.kwargs={vocab_size: 256, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, "
-          "num_attention_heads: 2, num_key_value_heads: 2, dtype: bfloat16}")
-    cfg = _cfg("model.name=transformers:AutoModelForCausalLM.from_config",
-               "model.config=transformers:LlamaConfig", kw, "train.precision=bf16")
+    kw = (
+        "model.kwargs={vocab_size: 256, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, "
+        "num_attention_heads: 2, num_key_value_heads: 2, dtype: bfloat16}"
+    )
+    cfg = _cfg(
+        "model.name=transformers:AutoModelForCausalLM.from_config",
+        "model.config=transformers:LlamaConfig",
+        kw,
+        "train.precision=bf16",
+    )
     m = build_model(cfg, LM)
     assert type(m).__name__ == "LlamaForCausalLM"
     assert {p.dtype for p in m.parameters()} == {torch.float32}  # built in bf16, cast to fp32 master weights
     with pytest.raises(ConfigError, match=r"'n_layers' is not a field of GPTConfig .*it takes: block_size"):
-        build_model(_cfg("model.name=tests.byo_models:GPT", "model.config=tests.byo_models:GPTConfig",
-                         "model.kwargs={n_layers: 2}"), LM)
+        build_model(
+            _cfg(
+                "model.name=tests.byo_models:GPT",
+                "model.config=tests.byo_models:GPTConfig",
+                "model.kwargs={n_layers: 2}",
+            ),
+            LM,
+        )
     with pytest.raises(ConfigError, match=r"'hidden_size:16' is not a field of LlamaConfig .*with a space"):
-        build_model(_cfg("model.name=transformers:LlamaForCausalLM", "model.config=transformers:LlamaConfig",
-                         "model.kwargs={hidden_size:16}"), LM)
-    with pytest.raises(ConfigError, match=r"model.name='tests.byo_models:GPT': calling GPT with "
-                                          r"model.kwargs=\{'block_size': 8\} failed: TypeError.*it takes: config"):
+        build_model(
+            _cfg(
+                "model.name=transformers:LlamaForCausalLM",
+                "model.config=transformers:LlamaConfig",
+                "model.kwargs={hidden_size:16}",
+            ),
+            LM,
+        )
+    with pytest.raises(
+        ConfigError,
+        match=r"model.name='tests.byo_models:GPT': calling GPT with "
+        r"model.kwargs=\{'block_size': 8\} failed: TypeError.*it takes: config",
+    ):
         build_model(_cfg("model.name=tests.byo_models:GPT", "model.kwargs={block_size: 8}"), LM)
     with pytest.raises(ConfigError, match="model.config='GPTConfig': expected package.module:Name"):
         _cfg("model.name=tests.byo_models:GPT", "model.config=GPTConfig")
@@ -138,6 +167,9 @@ def test_dict_samples_collate_per_key_and_the_target_key_is_the_target():
     assert y.dtype == torch.long and y.shape == (5,)
     assert "keys input_ids, attention_mask -> forward" in info.description
     bad = C.load(None, ["data.name=tests.byo_models:DictSequences", "data.target_key=label"])
-    with pytest.raises(ConfigError, match=r"data.target_key='label': not a key .*keys: input_ids, attention_mask, "
-                                          r"labels"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.target_key='label': not a key .*keys: input_ids, attention_mask, "
+        r"labels",
+    ):
         user_data.wrap(bad, DictSequences(8))

@@ -18,7 +18,13 @@ def test_trainer_imports_neither_torch_early_nor_transformers_ever():
         "assert 'transformers' not in sys.modules, 'the trainer imported transformers'\n"
         "print(load_config(None, ['train.loss=pkg.mod:fn']).train.loss)\n"
     )
-    r = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                       env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [PY, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "pkg.mod:fn"

@@ -20,10 +20,13 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _state(step: int) -> dict:
-    return {"model": {"w": torch.full((4, 3), float(step)), "b": torch.arange(3.0) + step},
-            "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]},
-            "scheduler": {"last_epoch": step}, "scaler": None,
-            "progress": {"step": step, "epoch": 0, "samples_in_epoch": 32 * step, "samples_total": 32 * step}}
+    return {
+        "model": {"w": torch.full((4, 3), float(step)), "b": torch.arange(3.0) + step},
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]},
+        "scheduler": {"last_epoch": step},
+        "scaler": None,
+        "progress": {"step": step, "epoch": 0, "samples_in_epoch": 32 * step, "samples_total": 32 * step},
+    }
 
 
 def _save(root, step: int, keep: int = 3) -> str:
@@ -73,14 +76,17 @@ def _delete(path: str) -> None:
     os.remove(path)
 
 
-@pytest.mark.parametrize("damage, file, problem", [
-    (_flip_byte, "state.pt", "checksum mismatch in state.pt"),
-    (_truncate, "state.pt", "checksum mismatch in state.pt"),
-    (_delete, "state.pt", "missing state.pt"),
-    (_flip_byte, "rng-rank00000.pt", "checksum mismatch in rng-rank00000.pt"),
-    (_delete, "rng-rank00000.pt", "missing rng-rank00000.pt"),
-    (_truncate, "manifest.json", "manifest unreadable"),
-])
+@pytest.mark.parametrize(
+    "damage, file, problem",
+    [
+        (_flip_byte, "state.pt", "checksum mismatch in state.pt"),
+        (_truncate, "state.pt", "checksum mismatch in state.pt"),
+        (_delete, "state.pt", "missing state.pt"),
+        (_flip_byte, "rng-rank00000.pt", "checksum mismatch in rng-rank00000.pt"),
+        (_delete, "rng-rank00000.pt", "missing rng-rank00000.pt"),
+        (_truncate, "manifest.json", "manifest unreadable"),
+    ],
+)
 def test_damaged_latest_is_detected_reported_and_the_previous_one_used(three, caplog, damage, file, problem):
     root, (_, p2, p3) = three
     damage(os.path.join(p3, file))
@@ -90,8 +96,9 @@ def test_damaged_latest_is_detected_reported_and_the_previous_one_used(three, ca
     with caplog.at_level(logging.WARNING, logger="trainer"):
         found = ckpt.CheckpointDir(str(root)).find_resumable()
     assert found == p2
-    assert any(p3 in r.getMessage() and problem.split(" in ")[0] in r.getMessage() for r in caplog.records), \
-        [r.getMessage() for r in caplog.records]
+    assert any(p3 in r.getMessage() and problem.split(" in ")[0] in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
     assert ckpt.resolve(str(root.parent)) == p2
     state, _ = ckpt.load_state(p2)
     assert state["progress"]["step"] == 2
@@ -209,7 +216,10 @@ def test_malicious_pickle_with_a_matching_checksum_is_refused_without_running(th
             pickle.dump(payload, fh, protocol=2)  # what torch's legacy (non-zip) format uses
     _rewrite_manifest_checksum(p3, file)  # the attacker controls the whole directory
     # checksums alone cannot catch this: verify's weights_only probe does, as one line, and falls back
-    assert ckpt.verify(p3) == f"{file} refused: it holds objects other than tensors and plain data (weights_only load)"
+    assert (
+        ckpt.verify(p3)
+        == f"{file} refused: it holds objects other than tensors and plain data (weights_only load)"
+    )
     assert ckpt.CheckpointDir(str(root)).find_resumable() == os.path.join(str(root), ckpt.step_name(2))
     with pytest.raises(ckpt.CheckpointError, match="refused"):
         ckpt.load_state(p3, verify_first=False)

@@ -10,13 +10,28 @@ from launch.gpus import resolve_nproc, visible_gpus
 
 def test_local_when_nothing_is_set():
     c = resolve({})
-    assert (c.source, c.nnodes, c.node_rank, c.nproc_per_node, c.rdzv_endpoint) == ("local", 1, 0, "auto", None)
+    assert (c.source, c.nnodes, c.node_rank, c.nproc_per_node, c.rdzv_endpoint) == (
+        "local",
+        1,
+        0,
+        "auto",
+        None,
+    )
 
 
 def test_row_torchrun_inside_a_worker():
-    env = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1",
-           "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29501", "TORCHELASTIC_RESTART_COUNT": "2",
-           "TORCHELASTIC_MAX_RESTARTS": "3", "TORCHELASTIC_RUN_ID": "job7"}
+    env = {
+        "RANK": "3",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "4",
+        "LOCAL_WORLD_SIZE": "2",
+        "GROUP_RANK": "1",
+        "MASTER_ADDR": "10.0.0.1",
+        "MASTER_PORT": "29501",
+        "TORCHELASTIC_RESTART_COUNT": "2",
+        "TORCHELASTIC_MAX_RESTARTS": "3",
+        "TORCHELASTIC_RUN_ID": "job7",
+    }
     c = resolve(env)
     assert c.source == "torchrun" and c.in_torchrun
     assert (c.nnodes, c.node_rank, c.nproc_per_node) == (2, 1, 2)
@@ -25,8 +40,14 @@ def test_row_torchrun_inside_a_worker():
 
 
 def test_row_torchrun_pet_defaults():
-    env = {"PET_NNODES": "2", "PET_NODE_RANK": "1", "PET_NPROC_PER_NODE": "4",
-           "PET_RDZV_ENDPOINT": "head:29400", "PET_RDZV_ID": "r1", "PET_MAX_RESTARTS": "2"}
+    env = {
+        "PET_NNODES": "2",
+        "PET_NODE_RANK": "1",
+        "PET_NPROC_PER_NODE": "4",
+        "PET_RDZV_ENDPOINT": "head:29400",
+        "PET_RDZV_ID": "r1",
+        "PET_MAX_RESTARTS": "2",
+    }
     c = resolve(env)
     assert c.source == "torchrun-env"
     assert (c.nnodes, c.node_rank, c.nproc_per_node, c.max_restarts) == (2, 1, 4, 2)
@@ -35,8 +56,14 @@ def test_row_torchrun_pet_defaults():
 
 def test_row_pytorchjob_v1_rank_is_the_node_rank():
     # Worker 0 of a job with a Master and 2 Workers, nprocPerNode 4: RANK = 1 (a node), WORLD_SIZE = 3 x 4.
-    env = {"MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456", "RANK": "1", "WORLD_SIZE": "12",
-           "PET_NPROC_PER_NODE": "4", "PYTHONUNBUFFERED": "0"}
+    env = {
+        "MASTER_ADDR": "job-master-0",
+        "MASTER_PORT": "23456",
+        "RANK": "1",
+        "WORLD_SIZE": "12",
+        "PET_NPROC_PER_NODE": "4",
+        "PYTHONUNBUFFERED": "0",
+    }
     c = resolve(env)
     assert c.source == "pytorchjob-v1" and not c.in_torchrun
     assert (c.nnodes, c.node_rank, c.nproc_per_node) == (3, 1, 4)
@@ -45,15 +72,30 @@ def test_row_pytorchjob_v1_rank_is_the_node_rank():
 
 
 def test_row_pytorchjob_v1_non_integer_nproc_means_world_is_replicas():
-    env = {"MASTER_ADDR": "m", "MASTER_PORT": "23456", "RANK": "0", "WORLD_SIZE": "2", "PET_NPROC_PER_NODE": "auto"}
+    env = {
+        "MASTER_ADDR": "m",
+        "MASTER_PORT": "23456",
+        "RANK": "0",
+        "WORLD_SIZE": "2",
+        "PET_NPROC_PER_NODE": "auto",
+    }
     c = resolve(env)
     assert (c.nnodes, c.nproc_per_node) == (2, "auto")
 
 
 def test_row_pytorchjob_v1_7_uses_pet_nnodes_and_node_rank_and_elastic_vars():
-    env = {"MASTER_ADDR": "m", "MASTER_PORT": "23456", "RANK": "2", "WORLD_SIZE": "8", "PET_NPROC_PER_NODE": "2",
-           "PET_NNODES": "1:4", "PET_NODE_RANK": "2", "PET_RDZV_ENDPOINT": "job-worker-0:23456",
-           "PET_RDZV_BACKEND": "c10d", "PET_MAX_RESTARTS": "3"}
+    env = {
+        "MASTER_ADDR": "m",
+        "MASTER_PORT": "23456",
+        "RANK": "2",
+        "WORLD_SIZE": "8",
+        "PET_NPROC_PER_NODE": "2",
+        "PET_NNODES": "1:4",
+        "PET_NODE_RANK": "2",
+        "PET_RDZV_ENDPOINT": "job-worker-0:23456",
+        "PET_RDZV_BACKEND": "c10d",
+        "PET_MAX_RESTARTS": "3",
+    }
     c = resolve(env)
     assert c.source == "pytorchjob-v1"
     assert (c.min_nnodes, c.nnodes, c.node_rank, c.max_restarts) == (1, 4, 2, 3)
@@ -61,8 +103,14 @@ def test_row_pytorchjob_v1_7_uses_pet_nnodes_and_node_rank_and_elastic_vars():
 
 
 def test_row_trainer_v2():
-    env = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "auto", "PET_NODE_RANK": "1",
-           "PET_MASTER_ADDR": "tj-node-0-0.tj", "PET_MASTER_PORT": "29400", "JOB_COMPLETION_INDEX": "1"}
+    env = {
+        "PET_NNODES": "2",
+        "PET_NPROC_PER_NODE": "auto",
+        "PET_NODE_RANK": "1",
+        "PET_MASTER_ADDR": "tj-node-0-0.tj",
+        "PET_MASTER_PORT": "29400",
+        "JOB_COMPLETION_INDEX": "1",
+    }
     c = resolve(env)
     assert c.source == "trainer-v2"  # not indexed-job, although Kubernetes also sets JOB_COMPLETION_INDEX
     assert (c.nnodes, c.node_rank, c.nproc_per_node) == (2, 1, "auto")
@@ -77,8 +125,14 @@ def test_row_indexed_job():
 
 
 def test_row_jobset_from_downward_api():
-    env = {"JOBSET_NAME": "js", "JOBSET_REPLICATED_JOB_NAME": "workers", "JOBSET_JOB_INDEX": "1",
-           "JOB_COMPLETION_INDEX": "1", "LAUNCH_PODS_PER_JOB": "2", "LAUNCH_NNODES": "4"}
+    env = {
+        "JOBSET_NAME": "js",
+        "JOBSET_REPLICATED_JOB_NAME": "workers",
+        "JOBSET_JOB_INDEX": "1",
+        "JOB_COMPLETION_INDEX": "1",
+        "LAUNCH_PODS_PER_JOB": "2",
+        "LAUNCH_NNODES": "4",
+    }
     c = resolve(env)
     assert c.source == "jobset"
     assert (c.nnodes, c.node_rank, c.rdzv_id) == (4, 3, "js")
@@ -86,42 +140,85 @@ def test_row_jobset_from_downward_api():
 
 
 def test_row_slurm():
-    env = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "3", "SLURM_NODEID": "2", "SLURM_PROCID": "2",
-           "SLURM_NTASKS": "3", "SLURM_JOB_NODELIST": "gpu[07-09]"}
+    env = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NNODES": "3",
+        "SLURM_NODEID": "2",
+        "SLURM_PROCID": "2",
+        "SLURM_NTASKS": "3",
+        "SLURM_JOB_NODELIST": "gpu[07-09]",
+    }
     c = resolve(env)
     assert c.source == "slurm"
     assert (c.nnodes, c.node_rank, c.rdzv_id, c.rdzv_endpoint) == (3, 2, "4242", "gpu07:29500")
 
 
 def test_every_row_has_a_test():
-    tested = {"torchrun", "torchrun-env", "pytorchjob-v1", "trainer-v2", "indexed-job", "jobset", "slurm", "local"}
+    tested = {
+        "torchrun",
+        "torchrun-env",
+        "pytorchjob-v1",
+        "trainer-v2",
+        "indexed-job",
+        "jobset",
+        "slurm",
+        "local",
+    }
     assert {row.source for row in ROWS} == tested
 
 
 def test_detect_prefers_torchrun_inside_a_pytorchjob_pod():
-    env = {"MASTER_ADDR": "m", "RANK": "5", "WORLD_SIZE": "8", "PET_NPROC_PER_NODE": "4",
-           "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "TORCHELASTIC_RUN_ID": "x"}
+    env = {
+        "MASTER_ADDR": "m",
+        "RANK": "5",
+        "WORLD_SIZE": "8",
+        "PET_NPROC_PER_NODE": "4",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "4",
+        "TORCHELASTIC_RUN_ID": "x",
+    }
     assert detect(env).source == "torchrun"
 
 
 # ----------------------------------------------------------------------------- contradictions
 
 
-@pytest.mark.parametrize("env, names", [
-    ({"SLURM_JOB_ID": "1", "SLURM_NNODES": "2", "SLURM_NODEID": "2", "SLURM_JOB_NODELIST": "n[1-2]"},
-     ["SLURM_NODEID", "SLURM_NNODES"]),
-    ({"JOB_COMPLETION_INDEX": "1"}, ["JOB_COMPLETION_INDEX"]),
-    ({"JOB_COMPLETION_INDEX": "0", "LAUNCH_NNODES": "2"}, ["LAUNCH_NNODES", "MASTER_ADDR"]),
-    ({"RANK": "4", "LOCAL_RANK": "0", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}, ["RANK=4", "WORLD_SIZE=4"]),
-    ({"PET_NNODES": "two"}, ["PET_NNODES"]),
-    ({"PET_NNODES": "2", "PET_NODE_RANK": "-1", "PET_MASTER_ADDR": "h"}, ["PET_NODE_RANK"]),
-    ({"PET_MASTER_ADDR": "h", "PET_MASTER_PORT": "70000"}, ["PET_MASTER_PORT"]),
-    ({"MASTER_ADDR": "m", "RANK": "0", "WORLD_SIZE": "6", "PET_NPROC_PER_NODE": "4"}, ["WORLD_SIZE", "PET_NPROC_PER_NODE"]),
-    ({"SLURM_JOB_ID": "1", "SLURM_NNODES": "2", "SLURM_NODEID": "0", "SLURM_NTASKS": "16",
-      "SLURM_JOB_NODELIST": "n[1-2]"}, ["SLURM_NTASKS", "SLURM_NNODES"]),
-    ({"SLURM_JOB_ID": "1", "SLURM_NNODES": "2", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "n[1-2"},
-     ["SLURM_JOB_NODELIST"]),
-])
+@pytest.mark.parametrize(
+    "env, names",
+    [
+        (
+            {"SLURM_JOB_ID": "1", "SLURM_NNODES": "2", "SLURM_NODEID": "2", "SLURM_JOB_NODELIST": "n[1-2]"},
+            ["SLURM_NODEID", "SLURM_NNODES"],
+        ),
+        ({"JOB_COMPLETION_INDEX": "1"}, ["JOB_COMPLETION_INDEX"]),
+        ({"JOB_COMPLETION_INDEX": "0", "LAUNCH_NNODES": "2"}, ["LAUNCH_NNODES", "MASTER_ADDR"]),
+        (
+            {"RANK": "4", "LOCAL_RANK": "0", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"},
+            ["RANK=4", "WORLD_SIZE=4"],
+        ),
+        ({"PET_NNODES": "two"}, ["PET_NNODES"]),
+        ({"PET_NNODES": "2", "PET_NODE_RANK": "-1", "PET_MASTER_ADDR": "h"}, ["PET_NODE_RANK"]),
+        ({"PET_MASTER_ADDR": "h", "PET_MASTER_PORT": "70000"}, ["PET_MASTER_PORT"]),
+        (
+            {"MASTER_ADDR": "m", "RANK": "0", "WORLD_SIZE": "6", "PET_NPROC_PER_NODE": "4"},
+            ["WORLD_SIZE", "PET_NPROC_PER_NODE"],
+        ),
+        (
+            {
+                "SLURM_JOB_ID": "1",
+                "SLURM_NNODES": "2",
+                "SLURM_NODEID": "0",
+                "SLURM_NTASKS": "16",
+                "SLURM_JOB_NODELIST": "n[1-2]",
+            },
+            ["SLURM_NTASKS", "SLURM_NNODES"],
+        ),
+        (
+            {"SLURM_JOB_ID": "1", "SLURM_NNODES": "2", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "n[1-2"},
+            ["SLURM_JOB_NODELIST"],
+        ),
+    ],
+)
 def test_contradiction_is_one_line_naming_the_variables(env, names):
     with pytest.raises(ClusterError) as e:
         resolve(env)
@@ -141,8 +238,16 @@ def test_missing_master_with_two_nodes_names_the_flag():
 
 def test_cli_flags_override_the_environment():
     env = {"SLURM_JOB_ID": "9", "SLURM_NNODES": "2", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "a,b"}
-    c = resolve(env, {"node_rank": "0", "rdzv_endpoint": "other:1234", "nproc_per_node": "3", "max_restarts": "2",
-                      "rdzv_id": None})
+    c = resolve(
+        env,
+        {
+            "node_rank": "0",
+            "rdzv_endpoint": "other:1234",
+            "nproc_per_node": "3",
+            "max_restarts": "2",
+            "rdzv_id": None,
+        },
+    )
     assert (c.node_rank, c.rdzv_endpoint, c.nproc_per_node, c.max_restarts) == (0, "other:1234", 3, 2)
     assert (c.master_addr, c.master_port) == ("other", 1234)
     assert c.rdzv_id == "9"  # None = flag not given
@@ -167,14 +272,17 @@ def test_endpoint_without_port_uses_torchrun_default():
 # ----------------------------------------------------------------------------- Slurm host lists
 
 
-@pytest.mark.parametrize("text, hosts", [
-    ("node[01-03,7],gpu5", ["node01", "node02", "node03", "node7", "gpu5"]),
-    ("a", ["a"]),
-    ("a,b", ["a", "b"]),
-    ("n[8-10]", ["n8", "n9", "n10"]),
-    ("rack[1-2]-n[1,3]", ["rack1-n1", "rack1-n3", "rack2-n1", "rack2-n3"]),
-    ("gpu-[001-002].cluster", ["gpu-001.cluster", "gpu-002.cluster"]),
-])
+@pytest.mark.parametrize(
+    "text, hosts",
+    [
+        ("node[01-03,7],gpu5", ["node01", "node02", "node03", "node7", "gpu5"]),
+        ("a", ["a"]),
+        ("a,b", ["a", "b"]),
+        ("n[8-10]", ["n8", "n9", "n10"]),
+        ("rack[1-2]-n[1,3]", ["rack1-n1", "rack1-n3", "rack2-n1", "rack2-n3"]),
+        ("gpu-[001-002].cluster", ["gpu-001.cluster", "gpu-002.cluster"]),
+    ],
+)
 def test_expand_nodelist(text, hosts):
     assert expand_nodelist(text) == hosts
 

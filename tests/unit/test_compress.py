@@ -61,9 +61,15 @@ def test_unstructured_pruning_reaches_exactly_the_requested_sparsity(trained, sc
     assert names == ["conv1", "conv2", "fc1", "fc2"]
     P.make_permanent(model)
     zeros, total = P.weight_sparsity(model, names)
-    assert zeros == P.expected_zeros(model, names, amount, scope) == (
-        round(amount * total) if scope == "global" else sum(round(amount * model.get_submodule(n).weight.numel())
-                                                          for n in names))
+    assert (
+        zeros
+        == P.expected_zeros(model, names, amount, scope)
+        == (
+            round(amount * total)
+            if scope == "global"
+            else sum(round(amount * model.get_submodule(n).weight.numel()) for n in names)
+        )
+    )
     assert abs(zeros / total - amount) < 1e-5
     if scope == "layer":
         for n in names:
@@ -91,13 +97,18 @@ def test_channel_pruning_shrinks_tensors_and_the_model_still_runs(trained):
     model = copy.deepcopy(model)
     changes = P.prune_channels(model, 0.5, [])
     assert [(c["layer"], c["channels_before"], c["channels_after"]) for c in changes] == [
-        ("conv1", 32, 16), ("conv2", 64, 32), ("fc1", 128, 64)]
+        ("conv1", 32, 16),
+        ("conv2", 64, 32),
+        ("fc1", 128, 64),
+    ]
     assert model.conv1.weight.shape == (16, 1, 3, 3) and model.conv2.weight.shape == (32, 16, 3, 3)
     assert model.fc1.weight.shape == (64, 32 * 7 * 7) and model.fc2.weight.shape == (10, 64)
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
     n = sum(p.numel() for p in model.parameters())
     assert n < 0.3 * 421_642
-    assert evaluate_module(model, eval_ds, task, 512)["accuracy"] > 0.5  # degraded but alive before fine-tuning
+    assert (
+        evaluate_module(model, eval_ds, task, 512)["accuracy"] > 0.5
+    )  # degraded but alive before fine-tuning
     # A pruned state dict loads back into a freshly built model once its layers are resized.
     fresh = CNN(10)
     P.fit_shapes(fresh, model.state_dict())
@@ -109,7 +120,10 @@ def test_channel_pruning_shrinks_tensors_and_the_model_still_runs(trained):
 def test_channel_groups_follow_the_graph():
     mlp = MLP((1, 4, 4), [8, 6], 3)
     groups = P.channel_groups(mlp)
-    assert [(g.producer, g.consumers) for g in groups] == [("body.1", [("body.4", 1)]), ("body.4", [("head", 1)])]
+    assert [(g.producer, g.consumers) for g in groups] == [
+        ("body.1", [("body.4", 1)]),
+        ("body.4", [("head", 1)]),
+    ]
     P.prune_channels(mlp, 0.5, ["body.1"])
     assert mlp.body[1].weight.shape == (4, 16) and mlp.body[4].weight.shape == (6, 4)
     assert mlp(torch.randn(2, 1, 4, 4)).shape == (2, 3)

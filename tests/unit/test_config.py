@@ -9,10 +9,29 @@ from trainer import config as C
 
 # Users, docs and the launch layer rely on these names: renaming one is a breaking change.
 REQUIRED_KEYS = {
-    "seed", "device", "run.dir", "run.resume", "model.name", "data.name", "train.max_steps", "train.epochs",
-    "train.batch_size", "train.precision", "train.compile", "train.grad_accum", "train.grad_clip", "optim.name",
-    "optim.lr", "checkpoint.every_steps", "train.deterministic", "train.strategy",
-    "log.trackers", "log.tensorboard", "checkpoint.monitor", "checkpoint.keep_best", "train.early_stop_patience",
+    "seed",
+    "device",
+    "run.dir",
+    "run.resume",
+    "model.name",
+    "data.name",
+    "train.max_steps",
+    "train.epochs",
+    "train.batch_size",
+    "train.precision",
+    "train.compile",
+    "train.grad_accum",
+    "train.grad_clip",
+    "optim.name",
+    "optim.lr",
+    "checkpoint.every_steps",
+    "train.deterministic",
+    "train.strategy",
+    "log.trackers",
+    "log.tensorboard",
+    "checkpoint.monitor",
+    "checkpoint.keep_best",
+    "train.early_stop_patience",
 }
 
 
@@ -43,32 +62,44 @@ def test_recipes_load(recipe):
 def test_overrides_take_precedence_and_coerce(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("train:\n  max_steps: 10\n  batch_size: 32\noptim:\n  lr: 0.1\n")
-    cfg = C.load(str(p), ["train.max_steps=50", "optim.lr=1e-3", "train.compile=true", "train.freeze=[fc1, conv*]",
-                          "model.hidden=[8,4]", "run.dir=null"])
+    cfg = C.load(
+        str(p),
+        [
+            "train.max_steps=50",
+            "optim.lr=1e-3",
+            "train.compile=true",
+            "train.freeze=[fc1, conv*]",
+            "model.hidden=[8,4]",
+            "run.dir=null",
+        ],
+    )
     assert cfg.train.max_steps == 50 and cfg.train.batch_size == 32
     assert cfg.optim.lr == pytest.approx(1e-3) and cfg.train.compile is True
     assert cfg.train.freeze == ["fc1", "conv*"] and cfg.model.hidden == [8, 4] and cfg.run.dir is None
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("train.bogus=1", "unknown key train.bogus"),
-    ("bogus.x=1", "unknown key bogus"),
-    ("train.max_steps=abc", "train.max_steps='abc': expected an integer"),
-    ("train.max_steps=-5", "train.max_steps=-5: must be >= 0"),
-    ("train.precision=fp8", "train.precision='fp8': expected one of fp32, fp16, bf16"),
-    ("train.compile=maybe", "train.compile='maybe': expected true or false"),
-    ("optim.lr=fast", "optim.lr='fast': expected a number"),
-    ("optim.name=lion", "optim.name='lion'"),
-    ("device=tpu", "device='tpu'"),
-    ("model.name=resnet", "model.name='resnet'"),
-    ("data.path=/does/not/exist", "data.path='/does/not/exist': no such file"),
-    ("model.init_from=/nope.pt", "model.init_from='/nope.pt': no such file"),
-    ("run.resume=/nope/ckpt", "run.resume='/nope/ckpt'"),
-    ("train.batch_size=10", "train.batch_size=10: not divisible by train.grad_accum=3"),
-    ("data.eval_fraction=2", "data.eval_fraction=2: must be <= 0.9"),
-    ("train.max_steps", "expected KEY=VALUE"),
-    ("data.name=tokens", "data.path=None: data.name=tokens needs a file"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.bogus=1", "unknown key train.bogus"),
+        ("bogus.x=1", "unknown key bogus"),
+        ("train.max_steps=abc", "train.max_steps='abc': expected an integer"),
+        ("train.max_steps=-5", "train.max_steps=-5: must be >= 0"),
+        ("train.precision=fp8", "train.precision='fp8': expected one of fp32, fp16, bf16"),
+        ("train.compile=maybe", "train.compile='maybe': expected true or false"),
+        ("optim.lr=fast", "optim.lr='fast': expected a number"),
+        ("optim.name=lion", "optim.name='lion'"),
+        ("device=tpu", "device='tpu'"),
+        ("model.name=resnet", "model.name='resnet'"),
+        ("data.path=/does/not/exist", "data.path='/does/not/exist': no such file"),
+        ("model.init_from=/nope.pt", "model.init_from='/nope.pt': no such file"),
+        ("run.resume=/nope/ckpt", "run.resume='/nope/ckpt'"),
+        ("train.batch_size=10", "train.batch_size=10: not divisible by train.grad_accum=3"),
+        ("data.eval_fraction=2", "data.eval_fraction=2: must be <= 0.9"),
+        ("train.max_steps", "expected KEY=VALUE"),
+        ("data.name=tokens", "data.path=None: data.name=tokens needs a file"),
+    ],
+)
 def test_errors_name_key_and_value(override, needle):
     extra = ["train.grad_accum=3"] if "grad_accum" in needle else []
     with pytest.raises(C.ConfigError) as e:
@@ -129,9 +160,11 @@ def test_cli_config_lists_keys_and_errors_exit_2(tmp_path):
 
 
 def test_check_does_not_import_torch():
-    code = ("import sys, runpy; sys.argv=['trainer','check','-c','configs/gpt.yaml'];\n"
-            "try:\n  runpy.run_module('trainer', run_name='__main__')\nexcept SystemExit as e:\n  pass\n"
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys, runpy; sys.argv=['trainer','check','-c','configs/gpt.yaml'];\n"
+        "try:\n  runpy.run_module('trainer', run_name='__main__')\nexcept SystemExit as e:\n  pass\n"
+        "print('torch' in sys.modules)"
+    )
     import subprocess
     import sys
 

@@ -52,10 +52,13 @@ def test_split_indices_disjoint_deterministic_and_complete():
     assert len(split_indices(5, 0.0, 0)[1]) == 0
 
 
-@pytest.mark.parametrize("name,task", [("synthetic_regression", "regression"),
-                                       ("synthetic_classification", "classification")])
+@pytest.mark.parametrize(
+    "name,task", [("synthetic_regression", "regression"), ("synthetic_classification", "classification")]
+)
 def test_synthetic_shapes_and_split(name, task):
-    tr, ev, info = build(f"data.name={name}", "data.num_samples=200", "data.num_features=5", "data.num_classes=3")
+    tr, ev, info = build(
+        f"data.name={name}", "data.num_samples=200", "data.num_features=5", "data.num_classes=3"
+    )
     assert (len(tr), len(ev)) == (180, 20) and info.task == task and info.input_shape == (5,)
     x, y = tr[0]
     assert x.dtype == torch.float32 and x.shape == (5,)
@@ -67,11 +70,14 @@ def test_synthetic_shapes_and_split(name, task):
     check_batch_matches_items(tr)
     rows_tr = {tuple(r) for r in tr.x.tolist()}
     assert not rows_tr & {tuple(r) for r in ev.x.tolist()}  # disjoint
-    tr2, ev2, info2 = build(f"data.name={name}", "data.num_samples=200", "data.num_features=5", "data.num_classes=3",
-                            "seed=5")
+    tr2, ev2, info2 = build(
+        f"data.name={name}", "data.num_samples=200", "data.num_features=5", "data.num_classes=3", "seed=5"
+    )
     assert torch.equal(tr.x, tr2.x) and torch.equal(ev.y, ev2.y)  # data does not depend on the run seed
     assert info.fingerprint == info2.fingerprint and len(info.fingerprint) == 16
-    tr3, _, info3 = build(f"data.name={name}", "data.num_samples=200", "data.num_features=5", "data.split_seed=9")
+    tr3, _, info3 = build(
+        f"data.name={name}", "data.num_samples=200", "data.num_features=5", "data.split_seed=9"
+    )
     assert not torch.equal(tr.x, tr3.x) and info3.fingerprint != info.fingerprint
 
 
@@ -127,8 +133,11 @@ def test_digits_augmentation_is_seeded_per_sample_and_epoch(digits):
     bg = float(tr_plain.x.min())
     for k, i in enumerate(idx):  # each sample is its plain image translated by an integer shift in [-2, 2]
         padded = torch.nn.functional.pad(tr_plain.x[i], (2, 2, 2, 2), value=bg)
-        assert any(torch.allclose(a[k], padded[:, 2 - dy:30 - dy, 2 - dx:30 - dx])
-                   for dy in range(-2, 3) for dx in range(-2, 3))
+        assert any(
+            torch.allclose(a[k], padded[:, 2 - dy : 30 - dy, 2 - dx : 30 - dx])
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+        )
     tr.set_epoch(1)
     assert not torch.equal(tr.get_batch(idx)[0], a)  # new shifts every epoch
     tr.set_epoch(0)
@@ -165,11 +174,11 @@ def test_text_default_corpus_is_stdlib_top_level_py_with_stable_fingerprint():
     assert info.fingerprint == build(*over)[2].fingerprint == hashlib.sha256(raw).hexdigest()[:16]
     x, y = tr.get_batch([0, 7])
     assert x.dtype == torch.int64 and x.shape == (2, 16) and torch.equal(x[:, 1:], y[:, :-1])
-    assert x[1].tolist() == list(raw[7 * 16: 8 * 16]) and y[1].tolist() == list(raw[7 * 16 + 1: 8 * 16 + 1])
+    assert x[1].tolist() == list(raw[7 * 16 : 8 * 16]) and y[1].tolist() == list(raw[7 * 16 + 1 : 8 * 16 + 1])
     # eval is the contiguous tail: the last train window ends before the first eval token
     cut = 30000 - 3000
     assert tr.stop == ev.start == cut and (len(tr) - 1) * 16 + 17 <= cut
-    assert ev[0][0].tolist() == list(raw[cut:cut + 16])
+    assert ev[0][0].tolist() == list(raw[cut : cut + 16])
     check_batch_matches_items(ev)
 
 
@@ -179,7 +188,9 @@ def test_text_from_file_and_directory(tmp_path):
     (tmp_path / "b.txt").write_bytes(b"B" * 300)
     (tmp_path / "sub" / "a.md").write_bytes(b"A" * 300)
     (tmp_path / ".git" / "HEAD").write_bytes(b"X" * 300)
-    tr, ev, info = build("data.name=text", f"data.path={tmp_path}", "model.block_size=8", "data.eval_fraction=0.5")
+    tr, ev, info = build(
+        "data.name=text", f"data.path={tmp_path}", "model.block_size=8", "data.eval_fraction=0.5"
+    )
     assert [Path(f).name for f in tr.files] == ["b.txt", "a.md"]  # sorted by relative path: b.txt < sub/a.md
     assert set(tr[0][0].tolist()) == {ord("B")} and set(ev[len(ev) - 1][1].tolist()) == {ord("A")}
     tr, _, _ = build("data.name=text", f"data.path={tmp_path / 'b.txt'}", "model.block_size=8")
@@ -194,13 +205,22 @@ def test_token_bin_is_memory_mapped_with_correct_windows(tmp_path, dtype, vocab)
     toks[-1] = vocab - 1
     path = tmp_path / "data.bin"
     toks.tofile(path)
-    tr, ev, info = build("data.name=tokens", f"data.path={path}", f"data.token_dtype={dtype}",
-                         f"model.vocab_size={vocab}", "model.block_size=10")
+    tr, ev, info = build(
+        "data.name=tokens",
+        f"data.path={path}",
+        f"data.token_dtype={dtype}",
+        f"model.vocab_size={vocab}",
+        "model.block_size=10",
+    )
     assert info.task == "lm" and info.vocab_size == vocab and info.seq_len == 10
     assert isinstance(tr.tokens, np.memmap)
     assert len(pickle.dumps(tr)) < 1000  # a worker gets the path, not a copy of the file
     x, y = tr.get_batch([3])
-    assert x.dtype == torch.int64 and x[0].tolist() == toks[30:40].tolist() and y[0].tolist() == toks[31:41].tolist()
+    assert (
+        x.dtype == torch.int64
+        and x[0].tolist() == toks[30:40].tolist()
+        and y[0].tolist() == toks[31:41].tolist()
+    )
     assert ev.start == 900 and len(ev) == (100 - 1) // 10 and len(tr) == (900 - 1) // 10
     check_batch_matches_items(ev)
     tr2 = pickle.loads(pickle.dumps(tr))
@@ -290,7 +310,11 @@ def test_csv_target_by_name_index_and_default(tmp_path):
     assert info.task == "classification" and info.num_classes == 3 and info.input_shape == (3,)
     assert (len(tr), len(ev)) == (36, 4) and tr[0][1].dtype == torch.int64
     tr, _, info = build("data.name=csv", f"data.path={p}", "data.target=price")
-    assert info.task == "regression" and info.num_outputs == 1 and info.extra["feature_names"] == ["a", "b", "label"]
+    assert (
+        info.task == "regression"
+        and info.num_outputs == 1
+        and info.extra["feature_names"] == ["a", "b", "label"]
+    )
     assert torch.allclose(tr.y[:, 0], tr.x[:, 0] * 2.5 + 0.1)  # price = 2.5 a + 0.1, columns line up
     _, _, by_index = build("data.name=csv", f"data.path={p}", "data.target=2")
     assert by_index.task == "regression" and by_index.fingerprint == info.fingerprint
@@ -303,7 +327,9 @@ def test_csv_target_by_name_index_and_default(tmp_path):
 
 def test_csv_errors(tmp_path):
     p = write_csv(tmp_path / "d.csv")
-    with pytest.raises(ConfigError, match=r"data.target='cost': column 'cost' not found .*\(columns: a, b, price, label\)"):
+    with pytest.raises(
+        ConfigError, match=r"data.target='cost': column 'cost' not found .*\(columns: a, b, price, label\)"
+    ):
         build("data.name=csv", f"data.path={p}", "data.target=cost")
     with pytest.raises(ConfigError, match="data.target='9': index out of range"):
         build("data.name=csv", f"data.path={p}", "data.target=9")
@@ -315,7 +341,7 @@ def test_csv_errors(tmp_path):
 
 # ----------------------------------------------------------------------------- user datasets and errors
 
-USER_MODULE = '''
+USER_MODULE = """
 import torch
 from torch.utils.data import Dataset
 
@@ -344,7 +370,7 @@ def pair(n=10):
 
 def broken(**kw):
     raise RuntimeError("no data here")
-'''
+"""
 
 
 @pytest.fixture

@@ -88,8 +88,12 @@ def dockerfile():
 
 
 def test_hadolint_reports_nothing():
-    r = subprocess.run([_tool("hadolint"), "--no-color", "-f", "json", str(DOCKERFILE)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [_tool("hadolint"), "--no-color", "-f", "json", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert json.loads(r.stdout or "[]") == [], r.stdout
     assert r.returncode == 0, r.stderr
 
@@ -99,7 +103,7 @@ def test_every_hadolint_ignore_gives_its_reason():
     for i, line in enumerate(lines):
         m = re.match(r"#\s*hadolint ignore=(\S+)", line.strip())
         if m:
-            reason = " ".join(lines[max(0, i - 3):i])
+            reason = " ".join(lines[max(0, i - 3) : i])
             for rule in m.group(1).split(","):
                 assert rule in reason and "ignored" in reason, f"line {i + 1}: say why {rule} is ignored"
 
@@ -117,7 +121,9 @@ def test_shellcheck_passes_on_the_entrypoint():
 
 def test_base_image_is_a_pinned_build_argument(dockerfile):
     ins, stages, args = dockerfile
-    assert ins[0][0] == "ARG" and ins[0][1].startswith("BASE_IMAGE="), "the base tag is the first build argument"
+    assert ins[0][0] == "ARG" and ins[0][1].startswith("BASE_IMAGE="), (
+        "the base tag is the first build argument"
+    )
     base = args["BASE_IMAGE"]
     name, _, tag = base.rpartition(":")
     assert name and tag and tag != "latest" and "/" not in tag, base
@@ -136,8 +142,20 @@ def test_multi_stage_runtime_copies_only_the_venv(dockerfile):
     copies_from = [rest for word, rest in final if word == "COPY" and "--from=" in rest]
     assert copies_from == ["--from=builder /opt/venv /opt/venv"]
     runs = " ".join(rest for word, rest in final if word == "RUN")
-    build_tools = ("gcc", "g++", "clang", "build-essential", "make", "cmake", "python3-dev", "python3-pip",
-                   "python3-venv", "git", "curl", "wget")
+    build_tools = (
+        "gcc",
+        "g++",
+        "clang",
+        "build-essential",
+        "make",
+        "cmake",
+        "python3-dev",
+        "python3-pip",
+        "python3-venv",
+        "git",
+        "curl",
+        "wget",
+    )
     installed = re.findall(r"apt-get install ([^&]*)", runs)
     assert installed, "the runtime stage installs python3 and tini"
     packages = {p for chunk in installed for p in chunk.split() if not p.startswith("-")}
@@ -168,8 +186,12 @@ def test_tini_is_pid1_in_an_exec_form_entrypoint(dockerfile):
     assert argv == ["/usr/bin/tini", "--", "/app/docker/entrypoint.sh"]
     (cmd,) = [rest for word, rest in final if word == "CMD"]
     assert json.loads(cmd)[0] == "-c"
-    assert any(word == "COPY" and rest.endswith("docker/entrypoint.sh docker/entrypoint.sh") and "--chmod=0755" in rest
-               for word, rest in final)
+    assert any(
+        word == "COPY"
+        and rest.endswith("docker/entrypoint.sh docker/entrypoint.sh")
+        and "--chmod=0755" in rest
+        for word, rest in final
+    )
 
 
 def test_final_user_is_numeric_and_not_root(dockerfile):
@@ -220,7 +242,8 @@ def test_pip_mirror_arguments_reach_the_builder_only(dockerfile):
 
 
 def test_wheelhouse_is_a_named_context_mounted_into_the_builder(dockerfile):
-    """`--build-context wheels=DIR` replaces the empty `wheels` stage; a bind mount keeps it out of every layer."""
+    """`--build-context wheels=DIR` replaces the empty `wheels` stage; a bind mount keeps it out of every
+    layer."""
     ins, stages, _ = dockerfile
     named = _named(stages)
     assert named["wheels"] == [("FROM", "scratch AS wheels")], "an empty placeholder stage"
@@ -232,20 +255,29 @@ def test_wheelhouse_is_a_named_context_mounted_into_the_builder(dockerfile):
     assert "--mount=type=bind,source=requirements.txt,target=/tmp/requirements.txt" in pip
     assert pip.index('"torch==${TORCH_VERSION}"') < pip.index("-r /tmp/requirements.txt")
     for word, rest in ins:
-        assert not (word in ("COPY", "ADD") and "wheels" in rest), f"{word} {rest}: the wheelhouse became a layer"
+        assert not (word in ("COPY", "ADD") and "wheels" in rest), (
+            f"{word} {rest}: the wheelhouse became a layer"
+        )
     assert not any("from=wheels" in rest for word, rest in stages[-1]), "the runtime stage never sees it"
     assert _ignored("wheels", _dockerignore()) and _ignored("build", _dockerignore())
 
 
 def _dockerignore() -> list[str]:
-    return [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    return [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
     parts = Path(path).parts
-    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(parts[0], p) or
-               (p.startswith("**/") and any(fnmatch.fnmatch(part, p[3:]) for part in parts)) for p in patterns)
+    return any(
+        fnmatch.fnmatch(path, p)
+        or fnmatch.fnmatch(parts[0], p)
+        or (p.startswith("**/") and any(fnmatch.fnmatch(part, p[3:]) for part in parts))
+        for p in patterns
+    )
 
 
 def test_dockerignore_keeps_the_context_small_but_not_what_the_image_copies(dockerfile):
@@ -261,8 +293,13 @@ def test_dockerignore_keeps_the_context_small_but_not_what_the_image_copies(dock
 
 def test_cpu_variant_is_the_same_dockerfile_with_build_args(dockerfile):
     _, _, args = dockerfile
-    make = subprocess.run(["make", "--no-print-directory", "-n", "docker-build", "VARIANT=cpu"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=30)
+    make = subprocess.run(
+        ["make", "--no-print-directory", "-n", "docker-build", "VARIANT=cpu"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert make.returncode == 0, make.stderr
     cpu_args = dict(re.findall(r"--build-arg (\w+)=(\S+)", make.stdout))
     assert set(cpu_args) <= set(args) | {"VERSION", "VCS_REF", "APP_UID"}, "only declared build arguments"
@@ -275,9 +312,21 @@ def test_cpu_variant_is_the_same_dockerfile_with_build_args(dockerfile):
 
 
 def test_make_docker_run_documents_and_passes_the_gpu_flags():
-    make = subprocess.run(["make", "--no-print-directory", "-n", "docker-run"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    make = subprocess.run(
+        ["make", "--no-print-directory", "-n", "docker-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert make.returncode == 0, make.stderr
-    for flag in ("--gpus all", "--ipc=host", "--ulimit memlock=-1", "--ulimit stack=67108864", "--stop-timeout"):
+    for flag in (
+        "--gpus all",
+        "--ipc=host",
+        "--ulimit memlock=-1",
+        "--ulimit stack=67108864",
+        "--stop-timeout",
+    ):
         assert flag in make.stdout
     text = (ROOT / "Makefile").read_text()
     for flag in ("--gpus all", "--ipc=host", "--ulimit memlock=-1", "--ulimit stack=67108864"):
@@ -318,7 +367,9 @@ def test_compose_runs_two_nodes_of_one_job():
         grace = int(svc["stop_grace_period"].rstrip("s"))
         assert int(env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]) < grace
         (dev,) = svc["deploy"]["resources"]["reservations"]["devices"]
-        assert dev["driver"] == "nvidia" and dev["capabilities"] == ["gpu"] and dev["device_ids"] == [str(rank)]
+        assert (
+            dev["driver"] == "nvidia" and dev["capabilities"] == ["gpu"] and dev["device_ids"] == [str(rank)]
+        )
     assert "runs" in c["volumes"]
     assert nodes["node1"]["depends_on"] == ["node0"]
     assert ":latest" not in (ROOT / "docker" / "compose.yaml").read_text()
@@ -335,33 +386,58 @@ def test_compose_cpu_override_drops_the_gpus():
 
 def test_image_test_builds_the_cpu_variant_with_buildah_from_a_wheelhouse():
     """`make image-test` (not part of `make test`) runs docker/image-test.sh, whose shape is checked here."""
-    r = subprocess.run([_tool("shellcheck"), str(IMAGE_TEST_SH), str(CI_RUN)], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [_tool("shellcheck"), str(IMAGE_TEST_SH), str(CI_RUN)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert os.access(IMAGE_TEST_SH, os.X_OK) and os.access(CI_RUN, os.X_OK)
-    make = subprocess.run(["make", "--no-print-directory", "-n", "image-test"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=30)
+    make = subprocess.run(
+        ["make", "--no-print-directory", "-n", "image-test"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert make.returncode == 0 and "docker/image-test.sh" in make.stdout, make.stdout + make.stderr
     test_deps = re.search(r"^test:(.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
     assert "image-test" not in test_deps
     text = IMAGE_TEST_SH.read_text()
     assert "\nset -euo pipefail\n" in text
-    for needle in ("--isolation chroot", "--storage-driver vfs", "localhost/torchrunner:test-cpu",
-                   "localhost/debian:bookworm", "debootstrap --variant=minbase bookworm",
-                   '--build-context "wheels=$wheels"', "--build-arg PIP_NO_INDEX=1",
-                   "--build-arg PIP_FIND_LINKS=/wheels", "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu",
-                   "--only-binary=:all:", '--python-version "$PY_VERSION"', "--layers=false"):
+    for needle in (
+        "--isolation chroot",
+        "--storage-driver vfs",
+        "localhost/torchrunner:test-cpu",
+        "localhost/debian:bookworm",
+        "debootstrap --variant=minbase bookworm",
+        '--build-context "wheels=$wheels"',
+        "--build-arg PIP_NO_INDEX=1",
+        "--build-arg PIP_FIND_LINKS=/wheels",
+        "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu",
+        "--only-binary=:all:",
+        '--python-version "$PY_VERSION"',
+        "--layers=false",
+    ):
         assert needle in text, needle
     assert re.search(r"^PY_VERSION=3\.11$", text, re.M), "Debian 12's Python"
     # Inside the image: the declared entrypoint with tini as a subreaper, and each check the issue names.
     assert '"-s"' in text and 'entry[:1], "-s", *entry[1:]' in text
-    for check in ("--dry-run, plain run", "--dry-run, PyTorchJob worker", '"doctor"', "training as uid",
-                  "SIGTERM -> exit 75", "no compilers, pip cache or apt lists"):
+    for check in (
+        "--dry-run, plain run",
+        "--dry-run, PyTorchJob worker",
+        '"doctor"',
+        "training as uid",
+        "SIGTERM -> exit 75",
+        "no compilers, pip cache or apt lists",
+    ):
         assert check in text, check
     assert "[ $rc -eq 75 ]" in text and "kill -TERM $pid" in text
     # The mirror path too: the builder stage from an index on loopback, no wheels context.
-    for needle in ('--build-arg "PIP_INDEX_URL=$url"', "--build-arg PIP_TRUSTED_HOST=127.0.0.1",
-                   '--build-arg "TORCH_INDEX_URL=$url"', "--bind 127.0.0.1"):
+    for needle in (
+        '--build-arg "PIP_INDEX_URL=$url"',
+        "--build-arg PIP_TRUSTED_HOST=127.0.0.1",
+        '--build-arg "TORCH_INDEX_URL=$url"',
+        "--bind 127.0.0.1",
+    ):
         assert needle in text, needle
 
 

@@ -78,14 +78,18 @@ def test_unreachable_endpoint_fails_quickly():
     start = time.monotonic()
     check = doctor.check_endpoint(c, timeout=0.5)
     assert check.status == "fail" and time.monotonic() - start < 2
-    assert doctor.check_endpoint(resolve({}, {"nnodes": "2", "rdzv_endpoint": "127.0.0.1:1"})) is None  # node 0
+    assert (
+        doctor.check_endpoint(resolve({}, {"nnodes": "2", "rdzv_endpoint": "127.0.0.1:1"})) is None
+    )  # node 0
 
 
 def test_reachable_endpoint_is_ok():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
-        c = resolve({}, {"nnodes": "2", "node_rank": "1", "rdzv_endpoint": f"127.0.0.1:{server.getsockname()[1]}"})
+        c = resolve(
+            {}, {"nnodes": "2", "node_rank": "1", "rdzv_endpoint": f"127.0.0.1:{server.getsockname()[1]}"}
+        )
         assert doctor.check_endpoint(c, timeout=2).status == "ok"
 
 
@@ -109,8 +113,9 @@ def test_shared_dir_heuristic(tmp_path):
 
 
 def test_inconsistent_env():
-    check, cluster = doctor.check_cluster({"SLURM_JOB_ID": "1", "SLURM_NNODES": "2", "SLURM_NODEID": "5",
-                                           "SLURM_JOB_NODELIST": "n[1-2]"})
+    check, cluster = doctor.check_cluster(
+        {"SLURM_JOB_ID": "1", "SLURM_NNODES": "2", "SLURM_NODEID": "5", "SLURM_JOB_NODELIST": "n[1-2]"}
+    )
     assert check.status == "fail" and cluster is None and "SLURM_NODEID" in check.message
 
 
@@ -124,8 +129,14 @@ def test_report_and_exit_code(tmp_path):
 
 def run_cli(*args, env=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "launch", "doctor", *args], capture_output=True, text=True,
-                          timeout=60, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "launch", "doctor", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def test_cli_json_parses_and_exit_code(tmp_path):
@@ -140,7 +151,9 @@ def test_cli_json_parses_and_exit_code(tmp_path):
 def test_cli_reads_shm_need_from_the_config(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("data:\n  num_workers: 8\n  name: mypkg.data:Custom\ntrain:\n  batch_size: 4096\n")
-    proc = run_cli("--fast", "--json", "-c", str(config), "data.prefetch_factor=4", "--run-dir", str(tmp_path))
+    proc = run_cli(
+        "--fast", "--json", "-c", str(config), "data.prefetch_factor=4", "--run-dir", str(tmp_path)
+    )
     shm = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}["shm"]
     assert "8 workers x prefetch 4 x batch 4096" in shm["message"]
 
@@ -159,10 +172,16 @@ def test_fast_subset_imports_no_torch_and_takes_under_a_second(tmp_path):
         "from launch import doctor\n"
         f"checks = doctor.run_checks(env={{}}, fast=True, run_dir={str(tmp_path)!r})\n"
         "elapsed = time.perf_counter() - t\n"
-        "print('torch' in sys.modules, 'trainer' in sys.modules, round(elapsed, 3), doctor.exit_code(checks))\n"
+        "print('torch' in sys.modules, 'trainer' in sys.modules, round(elapsed, 3), "
+        "doctor.exit_code(checks))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     torch_loaded, trainer_loaded, elapsed, rc = proc.stdout.split()
     assert (torch_loaded, trainer_loaded, rc) == ("False", "False", "0"), proc.stderr
     assert float(elapsed) < 1.0
@@ -193,6 +212,8 @@ def test_driver_without_cuda_torch_warns(tmp_path, monkeypatch):
 
 def test_an_invalid_config_is_the_trainers_verdict(tmp_path):
     """The doctor asks `python -m trainer check --json`; it does not parse or default the config itself."""
-    checks = doctor.run_checks(env={}, fast=True, run_dir=str(tmp_path), config_overrides=["train.batch_size=0"])
+    checks = doctor.run_checks(
+        env={}, fast=True, run_dir=str(tmp_path), config_overrides=["train.batch_size=0"]
+    )
     c = by_name(checks, "config")
     assert c.status == "fail" and "train.batch_size" in c.message

@@ -25,9 +25,19 @@ from trainer.training.weights import merge_lora_state, read_weights
 torch.set_num_threads(1)
 
 # A small MLP on synthetic blobs: trains in well under a second, no sklearn import.
-TINY = ["model.name=mlp", "model.hidden=[16]", "data.name=synthetic_classification", "data.num_samples=256",
-        "data.num_features=8", "train.batch_size=32", "train.max_steps=4", "optim.name=sgd", "optim.lr=0.1",
-        "train.eval_every_steps=0", "log.every_steps=2"]
+TINY = [
+    "model.name=mlp",
+    "model.hidden=[16]",
+    "data.name=synthetic_classification",
+    "data.num_samples=256",
+    "data.num_features=8",
+    "train.batch_size=32",
+    "train.max_steps=4",
+    "optim.name=sgd",
+    "optim.lr=0.1",
+    "train.eval_every_steps=0",
+    "log.every_steps=2",
+]
 
 
 def tiny_model(*overrides: str, seed: int = 5) -> tuple[nn.Module, C.Config]:
@@ -70,7 +80,9 @@ def test_freezing_keeps_frozen_parameters_bit_identical_and_the_log_says_what_tr
     assert train_inprocess(None, run, TINY + [f"model.init_from={src}", "train.freeze=[body.*]"]) == 0
     err = capfd.readouterr().err
     assert "init_from: 4 tensors (212 parameters)" in err
-    assert re.search(r"body\s+0 / 144\s+trainable", err) and re.search(r"total\s+68 / 212\s+trainable \(32.08%\)", err)
+    assert re.search(r"body\s+0 / 144\s+trainable", err) and re.search(
+        r"total\s+68 / 212\s+trainable \(32.08%\)", err
+    )
     out = final_weights(run)
     for k in ("body.1.weight", "body.1.bias"):
         assert torch.equal(out[k], sd[k]), k  # frozen: bit-identical after training
@@ -93,7 +105,11 @@ def test_init_from_reads_every_kind_of_source(tmp_path, kind):
         run = tmp_path / "run"
         assert train_inprocess(None, run, TINY) == 0
         ckpts = run / "checkpoints"
-        path = {"run": run, "checkpoints": ckpts, "checkpoint": ckpts / (ckpts / "latest").read_text().strip()}[kind]
+        path = {
+            "run": run,
+            "checkpoints": ckpts,
+            "checkpoint": ckpts / (ckpts / "latest").read_text().strip(),
+        }[kind]
         expected = final_weights(run)
     elif kind == "pt_wrapped":  # a DDP-style training script's checkpoint: {"model": {"module.x": ...}}
         path = tmp_path / "w.pt"
@@ -131,7 +147,9 @@ def test_strict_loading_refuses_what_does_not_match_and_non_strict_reports_it(tm
     broken = dict(sd)
     broken["extra.weight"] = torch.zeros(2)
     del broken["body.1.bias"]
-    with pytest.raises(ConfigError, match=r"missing body\.1\.bias; unexpected extra\.weight.*init_strict=false"):
+    with pytest.raises(
+        ConfigError, match=r"missing body\.1\.bias; unexpected extra\.weight.*init_strict=false"
+    ):
         load_into(model, broken, strict=True)
     rep = load_into(model, broken, strict=False)
     assert rep.missing == ["body.1.bias"] and rep.unexpected == ["extra.weight"]
@@ -147,7 +165,9 @@ def test_init_skip_keeps_the_fresh_initialisation(tmp_path):
     model, cfg = tiny_model(f"model.init_from={src}", "model.init_skip=[head]", seed=4)
     fresh_head = model.head.weight.detach().clone()
     prepare_for_finetune(model, cfg)
-    assert torch.equal(model.head.weight, fresh_head) and torch.equal(model.body[1].weight, sd["body.1.weight"])
+    assert torch.equal(model.head.weight, fresh_head) and torch.equal(
+        model.body[1].weight, sd["body.1.weight"]
+    )
 
 
 def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
@@ -226,8 +246,14 @@ def test_lora_run_trains_only_adapters_and_writes_merged_plain_weights(tmp_path,
     pytest.importorskip("peft")
     src, sd = source_file(tmp_path)
     run = tmp_path / "run"
-    over = [f"model.init_from={src}", "lora.targets=[body.1]", "lora.rank=2", "lora.trainable=[head.bias]",
-            "optim.param_groups=[{pattern: head.bias, lr: 0.2}]", "train.freeze=[body.1.lora_A*]"]
+    over = [
+        f"model.init_from={src}",
+        "lora.targets=[body.1]",
+        "lora.rank=2",
+        "lora.trainable=[head.bias]",
+        "optim.param_groups=[{pattern: head.bias, lr: 0.2}]",
+        "train.freeze=[body.1.lora_A*]",
+    ]
     assert train_inprocess(None, run, TINY + over) == 0
     err = capfd.readouterr().err
     assert "lora (peft): body.1 wrapped (rank 2" in err and "LoRA adapters merged" in err
@@ -244,8 +270,10 @@ def test_lora_run_trains_only_adapters_and_writes_merged_plain_weights(tmp_path,
     assert trained["body.1.lora_B.default.weight"].abs().sum() > 0  # the adapter trained
     # The merged file computes what the adapted model computes.
     cfg = C.load(os.path.join(run, "config.yaml"))
-    adapted = prepare_for_finetune(tiny_model()[0], C.load(None, [*TINY, "lora.targets=[body.1]", "lora.rank=2",
-                                                                  "lora.trainable=[head.bias]"]))
+    adapted = prepare_for_finetune(
+        tiny_model()[0],
+        C.load(None, [*TINY, "lora.targets=[body.1]", "lora.rank=2", "lora.trainable=[head.bias]"]),
+    )
     adapted.load_state_dict(state["model"])
     plain, _ = tiny_model()
     plain.load_state_dict(out)
@@ -254,8 +282,10 @@ def test_lora_run_trains_only_adapters_and_writes_merged_plain_weights(tmp_path,
     # train.freeze reaches adapter weights through their plain names (the run froze every lora_A)
     apply_freeze(adapted, cfg.train.freeze)
     grads = {n: p.requires_grad for n, p in adapted.named_parameters() if ".lora_" in n}
-    assert grads == {"base_model.model.body.1.lora_A.default.weight": False,
-                     "base_model.model.body.1.lora_B.default.weight": True}
+    assert grads == {
+        "base_model.model.body.1.lora_A.default.weight": False,
+        "base_model.model.body.1.lora_B.default.weight": True,
+    }
 
 
 def test_old_handwritten_lora_files_are_converted_on_read_and_refused_for_resume(tmp_path):
@@ -263,8 +293,13 @@ def test_old_handwritten_lora_files_are_converted_on_read_and_refused_for_resume
     eval, export); resuming such a checkpoint into a peft model is refused with a clear message."""
     torch.manual_seed(0)
     w, a, b = torch.randn(4, 3), torch.randn(2, 3), torch.randn(4, 2)
-    old = {"fc.weight": w, "fc.bias": torch.zeros(4), "fc.lora_A": a, "fc.lora_B": b,
-           "fc.lora_scale": torch.tensor(0.5)}
+    old = {
+        "fc.weight": w,
+        "fc.bias": torch.zeros(4),
+        "fc.lora_A": a,
+        "fc.lora_B": b,
+        "fc.lora_scale": torch.tensor(0.5),
+    }
     merged = merge_lora_state(old)
     assert set(merged) == {"fc.weight", "fc.bias"}
     torch.testing.assert_close(merged["fc.weight"], w + 0.5 * b @ a)
@@ -272,4 +307,3 @@ def test_old_handwritten_lora_files_are_converted_on_read_and_refused_for_resume
 
     with pytest.raises(ConfigError, match="written by the former hand-written LoRA"):
         refuse_old_lora(old, "ckpt")
-

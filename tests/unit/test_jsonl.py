@@ -26,9 +26,19 @@ def assets(tmp_path_factory):
 
 
 def _cfg(root, tok_dir, path, *extra):
-    return C.load(None, ["data.name=jsonl", f"data.path={path}", f"data.tokenizer={tok_dir}",
-                         "model.name=hf", f"model.path={root.parent / 'model'}", f"run.dir={root / 'run'}",
-                         "data.seq_len=32", *extra])
+    return C.load(
+        None,
+        [
+            "data.name=jsonl",
+            f"data.path={path}",
+            f"data.tokenizer={tok_dir}",
+            "model.name=hf",
+            f"model.path={root.parent / 'model'}",
+            f"run.dir={root / 'run'}",
+            "data.seq_len=32",
+            *extra,
+        ],
+    )
 
 
 def test_prompt_tokens_carry_no_loss_and_eos_ends_every_document(assets, tmp_path):
@@ -83,7 +93,9 @@ def test_chat_records_learn_only_the_assistant_turns(assets, tmp_path):
     assert learned == "two<|end|><|eos|>"
     # a tokenizer without a chat template: a clear error naming the line
     plain = make_tokenizer(tmp_path / "plain", chat_template=False)
-    with pytest.raises(ConfigError, match=r"line 1: a 'messages' record needs a tokenizer with a chat template"):
+    with pytest.raises(
+        ConfigError, match=r"line 1: a 'messages' record needs a tokenizer with a chat template"
+    ):
         tokenize_records(load_tokenizer(plain), path, "data.path")
 
 
@@ -106,11 +118,14 @@ def test_tokens_are_cached_beside_the_run_keyed_by_data_and_tokenizer(assets, tm
     assert len(list(cache.iterdir())) == 2
 
 
-@pytest.mark.parametrize("line, why", [
-    ("{not json", "not valid JSON"),
-    ('{"prompt": 3, "response": "x"}', "'prompt' must be a string"),
-    ('{"question": "x"}', "expected a 'text', 'prompt'/'response' or 'messages' record"),
-])
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"prompt": 3, "response": "x"}', "'prompt' must be a string"),
+        ('{"question": "x"}', "expected a 'text', 'prompt'/'response' or 'messages' record"),
+    ],
+)
 def test_bad_records_name_the_line(assets, tmp_path, line, why):
     root, tok_dir, tok = assets
     path = tmp_path / "bad.jsonl"
@@ -124,8 +139,19 @@ def test_malformed_line_is_exit_2_naming_the_line_and_leaves_nothing(assets, tmp
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n{"text": "two"\n')
     run = tmp_path / "run"
-    r = run_cli(["train", "data.name=jsonl", f"data.path={path}", f"model.path={root / 'model'}", "model.name=hf",
-                 f"run.dir={run}", "data.seq_len=16", "device=cpu"], timeout=120)
+    r = run_cli(
+        [
+            "train",
+            "data.name=jsonl",
+            f"data.path={path}",
+            f"model.path={root / 'model'}",
+            "model.name=hf",
+            f"run.dir={run}",
+            "data.seq_len=16",
+            "device=cpu",
+        ],
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert f"data.path='{path}' line 2: not valid JSON" in r.stderr
     assert "Traceback" not in r.stderr and not run.exists()
@@ -142,9 +168,9 @@ def test_attention_stays_inside_a_packed_document(assets, tmp_path):
     ids = torch.tensor([a + b])
     pos = torch.tensor([list(range(len(a))) + list(range(len(b)))])
     with torch.no_grad():
-        packed = model(input_ids=ids, position_ids=pos).logits[0, len(a):]
+        packed = model(input_ids=ids, position_ids=pos).logits[0, len(a) :]
         alone = model(input_ids=torch.tensor([b])).logits[0]
-        crossing = model(input_ids=ids).logits[0, len(a):]  # positions not restarted: attends across
+        crossing = model(input_ids=ids).logits[0, len(a) :]  # positions not restarted: attends across
     assert torch.allclose(packed, alone, atol=1e-5)
     assert not torch.allclose(crossing, alone, atol=1e-3)
 

@@ -30,22 +30,79 @@ IMAGE = "registry.example.com/ml/torchrunner:0.1.0-cu128"
 # (case id, render arguments); the matrix of the issue: 2 nodes x 8 GPUs and 1 node x 0 GPUs for each kind.
 CASES = {
     f"{kind}-{shape}": [
-        "--kind", kind, "--image", IMAGE, "--name", f"{kind[:3]}{shape.replace('x', '-')}",
-        "--nodes", shape.split("x")[0], "--gpus-per-node", shape.split("x")[1],
-        "--config", "configs/gpt.yaml", "--", "train.precision=bf16",
+        "--kind",
+        kind,
+        "--image",
+        IMAGE,
+        "--name",
+        f"{kind[:3]}{shape.replace('x', '-')}",
+        "--nodes",
+        shape.split("x")[0],
+        "--gpus-per-node",
+        shape.split("x")[1],
+        "--config",
+        "configs/gpt.yaml",
+        "--",
+        "train.precision=bf16",
     ]
-    for kind in R.KINDS for shape in ("2x8", "1x0")
+    for kind in R.KINDS
+    for shape in ("2x8", "1x0")
 }
-CASES["trainjob-cluster-runtime"] = ["--kind", "trainjob", "--image", IMAGE, "--name", "tjc", "--nodes", "2",
-                                     "--gpus-per-node", "8", "--runtime", "torch-distributed"]
-CASES["indexedjob-existing-pvc"] = ["--kind", "indexedjob", "--image", IMAGE, "--name", "ipvc", "--nodes", "3",
-                                    "--gpus-per-node", "4", "--pvc", "team-runs", "--run-dir", "/runs/exp7",
-                                    "--grace-period", "300", "--backoff-limit", "9", "--shm-size", "64Gi"]
+CASES["trainjob-cluster-runtime"] = [
+    "--kind",
+    "trainjob",
+    "--image",
+    IMAGE,
+    "--name",
+    "tjc",
+    "--nodes",
+    "2",
+    "--gpus-per-node",
+    "8",
+    "--runtime",
+    "torch-distributed",
+]
+CASES["indexedjob-existing-pvc"] = [
+    "--kind",
+    "indexedjob",
+    "--image",
+    IMAGE,
+    "--name",
+    "ipvc",
+    "--nodes",
+    "3",
+    "--gpus-per-node",
+    "4",
+    "--pvc",
+    "team-runs",
+    "--run-dir",
+    "/runs/exp7",
+    "--grace-period",
+    "300",
+    "--backoff-limit",
+    "9",
+    "--shm-size",
+    "64Gi",
+]
 # Checkpoints on object storage: credentials from a Secret, no ReadWriteMany claim (issue 17).
 S3_DIR = "s3://team-ckpts/exp7"
 for _kind in R.KINDS:
-    CASES[f"{_kind}-s3"] = ["--kind", _kind, "--image", IMAGE, "--name", f"{_kind[:3]}s3", "--nodes", "2",
-                            "--gpus-per-node", "8", "--checkpoint-dir", S3_DIR, "--s3-secret", "s3-creds"]
+    CASES[f"{_kind}-s3"] = [
+        "--kind",
+        _kind,
+        "--image",
+        IMAGE,
+        "--name",
+        f"{_kind[:3]}s3",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "8",
+        "--checkpoint-dir",
+        S3_DIR,
+        "--s3-secret",
+        "s3-creds",
+    ]
 
 
 def _tool(name: str) -> str:
@@ -56,7 +113,8 @@ def _tool(name: str) -> str:
 
 
 def _norm(x):
-    """Compare numbers by value: the models turn the quantity 8 into '8' (kubernetes client) or 8.0 (pydantic)."""
+    """Compare numbers by value: the models turn the quantity 8 into '8' (kubernetes client) or 8.0
+    (pydantic)."""
     if isinstance(x, dict):
         return {k: _norm(v) for k, v in x.items()}
     if isinstance(x, list):
@@ -100,11 +158,19 @@ def _pod_templates(obj: dict) -> list[dict]:
         return [r["template"] for r in obj["spec"]["pytorchReplicaSpecs"].values()]
     if obj["kind"] == "TrainJob":
         trainer = obj["spec"]["trainer"]
-        patch = obj["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+        patch = obj["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][
+            0
+        ]
         pod = dict(patch["template"]["spec"]["template"]["spec"])
         ctr_patch = pod.pop("containers")[0]
-        ctr = {"name": ctr_patch["name"], "image": trainer["image"], "command": trainer["command"],
-               "args": trainer["args"], "env": trainer["env"], **{k: v for k, v in ctr_patch.items() if k != "name"}}
+        ctr = {
+            "name": ctr_patch["name"],
+            "image": trainer["image"],
+            "command": trainer["command"],
+            "args": trainer["args"],
+            "env": trainer["env"],
+            **{k: v for k, v in ctr_patch.items() if k != "name"},
+        }
         if "resourcesPerNode" in trainer:
             ctr["resources"] = trainer["resourcesPerNode"]
         return [{"metadata": {"labels": obj["metadata"]["labels"]}, "spec": {**pod, "containers": [ctr]}}]
@@ -116,7 +182,8 @@ def _env(container: dict) -> dict[str, str]:
 
 
 def test_every_object_passes_kubernetes_validate_strict(rendered, tmp_path):
-    """Core/batch objects as rendered, plus the Kubeflow objects' pod and Job templates wrapped, in one call."""
+    """Core/batch objects as rendered, plus the Kubeflow objects' pod and Job templates wrapped, in one
+    call."""
     files = []
     for case, objs in rendered.items():
         for i, obj in enumerate(objs):
@@ -124,19 +191,35 @@ def test_every_object_passes_kubernetes_validate_strict(rendered, tmp_path):
             if obj["apiVersion"] in ("v1", "batch/v1"):
                 docs.append(obj)
             for j, tpl in enumerate(_pod_templates(obj) if obj["kind"] in ("PyTorchJob", "TrainJob") else []):
-                docs.append({"apiVersion": "v1", "kind": "PodTemplate",
-                             "metadata": {"name": f"{case}-{i}-{j}"}, "template": tpl})
+                docs.append(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "PodTemplate",
+                        "metadata": {"name": f"{case}-{i}-{j}"},
+                        "template": tpl,
+                    }
+                )
             if obj["kind"] == "TrainingRuntime":
                 rjob = obj["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]
-                docs.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"{case}-rt"},
-                             "spec": {**rjob["spec"], "completions": 2, "parallelism": 2}})
+                docs.append(
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "metadata": {"name": f"{case}-rt"},
+                        "spec": {**rjob["spec"], "completions": 2, "parallelism": 2},
+                    }
+                )
             for k, doc in enumerate(docs):
                 path = tmp_path / f"{case}-{i}-{k}.yaml"
                 path.write_text(yaml.safe_dump(doc))
                 files.append(str(path))
     assert len(files) >= 20
-    r = subprocess.run([_tool("kubernetes-validate"), "--strict", "--quiet", *files],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [_tool("kubernetes-validate"), "--strict", "--quiet", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ERROR" not in r.stdout + r.stderr
 
@@ -147,8 +230,12 @@ def test_kubernetes_validate_catches_a_misspelled_field(tmp_path):
     job["spec"]["template"]["spec"]["subdomian"] = job["spec"]["template"]["spec"].pop("subdomain")
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(job))
-    r = subprocess.run([_tool("kubernetes-validate"), "--strict", "--quiet", str(path)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [_tool("kubernetes-validate"), "--strict", "--quiet", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0 and "subdomian" in r.stdout + r.stderr
 
 
@@ -212,9 +299,13 @@ def test_every_pod_has_shm_grace_gpus_and_the_shared_run_volume(rendered, case):
 
         limits = ctr.get("resources", {}).get("limits", {})
         if gpus:
-            assert env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"].startswith(env["RUN_DIR"] + "/")  # survives restarts
+            assert env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"].startswith(
+                env["RUN_DIR"] + "/"
+            )  # survives restarts
             assert limits["nvidia.com/gpu"] == gpus
-            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
+                "tolerations"
+            ]
         else:
             assert "nvidia.com/gpu" not in limits and "tolerations" not in spec
 
@@ -253,8 +344,10 @@ def test_indexed_job_fails_fast_on_config_error_and_resumes_after_preemption(ren
     assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 2
     assert spec["template"]["spec"]["restartPolicy"] == "Never"  # required by podFailurePolicy
     codes = _policy_codes(spec["podFailurePolicy"], "trainer")
-    assert codes == {"FailJob": [exitcodes.CONFIG, exitcodes.NONFINITE],
-                     "Ignore": [exitcodes.PREEMPTED, "DisruptionTarget"]}
+    assert codes == {
+        "FailJob": [exitcodes.CONFIG, exitcodes.NONFINITE],
+        "Ignore": [exitcodes.PREEMPTED, "DisruptionTarget"],
+    }
     assert (exitcodes.CONFIG, exitcodes.PREEMPTED) == (2, 75)
     assert spec["backoffLimit"] == 4  # 2 per node
     assert _one(rendered["indexedjob-existing-pvc"], "Job")["spec"]["backoffLimit"] == 9
@@ -274,8 +367,11 @@ def test_indexed_job_fails_fast_on_config_error_and_resumes_after_preemption(ren
 def test_trainjob_runtime_carries_the_exit_code_policy(rendered):
     objs = rendered["trainjob-2x8"]
     job, runtime = _one(objs, "TrainJob"), _one(objs, "TrainingRuntime")
-    assert job["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime",
-                                         "name": runtime["metadata"]["name"]}
+    assert job["spec"]["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "TrainingRuntime",
+        "name": runtime["metadata"]["name"],
+    }
     jobset = runtime["spec"]["template"]["spec"]
     (rjob,) = jobset["replicatedJobs"]
     assert rjob["name"] == "node"
@@ -283,24 +379,38 @@ def test_trainjob_runtime_carries_the_exit_code_policy(rendered):
     jspec = rjob["template"]["spec"]
     assert jspec["template"]["spec"]["restartPolicy"] == "Never"
     assert _policy_codes(jspec["podFailurePolicy"], "node") == {
-        "FailJob": [2, 3], "Ignore": [75, "DisruptionTarget"]}
+        "FailJob": [2, 3],
+        "Ignore": [75, "DisruptionTarget"],
+    }
     assert jspec["backoffLimit"] == 0  # any counted failure restarts the whole JobSet, all nodes together
     assert jobset["failurePolicy"]["maxRestarts"] == 4
-    assert jobset["failurePolicy"]["rules"] == [{"name": "FailFastOnConfigOrNonFinite", "action": "FailJobSet",
-                                                 "onJobFailureReasons": ["PodFailurePolicy"]}]
+    assert jobset["failurePolicy"]["rules"] == [
+        {
+            "name": "FailFastOnConfigOrNonFinite",
+            "action": "FailJobSet",
+            "onJobFailureReasons": ["PodFailurePolicy"],
+        }
+    ]
 
     trainer = job["spec"]["trainer"]
     assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 8
     assert trainer["command"] == _dockerfile_entrypoint()  # the runtime's command would replace the image's
     reserved = {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"}
     assert not reserved & set(_env(trainer))  # the Trainer rejects them in trainer.env
-    assert job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
-        "name"] == "node"
+    assert (
+        job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
+            "name"
+        ]
+        == "node"
+    )
 
     cluster = rendered["trainjob-cluster-runtime"]
     assert [o["kind"] for o in cluster] == ["PersistentVolumeClaim", "TrainJob"]
     assert _one(cluster, "TrainJob")["spec"]["runtimeRef"] == {
-        "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime", "name": "torch-distributed"}
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "ClusterTrainingRuntime",
+        "name": "torch-distributed",
+    }
 
 
 def test_pytorchjob_restarts_on_failure_within_a_backoff_budget(rendered):
@@ -334,16 +444,19 @@ def test_renderer_agrees_with_the_dockerfile():
     assert pod["spec"]["securityContext"]["runAsUser"] == uid == pod["spec"]["securityContext"]["fsGroup"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--image", "torchrunner"], "pin a tag or digest"),
-    (["--image", "torchrunner:latest"], "pin a tag or digest"),
-    (["--name", "Bad_Name"], "--name 'Bad_Name'"),
-    (["--nodes", "0"], "--nodes 0"),
-    (["--grace-period", "20"], "--grace-period 20"),
-    (["--shm-size", "lots"], "--shm-size 'lots'"),
-    (["--run-dir", "/tmp/x"], "under /runs/"),
-    (["--", "notakeyvalue"], "KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--image", "torchrunner"], "pin a tag or digest"),
+        (["--image", "torchrunner:latest"], "pin a tag or digest"),
+        (["--name", "Bad_Name"], "--name 'Bad_Name'"),
+        (["--nodes", "0"], "--nodes 0"),
+        (["--grace-period", "20"], "--grace-period 20"),
+        (["--shm-size", "lots"], "--shm-size 'lots'"),
+        (["--run-dir", "/tmp/x"], "under /runs/"),
+        (["--", "notakeyvalue"], "KEY=VALUE"),
+    ],
+)
 def test_bad_options_are_one_line_errors(capsys, argv, message):
     base = ["render", "--kind", "indexedjob", "--image", IMAGE]
     assert cli.main(base + argv) == exitcodes.CONFIG
@@ -353,7 +466,10 @@ def test_bad_options_are_one_line_errors(capsys, argv, message):
 
 
 def test_render_to_stdout_is_a_multi_document_stream(capsys):
-    assert cli.main(["render", "--kind", "indexedjob", "--image", IMAGE, "--nodes", "2", "--namespace", "ml"]) == 0
+    assert (
+        cli.main(["render", "--kind", "indexedjob", "--image", IMAGE, "--nodes", "2", "--namespace", "ml"])
+        == 0
+    )
     out = capsys.readouterr().out
     objs = list(yaml.safe_load_all(out))
     assert [o["kind"] for o in objs] == ["PersistentVolumeClaim", "Service", "Job"]
@@ -377,12 +493,18 @@ def test_s3_checkpoints_take_credentials_from_the_secret_and_need_no_claim(rende
     assert f"checkpoint.dir={S3_DIR}" in text
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--checkpoint-dir", "/mnt/ckpt"], "--checkpoint-dir '/mnt/ckpt': expected s3://bucket/prefix"),
-    (["--s3-secret", "creds"], "--s3-secret 'creds': only with --checkpoint-dir"),
-    (["--checkpoint-dir", "s3://b-1/x", "--pvc", "runs"], "--pvc 'runs': not used with --checkpoint-dir"),
-    (["--checkpoint-dir", "s3://b-1/x", "--s3-secret", "Bad_Name"], "--s3-secret 'Bad_Name': expected the name"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--checkpoint-dir", "/mnt/ckpt"], "--checkpoint-dir '/mnt/ckpt': expected s3://bucket/prefix"),
+        (["--s3-secret", "creds"], "--s3-secret 'creds': only with --checkpoint-dir"),
+        (["--checkpoint-dir", "s3://b-1/x", "--pvc", "runs"], "--pvc 'runs': not used with --checkpoint-dir"),
+        (
+            ["--checkpoint-dir", "s3://b-1/x", "--s3-secret", "Bad_Name"],
+            "--s3-secret 'Bad_Name': expected the name",
+        ),
+    ],
+)
 def test_object_storage_options_are_one_line_errors(capsys, argv, message):
     assert cli.main(["render", "--kind", "indexedjob", "--image", IMAGE, *argv]) == exitcodes.CONFIG
     err = capsys.readouterr().err
@@ -399,8 +521,11 @@ def test_one_job_per_output_directory(tmp_path, capsys):
     assert first == ["job-gpt.yaml", "persistentvolumeclaim-gpt-runs.yaml", "service-gpt.yaml"]
     assert cli.main([*base, "--kind", "indexedjob", "--name", "gpt", "--gpus-per-node", "8", "-o", out]) == 0
     capsys.readouterr()
-    for other in (["--kind", "pytorchjob", "--name", "gpt"], ["--kind", "trainjob", "--name", "gpt"],
-                  ["--kind", "indexedjob", "--name", "bert"]):
+    for other in (
+        ["--kind", "pytorchjob", "--name", "gpt"],
+        ["--kind", "trainjob", "--name", "gpt"],
+        ["--kind", "indexedjob", "--name", "bert"],
+    ):
         assert cli.main([*base, *other, "-o", out]) == exitcodes.CONFIG
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "job-gpt.yaml already holds Job 'gpt'" in err, err

@@ -1,6 +1,7 @@
 """The layers of trainer/ (README "Design"): every import, also those inside functions, points downward.
 
-    __main__  ->  api, run  ->  tools  ->  training  ->  models  ->  data  ->  runtime  ->  config, schema, exitcodes, objects
+    __main__  ->  api, run  ->  tools  ->  training  ->  models  ->  data  ->  runtime
+              ->  config, schema, exitcodes, objects
 
 A module may import its own layer or a lower one, never a higher one; no import circle, even inside a layer;
 nothing imports ``trainer.__main__``; ``tools`` never imports the loop; ``launch`` never imports ``trainer``.
@@ -15,13 +16,21 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LAYERS = {  # module prefix -> layer (higher may import lower)
-    "trainer.config": 0, "trainer.schema": 0, "trainer.errors": 0, "trainer.strict_yaml": 0, "trainer.validate": 0, "trainer.exitcodes": 0, "trainer.objects": 0,
+    "trainer.config": 0,
+    "trainer.schema": 0,
+    "trainer.errors": 0,
+    "trainer.strict_yaml": 0,
+    "trainer.validate": 0,
+    "trainer.exitcodes": 0,
+    "trainer.objects": 0,
     "trainer.runtime": 1,
     "trainer.data": 2,
     "trainer.models": 3,
     "trainer.training": 4,
     "trainer.tools": 5,
-    "trainer.run": 6, "trainer.api": 6, "trainer": 6,
+    "trainer.run": 6,
+    "trainer.api": 6,
+    "trainer": 6,
     "trainer.__main__": 7,
 }
 
@@ -53,7 +62,9 @@ def _imports(name: str, path: str, known: set[str]) -> set[str]:
                 mod = node.module or ""
             targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod for a in node.names]
         for t in targets:
-            while t and t not in known:  # `from . import x` names a module; `from .m import f` names its module
+            while (
+                t and t not in known
+            ):  # `from . import x` names a module; `from .m import f` names its module
                 t = t.rpartition(".")[0]
             if t and t != name:
                 found.add(t)
@@ -77,8 +88,12 @@ def test_every_module_has_a_layer():
 
 
 def test_arrows_point_down():
-    bad = [f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
-           for a, deps in _graph().items() for b in deps if _layer(b) > _layer(a)]
+    bad = [
+        f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
+        for a, deps in _graph().items()
+        for b in deps
+        if _layer(b) > _layer(a)
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -92,7 +107,7 @@ def test_no_import_circle():
         stack.append(m)
         for d in sorted(graph.get(m, ())):
             if state.get(d) == 1:
-                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(d):] + [d]))
+                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(d) :] + [d]))
             if d not in state:
                 visit(d)
         stack.pop()
@@ -105,12 +120,24 @@ def test_no_import_circle():
 
 def test_named_rules():
     graph = _graph()
-    assert not [a for a, deps in graph.items() if "trainer.__main__" in deps], "nothing imports trainer.__main__"
-    tools_to_loop = [a for a, deps in graph.items() if a.startswith("trainer.tools")
-                     for b in deps if b in ("trainer.training.loop", "trainer.run", "trainer.api")]
+    assert not [a for a, deps in graph.items() if "trainer.__main__" in deps], (
+        "nothing imports trainer.__main__"
+    )
+    tools_to_loop = [
+        a
+        for a, deps in graph.items()
+        if a.startswith("trainer.tools")
+        for b in deps
+        if b in ("trainer.training.loop", "trainer.run", "trainer.api")
+    ]
     assert not tools_to_loop, tools_to_loop
-    runtime_up = [a for a, deps in graph.items() if a.startswith("trainer.runtime")
-                  for b in deps if b.startswith("trainer.training")]
+    runtime_up = [
+        a
+        for a, deps in graph.items()
+        if a.startswith("trainer.runtime")
+        for b in deps
+        if b.startswith("trainer.training")
+    ]
     assert not runtime_up, runtime_up
 
 
@@ -126,7 +153,10 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     pkg.mkdir(parents=True)
     (pkg / "x.py").write_text("def f():\n    from ..training import loop\n    from . import y\n")
     known = {"trainer.tools.x", "trainer.tools.y", "trainer.training", "trainer.training.loop"}
-    assert _imports("trainer.tools.x", str(pkg / "x.py"), known) == {"trainer.training.loop", "trainer.tools.y"}
+    assert _imports("trainer.tools.x", str(pkg / "x.py"), known) == {
+        "trainer.training.loop",
+        "trainer.tools.y",
+    }
 
 
 def test_one_list_of_builtin_names():

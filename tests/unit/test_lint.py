@@ -9,13 +9,25 @@ from tests.conftest import ROOT
 
 def test_ruff_is_clean():
     ruff = os.path.join(os.path.dirname(sys.executable), "ruff")
-    r = subprocess.run([ruff, "check", "trainer", "launch", "tests", "bench"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [ruff, "check", "trainer", "launch", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]
 
 
-def test_trainer_is_formatted():
-    """trainer/ is kept in `ruff format` style (line length from pyproject.toml), so long lines cannot creep back."""
+def test_trainer_launch_and_tests_are_formatted():
+    """trainer/, launch/ and tests/ are kept in `ruff format` style (line length from pyproject.toml), so long
+    lines cannot creep back."""
     ruff = os.path.join(os.path.dirname(sys.executable), "ruff")
-    r = subprocess.run([ruff, "format", "--check", "trainer"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [ruff, "format", "--check", "trainer", "launch", "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]

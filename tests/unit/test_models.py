@@ -21,7 +21,13 @@ IMAGES = DataInfo("classification", (1, 28, 28), 10, None, None, None, "images",
 FEATURES = DataInfo("regression", (7,), None, 2, None, None, "features", "0")
 CLASSES = DataInfo("classification", (7,), 3, None, None, None, "features", "0")
 LM = DataInfo("lm", (16,), None, None, 64, 16, "lm", "0")
-GPT_OVERRIDES = ("model.name=gpt", "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=16")
+GPT_OVERRIDES = (
+    "model.name=gpt",
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=16",
+)
 
 
 def make(info: DataInfo, *overrides: str, seed: int = 0) -> nn.Module:
@@ -29,10 +35,17 @@ def make(info: DataInfo, *overrides: str, seed: int = 0) -> nn.Module:
     return build_model(config.load(None, list(overrides)), info)
 
 
-@pytest.mark.parametrize("name,info,out", [
-    ("linreg", FEATURES, (5, 2)), ("linreg", IMAGES, (5, 10)), ("cnn", IMAGES, (5, 10)),
-    ("mlp", IMAGES, (5, 10)), ("mlp", FEATURES, (5, 2)), ("mlp", CLASSES, (5, 3)),
-])
+@pytest.mark.parametrize(
+    "name,info,out",
+    [
+        ("linreg", FEATURES, (5, 2)),
+        ("linreg", IMAGES, (5, 10)),
+        ("cnn", IMAGES, (5, 10)),
+        ("mlp", IMAGES, (5, 10)),
+        ("mlp", FEATURES, (5, 2)),
+        ("mlp", CLASSES, (5, 3)),
+    ],
+)
 def test_output_shapes_and_task(name, info, out):
     model = make(info, f"model.name={name}", "model.hidden=[16,8]")
     assert model(torch.randn(5, *info.input_shape)).shape == out
@@ -103,7 +116,9 @@ def test_activation_checkpointing_gives_same_loss_and_grads():
         assert torch.allclose(g0[n], g1[n], atol=1e-6, rtol=0), n
 
 
-@pytest.mark.parametrize("name,info,extra", [("cnn", IMAGES, ()), ("mlp", FEATURES, ()), ("gpt", LM, GPT_OVERRIDES)])
+@pytest.mark.parametrize(
+    "name,info,extra", [("cnn", IMAGES, ()), ("mlp", FEATURES, ()), ("gpt", LM, GPT_OVERRIDES)]
+)
 def test_init_is_deterministic_given_the_seed(name, info, extra):
     a = make(info, f"model.name={name}", *extra, seed=1).state_dict()
     b = make(info, f"model.name={name}", *extra, seed=1).state_dict()
@@ -121,7 +136,7 @@ def test_models_reject_mismatched_data():
         make(LM, "model.name=mlp")
 
 
-USER_MODEL = '''
+USER_MODEL = """
 import torch
 from torch import nn
 
@@ -135,7 +150,7 @@ class Tiny(nn.Module):
 
 def not_a_module():
     return 42
-'''
+"""
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ def steps(n, B, A, W, seed=0, epoch=0, start=0):
         per_rank.append([mb.tolist() for mb in s])
     out = []
     for i in range(len(per_rank[0]) // A):
-        out.append(sorted(x for r in range(W) for mb in per_rank[r][i * A:(i + 1) * A] for x in mb))
+        out.append(sorted(x for r in range(W) for mb in per_rank[r][i * A : (i + 1) * A] for x in mb))
     return out
 
 

@@ -89,11 +89,14 @@ def test_transient_errors_are_retried_then_raised(monkeypatch):
         store.write_bytes("memory://retry/z", b"data")  # a refusal is not retried
 
 
-@pytest.mark.parametrize("url, message", [
-    ("foo://b/x", "unknown storage protocol 'foo'"),
-    ("s3:///x", "no bucket"),
-    ("gs://b/x", "gs:// needs the gcsfs package"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("foo://b/x", "unknown storage protocol 'foo'"),
+        ("s3:///x", "no bucket"),
+        ("gs://b/x", "gs:// needs the gcsfs package"),
+    ],
+)
 def test_checkpoint_dir_urls_are_validated_offline(url, message):
     with pytest.raises(C.ConfigError, match=message) as e:
         C.load(None, [f"checkpoint.dir={url}"])

@@ -19,7 +19,9 @@ def _feed(t, values):
             t.add(torch.tensor(v), torch.tensor(ok))
 
 
-@pytest.mark.parametrize("make", [HostTally, lambda: DeviceTally(torch.device("cpu"))], ids=["host", "device"])
+@pytest.mark.parametrize(
+    "make", [HostTally, lambda: DeviceTally(torch.device("cpu"))], ids=["host", "device"]
+)
 def test_peek_restore_then_continue_equals_an_uninterrupted_window(make):
     first, rest = [0.5, float("nan"), float("nan"), 0.25], [0.125, float("inf"), 1.0]
     ref = make()

@@ -12,8 +12,15 @@ from launch.cluster import resolve as launch_resolve
 from trainer.config import ConfigError
 from trainer.runtime import workerenv
 
-BASE = {"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "RANK": "0", "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "job"}
+BASE = {
+    "LOCAL_RANK": "0",
+    "LOCAL_WORLD_SIZE": "1",
+    "RANK": "0",
+    "WORLD_SIZE": "1",
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": "29500",
+    "TORCHELASTIC_RUN_ID": "job",
+}
 
 CASES = [
     ({}, None),
