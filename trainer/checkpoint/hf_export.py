@@ -20,14 +20,13 @@ from torch import nn
 from ..config import Config
 from ..data.tokenizer import load_tokenizer, require_hf
 from ..models.hf import hf_dtype
+from ..runtime import atomic
 
 log = logging.getLogger("trainer")
 
 
 def _replace_dir(tmp: str, final: str) -> None:
-    if os.path.isdir(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    atomic.replace_dir(tmp, final)
 
 
 def _fresh(path: str) -> str:
