@@ -109,30 +109,32 @@ class Trainer:
         self.provenance: dict = {}
         self._eval_step = -1  # the step of the last evaluation
         self.tally = make_tally(self.device)
+        # The collaborators, each handed exactly the state it reads (the loop's own state_dict() through
+        # train_state); they share the loop's Progress, Monitor and tally objects, never replace them.
         self.checkpointer = Checkpointer(
             cfg,
             state,
             run_dir,
-            strategy,
-            optimizer,
-            self,
-            self.progress,
-            self.tally,
-            self.params,
-            self.monitor,
-            info.task,
+            strategy=strategy,
+            optimizer=optimizer,
+            train_state=self,
+            progress=self.progress,
+            tally=self.tally,
+            params=self.params,
+            monitor=self.monitor,
+            task=info.task,
         )
         self.ending = Ending(
             cfg,
             state,
             run_dir,
-            info,
-            strategy.mode,
-            self.progress,
-            self.monitor,
-            self.tally,
-            self.params,
-            self.checkpointer.ckpts,
+            info=info,
+            strategy_mode=strategy.mode,
+            progress=self.progress,
+            monitor=self.monitor,
+            tally=self.tally,
+            params=self.params,
+            ckpts=self.checkpointer.ckpts,
         )
         self._need_norm = bool(cfg.train.grad_clip) or state.distributed or strategy.scaler is not None
         self._schedule_moves = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps > 0
@@ -318,15 +320,15 @@ class Trainer:
     def resume_from(self, path: str) -> None:
         """Resume from a checkpoint; allowed config changes take effect (hyperparameters, the LR schedule)."""
         changed = self.checkpointer.resume_from(path)
-        keys = {k for k, _, _ in changed}
-        total_changed = bool(keys & {"train.max_steps", "train.epochs"}) and self._schedule_moves
-        rebuilt = any(k.startswith("optim.") for k in keys) or total_changed
-        lr_before = self.scheduler.get_last_lr()[0]
-        if rebuilt:
-            self.scheduler = resume.rebuild_schedule(
-                self.optimizer, self.strategy.module, self.cfg, self.total_steps, self.progress.step
-            )
-        resume.report(changed, lr_before, self.scheduler.get_last_lr()[0], rebuilt)
+        self.scheduler = resume.apply(
+            changed,
+            self.scheduler,
+            self.optimizer,
+            self.strategy.module,
+            self.cfg,
+            self.total_steps,
+            self.progress.step,
+        )
 
     def save(self, final: bool = False) -> Optional[str]:
         """Checkpoint the current step (with this step's evaluation, if one ran, for the best-K monitor)."""
