@@ -1,6 +1,6 @@
 """Where checkpoints live: a local directory, or an fsspec URL (``s3://bucket/prefix`` first).
 
-``CheckpointDir`` (checkpoint.py) owns the transaction and calls only these verbs, so the logic of "a reader
+``CheckpointDir`` (transaction.py) owns the transaction and calls only these verbs, so the logic of "a reader
 never sees a half-written checkpoint" is written once. What differs is what each store can do atomically:
 
 * ``LocalStorage``: files are written to a temporary name, fsynced and renamed; a checkpoint directory is
