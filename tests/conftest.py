@@ -148,7 +148,7 @@ def s3(s3_server, monkeypatch, request):
     import re
 
     from tests.s3server import BUCKET
-    from trainer.training import stores
+    from trainer.checkpoint import stores
 
     monkeypatch.setattr(stores, "_REMOTE", {})  # a store made under another test's credentials is not reused
     for k, v in s3_server.env().items():
