@@ -3,8 +3,8 @@
 
 What one key allows is read from its field in ``trainer/schema.py`` (its ``Literal`` type, its bounds and its
 ``kind``): :func:`coerce` checks type, allowed values and range as each value is read, ``_check_kinds`` the
-strings that must name a path or an import. What is written here by hand needs several keys (or the
-installed packages)."""
+strings that must name a path or an import. Written by hand here: ``_check_shapes`` (one key, what a type
+cannot say) and ``_check_across``, the one place for every check that reads several keys."""
 
 from __future__ import annotations
 
@@ -158,8 +158,35 @@ def _get(cfg: Config, key: str) -> Any:
 
 
 def validate(cfg: Config) -> None:
-    m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
+    """The checks :func:`coerce` cannot make as each value is read, after the whole config is built."""
     _check_kinds(cfg)
+    _check_shapes(cfg)
+    _check_across(cfg)
+
+
+def _check_shapes(cfg: Config) -> None:
+    """One key each, what a type and bounds cannot say: the shape of a list or mapping, a URL's protocol, an
+    installed tracker package."""
+    o, steps = cfg.optim, cfg.profile.steps
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError(f"optim.betas={o.betas!r}: expected two numbers in [0, 1)")
+    for i, g in enumerate(o.param_groups):
+        if not isinstance(g, dict) or "pattern" not in g or set(g) - {"pattern", "lr", "weight_decay"}:
+            raise ConfigError(f"optim.param_groups[{i}]={g!r}: expected {{pattern: GLOB, lr: NUMBER}}")
+        for k in ("lr", "weight_decay"):
+            if k in g:
+                coerce(f"optim.param_groups[{i}].{k}", g[k], float, {"ge": 0.0})
+    if steps and (len(steps) != 2 or not 0 <= steps[0] < steps[1]):
+        raise ConfigError(f"profile.steps={steps!r}: expected [start, end] with start < end")
+    for key, url in (("checkpoint.dir", cfg.checkpoint.dir), ("run.resume", cfg.run.resume)):
+        if url and _is_url(url):
+            _check_url(key, url)
+    _validate_trackers(cfg.log.trackers)
+
+
+def _check_across(cfg: Config) -> None:
+    """Keys that depend on each other: every check that reads more than one key is here."""
+    m, d, t = cfg.model, cfg.data, cfg.train
     if d.name in _NEEDS_PATH and not d.path:
         raise ConfigError(f"data.path=None: data.name={d.name} needs a file (data.path=...)")
     if m.config and m.name in MODEL_NAMES:
@@ -187,14 +214,6 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"data.path={d.path!r}: data.name=jsonl needs a file")
     if m.name == "gpt" and m.n_embd % m.n_head:
         raise ConfigError(f"model.n_embd={m.n_embd}: must be divisible by model.n_head={m.n_head}")
-    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
-        raise ConfigError(f"optim.betas={o.betas!r}: expected two numbers in [0, 1)")
-    for i, g in enumerate(o.param_groups):
-        if not isinstance(g, dict) or "pattern" not in g or set(g) - {"pattern", "lr", "weight_decay"}:
-            raise ConfigError(f"optim.param_groups[{i}]={g!r}: expected {{pattern: GLOB, lr: NUMBER}}")
-        for k in ("lr", "weight_decay"):
-            if k in g:
-                coerce(f"optim.param_groups[{i}].{k}", g[k], float, {"ge": 0.0})
     for key, name, kwargs, builtin in (
         ("model", m.name, m.kwargs, MODEL_NAMES),
         ("data", d.name, d.kwargs, DATA_NAMES),
@@ -208,24 +227,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"train.batch_size={t.batch_size}: not divisible by train.grad_accum={t.grad_accum}"
         )
-    if cfg.profile.steps and (
-        len(cfg.profile.steps) != 2 or not 0 <= cfg.profile.steps[0] < cfg.profile.steps[1]
-    ):
-        raise ConfigError(f"profile.steps={cfg.profile.steps!r}: expected [start, end] with start < end")
-    for key, url in (("checkpoint.dir", cfg.checkpoint.dir), ("run.resume", cfg.run.resume)):
-        if url and _is_url(url):
-            _check_url(key, url)
-    _validate_monitor(cfg)
-    _validate_trackers(cfg.log.trackers)
-
-
-def _validate_monitor(cfg: Config) -> None:
-    c, t = cfg.checkpoint, cfg.train
     for key, value in (
-        ("checkpoint.keep_best", c.keep_best),
+        ("checkpoint.keep_best", cfg.checkpoint.keep_best),
         ("train.early_stop_patience", t.early_stop_patience),
     ):
-        if value and c.monitor is None:
+        if value and cfg.checkpoint.monitor is None:
             raise ConfigError(
                 f"{key}={value}: needs checkpoint.monitor (e.g. checkpoint.monitor=eval/accuracy)"
             )
