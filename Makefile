@@ -11,7 +11,7 @@ ARGS   ?=
 help:
 	@echo "make train   train the default recipe ($(CONFIG)); extra overrides: make train ARGS='train.max_steps=50'"
 	@echo "make test    run the whole CPU test suite: unit, distributed, integration (PYTEST_ARGS='-k x')"
-	@echo "make test-quick  the unit tests not marked slow: no training run, no process group (~1-2 min)"
+	@echo "make test-quick  the unit tests not marked slow: no training run, no server, no process group (~50 s)"
 	@echo "make lint    what the tests' lint enforces: ruff check, ruff format --check, shellcheck, hadolint"
 	@echo "make bench   CPU benchmarks against a raw PyTorch loop (~8 minutes)"
 	@echo "make setup   create .venv and install pinned dependencies (done by train/test)"
