@@ -37,6 +37,7 @@ from .models.outputs import model_io
 from .runtime import dist, io_faults, workerenv
 from .runtime.lease import LEASE, Lease
 from .runtime.logs import add_rank_log, setup_logging
+from .runtime.mesh import attach_mesh, plan_mesh
 from .training.finetune import prepare_for_finetune
 from .training.loop import Trainer
 from .training.optim import apply_freeze, build_optimizer
@@ -292,7 +293,9 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
     lease: Optional[Lease] = None
     try:
         mode = resolve_mode(cfg, state)
-        micro = cfgmod.check_world(cfg, state.world_size)
+        attach_mesh(state, plan_mesh(cfg, mode, state.world_size, state.local_world_size), mode)
+        batch = cfgmod.batch_plan(cfg, state.dp_size)
+        micro = batch["micro"]
         torch.manual_seed(cfg.seed)
         train_ds, eval_ds, info = _data(cfg, given)
         if given.model is not None:
@@ -319,6 +322,14 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
         if probed:
             log.info("%s", probed)
         log.info("data: %s (fingerprint %s)", info.description, info.fingerprint)
+        log.info(
+            "batch: global %d = %d data-parallel process(es) x micro %d x accumulation %d; mesh %s",
+            batch["global"],
+            batch["world"],
+            batch["micro"],
+            batch["accum"],
+            state.plan.describe(mode),
+        )
         log.info(
             "model: %s, %.3fM parameters (%.3fM trainable); %s on %d process(es), %s, device %s",
             cfg.model.name,

@@ -34,6 +34,12 @@ class DistState:
     backend: Optional[str] = None  # None when no process group was created
     side_group: Optional[object] = None  # gloo group for control traffic (signals, checkpoint barriers)
     ckpt_group: Optional[object] = None  # gloo group for DCP's own collectives (maybe in a writer thread)
+    # the mesh (runtime.mesh.attach_mesh): data-parallel rank/size (what the data is split over), the plan,
+    # and the DeviceMesh when HSDP or tensor parallelism needs one
+    dp_rank: int = 0
+    dp_size: int = 1
+    plan: Optional[object] = None
+    mesh: Optional[object] = None
 
     @property
     def is_main(self) -> bool:
@@ -68,7 +74,7 @@ def init(
     env = workerenv.read(os.environ)  # the launcher's rules: a bad value is exit 2, not a hang or traceback
     rank, world, local_rank, local_world = env.rank, env.world_size, env.local_rank, env.local_world_size
     device = pick_device(device_choice, local_rank)
-    state = DistState(rank, local_rank, world, local_world, device)
+    state = DistState(rank, local_rank, world, local_world, device, dp_rank=rank, dp_size=world)
     if force_group and world == 1 and "MASTER_ADDR" not in os.environ:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from .. import checkpoint as ckpt
-from ..config import Config, active_trackers
+from ..config import Config, active_trackers, batch_plan
 from ..data.collate import to_device
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
@@ -78,8 +78,10 @@ class Trainer:
         self.run_dir = run_dir
         self.device = state.device
         t, d = cfg.train, cfg.data
+        # the data is split over the data-parallel ranks; tensor-parallel peers read the same micro-batches
+        self.batch = batch_plan(cfg, state.dp_size)
         self.sampler = GlobalBatchSampler(
-            len(train_ds), t.batch_size, t.grad_accum, state.rank, state.world_size, cfg.seed
+            len(train_ds), t.batch_size, self.batch["accum"], state.dp_rank, state.dp_size, cfg.seed
         )
         self.batches = BatchSource(
             train_ds,
@@ -273,13 +275,15 @@ class Trainer:
         s.model.eval()
         bs = self.cfg.train.eval_batch_size
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, weight, correct, samples
-        for idx, valid in eval_shards(len(self.eval_ds), bs, self.state.rank, self.state.world_size):
+        for idx, valid in eval_shards(len(self.eval_ds), bs, self.state.dp_rank, self.state.dp_size):
             x, y = self._to_device(self.eval_ds.get_batch(idx))
             with s.autocast():
                 out = self.io.forward(s.model, x, y)
             sums += self.objective.eval_sums(out, y, valid)
         s.model.train()
         dist.all_reduce_sum(self.state, sums)
+        if self.strategy.plan.tp > 1:  # tensor-parallel peers scored the same samples
+            sums /= self.strategy.plan.tp
         res = eval_result(self.info.task, *sums.tolist())
         self.last_eval, self._eval_step = res, self.progress.step
         if self.metrics:
@@ -313,8 +317,10 @@ class Trainer:
         self.eval_before = sd.get("eval_before")
         w = sd.get("window")  # older checkpoints have none: the next row then covers fewer steps
         if w:
+            # per step (every rank holds the same share, at any world size); older: summed over ranks
+            mine = w.get("per") == "step" or self.state.is_main
             self.tally.restore(
-                *(x if self.state.is_main else 0 for x in (w["loss"], w["good"], w["bad_run"])), w["bad_max"]
+                *(x if mine else 0 for x in (w["loss"], w["good"], w["bad_run"])), w["bad_max"]
             )
 
     def resume_from(self, path: str) -> None:
@@ -400,7 +406,7 @@ class Trainer:
             self.watchdog.mark(p.step + 1, "data")
             t_data = time.perf_counter()
             try:
-                micro = [self._to_device(next(batches)) for _ in range(t.grad_accum)]
+                micro = [self._to_device(next(batches)) for _ in range(self.batch["accum"])]
             except StopIteration:
                 break
             self._watch.data_s += time.perf_counter() - t_data
