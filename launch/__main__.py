@@ -24,9 +24,9 @@ On Kubeflow, a Kubernetes Indexed Job, JobSet or Slurm the flags come from the e
     python -m launch wait ...              # wait for the rendezvous host to resolve (launch.wait)
 
 Exit codes (launch/exitcodes.py): 0 ok, 1 internal error, 2 config/usage/environment error, 3 non-finite loss,
-4 hang/collective timeout, 74 storage error (fix it, retry resumes), 75 preempted (retry resumes), 128+N a
-worker killed by signal N. The config is checked once (``python -m trainer check``) and a fast doctor runs
-before any worker starts, unless ``--no-preflight``.
+4 hang/collective timeout, 74 storage error (fix it, retry resumes), 75 preempted (retry resumes), 76 peer
+lost (a rank or node died; retry resumes), 128+N a worker killed by signal N. The config is checked once
+(``python -m trainer check``) and a fast doctor runs before any worker starts, unless ``--no-preflight``.
 """
 
 from __future__ import annotations
@@ -126,13 +126,22 @@ def launch_main(mode: str, argv: Sequence[str]) -> int:
         )
     except (ClusterError, UsageError) as e:
         return _fail(str(e))
+    world = plan.nnodes * plan.nproc_per_node
     if ns.dry_run:
         print(plan.shell())
+        if ns.entry == "trainer" and mode in ("ddp", "fsdp"):
+            from launch import doctor
+
+            mesh, bad = doctor.resolve_mesh(ns.config, ns.overrides, world, plan.nproc_per_node, mode)
+            print(f"# mesh: {mesh}" if mesh else f"# mesh: refused: {bad}")
         return 0
     if not ns.no_preflight:
         from launch import doctor, runner
 
-        problem = runner.check_config(ns.entry, ns.config, ns.overrides, mode)
+        sized = (
+            {"world_size": world, "nproc_per_node": plan.nproc_per_node} if mode in ("ddp", "fsdp") else {}
+        )
+        problem = runner.check_config(ns.entry, ns.config, ns.overrides, mode, **sized)
         if problem:
             return _fail(f"config check failed: {problem}")
         checks = doctor.run_checks(

@@ -102,6 +102,37 @@ def resolve_config(path: str | None, overrides: Sequence[str] = ()) -> tuple[dic
     return (answer["config"], None) if answer.get("ok") else (None, answer.get("error", "invalid config"))
 
 
+def resolve_mesh(
+    path: str | None, overrides: Sequence[str], world_size: int, nproc_per_node: int, mode: str | None = None
+) -> tuple[str | None, str | None]:
+    """(the device mesh the workers will build, None) or (None, the trainer's error): ``python -m trainer
+    check --json --world-size N`` plans it from parallel.* without torch."""
+    argv = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "check",
+        "--json",
+        "--world-size",
+        str(world_size),
+        "--nproc-per-node",
+        str(nproc_per_node),
+        *(["-c", path] if path else []),
+        *overrides,
+        *([f"train.strategy={mode}"] if mode else []),
+    ]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return None, "python -m trainer check did not answer (is the trainer installed beside the launcher?)"
+    if not answer.get("ok"):
+        return None, answer.get("error", "invalid config")
+    m = answer["mesh"]
+    b = m["batch"]
+    return f"{m['text']}; batch {b['global']} = {b['world']} x micro {b['micro']} x accum {b['accum']}", None
+
+
 def _get(cfg: dict, key: str):
     """A dotted key of the resolved config (complete: the trainer filled in its defaults), or None."""
     node = cfg
@@ -394,6 +425,13 @@ def run_checks(
             Check("config", "fail", problem, "fix the key named (python -m trainer config lists them)")
         )
     checks.append(check_shm(*shm_need(cfg, nproc, nproc * nnodes, sample), path=shm_path))
+    if cfg is not None:
+        mesh, bad = resolve_mesh(config, config_overrides, nproc * nnodes, nproc)
+        checks.append(
+            Check("mesh", "fail", bad, "make parallel.dp_replicate x dp_shard x tp the number of processes")
+            if bad
+            else Check("mesh", "ok", mesh)
+        )
     run_dir = run_dir or str(_get(cfg or {}, "run.dir") or "runs")  # the trainer's default: runs/<stamp>
     ckpt_dir = _get(cfg or {}, "checkpoint.dir")
     checks.append(check_run_dir(run_dir, min_free))

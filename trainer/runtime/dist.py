@@ -50,6 +50,39 @@ class DistState:
         return self.backend is not None
 
 
+class PeerLost(RuntimeError):
+    """Another rank or node went away mid-collective (exit code PEER_LOST, 76: retrying resumes)."""
+
+
+# What the backends say when the other end of a collective is gone: gloo's TCP pairs, NCCL's remote and
+# system errors, a communicator aborted after a peer's failure.
+_PEER_GONE = (
+    "connection reset by peer",
+    "connection closed by peer",
+    "broken pipe",
+    "ncclremoteerror",
+    "ncclsystemerror",
+    "remote process exited",
+    "nccl communicator was aborted",
+    "nccl error",
+)
+
+
+def is_peer_lost(e: BaseException) -> bool:
+    """True for a collective that failed because a peer process or node went away."""
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(p in text for p in _PEER_GONE)
+
+
+def backend_line(e: BaseException) -> str:
+    """The backend's own words, one line: the last line of the message that says what happened."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if any(p in ln.lower() for p in _PEER_GONE):
+            return ln[:200]
+    return (lines[-1] if lines else type(e).__name__)[:200]
+
+
 def pick_device(choice: str, local_rank: int) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():

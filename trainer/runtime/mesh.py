@@ -50,6 +50,13 @@ class MeshPlan:
         )
 
 
+def mode_for(strategy: str, world_size: int) -> str:
+    """train.strategy with auto resolved (ddp on several processes, else single)."""
+    if strategy == "auto":
+        return "ddp" if world_size > 1 else "single"
+    return strategy
+
+
 def plan_mesh(cfg: Config, mode: str, world_size: int, local_world_size: int) -> MeshPlan:
     """The mesh for ``mode`` (single | dp | ddp | fsdp | accelerate) on ``world_size`` processes, or a
     one-line ConfigError naming the keys whose product is not the world size."""

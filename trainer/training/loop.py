@@ -367,6 +367,10 @@ class Trainer:
                     p.step,
                 )
             ended = True
+        except RuntimeError as e:
+            if not dist.is_peer_lost(e):
+                raise
+            raise dist.PeerLost(self.watchdog.lost_peers(e)) from None
         finally:
             self._close(code if ended else INTERNAL)  # the trackers' runs end FAILED on an exception
         return code
