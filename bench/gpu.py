@@ -20,6 +20,12 @@ generated once on the device (no downloads, no host copies in the step loop). Ro
   gpt1b                       the trainer at a ~1B shape (our GPT: 24 layers, width 2048, 16 heads, vocab
                               50304, block 1024: 1.31 B parameters), random weights, bf16 + compile, batch 8:
                               the "large model" row (transformers cannot travel to the device machine)
+  blocks, fp8                 the trainer with train.compile=blocks (each block compiled) /
+                              train.precision=fp8 (torchao float8; failed with the trainer's one line where
+                              torchao or the GPU cannot)
+  hsdp, tp                    the real launcher on 4 GPUs (HSDP dp_replicate=2 x dp_shard=2) / 2 GPUs (FSDP x
+                              parallel.tp=2), timed by the trainer's own metrics row; skipped with the reason
+                              on fewer GPUs
 
 Throughput is timed over ``--steps`` optimizer steps after warm-up, between two device synchronisations;
 TFLOP/s counts 6N + 12·L·d·T FLOPs per token (N: parameters, tied embedding once, position table excluded);
@@ -32,6 +38,7 @@ marked; the JSON is rewritten after every row, so a run cut short still leaves i
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import inspect
 import os
@@ -46,7 +53,7 @@ from . import common as B
 T_START = time.monotonic()
 PEAK = 989e12
 ROWS = ("fp32", "fp16", "bf16", "compile", "accelerate", "ddp", "ckpt", "recipe", "fused_loss", "host_data",
-        "gpt1b")
+        "gpt1b", "blocks", "fp8", "hsdp", "tp")
 FULL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab": 50304, "block": 1024, "batch": 32}
 SMOKE = {"n_layer": 2, "n_head": 2, "n_embd": 64, "vocab": 512, "block": 64, "batch": 4}
 # ~1B: GPT-3 XL's shape (12 L d^2 = 1.21 B in the blocks + 0.10 B tied embedding); block as FULL's
@@ -373,6 +380,44 @@ def shape_overrides(shape: dict) -> list[str]:
             f"model.vocab_size={shape['vocab']}", "model.dropout=0.0"]
 
 
+def launched_side(mode: str, nproc: int, over: list[str], steps: int, shape: dict) -> dict:
+    """Several GPUs: ``python -m launch MODE`` for 2 x steps steps; the second metrics row (after compile and
+    warm-up) is the timed window."""
+    import json
+    import subprocess
+
+    import torch
+
+    from trainer.models.gpt import GPT
+
+    have = torch.cuda.device_count()
+    if have < nproc:
+        raise Skip(f"needs {nproc} GPUs, {have} visible")
+    run_dir = next(o.split("=", 1)[1] for o in over if o.startswith("run.dir="))
+    argv = [sys.executable, "-m", "launch", mode, "--nproc-per-node", str(nproc), *over,
+            f"train.max_steps={2 * steps}"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=B.ROOT)
+    if r.returncode:
+        raise RuntimeError((r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1])
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
+        row = [x for x in map(json.loads, fh) if not x.get("eval")][-1]
+    with torch.device("meta"):
+        m = GPT(shape["vocab"], shape["block"], shape["n_layer"], shape["n_head"], shape["n_embd"])
+    tokens = shape["batch"] * shape["block"] * steps
+    return {"wall_s": tokens / row["tokens_per_s"], "trainer_tokens_per_s": row["tokens_per_s"],
+            "trainer_gpu_mem_gb": row.get("gpu_mem_gb"), "loss": row["loss"], "batch": shape["batch"],
+            "flops_per_token": m.flops_per_sample(shape["block"]) / shape["block"],
+            "peak_gib": row.get("gpu_mem_gb"), "processes": nproc}
+
+
+class Skip(Exception):
+    """A row that cannot run here, with the reason (not a failure)."""
+
+
+def skip(reason: str):
+    raise Skip(reason)
+
+
 def finish(r: dict, steps: int, shape: dict) -> dict:
     tokens = r["batch"] * shape["block"] * steps
     r["tokens_per_s"] = tokens / r["wall_s"]
@@ -439,6 +484,8 @@ def main(argv=None) -> None:
                 r = fn()
                 row.update(finish(r, steps if "steps" not in extra else extra["steps"], shape))
                 row["status"] = "ok"
+            except Skip as e:
+                row["status"] = f"skipped: {e}"
             except Exception as e:  # one failing row (OOM, a missing backend) must not lose the others
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 row["status"] = f"failed: {msg[:300]}"
@@ -536,6 +583,22 @@ def main(argv=None) -> None:
             run_row("gpt1b", "trainer", f"{label}, batch {big['batch']}", compile_s * 1.5,
                     trainer_fn(over + base_overrides(big, device, tmp, big["batch"], b_steps),
                                w=2 if not smoke else 1, n=b_steps), steps=b_steps)
+        # scale-out rows (issue 24): per-block compile and float8 on this GPU; HSDP and TP on several
+        for key, extra in (("blocks", ["train.compile=blocks"]), ("fp8", ["train.precision=fp8"])):
+            if key in only:
+                reset_compiler(feat)
+                bf16 = ["train.precision=bf16", f"train.compile_backend={backend}"]
+                fn = trainer_fn(ov(shape["batch"], [*bf16, *extra]))
+                if key == "fp8" and device.type == "cpu":  # emulated: a minute here; tests/ cover it on CPU
+                    fn = functools.partial(skip, "float8 on the CPU is emulated (minutes)")
+                run_row(key, "trainer", f"bf16, {extra[0]}", compile_s / 2, fn)
+        for key, mode, nproc, extra in (("hsdp", "fsdp", 4, ["parallel.dp_replicate=2"]),
+                                        ("tp", "fsdp", 2, ["parallel.tp=2"])):
+            if key in only:
+                dp = nproc // (2 if key == "tp" else 1)
+                over = ov(shape["batch"] // dp, ["train.precision=bf16", *extra])
+                run_row(key, "trainer", f"bf16, {mode} on {nproc} processes, {extra[0]}", compile_s,
+                        lambda m=mode, n=nproc, o=over: launched_side(m, n, o, steps, shape))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -148,8 +148,18 @@ def test_gpu_smoke_runs_every_row_on_cpu(runs):
         "fused_loss",
         "host_data",
         "gpt1b",
-    }  # gpt1b: the ~1B row (issue 12)
+        "blocks",
+        "fp8",
+        "hsdp",
+        "tp",
+    }  # gpt1b: the ~1B row (issue 12); blocks, fp8, hsdp, tp: scale-out (issue 24)
     for r in rows:
+        if r["row"] in ("hsdp", "tp"):  # several GPUs: on the CPU skipped, saying why
+            assert r["status"] == f"skipped: needs {4 if r['row'] == 'hsdp' else 2} GPUs, 0 visible", r
+            continue
+        if r["row"] == "fp8":  # emulated on the CPU (minutes); tests/distributed/test_mesh.py trains it
+            assert r["status"] == "skipped: float8 on the CPU is emulated (minutes)", r
+            continue
         assert r["status"] == "ok", r
         assert pos(r["tokens_per_s"]) and pos(r["tflops"]) and pos(r["mfu_pct"]) and pos(r["wall_s"]), r
     for key in ("fp32", "fp16", "bf16", "compile", "accelerate", "ddp"):

@@ -167,6 +167,10 @@ class Strategy:
         own_ac = isinstance(unwrap(module), GPT)  # the built-in GPT recomputes its blocks itself
         if self.precision == "fp8":
             to_float8(self.module, self.state.device)
+        if self.state.mesh is not None:
+            # DTensor warns on every gather across two mesh dimensions (HSDP, FSDP x TP) that it takes two
+            # collectives; true and expected here, and once per parameter it buries the log
+            logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
         if self.plan.tp > 1:
             plan, source = tp_plans.resolve(self.module, self.cfg.parallel.tp_plan)
             tp_plans.check_divisible(self.module, plan, self.plan.tp)
