@@ -34,7 +34,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check trainer launch tests bench
-	$(BIN)/shellcheck launch/*.sh docker/*.sh .ci/run
+	$(BIN)/shellcheck launch/*.sh launch/slurm.sbatch docker/*.sh .ci/run
 	$(BIN)/hadolint Dockerfile
 
 # CPU benchmarks (README "Performance"): each prints a table and writes bench/results/NAME-DATE.json.
