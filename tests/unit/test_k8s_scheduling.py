@@ -10,7 +10,10 @@ unknown fields, so a misspelled key comes back missing.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -19,7 +22,7 @@ from launch import exitcodes
 from launch.k8s import cli, runtime
 from launch.k8s import manifests as R
 from launch.k8s import scheduling as S
-from tests.unit.test_k8s import IMAGE, _env, _norm, _one, _pod_templates, _tool
+from tests.unit.test_k8s import IMAGE, ROOT, _env, _norm, _one, _pod_templates, _tool
 
 FLAGS = [
     "--queue",
@@ -379,3 +382,27 @@ def test_bad_runtime_flags_are_one_line_errors(capsys, argv, message):
 )
 def test_toleration_forms(text, toleration):
     assert S.parse_toleration(text) == toleration
+
+
+def test_the_readme_kueue_example_renders_what_it_says(tmp_path):
+    """The README's worked example (Kueue queue + gang), its `python -m launch` lines run as written."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("A Kueue queue with gang scheduling", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [c for c in block.replace("\\\n", " ").splitlines() if c.startswith("python -m launch")]
+    assert len(commands) == 2
+    for command in commands:
+        argv = shlex.split(command.split("#", 1)[0])
+        r = subprocess.run(
+            [sys.executable, *argv[1:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert r.returncode == 0, r.stderr
+    (rt,) = yaml.safe_load_all((tmp_path / "k8s" / "rt.yaml").read_text())
+    job = yaml.safe_load((tmp_path / "k8s" / "llm" / "trainjob-llm.yaml").read_text())
+    assert job["spec"]["runtimeRef"]["name"] == rt["metadata"]["name"] == "torchrunner-0.1.0-cu128"
+    assert "coscheduling" in rt["spec"]["podGroupPolicy"]
+    assert job["metadata"]["labels"][S.QUEUE_LABEL] == "team-a" and job["spec"]["suspend"] is True
