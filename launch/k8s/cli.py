@@ -211,6 +211,15 @@ def _scheduling_flags(r: argparse.ArgumentParser) -> None:
         "--host-network", action="store_true", help="hostNetwork + dnsPolicy ClusterFirstWithHostNet"
     )
     g.add_argument("--elastic", default=None, metavar="MIN:MAX", help="pytorchjob: elasticPolicy node range")
+    g.add_argument(
+        "--topology",
+        default=None,
+        metavar="LABEL",
+        help="Kueue topology-aware scheduling: keep the pods in one domain of this node label (with --queue)",
+    )
+    g.add_argument(
+        "--topology-required", action="store_true", help="--topology as a requirement, not a preference"
+    )
 
 
 JOB_KINDS = ("Job", "PyTorchJob", "TrainJob")  # the objects that start pods; one per output directory

@@ -87,6 +87,8 @@ class Options:
     net_if: str | None = None  # NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME
     host_network: bool = False  # hostNetwork + dnsPolicy ClusterFirstWithHostNet
     elastic: str | None = None  # MIN:MAX nodes (pytorchjob elasticPolicy)
+    topology: str | None = None  # node label of the domain (rack, block) Kueue TAS places the pods in
+    topology_required: bool = False  # required instead of preferred
 
     def check(self) -> None:
         problems = []
@@ -195,6 +197,17 @@ class Options:
             )
         if self.runtime_ref is not None:
             problems += self._check_runtime_ref()
+        if self.topology is not None and not S.LABEL_KEY_RE.match(self.topology):
+            problems.append(
+                f"--topology {self.topology!r}: expected a node label key such as example.com/rack"
+            )
+        elif self.topology is not None and not self.queue:
+            problems.append(
+                f"--topology {self.topology!r} needs --queue NAME: Kueue's Topology-Aware Scheduling places "
+                "the pods"
+            )
+        if self.topology_required and self.topology is None:
+            problems.append("--topology-required: only with --topology LABEL")
         return problems
 
     def _check_elastic(self) -> list[str]:
@@ -348,6 +361,9 @@ def pod_template(opts: Options, container: str = "trainer", env: dict[str, objec
     placement flags (a TrainJob takes the ones its PodSpecPatch allows; the runtime carries the rest)."""
     tpl = template("pod")
     tpl["metadata"]["labels"]["app.kubernetes.io/instance"] = opts.name
+    annotations = S.topology_annotations(opts.topology, opts.topology_required)
+    if annotations:
+        tpl["metadata"]["annotations"] = annotations
     spec = tpl["spec"]
     spec["terminationGracePeriodSeconds"] = opts.grace_period
     shared = spec["containers"][0]  # imagePullPolicy, securityContext, volumeMounts
@@ -502,7 +518,8 @@ def trainjob(opts: Options) -> list[dict]:
             "name": opts.runtime_ref,
         }
 
-    pod = pod_template(opts, container="node")["spec"]
+    tpl = pod_template(opts, container="node")
+    pod = tpl["spec"]
     ctr = pod["containers"][0]
     trainer = spec["trainer"]
     trainer.update(
@@ -531,6 +548,9 @@ def trainjob(opts: Options) -> list[dict]:
     pod_patch["containers"] = [
         {"name": "node", "securityContext": ctr["securityContext"], "volumeMounts": ctr["volumeMounts"]}
     ]
+    pod_tpl_patch = {"spec": pod_patch}
+    if "annotations" in tpl["metadata"]:
+        pod_tpl_patch = {"metadata": {"annotations": tpl["metadata"]["annotations"]}, **pod_tpl_patch}
     spec["runtimePatches"] = [
         {
             "manager": "torchrunner",
@@ -538,7 +558,7 @@ def trainjob(opts: Options) -> list[dict]:
                 "template": {
                     "spec": {
                         "replicatedJobs": [
-                            {"name": "node", "template": {"spec": {"template": {"spec": pod_patch}}}},
+                            {"name": "node", "template": {"spec": {"template": pod_tpl_patch}}},
                         ]
                     }
                 }

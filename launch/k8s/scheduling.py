@@ -15,6 +15,8 @@ kubeflow-trainer-api models in tests/unit/test_k8s.py; the README's "Run on Kube
   NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME in the env (TrainJob ``trainer.env``).
 - ``--host-network``: ``hostNetwork`` + ``dnsPolicy: ClusterFirstWithHostNet``.
 - ``--elastic``: PyTorchJob ``elasticPolicy`` with Worker replicas only; refused for the other kinds.
+- ``--topology LABEL``: Kueue TAS pod-template annotation (preferred, or required with
+  ``--topology-required``); needs ``--queue``. A PyTorchJob's Master and Worker are two pod sets.
 
 A TrainJob cannot patch priorityClassName, hostNetwork, dnsPolicy or the podGroupPolicy (the v2 PodSpecPatch
 has none of them): they live in the runtime, the per-job TrainingRuntime or the ClusterTrainingRuntime of
@@ -26,6 +28,10 @@ from __future__ import annotations
 import re
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # Kueue's LocalQueue label (Job, PyTorchJob, TrainJob)
+# Kueue Topology-Aware Scheduling: pod-template annotations naming the node label of the domain (rack, block)
+# that must (or should) hold all pods of a pod set.
+TOPOLOGY_REQUIRED = "kueue.x-k8s.io/podset-required-topology"
+TOPOLOGY_PREFERRED = "kueue.x-k8s.io/podset-preferred-topology"
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 DEFAULT_IB_HCA = "mlx5"  # NCCL_IB_HCA prefix: every ConnectX HCA (mlx5_0, mlx5_1, ...)
 GANG_TIMEOUT_S = 300  # how long a partly placed pod group waits before the scheduler gives its nodes back
@@ -147,6 +153,12 @@ def place_pod(
         # must be free on the node. ClusterFirstWithHostNet keeps cluster DNS (<job>-0.<job> resolves).
         spec["hostNetwork"] = True
         spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+
+
+def topology_annotations(level: str | None, required: bool) -> dict[str, str]:
+    if not level:
+        return {}
+    return {TOPOLOGY_REQUIRED if required else TOPOLOGY_PREFERRED: level}
 
 
 def queue_job(obj: dict, queue: str | None) -> None:

@@ -46,6 +46,8 @@ FLAGS = [
     "--host-network",
     "--gang-timeout",
     "120",
+    "--topology",
+    "example.com/rack",
 ]
 BASE = ["--image", IMAGE, "--nodes", "4", "--gpus-per-node", "8"]
 CASES = {
@@ -64,7 +66,7 @@ CASES = {
         "--queue",
         "team-a",
     ],
-    "trainjob": ["--kind", "trainjob", "--name", "tj", *BASE, *FLAGS],
+    "trainjob": ["--kind", "trainjob", "--name", "tj", *BASE, *FLAGS, "--topology-required"],
     "trainjob-runtime-ref": [
         "--kind",
         "trainjob",
@@ -127,6 +129,7 @@ def test_indexed_job_with_every_flag(rendered):
     job = _one(rendered["indexedjob"], "Job")
     assert job["metadata"]["labels"][S.QUEUE_LABEL] == "team-a"
     assert job["spec"]["suspend"] is True  # Kueue admits all four pods as one workload, then unsuspends
+    assert job["spec"]["template"]["metadata"]["annotations"] == {S.TOPOLOGY_PREFERRED: "example.com/rack"}
     pod = job["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == SELECTOR and pod["tolerations"] == TOLERATIONS
     assert pod["priorityClassName"] == "train-high"
@@ -145,6 +148,8 @@ def test_pytorchjob_with_every_flag(rendered):
     }
     replicas = job["spec"]["pytorchReplicaSpecs"]
     assert (replicas["Master"]["replicas"], replicas["Worker"]["replicas"]) == (1, 3)
+    for replica in replicas.values():  # each replica type is a Kueue pod set of its own
+        assert replica["template"]["metadata"]["annotations"] == {S.TOPOLOGY_PREFERRED: "example.com/rack"}
     for tpl in _pod_templates(job):
         pod = tpl["spec"]
         assert pod["nodeSelector"] == SELECTOR and pod["tolerations"] == TOLERATIONS
@@ -176,6 +181,10 @@ def test_trainjob_with_every_flag_puts_what_it_cannot_patch_in_its_runtime(rende
     pod = _runtime_pod(rt)
     assert pod["priorityClassName"] == "train-high"
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    patch = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    assert patch["template"]["spec"]["template"]["metadata"] == {
+        "annotations": {S.TOPOLOGY_REQUIRED: "example.com/rack"}
+    }
     (tpl,) = _pod_templates(job)  # what the TrainJob patches in: placement, fabric env and devices
     assert tpl["spec"]["nodeSelector"] == SELECTOR and tpl["spec"]["tolerations"] == TOLERATIONS
     assert "priorityClassName" not in tpl["spec"] and "hostNetwork" not in tpl["spec"]
@@ -333,6 +342,15 @@ def test_gang_defaults_per_kind(capsys):
         (["--kind", "pytorchjob", "--queue", "Team_A"], "--queue 'Team_A': expected the name of a Queue"),
         (["--kind", "pytorchjob", "--priority-class", "Hi!"], "--priority-class 'Hi!': expected the name"),
         (["--kind", "pytorchjob", "--gang-timeout", "0"], "--gang-timeout 0: expected at least 1 s"),
+        (
+            ["--kind", "pytorchjob", "--topology", "example.com/rack"],
+            "--topology 'example.com/rack' needs --queue",
+        ),
+        (
+            ["--kind", "pytorchjob", "--topology", "a b", "--queue", "q"],
+            "--topology 'a b': expected a node label",
+        ),
+        (["--kind", "indexedjob", "--topology-required"], "--topology-required: only with --topology"),
         (["--kind", "pytorchjob", "--runtime-ref", "x"], "--runtime-ref 'x': only with --kind trainjob"),
         (
             ["--kind", "trainjob", "--runtime-ref", "r", "--priority-class", "p"],
