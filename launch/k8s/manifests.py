@@ -136,7 +136,7 @@ class Options:
                 f"--run-dir {self.run_dir!r}: expected a path under {RUNS_MOUNT}/ (the shared volume)"
             )
         problems += self._check_object_storage()
-        problems += self._check_scheduling()
+        problems += S.check_flags(self)
         bad = [o for o in self.overrides if "=" not in o or o.startswith("=")]
         if bad:
             problems.append(f"overrides {bad}: expected KEY=VALUE")
@@ -161,93 +161,6 @@ class Options:
             problems.append(
                 f"--pvc {self.pvc!r}: not used with --checkpoint-dir (no shared volume is needed)"
             )
-        return problems
-
-    def _check_scheduling(self) -> list[str]:
-        problems = []
-        for _flag, items, parse in (
-            ("--node-selector", self.node_selector, S.parse_node_selector),
-            ("--toleration", self.tolerations, S.parse_tolerations),
-            ("--rdma", self.rdma, S.parse_rdma),
-        ):
-            problems += parse(items)[1]
-        for flag, value in (("--queue", self.queue), ("--priority-class", self.priority_class)):
-            if value is not None and not (S.OBJECT_NAME_RE.match(value) and len(value) <= 63):
-                problems.append(
-                    f"{flag} {value!r}: expected the name of a {flag[2:].title().replace('-', '')}"
-                )
-        if self.net_if is not None and not S.IFNAME_RE.match(self.net_if):
-            problems.append(
-                f"--net-if {self.net_if!r}: expected a network interface name such as ib0 or eth1"
-            )
-        if self.ib_hca is not None and not self.rdma:
-            problems.append(f"--ib-hca {self.ib_hca!r}: only with --rdma RESOURCE=N")
-        elif self.ib_hca is not None and not S.IB_HCA_RE.match(self.ib_hca):
-            problems.append(
-                f"--ib-hca {self.ib_hca!r}: expected NCCL_IB_HCA's form, e.g. mlx5 or =mlx5_0:1,mlx5_1:1"
-            )
-        if self.gang_timeout < 1:
-            problems.append(f"--gang-timeout {self.gang_timeout}: expected at least 1 s")
-        if self.elastic is not None:
-            problems += self._check_elastic()
-        if self.kind == "indexedjob" and self.gang and not self.queue:
-            problems.append(
-                "--gang with --kind indexedjob needs --queue NAME: a plain Job has no pod group, Kueue "
-                "admits all its pods at once (or use --kind pytorchjob or trainjob, which have one)"
-            )
-        if self.runtime_ref is not None:
-            problems += self._check_runtime_ref()
-        if self.topology is not None and not S.LABEL_KEY_RE.match(self.topology):
-            problems.append(
-                f"--topology {self.topology!r}: expected a node label key such as example.com/rack"
-            )
-        elif self.topology is not None and not self.queue:
-            problems.append(
-                f"--topology {self.topology!r} needs --queue NAME: Kueue's Topology-Aware Scheduling places "
-                "the pods"
-            )
-        if self.topology_required and self.topology is None:
-            problems.append("--topology-required: only with --topology LABEL")
-        return problems
-
-    def _check_elastic(self) -> list[str]:
-        if self.kind == "trainjob":
-            return [
-                "--elastic: a TrainJob (Trainer v2) has no elastic policy (ElasticPolicy left the v2 API): "
-                "restarts come from the runtime's JobSet failurePolicy (--backoff-limit) and torchrun "
-                "--max-restarts in each pod; use --kind pytorchjob for a MIN:MAX node range"
-            ]
-        if self.kind == "indexedjob":
-            return [
-                "--elastic: an Indexed Job runs a fixed number of completions; use --kind pytorchjob for a "
-                "MIN:MAX node range (elasticPolicy)"
-            ]
-        try:
-            lo, hi = S.parse_elastic(self.elastic)
-        except ValueError as e:
-            return [str(e)]
-        if not lo <= self.nodes <= hi:
-            return [f"--nodes {self.nodes}: outside --elastic {self.elastic} (the pods started at first)"]
-        return []
-
-    def _check_runtime_ref(self) -> list[str]:
-        if self.kind != "trainjob":
-            return [f"--runtime-ref {self.runtime_ref!r}: only with --kind trainjob"]
-        problems = []
-        if not S.OBJECT_NAME_RE.match(self.runtime_ref):
-            problems.append(f"--runtime-ref {self.runtime_ref!r}: expected a ClusterTrainingRuntime's name")
-        # The v2 PodSpecPatch cannot carry these; they live in the runtime.
-        for flag, value in (
-            ("--priority-class", self.priority_class),
-            ("--host-network", self.host_network or None),
-            ("--backoff-limit", self.backoff_limit),
-            ("--gang" if self.gang else "--no-gang", None if self.gang is None else True),
-        ):
-            if value is not None:
-                problems.append(
-                    f"{flag} with --runtime-ref: a TrainJob cannot patch it, the runtime sets it; render the "
-                    f"runtime with `python -m launch k8s runtime {flag} ...` (or leave out --runtime-ref)"
-                )
         return problems
 
     @property

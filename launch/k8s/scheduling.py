@@ -114,6 +114,91 @@ def parse_elastic(text: str) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def check_flags(opts) -> list[str]:
+    """Problems with the scheduling flags of ``opts`` (a manifests.Options), each naming its flag."""
+    problems = []
+    problems += parse_node_selector(opts.node_selector)[1]
+    problems += parse_tolerations(opts.tolerations)[1]
+    problems += parse_rdma(opts.rdma)[1]
+    for flag, value, what in (
+        ("--queue", opts.queue, "Kueue LocalQueue"),
+        ("--priority-class", opts.priority_class, "PriorityClass"),
+    ):
+        if value is not None and not (OBJECT_NAME_RE.match(value) and len(value) <= 63):
+            problems.append(f"{flag} {value!r}: expected the name of a {what}")
+    if opts.net_if is not None and not IFNAME_RE.match(opts.net_if):
+        problems.append(f"--net-if {opts.net_if!r}: expected a network interface name such as ib0 or eth1")
+    if opts.ib_hca is not None and not opts.rdma:
+        problems.append(f"--ib-hca {opts.ib_hca!r}: only with --rdma RESOURCE=N")
+    elif opts.ib_hca is not None and not IB_HCA_RE.match(opts.ib_hca):
+        problems.append(
+            f"--ib-hca {opts.ib_hca!r}: expected NCCL_IB_HCA's form, e.g. mlx5 or =mlx5_0:1,mlx5_1:1"
+        )
+    if opts.gang_timeout < 1:
+        problems.append(f"--gang-timeout {opts.gang_timeout}: expected at least 1 s")
+    if opts.elastic is not None:
+        problems += _check_elastic(opts)
+    if opts.kind == "indexedjob" and opts.gang and not opts.queue:
+        problems.append(
+            "--gang with --kind indexedjob needs --queue NAME: a plain Job has no pod group, Kueue "
+            "admits all its pods at once (or use --kind pytorchjob or trainjob, which have one)"
+        )
+    if opts.runtime_ref is not None:
+        problems += _check_runtime_ref(opts)
+    if opts.topology is not None and not LABEL_KEY_RE.match(opts.topology):
+        problems.append(f"--topology {opts.topology!r}: expected a node label key such as example.com/rack")
+    elif opts.topology is not None and not opts.queue:
+        problems.append(
+            f"--topology {opts.topology!r} needs --queue NAME: Kueue's Topology-Aware Scheduling places "
+            "the pods"
+        )
+    if opts.topology_required and opts.topology is None:
+        problems.append("--topology-required: only with --topology LABEL")
+    return problems
+
+
+def _check_elastic(opts) -> list[str]:
+    if opts.kind == "trainjob":
+        return [
+            "--elastic: a TrainJob (Trainer v2) has no elastic policy (ElasticPolicy left the v2 API): "
+            "restarts come from the runtime's JobSet failurePolicy (--backoff-limit) and torchrun "
+            "--max-restarts in each pod; use --kind pytorchjob for a MIN:MAX node range"
+        ]
+    if opts.kind == "indexedjob":
+        return [
+            "--elastic: an Indexed Job runs a fixed number of completions; use --kind pytorchjob for a "
+            "MIN:MAX node range (elasticPolicy)"
+        ]
+    try:
+        lo, hi = parse_elastic(opts.elastic)
+    except ValueError as e:
+        return [str(e)]
+    if not lo <= opts.nodes <= hi:
+        return [f"--nodes {opts.nodes}: outside --elastic {opts.elastic} (the pods started at first)"]
+    return []
+
+
+def _check_runtime_ref(opts) -> list[str]:
+    if opts.kind != "trainjob":
+        return [f"--runtime-ref {opts.runtime_ref!r}: only with --kind trainjob"]
+    problems = []
+    if not OBJECT_NAME_RE.match(opts.runtime_ref):
+        problems.append(f"--runtime-ref {opts.runtime_ref!r}: expected a ClusterTrainingRuntime's name")
+    # The v2 PodSpecPatch cannot carry these; they live in the runtime.
+    for flag, value in (
+        ("--priority-class", opts.priority_class),
+        ("--host-network", opts.host_network or None),
+        ("--backoff-limit", opts.backoff_limit),
+        ("--gang" if opts.gang else "--no-gang", None if opts.gang is None else True),
+    ):
+        if value is not None:
+            problems.append(
+                f"{flag} with --runtime-ref: a TrainJob cannot patch it, the runtime sets it; render the "
+                f"runtime with `python -m launch k8s runtime {flag} ...` (or leave out --runtime-ref)"
+            )
+    return problems
+
+
 def network_env(rdma: dict[str, int], net_if: str | None, ib_hca: str | None) -> dict[str, str]:
     """The NCCL/gloo settings the fabric flags imply (trainer.env for a TrainJob, the container's env
     otherwise)."""
