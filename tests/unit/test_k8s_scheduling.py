@@ -339,7 +339,10 @@ def test_gang_defaults_per_kind(capsys):
         (["--kind", "pytorchjob", "--rdma", "rdma/ib=0"], "--rdma 'rdma/ib=0': expected RESOURCE=N"),
         (["--kind", "pytorchjob", "--ib-hca", "mlx5"], "--ib-hca 'mlx5': only with --rdma"),
         (["--kind", "pytorchjob", "--net-if", "ib 0"], "--net-if 'ib 0': expected a network interface"),
-        (["--kind", "pytorchjob", "--queue", "Team_A"], "--queue 'Team_A': expected the name of a Kueue LocalQueue"),
+        (
+            ["--kind", "pytorchjob", "--queue", "Team_A"],
+            "--queue 'Team_A': expected the name of a Kueue LocalQueue",
+        ),
         (["--kind", "pytorchjob", "--priority-class", "Hi!"], "--priority-class 'Hi!': expected the name"),
         (["--kind", "pytorchjob", "--gang-timeout", "0"], "--gang-timeout 0: expected at least 1 s"),
         (
