@@ -68,9 +68,13 @@ if "--signal=TERM" in sys.argv[1:]:
 """
 
 FAKE_SCONTROL = f"""#!{sys.executable}
+# Stand-in for scontrol: record argv; `show job -o ID` prints the job's one-line record (FAKE_JOB_STATE).
 import json, os, sys
 with open(os.path.join(os.environ["FAKE_LOG"], "scontrol.jsonl"), "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:3] == ["show", "job"]:
+    state = os.environ.get("FAKE_JOB_STATE", "RUNNING")
+    print(f"JobId={{sys.argv[-1]}} JobName=train UserId=u(1000) Priority=1 JobState={{state}} Reason=None")
 """
 
 
@@ -107,6 +111,10 @@ def slurm(tmp_path):
 def _records(log: Path, name: str) -> list:
     path = log / f"{name}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _requeues(log: Path) -> list:
+    return [argv for argv in _records(log, "scontrol") if argv[0] == "requeue"]
 
 
 def sbatch(env: dict, *args: str, **extra: str) -> subprocess.CompletedProcess:
@@ -177,8 +185,18 @@ def test_exit_75_requeues_the_job(slurm):
     env, log = slurm
     r = sbatch(env, "-c", "configs/cnn.yaml", FAKE_SRUN="exit", FAKE_SRUN_EXIT="75")
     assert r.returncode == 75, r.stderr
-    assert _records(log, "scontrol") == [["requeue", JOB_ID]]
+    assert _records(log, "scontrol") == [["show", "job", "-o", JOB_ID], ["requeue", JOB_ID]]
     assert "requeueing (1 of 10)" in r.stderr
+
+
+@pytest.mark.parametrize("state", ["COMPLETING", "REQUEUED"])
+def test_exit_75_of_a_cancelled_or_slurm_requeued_job_is_not_requeued(slurm, state):
+    """After `scancel` the job is COMPLETING when its steps get SIGTERM (and exit 75 with a checkpoint):
+    requeueing would undo the cancel. After a preemption with PreemptMode=REQUEUE Slurm requeues it."""
+    env, log = slurm
+    r = sbatch(env, FAKE_SRUN="exit", FAKE_SRUN_EXIT="75", FAKE_JOB_STATE=state)
+    assert r.returncode == 75 and not _requeues(log), r.stderr
+    assert f"JobState={state}: Slurm is ending or requeueing the job; not requeued here" in r.stderr
 
 
 @pytest.mark.parametrize("code", ["1", "2", "0"])
@@ -191,11 +209,11 @@ def test_other_exit_codes_do_not_requeue(slurm, code):
 def test_the_requeue_loop_is_bounded(slurm):
     env, log = slurm
     r = sbatch(env, FAKE_SRUN="exit", FAKE_SRUN_EXIT="75", SLURM_RESTART_COUNT="2", REQUEUE_MAX="3")
-    assert r.returncode == 75 and _records(log, "scontrol") == [["requeue", JOB_ID]], r.stderr
+    assert r.returncode == 75 and _requeues(log) == [["requeue", JOB_ID]], r.stderr
     assert "requeueing (3 of 3)" in r.stderr
     (log / "scontrol.jsonl").unlink()
     r = sbatch(env, FAKE_SRUN="exit", FAKE_SRUN_EXIT="75", SLURM_RESTART_COUNT="3", REQUEUE_MAX="3")
-    assert r.returncode == 75 and not _records(log, "scontrol")
+    assert r.returncode == 75 and not _requeues(log)
     assert "already requeued 3 times (REQUEUE_MAX=3): stopping" in r.stderr
 
 
@@ -223,7 +241,7 @@ def test_sigterm_before_the_time_limit_reaches_the_step_which_checkpoints_and_re
         proc.kill() if proc.poll() is None else None
     assert proc.returncode == 75, err
     assert _records(log, "scancel") == [["--signal=TERM", JOB_ID]]
-    assert _records(log, "scontrol") == [["requeue", JOB_ID]]
+    assert _requeues(log) == [["requeue", JOB_ID]]
     assert "forwarding it to the job step" in err
 
 
