@@ -67,9 +67,7 @@ class Options:
     max_restarts: int | None = None  # torchrun --max-restarts inside each pod (launcher default when None)
     cpu: str | None = None
     memory: str | None = None
-    runtime_ref: str | None = (
-        None  # trainjob: a ClusterTrainingRuntime's name; None renders a TrainingRuntime
-    )
+    runtime_ref: str | None = None  # trainjob: a ClusterTrainingRuntime to use (None: render a runtime)
     wait_s: int = 300  # ENTRYPOINT_WAIT_S: how long non-zero nodes wait for the master
     checkpoint_dir: str | None = None  # s3://bucket/prefix: checkpoints on object storage, no shared volume
     s3_secret: str | None = (
