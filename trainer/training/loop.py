@@ -436,10 +436,8 @@ class Trainer:
         self.checkpointer.poll(p.step)
         self.watchdog.mark(p.step, "agree")  # the preemption all-reduce (side group)
         stop = code != OK or self.preempt.agreed()
-        if stop and code == NONFINITE:
-            self.checkpointer.finish(
-                p.step
-            )  # commit an in-flight (good) write; no checkpoint of the bad state
+        if stop and code == NONFINITE:  # commit an in-flight (good) write; no checkpoint of the bad state
+            self.checkpointer.finish(p.step)
         elif stop:
             self.save(final=True)
         elif best or (cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0):
