@@ -45,7 +45,8 @@ def test_prompt_tokens_carry_no_loss_and_eos_ends_every_document(assets, tmp_pat
     root, tok_dir, tok = assets
     recs = [{"prompt": "next after two:", "response": " three"}, {"text": "one two"}]
     path = write_jsonl(tmp_path / "d.jsonl", recs)
-    ids, learn, offs = tokenize_records(tok, path, "data.path")
+    enc = tokenize_records(tok, path, "data.path")
+    ids, learn, offs = enc.ids, enc.learn, enc.offsets
     p = tok("next after two:")["input_ids"]
     r = tok(" three", add_special_tokens=False)["input_ids"]
     t = tok("one two")["input_ids"]
@@ -54,8 +55,9 @@ def test_prompt_tokens_carry_no_loss_and_eos_ends_every_document(assets, tmp_pat
     assert learn.tolist() == [0] * len(p) + [1] * (len(r) + 1) + [1] * (len(t) + 1)
     assert offs.tolist() == [0, len(p) + len(r) + 1, len(ids)]
 
-    inp, pos, lab, cut = pack(ids, learn, offs, 32, tok.pad_token_id)
-    assert inp.shape == (1, 32) and cut == 0
+    pk = pack(enc, 32, tok.pad_token_id)
+    inp, pos, lab = pk.input_ids, pk.position_ids, pk.labels
+    assert inp.shape == (1, 32) and pk.docs[:, 3].sum() == 0 and pk.dropped == 0
     n1 = len(p) + len(r) + 1
     # labels are the next token where it is learned: none inside the prompt, the response and its EOS
     assert (lab[0, : len(p) - 1] == IGNORE).all()
@@ -68,8 +70,10 @@ def test_prompt_tokens_carry_no_loss_and_eos_ends_every_document(assets, tmp_pat
 def test_packing_keeps_documents_whole_and_apart_by_eos(assets, tmp_path):
     root, tok_dir, tok = assets
     path = write_jsonl(tmp_path / "d.jsonl", qa_records(40))
-    ids, learn, offs = tokenize_records(tok, path, "data.path")
-    inp, pos, lab, _ = pack(ids, learn, offs, 32, tok.pad_token_id)
+    enc = tokenize_records(tok, path, "data.path")
+    ids, offs = enc.ids, enc.offsets
+    pk = pack(enc, 32, tok.pad_token_id)
+    inp, pos = pk.input_ids, pk.position_ids
     eos = tok.eos_token_id
     docs = [ids[a:b].tolist() for a, b in zip(offs[:-1], offs[1:])]
     got = []
@@ -88,15 +92,16 @@ def test_chat_records_learn_only_the_assistant_turns(assets, tmp_path):
     root, tok_dir, tok = assets
     msgs = [{"role": "user", "content": "next after one:"}, {"role": "assistant", "content": "two"}]
     path = write_jsonl(tmp_path / "c.jsonl", [{"messages": msgs}])
-    ids, learn, _ = tokenize_records(tok, path, "data.path")
-    learned = tok.decode([i for i, m in zip(ids.tolist(), learn.tolist()) if m])
+    enc = tokenize_records(tok, path, "data.path")
+    learned = tok.decode([i for i, m in zip(enc.ids.tolist(), enc.learn.tolist()) if m])
     assert learned == "two<|end|><|eos|>"
-    # a tokenizer without a chat template: a clear error naming the line
-    plain = make_tokenizer(tmp_path / "plain", chat_template=False)
-    with pytest.raises(
-        ConfigError, match=r"line 1: a 'messages' record needs a tokenizer with a chat template"
-    ):
-        tokenize_records(load_tokenizer(plain), path, "data.path")
+    # a tokenizer without a chat template: the documented default (### User: / ### Assistant: blocks)
+    plain = load_tokenizer(make_tokenizer(tmp_path / "plain", chat_template=False))
+    enc = tokenize_records(plain, path, "data.path")
+    text = plain.decode(enc.ids.tolist())
+    learned = plain.decode([i for i, m in zip(enc.ids.tolist(), enc.learn.tolist()) if m])
+    assert text == "### User:\nnext after one:\n\n### Assistant:\ntwo<|eos|>"
+    assert learned == "two<|eos|>"
 
 
 def test_tokens_are_cached_beside_the_run_keyed_by_data_and_tokenizer(assets, tmp_path):
@@ -123,7 +128,10 @@ def test_tokens_are_cached_beside_the_run_keyed_by_data_and_tokenizer(assets, tm
     [
         ("{not json", "not valid JSON"),
         ('{"prompt": 3, "response": "x"}', "'prompt' must be a string"),
-        ('{"question": "x"}', "expected a 'text', 'prompt'/'response' or 'messages' record"),
+        ('{"question": "x"}', "expected a 'text', 'prompt'/'response', 'messages', 'conversations'"),
+        ('{"messages": [{"role": "assistant", "content": "x", "weight": 2}]}', "a message 'weight' must be 0 or 1"),
+        ('{"conversations": [{"from": "bot", "value": "x"}]}', "'from': 'bot' is not one of"),
+        ('{"instruction": "x", "output": 3}', "'output' must be a string"),
     ],
 )
 def test_bad_records_name_the_line(assets, tmp_path, line, why):

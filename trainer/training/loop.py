@@ -100,7 +100,11 @@ class Trainer(CheckpointVerbs, EndVerbs):
         self.eval_before: Optional[dict] = None
         # Masked LM data (jsonl): the loss is a mean over the labelled tokens of the whole step, all
         # micro-batches and ranks together, not a mean of per-micro-batch means.
-        self._token_mean = bool(info.extra.get("loss_mask")) and self.objective.loss_fn is None
+        self._token_mean = (
+            bool(info.extra.get("loss_mask"))
+            and self.objective.loss_fn is None
+            and not self.objective.loss_key
+        )
         eb = cfg.train.eval_before
         self._eval_before = cfg.model.name == "hf" if eb is None else eb
         self.last_loss: Optional[float] = None
