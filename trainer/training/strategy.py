@@ -21,6 +21,7 @@ from torch.distributed._composable import checkpoint
 from ..config import Config, ConfigError
 from ..models import GPT, unwrap
 from ..runtime.dist import DistState
+from . import syncbn
 from .units import describe, find_units
 
 log = logging.getLogger("trainer")
@@ -147,6 +148,7 @@ class Strategy:
             self.module = module
         else:
             self.module = module.to(self.state.device)
+        self.module = self._sync_batchnorm(self.module)
         t = self.cfg.train
         own_ac = isinstance(unwrap(module), GPT)  # the built-in GPT recomputes its blocks itself
         units, rule = [], ""
@@ -189,6 +191,34 @@ class Strategy:
             )
         self.model = model
         return optimizer
+
+    def _sync_batchnorm(self, module: nn.Module) -> nn.Module:
+        """train.sync_batchnorm: BatchNorm layers synchronised across processes (syncbn.py), logged."""
+        n = syncbn.count_batchnorm(module)
+        want = self.cfg.train.sync_batchnorm
+        if not n:
+            return module
+        many = self.state.world_size > 1 and self.mode in ("ddp", "fsdp", "accelerate")
+        if want == "false":
+            if many:
+                log.warning(
+                    "train.sync_batchnorm=false: %d BatchNorm layer(s) keep per-process statistics, so %d "
+                    "processes train a different model than one",
+                    n,
+                    self.state.world_size,
+                )
+            return module
+        if not many:
+            if want == "true":
+                log.info("train.sync_batchnorm=true: one process (%s), nothing to synchronise", self.mode)
+            return module
+        log.info(
+            "train.sync_batchnorm=%s: %d BatchNorm layer(s) -> SyncBatchNorm (statistics over the global "
+            "batch, as one process computes them)",
+            want,
+            n,
+        )
+        return syncbn.convert(module)
 
     def _fill_from_rank0(self, full: dict, buffers: dict) -> None:
         # ~2 s import (see full_state): only for a model whose weights only rank 0 read
