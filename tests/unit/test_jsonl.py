@@ -129,7 +129,10 @@ def test_tokens_are_cached_beside_the_run_keyed_by_data_and_tokenizer(assets, tm
         ("{not json", "not valid JSON"),
         ('{"prompt": 3, "response": "x"}', "'prompt' must be a string"),
         ('{"question": "x"}', "expected a 'text', 'prompt'/'response', 'messages', 'conversations'"),
-        ('{"messages": [{"role": "assistant", "content": "x", "weight": 2}]}', "a message 'weight' must be 0 or 1"),
+        (
+            '{"messages": [{"role": "assistant", "content": "x", "weight": 2}]}',
+            "a message 'weight' must be 0 or 1",
+        ),
         ('{"conversations": [{"from": "bot", "value": "x"}]}', "'from': 'bot' is not one of"),
         ('{"instruction": "x", "output": 3}', "'output' must be a string"),
     ],
