@@ -399,7 +399,7 @@ def _check_learned(cfg: Config, split: str, rows: PackedRows, key: str, path: st
 
 
 def _describe_formats(path: str, enc: Encoded, fmt: str) -> str:
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(enc.formats.items(), key=lambda kv: -kv[1]))
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(enc.formats.items(), key=lambda kv: (-kv[1], kv[0])))
     how = "detected" if fmt == "auto" else "forced"
     return f"jsonl: data.format={fmt}: {how} {counts} record(s) in {path!r}"
 
