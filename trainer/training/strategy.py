@@ -218,7 +218,7 @@ class Strategy:
             want,
             n,
         )
-        return syncbn.convert(module)
+        return syncbn.convert(module, self.state.device)
 
     def _fill_from_rank0(self, full: dict, buffers: dict) -> None:
         # ~2 s import (see full_state): only for a model whose weights only rank 0 read

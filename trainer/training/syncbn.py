@@ -1,11 +1,12 @@
 """SyncBatchNorm that also runs on CPU (gloo): N processes compute the batch statistics one process would.
 
 torch's ``nn.SyncBatchNorm`` raises on CPU input ("expected input tensor to be on GPU", torch 2.13
-``batchnorm.py``). :class:`SyncBatchNorm` subclasses it (same parameters, buffers and state-dict keys, so
-checkpoints do not change) and, in training on a device torch's kernels do not cover, computes the global
+``batchnorm.py``), and DDP refuses it on CPU modules ("SyncBatchNorm layers only work with GPU modules").
+On CUDA :func:`convert` uses torch's own; elsewhere :class:`CPUSyncBatchNorm`, a BatchNorm (same
+parameters, buffers and state-dict keys, so checkpoints do not change) that in training computes the global
 mean and variance with two differentiable all-reduces (``torch.distributed.nn.functional.all_reduce``,
-whose backward all-reduces the gradients: the gradient of the global-batch loss, as on one process). On
-CUDA, in eval mode and on one process it is torch's own.
+whose backward all-reduces the gradients: the gradient of the global-batch loss, as on one process). In
+eval mode and on one process it is a plain BatchNorm.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from torch import nn
 _NATIVE = ("cuda", "xpu", "hpu")  # devices torch's SyncBatchNorm kernels handle
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if (
             not self.training
-            or input.device.type in _NATIVE
             or not (tdist.is_available() and tdist.is_initialized())
             or tdist.get_world_size() == 1
         ):
@@ -59,12 +63,19 @@ def count_batchnorm(module: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
-def convert(module: nn.Module) -> nn.Module:
-    """Every BatchNorm layer of ``module`` as :class:`SyncBatchNorm`, holding the same tensors (torch's
-    ``convert_sync_batchnorm``, with our class)."""
+def convert(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm layer of ``module`` synchronised across processes, holding the same tensors:
+    torch's SyncBatchNorm on CUDA, :class:`CPUSyncBatchNorm` elsewhere."""
+    if device.type in _NATIVE:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _convert_cpu(module)
+
+
+def _convert_cpu(module: nn.Module) -> nn.Module:
+    """torch's ``convert_sync_batchnorm``, with :class:`CPUSyncBatchNorm`."""
     out = module
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
-        out = SyncBatchNorm(
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
+        out = CPUSyncBatchNorm(
             module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
         )
         if module.affine:
@@ -78,5 +89,5 @@ def convert(module: nn.Module) -> nn.Module:
         if hasattr(module, "qconfig"):
             out.qconfig = module.qconfig
     for name, child in module.named_children():
-        out.add_module(name, convert(child))
+        out.add_module(name, _convert_cpu(child))
     return out
