@@ -173,3 +173,21 @@ def test_dict_samples_collate_per_key_and_the_target_key_is_the_target():
         r"labels",
     ):
         user_data.wrap(bad, DictSequences(8))
+
+
+def test_the_models_loss_key_rules():
+    """model.loss_key, else loss, else the only 0-dim tensor; never the only 0-dim of a transformers
+    ModelOutput (an MoE aux_loss is not the loss)."""
+    from transformers.modeling_outputs import MoeCausalLMOutputWithPast
+
+    from trainer.models.outputs import loss_candidates, split_output
+
+    logits, a, b = torch.randn(2, 3), torch.tensor(1.0), torch.tensor(2.0)
+    assert split_output({"logits": logits, "total_loss": a})[1] is a
+    assert split_output({"logits": logits, "loss": b, "total_loss": a})[1] is b
+    assert split_output({"logits": logits, "total_loss": a, "aux": b})[1] is None  # the probe refuses this
+    assert loss_candidates({"logits": logits, "total_loss": a, "aux": b}) == ["total_loss", "aux"]
+    assert split_output({"logits": logits, "total_loss": a, "aux": b}, "aux")[1] is b
+    preds, loss = split_output({"total_loss": a, "h": logits})
+    assert preds is logits and loss is a
+    assert split_output(MoeCausalLMOutputWithPast(logits=logits, aux_loss=a))[1] is None

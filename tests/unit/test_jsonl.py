@@ -197,3 +197,38 @@ def test_config_errors_for_jsonl_and_hf(tmp_path):
         C.load(None, ["data.name=jsonl", f"data.path={f}"])
     with pytest.raises(ConfigError, match="data.tokenizer=None: data.name=jsonl with model.name='m:Net'"):
         C.load(None, ["data.name=jsonl", f"data.path={f}", "model.name=m:Net"])
+
+
+def test_a_batch_encodes_exactly_as_each_record_alone(assets, tmp_path):
+    """encode_records is batch-first (one tokenizer call for every segment of the batch): the ids and masks
+    equal record-by-record encoding, and the tokenizers-backend call equals transformers' tok()."""
+    from trainer.data.jsonl import encode_records, token_ids
+
+    root, tok_dir, tok = assets
+    recs = [
+        {"text": "one two"},
+        {"prompt": "next after two:", "response": " three"},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+        {"instruction": "add", "input": "1 2", "output": "3"},
+        {"text": ""},
+    ] * 3
+    batch = encode_records(tok, recs)
+    assert batch.formats == {"text": 6, "prompt_response": 3, "messages": 3, "sharegpt": 3, "alpaca": 3}
+    for i, r in enumerate(recs):
+        one = encode_records(tok, [r])
+        a, b = batch.offsets[i], batch.offsets[i + 1]
+        assert one.ids.tolist() == batch.ids[a:b].tolist() and one.learn.tolist() == batch.learn[a:b].tolist()
+    assert batch.ids[batch.offsets[-2] :].tolist() == [tok.eos_token_id]  # an empty text is its EOS alone
+    texts = ["next after two:", " three", "<|user|>hi<|end|>", ""]
+    assert token_ids(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
+
+
+def test_trainer_data_shows_shapes_for_data_that_is_not_text(capfd):
+    from tests.integration.test_finetune_cli import tool
+
+    r = tool(["data", "data.name=digits", "--json", "--show", "2"], capfd)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["format"] == "digits" and got["documents"] > 1000 and got["learned_tokens"] is None
+    assert got["samples"] == [{"x": "float32 (1, 28, 28)", "y": "int64 ()"}] * 2

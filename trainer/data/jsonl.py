@@ -27,6 +27,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Optional
 
 import numpy as np
@@ -74,6 +75,19 @@ def special_prefix(tok) -> list[int]:
     return []
 
 
+def token_ids(tok, texts: list[str]) -> list[list[int]]:
+    """``tok(texts, add_special_tokens=False)["input_ids"]`` in one batched call; for a fast tokenizer
+    straight through its ``tokenizers`` backend (the same ids, measured 3x faster: transformers' per-text
+    conversion cost more than the tokenization), unless the backend has truncation or padding set."""
+    if not texts:
+        return []
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return tok(texts, add_special_tokens=False)["input_ids"]
+    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+    return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+
 def encode_records(
     tok,
     records: list,
@@ -102,29 +116,37 @@ def encode_records(
         formats[layout] += 1
         texts += [t for t, _ in segs]
         docs.append((opens, [on for _, on in segs]))
-    pieces = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
-    ids: list[int] = []
-    learn: list[int] = []
+    pieces = token_ids(tok, texts)
+    # the pieces are referenced, not copied, per document; one pass over all tokens at the end
+    out: list[list[int]] = []
+    flags_out: list[int] = []
     offsets = [0]
-    k = 0
+    total = k = 0
+    end = [eos]
     for opens, flags in docs:
-        start = len(ids)
+        start, last, last_on = total, None, 1
         if opens and prefix:
-            ids += prefix
-            learn += [0] * len(prefix)
+            out.append(prefix)
+            flags_out.append(0)
+            total += len(prefix)
+            last, last_on = prefix[-1], 0
         for on in flags:
             piece = pieces[k]
             k += 1
-            ids += piece
-            learn += [int(on)] * len(piece)
-        if len(ids) == start or ids[-1] != eos:
-            last = learn[-1] if len(ids) > start else 1
-            ids.append(eos)
-            learn.append(last)
-        offsets.append(len(ids))
-    return Encoded(
-        np.asarray(ids, np.int32), np.asarray(learn, np.uint8), np.asarray(offsets, np.int64), dict(formats)
-    )
+            if piece:
+                out.append(piece)
+                flags_out.append(on)
+                total += len(piece)
+                last, last_on = piece[-1], on
+        if last != eos:  # EOS ends every document, learned when its last text is
+            out.append(end)
+            flags_out.append(last_on if total > start else 1)
+            total += 1
+        offsets.append(total)
+    lengths = np.fromiter(map(len, out), np.int64, len(out))
+    ids = np.fromiter(chain.from_iterable(out), np.int32, total)
+    learn = np.repeat(np.asarray(flags_out, np.uint8), lengths)
+    return Encoded(ids, learn, np.asarray(offsets, np.int64), dict(formats))
 
 
 def _concat(parts: list[Encoded]) -> Encoded:

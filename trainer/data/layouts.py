@@ -187,7 +187,7 @@ def chat_segments(tok, msgs: list[dict], learn: list[bool], everything: bool = F
             head = _render(tok, msgs[:i], gen=True) if i else ""
         except RecordError:  # a template that cannot render zero messages: nothing before turn 0
             head = ""
-        full = _render(tok, msgs[: i + 1], gen=False)
+        full = whole if i == len(msgs) - 1 else _render(tok, msgs[: i + 1], gen=False)
         if not (head.startswith(done) and full.startswith(head)):
             return _located(whole, msgs, learn)
         segs += [(head[len(done) :], False), (full[len(head) :], True)]
