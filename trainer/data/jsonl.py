@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import Config, ConfigError
+from ..runtime import atomic
 from .base import DataInfo, Indices, as_index, fingerprint, split_indices
 from .layouts import RecordError, segments
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -219,11 +220,15 @@ def cached_tokens(
     enc = tokenize_records(tok, path, key, fmt, train_on)
     if target:
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{target}.{os.getpid()}.tmp.npz"  # every rank may write; the rename makes it atomic
-        np.savez(
-            tmp, ids=enc.ids, learn=enc.learn, offsets=enc.offsets, formats=np.array(json.dumps(enc.formats))
-        )
-        os.replace(tmp, target)
+        # every rank may write (a temp name of its own); the rename makes it atomic
+        with atomic.atomic_path(target, suffix=f".{os.getpid()}.tmp.npz") as tmp:
+            np.savez(
+                tmp,
+                ids=enc.ids,
+                learn=enc.learn,
+                offsets=enc.offsets,
+                formats=np.array(json.dumps(enc.formats)),
+            )
     return enc, data_fp, False
 
 
