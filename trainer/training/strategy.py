@@ -260,6 +260,19 @@ class Strategy:
         else:
             loss.backward()
 
+    def check_unused_parameters(self) -> None:
+        """After the first backward: under DDP without train.find_unused_parameters, a trainable parameter
+        that got no gradient is exit 2 naming the key (DDP itself would fail one step later with exit 1)."""
+        if self._ddp is None or self._ddp.find_unused_parameters:
+            return
+        unused = [n for n, p in self.module.named_parameters() if p.requires_grad and p.grad is None]
+        if unused:
+            shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
+            raise ConfigError(
+                f"ddp: {len(unused)} parameter(s) got no gradient in the first step ({shown}): set "
+                "train.find_unused_parameters=true (slower), or use every parameter in forward"
+            )
+
     def grad_norm(self, optimizer, params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
         """Total gradient norm (unscaled), clipping when max_norm > 0; stays on device."""
         if self.mode == "accelerate":
