@@ -26,19 +26,20 @@ def assets(tmp_path_factory):
 
 
 def _cfg(root, tok_dir, path, *extra):
-    return C.load(
-        None,
-        [
-            "data.name=jsonl",
-            f"data.path={path}",
-            f"data.tokenizer={tok_dir}",
-            "model.name=hf",
-            f"model.path={root.parent / 'model'}",
-            f"run.dir={root / 'run'}",
-            "data.seq_len=32",
-            *extra,
-        ],
-    )
+    return C.load(None, _cfg_args(root, tok_dir, path, *extra))
+
+
+def _cfg_args(root, tok_dir, path, *extra):
+    return [
+        "data.name=jsonl",
+        f"data.path={path}",
+        f"data.tokenizer={tok_dir}",
+        "model.name=hf",
+        f"model.path={root.parent / 'model'}",
+        f"run.dir={root / 'run'}",
+        "data.seq_len=32",
+        *extra,
+    ]
 
 
 def test_prompt_tokens_carry_no_loss_and_eos_ends_every_document(assets, tmp_path):
@@ -232,3 +233,17 @@ def test_trainer_data_shows_shapes_for_data_that_is_not_text(capfd):
     got = json.loads(r.stdout)
     assert got["format"] == "digits" and got["documents"] > 1000 and got["learned_tokens"] is None
     assert got["samples"] == [{"x": "float32 (1, 28, 28)", "y": "int64 ()"}] * 2
+
+
+def test_trainer_data_builds_what_train_builds_from_the_same_cache(assets, tmp_path, capfd):
+    from tests.integration.test_finetune_cli import tool
+
+    root, tok_dir, _ = assets
+    path = write_jsonl(tmp_path / "d.jsonl", qa_records(30))
+    over = _cfg_args(root / "c2", tok_dir, path)
+    r = tool(["data", *over, "--json", "--show", "1"], capfd)
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    tr, _, info = build_datasets(C.load(None, over))  # what train builds: served by the tool's cache
+    assert "(cached tokens)" in info.description
+    assert shown["learned_tokens"] == int((tr.labels != IGNORE).sum()) and shown["documents"] == len(tr.docs)
