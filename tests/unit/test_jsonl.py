@@ -3,6 +3,7 @@ that name the line; attention stays inside a packed document for a transformers 
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -247,3 +248,20 @@ def test_trainer_data_builds_what_train_builds_from_the_same_cache(assets, tmp_p
     tr, _, info = build_datasets(C.load(None, over))  # what train builds: served by the tool's cache
     assert "(cached tokens)" in info.description
     assert shown["learned_tokens"] == int((tr.labels != IGNORE).sum()) and shown["documents"] == len(tr.docs)
+
+
+def test_truncation_left_keeps_the_end_and_a_leading_bos_right_the_start_drop_leaves_out():
+    from trainer.data.jsonl import Encoded
+
+    # document 0: BOS(1) p p p p r r EOS(2), response learned; document 1 fits
+    ids = np.array([1, 10, 11, 12, 13, 20, 21, 2, 1, 30, 2], np.int32)
+    learn = np.array([0, 0, 0, 0, 0, 1, 1, 1, 0, 1, 1], np.uint8)
+    enc = Encoded(ids, learn, np.array([0, 8, 11]))
+    left = pack(enc, 5, 0, "left", bos=1)
+    assert left.input_ids[0].tolist() == [1, 13, 20, 21, 2] and left.docs[0].tolist() == [0, 0, 5, 1]
+    assert left.labels[0].tolist() == [IGNORE, 20, 21, 2, IGNORE]  # the response and EOS still learned
+    assert pack(enc, 5, 0, "left").input_ids[0].tolist() == [12, 13, 20, 21, 2]  # no BOS to keep
+    right = pack(enc, 5, 0, "right", bos=1)
+    assert right.input_ids[0].tolist() == [1, 10, 11, 12, 13] and (right.labels[0] == IGNORE).all()
+    drop = pack(enc, 5, 0, "drop", bos=1)
+    assert drop.dropped == 1 and len(drop.docs) == 1 and drop.input_ids[0, :3].tolist() == [1, 30, 2]

@@ -9,11 +9,11 @@ Each document ends with EOS (learned when its last text is). Documents are token
 ``<parent of run.dir>/.token-cache/`` (keyed by the data file's and the tokenizer's fingerprints, the format
 and data.train_on), then packed greedily, in file order, into rows of ``data.seq_len`` tokens. A document
 longer than a row is cut by ``data.truncation``: ``left`` (default) keeps its end (the response, which is
-what is learned) and cuts the prompt from the left, ``right`` keeps its start, ``drop`` leaves it out. Cut
-and dropped documents are counted in the log and ``summary.json``; a split with rows but 0 learned tokens is
-a ConfigError (exit 2), never a run that trains on nothing. Position ids restart at 0 for every document,
-which is also what keeps attention inside a document for Hugging Face models (transformers builds a
-block-diagonal causal mask from restarting position ids).
+what is learned) and cuts the prompt from the left (a leading BOS stays), ``right`` keeps its start,
+``drop`` leaves it out. Cut and dropped documents are counted in the log and ``summary.json``; a split with
+rows but 0 learned tokens is a ConfigError (exit 2), never a run that trains on nothing. Position ids
+restart at 0 for every document, which is also what keeps attention inside a document for Hugging Face
+models (transformers builds a block-diagonal causal mask from restarting position ids).
 
 A sample is ``({"input_ids": (T,), "position_ids": (T,)}, labels (T,))`` with the labels already shifted:
 ``labels[t]`` is the token after ``t`` when that token is learned and in the same document, else -100.
@@ -252,34 +252,41 @@ class Packed:
     dropped: int = 0
 
 
-def _spans(learn: np.ndarray, offsets: np.ndarray, seq_len: int, truncation: str):
-    """(start, stop, cut) of each kept document after truncation, and the number dropped."""
+def _spans(enc: Encoded, seq_len: int, truncation: str, bos: Optional[int]):
+    """(first, head, start, stop, cut) of each kept document after truncation: its tokens are
+    ``ids[first:first + head] + ids[start:stop]``; and the number dropped. ``left`` keeps a leading BOS."""
     spans, dropped = [], 0
-    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+    ids = enc.ids
+    for a, b in zip(enc.offsets[:-1].tolist(), enc.offsets[1:].tolist()):
         if b - a <= seq_len:
-            spans.append((a, b, 0))
+            spans.append((a, 0, a, b, 0))
         elif truncation == "drop":
             dropped += 1
         elif truncation == "left":  # keep the end: the response, which is what is learned
-            spans.append((b - seq_len, b, 1))
+            head = int(bos is not None and seq_len > 1 and ids[a] == bos)
+            spans.append((a, head, b - seq_len + head, b, 1))
         else:
-            spans.append((a, a + seq_len, 1))
+            spans.append((a, 0, a, a + seq_len, 1))
     return spans, dropped
 
 
-def pack(enc: Encoded, seq_len: int, pad_id: int, truncation: str = "left") -> Packed:
-    """Greedy in-order packing of whole documents (cut by ``truncation``) into rows of ``seq_len``."""
+def pack(
+    enc: Encoded, seq_len: int, pad_id: int, truncation: str = "left", bos: Optional[int] = None
+) -> Packed:
+    """Greedy in-order packing of whole documents (cut by ``truncation``) into rows of ``seq_len``.
+    ``bos``: the tokenizer's BOS id, kept at the start of a document cut from the left."""
     ids, learn = enc.ids, enc.learn
-    spans, dropped = _spans(learn, enc.offsets, seq_len, truncation)
-    rows: list[list[tuple[int, int, int]]] = []
-    cur: list[tuple[int, int, int]] = []
+    spans, dropped = _spans(enc, seq_len, truncation, bos)
+    rows: list[list[tuple[int, int, int, int, int]]] = []
+    cur: list[tuple[int, int, int, int, int]] = []
     used = 0
-    for a, b, cut in spans:
-        if used + (b - a) > seq_len and cur:
+    for span in spans:
+        n_tok = span[1] + span[3] - span[2]
+        if used + n_tok > seq_len and cur:
             rows.append(cur)
             cur, used = [], 0
-        cur.append((a, b, cut))
-        used += b - a
+        cur.append(span)
+        used += n_tok
     if cur:
         rows.append(cur)
     n = len(rows)
@@ -290,13 +297,18 @@ def pack(enc: Encoded, seq_len: int, pad_id: int, truncation: str = "left") -> P
     d = 0
     for r, row in enumerate(rows):
         t = 0
-        for a, b, cut in row:
-            L = b - a
-            inp[r, t : t + L] = ids[a:b]
+        for first, head, a, b, cut in row:
+            sel = (
+                np.arange(a, b)
+                if not head
+                else np.concatenate([np.arange(first, first + head), np.arange(a, b)])
+            )
+            L = len(sel)
+            tok = ids[sel]
+            inp[r, t : t + L] = tok
             pos[r, t : t + L] = np.arange(L)
             # position j predicts token j+1 of the same document, when that token is learned
-            nxt = ids[a + 1 : b].astype(np.int64)
-            lab[r, t : t + L - 1] = np.where(learn[a + 1 : b] > 0, nxt, IGNORE)
+            lab[r, t : t + L - 1] = np.where(learn[sel[1:]] > 0, tok[1:].astype(np.int64), IGNORE)
             docs[d] = (r, t, L, cut)
             d += 1
             t += L
@@ -454,7 +466,8 @@ def jsonl(cfg: Config):
     cache = cache_dir_for(cfg)
     enc, data_fp, hit = cached_tokens(d.path, "data.path", tok, tok_fp, cache, d.format, d.train_on)
     log.info("%s", _describe_formats(d.path, enc, d.format))
-    packed = pack(enc, T, pad, d.truncation)
+    bos = tok.bos_token_id if tok.bos_token_id != tok.eos_token_id else None
+    packed = pack(enc, T, pad, d.truncation, bos)
     fps = [data_fp]
     formats = Counter(enc.formats)
     if d.eval_path:
@@ -462,7 +475,7 @@ def jsonl(cfg: Config):
             d.eval_path, "data.eval_path", tok, tok_fp, cache, d.format, d.train_on
         )
         log.info("%s", _describe_formats(d.eval_path, e_enc, d.format))
-        train, evald = PackedRows.of(packed), PackedRows.of(pack(e_enc, T, pad, d.truncation))
+        train, evald = PackedRows.of(packed), PackedRows.of(pack(e_enc, T, pad, d.truncation, bos))
         fps.append(e_fp)
         formats.update(e_enc.formats)
     else:
