@@ -191,3 +191,17 @@ def test_the_models_loss_key_rules():
     preds, loss = split_output({"total_loss": a, "h": logits})
     assert preds is logits and loss is a
     assert split_output(MoeCausalLMOutputWithPast(logits=logits, aux_loss=a))[1] is None
+
+
+def test_ddps_own_unused_parameter_error_is_a_config_error_naming_the_key():
+    """The fallback for parameters unused only in later steps (the first-step check catches the rest)."""
+    from trainer.api import _outcome
+
+    msg = (
+        "Expected to have finished reduction in the prior iteration before starting a new one. This error "
+        "indicates that your module has parameters that were not used in producing loss.\n"
+        "Parameter indices which did not receive grad for rank 0: 2 3"
+    )
+    code, reason = _outcome(RuntimeError(msg), None)
+    assert code == 2 and "train.find_unused_parameters=true" in reason and "\n" not in reason
+    assert "(Parameter indices which did not receive grad for rank 0: 2 3)" in reason
