@@ -137,18 +137,17 @@ def test_compile_blocks_under_fsdp_equals_one_process(reference, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_fp8_trains_close_to_bf16_on_the_cpu(tmp_path):
+def test_fp8_trains_close_to_fp32_on_the_cpu(reference, tmp_path):
     """torchao's float8 training, emulated on the CPU: the Linears are converted (the log says how many)
-    and the loss follows bf16's to 1% (measured: 3e-4 relative after 6 steps); the weights export as plain
-    tensors under the same names."""
+    and the loss follows fp32's to 1% (measured: 3e-4 relative after 6 steps, as bf16's does); the weights
+    export as plain tensors under the same names."""
     pytest.importorskip("torchao")
-    bf16, fp8 = tmp_path / "bf16", tmp_path / "fp8"
-    run("single", bf16, "train.precision=bf16", "checkpoint.every_steps=0")
+    fp8 = tmp_path / "fp8"
     r = run("single", fp8, "train.precision=fp8", "checkpoint.every_steps=0")
     assert "fp8: 8 Linear layers in float8 (torchao); emulated on the CPU" in r.stderr + r.stdout
-    assert losses(fp8) == pytest.approx(losses(bf16), rel=1e-2)
-    assert losses(fp8) != losses(bf16)  # really another arithmetic
-    assert final_weights(fp8).keys() == final_weights(bf16).keys()
+    assert losses(fp8) == pytest.approx(losses(reference), rel=1e-2)
+    assert losses(fp8) != losses(reference)  # really another arithmetic
+    assert final_weights(fp8).keys() == final_weights(reference).keys()
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +165,11 @@ def llama(tmp_path_factory):
         "train.batch_size=4",
         "train.max_steps=4",
         "train.grad_clip=1.0",
-        "optim.name=adamw",
-        "optim.lr=0.01",
+        # SGD: Adam's normalised update turns a 1e-9 difference in a near-zero gradient (an embedding row
+        # barely used) into a full step, so its weights cannot be compared to a tolerance
+        "optim.name=sgd",
+        "optim.lr=0.1",
+        "optim.momentum=0.9",
         "checkpoint.every_steps=0",
         "log.every_steps=1",
         "log.tensorboard=false",
@@ -186,9 +188,7 @@ def test_hf_llama_under_tp2_uses_its_config_plan_and_equals_one_process(llama, t
     assert losses(tp) == pytest.approx(losses(one), abs=TOL)
     assert read_summary(tp)["eval"]["loss"] == pytest.approx(read_summary(one)["eval"]["loss"], abs=TOL)
     assert read_summary(tp)["eval"]["samples"] == read_summary(one)["eval"]["samples"]
-    # Adam's normalised update turns a 1e-7 gradient difference on a near-zero gradient into ~1e-5 in a
-    # weight at lr 1e-2 (measured: 1.1e-5 on lm_head after 4 steps)
-    assert_close(final_weights(one), final_weights(tp), tol=5e-5)
+    assert_close(final_weights(one), final_weights(tp), tol=TOL)
     # the hf/ export holds whole tensors (gathered from the TP shards)
     cfg = json.loads((tp / "hf" / "config.json").read_text())
     assert cfg["num_attention_heads"] == 4
