@@ -185,7 +185,7 @@ def trainer_side(recipe: str, overrides: list[str], warm: int, steps: int, feat:
         dev = tr.device
         tr.metrics = B.RowCatcher()
         tr.strategy.model.train()
-        accum = tr.cfg.train.grad_accum
+        accum = tr.batch["accum"]  # train.grad_accum, or derived from train.micro_batch_size
         batches = tr.batches.epoch_iter()
 
         def micro():

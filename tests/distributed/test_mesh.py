@@ -137,13 +137,13 @@ def test_compile_blocks_under_fsdp_equals_one_process(reference, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_fp8_trains_close_to_fp32_on_the_cpu(reference, tmp_path):
-    """torchao's float8 training, emulated on the CPU: the Linears are converted (the log says how many)
-    and the loss follows fp32's to 1% (measured: 3e-4 relative after 6 steps, as bf16's does); the weights
-    export as plain tensors under the same names."""
+def test_fp8_under_fsdp_trains_close_to_fp32_on_the_cpu(reference, tmp_path):
+    """torchao's float8 training, emulated on the CPU, under FSDP on 2 processes: the Linears are converted
+    (the log says how many) and the loss follows fp32's to 1% (measured: 3e-4 relative after 6 steps, as
+    bf16's does); the weights export as plain tensors under the same names."""
     pytest.importorskip("torchao")
     fp8 = tmp_path / "fp8"
-    r = run("single", fp8, "train.precision=fp8", "checkpoint.every_steps=0")
+    r = run("fsdp", fp8, "train.precision=fp8", "checkpoint.every_steps=0", nproc=2)
     assert "fp8: 8 Linear layers in float8 (torchao); emulated on the CPU" in r.stderr + r.stdout
     assert losses(fp8) == pytest.approx(losses(reference), rel=1e-2)
     assert losses(fp8) != losses(reference)  # really another arithmetic

@@ -37,7 +37,13 @@ def test_meshes_from_the_parallel_keys():
         ),
         ("fsdp", 16, 8, ["parallel.tp=16"], "parallel.tp=16: more than the 8 processes on a node"),
         ("ddp", 4, 4, ["parallel.dp_shard=2"], "parallel.dp_shard=2: sharding needs train.strategy=fsdp"),
-        ("single", 1, 1, ["parallel.tp=2"], "a mesh needs train.strategy=ddp or fsdp (got single)"),
+        (
+            "single",
+            1,
+            1,
+            ["parallel.tp=2"],
+            "a mesh needs train.strategy=ddp or fsdp on several processes (got single on 1)",
+        ),
     ],
 )
 def test_a_mesh_that_does_not_fit_is_one_line_naming_the_keys(mode, world, local, over, message):

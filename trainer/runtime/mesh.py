@@ -67,7 +67,7 @@ def plan_mesh(cfg: Config, mode: str, world_size: int, local_world_size: int) ->
         if tp > 1 or p.dp_replicate not in ("auto", 1) or p.dp_shard not in (-1, 1, world_size):
             raise ConfigError(
                 f"parallel.tp={tp}, parallel.dp_replicate={p.dp_replicate}, parallel.dp_shard={p.dp_shard}: "
-                f"a mesh needs train.strategy=ddp or fsdp (got {mode})"
+                f"a mesh needs train.strategy=ddp or fsdp on several processes (got {mode} on {world_size})"
             )
         return MeshPlan(1, world_size, 1) if mode == "accelerate" else MeshPlan(1, 1, 1)
     if world_size % tp:
