@@ -133,8 +133,9 @@ def launch_main(mode: str, argv: Sequence[str]) -> int:
         if ns.entry == "trainer" and mode in ("ddp", "fsdp"):
             from launch import doctor
 
-            mesh, bad = doctor.resolve_mesh(ns.config, ns.overrides, world, plan.nproc_per_node, mode)
-            print(f"# mesh: {mesh}" if mesh else f"# mesh: refused: {bad}")
+            over = [*ns.overrides, f"train.strategy={mode}"]  # never empty: the defaults' mesh too
+            cfg, bad = doctor.resolve_config(ns.config, over, world, plan.nproc_per_node)
+            print(f"# mesh: {doctor.mesh_line(cfg)}" if cfg else f"# mesh: refused: {bad}")
         return 0
     if not ns.no_preflight:
         from launch import doctor, runner
@@ -151,6 +152,7 @@ def launch_main(mode: str, argv: Sequence[str]) -> int:
             fast=True,
             cluster=cluster,
             nproc=plan.nproc_per_node,
+            mode=mode,
         )
         for c in checks:
             if c.status != "ok":
