@@ -89,6 +89,10 @@ def test_hsdp_2x2_equals_one_process(reference, tmp_path):
     s = read_summary(d)
     assert s["mesh"] == {"dp_replicate": 2, "dp_shard": 2, "tp": 1}
     assert s["batch"] == {"global": 8, "micro": 2, "accum": 1, "world": 4}
+    # the HSDP checkpoint of step 4 (DCP, sharded on a 2-D mesh) resumes on one process
+    one = tmp_path / "one"
+    run("single", one, f"run.resume={ckpt(d, 4)}", "checkpoint.every_steps=0")
+    assert losses(one) == pytest.approx(losses(reference)[4:], abs=TOL)
 
 
 @pytest.mark.timeout(420)
@@ -123,11 +127,13 @@ def test_ddp_x_tp_equals_one_process(reference, tmp_path):
 @pytest.mark.timeout(300)
 def test_compile_blocks_under_fsdp_equals_one_process(reference, tmp_path):
     d = tmp_path / "compiled-blocks"
+    # parallel.reshard_after_forward=false: the gathered block stays until backward; the same numbers
     r = run(
         "fsdp",
         d,
         "train.compile=blocks",
         "train.compile_backend=aot_eager",
+        "parallel.reshard_after_forward=false",
         "checkpoint.every_steps=0",
         nproc=2,
     )
