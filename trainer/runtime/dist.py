@@ -64,7 +64,6 @@ _PEER_GONE = (
     "ncclsystemerror",
     "remote process exited",
     "nccl communicator was aborted",
-    "nccl error",
 )
 
 
