@@ -33,6 +33,27 @@ def did_you_mean(word: str, choices) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def unknown_key_hint(prefix: str, name: str, names) -> str:
+    """The hint after ``unknown key PREFIX.NAME``: a typo within the section first (train.max_step ->
+    train.max_steps); else the same name in another section (train.lr -> optim.lr, lr -> optim.lr); else
+    the closest key anywhere; else the section's keys."""
+    near = did_you_mean(name, names)
+    if near and _edits(str(name), near[len(" (did you mean ") : -2]) <= 1:
+        return near.replace("mean ", "mean " + prefix)
+    keys = [k for k, *_ in iter_fields()]
+    elsewhere = [k for k in keys if k.rsplit(".", 1)[-1] == name and k != prefix + str(name)]
+    if elsewhere:
+        return f" (did you mean {' or '.join(elsewhere[:3])}?)"
+    if near:
+        return near.replace("mean ", "mean " + prefix)
+    anywhere = did_you_mean(name, [k.rsplit(".", 1)[-1] for k in keys])
+    if anywhere:
+        leaf = anywhere[len(" (did you mean ") : -2]
+        full = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+        return f" (did you mean {full[0]}?)"
+    return f" (known in this section: {', '.join(sorted(names))})"
+
+
 def option_hint(arg: str, following: Optional[str] = None) -> str:
     """For `--max_steps 10` (an option the CLI does not have): the KEY=VALUE override it probably meant."""
     name, _, value = arg.lstrip("-").partition("=")
