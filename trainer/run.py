@@ -30,6 +30,7 @@ from .data import build_datasets, wrap_datasets
 from .exitcodes import OK, PREEMPTED
 from .models import build_model, flops_per_sample, prepare_user_model
 from .models.outputs import model_io
+from .objects import check_import_paths
 from .runtime import dist, storage, workerenv
 from .runtime.lease import LEASE, Lease
 from .runtime.logs import add_rank_log, setup_logging
@@ -60,6 +61,12 @@ class Given:
     train_data: Any = None
     eval_data: Any = None
     loss: Optional[Callable] = None
+
+    def supplied(self) -> tuple[str, ...]:
+        """The config keys these objects stand in for."""
+        keys = (("model.name", "model.config"), ("data.name",), ("train.loss",))
+        given = (self.model, self.train_data, self.loss)
+        return tuple(k for obj, ks in zip(given, keys) if obj is not None for k in ks)
 
 
 @dataclass
@@ -293,6 +300,7 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
     try:
         mode = resolve_mode(cfg, state)
         micro = cfgmod.check_world(cfg, state.world_size)
+        check_import_paths(cfg, given.supplied())  # a typo fails now, not after the data is built
         torch.manual_seed(cfg.seed)
         train_ds, eval_ds, info = _data(cfg, given)
         if given.model is not None:

@@ -60,6 +60,24 @@ def _quiet_imports(handler: logging.Handler, deliver: bool) -> None:
         handler.addFilter(ImportNoise(deliver))
 
 
+def quiet_torch() -> None:
+    """Import torch (if installed) and keep its own handler's import-time notices off the console: for a
+    command that is about to import a user module, which imports torch anyway (``check``)."""
+    try:
+        import torch  # noqa: F401  (imported here, ~1.5 s, only when a user module is imported next)
+    except ImportError:
+        return
+    _quiet_torch_handlers()
+
+
+def _quiet_torch_handlers() -> None:
+    # torch logs through its own stderr handler (torch._logging, propagate=False); an explicit TORCH_LOGS
+    # is a request to see them, so those stay as they are
+    if not os.environ.get("TORCH_LOGS"):
+        for th in logging.getLogger("torch").handlers:
+            _quiet_imports(th, deliver=True)
+
+
 def setup_logging(rank: int) -> None:
     """Console handler on stderr: INFO on rank 0, errors only elsewhere; third-party import noise to the
     rank log (module docstring)."""
@@ -73,11 +91,7 @@ def setup_logging(rank: int) -> None:
     root.setLevel(logging.INFO)
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # torch logs through its own stderr handler (torch._logging, propagate=False); an explicit TORCH_LOGS
-    # is a request to see them, so those stay as they are
-    if not os.environ.get("TORCH_LOGS"):
-        for th in logging.getLogger("torch").handlers:
-            _quiet_imports(th, deliver=True)
+    _quiet_torch_handlers()
 
 
 class _RankFileHandler(logging.FileHandler):
