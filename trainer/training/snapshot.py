@@ -14,10 +14,10 @@ from typing import Optional
 
 import torch
 
-from ..config import ConfigError, config_hash, from_dict, math_diff, to_dict
+from ..config import ConfigError, config_hash, to_dict
 from ..runtime import storage
 from . import checkpoint as ckpt
-from . import resume
+from . import resume, stores
 from .finite import all_finite
 from .tally import reduced_window
 
@@ -56,20 +56,8 @@ class CheckpointVerbs:
 
     def resume_from(self, path: str) -> None:
         manifest = ckpt.read_manifest(path)
-        saved_cfg = manifest.get("config")
-        changed: list = []
-        if saved_cfg is not None:
-            try:
-                old_cfg = from_dict(saved_cfg)
-                diff, changed = math_diff(old_cfg, self.cfg), resume.changes(old_cfg, self.cfg)
-            except ConfigError:
-                diff = ["<checkpoint config no longer valid>"]
-            if diff and self.cfg.run.resume_config_change != "allow":
-                raise ConfigError(
-                    f"run.resume: checkpoint {path} was trained with a different config in "
-                    f"{', '.join(diff)}; set run.resume_config_change=allow to resume anyway"
-                )
-            resume.check_allowed(changed, path)
+        remote = stores.is_url(ckpt.checkpoint_root(self.cfg.checkpoint.dir, self.run_dir))
+        changed = resume.check(manifest.get("config"), self.cfg, path, self.run_dir, remote)
         state, rng = ckpt.load_state(path, rank=self.state.rank)
         if state is not None and isinstance(state.get("model"), dict):
             refuse_old_lora(state["model"], path)
