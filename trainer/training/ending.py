@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
 
 from ..exitcodes import NONFINITE, OK
 from . import provenance
 from .finite import nonfinite_outcome
 from .metrics import Metrics, close_progress, plot_or_warn, read_history
+from .segments import done_line
 
 log = logging.getLogger("trainer")
 
@@ -30,7 +30,7 @@ class EndVerbs:
             log.info(self.monitor.stop_line(self.progress.step))
         return keep
 
-    def _end(self, wall: float) -> int:
+    def _end(self) -> int:
         """A run that reached its last step (or stopped early): last log row, final eval, final checkpoint,
         summary.
 
@@ -48,12 +48,12 @@ class EndVerbs:
                 problem,
                 self.saver.ckpts.latest_pointer() or "none",
             )
-            self._finish(wall)
+            self._finish()
             return NONFINITE
         if self.saver.saved_at != self.progress.step:
             self.save(final=True)
         self.saver.finish(self.progress.step)
-        self._finish(wall)
+        self._finish()
         return OK
 
     def _complete_outputs(self) -> None:
@@ -69,11 +69,11 @@ class EndVerbs:
             train_rows = self.metrics.history
             self.last_loss = train_rows[-1]["loss"] if train_rows else None
             self.last_eval = {k: v for k, v in (self.metrics.evals or [{}])[-1].items() if k != "step"}
-            self._finish(None)
+            self._finish()
         finally:
             self.metrics.close()
 
-    def _finish(self, wall: Optional[float]) -> None:
+    def _finish(self) -> None:
         if not self.state.is_main:
             return
         self.metrics.flush()  # the last rows on the console before the "done" line
@@ -85,7 +85,8 @@ class EndVerbs:
             "final_loss": round(self.last_loss, 6) if self.last_loss is not None else None,
             "eval": self.last_eval,
             **({"eval_before": self.eval_before} if self.eval_before is not None else {}),
-            "wall_time_s": round(wall, 3) if wall is not None else None,  # None: regenerated afterwards
+            # the whole run (every segment: start and resumes), and the last segment apart (segments.py)
+            **self.segments.summary(self.progress.step),
             "compile_time_s": self.compile_time_s,
             "world_size": self.state.world_size,
             "strategy": self.strategy.mode,
@@ -95,7 +96,11 @@ class EndVerbs:
             "early_stop": self.stopped_early,
             "best": self.monitor.summary(self.saver.ckpts, self.run_dir),
             "trackers": self.metrics.tracker_status(),
-            "provenance": {**self.provenance, "end_time": provenance.utc_now()},
+            "provenance": {
+                **self.provenance,
+                "start_time": self.segments.first_start or self.provenance.get("start_time"),
+                "end_time": provenance.utc_now(),
+            },
         }
         self._summary = summary
         self.metrics.write_summary(summary)
@@ -104,9 +109,8 @@ class EndVerbs:
         close_progress(self.metrics)  # the finished bar once, then the closing line below it
         ev = format_eval(self.last_eval)
         log.info(
-            "done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s",
-            self.progress.step,
-            wall or 0.0,
+            "done: %s; final loss %.4f; eval %s; outputs in %s",
+            done_line(self.progress.step, summary),
             summary["final_loss"] if summary["final_loss"] is not None else float("nan"),
             ev,
             self.run_dir,

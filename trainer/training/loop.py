@@ -33,6 +33,7 @@ from .monitor import Monitor
 from .optim import build_scheduler
 from .profiler import Profiler
 from .saver import Saver
+from .segments import Segments
 from .snapshot import CheckpointVerbs
 from .strategy import Strategy
 from .tally import make_tally
@@ -107,6 +108,7 @@ class Trainer(CheckpointVerbs, EndVerbs):
         self.monitor = Monitor(cfg, info.task)
         self.stopped_early: Optional[dict] = None  # set when train.early_stop_patience ends the run
         self.provenance: dict = {}
+        self.segments = Segments()  # the run's time across starts and resumes (summary.json)
         self._eval_step = -1  # the step of the last evaluation
         self._summary: Optional[dict] = None
         self.tally = make_tally(self.device)
@@ -200,6 +202,7 @@ class Trainer(CheckpointVerbs, EndVerbs):
             loss_sum, good = stats.tolist()
             bad = dist.all_reduce_max(self.state, bad_max).item()
         elapsed = max(watch.elapsed(), 1e-9)
+        self.segments.add_compute(elapsed)
         B = self.cfg.train.batch_size
         row = {
             "step": self.progress.step,
@@ -273,13 +276,13 @@ class Trainer(CheckpointVerbs, EndVerbs):
             self.eval_before = self.evaluate()
             self.strategy.model.train()
             log.info("eval before training: %s", format_eval(self.eval_before))
-        t_start = time.perf_counter()
+        self.segments.start(p.step, self.provenance["start_time"], time.perf_counter())
         code, ended = OK, False
         try:
             while p.step < self.total_steps and code == OK and not self.stopped_early:
                 code = self._run_epoch()
             if code == OK:
-                code = self._end(time.perf_counter() - t_start)
+                code = self._end()
             elif code == PREEMPTED:
                 log.warning(
                     "preempted by signal: checkpoint at step %d saved; rerun the same command to resume",

@@ -37,6 +37,10 @@ class CheckpointVerbs:
                 "since_best": self.monitor.since_best,
             },
             "eval_before": self.eval_before,  # so a resumed run still reports it
+            # the steps since the last log row are compute not counted yet
+            "segments": self.segments.state_dict(
+                self.progress.step, self._watch.elapsed() if self._since_log else 0.0
+            ),
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -48,6 +52,7 @@ class CheckpointVerbs:
         self.monitor.best, self.monitor.best_step = mon.get("best"), mon.get("best_step")
         self.monitor.since_best = mon.get("since_best", 0)
         self.eval_before = sd.get("eval_before")
+        self.segments.load_state_dict(sd.get("segments"))
         w = sd.get("window")  # older checkpoints have none: the next row then covers fewer steps
         if w:
             self.tally.restore(
