@@ -9,8 +9,8 @@ import pytest
 
 from tests.faultutil import TINY
 from tests.helpers import read_summary, train_inprocess
-from trainer.training import checkpoint as ckpt
-from trainer.training.segments import done_line
+from trainer import checkpoint as ckpt
+from trainer.training.observe.segments import done_line
 
 pytestmark = pytest.mark.timeout(120)
 

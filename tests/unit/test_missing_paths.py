@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from trainer.checkpoint.weights import best_checkpoint, read_weights
 from trainer.config import ConfigError
 from trainer.tools.compare import read_run
-from trainer.training.weights import best_checkpoint, read_weights
 
 
 @pytest.fixture

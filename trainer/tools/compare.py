@@ -19,7 +19,7 @@ import yaml
 
 from ..config import MONITOR_MODES, ConfigError
 from ..errors import missing_path
-from ..training.plots import EVAL_METRICS, plot_compare
+from ..training.observe.plots import EVAL_METRICS, plot_compare
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
