@@ -93,7 +93,9 @@ def resolve_config(path: str | None, overrides: Sequence[str] = ()) -> tuple[dic
     """
     if not path and not overrides:
         return None, None
-    argv = [sys.executable, "-m", "trainer", "check", "--json", *(["-c", path] if path else []), *overrides]
+    # --no-imports: the values are what is read here (the launcher's config check runs the full check)
+    argv = [sys.executable, "-m", "trainer", "check", "--json", "--no-imports"]
+    argv += [*(["-c", path] if path else []), *overrides]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         answer = json.loads(proc.stdout.strip().splitlines()[-1])
