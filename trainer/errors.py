@@ -95,13 +95,18 @@ def run_dirs_near(path: str) -> tuple[str, list[str]]:
 
 def missing_path(key: str, path: str) -> str:
     """``KEY='runs/cnn': does not exist; run dirs in runs/: runs/cnn-1f2e..., ...`` (the closest first)."""
+    return f"{key}={path!r}: does not exist{run_dirs_hint(path)}"
+
+
+def run_dirs_hint(path: str) -> str:
+    """`` (did you mean D?); run dirs in runs/: D, ...`` for a path that does not exist."""
     where, found = run_dirs_near(path)
     if not found:
-        return f"{key}={path!r}: does not exist (no run dirs in {where})"
+        return f" (no run dirs in {where})"
     want = os.path.normpath(path)
     # the default run dir is <model>-<key>: runs/cnn -> runs/cnn-1f2e...
     named = [f for f in found if os.path.basename(f).startswith(os.path.basename(want) + "-")]
     close = f" (did you mean {named[0]}?)" if named else did_you_mean(want, found)
     shown = found[:6]
     more = f" and {len(found) - len(shown)} more" if len(found) > len(shown) else ""
-    return f"{key}={path!r}: does not exist{close}; run dirs in {where}: {', '.join(shown)}{more}"
+    return f"{close}; run dirs in {where}: {', '.join(shown)}{more}"

@@ -3,6 +3,8 @@ run dirs that do exist, the closest first, instead of a misleading "needs a run 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from trainer.checkpoint.weights import best_checkpoint, read_weights
@@ -47,3 +49,16 @@ def test_best_on_a_file_says_it_is_a_file(runs):
     (runs / "w.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="--best needs a run dir or checkpoints dir, not a file"):
         best_checkpoint("w.pt", "--from")
+
+
+def test_run_resume_on_a_missing_path_lists_the_run_dirs(runs):
+    from trainer import config as C
+
+    with pytest.raises(ConfigError) as e:
+        C.load(None, ["run.resume=runs/cnn"])
+    assert str(e.value).endswith(
+        "(did you mean runs/cnn-1f2e3d4c5b6a?); run dirs in runs/: "
+        + ", ".join(
+            sorted(["runs/cnn-1f2e3d4c5b6a", "runs/mlp-0a1b2c3d4e5f"], key=lambda p: -os.path.getmtime(p))
+        )
+    )
