@@ -4,7 +4,8 @@ Each check returns ``Check(name, status, message, fix)`` with status ``ok``, ``w
 is human-readable by default and JSON with ``--json``. **Exit code: 0 when every check is ok or warn, 2 (the
 "fix the config or the environment" code) when any fails.**
 
-The *fast* subset (cluster variables, /dev/shm, run directory, shared storage, the interfaces named in
+The *fast* subset (cluster variables, processes x threads against the usable cores (a warning: an
+oversubscribed node runs, slowly), /dev/shm, run directory, shared storage, the interfaces named in
 NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME) imports neither torch nor the trainer, takes well under a second, and
 runs before every launch unless ``--no-preflight``. The full report adds that ``checkpoint.dir``, when it is
 an ``s3://`` URL, is reachable and writable (launch/bucket.py), CPU/RAM, GPUs and their memory, CUDA and NCCL
