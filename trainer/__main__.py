@@ -1,4 +1,4 @@
-"""python -m trainer: train, check, config, eval, export, compress, generate, compare.
+"""python -m trainer: train, check, config, eval, export, compress, generate, compare, data.
 
     python -m trainer train -c configs/cnn.yaml train.max_steps=50         # one process (CPU or one GPU)
     torchrun --standalone --nproc-per-node 2 -m trainer train -c configs/cnn.yaml
@@ -7,6 +7,7 @@
     python -m trainer check --json -c configs/gpt.yaml                      # ... printing the resolved config
     python -m trainer config                                                # every key, type, default, help
     python -m trainer generate --from runs/llm --prompt "Q: ..."            # complete with a fine-tuned LM
+    python -m trainer data -c configs/finetune_llm.yaml --show 2             # what the run will learn
 
 (*) ``check`` also checks that each ``package.module:Name`` the config names exists: it finds the module
 without importing it and looks the name up in its source; a module whose source does not settle it (star
@@ -104,6 +105,8 @@ def _tool_command(args: argparse.Namespace) -> int:
         from .tools.generate import generate_main as fn
     elif args.cmd == "compare":
         from .tools.compare import compare_main as fn
+    elif args.cmd == "data":
+        from .tools.show_data import data_main as fn
     else:
         from .tools.evaluate import eval_main as fn
     setup_logging(0)
@@ -114,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     _Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*(args.overrides or []), *extra]  # KEY=VALUE after an option: still overrides
+        extra = []
     if extra:  # e.g. `--max_steps 10`, meant as train.max_steps=10
         given = _Parser.argv
         nxt = given[given.index(extra[0]) + 1] if given.index(extra[0]) + 1 < len(given) else None

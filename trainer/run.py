@@ -309,7 +309,7 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
             module = build_model(cfg, info)  # identical init on every rank: seeded just above
         module = prepare_for_finetune(module, cfg)  # model.init_from, LoRA wrapping, trainable report
         trainable, total = apply_freeze(module, cfg.train.freeze)
-        io = model_io(cfg, module, train_ds, info.task)
+        io = model_io(cfg, module, info)
         objective = Objective.for_run(cfg, info.task, given.loss)
         # before the run dir exists: a model that does not fit the data is exit 2 with nothing written
         probed = probe(cfg, state, module, train_ds, info, io, objective, micro)

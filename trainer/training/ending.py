@@ -119,6 +119,8 @@ class Ending:
             "precision": self.cfg.train.precision,
             "data": self.info.description,
             "data_fingerprint": self.info.fingerprint,
+            # jsonl: format, documents, tokens, learned_tokens, truncated, dropped per split
+            **({"data_counts": self.info.extra["counts"]} if "counts" in self.info.extra else {}),
             "early_stop": self.stopped_early,
             "best": self.monitor.summary(self.ckpts, self.run_dir),
             "trackers": metrics.tracker_status(),

@@ -102,7 +102,12 @@ class Trainer:
         self.eval_before: Optional[dict] = None
         # Masked LM data (jsonl): the loss is a mean over the labelled tokens of the whole step, all
         # micro-batches and ranks together, not a mean of per-micro-batch means.
-        self._token_mean = bool(info.extra.get("loss_mask")) and self.objective.loss_fn is None
+        self._check_unused = True
+        self._token_mean = (
+            bool(info.extra.get("loss_mask"))
+            and self.objective.loss_fn is None
+            and not self.objective.loss_key
+        )
         eb = cfg.train.eval_before
         self._eval_before = cfg.model.name == "hf" if eb is None else eb
         self.last_loss: Optional[float] = None
@@ -178,6 +183,9 @@ class Trainer:
                 wd.mark(step, "backward")
                 s.backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
+        if self._check_unused:  # once: DDP cannot reduce a parameter that forward never used
+            self._check_unused = False
+            s.check_unused_parameters()
         wd.mark(step, "optimizer")
         # Distributed: the all-reduced gradients are what every rank agrees on (a NaN on one rank's loss
         # reaches the others only through them). fp16: the scaler owns overflow; the loss decides.
@@ -445,10 +453,8 @@ class Trainer:
         self.checkpointer.poll(p.step)
         self.watchdog.mark(p.step, "agree")  # the preemption all-reduce (side group)
         stop = code != OK or self.preempt.agreed()
-        if stop and code == NONFINITE:
-            self.checkpointer.finish(
-                p.step
-            )  # commit an in-flight (good) write; no checkpoint of the bad state
+        if stop and code == NONFINITE:  # commit an in-flight (good) write; no checkpoint of the bad state
+            self.checkpointer.finish(p.step)
         elif stop:
             self.save(final=True)
         elif best or (cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0):
