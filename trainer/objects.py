@@ -17,14 +17,15 @@ import sys
 from collections.abc import Callable
 from typing import Any, Optional
 
-from .config import Config, ConfigError, did_you_mean
+from .config import Config, ConfigError, did_you_mean, iter_leaves
+from .config import flat as config_flat
 
 
 def import_paths(cfg: Config) -> list[tuple[str, str]]:
-    """(key, spec) of every ``package.module:Name`` the config names."""
-    m, d, t = cfg.model, cfg.data, cfg.train
-    out = [("model.name", m.name), ("model.config", m.config), ("data.name", d.name), ("train.loss", t.loss)]
-    return [(k, v) for k, v in out if v and ":" in v]
+    """(key, spec) of every ``package.module:Name`` the config names: the schema's ``kind="import"`` keys."""
+    flat = config_flat(cfg)
+    keys = [key for key, _tp, _default, meta in iter_leaves() if meta.get("kind") == "import"]
+    return [(k, flat[k]) for k in keys if isinstance(flat.get(k), str) and ":" in flat[k]]
 
 
 def check_import_paths(cfg: Config, skip: tuple = (), before_import: Optional[Callable] = None) -> None:

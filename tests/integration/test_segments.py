@@ -36,7 +36,7 @@ def test_a_resumed_run_reports_the_whole_run_and_its_last_segment(tmp_path):
     assert s["segments"] == 2 and s["steps"] == 8
     assert s["provenance"]["start_time"] == first["provenance"]["start_time"]  # the first start
     assert (
-        last["start_time"] > first["provenance"]["start_time"]
+        last["start_time"] >= first["provenance"]["start_time"]
         and last["start_time"] <= s["provenance"]["end_time"]
     )
     assert (last["from_step"], last["steps"]) == (4, 4)
