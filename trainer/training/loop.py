@@ -33,6 +33,7 @@ from .monitor import Monitor
 from .observe import provenance
 from .observe.metrics import Metrics, Stopwatch, peak_flops, read_history, trim_rows
 from .observe.profiler import Profiler
+from .observe.segments import Segments
 from .observe.trackers import Trackers
 from .optim import build_scheduler
 from .strategy import Strategy
@@ -131,6 +132,7 @@ class Trainer:
             monitor=self.monitor,
             task=info.task,
         )
+        self.segments = Segments()  # the run's time across starts and resumes (summary.json)
         self.ending = Ending(
             cfg,
             state,
@@ -142,6 +144,7 @@ class Trainer:
             tally=self.tally,
             params=self.params,
             ckpts=self.checkpointer.ckpts,
+            segments=self.segments,
         )
         self._need_norm = bool(cfg.train.grad_clip) or state.distributed or strategy.scaler is not None
         self._schedule_moves = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps > 0
@@ -236,6 +239,7 @@ class Trainer:
             loss_sum, good = stats.tolist()
             bad = dist.all_reduce_max(self.state, bad_max).item()
         elapsed = max(watch.elapsed(), 1e-9)
+        self.segments.add_compute(elapsed)
         B = self.cfg.train.batch_size
         row = {
             "step": self.progress.step,
@@ -311,6 +315,10 @@ class Trainer:
                 "since_best": self.monitor.since_best,
             },
             "eval_before": self.eval_before,  # so a resumed run still reports it
+            # the steps since the last log row are compute not counted yet
+            "segments": self.segments.state_dict(
+                self.progress.step, self._watch.elapsed() if self._since_log else 0.0
+            ),
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -323,6 +331,7 @@ class Trainer:
         self.monitor.best, self.monitor.best_step = mon.get("best"), mon.get("best_step")
         self.monitor.since_best = mon.get("since_best", 0)
         self.eval_before = sd.get("eval_before")
+        self.segments.load_state_dict(sd.get("segments"))
         w = sd.get("window")  # older checkpoints have none: the next row then covers fewer steps
         if w:
             # per step (every rank holds the same share, at any world size); older: summed over ranks
@@ -362,13 +371,13 @@ class Trainer:
             self.eval_before = self.evaluate()
             self.strategy.model.train()
             log.info("eval before training: %s", format_eval(self.eval_before))
-        t_start = time.perf_counter()
+        self.segments.start(p.step, self.provenance["start_time"], time.perf_counter())
         code, ended = OK, False
         try:
             while p.step < self.total_steps and code == OK and not self.ending.stopped_early:
                 code = self._run_epoch()
             if code == OK:
-                code = self._end(time.perf_counter() - t_start)
+                code = self._end()
             elif code == PREEMPTED:
                 log.warning(
                     "preempted by signal: checkpoint at step %d saved; rerun the same command to resume",
@@ -465,7 +474,7 @@ class Trainer:
             code = PREEMPTED
         return code
 
-    def _end(self, wall: float) -> int:
+    def _end(self) -> int:
         """A run that reached its last step (or stopped early): last log row, final eval, final checkpoint,
         summary. Returns NONFINITE (no final checkpoint, no export) when the result is not finite."""
         step, ending = self.progress.step, self.ending
@@ -486,7 +495,6 @@ class Trainer:
             )
         ending.finish(
             self.metrics,
-            wall,
             self.last_loss,
             self.last_eval,
             self.eval_before,
