@@ -395,6 +395,7 @@ def run_checks(
     cluster: Cluster | None = None,
     nproc: int | None = None,
     mode: str | None = None,
+    plan_mesh: bool = True,
 ) -> list[Check]:
     """All checks (or the fast subset); paths and thresholds are parameters so tests can plant problems."""
     env = os.environ if env is None else env
@@ -420,14 +421,15 @@ def run_checks(
                 )
             )
             nproc = 1
-    cfg, problem = resolve_config(config, config_overrides, nproc * nnodes, nproc, mode)
+    world = nproc * nnodes if plan_mesh else None  # the mesh (parallel.*) for this many processes
+    cfg, problem = resolve_config(config, config_overrides, world, nproc, mode)
     if problem:
         checks.append(
             Check("config", "fail", problem, "fix the key named (python -m trainer config lists them)")
         )
     checks.append(check_cpus(nproc, env))
     checks.append(check_shm(*shm_need(cfg, nproc, nproc * nnodes, sample), path=shm_path))
-    if cfg is not None:
+    if cfg is not None and "_mesh" in cfg:
         checks.append(Check("mesh", "ok", mesh_line(cfg)))
     run_dir = run_dir or str(_get(cfg or {}, "run.dir") or "runs")  # the trainer's default: runs/<stamp>
     ckpt_dir = _get(cfg or {}, "checkpoint.dir")
