@@ -106,6 +106,13 @@ _NEEDS_PATH = ("tokens", "tensors", "csv", "jsonl")
 RESUME_MODES = ("auto", "never", "restart")
 
 
+_SHARD_KEYS = ("data.path", "data.eval_path")  # streamed shards: a glob or URL, listed when the run starts
+
+
+def _is_shard_spec(path: str) -> bool:
+    return _is_url(path) or any(c in path for c in "*?[")
+
+
 def _is_import_path(name: str) -> bool:
     mod, sep, attr = name.partition(":")
     return bool(sep and mod and attr)
@@ -132,7 +139,7 @@ def validate(cfg: Config) -> None:
         ("model.init_from", m.init_from),
         ("model.path", m.path),
     ):
-        if p and not os.path.exists(p):
+        if p and not os.path.exists(p) and not (key in _SHARD_KEYS and _is_shard_spec(p)):
             raise ConfigError(f"{key}={p!r}: no such file or directory")
     for key, spec in (("model.config", m.config), ("train.loss", t.loss)):
         if spec is not None and not _is_import_path(spec):
@@ -158,8 +165,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"data.tokenizer=None: data.name=jsonl with model.name={m.name!r} needs a tokenizer directory"
             )
-        if d.path and not os.path.isfile(d.path):
-            raise ConfigError(f"data.path={d.path!r}: data.name=jsonl needs a file")
+        if d.path and os.path.lexists(d.path) and not (os.path.isfile(d.path) or os.path.isdir(d.path)):
+            raise ConfigError(f"data.path={d.path!r}: data.name=jsonl needs a file, a directory or a glob")
     if m.name == "gpt" and m.n_embd % m.n_head:
         raise ConfigError(f"model.n_embd={m.n_embd}: must be divisible by model.n_head={m.n_head}")
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
@@ -193,7 +200,12 @@ def validate(cfg: Config) -> None:
             f"run.resume={r!r}: expected {', '.join(RESUME_MODES)} or an existing checkpoint path"
             + did_you_mean(r, RESUME_MODES)
         )
-    for key, url in (("checkpoint.dir", cfg.checkpoint.dir), ("run.resume", r)):
+    for key, url in (
+        ("checkpoint.dir", cfg.checkpoint.dir),
+        ("run.resume", r),
+        ("data.path", d.path),
+        ("data.eval_path", d.eval_path),
+    ):
         if url and _is_url(url):
             _check_url(key, url)
     _validate_monitor(cfg)

@@ -96,39 +96,54 @@ def _chat(tok, key: str, lineno: int, messages) -> tuple[list[int], list[bool]]:
     return ids, learn
 
 
+def parse_record(where: str, lineno: int, line) -> Optional[dict]:
+    """One JSONL line as a record (None for a blank line); a bad line is a ConfigError naming it."""
+    if not line.strip():
+        return None
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where} line {lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(rec, dict):
+        raise ConfigError(f"{where} line {lineno}: expected a JSON object, got {type(rec).__name__}")
+    return rec
+
+
+def encode_record(tok, rec: dict, where: str, lineno: int) -> tuple[list[int], list[bool]]:
+    """(token ids, learned flags) of one record, EOS appended: the one place a record layout becomes ids
+    (the in-memory path and the streamed shards both call it)."""
+    if "messages" in rec:
+        d_ids, d_learn = _chat(tok, where, lineno, rec["messages"])
+    elif "prompt" in rec or "response" in rec:
+        p = _ids(tok, _text(where, lineno, rec, "prompt"), special=True)
+        r = _ids(tok, _text(where, lineno, rec, "response"), special=False)
+        d_ids, d_learn = p + r, [False] * len(p) + [True] * len(r)
+    elif "text" in rec:
+        d_ids = _ids(tok, _text(where, lineno, rec, "text"), special=True)
+        d_learn = [True] * len(d_ids)
+    else:
+        raise ConfigError(
+            f"{where} line {lineno}: expected a 'text', 'prompt'/'response' or 'messages' record, "
+            f"got keys {sorted(rec)}"
+        )
+    eos = tok.eos_token_id
+    if not d_ids or d_ids[-1] != eos:
+        d_ids, d_learn = d_ids + [eos], d_learn + [d_learn[-1] if d_learn else True]
+    return d_ids, d_learn
+
+
 def tokenize_records(tok, path: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids int32, learn uint8, offsets int64) of every document of a JSONL file, EOS appended."""
-    eos = tok.eos_token_id
     ids: list[int] = []
     learn: list[int] = []
     offsets = [0]
+    where = f"{key}={path!r}"
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+            rec = parse_record(where, lineno, line)
+            if rec is None:
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{key}={path!r} line {lineno}: not valid JSON ({e.msg})") from None
-            where = f"{key}={path!r}"
-            if not isinstance(rec, dict):
-                raise ConfigError(f"{where} line {lineno}: expected a JSON object, got {type(rec).__name__}")
-            if "messages" in rec:
-                d_ids, d_learn = _chat(tok, where, lineno, rec["messages"])
-            elif "prompt" in rec or "response" in rec:
-                p = _ids(tok, _text(where, lineno, rec, "prompt"), special=True)
-                r = _ids(tok, _text(where, lineno, rec, "response"), special=False)
-                d_ids, d_learn = p + r, [False] * len(p) + [True] * len(r)
-            elif "text" in rec:
-                d_ids = _ids(tok, _text(where, lineno, rec, "text"), special=True)
-                d_learn = [True] * len(d_ids)
-            else:
-                raise ConfigError(
-                    f"{where} line {lineno}: expected a 'text', 'prompt'/'response' or 'messages' record, "
-                    f"got keys {sorted(rec)}"
-                )
-            if not d_ids or d_ids[-1] != eos:
-                d_ids, d_learn = d_ids + [eos], d_learn + [d_learn[-1] if d_learn else True]
+            d_ids, d_learn = encode_record(tok, rec, where, lineno)
             ids += d_ids
             learn += [int(b) for b in d_learn]
             offsets.append(len(ids))

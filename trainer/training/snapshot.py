@@ -78,6 +78,8 @@ class CheckpointVerbs:
         else:
             self.strategy.load_full_state(self.optimizer, state["model"], state["optimizer"])
         self.load_state_dict(state)
+        if self.stream:
+            self._resume_stream(path, manifest)
         self._apply_config_changes(changed)
         if rng is not None and manifest.get("world_size") == self.state.world_size:
             ckpt.set_rng_state(rng)
@@ -95,6 +97,33 @@ class CheckpointVerbs:
             p.epoch,
             p.samples_in_epoch,
             manifest.get("world_size"),
+        )
+
+    def _resume_stream(self, path: str, manifest: dict) -> None:
+        """The stream's position: this rank's loader state on the same layout; on another layout an
+        index-sharded stream restarts its readers at the global position (exact, see data/stream.py),
+        and a self-sharded one is refused."""
+        b, p = self.batches, self.progress
+        saved = manifest.get("data_layout") or {}
+        if saved == b.layout:
+            sd = ckpt.load_rank_data(path, self.state.rank)
+            if sd is not None:
+                b.load_state_dict(sd)
+                return
+        if b.layout["kind"] == "index" and saved.get("kind", "index") == "index":
+            log.warning(
+                "data: the checkpoint read the stream on %s; every reader restarts at global sample %d of "
+                "epoch %d (the position rule: exact, no sample repeated or skipped)",
+                b.describe_layout_change(saved),
+                p.samples_in_epoch,
+                p.epoch,
+            )
+            return
+        raise ConfigError(
+            f"run.resume: checkpoint {path} read a stream that shards itself on "
+            f"{b.describe_layout_change(saved)}; its position cannot be redistributed: resume with "
+            f"{saved.get('world_size')} process(es) and data.num_workers={saved.get('num_workers')}, or "
+            "start over (run.resume=restart, or a new run.dir)"
         )
 
     def _apply_config_changes(self, changed: list) -> None:
@@ -153,7 +182,11 @@ class CheckpointVerbs:
         }
         if self._eval_step == step and self.monitor.record(self.last_eval):
             extra["monitor"] = self.monitor.record(self.last_eval)
-        return self.saver.save(step, state, extra, sharded, final, t0)
+        data = None
+        if self.stream:  # every rank's loader position, in the same transaction as the weights
+            extra["data_layout"] = self.batches.layout
+            data = self.batches.state_dict()
+        return self.saver.save(step, state, extra, sharded, final, t0, data)
 
 
 def refuse_old_lora(model_state: dict, path: str) -> None:
