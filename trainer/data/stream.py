@@ -44,8 +44,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from ..config import ConfigError
 
 log = logging.getLogger("trainer")
-# torchdata 0.11 calls the deprecated torch.set_vital in every StatefulDataLoader: a warning per run that
-# says nothing about the user's job (https://github.com/meta-pytorch/data/issues/1464 tracks its removal).
+# torchdata 0.11 calls the deprecated torch.set_vital in every StatefulDataLoader (torch 2.13 warns on each
+# call): a warning per run that says nothing about the user's job.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 SHARDS_ITSELF = "shards_itself"  # the attribute a dataset sets to say it shards across ranks/workers itself
@@ -225,7 +225,7 @@ class Reader(IterableDataset):
         it = iter(self.source)
         if src:
             t0 = time.perf_counter()
-            for i in range(src):
+            for _ in range(src):
                 try:
                     next(it)
                 except StopIteration:

@@ -234,9 +234,10 @@ def wrap_stream(cfg: Config, made: Any, eval_made: Any, key: str):
     kind = kind_of(made)
     x0 = head[0][0]
     keys = f", keys {', '.join(x0)} -> forward" if isinstance(x0, Mapping) else ""
+    sharding = "sharded by the dataset itself" if kind == "self" else "sharded by position"
+    size = f"{length} samples a pass" if length is not None else "no length"
     info.description = (
-        f"{d.name}: stream ({'sharded by the dataset itself' if kind == 'self' else 'sharded by position'}"
-        f", {'%d samples a pass' % length if length is not None else 'no length'}), {len(evald)} eval, "
+        f"{d.name}: stream ({sharding}, {size}), {len(evald)} eval, "
         f"input {info.input_shape}{keys}, {info.task} (user dataset)"
     )
     stream = Stream(made, UserDecode(info.task, tk), kind, head, length, d.name)
