@@ -5,7 +5,8 @@ files); text, tokens, tensors, csv, jsonl (read ``data.path``); or ``package.mod
 A ``data.path`` that is a glob, a directory of shards or a URL streams instead (``shards``), and so does
 a user IterableDataset (``stream``): the train set is then a ``Stream``. Every other dataset is map-style,
 returns ``(x, y)`` (``x`` a tensor, or a dict of tensors for dict samples), and also offers
-``get_batch(indices) -> (X, Y)`` (one gather per micro-batch instead of B Python calls) and ``set_epoch(epoch)`` (augmentation is a pure function of (seed, epoch, index), so it is identical at
+``get_batch(indices) -> (X, Y)`` (one gather per micro-batch instead of B Python calls) and
+``set_epoch(epoch)`` (augmentation is a pure function of (seed, epoch, index), so it is identical at
 any world size). The train/eval split depends only on ``data.split_seed``. Bad input raises
 :class:`trainer.config.ConfigError` naming the key and the value.
 
