@@ -14,6 +14,7 @@ or SIGKILL it at a known step.
 from __future__ import annotations
 
 import os
+import signal
 
 import numpy as np
 import torch
@@ -90,15 +91,23 @@ class SelfSharded(IterableDataset):
 
 
 class RecordingMLP(FaultMLP):
-    def __init__(self, log_dir: str, **kw):
+    """FaultMLP that records the samples of every training forward; ``kill_at=K`` SIGKILLs rank 0 at step K
+    once (the marker file ``<log_dir>/killed`` makes the rerun of the same command go past it)."""
+
+    def __init__(self, log_dir: str, kill_at: int | None = None, **kw):
         super().__init__(**kw)
-        self.log_dir = log_dir
+        self.log_dir, self.kill_at = log_dir, kill_at
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
+            step = int(self.calls) + 1
             ids = torch.round(x[:, 0] * SCALE).long().tolist()
             with open(os.path.join(self.log_dir, f"seen-rank{_rank()}.txt"), "a", encoding="utf-8") as fh:
-                fh.write(f"{int(self.calls) + 1} {' '.join(map(str, ids))}\n")
+                fh.write(f"{step} {' '.join(map(str, ids))}\n")
+            marker = os.path.join(self.log_dir, "killed")
+            if step == self.kill_at and _rank() == 0 and not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
         return super().forward(x)
 
 
@@ -122,9 +131,11 @@ def hf_json(path: str):
 
 
 def hf_parquet(path: str):
+    """The same over Parquet, with a ``.map`` that runs while streaming (as a tokenizing map would)."""
     from datasets import load_dataset
 
-    return load_dataset("parquet", data_files=path, split="train", streaming=True).with_format("torch")
+    ds = load_dataset("parquet", data_files=path, split="train", streaming=True)
+    return ds.map(lambda r: {"x": [v * 2.0 for v in r["x"]]}).with_format("torch")
 
 
 class KeywordMLP(torch.nn.Module):
