@@ -149,3 +149,24 @@ def test_the_trainer_does_not_import_datasets_or_fsspec_for_other_data():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_hf_streaming_dataset_is_split_across_ranks_by_datasets(tmp_path):
+    """A datasets.IterableDataset shards itself: split_dataset_by_node gives each rank its own samples."""
+    pytest.importorskip("datasets")
+    from tests.streammodels import hf_json
+
+    for k in range(2):  # two files: two shards, one per rank
+        (tmp_path / f"d{k}.jsonl").write_text(
+            "".join(
+                json.dumps({"x": [i / SCALE] + [0.0] * 7, "label": i % 4}) + "\n"
+                for i in range(k * 20, k * 20 + 20)
+            )
+        )
+    cfg = C.load(None, ["train.max_steps=5", "data.target_key=label"])
+    seen = []
+    for rank in range(2):
+        train, _, _ = wrap_datasets(cfg, hf_json([str(tmp_path / "d0.jsonl"), str(tmp_path / "d1.jsonl")]))
+        sb = StreamBatches(train, rank, 2, 4, 8, 0, 0, 0, False, 2)
+        seen.append([int(round(v * SCALE)) for x, _ in sb.epoch_iter(0, 0) for v in x["x"][:, 0].tolist()])
+    assert seen[0] == list(range(20)) and seen[1] == list(range(20, 40))
