@@ -109,7 +109,7 @@ def run(mode: str, extra: list[str], steps: int, every: int, s3=None) -> dict:
 
     s3: a running tests.s3server.S3Server, for mode "s3 sync" / "s3 async" (checkpoint.dir in its bucket).
     """
-    from trainer.training.checkpoint import step_name
+    from trainer.checkpoint import step_name
 
     tmp = tempfile.mkdtemp(prefix="bench-ckpt-")
     saves: list[dict] = []

@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
+from trainer.runtime import atomic  # no torch: the trainer's one atomic write
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 
@@ -143,11 +145,9 @@ def write_result(name: str, args: argparse.Namespace, payload: dict) -> str:
         doc["env"]["loadavg_1m_start"] = doc.pop("loadavg_start")
     stamp = datetime.date.today().strftime("%Y%m%d")
     path = os.path.join(result_dir(args), f"{name}{'-smoke' if args.smoke else ''}-{stamp}.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic.atomic_open(path, "w") as fh:
         json.dump(_jsonable(doc), fh, indent=1)
         fh.write("\n")
-    os.replace(tmp, path)
     return path
 
 

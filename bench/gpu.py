@@ -170,7 +170,7 @@ def count_syncs(device, feat: dict):
 
 def trainer_side(recipe: str, overrides: list[str], warm: int, steps: int, feat: dict) -> dict:
     """The trainer: `build(cfg)` makes everything; this loop replaces fit() only to time a window."""
-    from trainer.training.metrics import Stopwatch
+    from trainer.training.observe.metrics import Stopwatch
 
     cfg = B.load_cfg(recipe, overrides)
 

@@ -554,9 +554,9 @@ def log_cost(tr, n: int) -> list[dict]:
     import logging
 
     from trainer.runtime.logs import add_rank_log, setup_logging
-    from trainer.training.metrics import Metrics, Stopwatch, console_sink
-    from trainer.training.rowwriter import RowWriter
-    from trainer.training.trackers import Trackers
+    from trainer.training.observe.metrics import Metrics, Stopwatch, console_sink
+    from trainer.training.observe.rowwriter import RowWriter
+    from trainer.training.observe.trackers import Trackers
 
     tmp = tempfile.mkdtemp(prefix="bench-log-")
     root = logging.getLogger()
@@ -684,7 +684,8 @@ def main(argv=None) -> None:
                 "mlp_overrides": MLP,
                 "sizes": {k: {"steps": s, "warmup": w} for k, (s, w) in sizes.items()},
                 "sources": B.file_digest("trainer/training/loop.py", "trainer/training/strategy.py",
-                                         "trainer/training/metrics.py", "trainer/training/rowwriter.py")}
+                                         "trainer/training/observe/metrics.py",
+                                         "trainer/training/observe/rowwriter.py")}
     out: dict = {"settings": settings, "loadavg_start": load0, "rows": []}
     cols = [("variant", "variant", ""), ("step_us", "median µs/step", ".0f"),
             ("range_us", "range (runs)", ""), ("vs_raw_us", "vs raw µs", "+.0f"),

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..config import Config, ConfigError
-from ..runtime.storage import fsspec_options
+from ..runtime.io_faults import fsspec_options
 from .base import ArrayDataset, DataInfo, fingerprint
 from .jsonl import IGNORE, PackedRows, encode_record, pack, parse_record
 from .stream import Stream
