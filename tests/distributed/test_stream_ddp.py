@@ -1,7 +1,7 @@
 """Streams under ``python -m launch ddp --nproc-per-node 2`` (issue 22): the ranks train on disjoint samples
 (recorded by the model), a finite stream that runs out on one rank first ends the epoch on both without a
-hang, and a preempted 2-process run resumes on 1 process with every sample exactly once, while a stream
-that shards itself refuses that with one line naming the choices."""
+hang, and a preempted 2-process run resumes on 1 process with every sample exactly once (a stream that
+shards itself refuses a new layout: tests/integration/test_streaming.py)."""
 
 from __future__ import annotations
 
@@ -86,19 +86,3 @@ def test_preempted_on_two_processes_resumes_on_one_with_every_sample_once(tmp_pa
     after = [i for s in range(at + 1, 11) for i in r0[s]]  # the resumed single process is rank 0
     assert sorted(before) == list(range(16 * at))
     assert after == list(range(16 * at, 160))  # the next unseen sample, in stream order, none twice
-
-    # the same with a stream that shards itself: its position cannot move to one process
-    log2 = tmp_path / "seen2"
-    over2 = [
-        kwargs(log2, ", sigterm_at: 1"),
-        "data.name=tests.streammodels:SelfSharded",
-        "data.kwargs={lengths: [64, 64]}",
-        "train.max_steps=6",
-    ]
-    job = ddp(tmp_path / "self", *over2)
-    assert job.returncode != 0 and "preempted" in job.stderr, job.stderr[-3000:]
-    one = run_cli(["train", *BASE, f"run.dir={tmp_path / 'self'}", *over2], timeout=120)
-    assert one.returncode == 2
-    err = one.stderr.strip().splitlines()[-1]
-    assert "read a stream that shards itself on 2 process(es) x 0 worker(s) -> 1 x 0" in err
-    assert "run.resume=restart" in err and "new run.dir" in err

@@ -94,6 +94,24 @@ def test_loader_state_rides_in_checkpoints_on_s3(tmp_path, s3):
     assert fs.exists(f"{prefix}/ckpt/step-00000024/data-rank00000.pt")
 
 
+def test_a_stream_that_shards_itself_refuses_a_new_layout_with_one_line(tmp_path):
+    """Its position cannot be redistributed (here data.num_workers 0 -> 2; 2 processes -> 1 alike)."""
+    log = tmp_path / "seen"
+    over = [
+        *STREAM_JOB,
+        f"model.kwargs={{log_dir: {log}, sigterm_at: 3}}",
+        "data.name=tests.streammodels:SelfSharded",
+        "data.kwargs={lengths: [400]}",
+    ]
+    os.makedirs(log)
+    assert run_forked(tmp_path / "run", over) == 75
+    res = fit(overrides=[*FAST, *over, "data.num_workers=2", f"run.dir={tmp_path / 'run'}"])
+    err = res.reason
+    assert res.exit_code == 2 and "\n" not in err
+    assert "read a stream that shards itself on 1 process(es) x 0 worker(s) -> 1 x 2" in err, err
+    assert "data.num_workers=0" in err and "run.resume=restart" in err and "new run.dir" in err
+
+
 def _rows(n: int) -> list[dict]:
     out = []
     for i in range(n):
