@@ -79,7 +79,12 @@ def test_loader_state_resumes_with_the_next_unseen_micro_batch(source, workers, 
     del it
     second = loader(source(100), workers=workers, window=window)
     second.load_state_dict(json.loads(json.dumps(sd)))  # plain data: what a checkpoint holds
-    rest = take(second.epoch_iter(0, 20))
+    it = second.epoch_iter(0, 20)
+    again = second.state_dict()  # saved again before a micro-batch was drawn (workers' start-up state)
+    del it
+    third = loader(source(100), workers=workers, window=window)
+    third.load_state_dict(json.loads(json.dumps(again)))
+    rest = take(third.epoch_iter(0, 20))
     assert head + rest == full
 
 

@@ -149,10 +149,14 @@ class Reader(IterableDataset):
         self.epoch, self.start, self._pending, self._state = epoch, start, None, None
 
     def state_dict(self) -> dict:
-        return dict(self._state) if self._state is not None else {"fresh": True}
+        """Where this reader's next micro-batch starts. Before its first one (a loader's start-up snapshot,
+        or a save right after a resume) that is the loaded state, or the start of the pass."""
+        if self._state is not None:
+            return dict(self._state)
+        return {"epoch": self.epoch, "start": self.start, "k": self._layout()[3]}
 
     def load_state_dict(self, sd: dict) -> None:
-        self._pending = None if sd.get("fresh") else dict(sd)
+        self._pending, self._state = dict(sd), dict(sd)
 
     # -------------------------------------------------------------- layout
     def _layout(self) -> tuple[int, int, int, int, int]:
