@@ -37,6 +37,7 @@ GLOB_CHARS = "*?["
 SUFFIXES = {"jsonl": (".jsonl", ".json"), "tokens": (".bin",), "text": ()}
 HEAD_ROWS = 8  # rows decoded at build time: the probe and the vocab check
 EVAL_CAP = 100_000  # rows of a streamed eval set (read into memory once)
+OPEN_SHARDS = 8  # token shards a reader keeps open (memory maps, or object-store handles with their cache)
 
 
 def is_url(path: str) -> bool:
@@ -128,6 +129,10 @@ class TokenShards:
     def _read(self, shard: int, start: int, n: int) -> np.ndarray:
         path = self.files[shard]
         if shard not in self._open:
+            if len(self._open) >= OPEN_SHARDS:  # thousands of shards must not hold thousands of handles
+                old = self._open.pop(next(iter(self._open)))
+                if not isinstance(old, np.memmap):
+                    old.close()
             self._open[shard] = (
                 open_shard(path) if is_url(path) else np.memmap(path, dtype=self.dtype, mode="r")
             )

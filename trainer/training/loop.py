@@ -102,6 +102,11 @@ class Trainer:
             )
             self.batches = BatchSource(train_ds, self.sampler, d.num_workers, pin, d.prefetch_factor)
             steps_per_epoch = self.sampler.steps_per_epoch
+            if d.shuffle_buffer:
+                log.warning(
+                    "data.shuffle_buffer=%d has no effect: the data is map-style, shuffled whole every epoch",
+                    d.shuffle_buffer,
+                )
         self.total_steps = t.max_steps or t.epochs * steps_per_epoch
         self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
         self.progress = ckpt.Progress()
