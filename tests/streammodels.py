@@ -92,11 +92,13 @@ class SelfSharded(IterableDataset):
 
 class RecordingMLP(FaultMLP):
     """FaultMLP that records the samples of every training forward; ``kill_at=K`` SIGKILLs rank 0 at step K
-    once (the marker file ``<log_dir>/killed`` makes the rerun of the same command go past it)."""
+    once (the marker file ``<log_dir>/killed`` makes the rerun of the same command go past it). The
+    environment variable SEEN_DIR, when set, replaces ``log_dir`` (two resumes of one checkpoint, recorded
+    apart, with the same config)."""
 
     def __init__(self, log_dir: str, kill_at: int | None = None, **kw):
         super().__init__(**kw)
-        self.log_dir, self.kill_at = log_dir, kill_at
+        self.log_dir, self.kill_at = os.environ.get("SEEN_DIR") or log_dir, kill_at
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:

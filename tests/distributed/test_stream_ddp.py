@@ -1,17 +1,19 @@
 """Streams under ``python -m launch ddp --nproc-per-node 2`` (issue 22): the ranks train on disjoint samples
 (recorded by the model), a finite stream that runs out on one rank first ends the epoch on both without a
-hang, and a preempted 2-process run resumes on 1 process with every sample exactly once (a stream that
-shards itself refuses a new layout: tests/integration/test_streaming.py)."""
+hang, and a preempted 2-process run resumes exactly on 2 processes (bitwise) and on 1 (every sample once; a
+stream that shards itself refuses a new layout: tests/integration/test_streaming.py)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
+import torch
 
 from tests.conftest import run_cli
 from tests.faultutil import DIST, launch, resumed_steps
-from tests.helpers import FAST, read_summary
+from tests.helpers import FAST, final_weights, read_summary
 from tests.streammodels import read_seen
 
 pytestmark = pytest.mark.slow
@@ -26,8 +28,15 @@ BASE = [
 ]
 
 
-def ddp(run_dir, *over: str, timeout: float = 120):
-    return launch(["ddp", "--nproc-per-node", "2", *BASE, f"run.dir={run_dir}", *over], timeout=timeout)
+def ddp(run_dir, *over: str, timeout: float = 120, env: dict | None = None):
+    return launch(
+        ["ddp", "--nproc-per-node", "2", *BASE, f"run.dir={run_dir}", *over], env=env, timeout=timeout
+    )
+
+
+def seen(path) -> str:
+    os.makedirs(path, exist_ok=True)
+    return str(path)
 
 
 def kwargs(log_dir, extra: str = "") -> str:
@@ -66,23 +75,36 @@ def test_ranks_read_disjoint_samples_and_stop_together_when_one_runs_out(tmp_pat
     assert read_seen(log2, 1) == {s: [1, 3, 5, 7, 9, 11, 13, 15] for s in (1, 2, 3)}
 
 
-def test_preempted_on_two_processes_resumes_on_one_with_every_sample_once(tmp_path):
-    log = tmp_path / "seen"
-    over = [
-        kwargs(log, ", sigterm_at: 4"),
-        "data.name=tests.streammodels:Counting",
-        "data.kwargs={n: 400}",
-        "train.max_steps=10",
-        "checkpoint.every_steps=0",
-    ]
-    job = ddp(tmp_path / "run", *over)
+def test_preempted_on_two_processes_resumes_exactly_on_two_and_on_one(tmp_path):
+    """SIGTERM at step 4 of a 2-process stream. The same command on 2 processes ends bitwise equal to an
+    uninterrupted 2-process run, each rank on the same samples (its own loader state, data-rankN.pt); a copy
+    of the preempted run resumed on 1 process continues at the next unseen sample, none twice."""
+    data = ["data.name=tests.streammodels:Counting", "data.kwargs={n: 400}", "train.max_steps=10"]
+    over = [kwargs(tmp_path / "unused", ", sigterm_at: 4"), *data, "checkpoint.every_steps=0"]
+    ref = ddp(
+        tmp_path / "ref", kwargs(tmp_path / "unused"), *data, env={"SEEN_DIR": seen(tmp_path / "ref-seen")}
+    )
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    env = {"SEEN_DIR": seen(tmp_path / "seen")}
+    job = ddp(tmp_path / "run", *over, env=env)
     assert job.returncode != 0 and "preempted" in job.stderr, job.stderr[-3000:]
-    one = run_cli(["train", *BASE, f"run.dir={tmp_path / 'run'}", *over], timeout=120)
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    job = ddp(tmp_path / "run", *over, env=env)  # the same command
+    assert job.returncode == 0, job.stderr[-3000:]
+    a, b = final_weights(tmp_path / "ref"), final_weights(tmp_path / "run")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for r in range(2):
+        assert read_seen(tmp_path / "seen", r) == read_seen(tmp_path / "ref-seen", r)
+
+    one = run_cli(
+        ["train", *BASE, f"run.dir={tmp_path / 'copy'}", *over],
+        timeout=120,
+        env={"SEEN_DIR": seen(tmp_path / "one-seen")},
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     assert "the checkpoint read the stream on 2 process(es) x 0 worker(s) -> 1 x 0" in one.stderr
-    (at,) = resumed_steps(tmp_path / "run")  # the preemption is agreed at a step boundary after step 4
-    r0, r1 = read_seen(log, 0), read_seen(log, 1)
-    before = [i for s in range(1, at + 1) for i in r0[s] + r1[s]]
-    after = [i for s in range(at + 1, 11) for i in r0[s]]  # the resumed single process is rank 0
-    assert sorted(before) == list(range(16 * at))
+    (at,) = resumed_steps(tmp_path / "copy")  # the preemption is agreed at a step boundary after step 4
+    r0, r1 = read_seen(tmp_path / "ref-seen", 0), read_seen(tmp_path / "ref-seen", 1)
+    assert sorted(i for s in range(1, at + 1) for i in r0[s] + r1[s]) == list(range(16 * at))
+    after = [i for ids in read_seen(tmp_path / "one-seen").values() for i in ids]
     assert after == list(range(16 * at, 160))  # the next unseen sample, in stream order, none twice
