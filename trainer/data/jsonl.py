@@ -110,9 +110,19 @@ def parse_record(where: str, lineno: int, line) -> Optional[dict]:
     return rec
 
 
+def _plain_text(rec: dict) -> bool:
+    return "text" in rec and "messages" not in rec and "prompt" not in rec and "response" not in rec
+
+
+def _with_eos(tok, d_ids: list[int], d_learn: list[bool]) -> tuple[list[int], list[bool]]:
+    eos = tok.eos_token_id
+    if not d_ids or d_ids[-1] != eos:
+        d_ids, d_learn = d_ids + [eos], d_learn + [d_learn[-1] if d_learn else True]
+    return d_ids, d_learn
+
+
 def encode_record(tok, rec: dict, where: str, lineno: int) -> tuple[list[int], list[bool]]:
-    """(token ids, learned flags) of one record, EOS appended: the one place a record layout becomes ids
-    (the in-memory path and the streamed shards both call it)."""
+    """(token ids, learned flags) of one record, EOS appended: the one place a record layout becomes ids."""
     if "messages" in rec:
         d_ids, d_learn = _chat(tok, where, lineno, rec["messages"])
     elif "prompt" in rec or "response" in rec:
@@ -127,10 +137,26 @@ def encode_record(tok, rec: dict, where: str, lineno: int) -> tuple[list[int], l
             f"{where} line {lineno}: expected a 'text', 'prompt'/'response' or 'messages' record, "
             f"got keys {sorted(rec)}"
         )
-    eos = tok.eos_token_id
-    if not d_ids or d_ids[-1] != eos:
-        d_ids, d_learn = d_ids + [eos], d_learn + [d_learn[-1] if d_learn else True]
-    return d_ids, d_learn
+    return _with_eos(tok, d_ids, d_learn)
+
+
+def encode_records(tok, batch: list[tuple[dict, str, int]]) -> list[tuple[list[int], list[bool]]]:
+    """``encode_record`` over a batch of ``(record, where, line number)``, in order. Plain ``text`` records go
+    through the tokenizer in one call (a fast tokenizer encodes a list in parallel, in Rust); the same ids as
+    one at a time. The in-memory path and the streamed shards both call this."""
+    out: list = [None] * len(batch)
+    plain = [i for i, (rec, _, _) in enumerate(batch) if _plain_text(rec)]
+    if plain:
+        texts = [_text(batch[i][1], batch[i][2], batch[i][0], "text") for i in plain]
+        for i, ids in zip(plain, tok(texts, add_special_tokens=True)["input_ids"]):
+            out[i] = _with_eos(tok, list(ids), [True] * len(ids))
+    for i, (rec, where, lineno) in enumerate(batch):
+        if out[i] is None:
+            out[i] = encode_record(tok, rec, where, lineno)
+    return out
+
+
+ENCODE_BATCH = 1024  # records tokenized per call on the in-memory path
 
 
 def tokenize_records(tok, path: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -139,15 +165,24 @@ def tokenize_records(tok, path: str, key: str) -> tuple[np.ndarray, np.ndarray, 
     learn: list[int] = []
     offsets = [0]
     where = f"{key}={path!r}"
+    batch: list = []
+
+    def flush() -> None:
+        for d_ids, d_learn in encode_records(tok, batch):
+            ids.extend(d_ids)
+            learn.extend(int(b) for b in d_learn)
+            offsets.append(len(ids))
+        batch.clear()
+
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             rec = parse_record(where, lineno, line)
             if rec is None:
                 continue
-            d_ids, d_learn = encode_record(tok, rec, where, lineno)
-            ids += d_ids
-            learn += [int(b) for b in d_learn]
-            offsets.append(len(ids))
+            batch.append((rec, where, lineno))
+            if len(batch) == ENCODE_BATCH:
+                flush()
+    flush()
     if len(offsets) == 1:
         raise ConfigError(f"{key}={path!r}: no records")
     return np.asarray(ids, np.int32), np.asarray(learn, np.uint8), np.asarray(offsets, np.int64)

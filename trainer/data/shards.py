@@ -9,7 +9,7 @@ readers of ``stream.py`` take their blocks by that number, so every rank and wor
   reader reads only its own windows (a memory map locally, ranged reads on an object store), so a resume
   or a new world size costs nothing to skip.
 * ``jsonl``: one record a row (cut to ``data.seq_len``, padded; the in-memory path packs several, a stream
-  does not, so that a row is a pure function of its record), encoded by ``jsonl.encode_record``. Read
+  does not, so that a row is a pure function of its record), encoded by ``jsonl.encode_records``. Read
   line by line; every reader scans the lines of every shard and parses and tokenizes only its own. The
   source's state is (shard, byte offset), so a resume on the same layout seeks instead of re-reading.
 
@@ -29,7 +29,7 @@ import torch
 from ..config import Config, ConfigError
 from ..runtime.io_faults import fsspec_options
 from .base import ArrayDataset, DataInfo, fingerprint
-from .jsonl import IGNORE, PackedRows, encode_record, pack, parse_record
+from .jsonl import IGNORE, PackedRows, encode_records, pack, parse_record
 from .stream import Stream
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 
@@ -252,14 +252,14 @@ class JsonlDecode:
             self._tok = load_tokenizer(self.tok_dir, self.key)
         tok, T = self._tok, self.T
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        out = []
+        batch = []
         for fi, lineno, line in raws:
             where = f"data.path={self.files[fi]!r}"
-            rec = parse_record(where, lineno, line)
-            ids, learn = encode_record(tok, rec, where, lineno)
-            out.append(
-                pack(np.asarray(ids, np.int32), np.asarray(learn, np.uint8), np.array([0, len(ids)]), T, pad)
-            )
+            batch.append((parse_record(where, lineno, line), where, lineno))
+        out = [
+            pack(np.asarray(ids, np.int32), np.asarray(learn, np.uint8), np.array([0, len(ids)]), T, pad)
+            for ids, learn in encode_records(tok, batch)  # one tokenizer call for a block's text records
+        ]
         return tuple(np.concatenate([r[i] for r in out]) for i in range(3))
 
     def __call__(self, raws: list):
