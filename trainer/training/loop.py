@@ -406,7 +406,12 @@ class Trainer:
         self._since_log = 0
         self.strategy.model.train()
         if len(self.eval_ds) == 0:
-            log.info("no evaluation: the eval split is empty (data.eval_fraction=%s)", cfg.data.eval_fraction)
+            if self.stream:
+                log.info("no evaluation: a stream has no held-out split (give eval_data= or data.eval_path)")
+            else:
+                log.info(
+                    "no evaluation: the eval split is empty (data.eval_fraction=%s)", cfg.data.eval_fraction
+                )
         if cfg.profile.steps and self.state.is_main:
             self._profiler = Profiler(cfg.profile.steps, self.run_dir)
 
