@@ -73,6 +73,22 @@ class StatefulCounting(Counting):
             yield sample(i, self.features)
 
 
+class BadAt(Counting):
+    """Sample ``bad`` is a malformed record: the ConfigError a user's reader raises."""
+
+    def __init__(self, n: int = 100, bad: int = 30):
+        super().__init__(n)
+        self.bad = bad
+
+    def __iter__(self):
+        for i, s in enumerate(super().__iter__()):
+            if i == self.bad:
+                from trainer.config import ConfigError
+
+                raise ConfigError(f"data.path='shard-0' line {i + 1}: not valid JSON")
+            yield s
+
+
 class SelfSharded(IterableDataset):
     """Shards itself (``shards_itself = True``): rank r reads samples r, r+W, ... up to its own length
     ``lengths[r]``, so the ranks run out at different steps."""

@@ -191,3 +191,16 @@ def test_batched_record_encoding_equals_one_at_a_time(tmp_path):
     )
     batch = [(r, "data.path='x'", i + 1) for i, r in enumerate(records)]
     assert encode_records(tok, batch) == [encode_record(tok, r, w, n) for r, w, n in batch]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_record_in_a_worker_is_one_line(workers):
+    from tests.streammodels import BadAt
+    from trainer.config import ConfigError
+
+    cfg = C.load(None, ["train.max_steps=5"])
+    train, _, _ = wrap_datasets(cfg, BadAt(400, bad=300))  # after the 256 read ahead
+    sb = StreamBatches(train, 0, 1, 4, 4, workers, 0, 0, False, 2)
+    with pytest.raises(ConfigError) as e:
+        take(sb.epoch_iter(0, 0))
+    assert str(e.value) == "data.path='shard-0' line 301: not valid JSON"

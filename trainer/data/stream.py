@@ -352,7 +352,22 @@ class StreamBatches:
         if not self._loaded:
             self.reader.set_pass(epoch, samples_in_epoch)
         self._loaded = False
-        return iter(self.loader)
+        it = iter(self.loader)
+        return self._one_line_errors(it) if self.loader.num_workers else it
+
+    @staticmethod
+    def _one_line_errors(it: Iterator) -> Iterator:
+        """A ConfigError raised in a DataLoader worker (a bad record) arrives with the worker's traceback in
+        its message; the user gets its last line, as from the main process."""
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except ConfigError as e:
+                last = [ln for ln in str(e).splitlines() if ln.strip()][-1]
+                raise ConfigError(last.split("ConfigError: ", 1)[-1]) from None
+            yield batch
 
     def state_dict(self) -> dict:
         return {"loader": self.loader.state_dict(), "layout": self.layout}
