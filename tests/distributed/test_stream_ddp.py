@@ -104,6 +104,7 @@ def test_preempted_on_two_processes_resumes_exactly_on_two_and_on_one(tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     assert "the checkpoint read the stream on 2 process(es) x 0 worker(s) -> 1 x 0" in one.stderr
     (at,) = resumed_steps(tmp_path / "copy")  # the preemption is agreed at a step boundary after step 4
+    assert f"read {16 * at} samples to reach global sample {16 * at} (the position rule)" in one.stderr
     r0, r1 = read_seen(tmp_path / "ref-seen", 0), read_seen(tmp_path / "ref-seen", 1)
     assert sorted(i for s in range(1, at + 1) for i in r0[s] + r1[s]) == list(range(16 * at))
     after = [i for ids in read_seen(tmp_path / "one-seen").values() for i in ids]

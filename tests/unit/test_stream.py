@@ -5,6 +5,7 @@ plain generators, Hugging Face ``datasets``), resume on another layout, and what
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -88,14 +89,16 @@ def test_loader_state_resumes_with_the_next_unseen_micro_batch(source, workers, 
     assert head + rest == full
 
 
-def test_another_world_size_continues_at_the_global_position():
+def test_another_world_size_continues_at_the_global_position(caplog):
     """2 ranks read 3 steps (global position 24), then 1 rank at micro 8 starts there: every sample once."""
     W, m = 2, 4
     seen = []
     for r in range(W):
         seen += sum(take(loader(Counting(80), r, W, m).epoch_iter(0, 0), 3), [])
-    rest = sum(take(loader(Counting(80), 0, 1, 8).epoch_iter(0, 24)), [])
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        rest = sum(take(loader(Counting(80), 0, 1, 8).epoch_iter(0, 24)), [])
     assert sorted(seen) == list(range(24)) and rest == list(range(24, 80))
+    assert "read 24 samples to reach global sample 24 (the position rule)" in caplog.text
 
 
 def test_hf_streaming_dataset_resumes_from_its_own_state(tmp_path):

@@ -250,6 +250,7 @@ class Reader(IterableDataset):
         buf: dict[int, list] = {}  # window index -> raw samples
         snaps: dict[int, Any] = {}  # window index -> the source's state at the window's start
         ended = False
+        first, t0 = self.start > 0 and st is None, time.perf_counter()  # a pass restarted mid-way
         while True:
             b = base + k * stride + offset
             lo, hi = b * self.micro, (b + 1) * self.micro
@@ -289,6 +290,16 @@ class Reader(IterableDataset):
                     j = int(self._perm(w, len(items))[j])
                 raws.append(items[j])
             batch = self.decode(raws)
+            if first:
+                first = False
+                log.info(
+                    "data: stream reader (rank %d) read %d samples to reach global sample %d (the position "
+                    "rule) in %.2fs",
+                    self.rank,
+                    lo // N * N,
+                    self.start,
+                    time.perf_counter() - t0,
+                )
             k += kstep
             nb = base + k * stride + offset
             nw_lo = nb * self.micro // N
