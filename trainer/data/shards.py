@@ -29,7 +29,14 @@ import torch
 from ..config import Config, ConfigError
 from ..runtime.io_faults import fsspec_options
 from .base import ArrayDataset, DataInfo, fingerprint
-from .jsonl import IGNORE, PackedRows, encode_records, pack, parse_record
+from .jsonl import (
+    IGNORE,
+    PackedRows,
+    _seq_len,  # the in-memory path's rule for data.seq_len=0
+    encode_records,
+    pack,
+    parse_record,
+)
 from .stream import Stream
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 
@@ -268,8 +275,6 @@ class JsonlDecode:
 
 
 def jsonl_stream(cfg: Config):
-    from .jsonl import _seq_len  # the in-memory path's rule for data.seq_len=0
-
     d = cfg.data
     tok_dir = d.tokenizer or cfg.model.path
     key = "data.tokenizer" if d.tokenizer else "model.path"
