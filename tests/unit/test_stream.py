@@ -180,22 +180,6 @@ def test_hf_streaming_dataset_is_split_across_ranks_by_datasets(tmp_path):
     assert seen[0] == list(range(20)) and seen[1] == list(range(20, 40))
 
 
-def test_batched_record_encoding_equals_one_at_a_time(tmp_path):
-    """jsonl.encode_records (one tokenizer call for the plain text records) = encode_record, one by one."""
-    pytest.importorskip("transformers")
-    from tests.hfutil import make_tokenizer, qa_records
-    from trainer.data.jsonl import encode_record, encode_records
-    from trainer.data.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(make_tokenizer(tmp_path / "tok"))
-    records = [{"text": "next after one: two"}, *qa_records(3), {"text": ""}, {"text": "three four"}]
-    records.append(
-        {"messages": [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}]}
-    )
-    batch = [(r, "data.path='x'", i + 1) for i, r in enumerate(records)]
-    assert encode_records(tok, batch) == [encode_record(tok, r, w, n) for r, w, n in batch]
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_bad_record_in_a_worker_is_one_line(workers):
     from tests.streammodels import BadAt

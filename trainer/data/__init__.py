@@ -11,9 +11,9 @@ any world size). The train/eval split depends only on ``data.split_seed``. Bad i
 :class:`trainer.config.ConfigError` naming the key and the value.
 
 The implementations live beside this file: ``base`` (DataInfo, storage, split, hashing), ``builtin``,
-``files``, ``user``, ``collate`` (tensor and dict batches), ``sampler`` (global-batch sampling) and
-``loaders`` (worker processes), ``stream`` (streams: sharding, resumable readers) and ``shards`` (shard
-globs for tokens, text and jsonl).
+``files``, ``user``, ``jsonl`` (+ ``layouts``: chat and instruction records), ``collate`` (tensor, tuple
+and dict batches), ``sampler`` (global-batch sampling), ``loaders`` (worker processes), ``stream`` (streams:
+sharding, resumable readers) and ``shards`` (shard globs for tokens, text and jsonl).
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ readers of ``stream.py`` take their blocks by that number, so every rank and wor
   tokens, stride block_size, inside each shard (a window never straddles two shards). Random access: a
   reader reads only its own windows (a memory map locally, ranged reads on an object store), so a resume
   or a new world size costs nothing to skip.
-* ``jsonl``: one record a row (cut to ``data.seq_len``, padded; the in-memory path packs several, a stream
-  does not, so that a row is a pure function of its record), encoded by ``jsonl.encode_records``. Read
+* ``jsonl``: one record a row (cut by ``data.truncation`` to ``data.seq_len``, padded; the in-memory path
+  packs several, a stream does not, so that a row is a pure function of its record; a record
+  ``data.truncation=drop`` leaves out is a row with no loss), encoded by ``jsonl.encode_records`` in the
+  layouts of ``data.format`` with ``data.train_on``, a micro-batch per tokenizer call. Read
   line by line; every reader scans the lines of every shard and parses and tokenizes only its own. The
   source's state is (shard, byte offset), so a resume on the same layout seeks instead of re-reading.
 
@@ -20,7 +22,9 @@ it a stream has no evaluation. The fingerprint covers the shard names and sizes,
 from __future__ import annotations
 
 import glob as globmod
+import json
 import os
+from itertools import groupby
 from typing import Any, Optional
 
 import numpy as np
@@ -29,13 +33,15 @@ import torch
 from ..config import Config, ConfigError
 from ..runtime.io_faults import fsspec_options
 from .base import ArrayDataset, DataInfo, fingerprint
-from .jsonl import (
+from .jsonl import (  # the in-memory path's encoding, packing and data.seq_len rule
     IGNORE,
+    Encoded,
     PackedRows,
-    _seq_len,  # the in-memory path's rule for data.seq_len=0
+    _non_default,
+    _seq_len,
     encode_records,
     pack,
-    parse_record,
+    special_prefix,
 )
 from .stream import Stream
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -244,29 +250,46 @@ class JsonlShards:
 
 
 class JsonlDecode:
-    """A block of raw records -> one micro-batch of rows (one record a row); the tokenizer is loaded once
-    per process."""
+    """A block of raw records -> one micro-batch of rows, one record a row, through the in-memory path's
+    ``jsonl.encode_records`` (data.format, data.train_on) and ``jsonl.pack`` (data.truncation); the
+    tokenizer is loaded once per process."""
 
-    def __init__(self, files: list[str], tok_dir: str, key: str, T: int):
+    def __init__(self, files: list[str], tok_dir: str, key: str, T: int, fmt: str, train_on: str, cut: str):
         self.files, self.tok_dir, self.key, self.T = files, tok_dir, key, T
+        self.fmt, self.train_on, self.cut = fmt, train_on, cut
         self._tok = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_tok": None}
 
-    def rows(self, raws: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _tokenizer(self):
         if self._tok is None:
             self._tok = load_tokenizer(self.tok_dir, self.key)
-        tok, T = self._tok, self.T
+            self._prefix = special_prefix(self._tok)
+        return self._tok
+
+    def rows(self, raws: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        tok, T = self._tokenizer(), self.T
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        batch = []
-        for fi, lineno, line in raws:
+        bos = tok.bos_token_id if tok.bos_token_id != tok.eos_token_id else None
+        empty = (np.full((1, T), pad, np.int64), np.arange(T)[None], np.full((1, T), IGNORE, np.int64))
+        out = []
+        for fi, group in groupby(raws, key=lambda r: r[0]):  # a block may span two shards
+            group = list(group)
             where = f"data.path={self.files[fi]!r}"
-            batch.append((parse_record(where, lineno, line), where, lineno))
-        out = [
-            pack(np.asarray(ids, np.int32), np.asarray(learn, np.uint8), np.array([0, len(ids)]), T, pad)
-            for ids, learn in encode_records(tok, batch)  # one tokenizer call for a block's text records
-        ]
+            recs = []
+            for _, lineno, line in group:
+                try:
+                    recs.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{where} line {lineno}: not valid JSON ({e.msg})") from None
+            lines = [lineno for _, lineno, _ in group]
+            enc = encode_records(tok, recs, self.fmt, self.train_on, where, lines, self._prefix)
+            for a, b in zip(enc.offsets[:-1].tolist(), enc.offsets[1:].tolist()):
+                one = Encoded(enc.ids[a:b], enc.learn[a:b], np.array([0, b - a], np.int64))
+                p = pack(one, T, pad, self.cut, bos)
+                # data.truncation=drop: a row with no loss, so that a block stays one row per record
+                out.append((p.input_ids, p.position_ids, p.labels) if len(p.labels) else empty)
         return tuple(np.concatenate([r[i] for r in out]) for i in range(3))
 
     def __call__(self, raws: list):
@@ -282,7 +305,7 @@ def jsonl_stream(cfg: Config):
     T = _seq_len(cfg)
     shards = list_shards(d.path, "jsonl", "data.path")
     files = [p for p, _ in shards]
-    decode = JsonlDecode(files, tok_dir, key, T)
+    decode = JsonlDecode(files, tok_dir, key, T, d.format, d.train_on, d.truncation)
     head_raws = []
     for raw in JsonlShards(files):
         head_raws.append(raw)
@@ -298,9 +321,11 @@ def jsonl_stream(cfg: Config):
         eraws = list(JsonlShards(efiles))
         if len(eraws) > EVAL_CAP:
             raise ConfigError(f"data.eval_path={d.eval_path!r}: {len(eraws)} records, more than {EVAL_CAP}")
-        evald = PackedRows(*JsonlDecode(efiles, tok_dir, key, T).rows(eraws))
+        edecode = JsonlDecode(efiles, tok_dir, "data.eval_path", T, d.format, d.train_on, d.truncation)
+        evald = PackedRows(*edecode.rows(eraws))
     tok_fp = tokenizer_fingerprint(tok_dir)
-    fp = fingerprint("jsonl-stream", tok_fp, str(T), *(f"{os.path.basename(p)}:{n}" for p, n in shards))
+    names = (f"{os.path.basename(p)}:{n}" for p, n in shards)
+    fp = fingerprint("jsonl-stream", tok_fp, str(T), *_non_default(d), *names)
     learned = int((head.labels != IGNORE).sum())
     info = DataInfo(
         "lm",
@@ -312,7 +337,12 @@ def jsonl_stream(cfg: Config):
         f"jsonl: stream of records from {len(files)} shard(s) ({d.path!r}), one record a row of {T} tokens "
         f"({learned} learned tokens in the first {len(head)}), {len(evald)} eval rows",
         fp,
-        extra={"loss_mask": True, "tokenizer": tok_dir, "tokenizer_fingerprint": tok_fp},
+        extra={
+            "loss_mask": True,
+            "labels_shifted": True,
+            "tokenizer": tok_dir,
+            "tokenizer_fingerprint": tok_fp,
+        },
     )
     return Stream(JsonlShards(files), decode, "index", head, None, "jsonl"), evald, info
 
