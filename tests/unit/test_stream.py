@@ -191,3 +191,29 @@ def test_a_bad_record_in_a_worker_is_one_line(workers):
     with pytest.raises(ConfigError) as e:
         take(sb.epoch_iter(0, 0))
     assert str(e.value) == "data.path='shard-0' line 301: not valid JSON"
+
+
+def test_streamed_jsonl_rows_follow_the_layouts_and_truncation(tmp_path):
+    """One row per record through jsonl.encode_records/pack: an alpaca record learns only its output, a
+    record data.truncation=drop leaves out is a row with no loss (the block keeps one row a record)."""
+    pytest.importorskip("transformers")
+    from tests.hfutil import make_tokenizer
+    from trainer.data.jsonl import IGNORE
+    from trainer.data.shards import JsonlDecode, JsonlShards
+
+    tok = make_tokenizer(tmp_path / "tok")
+    recs = [
+        {"instruction": "next after one:", "output": " two"},
+        {"text": "three four " * 40},  # longer than 16 tokens
+        {"text": "five"},
+    ]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    files = [str(tmp_path / "a.jsonl")]
+    raws = list(JsonlShards(files))
+    inp, pos, lab = JsonlDecode(files, tok, "data.tokenizer", 16, "auto", "assistant", "drop").rows(raws)
+    assert inp.shape == lab.shape == (3, 16)
+    learned = lab != IGNORE
+    assert 0 < learned[0].sum() < (inp[0] != inp[0, -1]).sum()  # the output only, not the instruction
+    assert not learned[1].any() and learned[2].any()
+    _, _, kept = JsonlDecode(files, tok, "data.tokenizer", 16, "auto", "assistant", "left").rows(raws)
+    assert (kept[1] != IGNORE).sum() == 15  # cut from the left to 16 tokens, every one learned
