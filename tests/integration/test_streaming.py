@@ -116,6 +116,16 @@ def test_a_stream_that_shards_itself_refuses_a_new_layout_with_one_line(tmp_path
     assert "data.num_workers=0" in err and "run.resume=restart" in err and "new run.dir" in err
 
 
+def test_an_endless_stream_without_max_steps_is_exit_2_in_one_line(tmp_path):
+    r = run_cli(["train", *FAST, "data.name=tests.streammodels:Counting", f"run.dir={tmp_path / 'run'}"])
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (
+        "config error: train.max_steps=0: data.name='tests.streammodels:Counting' is a stream with no length "
+        "(it may never end), so train.epochs cannot say how many steps to run; set train.max_steps"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def _rows(n: int) -> list[dict]:
     out = []
     for i in range(n):
