@@ -219,6 +219,11 @@ def _check_across(cfg: Config) -> None:
             )
         if d.path and os.path.lexists(d.path) and not (os.path.isfile(d.path) or os.path.isdir(d.path)):
             raise ConfigError(f"data.path={d.path!r}: data.name=jsonl needs a file, a directory or a glob")
+        if d.path and os.path.isfile(d.path) and d.eval_path and not os.path.isfile(d.eval_path):
+            raise ConfigError(
+                f"data.eval_path={d.eval_path!r}: data.path is one file (read into memory), so the eval set "
+                "is one file too (shard globs, directories and URLs stream: give data.path as one)"
+            )
     if m.name == "gpt" and m.n_embd % m.n_head:
         raise ConfigError(f"model.n_embd={m.n_embd}: must be divisible by model.n_head={m.n_head}")
     for key, name, kwargs, builtin in (
