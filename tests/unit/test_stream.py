@@ -210,10 +210,33 @@ def test_streamed_jsonl_rows_follow_the_layouts_and_truncation(tmp_path):
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     files = [str(tmp_path / "a.jsonl")]
     raws = list(JsonlShards(files))
-    inp, pos, lab = JsonlDecode(files, tok, "data.tokenizer", 16, "auto", "assistant", "drop").rows(raws)
+    inp, pos, lab, docs = JsonlDecode(files, tok, "data.tokenizer", 16, "auto", "assistant", "drop").rows(
+        raws
+    )
     assert inp.shape == lab.shape == (3, 16)
     learned = lab != IGNORE
     assert 0 < learned[0].sum() < (inp[0] != inp[0, -1]).sum()  # the output only, not the instruction
     assert not learned[1].any() and learned[2].any()
-    _, _, kept = JsonlDecode(files, tok, "data.tokenizer", 16, "auto", "assistant", "left").rows(raws)
+    assert docs[:, 0].tolist() == [0, 2]  # the dropped record has a row but no document
+    _, _, kept, _ = JsonlDecode(files, tok, "data.tokenizer", 16, "auto", "assistant", "left").rows(raws)
     assert (kept[1] != IGNORE).sum() == 15  # cut from the left to 16 tokens, every one learned
+
+
+def test_trainer_data_shows_the_first_samples_of_a_stream(tmp_path, capfd):
+    """`python -m trainer data` on streamed data: the samples the trainer reads first (no end to count)."""
+    pytest.importorskip("transformers")
+    from tests.hfutil import make_tokenizer, qa_records, write_jsonl
+    from tests.integration.test_finetune_cli import tool
+
+    r = tool(["data", "data.name=tests.streammodels:Counting", "--json", "--show", "2"], capfd)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["samples"] == [{"x": "float32 (8,)", "y": "int64 ()"}] * 2
+    tok = make_tokenizer(tmp_path / "tok")
+    for k in range(2):
+        write_jsonl(tmp_path / f"train-{k}.jsonl", qa_records(5, seed=k))
+    over = ["data.name=jsonl", f"data.path={tmp_path}/train-*.jsonl", f"data.tokenizer={tok}"]
+    r = tool(["data", *over, "model.name=tests.streammodels:KeywordMLP", "data.seq_len=32", "--json"], capfd)
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert shown["documents"] == 8 and shown["learned_tokens"] > 0  # the 8 records read ahead
+    assert shown["samples"][0]["learned"] and "next after" in shown["samples"][0]["text"]

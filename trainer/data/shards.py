@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob as globmod
 import json
 import os
+from collections import Counter
 from itertools import groupby
 from typing import Any, Optional
 
@@ -40,6 +41,7 @@ from .jsonl import (  # the in-memory path's encoding, packing and data.seq_len 
     _non_default,
     _seq_len,
     encode_records,
+    format_name,
     pack,
     special_prefix,
 )
@@ -258,6 +260,7 @@ class JsonlDecode:
         self.files, self.tok_dir, self.key, self.T = files, tok_dir, key, T
         self.fmt, self.train_on, self.cut = fmt, train_on, cut
         self._tok = None
+        self.formats: Counter = Counter()  # records per layout decoded by this copy (the head's, at build)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_tok": None}
@@ -268,12 +271,14 @@ class JsonlDecode:
             self._prefix = special_prefix(self._tok)
         return self._tok
 
-    def rows(self, raws: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def rows(self, raws: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(input_ids, position_ids, labels, docs): one row per record; ``docs`` as ``jsonl.Packed.docs``
+        (row, start, length, cut), a dropped record has none."""
         tok, T = self._tokenizer(), self.T
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         bos = tok.bos_token_id if tok.bos_token_id != tok.eos_token_id else None
         empty = (np.full((1, T), pad, np.int64), np.arange(T)[None], np.full((1, T), IGNORE, np.int64))
-        out = []
+        out, docs = [], []
         for fi, group in groupby(raws, key=lambda r: r[0]):  # a block may span two shards
             group = list(group)
             where = f"data.path={self.files[fi]!r}"
@@ -285,15 +290,18 @@ class JsonlDecode:
                     raise ConfigError(f"{where} line {lineno}: not valid JSON ({e.msg})") from None
             lines = [lineno for _, lineno, _ in group]
             enc = encode_records(tok, recs, self.fmt, self.train_on, where, lines, self._prefix)
+            self.formats.update(enc.formats)
             for a, b in zip(enc.offsets[:-1].tolist(), enc.offsets[1:].tolist()):
                 one = Encoded(enc.ids[a:b], enc.learn[a:b], np.array([0, b - a], np.int64))
                 p = pack(one, T, pad, self.cut, bos)
                 # data.truncation=drop: a row with no loss, so that a block stays one row per record
                 out.append((p.input_ids, p.position_ids, p.labels) if len(p.labels) else empty)
-        return tuple(np.concatenate([r[i] for r in out]) for i in range(3))
+                docs += [(len(out) - 1, *d[1:]) for d in p.docs.tolist()]
+        arrays = tuple(np.concatenate([r[i] for r in out]) for i in range(3))
+        return (*arrays, np.asarray(docs, np.int64).reshape(-1, 4))
 
     def __call__(self, raws: list):
-        inp, pos, lab = (torch.from_numpy(a) for a in self.rows(raws))
+        inp, pos, lab, _ = (torch.from_numpy(a) for a in self.rows(raws))
         return {"input_ids": inp, "position_ids": pos}, lab
 
 
@@ -315,7 +323,7 @@ def jsonl_stream(cfg: Config):
         raise ConfigError(f"data.path={d.path!r}: no records in {len(files)} shard(s)")
     head = PackedRows(*decode.rows(head_raws))
     empty = np.zeros((0, T), np.int64)
-    evald = PackedRows(empty, empty, empty)
+    evald = PackedRows(empty, empty, empty, np.zeros((0, 4), np.int64))
     if d.eval_path:
         efiles = [p for p, _ in list_shards(d.eval_path, "jsonl", "data.eval_path")]
         eraws = list(JsonlShards(efiles))
@@ -342,6 +350,7 @@ def jsonl_stream(cfg: Config):
             "labels_shifted": True,
             "tokenizer": tok_dir,
             "tokenizer_fingerprint": tok_fp,
+            "format": format_name(dict(decode.formats)),  # of the records read ahead
         },
     )
     return Stream(JsonlShards(files), decode, "index", head, None, "jsonl"), evald, info
