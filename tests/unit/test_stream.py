@@ -152,7 +152,7 @@ def test_a_stream_without_length_needs_max_steps(tmp_path):
 def test_the_trainer_does_not_import_datasets_or_fsspec_for_other_data():
     code = (
         "import sys, trainer, trainer.api, trainer.run, trainer.data, trainer.training.loop; "
-        "print(sorted(m for m in ('datasets', 's3fs') if m in sys.modules))"
+        "print(sorted(m for m in ('datasets', 'pyarrow', 'fsspec', 's3fs') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
