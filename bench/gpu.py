@@ -414,7 +414,6 @@ def main(argv=None) -> None:
     warm = 1 if smoke else 3
     backend = "eager" if smoke else "inductor"  # smoke: dynamo only, no compiler (seconds)
     feat = features(device)
-    load0 = B.loadavg()
     tmp = tempfile.mkdtemp(prefix="bench-gpu-")
     base = shape_overrides(shape) + [f"train.batch_size={shape['batch']}", "train.grad_clip=1.0"]
     rows: list[dict] = []
@@ -423,10 +422,11 @@ def main(argv=None) -> None:
     settings = {"shape": shape, "steps": steps, "warmup": warm, "compile_backend": backend,
                 "peak_flops": PEAK, "device": str(device), "budget_s": args.budget_s,
                 "recipe": os.path.relpath(RECIPE, B.ROOT), "sources": sources}
-    doc = {"settings": settings, "features": feat, "loadavg_start": load0, "rows": rows}
+    rep = B.Report("gpu", args, settings, features=feat)
+    rep.doc["rows"] = rows
 
     def save() -> str:
-        return B.write_result("gpu", args, doc)
+        return rep.save()
 
     def run_row(name: str, side: str, setting: str, est_s: float, fn, **extra) -> None:
         elapsed = time.monotonic() - T_START
@@ -560,8 +560,8 @@ def main(argv=None) -> None:
                          ("peak_gib", "peak GiB", ".1f"), ("vs_raw", "÷ raw", ".3f"),
                          ("first_step_s", "1st step s", ".1f"), ("syncs_per_step", "syncs/step", ".2g"),
                          ("trainer_mfu", "trainer MFU", ".3f"), ("status", "status", "")]))
-    path = save()
-    print(f"wrote {path}")
+    print(rep.machine_line())
+    print(f"wrote {rep.close()}")
 
 
 if __name__ == "__main__":

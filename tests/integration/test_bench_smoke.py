@@ -74,9 +74,13 @@ def result(runs, name: str) -> tuple[str, dict]:
     assert len(files) == 1, (files, stdout[-2000:])
     with open(files[0], encoding="utf-8") as fh:
         doc = json.load(fh)
-    assert doc["bench"] == name and doc["smoke"] is True
+    assert doc["bench"] == name and doc["smoke"] is True and doc["status"] == "done"
     assert ENV_KEYS <= doc["env"].keys() and all(doc["env"][k] for k in ENV_KEYS), doc["env"]
     assert f"wrote {files[0]}" in stdout
+    # every table says how busy the machine was: load before and after, and whether a core was free
+    m = doc["machine"]
+    assert m["core_free"] in (True, False) and m["cores"] >= 1 and m["loadavg_1m_start"] is not None, m
+    assert "machine: " in stdout and ("a core was free" in stdout or "NO core was free" in stdout)
     return stdout, doc
 
 
@@ -121,8 +125,12 @@ def test_startup_smoke(runs):
 
 def test_checkpoint_smoke(runs):
     out, doc = result(runs, "checkpoint")
-    assert "held up s" in out
-    rows = {r["mode"]: r for r in doc["rows"]}
+    assert "held up s" in out and "÷ baseline" in out and "durability:" in out
+    io = {r["what"]: r for r in doc["rows"] if r["mode"] == "io"}
+    assert set(io) == {"save", "load", "async"}, doc["rows"]
+    for r in io.values():  # the trainer's side and the torch.save / torch.load baseline, both timed
+        assert r["pairs"] == 2 and pos(r["trainer_s"]) and pos(r["baseline_s"]) and pos(r["ratio"]), r
+    rows = {r["mode"]: r for r in doc["rows"] if r["mode"] != "io"}
     assert set(rows) == {"sync", "async", "s3 sync", "s3 async"}
     assert rows["sync"]["status"] == "ok" and rows["s3 sync"]["status"] == "ok"  # weed: requirements-dev.txt
     for r in rows.values():
