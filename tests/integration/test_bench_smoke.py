@@ -144,23 +144,22 @@ def test_gpu_smoke_runs_every_row_on_cpu(runs):
     out, doc = result(runs, "gpu")
     assert "tokens/s" in out and "MFU %" in out
     rows = doc["rows"]
-    assert {r["row"] for r in rows} == {
-        "fp32",
-        "fp16",
-        "bf16",
-        "compile",
-        "accelerate",
-        "ddp",
-        "ckpt",
-        "recipe",
-        "fused_loss",
-        "host_data",
-        "gpt1b",
-    }  # gpt1b: the ~1B row (issue 12)
+    # the rows that matter most come first, so a run cut short by its budget still has them
+    order = ["recipe", "bf16", "fsdp", "compile", "fp16", "fp32", "accelerate", "ddp", "ckpt", "fused_loss"]
+    order += ["host_data", "gpt1b"]  # gpt1b: the ~1B row (issue 12)
+    assert list(dict.fromkeys(r["row"] for r in rows)) == order
+    assert doc["settings"]["order"] == order
     for r in rows:
         assert r["status"] == "ok", r
         assert pos(r["tokens_per_s"]) and pos(r["tflops"]) and pos(r["mfu_pct"]) and pos(r["wall_s"]), r
-    for key in ("fp32", "fp16", "bf16", "compile", "accelerate", "ddp"):
+        # repeats: every build is timed over several windows, and the row gives their range
+        assert r["windows"] >= 2 and r["tokens_per_s_min"] <= r["tokens_per_s"] <= r["tokens_per_s_max"], r
+    for key in ("bf16", "fsdp", "compile", "fp16", "fp32", "accelerate", "ddp"):
         trainer = next(r for r in rows if r["row"] == key and r["side"] == "trainer")
-        assert pos(trainer["vs_raw"]), trainer
+        assert pos(trainer["vs_raw"]) and trainer["vs_raw_range"], trainer
+    bf16 = [r for r in rows if r["row"] == "bf16"]
+    assert all(r["rounds"] == 2 and r["windows"] == 4 for r in bf16), bf16  # two interleaved builds per side
+    # MFU against the peak of the row's own precision (fp32 rows: TF32 units), not bf16's for every row
+    peak = {r["row"]: r["peak_tflops"] for r in rows if r["side"] == "raw"}
+    assert peak["fp32"] < peak["fp16"] == peak["bf16"], peak
     assert doc["features"]["torch_version"]
