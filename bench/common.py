@@ -305,6 +305,8 @@ def table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
 
 
 def rotate(items: list, k: int) -> list:
+    if not items:
+        return []
     k %= len(items)
     return items[k:] + items[:k]
 

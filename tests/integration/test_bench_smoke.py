@@ -102,9 +102,14 @@ def test_overhead_smoke(runs):
 
 def test_datapipe_smoke(runs):
     out, doc = result(runs, "datapipe")
-    assert "data wait %" in out
-    assert [r["recipe"] for r in doc["rows"]] == ["cnn", "gpt"]
-    for r in doc["rows"]:
+    assert "data wait %" in out and "÷ batched" in out
+    (tok,) = [r for r in doc["rows"] if r["row"] == "jsonl"]
+    # the trainer's JSONL tokenization against batched tokenizer calls on the same records: same ids
+    assert tok["identical_ids"] is True and tok["pairs"] == 2 and pos(tok["tokens"]), tok
+    assert pos(tok["trainer_s"]) and pos(tok["batched_s"]) and pos(tok["ratio"]), tok
+    rows = [r for r in doc["rows"] if r["row"] != "jsonl"]
+    assert [r["recipe"] for r in rows] == ["cnn", "gpt"]
+    for r in rows:
         assert pos(r["step_ms"]) and pos(r["data_wait_pct"]) and pos(r["data_wait_ms"]), r
         assert "num_workers=0" in r["loader"]
 

@@ -186,3 +186,42 @@ def test_config_errors_for_jsonl_and_hf(tmp_path):
         C.load(None, ["data.name=jsonl", f"data.path={f}"])
     with pytest.raises(ConfigError, match="data.tokenizer=None: data.name=jsonl with model.name='m:Net'"):
         C.load(None, ["data.name=jsonl", f"data.path={f}", "model.name=m:Net"])
+
+
+def test_batched_tokenization_equals_one_call_per_text_across_batch_edges(assets, tmp_path, monkeypatch):
+    """Records are tokenized a batch at a time (issue 28); with batches of 3, seven mixed records cross two
+    batch edges and every document is still what one tokenizer call per text gives, in file order."""
+    from trainer.data import jsonl
+
+    _, _, tok = assets
+    recs = [
+        {"prompt": "next after two:", "response": " three"},
+        {"text": "one two"},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "one"}]},
+        {"prompt": "", "response": ""},
+        {"text": "three four five"},
+        {"prompt": "next after six:", "response": " seven"},
+        {"text": "nine"},
+    ]
+    path = write_jsonl(tmp_path / "mixed.jsonl", recs)
+    monkeypatch.setattr(jsonl, "_READ_BATCH", 3)
+    ids, learn, offs = tokenize_records(tok, path, "data.path")
+    eos = tok.eos_token_id
+    want_ids, want_learn = [], []
+    for rec in recs:
+        if "messages" in rec:
+            d, on = jsonl._chat(tok, "x", 0, rec["messages"])
+            d, on = list(d), [int(b) for b in on]
+        elif "prompt" in rec:
+            p = tok(rec["prompt"])["input_ids"]
+            r = tok(rec["response"], add_special_tokens=False)["input_ids"]
+            d, on = p + r, [0] * len(p) + [1] * len(r)
+        else:
+            d = tok(rec["text"])["input_ids"]
+            on = [1] * len(d)
+        if not d or d[-1] != eos:
+            d, on = d + [eos], on + [on[-1] if on else 1]
+        want_ids += d
+        want_learn += on
+    assert ids.tolist() == want_ids and learn.tolist() == want_learn
+    assert len(offs) == len(recs) + 1 and offs[-1] == len(ids)

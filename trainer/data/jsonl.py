@@ -35,6 +35,7 @@ from .tokenizer import load_tokenizer, tokenizer_fingerprint
 IGNORE = -100  # the label of a position that carries no loss (torch's cross_entropy ignore_index)
 _CACHE_VERSION = "1"
 _MAX_DEFAULT_SEQ = 2048
+_READ_BATCH = 4096  # records read and tokenized together (one tokenizer call per kind of text)
 
 
 # ----------------------------------------------------------------------------- records -> token ids
@@ -97,11 +98,48 @@ def _chat(tok, key: str, lineno: int, messages) -> tuple[list[int], list[bool]]:
 
 
 def tokenize_records(tok, path: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids int32, learn uint8, offsets int64) of every document of a JSONL file, EOS appended."""
+    """(ids int32, learn uint8, offsets int64) of every document of a JSONL file, EOS appended.
+
+    Records are read ``_READ_BATCH`` at a time and their texts tokenized together: one tokenizer call for
+    the texts that get the tokenizer's special tokens (prompts, texts) and one for those that do not
+    (responses), so a fast tokenizer encodes the batch on its own threads (the ids are those of one call
+    per text). Chat records go through the template one by one. Memory: one batch of records at a time.
+    """
     eos = tok.eos_token_id
+    where = f"{key}={path!r}"
     ids: list[int] = []
     learn: list[int] = []
     offsets = [0]
+    # per record of the batch: ("chat", ids, learn) or (kind, index of its text(s) in `special`/`plain`)
+    pending: list[tuple] = []
+    special: list[str] = []  # tokenized with add_special_tokens=True
+    plain: list[str] = []  # tokenized with add_special_tokens=False
+
+    def add(parts: list[tuple[list[int], int]]) -> None:
+        """One document from (ids, learned 0/1) parts; EOS appended (learned as its last token) if missing."""
+        start = len(ids)
+        for part, on in parts:
+            ids.extend(part)
+            learn.extend([on] * len(part))
+        if len(ids) == start or ids[-1] != eos:
+            learn.append(learn[-1] if len(ids) > start else 1)
+            ids.append(eos)
+        offsets.append(len(ids))
+
+    def flush() -> None:
+        sp = tok(special, add_special_tokens=True)["input_ids"] if special else []
+        pl = tok(plain, add_special_tokens=False)["input_ids"] if plain else []
+        for rec in pending:
+            if rec[0] == "chat":  # (ids, learned flags): a part per token, chat records are few
+                add([([t], int(on)) for t, on in zip(rec[1], rec[2])])
+            elif rec[0] == "pair":
+                add([(sp[rec[1]], 0), (pl[rec[2]], 1)])
+            else:
+                add([(sp[rec[1]], 1)])
+        pending.clear()
+        special.clear()
+        plain.clear()
+
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -109,29 +147,26 @@ def tokenize_records(tok, path: str, key: str) -> tuple[np.ndarray, np.ndarray, 
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ConfigError(f"{key}={path!r} line {lineno}: not valid JSON ({e.msg})") from None
-            where = f"{key}={path!r}"
+                raise ConfigError(f"{where} line {lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(rec, dict):
                 raise ConfigError(f"{where} line {lineno}: expected a JSON object, got {type(rec).__name__}")
             if "messages" in rec:
-                d_ids, d_learn = _chat(tok, where, lineno, rec["messages"])
+                pending.append(("chat", *_chat(tok, where, lineno, rec["messages"])))
             elif "prompt" in rec or "response" in rec:
-                p = _ids(tok, _text(where, lineno, rec, "prompt"), special=True)
-                r = _ids(tok, _text(where, lineno, rec, "response"), special=False)
-                d_ids, d_learn = p + r, [False] * len(p) + [True] * len(r)
+                special.append(_text(where, lineno, rec, "prompt"))
+                plain.append(_text(where, lineno, rec, "response"))
+                pending.append(("pair", len(special) - 1, len(plain) - 1))
             elif "text" in rec:
-                d_ids = _ids(tok, _text(where, lineno, rec, "text"), special=True)
-                d_learn = [True] * len(d_ids)
+                special.append(_text(where, lineno, rec, "text"))
+                pending.append(("text", len(special) - 1))
             else:
                 raise ConfigError(
                     f"{where} line {lineno}: expected a 'text', 'prompt'/'response' or 'messages' record, "
                     f"got keys {sorted(rec)}"
                 )
-            if not d_ids or d_ids[-1] != eos:
-                d_ids, d_learn = d_ids + [eos], d_learn + [d_learn[-1] if d_learn else True]
-            ids += d_ids
-            learn += [int(b) for b in d_learn]
-            offsets.append(len(ids))
+            if len(pending) >= _READ_BATCH:
+                flush()
+    flush()
     if len(offsets) == 1:
         raise ConfigError(f"{key}={path!r}: no records")
     return np.asarray(ids, np.int32), np.asarray(learn, np.uint8), np.asarray(offsets, np.int64)
