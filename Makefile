@@ -6,12 +6,13 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= configs/cnn.yaml
 ARGS   ?=
 
-.PHONY: setup train test lint bench clean help
+.PHONY: setup train test test-quick lint bench clean help
 
 help:
 	@echo "make train   train the default recipe ($(CONFIG)); extra overrides: make train ARGS='train.max_steps=50'"
-	@echo "make test    run the whole CPU test suite"
-	@echo "make lint    ruff + shellcheck + hadolint"
+	@echo "make test    run the whole CPU test suite: unit, distributed, integration (PYTEST_ARGS='-k x')"
+	@echo "make test-quick  the unit tests not marked slow: no training run, no server, no process group (~50 s)"
+	@echo "make lint    what the tests' lint enforces: ruff check, ruff format --check, shellcheck, hadolint"
 	@echo "make bench   CPU benchmarks against a raw PyTorch loop (~8 minutes)"
 	@echo "make setup   create .venv and install pinned dependencies (done by train/test)"
 	@echo "make image-test  build the CPU image with buildah and run checks inside it (root, Linux; ~6-18 minutes)"
@@ -32,8 +33,15 @@ train: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Tiers (README "Testing"): tests/unit needs no process group and trains nothing through the CLI; tests marked
+# slow (several processes) and tests/distributed, tests/integration run only in `make test`.
+test-quick: setup
+	$(BIN)/python -m pytest tests/unit -m "not slow" $(PYTEST_ARGS)
+
+# The same commands as tests/unit/test_lint.py and test_docker.py; ruff's files are listed in pyproject.toml.
 lint: setup
-	$(BIN)/ruff check trainer launch tests bench
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 	$(BIN)/shellcheck launch/*.sh docker/*.sh .ci/run
 	$(BIN)/hadolint Dockerfile
 

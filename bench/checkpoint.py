@@ -128,7 +128,7 @@ def run(mode: str, extra: list[str], steps: int, every: int, s3=None) -> dict:
 
     s3: a running tests.s3server.S3Server, for mode "s3 sync" / "s3 async" (checkpoint.dir in its bucket).
     """
-    from trainer.training.checkpoint import step_name
+    from trainer.checkpoint import step_name
 
     tmp = tempfile.mkdtemp(prefix="bench-ckpt-")
     saves: list[dict] = []
@@ -231,7 +231,7 @@ def io_pairs(extra: list[str], repeats: int, on_pair) -> dict:
     ``on_pair(samples)`` after every pair (the caller rewrites its JSON)."""
     import torch
 
-    from trainer.training.checkpoint import CheckpointDir, load_state
+    from trainer.checkpoint import CheckpointDir, load_state
     from trainer.training.saver import Saver
 
     tmp = tempfile.mkdtemp(prefix="bench-ckpt-io-")
@@ -252,7 +252,7 @@ def io_pairs(extra: list[str], repeats: int, on_pair) -> dict:
         model, opt = tr.strategy.module, tr.optimizer
         raw_dir = os.path.join(tmp, "raw")
         os.makedirs(raw_dir)
-        sync_saver = tr.saver
+        sync_saver = tr.checkpointer.saver
         async_cfg = B.load_cfg("gpt", extra + over + ["checkpoint.async_save=true",
                                                        f"checkpoint.dir={tmp}/async"])
         async_saver = Saver(async_cfg, tr.state, tr.run_dir)
@@ -262,7 +262,7 @@ def io_pairs(extra: list[str], repeats: int, on_pair) -> dict:
             for side in (("trainer", "raw") if i % 2 == 0 else ("raw", "trainer")):
                 t = _clock()
                 if side == "trainer":
-                    tr.saver = sync_saver
+                    tr.checkpointer.saver = sync_saver
                     tr.save()
                 else:
                     raw_save(model, opt, tr.state_dict(), raw_path)
@@ -284,12 +284,12 @@ def io_pairs(extra: list[str], repeats: int, on_pair) -> dict:
                                   for k, st in opt.state.items()}}
             samples["host copy"].append(_since(t))
             del copy
-            tr.saver = async_saver
+            tr.checkpointer.saver = async_saver
             t = _clock()
             tr.save()
             samples["async blocking"].append(_since(t))
             async_saver.finish(tr.progress.step)  # the write and commit, outside the timed window
-            tr.saver = sync_saver
+            tr.checkpointer.saver = sync_saver
             samples["size_mb"].append(size / 1e6)
             # old checkpoints out of the way (outside the timed windows): the page cache holds only these
             for d in (sync_saver.ckpts.root, async_saver.ckpts.root):
@@ -385,8 +385,8 @@ def main(argv=None) -> None:
                 "every_steps": every, "async_available": have_async,
                 "durability": "every file fsynced before it counts (trainer: each file, the directory "
                               "renames, manifest and latest; baseline: the file and its directory)",
-                "sources": B.file_digest("trainer/training/checkpoint.py", "trainer/training/stores.py",
-                                         "trainer/training/checkpoint_read.py")}
+                "sources": B.file_digest("trainer/checkpoint/transaction.py", "trainer/checkpoint/stores.py",
+                                         "trainer/checkpoint/read.py")}
     rep = B.Report("checkpoint", args, settings, threads=threads)
     io: list[dict] = []
     if "io" in only:

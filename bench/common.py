@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
+from trainer.runtime import atomic  # no torch: the trainer's one atomic write
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 
@@ -140,11 +142,10 @@ def result_path(name: str, args: argparse.Namespace) -> str:
 
 
 def _write_json(path: str, doc: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    # a reader (or a timeout) sees the previous version or this one, never half
+    with atomic.atomic_open(path, "w") as fh:
         json.dump(_jsonable(doc), fh, indent=1)
         fh.write("\n")
-    os.replace(tmp, path)  # a reader (or a timeout) sees the previous version or this one, never half
 
 
 class Report:

@@ -20,9 +20,9 @@ The rows run interleaved (the order rotates each round); the JSON is rewritten a
 batched tokenizer calls on the same records already in memory (``tok(prompts)`` and ``tok(responses,
 add_special_tokens=False)``, each one call over all records): the ids must be identical, document by
 document. Records are prompt/response pairs cut from stdlib sources (20,000; quick 10,000; smoke 500),
-the tokenizer a byte-level BPE (vocab 4096) trained here with ``tokenizers`` (tests/hfutil.py), which uses
-its own threads for a batch; both sides run with the same threads. Repeats are interleaved pairs; wall and
-process CPU time (every thread) are shown.
+the tokenizer a byte-level BPE (vocab 4096; smoke 512) trained here with ``tokenizers`` (tests/hfutil.py),
+which uses its own threads for a batch; both sides run with the same threads. Repeats are interleaved
+pairs; wall and process CPU time (every thread) are shown.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _trainer_ids(tok, path: str) -> tuple[np.ndarray, np.ndarray]:
     return (out[0], out[2]) if isinstance(out, tuple) else (out.ids, out.offsets)
 
 
-def jsonl_rows(n: int, repeats: int, on_pair) -> list[dict]:
+def jsonl_rows(n: int, repeats: int, on_pair, vocab: int = 4096) -> list[dict]:
     """Interleaved pairs (trainer, batched calls); identical ids checked; ``on_pair(rows)`` after each."""
     import json
 
@@ -113,7 +113,7 @@ def jsonl_rows(n: int, repeats: int, on_pair) -> list[dict]:
         path = os.path.join(tmp, "train.jsonl")
         with open(path, "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in recs)
-        tok = load_tokenizer(make_tokenizer(os.path.join(tmp, "tok"), vocab_size=4096), "data.tokenizer")
+        tok = load_tokenizer(make_tokenizer(os.path.join(tmp, "tok"), vocab_size=vocab), "data.tokenizer")
         prompts, responses = [r["prompt"] for r in recs], [r["response"] for r in recs]
 
         def batched():
@@ -192,7 +192,7 @@ def main(argv=None) -> None:
             tok_rows[:] = rows
             rep.set_rows(list(tok_rows))
 
-        jsonl_rows(n, repeats, on_pair)
+        jsonl_rows(n, repeats, on_pair, vocab=512 if smoke else 4096)
         print(f"JSONL tokenization, {n} prompt/response records, {repeats} interleaved pairs (medians)")
         print(B.table(tok_rows, [("tokens", "tokens", ""), ("trainer_s", "trainer s", ".3f"),
                                  ("trainer_cpu_s", "CPU s", ".3f"), ("batched_s", "batched tok() s", ".3f"),

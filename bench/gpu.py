@@ -32,9 +32,10 @@ Every build is timed over ``--windows`` windows of ``--steps`` optimizer steps a
 between two device synchronisations: a row gives the median tokens/s over its windows with their range, and
 trainer ÷ raw the ratio of medians with the range from the worst and best window pairs. TFLOP/s counts
 6N + 12·L·d·T FLOPs per token (N: parameters, tied embedding once, position table excluded); MFU is against
-the device's dense peak for the row's precision (trainer/training/metrics.py: bf16/fp16, TF32 for fp32 rows),
-from the CUDA device name. Trainer rows also report the trainer's own metrics row (tokens/s, MFU, GPU memory)
-and the host synchronisations per step seen by ``torch.cuda.set_sync_debug_mode`` (0 expected). A row whose
+the device's dense peak for the row's precision (bf16/fp16, TF32 for fp32 rows), from the CUDA device name
+(the table in trainer/training/observe/metrics.py). Trainer rows also report the trainer's own metrics
+row (tokens/s, MFU, GPU memory) and the host synchronisations per step seen by
+``torch.cuda.set_sync_debug_mode`` (0 expected). A row whose
 builds would end after ``--budget-s`` (estimated from the rows that ran) is skipped and marked; the JSON is
 rewritten after every row, so a run cut short still leaves its rows. The CPU smoke runs every row with the
 H100 SXM's peaks as nominal figures.
@@ -184,7 +185,7 @@ def count_syncs(device, feat: dict):
 def trainer_side(recipe: str, overrides: list[str], warm: int, steps: int, windows: int, feat: dict) -> dict:
     """The trainer: `build(cfg)` makes everything; this loop replaces fit() only to time ``windows`` windows
     of ``steps`` optimizer steps, each between two device synchronisations."""
-    from trainer.training.metrics import Stopwatch
+    from trainer.training.observe.metrics import Stopwatch
 
     cfg = B.load_cfg(recipe, overrides)
 
@@ -421,11 +422,11 @@ def merge_rounds(results: list[dict]) -> dict:
 
 
 def device_peak(device, smoke: bool) -> tuple[str, Callable[[str], Optional[float]]]:
-    """The device's name and its dense peak per precision (trainer/training/metrics.py's table; on a CPU
-    smoke run, the H100 SXM's figures as nominal values, so the columns fill)."""
+    """The device's name and its dense peak per precision (the table in trainer/training/observe/metrics.py;
+    on a CPU smoke run, the H100 SXM's figures as nominal values, so the columns fill)."""
     import torch
 
-    from trainer.training.metrics import peak_flops
+    from trainer.training.observe.metrics import peak_flops
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "NVIDIA H100 80GB HBM3"
     return name, lambda precision: peak_flops(name, precision)

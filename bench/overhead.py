@@ -562,9 +562,9 @@ def log_cost(tr, n: int) -> list[dict]:
     import logging
 
     from trainer.runtime.logs import add_rank_log, setup_logging
-    from trainer.training.metrics import Metrics, Stopwatch, console_sink
-    from trainer.training.rowwriter import RowWriter
-    from trainer.training.trackers import Trackers
+    from trainer.training.observe.metrics import Metrics, Stopwatch, console_sink
+    from trainer.training.observe.rowwriter import RowWriter
+    from trainer.training.observe.trackers import Trackers
 
     tmp = tempfile.mkdtemp(prefix="bench-log-")
     root = logging.getLogger()
@@ -692,7 +692,8 @@ def main(argv=None) -> None:
                 "mlp_overrides": MLP,
                 "sizes": {k: {"steps": s, "warmup": w} for k, (s, w) in sizes.items()},
                 "sources": B.file_digest("trainer/training/loop.py", "trainer/training/strategy.py",
-                                         "trainer/training/metrics.py", "trainer/training/rowwriter.py")}
+                                         "trainer/training/observe/metrics.py",
+                                         "trainer/training/observe/rowwriter.py")}
     rep = B.Report("overhead", args, settings, threads=threads)
     done: list[dict] = []  # rows of finished sections
 

@@ -6,7 +6,7 @@ Credentials and endpoint come the standard way (``AWS_ACCESS_KEY_ID``, ``AWS_SEC
 check lists the bucket, writes a small probe object under the prefix and deletes it; each failure is one line
 in the terms a user acts on. s3fs (the ``.[s3]`` extra) is imported only when a URL is checked, and neither
 torch nor the trainer ever is (launch/ never imports trainer/: the trainer's own start-of-run check,
-trainer/training/storage.py ``check_writable``, words its errors the same way).
+trainer/checkpoint/stores.py ``check_writable``, words its errors the same way).
 """
 
 from __future__ import annotations

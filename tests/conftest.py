@@ -42,6 +42,20 @@ def _isolated_env(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+# The tiers (README "Tests"): tests/unit starts no server and trains nothing through the CLI, so that
+# `make test-quick` (tests/unit, not marked slow) stays quick; these session fixtures belong to integration.
+HEAVY_FIXTURES = {"cnn_run", "mlflow_server", "s3_server", "s3"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        heavy = HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if heavy and item.nodeid.startswith("tests/unit/"):
+            raise pytest.UsageError(
+                f"{item.nodeid} uses {', '.join(sorted(heavy))}: a unit test may not (tests/integration)"
+            )
+
+
 def free_port() -> int:
     """A port that was free a moment ago (callers retry on EADDRINUSE)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -148,7 +162,7 @@ def s3(s3_server, monkeypatch, request):
     import re
 
     from tests.s3server import BUCKET
-    from trainer.training import stores
+    from trainer.checkpoint import stores
 
     monkeypatch.setattr(stores, "_REMOTE", {})  # a store made under another test's credentials is not reused
     for k, v in s3_server.env().items():

@@ -27,7 +27,7 @@ from torch import nn
 from . import exitcodes as codes
 from .config import Config, ConfigError, load_config
 from .run import Given, train_parts
-from .runtime import storage
+from .runtime import io_faults
 
 log = logging.getLogger("trainer")
 
@@ -49,7 +49,7 @@ def _outcome(e: BaseException, run_dir: Optional[str]) -> tuple[int, str]:
         reason = f"sys.exit({e.code!r}) was called during the run (user code?); the run did not finish"
         print(f"error: {reason}", file=sys.stderr)
         return codes.INTERNAL, reason
-    fault = storage.describe(e, where=run_dir or "the run directory")
+    fault = io_faults.describe(e, where=run_dir or "the run directory")
     if fault:
         print(f"{fault} (fix the storage, then rerun the same command: it resumes)", file=sys.stderr)
         return codes.STORAGE, fault

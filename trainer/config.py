@@ -17,7 +17,10 @@ import yaml
 
 from .errors import ConfigError, did_you_mean, option_hint  # noqa: F401  (re-exported)
 from .schema import (  # noqa: F401  (re-exported: trainer.config is where callers find the schema)
+    DATA_NAMES,
+    MODEL_NAMES,
     MONITOR_MODES,
+    RESUME_MODES,
     RESUME_SAFE_PREFIXES,
     TRACKERS,
     CheckpointConfig,
@@ -31,17 +34,17 @@ from .schema import (  # noqa: F401  (re-exported: trainer.config is where calle
     ProfileConfig,
     RunConfig,
     TrainConfig,
+    choices,
     describe,
     field_types,
     is_section,
     iter_fields,
+    iter_leaves,
+    reference,
     type_name,
 )
 from .strict_yaml import load_yaml  # noqa: F401  (re-exported)
 from .validate import (  # noqa: F401  (re-exported)
-    DATA_NAMES,
-    MODEL_NAMES,
-    RESUME_MODES,
     active_trackers,
     check_world,
     coerce,

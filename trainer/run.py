@@ -24,25 +24,25 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from . import checkpoint as ckpt
 from . import config as cfgmod
+from .checkpoint import mirror, stores
+from .checkpoint.hf_export import write_adapter, write_hf_dir
+from .checkpoint.weights import merge_lora_state, write_safetensors
 from .config import Config, ConfigError
 from .data import build_datasets, wrap_datasets
 from .exitcodes import OK, PREEMPTED
 from .models import build_model, flops_per_sample, prepare_user_model
 from .models.outputs import model_io
-from .runtime import dist, storage, workerenv
+from .runtime import dist, io_faults, workerenv
 from .runtime.lease import LEASE, Lease
 from .runtime.logs import add_rank_log, setup_logging
-from .training import checkpoint as ckpt
-from .training import history, stores
 from .training.finetune import prepare_for_finetune
-from .training.hf_export import write_adapter, write_hf_dir
 from .training.loop import Trainer
 from .training.optim import apply_freeze, build_optimizer
 from .training.probe import probe
 from .training.strategy import Strategy, adopt_accelerate_launch, make_accelerator, resolve_mode
 from .training.tasks import Objective
-from .training.weights import merge_lora_state, write_safetensors
 
 log = logging.getLogger("trainer")
 
@@ -210,10 +210,10 @@ def find_resume(cfg: Config, run_dir: str) -> Optional[str]:
         raise ConfigError(f"run.resume={r!r}: {e}") from None
 
 
-def _restore_history(cfg: Config, run_dir: str, rank: int) -> None:
+def _restore_mirror(cfg: Config, run_dir: str, rank: int) -> None:
     """A node whose run.dir is empty, resuming from a bucket: the metrics and this rank's log so far, before
-    logging appends to them (history.py)."""
-    got = history.restore(run_dir, ckpt.checkpoint_root(cfg.checkpoint.dir, run_dir), rank)
+    logging appends to them (checkpoint/mirror.py)."""
+    got = mirror.restore(run_dir, ckpt.checkpoint_root(cfg.checkpoint.dir, run_dir), rank)
     if got:
         log.info("history restored from %s: %s", cfg.checkpoint.dir, ", ".join(got))
 
@@ -221,14 +221,14 @@ def _restore_history(cfg: Config, run_dir: str, rank: int) -> None:
 def _claim_run_dir(
     cfg: Config, run_dir: str, created: list[str], world_size: int
 ) -> tuple[Lease, Optional[str]]:
-    """Rank 0: check run.dir (and a remote checkpoint.dir), create it, bring back the history kept beside
-    remote checkpoints, take its lease before writing anything else, find the resume."""
+    """Rank 0: check run.dir (and a remote checkpoint.dir), create it, bring back the run files mirrored
+    beside remote checkpoints, take its lease before writing anything else, find the resume."""
     check_storage(cfg)
     _check_run_dir(cfg, run_dir)
     if not os.path.isdir(run_dir):
         os.makedirs(run_dir)
         created.append(run_dir)
-    _restore_history(cfg, run_dir, 0)
+    _restore_mirror(cfg, run_dir, 0)
     lease = Lease(run_dir)
     note = lease.acquire()
     try:
@@ -253,14 +253,14 @@ def _make_run_dir(
         except ConfigError as e:
             outcome = ("config", str(e))
         except OSError as e:
-            outcome = ("storage", storage.describe(e) or f"storage error: {e}")
+            outcome = ("storage", io_faults.describe(e) or f"storage error: {e}")
     kind, value = dist.broadcast_object(state, outcome)  # every rank fails the same way, or none
     if kind == "config":
         raise ConfigError(value)
     if kind == "storage":
-        raise storage.StorageError(value)
+        raise io_faults.StorageError(value)
     if not state.is_main:
-        _restore_history(cfg, run_dir, state.rank)
+        _restore_mirror(cfg, run_dir, state.rank)
         add_rank_log(run_dir, state.rank, state.world_size)
     if state.is_main:
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as fh:
@@ -368,7 +368,7 @@ def export_final(parts: Parts) -> None:
             write_hf_dir(merged, cfg, os.path.join(parts.run_dir, "hf"))
             if cfg.lora.targets:
                 write_adapter(parts.strategy.module, msd, cfg, os.path.join(parts.run_dir, "adapter"))
-    history.upload_final(
+    mirror.upload_final(
         parts.run_dir, ckpt.checkpoint_root(parts.cfg.checkpoint.dir, parts.run_dir), parts.state.rank
     )
 

@@ -1,7 +1,12 @@
-"""The config schema: one dataclass per section, every field with its default and help text.
+"""The config schema: one dataclass per section, every field with its type, default, help text and bounds.
 
-``python -m trainer config`` prints ``describe()``; a key is added here (with its help), validated in
-``trainer/config.py`` and read where it is used. No torch, no I/O.
+A key lives here whole: its type says its allowed values (``Literal[...]``; a built-in name or a string of
+another kind is ``Union[Literal[...], str]`` with ``kind=`` saying which), its metadata says its range
+(``ge=``, ``gt=``, ``le=``; on a list they bound each element) and what else a value must be (``kind=``: an
+existing ``"path"``, an ``"import"`` path ``package.module:Name``, a ``"checkpoint"`` path or URL).
+``trainer/validate.py`` derives those checks from here; only the checks that need several keys are written
+there. ``reference()`` is every key as data (type, default, allowed values, range, help), the one source of
+``python -m trainer config`` (``describe()``) and of any generated key reference. No torch, no I/O.
 """
 
 from __future__ import annotations
@@ -12,17 +17,49 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
+# Metadata a field may carry besides its help: bounds (on a list, of each element) and the kind of string.
+BOUNDS = {"ge": ">=", "gt": ">", "le": "<="}
+KINDS = {
+    "path": "an existing file or directory",
+    "import": "package.module:Name",
+    "checkpoint": "an existing checkpoint path",
+}
+
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with help text; mutable defaults go through default_factory."""
+    unknown = set(kw) - set(BOUNDS) - {"kind", "item"}
+    assert not unknown and kw.get("kind", "path") in KINDS, kw  # a typo here would silently check nothing
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
 
 
-# Metrics checkpoint.monitor accepts, and which way is better; the experiment trackers log.trackers knows.
+# The built-in names (config must not import torch, so the builders in trainer/models and trainer/data are
+# keyed by these; tests/unit/test_layers.py checks they agree), and the other named choices fields share.
+ModelName = Literal["linreg", "cnn", "mlp", "gpt", "hf"]
+DataName = Literal[
+    "synthetic_regression",
+    "synthetic_classification",
+    "digits",
+    "diabetes",
+    "text",
+    "tokens",
+    "tensors",
+    "csv",
+    "jsonl",
+]
+ResumeMode = Literal["auto", "never", "restart"]
+Tracker = Literal["tensorboard", "mlflow", "wandb"]
+Monitor = Literal["eval/accuracy", "eval/loss", "eval/perplexity", "eval/mse"]
+
+MODEL_NAMES: tuple[str, ...] = typing.get_args(ModelName)
+DATA_NAMES: tuple[str, ...] = typing.get_args(DataName)
+RESUME_MODES: tuple[str, ...] = typing.get_args(ResumeMode)
+TRACKERS: tuple[str, ...] = typing.get_args(Tracker)
+# Which way is better for each metric checkpoint.monitor accepts.
 MONITOR_MODES = {"eval/accuracy": "max", "eval/loss": "min", "eval/perplexity": "min", "eval/mse": "min"}
-TRACKERS = ("tensorboard", "mlflow", "wandb")
+assert tuple(MONITOR_MODES) == typing.get_args(Monitor)
 
 
 @dataclass
@@ -32,11 +69,12 @@ class RunConfig:
         "Run directory for every output. Default: runs/<model>-<hash of the config>, so rerunning the "
         "same command resumes the same run.",
     )
-    resume: str = _f(
+    resume: Union[ResumeMode, str] = _f(
         "auto",
         "auto: continue from the latest checkpoint in run.dir if any (exit 2 if none is usable); never: "
         "refuse a non-empty run.dir; restart: start at step 0 in run.dir, moving its old checkpoints "
         "aside; or a checkpoint PATH.",
+        kind="checkpoint",
     )
     resume_config_change: Literal["refuse", "allow"] = _f(
         "refuse", "On resume, refuse (default) or allow a config that differs in keys that change the math."
@@ -45,16 +83,17 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _f(
+    name: Union[ModelName, str] = _f(
         "cnn",
         "linreg | cnn | mlp | gpt | hf (a Hugging Face causal LM from model.path), or a user nn.Module as "
         "package.module:Name.",
+        kind="import",
     )
     path: Optional[str] = _f(
         None,
         "hf: a local model directory (config.json, *.safetensors possibly sharded with an index, tokenizer "
         "files). Nothing is downloaded.",
-        path=True,
+        kind="path",
     )
     dtype: Literal["auto", "fp32", "bf16"] = _f(
         "auto",
@@ -68,23 +107,26 @@ class ModelConfig:
         None,
         "package.module:ConfigClass: the user model is called with ConfigClass(**model.kwargs) as its one "
         "argument (nanoGPT's GPTConfig, transformers' LlamaConfig).",
+        kind="import",
     )
     target_arg: Optional[str] = _f(
         None,
         "Pass the target to the model's forward as this keyword (nanoGPT: targets, transformers: labels) "
         "so the model computes its own loss, in training and eval.",
     )
-    hidden: list[int] = _f([256, 128], "MLP hidden layer widths.", min=1)
-    dropout: float = _f(0.0, "Dropout probability (mlp, gpt).", min=0.0, max=0.999)
-    n_layer: int = _f(4, "GPT: number of transformer blocks.", min=1)
-    n_head: int = _f(4, "GPT: attention heads per block.", min=1)
-    n_embd: int = _f(128, "GPT: embedding width (divisible by n_head).", min=1)
-    block_size: int = _f(128, "GPT: context length in tokens.", min=2)
+    hidden: list[int] = _f([256, 128], "MLP hidden layer widths.", ge=1)
+    dropout: float = _f(0.0, "Dropout probability (mlp, gpt).", ge=0.0, le=0.999)
+    n_layer: int = _f(4, "GPT: number of transformer blocks.", ge=1)
+    n_head: int = _f(4, "GPT: attention heads per block.", ge=1)
+    n_embd: int = _f(128, "GPT: embedding width (divisible by n_head).", ge=1)
+    block_size: int = _f(128, "GPT: context length in tokens.", ge=2)
     vocab_size: int = _f(
-        256, "GPT: vocabulary size (256 = bytes; set to your tokenizer's size for token files).", min=2
+        256, "GPT: vocabulary size (256 = bytes; set to your tokenizer's size for token files).", ge=2
     )
     init_from: Optional[str] = _f(
-        None, "Initialise weights from a checkpoint dir, run dir, .safetensors or state-dict file.", path=True
+        None,
+        "Initialise weights from a checkpoint dir, run dir, .safetensors or state-dict file.",
+        kind="path",
     )
     init_strict: bool = _f(True, "Require every key to match when loading model.init_from.")
     init_skip: list[str] = _f(
@@ -96,45 +138,46 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = _f(
+    name: Union[DataName, str] = _f(
         "digits",
         "synthetic_regression | synthetic_classification | digits | diabetes | text | tokens | tensors | "
         "csv | jsonl, or a user Dataset as package.module:Name.",
+        kind="import",
     )
     path: Optional[str] = _f(
         None,
         "File or directory for text, tokens (.bin), tensors (.npy/.npz/.pt), csv and jsonl data.",
-        path=True,
+        kind="path",
     )
     eval_path: Optional[str] = _f(
-        None, "jsonl: a held-out file for evaluation (default: a data.eval_fraction split).", path=True
+        None, "jsonl: a held-out file for evaluation (default: a data.eval_fraction split).", kind="path"
     )
     tokenizer: Optional[str] = _f(
-        None, "jsonl: a local tokenizer directory (default: model.path).", path=True
+        None, "jsonl: a local tokenizer directory (default: model.path).", kind="path"
     )
     seq_len: int = _f(
-        0, "jsonl: tokens per packed row (0 = the model's maximum positions, capped at 2048).", min=0
+        0, "jsonl: tokens per packed row (0 = the model's maximum positions, capped at 2048).", ge=0
     )
     kwargs: dict = _f({}, "Keyword arguments passed to a user Dataset given by import path.")
     target_key: str = _f(
         "labels", "Dict samples: the key holding the target; every other key goes to forward as a keyword."
     )
     eval_fraction: float = _f(
-        0.1, "Fraction of samples held out for evaluation (fixed split seed).", min=0.0, max=0.9
+        0.1, "Fraction of samples held out for evaluation (fixed split seed).", ge=0.0, le=0.9
     )
     split_seed: int = _f(
         1234,
         "Seed of the train/eval split; independent of `seed` so runs stay comparable.",
-        min=0,
-        max=2**32 - 1,
+        ge=0,
+        le=2**32 - 1,
     )
-    num_samples: int = _f(4096, "Synthetic datasets: number of samples.", min=1)
-    num_features: int = _f(16, "Synthetic datasets: input features.", min=1)
-    num_classes: int = _f(4, "Synthetic classification: classes.", min=2)
+    num_samples: int = _f(4096, "Synthetic datasets: number of samples.", ge=1)
+    num_features: int = _f(16, "Synthetic datasets: input features.", ge=1)
+    num_classes: int = _f(4, "Synthetic classification: classes.", ge=2)
     max_bytes: int = _f(
         2_000_000,
         "Text corpus: cap in bytes (the default corpus is the stdlib's top-level .py files).",
-        min=1,
+        ge=1,
     )
     token_dtype: Literal["uint16", "uint32"] = _f("uint16", "Token files (.bin): element type.")
     target: str = _f("-1", "CSV: target column name or index (default: last column).")
@@ -143,10 +186,10 @@ class DataConfig:
     )
     augment: bool = _f(False, "Digits: random ±2 pixel shifts, seeded per sample from (seed, epoch, index).")
     num_workers: int = _f(
-        0, "DataLoader worker processes (0 = load in the main process; right for in-memory data).", min=0
+        0, "DataLoader worker processes (0 = load in the main process; right for in-memory data).", ge=0
     )
     pin_memory: bool = _f(True, "Pin host memory when training on CUDA.")
-    prefetch_factor: int = _f(2, "Batches prefetched per worker (num_workers > 0).", min=1)
+    prefetch_factor: int = _f(2, "Batches prefetched per worker (num_workers > 0).", ge=1)
 
 
 @dataclass
@@ -154,14 +197,14 @@ class OptimConfig:
     name: Literal["sgd", "adam", "adamw"] = _f(
         "sgd", "Optimizer. Fused kernels are used on CUDA for adam/adamw."
     )
-    lr: float = _f(0.05, "Peak learning rate.", min=0.0)
-    momentum: float = _f(0.9, "SGD momentum.", min=0.0, max=1.0)
-    weight_decay: float = _f(0.0, "Weight decay (decoupled for adamw).", min=0.0)
+    lr: float = _f(0.05, "Peak learning rate.", ge=0.0)
+    momentum: float = _f(0.9, "SGD momentum.", ge=0.0, le=1.0)
+    weight_decay: float = _f(0.0, "Weight decay (decoupled for adamw).", ge=0.0)
     betas: list[float] = _f([0.9, 0.999], "Adam/AdamW betas.")
-    eps: float = _f(1e-8, "Adam/AdamW epsilon.", min=0.0)
+    eps: float = _f(1e-8, "Adam/AdamW epsilon.", ge=0.0)
     schedule: Literal["constant", "cosine"] = _f("constant", "LR schedule after warmup.")
-    warmup_steps: int = _f(0, "Linear warmup steps.", min=0)
-    min_lr_ratio: float = _f(0.1, "Cosine: final lr as a fraction of optim.lr.", min=0.0, max=1.0)
+    warmup_steps: int = _f(0, "Linear warmup steps.", ge=0)
+    min_lr_ratio: float = _f(0.1, "Cosine: final lr as a fraction of optim.lr.", ge=0.0, le=1.0)
     param_groups: list[dict] = _f(
         [], "Per-group learning rates: [{pattern: 'fc2.*', lr: 0.01}, ...]; first match wins."
     )
@@ -169,13 +212,11 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = _f(0, "Optimizer steps to run; 0 = run train.epochs epochs.", min=0)
-    epochs: int = _f(1, "Epochs when train.max_steps is 0.", min=1)
-    batch_size: int = _f(
-        64, "GLOBAL samples per optimizer step, across all processes and micro-steps.", min=1
-    )
-    eval_batch_size: int = _f(512, "Global batch size for evaluation.", min=1)
-    eval_every_steps: int = _f(0, "Evaluate every N steps (0 = only at the end).", min=0)
+    max_steps: int = _f(0, "Optimizer steps to run; 0 = run train.epochs epochs.", ge=0)
+    epochs: int = _f(1, "Epochs when train.max_steps is 0.", ge=1)
+    batch_size: int = _f(64, "GLOBAL samples per optimizer step, across all processes and micro-steps.", ge=1)
+    eval_batch_size: int = _f(512, "Global batch size for evaluation.", ge=1)
+    eval_every_steps: int = _f(0, "Evaluate every N steps (0 = only at the end).", ge=0)
     eval_before: Optional[bool] = _f(
         None,
         "Evaluate before the first step too (summary.json: eval_before beside eval). "
@@ -187,8 +228,8 @@ class TrainConfig:
     compile: bool = _f(False, "Wrap the model in torch.compile (compile time is logged apart).")
     compile_backend: str = _f("inductor", "torch.compile backend (aot_eager needs no C compiler).")
     compile_mode: Optional[str] = _f(None, "torch.compile mode: default, reduce-overhead, max-autotune.")
-    grad_accum: int = _f(1, "Micro-steps per optimizer step; gradients all-reduce only on the last.", min=1)
-    grad_clip: float = _f(0.0, "Clip the global gradient norm to this value (0 = off).", min=0.0)
+    grad_accum: int = _f(1, "Micro-steps per optimizer step; gradients all-reduce only on the last.", ge=1)
+    grad_clip: float = _f(0.0, "Clip the global gradient norm to this value (0 = off).", ge=0.0)
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms and fixed cuDNN/cuBLAS settings.")
     freeze: list[str] = _f([], "Freeze parameters whose name matches any glob (or re:REGEX) pattern.")
     activation_checkpointing: bool = _f(
@@ -203,9 +244,10 @@ class TrainConfig:
         None,
         "package.module:fn, called as fn(outputs, targets) -> scalar tensor; replaces the model's own loss "
         "and the task loss.",
+        kind="import",
     )
     max_bad_steps: int = _f(
-        3, "Consecutive non-finite-loss steps skipped before the run stops (exit 3).", min=0
+        3, "Consecutive non-finite-loss steps skipped before the run stops (exit 3).", ge=0
     )
     strategy: Literal["auto", "single", "dp", "ddp", "fsdp", "accelerate"] = _f(
         "auto",
@@ -216,7 +258,7 @@ class TrainConfig:
     early_stop_patience: int = _f(
         0,
         "Stop (exit 0) after N evaluations in a row without improvement of checkpoint.monitor (0 = off).",
-        min=0,
+        ge=0,
     )
 
 
@@ -227,10 +269,10 @@ class CheckpointConfig:
         "Where checkpoints live: a directory, or an fsspec URL such as s3://bucket/prefix (needs the .[s3] "
         "extra; credentials from AWS_* variables or an instance role). Default: run.dir/checkpoints.",
     )
-    every_steps: int = _f(0, "Save a checkpoint every N optimizer steps (0 = only at the end).", min=0)
-    keep: int = _f(3, "Keep the last K checkpoints.", min=1)
+    every_steps: int = _f(0, "Save a checkpoint every N optimizer steps (0 = only at the end).", ge=0)
+    keep: int = _f(3, "Keep the last K checkpoints.", ge=1)
     async_save: bool = _f(False, "Write checkpoints in a background thread while training continues.")
-    monitor: Optional[str] = _f(
+    monitor: Optional[Monitor] = _f(
         None,
         "Eval metric that ranks checkpoints and drives early stopping: "
         + " | ".join(
@@ -239,18 +281,19 @@ class CheckpointConfig:
         + ".",
     )
     keep_best: int = _f(
-        0, "Also keep the K best checkpoints by checkpoint.monitor, besides the last checkpoint.keep.", min=0
+        0, "Also keep the K best checkpoints by checkpoint.monitor, besides the last checkpoint.keep.", ge=0
     )
 
 
 @dataclass
 class LogConfig:
-    every_steps: int = _f(10, "Pull loss to the host and write metrics every N steps.", min=1)
-    trackers: list[str] = _f(
+    every_steps: int = _f(10, "Pull loss to the host and write metrics every N steps.", ge=1)
+    trackers: list[Tracker] = _f(
         ["tensorboard"],
         "Experiment trackers, any of tensorboard | mlflow | wandb. MLflow reads MLFLOW_TRACKING_URI and "
         "MLFLOW_EXPERIMENT_NAME; W&B reads WANDB_MODE, WANDB_PROJECT, WANDB_DIR "
         "(pip install .[mlflow] / .[wandb]).",
+        item="tracker",
     )
     tensorboard: bool = _f(True, "Alias kept for old recipes: false drops tensorboard from log.trackers.")
     progress: Literal["auto", "on", "off"] = _f(
@@ -266,9 +309,9 @@ class LoraConfig:
         "LoRA (peft) on nn.Linear layers whose name matches: exact names or suffixes (q_proj), globs "
         "(blocks.*.attn.c_attn) or re:REGEX. Empty = full fine-tuning.",
     )
-    rank: int = _f(8, "LoRA rank.", min=1)
-    alpha: float = _f(16.0, "LoRA scaling numerator (scale = alpha / rank).", min=0.0)
-    dropout: float = _f(0.0, "Dropout on the LoRA input.", min=0.0, max=0.999)
+    rank: int = _f(8, "LoRA rank.", ge=1)
+    alpha: float = _f(16.0, "LoRA scaling numerator (scale = alpha / rank).", ge=0.0)
+    dropout: float = _f(0.0, "Dropout on the LoRA input.", ge=0.0, le=0.999)
     trainable: list[str] = _f(
         [],
         "With LoRA on, base modules that stay trainable (glob or re:REGEX, e.g. a new head 'fc2'; "
@@ -278,9 +321,9 @@ class LoraConfig:
 
 @dataclass
 class DistConfig:
-    init_timeout_s: float = _f(300.0, "Timeout for process-group initialisation / rendezvous.", min=1.0)
+    init_timeout_s: float = _f(300.0, "Timeout for process-group initialisation / rendezvous.", ge=1.0)
     collective_timeout_s: float = _f(
-        600.0, "Timeout for a collective during training; on expiry the stalled rank is named.", min=0.1
+        600.0, "Timeout for a collective during training; on expiry the stalled rank is named.", ge=0.1
     )
 
 
@@ -291,7 +334,7 @@ class ProfileConfig:
 
 @dataclass
 class Config:
-    seed: int = _f(0, "Seed for model init, data order and augmentation.", min=0, max=2**32 - 1)
+    seed: int = _f(0, "Seed for model init, data order and augmentation.", ge=0, le=2**32 - 1)
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto picks CUDA when present.")
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -350,28 +393,74 @@ def type_name(tp: Any) -> str:
         return "|".join(str(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return type_name(args[0]) + "?"
+        name = "|".join(type_name(a) for a in args)
+        return name + "?" if len(args) < len(typing.get_args(tp)) else name
     if origin is list:
         (inner,) = typing.get_args(tp) or (Any,)
         return f"list[{type_name(inner)}]"
     return getattr(tp, "__name__", str(tp))
 
 
+def choices(tp: Any) -> tuple:
+    """The Literal values a field (or each element of a list field) may take; () when it is not an enum."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return typing.get_args(tp)
+    if origin in (Union, types.UnionType, list):
+        return tuple(c for a in typing.get_args(tp) for c in choices(a))
+    return ()
+
+
 def iter_fields(cls: type = Config, prefix: str = ""):
     """Yield (dotted key, type, default, help) for every leaf field."""
+    for key, tp, default, meta in iter_leaves(cls, prefix):
+        yield key, tp, default, meta.get("help", "")
+
+
+def iter_leaves(cls: type = Config, prefix: str = ""):
+    """Yield (dotted key, type, default, metadata) for every leaf field, in schema order."""
     hints = field_types(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if is_section(tp):
-            yield from iter_fields(tp, prefix + f.name + ".")
+            yield from iter_leaves(tp, prefix + f.name + ".")
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        yield prefix + f.name, tp, default, f.metadata.get("help", "")
+        yield prefix + f.name, tp, default, dict(f.metadata)
+
+
+def range_text(meta: dict) -> str:
+    """A field's bounds as text, e.g. '>= 0, <= 0.9'; '' when it has none."""
+    return ", ".join(f"{op} {meta[k]}" for k, op in BOUNDS.items() if k in meta)
+
+
+def reference() -> list[dict]:
+    """Every key as data: key, type, default, choices (allowed values; with `other`, what else a value may
+    be), range and help. The one source of `python -m trainer config` and of a generated key reference."""
+    rows = []
+    for key, tp, default, meta in iter_leaves():
+        kind = meta.get("kind")
+        rows.append(
+            {
+                "key": key,
+                "type": type_name(tp),
+                "default": default,
+                "choices": list(choices(tp)),
+                "other": KINDS[kind] if kind and kind != "path" and choices(tp) else None,
+                "range": range_text(meta),
+                "help": meta.get("help", ""),
+            }
+        )
+    return rows
 
 
 def describe() -> str:
-    """Every key with its type, default and help: the text of `python -m trainer config`."""
+    """Every key with its type, default, allowed values, range and help: the text of `python -m trainer
+    config`."""
     lines = []
-    for key, tp, default, help_ in iter_fields():
-        lines.append(f"  {key:<34} {type_name(tp):<22} default={default!r}\n      {help_}")
+    for r in reference():
+        line = f"  {r['key']:<34} {r['type']:<22} default={r['default']!r}"
+        if r["range"]:
+            line += f"  ({r['range']})"
+        lines.append(f"{line}\n      {r['help']}")
     return "\n".join(lines)

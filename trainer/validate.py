@@ -1,5 +1,10 @@
 """One validation pass over a loaded Config: every value in range and consistent, or a one-line
-:class:`ConfigError` naming the key, the value and what was expected. Also the one list of built-in names."""
+:class:`ConfigError` naming the key, the value and what was expected.
+
+What one key allows is read from its field in ``trainer/schema.py`` (its ``Literal`` type, its bounds and its
+``kind``): :func:`coerce` checks type, allowed values and range as each value is read, ``_check_kinds`` the
+strings that must name a path or an import. Written by hand here: ``_check_shapes`` (one key, what a type
+cannot say) and ``_check_across``, the one place for every check that reads several keys."""
 
 from __future__ import annotations
 
@@ -11,7 +16,15 @@ import typing
 from typing import Any, Literal, Union
 
 from .errors import ConfigError, did_you_mean
-from .schema import MONITOR_MODES, TRACKERS, Config
+from .schema import (
+    BOUNDS,
+    DATA_NAMES,
+    KINDS,
+    MODEL_NAMES,
+    Config,
+    choices,
+    iter_leaves,
+)
 from .strict_yaml import load_yaml
 
 
@@ -20,19 +33,28 @@ def coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+        if type(None) in typing.get_args(tp) and (
+            value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~"))
+        ):
             return None
-        return coerce(key, value, args[0], meta)
+        # Union[Literal[...], str]: a built-in name or a string of the field's kind (checked in _check_kinds)
+        return coerce(key, value, str if str in args else args[0], meta)
     if origin is Literal:
-        choices = typing.get_args(tp)
+        allowed = typing.get_args(tp)
         if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
             value = next(
-                (c for c in choices if c in (("on", "true", "yes") if value else ("off", "false", "no"))),
+                (c for c in allowed if c in (("on", "true", "yes") if value else ("off", "false", "no"))),
                 value,
             )
-        if value not in choices:
-            hint = did_you_mean(value, choices)
-            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(map(str, choices))}{hint}")
+        if value not in allowed:
+            hint = did_you_mean(value, allowed)
+            # an element of a list field, named for what it is (log.trackers: a tracker)
+            if "item" in meta and "list_key" in meta:
+                raise ConfigError(
+                    f"{meta['list_key']}={meta['list_value']!r}: unknown {meta['item']} {value!r} "
+                    f"(expected {', '.join(map(str, allowed))})"
+                )
+            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(map(str, allowed))}{hint}")
         return value
     if origin is list:
         (inner,) = typing.get_args(tp) or (Any,)
@@ -40,8 +62,9 @@ def coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
             value = load_yaml(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}={value!r}: expected a list")
-        # min/max of a list field bound each element (model.hidden=[0] is a zero-width layer)
-        return [coerce(f"{key}[{i}]", v, inner, meta) if inner is not Any else v for i, v in enumerate(value)]
+        # the bounds of a list field bound each element (model.hidden=[0] is a zero-width layer)
+        each = {**meta, "list_key": key, "list_value": value}
+        return [coerce(f"{key}[{i}]", v, inner, each) if inner is not Any else v for i, v in enumerate(value)]
     if tp is dict:
         if isinstance(value, str):
             value = load_yaml(value)
@@ -81,29 +104,14 @@ def coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
         return str(value)
     else:
         return value
-    if "min" in meta and out < meta["min"]:
-        raise ConfigError(f"{key}={value!r}: must be >= {meta['min']}")
-    if "max" in meta and out > meta["max"]:
-        raise ConfigError(f"{key}={value!r}: must be <= {meta['max']}")
+    for bound, op in BOUNDS.items():
+        limit = meta.get(bound)
+        if limit is not None and not {"ge": out >= limit, "gt": out > limit, "le": out <= limit}[bound]:
+            raise ConfigError(f"{key}={value!r}: must be {op} {limit}")
     return out
 
 
-# The one list of built-in names (config must not import torch, so the builders in trainer/models and
-# trainer/data are keyed by these; tests/unit/test_layers.py checks they agree).
-MODEL_NAMES = ("linreg", "cnn", "mlp", "gpt", "hf")
-DATA_NAMES = (
-    "synthetic_regression",
-    "synthetic_classification",
-    "digits",
-    "diabetes",
-    "text",
-    "tokens",
-    "tensors",
-    "csv",
-    "jsonl",
-)
 _NEEDS_PATH = ("tokens", "tensors", "csv", "jsonl")
-RESUME_MODES = ("auto", "never", "restart")
 
 
 def _is_import_path(name: str) -> bool:
@@ -111,32 +119,76 @@ def _is_import_path(name: str) -> bool:
     return bool(sep and mod and attr)
 
 
+def _check_kinds(cfg: Config) -> None:
+    """Each string field with a ``kind`` in the schema is what its kind says: an existing path, an import path
+    package.module:Name, or a checkpoint (an existing path or a storage URL), unless it is one of the field's
+    built-in names."""
+    for key, tp, _default, meta in iter_leaves():
+        kind = meta.get("kind")
+        if kind is None:
+            continue
+        value = _get(cfg, key)
+        builtin = choices(tp)
+        if value is None or value in builtin or (kind == "path" and not value):
+            continue
+        if _KIND_CHECKS[kind](value):
+            continue
+        if kind == "path":
+            raise ConfigError(f"{key}={value!r}: no such file or directory")
+        if builtin:
+            raise ConfigError(
+                f"{key}={value!r}: expected one of {', '.join(builtin)} or {KINDS[kind]}"
+                + did_you_mean(value, builtin)
+            )
+        raise ConfigError(f"{key}={value!r}: expected {KINDS[kind]}")
+
+
+_KIND_CHECKS = {
+    "path": os.path.exists,
+    "import": lambda v: _is_import_path(v),
+    "checkpoint": lambda v: _is_url(v) or os.path.exists(v),
+}
+
+
+def _get(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def validate(cfg: Config) -> None:
-    m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
-    if m.name not in MODEL_NAMES and not _is_import_path(m.name):
-        raise ConfigError(
-            f"model.name={m.name!r}: expected one of {', '.join(MODEL_NAMES)} or package.module:Name"
-            + did_you_mean(m.name, MODEL_NAMES)
-        )
-    if d.name not in DATA_NAMES and not _is_import_path(d.name):
-        raise ConfigError(
-            f"data.name={d.name!r}: expected one of {', '.join(DATA_NAMES)} or package.module:Name"
-            + did_you_mean(d.name, DATA_NAMES)
-        )
+    """The checks :func:`coerce` cannot make as each value is read, after the whole config is built."""
+    _check_kinds(cfg)
+    _check_shapes(cfg)
+    _check_across(cfg)
+
+
+def _check_shapes(cfg: Config) -> None:
+    """One key each, what a type and bounds cannot say: the shape of a list or mapping, a URL's protocol, an
+    installed tracker package."""
+    o, steps = cfg.optim, cfg.profile.steps
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError(f"optim.betas={o.betas!r}: expected two numbers in [0, 1)")
+    for i, g in enumerate(o.param_groups):
+        if not isinstance(g, dict) or "pattern" not in g or set(g) - {"pattern", "lr", "weight_decay"}:
+            raise ConfigError(f"optim.param_groups[{i}]={g!r}: expected {{pattern: GLOB, lr: NUMBER}}")
+        for k in ("lr", "weight_decay"):
+            if k in g:
+                coerce(f"optim.param_groups[{i}].{k}", g[k], float, {"ge": 0.0})
+    if steps and (len(steps) != 2 or not 0 <= steps[0] < steps[1]):
+        raise ConfigError(f"profile.steps={steps!r}: expected [start, end] with start < end")
+    for key, url in (("checkpoint.dir", cfg.checkpoint.dir), ("run.resume", cfg.run.resume)):
+        if url and _is_url(url):
+            _check_url(key, url)
+    _validate_trackers(cfg.log.trackers)
+
+
+def _check_across(cfg: Config) -> None:
+    """Keys that depend on each other: every check that reads more than one key is here."""
+    m, d, t = cfg.model, cfg.data, cfg.train
     if d.name in _NEEDS_PATH and not d.path:
         raise ConfigError(f"data.path=None: data.name={d.name} needs a file (data.path=...)")
-    for key, p in (
-        ("data.path", d.path),
-        ("data.eval_path", d.eval_path),
-        ("data.tokenizer", d.tokenizer),
-        ("model.init_from", m.init_from),
-        ("model.path", m.path),
-    ):
-        if p and not os.path.exists(p):
-            raise ConfigError(f"{key}={p!r}: no such file or directory")
-    for key, spec in (("model.config", m.config), ("train.loss", t.loss)):
-        if spec is not None and not _is_import_path(spec):
-            raise ConfigError(f"{key}={spec!r}: expected package.module:Name")
     if m.config and m.name in MODEL_NAMES:
         raise ConfigError(
             f"model.config={m.config!r}: only for a user model (model.name=package.module:Name)"
@@ -162,14 +214,6 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"data.path={d.path!r}: data.name=jsonl needs a file")
     if m.name == "gpt" and m.n_embd % m.n_head:
         raise ConfigError(f"model.n_embd={m.n_embd}: must be divisible by model.n_head={m.n_head}")
-    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
-        raise ConfigError(f"optim.betas={o.betas!r}: expected two numbers in [0, 1)")
-    for i, g in enumerate(o.param_groups):
-        if not isinstance(g, dict) or "pattern" not in g or set(g) - {"pattern", "lr", "weight_decay"}:
-            raise ConfigError(f"optim.param_groups[{i}]={g!r}: expected {{pattern: GLOB, lr: NUMBER}}")
-        for k in ("lr", "weight_decay"):
-            if k in g:
-                coerce(f"optim.param_groups[{i}].{k}", g[k], float, {"min": 0.0})
     for key, name, kwargs, builtin in (
         ("model", m.name, m.kwargs, MODEL_NAMES),
         ("data", d.name, d.kwargs, DATA_NAMES),
@@ -183,32 +227,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"train.batch_size={t.batch_size}: not divisible by train.grad_accum={t.grad_accum}"
         )
-    if cfg.profile.steps and (
-        len(cfg.profile.steps) != 2 or not 0 <= cfg.profile.steps[0] < cfg.profile.steps[1]
-    ):
-        raise ConfigError(f"profile.steps={cfg.profile.steps!r}: expected [start, end] with start < end")
-    r = cfg.run.resume
-    if r not in RESUME_MODES and not _is_url(r) and not os.path.exists(r):
-        raise ConfigError(
-            f"run.resume={r!r}: expected {', '.join(RESUME_MODES)} or an existing checkpoint path"
-            + did_you_mean(r, RESUME_MODES)
-        )
-    for key, url in (("checkpoint.dir", cfg.checkpoint.dir), ("run.resume", r)):
-        if url and _is_url(url):
-            _check_url(key, url)
-    _validate_monitor(cfg)
-    _validate_trackers(cfg.log.trackers)
-
-
-def _validate_monitor(cfg: Config) -> None:
-    c, t = cfg.checkpoint, cfg.train
-    if c.monitor is not None and c.monitor not in MONITOR_MODES:
-        raise ConfigError(f"checkpoint.monitor={c.monitor!r}: expected one of {', '.join(MONITOR_MODES)}")
     for key, value in (
-        ("checkpoint.keep_best", c.keep_best),
+        ("checkpoint.keep_best", cfg.checkpoint.keep_best),
         ("train.early_stop_patience", t.early_stop_patience),
     ):
-        if value and c.monitor is None:
+        if value and cfg.checkpoint.monitor is None:
             raise ConfigError(
                 f"{key}={value}: needs checkpoint.monitor (e.g. checkpoint.monitor=eval/accuracy)"
             )
@@ -221,10 +244,6 @@ def _validate_monitor(cfg: Config) -> None:
 
 def _validate_trackers(trackers: list) -> None:
     for name in trackers:
-        if name not in TRACKERS:
-            raise ConfigError(
-                f"log.trackers={trackers!r}: unknown tracker {name!r} (expected {', '.join(TRACKERS)})"
-            )
         # find_spec looks the package up without importing it (import mlflow alone costs ~1 s)
         if name != "tensorboard" and importlib.util.find_spec(name) is None:
             raise ConfigError(f"log.trackers={trackers!r}: {name} is not installed (pip install .[{name}])")

@@ -8,7 +8,7 @@ import time
 import torch
 
 from tests.helpers import final_weights, train_inprocess
-from trainer.training import checkpoint
+from trainer.checkpoint import transaction
 
 
 def test_steps_run_while_the_write_is_in_flight_and_the_result_is_unchanged(tmp_path, monkeypatch):
@@ -29,7 +29,7 @@ def test_steps_run_while_the_write_is_in_flight_and_the_result_is_unchanged(tmp_
                 time.sleep(0.01)
             raise AssertionError("training did not advance while the write was in flight")
 
-    monkeypatch.setattr(checkpoint, "crash_hook", writer_waits_for_training)
+    monkeypatch.setattr(transaction, "crash_hook", writer_waits_for_training)
     over = [
         "train.max_steps=30",
         "checkpoint.every_steps=10",
@@ -47,7 +47,7 @@ def test_steps_run_while_the_write_is_in_flight_and_the_result_is_unchanged(tmp_
 
     # The state written at step 10 is the step-10 state, although training mutated the live tensors meanwhile:
     # resuming from it ends exactly where a synchronous run ends.
-    monkeypatch.setattr(checkpoint, "crash_hook", None)
+    monkeypatch.setattr(transaction, "crash_hook", None)
     assert train_inprocess("cnn", tmp_path / "sync", over) == 0
     resumed = tmp_path / "resumed"
     assert (

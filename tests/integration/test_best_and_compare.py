@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.helpers import read_summary, train_inprocess
-from trainer.training import checkpoint as ckpt
-from trainer.training.weights import best_checkpoint, read_weights
+from trainer import checkpoint as ckpt
+from trainer.checkpoint.weights import best_checkpoint, read_weights
 
 CNN = ["train.max_steps=60", "train.eval_every_steps=10", "data.eval_fraction=0.1"]
 

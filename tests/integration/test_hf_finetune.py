@@ -98,10 +98,10 @@ def test_hf_export_reloads_with_the_trainers_logits_and_the_adapter_in_peft(lora
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from trainer import checkpoint as ckpt
     from trainer import config as C
     from trainer.data.base import DataInfo
     from trainer.models import build_model
-    from trainer.training import checkpoint as ckpt
     from trainer.training.finetune import prepare_for_finetune
 
     x, _ = _batch(assets)

@@ -25,7 +25,7 @@ import torch
 
 from tests.faultutil import DIST, TINY, launch, resumed_steps, run_forked
 from tests.helpers import final_weights, train_inprocess
-from trainer.training import checkpoint as ckpt
+from trainer import checkpoint as ckpt
 
 PHASES = ["before_data", "mid_file", "before_rename", "before_latest"]
 EVERY = 4

@@ -16,8 +16,8 @@ import torch
 
 from tests.faultutil import DIST, FAULTY, launch
 from tests.helpers import final_weights, read_metrics, train_inprocess
+from trainer import checkpoint as ckpt
 from trainer.exitcodes import NONFINITE
-from trainer.training import checkpoint as ckpt
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -23,11 +23,11 @@ import torch
 from tests.conftest import ROOT, run_cli
 from tests.faultutil import TINY
 from tests.helpers import FAST, train_inprocess
+from trainer import checkpoint as ckpt
 from trainer import config as C
 from trainer import exitcodes as codes
 from trainer.api import train_command
-from trainer.training import checkpoint as ckpt
-from trainer.training import metrics as M
+from trainer.training.observe import metrics as M
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -29,12 +29,12 @@ import trainer.__main__ as cli
 from tests.conftest import run_cli
 from tests.faultutil import FAULTY, TINY, run_forked
 from tests.helpers import FAST, read_metrics, read_summary, train_inprocess
+from trainer import checkpoint as ckpt
 from trainer import config as C
 from trainer import exitcodes as codes
 from trainer.api import train_command
 from trainer.run import train
-from trainer.runtime import storage
-from trainer.training import checkpoint as ckpt
+from trainer.runtime import io_faults
 from trainer.training.loop import Trainer
 from trainer.training.optim import lr_lambda
 
@@ -416,7 +416,7 @@ class _DeletesRunDir(Trainer):
 def test_a_run_dir_deleted_while_training_is_detected_not_recreated(tmp_path):
     run_dir = tmp_path / "run"
     cfg = C.load(None, [*FAST, *JOB, f"run.dir={run_dir}", "train.max_steps=8", "log.every_steps=5"])
-    with pytest.raises(storage.StorageError) as e:
+    with pytest.raises(io_faults.StorageError) as e:
         train(cfg, _DeletesRunDir)
     assert str(e.value) == f"storage error: run.dir {str(run_dir)!r} was deleted or replaced while training"
     assert not run_dir.exists()

@@ -19,9 +19,9 @@ from tests.conftest import run_cli
 from tests.faultmodels import read_served
 from tests.faultutil import DIST, FAULTY, launch, resumed_steps, start
 from tests.helpers import FAST, final_weights, read_metrics, train_inprocess
+from trainer import checkpoint as ckpt
 from trainer.data.sampler import epoch_permutation
 from trainer.exitcodes import PREEMPTED
-from trainer.training import checkpoint as ckpt
 
 STEPS = 32  # two epochs of 16 steps
 N = 512

@@ -22,11 +22,11 @@ from tests.distributed.test_equivalence import launch as eq_launch
 from tests.faultutil import TINY, resumed_steps, run_forked
 from tests.helpers import FAST, final_weights, read_metrics, train_inprocess
 from tests.s3server import READER
+from trainer import checkpoint as ckpt
 from trainer import config as C
 from trainer.__main__ import main as trainer_main
 from trainer.api import train_command
-from trainer.training import checkpoint as ckpt
-from trainer.training import stores
+from trainer.checkpoint import stores
 
 EVERY = 4
 JOB = [

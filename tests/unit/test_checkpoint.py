@@ -14,7 +14,8 @@ import pickle
 import pytest
 import torch
 
-from trainer.training import checkpoint as ckpt
+from trainer import checkpoint as ckpt
+from trainer.checkpoint import transaction
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -128,11 +129,11 @@ def test_keep_k_prunes_the_oldest_only_after_latest_moved(tmp_path):
     def snapshot(phase):
         seen.append((phase, sorted(n for n in os.listdir(root) if n.startswith("step-"))))
 
-    ckpt.crash_hook = snapshot
+    transaction.crash_hook = snapshot
     try:
         _save(root, 6, keep=1)
     finally:
-        ckpt.crash_hook = None
+        transaction.crash_hook = None
     assert dict(seen)["before_latest"] == ["step-00000004", "step-00000005", "step-00000006"]
     assert sorted(os.listdir(root)) == ["latest", "step-00000006"]
 

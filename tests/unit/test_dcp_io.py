@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from trainer.training import dcp_io
+from trainer.checkpoint import dcp_io
 
 
 class Payload:

@@ -15,12 +15,12 @@ from torch import nn
 
 from tests.helpers import final_weights, train_inprocess
 from trainer import config as C
+from trainer.checkpoint.weights import merge_lora_state, read_weights
 from trainer.config import ConfigError
 from trainer.data import build_datasets
 from trainer.models import CNN, build_model
 from trainer.training.finetune import apply_lora, load_into, prepare_for_finetune, resolve_targets
 from trainer.training.optim import apply_freeze, build_optimizer
-from trainer.training.weights import merge_lora_state, read_weights
 
 torch.set_num_threads(1)
 
@@ -178,7 +178,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and "refused" in msg and "weights_only=True" in msg
     # The same file planted as a checkpoint's state.pt (with a valid checksum) is refused too.
-    from trainer.training import checkpoint as ckpt
+    from trainer import checkpoint as ckpt
 
     d = tmp_path / "ck" / "checkpoints" / "step-00000001"
     d.mkdir(parents=True)
@@ -260,7 +260,7 @@ def test_lora_run_trains_only_adapters_and_writes_merged_plain_weights(tmp_path,
     assert "lr 0.2 for 'head.bias': 4 parameters" in err  # param_groups see peft's names as plain ones
     out = final_weights(run)
     assert set(out) == set(sd)  # plain keys only: loads into the plain model
-    from trainer.training import checkpoint as ckpt
+    from trainer import checkpoint as ckpt
 
     state, _ = ckpt.load_state(ckpt.resolve(str(run)))
     trained = {k.removeprefix("base_model.model."): v for k, v in state["model"].items()}
@@ -303,7 +303,7 @@ def test_old_handwritten_lora_files_are_converted_on_read_and_refused_for_resume
     merged = merge_lora_state(old)
     assert set(merged) == {"fc.weight", "fc.bias"}
     torch.testing.assert_close(merged["fc.weight"], w + 0.5 * b @ a)
-    from trainer.training.snapshot import refuse_old_lora
+    from trainer.training.checkpointer import refuse_old_lora
 
     with pytest.raises(ConfigError, match="written by the former hand-written LoRA"):
         refuse_old_lora(old, "ckpt")

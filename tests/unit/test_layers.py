@@ -1,10 +1,11 @@
 """The layers of trainer/ (README "Design"): every import, also those inside functions, points downward.
 
-    __main__  ->  api, run  ->  tools  ->  training  ->  models  ->  data  ->  runtime
-              ->  config, schema, exitcodes, objects
+    __main__  ->  api, run  ->  tools  ->  training (observe/ inside)  ->  checkpoint  ->  models  ->  data
+              ->  runtime  ->  config, schema, exitcodes, objects
 
 A module may import its own layer or a lower one, never a higher one; no import circle, even inside a layer;
-nothing imports ``trainer.__main__``; ``tools`` never imports the loop; ``launch`` never imports ``trainer``.
+nothing imports ``trainer.__main__``; ``tools`` never imports the loop; ``checkpoint`` never imports
+``training``; ``runtime`` never imports ``training`` or ``checkpoint``; ``launch`` never imports ``trainer``.
 The way test_exitcodes_agree.py guards the exit codes, this guards the arrows.
 """
 
@@ -26,12 +27,13 @@ LAYERS = {  # module prefix -> layer (higher may import lower)
     "trainer.runtime": 1,
     "trainer.data": 2,
     "trainer.models": 3,
-    "trainer.training": 4,
-    "trainer.tools": 5,
-    "trainer.run": 6,
-    "trainer.api": 6,
-    "trainer": 6,
-    "trainer.__main__": 7,
+    "trainer.checkpoint": 4,  # hf_export reads the tokenizer (data) and the HF dtype (models)
+    "trainer.training": 5,  # with trainer.training.observe, the things that watch a run
+    "trainer.tools": 6,
+    "trainer.run": 7,
+    "trainer.api": 7,
+    "trainer": 7,
+    "trainer.__main__": 8,
 }
 
 
@@ -136,9 +138,17 @@ def test_named_rules():
         for a, deps in graph.items()
         if a.startswith("trainer.runtime")
         for b in deps
-        if b.startswith("trainer.training")
+        if b.startswith(("trainer.training", "trainer.checkpoint"))
     ]
     assert not runtime_up, runtime_up
+    checkpoint_up = [
+        (a, b)
+        for a, deps in graph.items()
+        if a.startswith("trainer.checkpoint")
+        for b in deps
+        if b.startswith("trainer.training")
+    ]
+    assert not checkpoint_up, checkpoint_up
 
 
 def test_launch_never_imports_trainer():

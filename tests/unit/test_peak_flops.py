@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainer.training.metrics import peak_flops
+from trainer.training.observe.metrics import peak_flops
 
 
 @pytest.mark.parametrize(

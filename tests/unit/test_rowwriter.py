@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from trainer.training.rowwriter import RowWriter
+from trainer.training.observe.rowwriter import RowWriter
 
 
 def test_a_full_queue_blocks_the_producer_and_no_row_is_lost():

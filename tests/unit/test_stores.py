@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from trainer import checkpoint as ckpt
 from trainer import config as C
-from trainer.training import checkpoint as ckpt
-from trainer.training import stores
+from trainer.checkpoint import stores
 
 
 def _save(d: ckpt.CheckpointDir, step: int) -> str:

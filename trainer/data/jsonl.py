@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import Config, ConfigError
+from ..runtime import atomic
 from .base import DataInfo, Indices, as_index, fingerprint, split_indices
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 
@@ -188,9 +189,9 @@ def cached_tokens(path: str, key: str, tok, tok_fp: str, cache_dir: Optional[str
     ids, learn, offsets = tokenize_records(tok, path, key)
     if target:
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{target}.{os.getpid()}.tmp.npz"  # every rank may write; the rename makes it atomic
-        np.savez(tmp, ids=ids, learn=learn, offsets=offsets)
-        os.replace(tmp, target)
+        # every rank may write (a temp name of its own); the rename makes it atomic
+        with atomic.atomic_path(target, suffix=f".{os.getpid()}.tmp.npz") as tmp:
+            np.savez(tmp, ids=ids, learn=learn, offsets=offsets)
     return ids, learn, offsets, data_fp, False
 
 

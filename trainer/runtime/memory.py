@@ -11,7 +11,7 @@ import torch
 log = logging.getLogger("trainer")
 
 
-def write_oom_snapshot(run_dir: str, rank: int, step: int) -> None:
+def write_memory_dump(run_dir: str, rank: int, step: int) -> None:
     """Write the CUDA allocator's state before the error ends the run, and say where it is."""
     path = os.path.join(run_dir, f"cuda_oom_snapshot-rank{rank}.pickle")
     try:
@@ -24,5 +24,5 @@ def write_oom_snapshot(run_dir: str, rank: int, step: int) -> None:
             step,
             path,
         )
-    except Exception as e:  # the snapshot is a courtesy; the OOM is the error to report
+    except Exception as e:  # the dump is a courtesy; the OOM is the error to report
         log.error("CUDA out of memory at step %d (snapshot failed: %s)", step, e)

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..config import MONITOR_MODES, ConfigError
-from ..training.plots import EVAL_METRICS, plot_compare
+from ..training.observe.plots import EVAL_METRICS, plot_compare
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -32,9 +32,10 @@ from safetensors.torch import save
 from torch import nn
 
 from .. import config
+from ..checkpoint.weights import write_safetensors
 from ..models.outputs import ModelIO
+from ..runtime import atomic
 from ..training.tasks import metric_name
-from ..training.weights import write_safetensors
 from . import prune
 from .cli import QUANT_SCHEMES
 from .evaluate import evaluate_module, load_model
@@ -209,8 +210,8 @@ def _quantize(module, ctx: dict, args, out: str) -> list[dict]:
         q, used, note = quantize(module, scheme)
         name = f"model-{used}.pt"
         path = os.path.join(out, name)
-        torch.save(q.state_dict(), path + ".tmp")
-        os.replace(path + ".tmp", path)
+        with atomic.atomic_path(path) as tmp:
+            torch.save(q.state_dict(), tmp)
         rows.append(
             _row(
                 f"{used}" + (f" (for {scheme})" if used != scheme else ""),
@@ -303,9 +304,8 @@ def _compress(module, cfg, w, info, ctx: dict, x, args, out: str) -> dict:
         "auto_scheme": ctx.get("auto"),
         "config": config.to_dict(cfg),
     }
-    with open(os.path.join(out, "report.json.tmp"), "w", encoding="utf-8") as fh:
+    with atomic.atomic_open(os.path.join(out, "report.json"), "w") as fh:
         json.dump(report, fh, indent=1)
-    os.replace(os.path.join(out, "report.json.tmp"), os.path.join(out, "report.json"))
     return report
 
 

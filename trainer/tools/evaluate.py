@@ -22,12 +22,12 @@ import logging
 import torch
 
 from .. import config
+from ..checkpoint.weights import best_checkpoint, read_weights
 from ..data import build_datasets
 from ..data.collate import batch_size_of
 from ..models import build_model
 from ..models.outputs import ModelIO, model_io
 from ..training.tasks import Objective, eval_result
-from ..training.weights import best_checkpoint, read_weights
 from .prune import fit_shapes
 from .quantize import rebuild
 

@@ -12,8 +12,8 @@ import os
 
 import torch
 
+from ..checkpoint.weights import best_checkpoint, read_weights, write_safetensors
 from ..config import ConfigError
-from ..training.weights import best_checkpoint, read_weights, write_safetensors
 
 
 def export_main(args: argparse.Namespace) -> int:

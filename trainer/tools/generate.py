@@ -20,9 +20,9 @@ import os
 import torch
 
 from .. import config
+from ..checkpoint.weights import read_weights
 from ..data.tokenizer import load_tokenizer
 from ..models.hf import checkpoint_dtype, hf_dtype, load_pretrained
-from ..training.weights import read_weights
 from .evaluate import resolve_config
 
 log = logging.getLogger("trainer")

@@ -23,7 +23,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..training.weights import import_torchao
+from ..checkpoint.weights import import_torchao
 from .cli import QUANT_SCHEMES as SCHEMES
 
 log = logging.getLogger("trainer")

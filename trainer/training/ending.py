@@ -1,8 +1,10 @@
-"""How a run ends: the verdict after each evaluation (best so far, early stop), the last eval and checkpoint,
-outputs regenerated for a run that was already complete, and the summary.
+"""How a run ends: the verdict after each evaluation (best so far, early stop), whether the result is a
+result (finite), and the summary, also regenerated for a run that was already complete.
 
-A mixin of ``trainer.training.loop.Trainer`` (it uses the Trainer's attributes); kept apart so the loop
-reads in one sitting.
+``Ending`` is built by the ``Trainer`` with what it judges and reports (the progress counters, the
+best-checkpoint monitor, the loss tally, the trained parameters, the checkpoint directory); the loop decides
+when each verb runs (``Trainer._end``) and hands it the values of the moment (metrics writer, last loss and
+eval, times).
 """
 
 from __future__ import annotations
@@ -11,104 +13,125 @@ import logging
 import os
 from typing import Optional
 
-from ..exitcodes import NONFINITE, OK
-from . import provenance
+from .. import checkpoint as ckpt
+from ..config import Config
+from ..runtime import dist
 from .finite import nonfinite_outcome
-from .metrics import Metrics, close_progress, plot_or_warn, read_history
+from .monitor import Monitor
+from .observe import provenance
+from .observe.metrics import Metrics, close_progress, plot_or_warn, read_history
 
 log = logging.getLogger("trainer")
 
 
-class EndVerbs:
-    def _judge(self, result: dict, final: bool = False) -> bool:
+class Ending:
+    def __init__(
+        self,
+        cfg: Config,
+        state: dist.DistState,
+        run_dir: str,
+        info,
+        strategy_mode: str,
+        progress: ckpt.Progress,
+        monitor: Monitor,
+        tally,
+        params: list,
+        ckpts: ckpt.CheckpointDir,
+    ):
+        self.cfg, self.state, self.run_dir, self.info, self.strategy_mode = (
+            cfg,
+            state,
+            run_dir,
+            info,
+            strategy_mode,
+        )
+        self.progress, self.monitor, self.tally, self.params, self.ckpts = (
+            progress,
+            monitor,
+            tally,
+            params,
+            ckpts,
+        )
+        self.stopped_early: Optional[dict] = None  # set when train.early_stop_patience ends the run
+        self.summary: Optional[dict] = None
+
+    def judge(self, result: dict, metrics: Optional[Metrics], final: bool = False) -> bool:
         """After an evaluation: best so far, early stop; True if it deserves a best-K checkpoint."""
         keep, stop = self.monitor.after_eval(self.progress.step, result, final)
         if stop:
             self.stopped_early = stop
-            if self.metrics:
-                self.metrics.flush()  # the eval rows before the line that explains the stop
+            if metrics:
+                metrics.flush()  # the eval rows before the line that explains the stop
             log.info(self.monitor.stop_line(self.progress.step))
         return keep
 
-    def _end(self, wall: float) -> int:
-        """A run that reached its last step (or stopped early): last log row, final eval, final checkpoint,
-        summary.
+    def problem(self, last_loss: Optional[float], last_eval: dict) -> Optional[str]:
+        """Collective. Why the run is not a result (non-finite loss, eval or parameters), or None."""
+        return nonfinite_outcome(self.state, self.tally, last_loss, last_eval, self.params)
 
-        Returns NONFINITE (no final checkpoint, no export) when the result is not finite."""
-        if self._since_log:
-            self._log()
-        if self._eval_step != self.progress.step:
-            self._judge(self.evaluate(), final=True)
-        problem = nonfinite_outcome(self.state, self.tally, self.last_loss, self.last_eval, self.params)
-        if problem:
-            self.saver.finish(self.progress.step)
-            log.error(
-                "the run is not a result: %s; no final checkpoint or weights were written (the last good "
-                "checkpoint is %s)",
-                problem,
-                self.saver.ckpts.latest_pointer() or "none",
-            )
-            self._finish(wall)
-            return NONFINITE
-        if self.saver.saved_at != self.progress.step:
-            self.save(final=True)
-        self.saver.finish(self.progress.step)
-        self._finish(wall)
-        return OK
-
-    def _complete_outputs(self) -> None:
+    def complete_outputs(self, total_steps: int, eval_before: Optional[dict]) -> None:
         """A complete run resumed again (e.g. killed after its final checkpoint): write what is missing."""
         want = ["summary.json"] + (["loss.png"] if self.cfg.log.plot else [])
         missing = [n for n in want if not os.path.exists(os.path.join(self.run_dir, n))]
         if not missing or not self.state.is_main:
             return
         log.info("run already complete: regenerating %s", ", ".join(missing))
-        self.metrics = Metrics(self.run_dir, True, "off", self.total_steps, self.progress.step)
+        metrics = Metrics(self.run_dir, True, "off", total_steps, self.progress.step)
         try:
-            read_history(self.metrics)
-            train_rows = self.metrics.history
-            self.last_loss = train_rows[-1]["loss"] if train_rows else None
-            self.last_eval = {k: v for k, v in (self.metrics.evals or [{}])[-1].items() if k != "step"}
-            self._finish(None)
+            read_history(metrics)
+            train_rows = metrics.history
+            last_loss = train_rows[-1]["loss"] if train_rows else None
+            last_eval = {k: v for k, v in (metrics.evals or [{}])[-1].items() if k != "step"}
+            self.finish(metrics, None, last_loss, last_eval, eval_before, None, {})
         finally:
-            self.metrics.close()
+            metrics.close()
 
-    def _finish(self, wall: Optional[float]) -> None:
+    def finish(
+        self,
+        metrics: Metrics,
+        wall: Optional[float],
+        last_loss: Optional[float],
+        last_eval: dict,
+        eval_before: Optional[dict],
+        compile_time_s: Optional[float],
+        provenance_: dict,
+    ) -> None:
+        """Rank 0: summary.json, the plot, the closing line."""
         if not self.state.is_main:
             return
-        self.metrics.flush()  # the last rows on the console before the "done" line
+        metrics.flush()  # the last rows on the console before the "done" line
+        p = self.progress
         summary = {
-            "steps": self.progress.step,
-            "epochs": self.progress.epoch,
-            "samples": self.progress.samples_total,
+            "steps": p.step,
+            "epochs": p.epoch,
+            "samples": p.samples_total,
             # as metrics.jsonl has it (6 decimals), so a summary regenerated from it is the same
-            "final_loss": round(self.last_loss, 6) if self.last_loss is not None else None,
-            "eval": self.last_eval,
-            **({"eval_before": self.eval_before} if self.eval_before is not None else {}),
+            "final_loss": round(last_loss, 6) if last_loss is not None else None,
+            "eval": last_eval,
+            **({"eval_before": eval_before} if eval_before is not None else {}),
             "wall_time_s": round(wall, 3) if wall is not None else None,  # None: regenerated afterwards
-            "compile_time_s": self.compile_time_s,
+            "compile_time_s": compile_time_s,
             "world_size": self.state.world_size,
-            "strategy": self.strategy.mode,
+            "strategy": self.strategy_mode,
             "precision": self.cfg.train.precision,
             "data": self.info.description,
             "data_fingerprint": self.info.fingerprint,
             "early_stop": self.stopped_early,
-            "best": self.monitor.summary(self.saver.ckpts, self.run_dir),
-            "trackers": self.metrics.tracker_status(),
-            "provenance": {**self.provenance, "end_time": provenance.utc_now()},
+            "best": self.monitor.summary(self.ckpts, self.run_dir),
+            "trackers": metrics.tracker_status(),
+            "provenance": {**provenance_, "end_time": provenance.utc_now()},
         }
-        self._summary = summary
-        self.metrics.write_summary(summary)
+        self.summary = summary
+        metrics.write_summary(summary)
         if self.cfg.log.plot:
-            plot_or_warn(self.metrics)
-        close_progress(self.metrics)  # the finished bar once, then the closing line below it
-        ev = format_eval(self.last_eval)
+            plot_or_warn(metrics)
+        close_progress(metrics)  # the finished bar once, then the closing line below it
         log.info(
             "done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s",
-            self.progress.step,
+            p.step,
             wall or 0.0,
             summary["final_loss"] if summary["final_loss"] is not None else float("nan"),
-            ev,
+            format_eval(last_eval),
             self.run_dir,
         )
 

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..checkpoint.weights import read_weights
 from ..config import Config, ConfigError
 from ..data.tokenizer import require_hf
 from .optim import apply_freeze, name_matches
-from .weights import read_weights
 
 log = logging.getLogger("trainer")
 

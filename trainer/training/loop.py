@@ -14,41 +14,43 @@ from typing import Optional
 
 import torch
 
+from .. import checkpoint as ckpt
 from ..config import Config, active_trackers
 from ..data.collate import to_device
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
 from ..exitcodes import INTERNAL, NONFINITE, OK, PREEMPTED
 from ..models.outputs import ModelIO, split_output
-from ..runtime import dist, storage
+from ..runtime import dist, io_faults
 from ..runtime.logs import rank_log_stream
-from ..runtime.memory import write_oom_snapshot
+from ..runtime.memory import write_memory_dump
 from ..runtime.signals import PreemptionWatch
 from ..runtime.watchdog import NoWatchdog, Watchdog
-from . import checkpoint as ckpt
-from . import provenance
-from .ending import EndVerbs, format_eval
-from .metrics import Metrics, Stopwatch, peak_flops, read_history, trim_rows
+from . import resume
+from .checkpointer import Checkpointer
+from .ending import Ending, format_eval
 from .monitor import Monitor
+from .observe import provenance
+from .observe.metrics import Metrics, Stopwatch, peak_flops, read_history, trim_rows
+from .observe.profiler import Profiler
+from .observe.trackers import Trackers
 from .optim import build_scheduler
-from .profiler import Profiler
-from .saver import Saver
-from .snapshot import CheckpointVerbs
 from .strategy import Strategy
 from .tally import make_tally
 from .tasks import IGNORE, Objective, eval_result, lm_loss_sum
-from .trackers import Trackers
 
 log = logging.getLogger("trainer")
 
 
-class Trainer(CheckpointVerbs, EndVerbs):
+class Trainer:
     """Runs ``fit()`` over parts built elsewhere (``trainer.run.build``): the strategy-wrapped model, its
     optimizer, the datasets and their ``DataInfo``, and the run directory. It owns the schedule, the
-    progress counters, checkpoints, metrics, preemption and the hang watchdog.
+    progress counters, metrics, preemption and the hang watchdog; it builds two collaborators and hands each
+    the state it needs: ``checkpointer`` (when and what to save, resume) and ``ending`` (the verdict after
+    each evaluation, whether the result is finite, the summary).
 
-    ``state_dict()`` / ``load_state_dict()`` cover the loop's own state (scheduler, scaler, progress); the
-    model and optimizer state comes from the strategy, which knows how it is sharded.
+    ``state_dict()`` / ``load_state_dict()`` cover the loop's own state (scheduler, scaler, progress, the
+    monitor); the model and optimizer state comes from the strategy, which knows how it is sharded.
 
     ``io`` says how a batch goes into the model (``trainer.models.outputs.ModelIO``: positional tensor or
     keyword dict, the target as ``model.target_arg``); ``objective`` what the step minimises and eval
@@ -89,7 +91,6 @@ class Trainer(CheckpointVerbs, EndVerbs):
         self.total_steps = t.max_steps or t.epochs * self.sampler.steps_per_epoch
         self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
         self.progress = ckpt.Progress()
-        self.saver = Saver(cfg, state, run_dir)
         self.params = [p for p in strategy.module.parameters() if p.requires_grad]
         self.flops_per_sample = flops_per_sample
         self.metrics: Optional[Metrics] = None
@@ -105,11 +106,36 @@ class Trainer(CheckpointVerbs, EndVerbs):
         self._eval_before = cfg.model.name == "hf" if eb is None else eb
         self.last_loss: Optional[float] = None
         self.monitor = Monitor(cfg, info.task)
-        self.stopped_early: Optional[dict] = None  # set when train.early_stop_patience ends the run
         self.provenance: dict = {}
         self._eval_step = -1  # the step of the last evaluation
-        self._summary: Optional[dict] = None
         self.tally = make_tally(self.device)
+        # The collaborators, each handed exactly the state it reads (the loop's own state_dict() through
+        # train_state); they share the loop's Progress, Monitor and tally objects, never replace them.
+        self.checkpointer = Checkpointer(
+            cfg,
+            state,
+            run_dir,
+            strategy=strategy,
+            optimizer=optimizer,
+            train_state=self,
+            progress=self.progress,
+            tally=self.tally,
+            params=self.params,
+            monitor=self.monitor,
+            task=info.task,
+        )
+        self.ending = Ending(
+            cfg,
+            state,
+            run_dir,
+            info=info,
+            strategy_mode=strategy.mode,
+            progress=self.progress,
+            monitor=self.monitor,
+            tally=self.tally,
+            params=self.params,
+            ckpts=self.checkpointer.ckpts,
+        )
         self._need_norm = bool(cfg.train.grad_clip) or state.distributed or strategy.scaler is not None
         self._schedule_moves = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps > 0
         # per-run loop state, set by _begin
@@ -174,7 +200,7 @@ class Trainer(CheckpointVerbs, EndVerbs):
         try:
             self._run_step(micro)
         except torch.cuda.OutOfMemoryError:
-            write_oom_snapshot(self.run_dir, self.state.rank, self.progress.step + 1)
+            write_memory_dump(self.run_dir, self.state.rank, self.progress.step + 1)
             raise
         if t_step is not None:
             self.watchdog.pause(False)
@@ -191,7 +217,7 @@ class Trainer(CheckpointVerbs, EndVerbs):
         self._since_log = 0
         self.watchdog.mark(self.progress.step, "log")
         if self.state.is_main:
-            storage.require_dir(self.run_dir)  # a deleted run dir is an error, not silently written into
+            io_faults.require_dir(self.run_dir)  # a deleted run dir is an error, not silently written into
         if self.tally.on_host and not self.state.distributed:
             loss_sum, good, bad = self.tally.take()  # one CPU process: nothing to reduce
         else:
@@ -232,7 +258,7 @@ class Trainer(CheckpointVerbs, EndVerbs):
                 int(bad),
                 self.cfg.train.max_bad_steps,
                 self.progress.step,
-                self.saver.ckpts.latest_pointer() or "none (checkpoint.every_steps=0)",
+                self.checkpointer.ckpts.latest_pointer() or "none (checkpoint.every_steps=0)",
             )
             return False
         return True
@@ -260,13 +286,62 @@ class Trainer(CheckpointVerbs, EndVerbs):
             self.metrics.log_eval(self.progress.step, res)
         return res
 
+    # ------------------------------------------------------------------ state, save, resume
+    def state_dict(self) -> dict:
+        """The loop's own state for a checkpoint (the model and optimizer come from the strategy)."""
+        return {
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.strategy.scaler.state_dict() if self.strategy.scaler else None,
+            "progress": vars(self.progress).copy(),
+            "monitor": {
+                "best": self.monitor.best,
+                "best_step": self.monitor.best_step,
+                "since_best": self.monitor.since_best,
+            },
+            "eval_before": self.eval_before,  # so a resumed run still reports it
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.scheduler.load_state_dict(sd["scheduler"])
+        if self.strategy.scaler is not None and sd.get("scaler"):
+            self.strategy.scaler.load_state_dict(sd["scaler"])
+        # in place: the checkpointer and the ending hold this same Progress
+        vars(self.progress).update(vars(ckpt.Progress(**sd["progress"])))
+        mon = sd.get("monitor") or {}  # checkpoints from before checkpoint.monitor have none
+        self.monitor.best, self.monitor.best_step = mon.get("best"), mon.get("best_step")
+        self.monitor.since_best = mon.get("since_best", 0)
+        self.eval_before = sd.get("eval_before")
+        w = sd.get("window")  # older checkpoints have none: the next row then covers fewer steps
+        if w:
+            self.tally.restore(
+                *(x if self.state.is_main else 0 for x in (w["loss"], w["good"], w["bad_run"])), w["bad_max"]
+            )
+
+    def resume_from(self, path: str) -> None:
+        """Resume from a checkpoint; allowed config changes take effect (hyperparameters, the LR schedule)."""
+        changed = self.checkpointer.resume_from(path)
+        self.scheduler = resume.apply(
+            changed,
+            self.scheduler,
+            self.optimizer,
+            self.strategy.module,
+            self.cfg,
+            self.total_steps,
+            self.progress.step,
+        )
+
+    def save(self, final: bool = False) -> Optional[str]:
+        """Checkpoint the current step (with this step's evaluation, if one ran, for the best-K monitor)."""
+        evaluated = self.last_eval if self._eval_step == self.progress.step else None
+        return self.checkpointer.save(final, evaluated)
+
     # ------------------------------------------------------------------ fit
     def fit(self) -> int:
         """Train to ``total_steps`` (or until preempted / diverged); returns the exit code."""
         p = self.progress
         if p.step >= self.total_steps:
             log.info("run already complete: step %d of %d; nothing to do", p.step, self.total_steps)
-            self._complete_outputs()
+            self.ending.complete_outputs(self.total_steps, self.eval_before)
             return OK
         self._begin()
         if self._eval_before and p.step == 0 and self.eval_before is None:
@@ -276,7 +351,7 @@ class Trainer(CheckpointVerbs, EndVerbs):
         t_start = time.perf_counter()
         code, ended = OK, False
         try:
-            while p.step < self.total_steps and code == OK and not self.stopped_early:
+            while p.step < self.total_steps and code == OK and not self.ending.stopped_early:
                 code = self._run_epoch()
             if code == OK:
                 code = self._end(time.perf_counter() - t_start)
@@ -306,7 +381,7 @@ class Trainer(CheckpointVerbs, EndVerbs):
         if self.state.distributed:
             self.watchdog = Watchdog(self.state, cfg.dist.collective_timeout_s, rank_log_stream())
             self.watchdog.start()
-            self.saver.phase = lambda op: self.watchdog.mark(self.progress.step, op)
+        self.checkpointer.watch(self.metrics.flush, self.watchdog.mark)
         self._watch = Stopwatch()
         self._since_log = 0
         self.strategy.model.train()
@@ -337,7 +412,7 @@ class Trainer(CheckpointVerbs, EndVerbs):
             p.samples_total += t.batch_size
             self._since_log += 1
             code = self._after_step()
-            if code != OK or self.stopped_early:
+            if code != OK or self.ending.stopped_early:
                 return code
         if p.samples_in_epoch >= self.sampler.steps_per_epoch * t.batch_size:
             p.epoch += 1
@@ -357,12 +432,14 @@ class Trainer(CheckpointVerbs, EndVerbs):
         every = cfg.train.eval_every_steps
         best = False
         if code == OK and every and p.step % every == 0 and p.step < self.total_steps:
-            best = self._judge(self.evaluate())
-        self.saver.poll(p.step)
+            best = self.ending.judge(self.evaluate(), self.metrics)
+        self.checkpointer.poll(p.step)
         self.watchdog.mark(p.step, "agree")  # the preemption all-reduce (side group)
         stop = code != OK or self.preempt.agreed()
         if stop and code == NONFINITE:
-            self.saver.finish(p.step)  # commit an in-flight (good) write; no checkpoint of the bad state
+            self.checkpointer.finish(
+                p.step
+            )  # commit an in-flight (good) write; no checkpoint of the bad state
         elif stop:
             self.save(final=True)
         elif best or (cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0):
@@ -372,11 +449,41 @@ class Trainer(CheckpointVerbs, EndVerbs):
             code = PREEMPTED
         return code
 
+    def _end(self, wall: float) -> int:
+        """A run that reached its last step (or stopped early): last log row, final eval, final checkpoint,
+        summary. Returns NONFINITE (no final checkpoint, no export) when the result is not finite."""
+        step, ending = self.progress.step, self.ending
+        if self._since_log:
+            self._log()
+        if self._eval_step != step:
+            ending.judge(self.evaluate(), self.metrics, final=True)
+        problem = ending.problem(self.last_loss, self.last_eval)
+        if not problem and self.checkpointer.saved_at != step:
+            self.save(final=True)
+        self.checkpointer.finish(step)
+        if problem:
+            log.error(
+                "the run is not a result: %s; no final checkpoint or weights were written (the last good "
+                "checkpoint is %s)",
+                problem,
+                self.checkpointer.latest(),
+            )
+        ending.finish(
+            self.metrics,
+            wall,
+            self.last_loss,
+            self.last_eval,
+            self.eval_before,
+            self.compile_time_s,
+            self.provenance,
+        )
+        return NONFINITE if problem else OK
+
     def _close(self, code: int) -> None:
-        self.saver.close()
+        self.checkpointer.close()
         if self._profiler:
             self._profiler.close()
         self.preempt.uninstall()
         self.watchdog.stop()
         if self.metrics:
-            self.metrics.close(self._summary, code)
+            self.metrics.close(self.ending.summary, code)

@@ -90,6 +90,21 @@ def rebuild_schedule(optimizer, module: nn.Module, cfg: Config, total_steps: int
     return scheduler
 
 
+def apply(changed, scheduler, optimizer, module: nn.Module, cfg: Config, total_steps: int, step: int):
+    """Allowed config changes take effect: hyperparameters and the LR schedule from the new config (rebuilt
+    when an ``optim.*`` key or, for a moving schedule, the run's length changed). Returns the scheduler."""
+    keys = {k for k, _, _ in changed}
+    moves = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps > 0
+    rebuilt = any(k.startswith("optim.") for k in keys) or (
+        bool(keys & {"train.max_steps", "train.epochs"}) and moves
+    )
+    lr_before = scheduler.get_last_lr()[0]
+    if rebuilt:
+        scheduler = rebuild_schedule(optimizer, module, cfg, total_steps, step)
+    report(changed, lr_before, scheduler.get_last_lr()[0], rebuilt)
+    return scheduler
+
+
 def report(changed, lr_before: float, lr_after: float, schedule_rebuilt: bool) -> None:
     for k, a, b in changed:
         if k.startswith("run."):

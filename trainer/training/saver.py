@@ -1,9 +1,9 @@
 """When and how the loop checkpoints: synchronous saves, or asynchronous ones with one write in flight.
 
-``Saver`` is the loop's side of ``trainer/training/checkpoint.py`` (which owns the on-disk transaction): it
-keeps the ``CheckpointDir`` of the run (``checkpoint.dir``: local or an object store), starts, polls and
-commits async writes, says in the log what each save cost the step loop, and after each commit copies the
-run's history beside remote checkpoints (history.py).
+``Saver`` is the loop's side of ``trainer.checkpoint`` (which owns the on-disk transaction): it keeps the
+``CheckpointDir`` of the run (``checkpoint.dir``: local or an object store), starts, polls and commits async
+writes, says in the log what each save cost the step loop, and after each commit mirrors the run's files
+beside remote checkpoints (``trainer.checkpoint.mirror``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from typing import Optional
 
 import torch
 
+from ..checkpoint import CheckpointDir, CheckpointError, checkpoint_root, mirror, rng_state, stores
 from ..config import Config
-from ..runtime import dist, storage
-from . import history, stores
-from .checkpoint import CheckpointDir, CheckpointError, checkpoint_root, rng_state
+from ..runtime import dist, io_faults
 
 log = logging.getLogger("trainer")
 
@@ -42,7 +41,7 @@ class Saver:
                 lambda done: dist.all_true(state, done),
             )
         self.saved_at = -1  # the step of the last save started (or resumed from)
-        self._history: Optional[threading.Thread] = None  # copies of logs and metrics, off the step loop
+        self._mirroring: Optional[threading.Thread] = None  # copies of logs and metrics, off the step loop
         # The loop's watchdog breadcrumb: called with "checkpoint barrier" before each barrier and with
         # "checkpoint" after it, so that the watchdog names the rank still writing when the others wait.
         self.phase: Callable[[str], None] = lambda op: None
@@ -56,7 +55,7 @@ class Saver:
         self, step: int, state: Optional[dict], extra: dict, sharded: Optional[dict], final: bool, t0: float
     ) -> Optional[str]:
         """Collective. Async (checkpoint.async_save) except for the last save of a run."""
-        self.close()  # the previous checkpoint's history copy is complete before this save starts
+        self.close()  # the previous checkpoint's mirror copy is complete before this save starts
         self.saved_at = step
         if self.writer is not None:
             self.finish(step)  # at most one write in flight
@@ -86,29 +85,29 @@ class Saver:
         return path
 
     def _after_commit(self) -> None:
-        """Copy the run's history as of this commit beside a remote checkpoint, in a thread (one at a time;
+        """Mirror the run's files as of this commit beside a remote checkpoint, in a thread (one at a time;
         it is done before the next save begins)."""
         if not self.ckpts.store.remote:
             return
         self.close()
-        snap = history.snapshot(self.run_dir, self.state.rank)
-        self._history = threading.Thread(
-            target=history.upload, args=(self.ckpts.root, snap), name="history-upload", daemon=True
+        files = mirror.read_run_files(self.run_dir, self.state.rank)
+        self._mirroring = threading.Thread(
+            target=mirror.upload, args=(self.ckpts.root, files), name="mirror-upload", daemon=True
         )
-        self._history.start()
+        self._mirroring.start()
 
     def close(self) -> None:
-        """Wait for the last history upload (before the process exits or the final files are uploaded)."""
-        if self._history is not None:
-            self._history.join()
-            self._history = None
+        """Wait for the last mirror upload (before the process exits or the final files are uploaded)."""
+        if self._mirroring is not None:
+            self._mirroring.join()
+            self._mirroring = None
 
     def _raise_storage(self, e: BaseException, step: int) -> None:
         """A write the storage refused: StorageError naming the checkpoint (exit 74); `latest` unchanged.
 
         On an object store, any OSError that survived the retries (a timeout, a 5xx, a refusal) is such a
         fault, worded by stores.describe."""
-        fault = storage.describe(e, where=self.ckpts.tmp_dir(step))
+        fault = io_faults.describe(e, where=self.ckpts.tmp_dir(step))
         if not fault and self.ckpts.store.remote:
             cause = _os_error(e)
             if cause is not None:
@@ -116,7 +115,7 @@ class Saver:
         if fault:
             self.ckpts.discard(step)  # free what the failed write took; the next try starts clean
             latest = self.ckpts.latest_pointer()
-            raise storage.StorageError(
+            raise io_faults.StorageError(
                 f"{fault} while writing checkpoint step {step}; "
                 + (f"the previous checkpoint {latest} is intact" if latest else "no earlier checkpoint")
             ) from e

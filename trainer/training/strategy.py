@@ -299,7 +299,7 @@ class Strategy:
         """Load a DCP checkpoint into this mode's layout (DCP reshards: any world size, FSDP or not)."""
         from torch.distributed.checkpoint.state_dict import set_state_dict  # ~2 s import, see full_state
 
-        from . import dcp_io  # ~0.9 s import (torch.distributed.checkpoint)
+        from ..checkpoint import dcp_io  # ~0.9 s import (torch.distributed.checkpoint)
 
         sd = self.sharded_state(optimizer)
         dcp_io.load(sd, path, process_group=self.state.ckpt_group)

@@ -1,6 +1,6 @@
 """The checkpoint format's names and records: file names, the error, the progress counters, versions.
 
-Shared by the writer (checkpoint.py) and the reader (checkpoint_read.py); imports neither.
+Shared by the writer (transaction.py) and the reader (read.py); imports neither.
 """
 
 from __future__ import annotations

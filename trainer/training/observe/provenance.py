@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ..runtime import dist
+from ...runtime import dist
 
 
 def utc_now() -> str:

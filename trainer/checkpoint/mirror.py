@@ -1,11 +1,12 @@
-"""A run's history beside remote checkpoints, so a pod rescheduled on another node keeps it.
+"""The remote mirror of a run's files beside remote checkpoints, so a pod rescheduled on another node keeps
+them (its logs and metrics rows).
 
 With ``checkpoint.dir`` on an object store, logs and metrics are still written to the local ``run.dir``
 (fast, appendable), and copied next to the checkpoints: ``metrics.jsonl`` and ``config.yaml`` (rank 0) and
 ``logs/rank-N.log`` (each rank, its own) at every committed checkpoint (as they were at the commit, uploaded
 by a thread that is done before the next save starts); ``model.safetensors`` and ``summary.json`` at the
 end. A run that resumes from the bucket on a node whose ``run.dir`` is empty first downloads them, so the
-history continues instead of restarting. Copies are best effort: a failed upload is a warning (the
+metrics and logs continue instead of restarting. Copies are best effort: a failed upload is a warning (the
 checkpoint itself is what must not be lost, and it is already committed).
 """
 
@@ -30,9 +31,9 @@ def _remote(root: str, rel: str) -> str:
     return stores.join(root, *rel.split(os.sep))
 
 
-def snapshot(run_dir: str, rank: int, files: tuple[str, ...] = MAIN_FILES) -> list[tuple[str, bytes]]:
+def read_run_files(run_dir: str, rank: int, files: tuple[str, ...] = MAIN_FILES) -> list[tuple[str, bytes]]:
     """This rank's share of the run's files as they are now (read in the caller's thread: a few MB at most),
-    so that what is uploaded is the history as of the checkpoint just committed, however late it goes up."""
+    so that what is uploaded is the files as of the checkpoint just committed, however late it goes up."""
     out = []
     for rel in [*(files if rank == 0 else ()), _rank_log(rank)]:
         local = os.path.join(run_dir, rel)
@@ -42,12 +43,13 @@ def snapshot(run_dir: str, rank: int, files: tuple[str, ...] = MAIN_FILES) -> li
     return out
 
 
-def upload(root: str, snap: list[tuple[str, bytes]]) -> None:
-    """Copy a snapshot beside the checkpoints in `root` (a no-op for local checkpoint dirs); never raises."""
+def upload(root: str, files: list[tuple[str, bytes]]) -> None:
+    """Copy run files (``read_run_files``) beside the checkpoints in `root` (a no-op for local checkpoint
+    dirs); never raises."""
     store = stores.for_path(root)
     if not store.remote:
         return
-    for rel, data in snap:
+    for rel, data in files:
         try:
             store.write_bytes(_remote(root, rel), data)
         except Exception as e:  # the checkpoint is committed; a missing copy of a log must not fail the run
@@ -59,7 +61,7 @@ def upload_final(run_dir: str, root: str, rank: int) -> None:
     store = stores.for_path(root)
     if not store.remote:
         return
-    upload(root, snapshot(run_dir, rank, MAIN_FILES))
+    upload(root, read_run_files(run_dir, rank, MAIN_FILES))
     for rel in FINAL_FILES if rank == 0 else ():
         local = os.path.join(run_dir, rel)
         if os.path.isfile(local):  # streamed from disk: the model may be large

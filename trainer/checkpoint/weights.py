@@ -27,8 +27,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError
-from . import checkpoint as ckpt
-from . import stores
+from ..runtime import atomic
+from . import read, stores, transaction
+from .layout import CheckpointError
 
 log = logging.getLogger("trainer")
 
@@ -41,13 +42,12 @@ def write_safetensors(state: dict, path: str, metadata: Optional[dict] = None) -
     Tensors are detached, moved to the CPU, made contiguous and cloned: tied weights share storage, which
     safetensors refuses.
     """
-    tmp = path + ".tmp"
-    save_file(
-        {k: v.detach().cpu().contiguous().clone() for k, v in state.items()},
-        tmp,
-        metadata={"format": "pt", **(metadata or {})},
-    )
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        save_file(
+            {k: v.detach().cpu().contiguous().clone() for k, v in state.items()},
+            tmp,
+            metadata={"format": "pt", **(metadata or {})},
+        )
 
 
 def import_torchao():
@@ -133,8 +133,8 @@ def best_checkpoint(path: str, key: str = "--from") -> str:
     if not os.path.isdir(path):
         raise ConfigError(f"{key}={path!r}: --best needs a run dir or checkpoints dir")
     try:
-        return ckpt.resolve_best(path)
-    except ckpt.CheckpointError as e:
+        return transaction.resolve_best(path)
+    except CheckpointError as e:
         raise ConfigError(f"{key} --best: {e}") from None
 
 
@@ -146,8 +146,8 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
     """
     if stores.is_url(path):  # checkpoints on an object store (checkpoint.dir=s3://...)
         try:
-            found = ckpt.resolve(path)
-        except ckpt.CheckpointError as e:
+            found = transaction.resolve(path)
+        except CheckpointError as e:
             raise ConfigError(f"{key}={path!r}: {e}") from None
         except OSError as e:
             raise ConfigError(f"{key}={path!r}: {stores.describe(e)}") from None
@@ -160,8 +160,8 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
             return _read_compressed(path, compressed, key)
         problem = "no usable checkpoint"
         try:
-            found = ckpt.resolve(path)
-        except ckpt.CheckpointError as e:  # e names each unusable checkpoint and why (e.g. a refused pickle)
+            found = transaction.resolve(path)
+        except CheckpointError as e:  # e names each unusable checkpoint and why (e.g. a refused pickle)
             found, problem = None, str(e).removeprefix(f"{path!r}: ")
         if found is None:
             final = os.path.join(path, "model.safetensors")
@@ -191,18 +191,18 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
 def _read_checkpoint(path: str, found: str, key: str) -> Weights:
     """The weights of one committed checkpoint (local or remote), verified before anything is unpickled."""
     try:
-        state, _ = ckpt.load_state(found, verify_first=True)
-    except ckpt.CheckpointError as e:
+        state, _ = read.load_state(found, verify_first=True)
+    except CheckpointError as e:
         raise ConfigError(f"{key}={path!r}: {e}") from None
     except Exception as e:  # an unpickling error: weights_only refused something
         raise ConfigError(
             f"{key}={path!r}: refused {found}: not a plain weights file "
             f"(read with weights_only=True; {_first_line(e)})"
         ) from None
-    manifest = ckpt.read_manifest(found)
-    if ckpt.is_sharded(found):  # FSDP: consolidate the DCP shards here (restricted unpickler)
+    manifest = read.read_manifest(found)
+    if read.is_sharded(found):  # FSDP: consolidate the DCP shards here (restricted unpickler)
         try:
-            sd = ckpt.consolidated_model_state(found)
+            sd = read.consolidated_model_state(found)
         except Exception as e:
             raise ConfigError(
                 f"{key}={path!r}: sharded checkpoint {found} unreadable ({_first_line(e)})"

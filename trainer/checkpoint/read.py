@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 
 from . import stores
-from .ckpt_layout import DCP, MANIFEST, STATE, CheckpointError
+from .layout import DCP, MANIFEST, STATE, CheckpointError
 
 log = logging.getLogger("trainer")
 
@@ -64,7 +64,7 @@ def _load_problem(name: str, e: BaseException) -> str:
     return f"{name} cannot be loaded ({type(e).__name__}: {first})"
 
 
-def _probe_load(src: str | io.BytesIO, name: str) -> Optional[str]:
+def _trial_load(src: str | io.BytesIO, name: str) -> Optional[str]:
     """Whether a torch file (a local path, or a remote object's bytes) loads with weights_only (the pickle
     is parsed; local zip files are memory-mapped)."""
     try:
@@ -99,11 +99,11 @@ def verify(ckpt: str) -> Optional[str]:
                 data = store.read_bytes(p)
                 if hashlib.sha256(data).hexdigest() != digest:
                     return f"checksum mismatch in {name}"
-                problem = _probe_load(io.BytesIO(data), name)
+                problem = _trial_load(io.BytesIO(data), name)
             else:
                 if store.sha256(p, reread=True) != digest:
                     return f"checksum mismatch in {name}"
-                problem = _probe_load(p, name) if name.endswith(".pt") else None
+                problem = _trial_load(p, name) if name.endswith(".pt") else None
         except OSError as e:
             return f"{name} unreadable: {e.strerror or e}"
         if problem:

@@ -4,8 +4,9 @@
   ``save_pretrained`` so ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` load it;
 - ``adapter/``: the peft adapter alone (LoRA runs), loadable by ``PeftModel.from_pretrained(base, DIR)``.
 
-Both are written from the full (gathered) state dict on rank 0, into ``DIR.tmp`` then renamed, so a reader
-never sees half a directory. Under FSDP the caller gathers the full state first (a collective).
+Both are written from the full (gathered) state dict on rank 0, into ``DIR.tmp`` then renamed (files fsync'd
+first, ``runtime.atomic.replace_dir``), so a reader never sees half a directory. Under FSDP the caller
+gathers the full state first (a collective).
 """
 
 from __future__ import annotations
@@ -20,14 +21,9 @@ from torch import nn
 from ..config import Config
 from ..data.tokenizer import load_tokenizer, require_hf
 from ..models.hf import hf_dtype
+from ..runtime import atomic
 
 log = logging.getLogger("trainer")
-
-
-def _replace_dir(tmp: str, final: str) -> None:
-    if os.path.isdir(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)
 
 
 def _fresh(path: str) -> str:
@@ -53,7 +49,7 @@ def write_hf_dir(merged: dict, cfg: Config, out: str) -> None:
     model.save_pretrained(tmp)
     tok = load_tokenizer(cfg.data.tokenizer or cfg.model.path)
     tok.save_pretrained(tmp)
-    _replace_dir(tmp, out)
+    atomic.replace_dir(tmp, out)
     log.info("hf: fine-tuned model (LoRA merged) and tokenizer in %s (from_pretrained loads it)", out)
 
 
@@ -70,5 +66,5 @@ def write_adapter(module: nn.Module, full: dict, cfg: Config, out: str) -> None:
     for pc in module.peft_config.values():
         pc.base_model_name_or_path = os.path.abspath(cfg.model.path) if cfg.model.path else None
     module.save_pretrained(tmp, state_dict={k: v.detach().cpu() for k, v in full.items()})
-    _replace_dir(tmp, out)
+    atomic.replace_dir(tmp, out)
     log.info("adapter: the peft adapter in %s (PeftModel.from_pretrained(base, %s))", out, out)

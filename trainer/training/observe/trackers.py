@@ -1,11 +1,11 @@
 """Experiment trackers (``log.trackers``): TensorBoard, MLflow and Weights & Biases, on global rank 0 only.
 
 Each tracker is opened at the start of a run, gets batches of log rows from the metrics writer thread
-(trainer/training/rowwriter.py: tracker calls never run on the step loop) and the summary at the end. The id
-of its run is kept in ``<run.dir>/trackers.json``, so a resumed run continues the same tracker run. A
-tracker that cannot be reached at the start is a one-line warning after a short probe (MLflow's own client
-retries for minutes), the run trains on without it, and ``summary.json`` says so; one that fails later is
-dropped the same way. ``mlflow`` (~1 s) and ``wandb`` are imported only when asked for.
+(observe/rowwriter.py: tracker calls never run on the step loop) and the summary at the end. The id of its
+run is kept in ``<run.dir>/trackers.json``, so a resumed run continues the same tracker run. A tracker that
+cannot be reached at the start (``check_reachable``: one GET with a short timeout; MLflow's own client
+retries for minutes) is a one-line warning, the run trains on without it, and ``summary.json`` says so; one
+that fails later is dropped the same way. ``mlflow`` (~1 s) and ``wandb`` are imported only when asked for.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ import urllib.request
 import uuid
 from typing import Optional
 
-from ..config import Config, dump, flat
+from ...config import Config, dump, flat
+from ...runtime import atomic
 from . import provenance as prov_mod
-from .checkpoint import atomic_write_text
 from .rowwriter import yield_gil
 
 log = logging.getLogger("trainer")
 
 STATE_FILE = "trackers.json"
 SYSTEM = ("rss_mb", "cpu_percent", "gpu_mem_gb")  # row fields logged as system/<name>
-PROBE_TIMEOUT_S = 3.0
+REACH_TIMEOUT_S = 3.0
 
 
 class Unreachable(RuntimeError):
@@ -53,10 +53,10 @@ def metric_items(kind: str, row: dict):
             yield (f"system/{k}" if k in SYSTEM else f"train/{k}"), float(v)
 
 
-def probe(url: str) -> None:
+def check_reachable(url: str) -> None:
     """A GET with a short timeout; any HTTP answer means the server is there."""
     try:
-        urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S).close()
+        urllib.request.urlopen(url, timeout=REACH_TIMEOUT_S).close()
     except urllib.error.HTTPError:
         return
     except (OSError, ValueError) as e:
@@ -127,7 +127,7 @@ class MLflow:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         uri = os.environ.get("MLFLOW_TRACKING_URI", "")
         if uri.startswith(("http://", "https://")):
-            probe(uri.rstrip("/") + "/health")
+            check_reachable(uri.rstrip("/") + "/health")
         import mlflow  # ~1 s: only when log.trackers names mlflow
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.tracking import MlflowClient
@@ -210,7 +210,7 @@ class Wandb:
     def __init__(self, run_dir: str, cfg: Config, prov: dict, saved: dict, step: int):
         mode = os.environ.get("WANDB_MODE", "online")
         if mode not in ("offline", "disabled", "dryrun"):
-            probe(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+            check_reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
         import wandb  # several seconds with its service process: only when log.trackers names wandb
 
         run_id = saved.get("id") or uuid.uuid4().hex[:12]  # W&B run ids: lowercase letters and digits
@@ -269,7 +269,7 @@ class Trackers:
                 log.warning("%s: failed at start (%s: %s); training without it", name, type(e).__name__, e)
         if self.open:
             state = {**saved, **{n: t.state for n, t in self.open.items() if getattr(t, "state", None)}}
-            atomic_write_text(os.path.join(run_dir, STATE_FILE), json.dumps(state, indent=1))
+            atomic.write_text(os.path.join(run_dir, STATE_FILE), json.dumps(state, indent=1))
 
     def _load(self) -> dict:
         try:

@@ -1,6 +1,6 @@
 """Where checkpoints live: a local directory, or an fsspec URL (``s3://bucket/prefix`` first).
 
-``CheckpointDir`` (checkpoint.py) owns the transaction and calls only these verbs, so the logic of "a reader
+``CheckpointDir`` (transaction.py) owns the transaction and calls only these verbs, so the logic of "a reader
 never sees a half-written checkpoint" is written once. What differs is what each store can do atomically:
 
 * ``LocalStorage``: files are written to a temporary name, fsynced and renamed; a checkpoint directory is
@@ -25,6 +25,8 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Optional
+
+from ..runtime import atomic
 
 log = logging.getLogger("trainer")
 
@@ -108,13 +110,7 @@ class LocalStorage:
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Atomic: a temp file, fsynced, renamed over `path`, the directory fsynced."""
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(os.path.dirname(path) or ".")
+        atomic.write_bytes(path, data)
 
     def rmtree(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
@@ -127,7 +123,7 @@ class LocalStorage:
         if os.path.exists(dst):  # the same step saved again (e.g. final save after periodic)
             shutil.rmtree(dst)
         os.rename(src, dst)
-        fsync_dir(os.path.dirname(dst) or ".")
+        atomic.fsync_dir(os.path.dirname(dst))
 
     def list_files(self, root: str) -> list[str]:
         """Every file under root, relative, sorted (temp files of atomic writes excluded)."""
@@ -154,14 +150,6 @@ class LocalStorage:
 
 
 LOCAL = LocalStorage()
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _transient(e: BaseException) -> bool:

@@ -3,7 +3,7 @@
 
 Everything here runs on global rank 0 only (the loop passes ``enabled=False`` elsewhere) and only at log
 intervals. The loop's side of a row is small (the row dict, two clock reads for the CPU share, a queue put):
-the writing happens in the writer thread (trainer/training/rowwriter.py).
+the writing happens in the writer thread (observe/rowwriter.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import psutil
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .checkpoint import atomic_write_text
+from ...runtime import atomic
 from .plots import plot_run
 from .rowwriter import RowWriter, strict_json, yield_gil
 from .trackers import Trackers
@@ -174,7 +174,7 @@ class Metrics:
         if not self.enabled:
             return
         text = json.dumps(strict_json(summary), indent=1, allow_nan=False)
-        atomic_write_text(os.path.join(self.run_dir, "summary.json"), text)
+        atomic.write_text(os.path.join(self.run_dir, "summary.json"), text)
 
     def plot(self) -> Optional[str]:
         if not self.enabled:
@@ -241,12 +241,8 @@ def trim_rows(run_dir: str, step: int) -> None:
         return
     rows = _rows(path)
     keep = [r for r in rows if r["step"] <= step]
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic.atomic_open(path, "w") as fh:
         fh.writelines(json.dumps(r, allow_nan=False) + "\n" for r in keep)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     if len(keep) < len(rows):
         log.info(
             "metrics.jsonl: %d row(s) after step %d dropped (they are logged again)",

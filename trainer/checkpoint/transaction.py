@@ -32,28 +32,10 @@ from typing import Any, Optional
 
 import torch
 
+from ..runtime import atomic
 from . import stores
-from .checkpoint_read import (  # noqa: F401  (re-exported: callers read checkpoints through this module)
-    consolidated_model_state,
-    is_sharded,
-    load_state,
-    ranked_by_monitor,
-    read_manifest,
-    verify,
-)
-from .ckpt_layout import (  # noqa: F401  (re-exported)
-    DCP,
-    FORMAT,
-    LATEST,
-    MANIFEST,
-    STATE,
-    CheckpointError,
-    Progress,
-    checkpoint_root,
-    sha256_file,
-    step_name,
-    versions,
-)
+from .layout import DCP, LATEST, MANIFEST, STATE, CheckpointError, step_name, versions
+from .read import ranked_by_monitor, verify
 
 log = logging.getLogger("trainer")
 
@@ -107,12 +89,8 @@ def atomic_torch_save(obj: Any, path: str, step: int = -1, rank: int = 0) -> Non
         on_first = (lambda: _phase("mid_file", step, rank)) if step >= 0 else None
         store.write_bytes(path, buf.getvalue(), on_first_chunk=on_first)
         return
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
+    with atomic.atomic_open(path, "wb") as fh:
         torch.save(obj, _PhaseAfterFirstWrite(fh, step, rank) if step >= 0 else fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_text(path: str, text: str) -> None:

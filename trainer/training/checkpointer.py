@@ -1,0 +1,190 @@
+"""When and what the loop checkpoints, and resuming from a checkpoint.
+
+``Checkpointer`` is built by the ``Trainer`` with exactly the state a checkpoint holds, the way torchtitan's
+``CheckpointManager`` is handed its states: the strategy (which knows how the model and optimizer are
+sharded), the optimizer, the loop's own state (``train_state``: its ``state_dict()``/``load_state_dict()``
+cover the scheduler, scaler, progress and the best-checkpoint monitor), the progress counters, the loss
+tally and the trained parameters. One save runs: this module (what: finite check, the log window, the
+state dicts, the manifest's extra fields) -> ``saver.py`` (sync or async, one write in flight) ->
+``trainer.checkpoint`` (how: the directory transaction).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Optional
+
+import torch
+
+from .. import checkpoint as ckpt
+from ..config import Config, ConfigError, config_hash, from_dict, math_diff, to_dict
+from ..runtime import dist, io_faults
+from . import resume
+from .finite import all_finite
+from .monitor import Monitor
+from .saver import Saver
+from .strategy import Strategy
+from .tally import reduced_window
+
+log = logging.getLogger("trainer")
+
+
+class Checkpointer:
+    def __init__(
+        self,
+        cfg: Config,
+        state: dist.DistState,
+        run_dir: str,
+        strategy: Strategy,
+        optimizer,
+        train_state,
+        progress: ckpt.Progress,
+        tally,
+        params: list,
+        monitor: Monitor,
+        task: str,
+    ):
+        self.cfg, self.state, self.run_dir = cfg, state, run_dir
+        self.strategy, self.optimizer, self.train_state = strategy, optimizer, train_state
+        self.progress, self.tally, self.params, self.monitor, self.task = (
+            progress,
+            tally,
+            params,
+            monitor,
+            task,
+        )
+        self.saver = Saver(cfg, state, run_dir)
+        self.ckpts = self.saver.ckpts
+        # Set when the run begins (``watch``): the metrics' flush, so every row up to a step is written before
+        # its checkpoint exists, and the watchdog's breadcrumb, so a hang names the rank still saving.
+        self._flush: Callable[[], None] = lambda: None
+        self._mark: Callable[[int, str], None] = lambda step, op: None
+
+    def watch(self, flush: Callable[[], None], mark: Callable[[int, str], None]) -> None:
+        self._flush, self._mark = flush, mark
+        self.saver.phase = lambda op: mark(self.progress.step, op)
+
+    # ------------------------------------------------------------------ save
+    def save(self, final: bool = False, evaluated: Optional[dict] = None) -> Optional[str]:
+        """Checkpoint the current step; async (checkpoint.async_save) except for the last save of a run.
+
+        ``evaluated``: the evaluation of this very step, if any (the best-K monitor records it)."""
+        t0 = time.perf_counter()
+        step = self.progress.step
+        self._flush()
+        self._mark(step, "checkpoint")
+        io_faults.require_dir(self.run_dir)
+        # The save's collectives (finite check, log window, FSDP's gathers) wait for every rank, like a
+        # barrier: the rank not there yet is the one the watchdog names.
+        self._mark(step, "checkpoint barrier")
+        finite = all_finite(self.state, self.params)
+        window = reduced_window(self.state, self.tally) if finite else None
+        if not finite:  # the previous checkpoint stays the newest
+            log.warning(
+                "not checkpointing step %d: the parameters are non-finite; the newest checkpoint (%s) is "
+                "from before",
+                step,
+                self.ckpts.latest_pointer() or "none",
+            )
+            return None
+        sharded, state = None, None
+        if self.strategy.sharded:
+            sharded = self.strategy.sharded_state(self.optimizer)
+        else:
+            msd, osd = self.strategy.full_state(self.optimizer)
+        self._mark(step, "checkpoint")
+        if self.state.is_main:
+            state = self.train_state.state_dict()
+            state["window"] = window
+            if sharded is None:
+                state.update(model=msd, optimizer=osd)
+        p = self.progress
+        extra = {
+            "epoch": p.epoch,
+            "samples_in_epoch": p.samples_in_epoch,
+            "samples_total": p.samples_total,
+            "config": to_dict(self.cfg),
+            "config_hash": config_hash(self.cfg),
+            "task": self.task,
+        }
+        if evaluated is not None and self.monitor.record(evaluated):
+            extra["monitor"] = self.monitor.record(evaluated)
+        return self.saver.save(step, state, extra, sharded, final, t0)
+
+    # the saver's verbs the loop calls between saves
+    def poll(self, step: int) -> None:
+        self.saver.poll(step)
+
+    def finish(self, step: int) -> Optional[str]:
+        return self.saver.finish(step)
+
+    def close(self) -> None:
+        self.saver.close()
+
+    @property
+    def saved_at(self) -> int:
+        return self.saver.saved_at
+
+    def latest(self) -> str:
+        """The newest committed checkpoint, for the lines that name it."""
+        return self.ckpts.latest_pointer() or "none"
+
+    # ------------------------------------------------------------------ resume
+    def resume_from(self, path: str) -> list:
+        """Load the model, optimizer, loop state and RNG from ``path``; returns the config changes since it
+        was written (``trainer.training.resume``), for the loop to apply."""
+        manifest = ckpt.read_manifest(path)
+        saved_cfg = manifest.get("config")
+        changed: list = []
+        if saved_cfg is not None:
+            try:
+                old_cfg = from_dict(saved_cfg)
+                diff, changed = math_diff(old_cfg, self.cfg), resume.changes(old_cfg, self.cfg)
+            except ConfigError:
+                diff = ["<checkpoint config no longer valid>"]
+            if diff and self.cfg.run.resume_config_change != "allow":
+                raise ConfigError(
+                    f"run.resume: checkpoint {path} was trained with a different config in "
+                    f"{', '.join(diff)}; set run.resume_config_change=allow to resume anyway"
+                )
+            resume.check_allowed(changed, path)
+        state, rng = ckpt.load_state(path, rank=self.state.rank)
+        if state is not None and isinstance(state.get("model"), dict):
+            refuse_old_lora(state["model"], path)
+        if ckpt.is_sharded(path):
+            self.strategy.load_sharded(self.optimizer, os.path.join(path, ckpt.DCP))
+        else:
+            self.strategy.load_full_state(self.optimizer, state["model"], state["optimizer"])
+        self.train_state.load_state_dict(state)
+        p = self.progress
+        if rng is not None and manifest.get("world_size") == self.state.world_size:
+            ckpt.set_rng_state(rng)
+        else:  # different world size: fresh per-rank streams, still deterministic
+            torch.manual_seed(self.cfg.seed * 1000 + self.state.rank + 7919 * p.step)
+        self.saver.saved_at = p.step
+        self.monitor.kept = [
+            ckpt.read_manifest(c)["monitor"]["value"] for c in self.ckpts.best(self.monitor.keep_best)
+        ]
+        log.info(
+            "resumed from %s at step %d (epoch %d, %d samples into it; saved on %d process(es))",
+            path,
+            p.step,
+            p.epoch,
+            p.samples_in_epoch,
+            manifest.get("world_size"),
+        )
+        return changed
+
+
+def refuse_old_lora(model_state: dict, path: str) -> None:
+    """A checkpoint of the former hand-written LoRA (``X.lora_scale`` beside ``X.lora_A``) cannot resume into
+    a peft model; its weights still serve ``model.init_from`` (merged on read)."""
+    if any(k.endswith(".lora_scale") for k in model_state):
+        raise ConfigError(
+            f"run.resume: checkpoint {path} was written by the former hand-written LoRA (before peft) and "
+            f"cannot be resumed; start a new run from it with model.init_from={path} "
+            "(adapters merged on read)"
+        )
