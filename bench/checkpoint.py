@@ -14,9 +14,10 @@ of
            and fsynced, sha256 per file in the manifest, renamed into place, ``latest`` moved) vs the same
            state (model, optimizer, scheduler, progress) through ``torch.save`` to one file, then fsync of
            the file and its directory: the same durability
-  * load   what ``run.resume=auto`` does before applying the state (``find_resumable()``: the checksums are
-           checked and the file parses with weights_only; then ``load_state()``) vs ``torch.load(path,
-           weights_only=True)`` of the raw file; both from the page cache (each file was just written)
+  * load   what ``run.resume=auto`` does before applying the state (``find_resumable(preload=True)``: every
+           file's checksum checked while it loads with weights_only; then ``load_state()``, which takes the
+           verified state) vs ``torch.load(path, weights_only=True)`` of the raw file; both from the page
+           cache (each file was just written)
   * async  how long ``Trainer.save()`` holds the loop with checkpoint.async_save=true, against the time to
            copy the same state to host memory (``clone()`` of every tensor), the issue's bound
 Each figure is the median over the pairs with the range beside it, wall time and this process's CPU time
@@ -271,7 +272,8 @@ def io_pairs(extra: list[str], repeats: int, on_pair) -> dict:
             for side in (("raw", "trainer") if i % 2 == 0 else ("trainer", "raw")):
                 t = _clock()
                 if side == "trainer":
-                    found = CheckpointDir(sync_saver.ckpts.root).find_resumable()
+                    # what run.resume=auto does (trainer/run.py), then Trainer.resume_from's load_state
+                    found = CheckpointDir(sync_saver.ckpts.root).find_resumable(preload=True)
                     state, _rng = load_state(found)
                 else:
                     state = torch.load(raw_path, map_location="cpu", weights_only=True)
