@@ -58,6 +58,9 @@ class Checkpointer:
         )
         self.saver = Saver(cfg, state, run_dir)
         self.ckpts = self.saver.ckpts
+        # Set by an async save until the write holds its own copy of the weights: the loop calls it (then sets
+        # it back to None) before its next optimizer step.
+        self.fence: Optional[Callable[[], None]] = None
         # Set when the run begins (``watch``): the metrics' flush, so every row up to a step is written before
         # its checkpoint exists, and the watchdog's breadcrumb, so a hang names the rank still saving.
         self._flush: Callable[[], None] = lambda: None
@@ -112,7 +115,20 @@ class Checkpointer:
         }
         if evaluated is not None and self.monitor.record(evaluated):
             extra["monitor"] = self.monitor.record(evaluated)
-        return self.saver.save(step, state, extra, sharded, final, t0)
+        # Async: the writer thread copies the parameters and optimizer state (only the optimizer step changes
+        # them) while the loop runs its next forward and backward; the loop calls `fence` before that step.
+        late = self._late_storage() if state is not None and self.saver.writer is not None else frozenset()
+        path = self.saver.save(step, state, extra, sharded, final, t0, late=late)
+        if late and not final:
+            self.fence = self.saver.writer.copy_fence
+        return path
+
+    def _late_storage(self) -> frozenset:
+        """Storage addresses of the parameters and the optimizer's state tensors."""
+        tensors = list(self.strategy.module.parameters())
+        for st in getattr(self.optimizer, "state", {}).values():
+            tensors += [t for t in st.values() if isinstance(t, torch.Tensor)]
+        return frozenset(t.untyped_storage().data_ptr() for t in tensors)
 
     # the saver's verbs the loop calls between saves
     def poll(self, step: int) -> None:
