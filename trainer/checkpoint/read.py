@@ -1,8 +1,8 @@
 """Reading checkpoints: the manifest, verification, resolving a path (or the best one), and loading state
 with ``weights_only=True``. Local directories and object stores alike.
 
-Verification reads each file once: a local torch file is hashed (sha256, in a helper thread, from a memory
-map) while ``torch.load`` parses it, and what was loaded is handed on only if the digest matches the
+Verification reads each file once: a local torch file is hashed (sha256, in a helper thread) while
+``torch.load`` parses it, and what was loaded is handed on only if the digest matches the
 manifest's; so a torn or tampered file is never used, and ``weights_only`` keeps the parse of an unverified
 file from running code. ``find_resumable(preload=True)`` keeps the verified ``state.pt`` it loaded for the
 ``load_state`` that follows (as long as the file's inode, size, mtime and ctime are unchanged: any write to
@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import mmap
 import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
@@ -82,16 +81,6 @@ def _trial_load(src: io.BytesIO, name: str) -> Optional[str]:
     return None
 
 
-def file_sha256(path: str) -> str:
-    """sha256 of a local file from a memory map (no copy; hashlib releases the GIL while it hashes)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        if os.fstat(fh.fileno()).st_size:
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                h.update(m)
-    return h.hexdigest()
-
-
 def _stat_key(path: str) -> tuple:
     st = os.stat(path)
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -105,7 +94,7 @@ def verified_load(path: str, digest: str, name: str, full: bool = True, map_loca
     with open(path, "rb") as fh:
         is_zip = fh.read(4) == b"PK\x03\x04"
     with ThreadPoolExecutor(1, thread_name_prefix="ckpt-verify") as pool:
-        hashed = pool.submit(file_sha256, path)
+        hashed = pool.submit(stores.file_sha256, path)
         try:
             obj = torch.load(path, map_location=map_location, weights_only=True, mmap=is_zip and not full)
             problem = None
