@@ -201,7 +201,7 @@ def main(argv=None) -> None:
                                  ("identical_ids", "identical ids", ""), ("target", "target", "")]))
         print(rep.machine_line() + "\n")
     results: dict[str, list[dict]] = defaultdict(list)
-    for r in range(rounds):
+    for r in range(rounds if cases else 0):
         for key, _label, recipe, extra, steps, every in B.rotate(cases, r):
             results[key].append(run(recipe, extra, steps, every, smoke))
             rep.set_rows(tok_rows + rows_for(cases, results))
