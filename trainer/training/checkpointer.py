@@ -118,7 +118,8 @@ class Checkpointer:
             extra["monitor"] = self.monitor.record(evaluated)
         # Async: the writer thread copies the parameters and optimizer state (only the optimizer step changes
         # them) while the loop runs its next forward and backward; the loop calls `fence` before that step.
-        late = self._late_storage() if state is not None and self.saver.writer is not None else frozenset()
+        deferrable = state is not None and sharded is None and self.saver.writer is not None
+        late = self._late_storage() if deferrable else frozenset()  # sharded (DTensor) state: copied at once
         path = self.saver.save(step, state, extra, sharded, final, t0, late=late)
         if late and not final:
             self.fence = self.saver.writer.copy_fence
