@@ -108,7 +108,7 @@ def test_datapipe_smoke(runs):
     assert tok["identical_ids"] is True and tok["pairs"] == 2 and pos(tok["tokens"]), tok
     assert pos(tok["trainer_s"]) and pos(tok["batched_s"]) and pos(tok["ratio"]), tok
     rows = [r for r in doc["rows"] if r["row"] != "jsonl"]
-    assert [r["recipe"] for r in rows] == ["cnn", "gpt"]
+    assert [r["recipe"] for r in rows] == ["cnn", "gpt", "gpt tokens, streamed shards"]
     for r in rows:
         assert pos(r["step_ms"]) and pos(r["data_wait_pct"]) and pos(r["data_wait_ms"]), r
         assert "num_workers=0" in r["loader"]

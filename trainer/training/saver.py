@@ -59,15 +59,17 @@ class Saver:
         sharded: Optional[dict],
         final: bool,
         t0: float,
+        data: Optional[dict] = None,
         late: frozenset = frozenset(),
     ) -> Optional[str]:
-        """Collective. Async (checkpoint.async_save) except for the last save of a run. ``late``: see
+        """Collective. Async (checkpoint.async_save) except for the last save of a run. ``data``: this
+        rank's stream loader state (``data-rankN.pt``), None for map-style data. ``late``: see
         ``AsyncWriter.start`` (the caller then calls ``copy_fence()`` before its next optimizer step)."""
         self.close()  # the previous checkpoint's mirror copy is complete before this save starts
         self.saved_at = step
         if self.writer is not None:
             self.finish(step)  # at most one write in flight
-            self.writer.start(step, state, extra, sharded, self.state.ckpt_group, late=late)
+            self.writer.start(step, state, extra, sharded, self.state.ckpt_group, data, late=late)
             log.info(
                 "checkpoint step %d: async write started (step loop blocked %.3fs)",
                 step,
@@ -84,6 +86,7 @@ class Saver:
                 self._barrier,
                 sharded,
                 self.state.ckpt_group,
+                data,
             )
         except Exception as e:
             self._raise_storage(e, step)
@@ -242,6 +245,7 @@ class AsyncWriter:
         extra: dict,
         sharded: Optional[dict] = None,
         group=None,
+        data: Optional[dict] = None,
         late: frozenset = frozenset(),
     ) -> None:
         """Copy the state and start writing it in a thread. ``late``: storage addresses of tensors that only
@@ -251,6 +255,7 @@ class AsyncWriter:
             self.wait()
         todo: list = []
         state = _clone_tree(state, late, todo) if state is not None else None
+        data = _clone_tree(data) if data is not None else None
         sharded = _clone_tree(sharded) if sharded is not None else None  # DTensor shards: copied here
         rng = rng_state()
         self.ckdir.begin(step, self.rank, self.barrier)
@@ -263,7 +268,7 @@ class AsyncWriter:
                     _copy_late(todo)
                 finally:
                     copied.set()
-                self.ckdir.write(step, self.rank, state, rng, sharded, group)
+                self.ckdir.write(step, self.rank, state, rng, sharded, group, data)
             except BaseException as e:  # re-raised in the main thread at the next poll
                 self._error = e
 
