@@ -26,16 +26,23 @@ SHUTDOWN_GRACE_S = 30  # torchrun's default wait between SIGTERM and SIGKILL for
 
 
 def check_config(
-    entry: str, config: str | None, overrides: list[str], mode: str, timeout: float = 120
+    entry: str,
+    config: str | None,
+    overrides: list[str],
+    mode: str,
+    timeout: float = 120,
+    world_size: int | None = None,
+    nproc_per_node: int | None = None,
 ) -> str | None:
-    """Run ``python -m ENTRY check`` once, before any worker starts; None if the config is valid, else its
-    line."""
+    """Run ``python -m ENTRY check`` once, before any worker starts; None if the config (and, given the
+    world size, the device mesh it asks for) is valid, else its line."""
     cmd = [
         sys.executable,
         "-m",
         entry,
         "check",
         *(["-c", config] if config else []),
+        *(["--world-size", str(world_size), "--nproc-per-node", str(nproc_per_node)] if world_size else []),
         *overrides,
         f"train.strategy={mode}",
     ]
