@@ -137,6 +137,11 @@ def test_tokens_are_cached_beside_the_run_keyed_by_data_and_tokenizer(assets, tm
         ),
         ('{"conversations": [{"from": "bot", "value": "x"}]}', "'from': 'bot' is not one of"),
         ('{"instruction": "x", "output": 3}', "'output' must be a string"),
+        # a prompt without an answer (preference data) names the missing key, not "got NoneType"
+        (
+            '{"prompt": "x", "chosen": "a", "rejected": "b"}',
+            "data.format=prompt_response: the record has no 'response'",
+        ),
     ],
 )
 def test_bad_records_name_the_line(assets, tmp_path, line, why):

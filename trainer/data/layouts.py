@@ -219,6 +219,10 @@ def segments(tok, rec: Any, fmt: str, train_on: str) -> tuple[str, Segments, boo
         "text": ("text",),
     }[layout]
     missing = [k for k in need if k not in rec]
+    if layout == "prompt_response" and "response" not in rec and "completion" not in rec:
+        missing.append(
+            "response"
+        )  # {"prompt", "chosen", "rejected"} (preference data) has no answer to learn
     if missing:
         raise RecordError(f"data.format={layout}: the record has no {', '.join(map(repr, missing))}")
     if layout == "text":
