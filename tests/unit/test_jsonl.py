@@ -152,6 +152,20 @@ def test_bad_records_name_the_line(assets, tmp_path, line, why):
         tokenize_records(tok, str(path), "data.path")
 
 
+def test_a_windows_export_with_bom_and_crlf_reads_as_the_plain_file(assets, tmp_path):
+    # Notepad / PowerShell 5 save UTF-8 with a BOM and CRLF line ends: the same records, not "line 1: not
+    # valid JSON (Unexpected UTF-8 BOM)"
+    root, tok_dir, tok = assets
+    recs = [json.dumps(r, ensure_ascii=False) for r in qa_records(5)] + ['{"text": "héllo ✓"}']
+    plain, windows = tmp_path / "plain.jsonl", tmp_path / "windows.jsonl"
+    plain.write_text("\n".join(recs) + "\n", encoding="utf-8")
+    windows.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(recs).encode("utf-8") + b"\r\n")
+    a = tokenize_records(tok, str(plain), "data.path")
+    b = tokenize_records(tok, str(windows), "data.path")
+    assert a.documents == b.documents == 6
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.learn, b.learn)
+
+
 def test_malformed_line_is_exit_2_naming_the_line_and_leaves_nothing(assets, tmp_path):
     root, tok_dir, _ = assets
     path = tmp_path / "bad.jsonl"

@@ -177,7 +177,7 @@ def tokenize_records(tok, path: str, key: str, fmt: str = "auto", train_on: str 
             recs.clear()
             lines.clear()
 
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:  # -sig: a BOM (Windows tools write one) is not a record
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
