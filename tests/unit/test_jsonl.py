@@ -166,6 +166,18 @@ def test_a_windows_export_with_bom_and_crlf_reads_as_the_plain_file(assets, tmp_
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.learn, b.learn)
 
 
+def test_every_document_dropped_says_so_not_more_records_needed(assets, tmp_path):
+    # data.truncation=drop with every record longer than data.seq_len: the cause and the two ways out,
+    # not "no training rows after the split (more records needed)"
+    root, tok_dir, _ = assets
+    path = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "word " * 60, "response": " yes"}] * 4)
+    cfg = _cfg(root / "d", tok_dir, path, "data.truncation=drop")
+    with pytest.raises(ConfigError) as e:
+        build_datasets(cfg)
+    msg = str(e.value)
+    assert "all 4 document(s) are longer than data.seq_len=32" in msg and "data.truncation=left" in msg, msg
+
+
 def test_malformed_line_is_exit_2_naming_the_line_and_leaves_nothing(assets, tmp_path):
     root, tok_dir, _ = assets
     path = tmp_path / "bad.jsonl"
