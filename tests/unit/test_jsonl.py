@@ -136,6 +136,10 @@ def test_tokens_are_cached_beside_the_run_keyed_by_data_and_tokenizer(assets, tm
             "a message 'weight' must be 0 or 1",
         ),
         ('{"conversations": [{"from": "bot", "value": "x"}]}', "'from': 'bot' is not one of"),
+        (  # an OpenAI export with a tool call: which message, and why
+            '{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": null}]}',
+            "message 2 \\(assistant\\): 'content' must be a string, got NoneType",
+        ),
         ('{"instruction": "x", "output": 3}', "'output' must be a string"),
         # a prompt without an answer (preference data) names the missing key, not "got NoneType"
         (
