@@ -199,7 +199,7 @@ def find_resume(cfg: Config, run_dir: str) -> Optional[str]:
     if r == "auto":
         cdir = ckpt.CheckpointDir(root)
         try:
-            found = cdir.find_resumable()
+            found = cdir.find_resumable(preload=True)  # resume_from loads it next: read and hashed once
         except ckpt.CheckpointError as e:
             if stores.is_url(root):
                 raise ConfigError(

@@ -219,6 +219,9 @@ class Trainer:
         else:
             value = total
             ok = torch.isfinite(total) & torch.isfinite(norm) if check_norm else torch.isfinite(total)
+        if self.checkpointer.fence is not None:  # an async save is still copying the weights it writes
+            self.checkpointer.fence()
+            self.checkpointer.fence = None
         s.optimizer_step(self.optimizer, ok)
         self.optimizer.zero_grad(set_to_none=True)
         if self._schedule_moves:

@@ -112,7 +112,14 @@ def make_accelerator(cfg: Config, device: torch.device):
     # another precision must start from a clean state.
     AcceleratorState._reset_state(reset_partial_state=True)
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision]
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=mp, device_placement=False)
+    acc = Accelerator(cpu=device.type == "cpu", mixed_precision=mp, device_placement=False)
+    if mp == "fp16" and device.type == "cpu" and acc.scaler is None:
+        # accelerate gives fp16 on a CPU neither autocast nor a GradScaler (accelerator.py: "fp16 ... and
+        # device.type != 'cpu'"), so the run would be fp32 under an fp16 label; torch has both for CPU, and
+        # prepare() wraps forward in autocast and hands the scaler to the optimizer as it does on a GPU.
+        acc.native_amp = True
+        acc.scaler = torch.amp.GradScaler("cpu")
+    return acc
 
 
 class Strategy:
