@@ -218,6 +218,7 @@ def execute(plan: Plan) -> int:
             os.environ.pop(name, None)
         os.environ.update(plan.env)
         os.environ.update(fresh)
+        os.environ["LAUNCH_PID"] = str(os.getpid())  # workers die with this process (runtime/signals.py)
         try:
             return RUNNERS[plan.kind](plan, fresh.get("TRAINER_EXIT_DIR", tmp))
         except ImportError as e:  # torch or accelerate missing: an unfit environment, not a bug

@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     # `check`, `config` and --help never import torch (~1.5 s): the training stack is imported only here.
     from .api import train_command
     from .runtime.dist import clean_exit
+    from .runtime.signals import die_with_launcher
+
+    die_with_launcher()
 
     code, reason = train_command(cfg)
     codes.write_exit_reason(code, reason)

@@ -160,8 +160,17 @@ def _check_kinds(cfg: Config) -> None:
             near = did_you_mean(value, builtin)
             if not near and kind == "checkpoint":  # run.resume=runs/cnn: the run dirs that do exist
                 near = run_dirs_hint(value)
+            near = near or _colon_hint(kind, value)
             raise ConfigError(f"{key}={value!r}: expected one of {', '.join(builtin)} or {KINDS[kind]}{near}")
-        raise ConfigError(f"{key}={value!r}: expected {KINDS[kind]}")
+        raise ConfigError(f"{key}={value!r}: expected {KINDS[kind]}{_colon_hint(kind, value)}")
+
+
+def _colon_hint(kind: str, value: str) -> str:
+    """mypkg.models.Net for an import path: the usual dot where the colon goes."""
+    if kind != "import" or ":" in value or "." not in value.strip("."):
+        return ""
+    mod, _, attr = value.rpartition(".")
+    return f" (did you mean {mod}:{attr}?)"
 
 
 _KIND_CHECKS = {

@@ -202,6 +202,8 @@ class Trainer:
                     loss = objective(out, y)
                     if n > 1:
                         loss = loss / n
+                if self._check_unused and i == 0:  # once: a loss without a gradient is exit 2
+                    self.objective.check_trains(out, loss)
                 wd.mark(step, "backward")
                 s.backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
