@@ -261,7 +261,7 @@ def jsonl(cfg: Config):
     d = cfg.data
     tok_dir = d.tokenizer or cfg.model.path
     key = "data.tokenizer" if d.tokenizer else "model.path"
-    tok = load_tokenizer(tok_dir, key)
+    tok = load_tokenizer(tok_dir, key, cfg.model.trust_remote_code)
     tok_fp = tokenizer_fingerprint(tok_dir)
     T = _seq_len(cfg)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
