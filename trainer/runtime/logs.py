@@ -7,6 +7,8 @@ import os
 import socket
 import sys
 
+from .redact import RedactFilter
+
 NOISY = ("torch", "accelerate", "matplotlib", "PIL", "urllib3", "mlflow", "alembic", "wandb")
 
 
@@ -17,6 +19,7 @@ def setup_logging(rank: int) -> None:
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     h.setLevel(logging.INFO if rank == 0 else logging.ERROR)
+    h.addFilter(RedactFilter())  # no password in a URI reaches the console (runtime/redact.py)
     root.addHandler(h)
     root.setLevel(logging.INFO)
     for noisy in NOISY:
@@ -37,6 +40,7 @@ def add_rank_log(run_dir: str, rank: int, world_size: int) -> None:
     os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
     fh = _RankFileHandler(os.path.join(run_dir, "logs", f"rank-{rank}.log"))
     fh.setFormatter(logging.Formatter("%(asctime)s rank" + str(rank) + " %(levelname)s %(message)s"))
+    fh.addFilter(RedactFilter())
     fh.stream.write(f"rank {rank} pid {os.getpid()} host {socket.gethostname()} world {world_size}\n")
     logging.getLogger().addHandler(fh)
 
