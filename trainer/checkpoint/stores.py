@@ -112,15 +112,30 @@ class LocalStorage:
         """Atomic: a temp file, fsynced, renamed over `path`, the directory fsynced."""
         atomic.write_bytes(path, data)
 
+    def drop_link(self, path: str) -> bool:
+        """A symbolic link where the run's own checkpoint tree has a directory is never written or deleted
+        through: the link itself is removed (what it points to is left alone), with one warning."""
+        if not os.path.islink(path):
+            return False
+        target = os.readlink(path)
+        os.unlink(path)
+        log.warning("%s is a symbolic link (to %s): removed the link, not what it points to", path, target)
+        return True
+
     def rmtree(self, path: str) -> None:
-        shutil.rmtree(path, ignore_errors=True)
+        if not self.drop_link(path):
+            shutil.rmtree(path, ignore_errors=True)
 
     def remove(self, path: str) -> None:
-        if os.path.exists(path):
+        if os.path.islink(os.path.dirname(path)):
+            return  # never delete through a linked directory; its rmtree removes the link
+        if os.path.lexists(path):
             os.remove(path)
 
     def rename_dir(self, src: str, dst: str) -> None:
-        if os.path.exists(dst):  # the same step saved again (e.g. final save after periodic)
+        if not self.drop_link(dst) and os.path.exists(
+            dst
+        ):  # the same step saved again (final after periodic)
             shutil.rmtree(dst)
         os.rename(src, dst)
         atomic.fsync_dir(os.path.dirname(dst))
@@ -221,6 +236,9 @@ class FsspecStorage:
 
     def makedirs(self, path: str) -> None:
         pass  # prefixes exist as soon as an object is written under them
+
+    def drop_link(self, path: str) -> bool:
+        return False  # object stores have no links
 
     def read_bytes(self, path: str) -> bytes:
         return self._retry("read", path, lambda: self.fs.cat_file(self._p(path)))

@@ -200,7 +200,8 @@ class CheckpointDir:
         tmp = self.tmp_dir(step)
         if rank == 0:
             self.store.makedirs(self.root)
-            if self.store.exists(tmp):
+            # a link there is removed, never written through (stores.py drop_link)
+            if not self.store.drop_link(tmp) and self.store.exists(tmp):
                 self._remove_checkpoint(tmp)
             self.store.makedirs(tmp)
         barrier()
