@@ -285,11 +285,12 @@ class CheckpointDir:
             self.begin(step, rank, barrier)
             self.write(step, rank, state, rng_state(), sharded, group)
             return self.commit(step, rank, world_size, manifest_extra, barrier)
-        except OSError:
-            self.discard(step)
+        except OSError as e:
+            if not stores.endpoint_failed(e):  # a dead endpoint: no cleanup; the next commit prunes it
+                self.discard(step)
             raise
         except RuntimeError as e:  # torch.save reports ENOSPC as "unexpected pos", the OSError chained
-            if isinstance(e.__cause__ or e.__context__, OSError):
+            if isinstance(e.__cause__ or e.__context__, OSError) and not stores.endpoint_failed(e):
                 self.discard(step)
             raise
 

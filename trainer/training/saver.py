@@ -112,9 +112,17 @@ class Saver:
             cause = _os_error(e)
             if cause is not None:
                 fault = f"storage error: {stores.describe(cause)} at {self.ckpts.tmp_dir(step)}"
+        if fault and stores.endpoint_failed(e):  # nothing more is asked of a dead endpoint
+            raise io_faults.StorageError(
+                f"{fault} while writing checkpoint step {step}; `latest` was not moved: the previous "
+                "checkpoint is intact"
+            ) from e
         if fault:
             self.ckpts.discard(step)  # free what the failed write took; the next try starts clean
-            latest = self.ckpts.latest_pointer()
+            try:
+                latest = self.ckpts.latest_pointer()
+            except Exception:  # cleanup never replaces the outcome
+                latest = None
             raise io_faults.StorageError(
                 f"{fault} while writing checkpoint step {step}; "
                 + (f"the previous checkpoint {latest} is intact" if latest else "no earlier checkpoint")
