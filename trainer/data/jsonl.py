@@ -36,6 +36,8 @@ from .tokenizer import load_tokenizer, tokenizer_fingerprint
 IGNORE = -100  # the label of a position that carries no loss (torch's cross_entropy ignore_index)
 _CACHE_VERSION = "1"
 _MAX_DEFAULT_SEQ = 2048
+# One JSONL record (line) at most: a 100 MB line otherwise took minutes and GBs of memory without a word.
+MAX_RECORD_BYTES = 16 << 20
 
 
 # ----------------------------------------------------------------------------- records -> token ids
@@ -97,14 +99,32 @@ def _chat(tok, key: str, lineno: int, messages) -> tuple[list[int], list[bool]]:
     return ids, learn
 
 
+def read_lines(fh, path: str, key: str):
+    """(line number, text) of each line of a JSONL file open in binary mode. A line that is not UTF-8, or
+    longer than MAX_RECORD_BYTES (read no further than that), is exit 2 naming the file and the line."""
+    for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_RECORD_BYTES + 1), b""), 1):
+        if len(raw) > MAX_RECORD_BYTES and not (len(raw) == MAX_RECORD_BYTES + 1 and raw.endswith(b"\n")):
+            raise ConfigError(
+                f"{key}={path!r} line {lineno}: a record longer than {MAX_RECORD_BYTES >> 20} MiB "
+                "(MAX_RECORD_BYTES in trainer/data/jsonl.py); split it into several records"
+            )
+        try:
+            yield lineno, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"{key}={path!r} line {lineno}: not valid UTF-8 (byte {raw[e.start : e.start + 1]!r} at "
+                f"column {e.start + 1}); re-encode the file as UTF-8"
+            ) from None
+
+
 def tokenize_records(tok, path: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids int32, learn uint8, offsets int64) of every document of a JSONL file, EOS appended."""
     eos = tok.eos_token_id
     ids: list[int] = []
     learn: list[int] = []
     offsets = [0]
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, line in read_lines(fh, path, key):
             if not line.strip():
                 continue
             try:
