@@ -398,7 +398,8 @@ def check_writable(root: str) -> None:
         store._retry("write", probe, lambda: store.fs.pipe_file(store._p(probe), b"probe"))
         store._retry("delete", probe, lambda: store.fs.rm_file(store._p(probe)))
     except Exception as e:
-        raise StoreError(f"{root}: {describe(e, bucket)}") from None
+        cause = e.__cause__ if isinstance(e, EndpointError) and e.__cause__ is not None else e
+        raise StoreError(f"{root}: {describe(cause, bucket)}") from None
 
 
 def describe(e: BaseException, bucket: str = "") -> str:
