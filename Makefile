@@ -42,7 +42,7 @@ test-quick: setup
 lint: setup
 	$(BIN)/ruff check
 	$(BIN)/ruff format --check
-	$(BIN)/shellcheck launch/*.sh docker/*.sh .ci/run
+	$(BIN)/shellcheck launch/*.sh launch/slurm.sbatch docker/*.sh .ci/run
 	$(BIN)/hadolint Dockerfile
 
 # CPU benchmarks (README "Performance"): each prints a table and writes bench/results/NAME-DATE.json.

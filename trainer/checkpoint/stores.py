@@ -101,26 +101,17 @@ def for_path(path: str) -> LocalStorage | FsspecStorage:
 
 
 def storage_options(protocol: str) -> dict:
-    """fsspec keyword arguments for a protocol (also given to DCP's fsspec writer and reader)."""
-    if protocol not in ("s3", "s3a"):
-        return {}
-    client: dict = {}
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        client["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
-    if os.environ.get("AWS_REGION"):
-        client["region_name"] = os.environ["AWS_REGION"]
-    # No listings cache: several processes write one prefix, and `latest` must be read fresh every time.
-    return {
-        "client_kwargs": client,
-        "use_listings_cache": False,
-        "skip_instance_cache": True,
+    """fsspec keyword arguments for checkpoints (also given to DCP's fsspec writer and reader): the common
+    ones (io_faults.fsspec_options) and, on S3, checkpoint.timeout_s per request and no botocore retries."""
+    opts = io_faults.fsspec_options(protocol)
+    if protocol in ("s3", "s3a"):
         # botocore: a timeout per request (s3fs's defaults are 5 s / 15 s) and no retries of its own
-        "config_kwargs": {
+        opts["config_kwargs"] = {
             "connect_timeout": TIMEOUT_S,
             "read_timeout": TIMEOUT_S,
             "retries": {"max_attempts": 1, "mode": "standard"},
-        },
-    }
+        }
+    return opts
 
 
 class LocalStorage:

@@ -15,10 +15,11 @@ from typing import Optional
 import torch
 
 from .. import checkpoint as ckpt
-from ..config import Config, active_trackers
+from ..config import Config, ConfigError, active_trackers
 from ..data.collate import to_device
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
+from ..data.stream import Stream, StreamBatches
 from ..exitcodes import INTERNAL, NONFINITE, OK, PREEMPTED
 from ..models.outputs import ModelIO, split_output
 from ..runtime import dist, io_faults
@@ -33,6 +34,7 @@ from .monitor import Monitor
 from .observe import provenance
 from .observe.metrics import Metrics, Stopwatch, peak_flops, read_history, trim_rows
 from .observe.profiler import Profiler
+from .observe.segments import Segments
 from .observe.trackers import Trackers
 from .optim import build_scheduler
 from .strategy import Strategy
@@ -78,17 +80,35 @@ class Trainer:
         self.run_dir = run_dir
         self.device = state.device
         t, d = cfg.train, cfg.data
-        self.sampler = GlobalBatchSampler(
-            len(train_ds), t.batch_size, t.grad_accum, state.rank, state.world_size, cfg.seed
-        )
-        self.batches = BatchSource(
-            train_ds,
-            self.sampler,
-            d.num_workers,
-            d.pin_memory and self.device.type == "cuda",
-            d.prefetch_factor,
-        )
-        self.total_steps = t.max_steps or t.epochs * self.sampler.steps_per_epoch
+        pin = d.pin_memory and self.device.type == "cuda"
+        self.stream = isinstance(train_ds, Stream)  # an IterableDataset or shard glob (data/stream.py)
+        self.sampler: Optional[GlobalBatchSampler] = None
+        if self.stream:
+            self.batches = StreamBatches(
+                train_ds,
+                state.rank,
+                state.world_size,
+                t.batch_size // (state.world_size * t.grad_accum),
+                t.batch_size,
+                d.num_workers,
+                d.shuffle_buffer,
+                cfg.seed,
+                pin,
+                d.prefetch_factor,
+            )
+            steps_per_epoch = self.batches.steps_per_epoch
+        else:
+            self.sampler = GlobalBatchSampler(
+                len(train_ds), t.batch_size, t.grad_accum, state.rank, state.world_size, cfg.seed
+            )
+            self.batches = BatchSource(train_ds, self.sampler, d.num_workers, pin, d.prefetch_factor)
+            steps_per_epoch = self.sampler.steps_per_epoch
+            if d.shuffle_buffer:
+                log.warning(
+                    "data.shuffle_buffer=%d has no effect: the data is map-style, shuffled whole every epoch",
+                    d.shuffle_buffer,
+                )
+        self.total_steps = t.max_steps or t.epochs * steps_per_epoch
         self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
         self.progress = ckpt.Progress()
         self.params = [p for p in strategy.module.parameters() if p.requires_grad]
@@ -101,7 +121,12 @@ class Trainer:
         self.eval_before: Optional[dict] = None
         # Masked LM data (jsonl): the loss is a mean over the labelled tokens of the whole step, all
         # micro-batches and ranks together, not a mean of per-micro-batch means.
-        self._token_mean = bool(info.extra.get("loss_mask")) and self.objective.loss_fn is None
+        self._check_unused = True
+        self._token_mean = (
+            bool(info.extra.get("loss_mask"))
+            and self.objective.loss_fn is None
+            and not self.objective.loss_key
+        )
         eb = cfg.train.eval_before
         self._eval_before = cfg.model.name == "hf" if eb is None else eb
         self.last_loss: Optional[float] = None
@@ -123,7 +148,9 @@ class Trainer:
             params=self.params,
             monitor=self.monitor,
             task=info.task,
+            data=self.batches if self.stream else None,
         )
+        self.segments = Segments()  # the run's time across starts and resumes (summary.json)
         self.ending = Ending(
             cfg,
             state,
@@ -135,6 +162,7 @@ class Trainer:
             tally=self.tally,
             params=self.params,
             ckpts=self.checkpointer.ckpts,
+            segments=self.segments,
         )
         self._need_norm = bool(cfg.train.grad_clip) or state.distributed or strategy.scaler is not None
         self._schedule_moves = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps > 0
@@ -178,6 +206,9 @@ class Trainer:
                 s.backward(loss)
             parts.append(loss.detach())
             total = loss.detach() if total is None else total + loss.detach()
+        if self._check_unused:  # once: DDP cannot reduce a parameter that forward never used
+            self._check_unused = False
+            s.check_unused_parameters()
         wd.mark(step, "optimizer")
         # Distributed: the all-reduced gradients are what every rank agrees on (a NaN on one rank's loss
         # reaches the others only through them). fp16: the scaler owns overflow; the loss decides.
@@ -259,6 +290,7 @@ class Trainer:
             bad, bad_steps = (int(v) for v in dist.all_reduce_max(self.state, both).tolist())
             self.progress.bad_steps = bad_steps
         elapsed = max(watch.elapsed(), 1e-9)
+        self.segments.add_compute(elapsed)
         B = self.cfg.train.batch_size
         row = {
             "step": self.progress.step,
@@ -348,6 +380,10 @@ class Trainer:
                 "since_best": self.monitor.since_best,
             },
             "eval_before": self.eval_before,  # so a resumed run still reports it
+            # the steps since the last log row are compute not counted yet
+            "segments": self.segments.state_dict(
+                self.progress.step, self._watch.elapsed() if self._since_log else 0.0
+            ),
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -360,6 +396,7 @@ class Trainer:
         self.monitor.best, self.monitor.best_step = mon.get("best"), mon.get("best_step")
         self.monitor.since_best = mon.get("since_best", 0)
         self.eval_before = sd.get("eval_before")
+        self.segments.load_state_dict(sd.get("segments"))
         w = sd.get("window")  # older checkpoints have none: the next row then covers fewer steps
         if w:
             self.tally.restore(
@@ -397,13 +434,13 @@ class Trainer:
             self.eval_before = self.evaluate()
             self.strategy.model.train()
             log.info("eval before training: %s", format_eval(self.eval_before))
-        t_start = time.perf_counter()
+        self.segments.start(p.step, self.provenance["start_time"], time.perf_counter())
         code, ended = OK, False
         try:
             while p.step < self.total_steps and code == OK and not self.ending.stopped_early:
                 code = self._run_epoch()
             if code == OK:
-                code = self._end(time.perf_counter() - t_start)
+                code = self._end()
             elif code == PREEMPTED:
                 log.warning(
                     "preempted by signal: checkpoint at step %d saved; rerun the same command to resume",
@@ -435,22 +472,31 @@ class Trainer:
         self._since_log = 0
         self.strategy.model.train()
         if len(self.eval_ds) == 0:
-            log.info("no evaluation: the eval split is empty (data.eval_fraction=%s)", cfg.data.eval_fraction)
+            if self.stream:
+                log.info("no evaluation: a stream has no held-out split (give eval_data= or data.eval_path)")
+            else:
+                log.info(
+                    "no evaluation: the eval split is empty (data.eval_fraction=%s)", cfg.data.eval_fraction
+                )
         if cfg.profile.steps and self.state.is_main:
             self._profiler = Profiler(cfg.profile.steps, self.run_dir)
 
     def _run_epoch(self) -> int:
         """The rest of the current epoch (all of it unless resumed mid-epoch); returns the exit code."""
         p, t = self.progress, self.cfg.train
-        self.sampler.set_position(p.epoch, p.samples_in_epoch)
-        self.train_ds.set_epoch(p.epoch)
-        batches = self.batches.epoch_iter()
+        if self.stream:
+            batches = self.batches.epoch_iter(p.epoch, p.samples_in_epoch)
+        else:
+            self.sampler.set_position(p.epoch, p.samples_in_epoch)
+            self.train_ds.set_epoch(p.epoch)
+            batches = self.batches.epoch_iter()
+        ended = False
         while p.step < self.total_steps:
             self.watchdog.mark(p.step + 1, "data")
             t_data = time.perf_counter()
-            try:
-                micro = [self._to_device(next(batches)) for _ in range(t.grad_accum)]
-            except StopIteration:
+            micro = self._draw(batches)
+            if micro is None:
+                ended = True
                 break
             self._watch.data_s += time.perf_counter() - t_data
             if self._profiler:
@@ -463,10 +509,40 @@ class Trainer:
             code = self._after_step()
             if code != OK or self.ending.stopped_early:
                 return code
-        if p.samples_in_epoch >= self.sampler.steps_per_epoch * t.batch_size:
+        if self.stream and ended:
+            if p.samples_in_epoch == 0:
+                raise ConfigError(
+                    f"data.name={self.cfg.data.name!r}: the stream ended without one full step in epoch "
+                    f"{p.epoch} (train.batch_size={t.batch_size} samples across all processes)"
+                )
+            log.info(
+                "data: epoch %d of the stream ended after %d samples (step %d); the next pass starts",
+                p.epoch,
+                p.samples_in_epoch,
+                p.step,
+            )
+            p.epoch += 1
+            p.samples_in_epoch = 0
+        elif not self.stream and p.samples_in_epoch >= self.sampler.steps_per_epoch * t.batch_size:
             p.epoch += 1
             p.samples_in_epoch = 0
         return OK
+
+    def _draw(self, batches) -> Optional[list]:
+        """This step's micro-batches on device, or None at the end of the epoch. A stream may run out on
+        one rank before the others: the ranks agree on every step (one flag all-reduced on the side group)
+        and stop together, so none waits for a peer that has no batch (a partial global step is not
+        trained, as the map-style sampler drops the last partial batch)."""
+        try:
+            micro = [self._to_device(next(batches)) for _ in range(self.cfg.train.grad_accum)]
+        except StopIteration:
+            micro = None
+        if self.stream and self.state.distributed:
+            if not dist.all_true(self.state, micro is not None):
+                if micro is not None:
+                    log.info("data: another rank's stream ran out; this rank ends the epoch with it")
+                return None
+        return micro
 
     def _after_step(self) -> int:
         """Log, eval, save and the preemption check, each at its own interval; returns the exit code."""
@@ -485,10 +561,8 @@ class Trainer:
         self.checkpointer.poll(p.step)
         self.watchdog.mark(p.step, "agree")  # the preemption all-reduce (side group)
         stop = code != OK or self.preempt.agreed()
-        if stop and code == NONFINITE:
-            self.checkpointer.finish(
-                p.step
-            )  # commit an in-flight (good) write; no checkpoint of the bad state
+        if stop and code == NONFINITE:  # commit an in-flight (good) write; no checkpoint of the bad state
+            self.checkpointer.finish(p.step)
         elif stop:
             self.save(final=True)
         elif best or (cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0):
@@ -498,7 +572,7 @@ class Trainer:
             code = PREEMPTED
         return code
 
-    def _end(self, wall: float) -> int:
+    def _end(self) -> int:
         """A run that reached its last step (or stopped early): last log row, final eval, final checkpoint,
         summary. Returns NONFINITE (no final checkpoint, no export) when the result is not finite."""
         step, ending = self.progress.step, self.ending
@@ -519,7 +593,6 @@ class Trainer:
             )
         ending.finish(
             self.metrics,
-            wall,
             self.last_loss,
             self.last_eval,
             self.eval_before,
