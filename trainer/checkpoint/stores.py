@@ -358,17 +358,20 @@ class FsspecStorage:
         self._retry("download", path, lambda: self.fs.get_file(self._p(path), local))
 
 
+def _drop_expect(params: dict, **_) -> None:
+    params.get("headers", {}).pop("Expect", None)
+
+
 def _no_expect_continue(fs) -> None:
     """No ``Expect: 100-continue`` on uploads. botocore adds it to every PUT with a file-like body, and
     aiohttp waits for the "100 Continue" with no timeout at all (sock_read starts only after it): a frozen
     endpoint (SIGSTOP: the kernel still accepts the connection) held a 20-byte PUT for as long as it was
     frozen, with read_timeout=1. Without the header the same PUT times out after read_timeout."""
     try:
-        import botocore.handlers
         from fsspec.asyn import sync
 
         client = sync(fs.loop, fs.set_session)  # makes the client; no request is sent
-        client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+        client.meta.events.register_last("before-call.s3", _drop_expect)  # after botocore's own adds it
     except Exception as e:  # the first real request reports what is wrong (credentials, endpoint)
         log.debug("could not remove Expect: 100-continue: %s", e)
 
