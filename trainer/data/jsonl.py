@@ -175,7 +175,7 @@ def read_lines(fh, path: str, key: str):
                 "(MAX_RECORD_BYTES in trainer/data/jsonl.py); split it into several records"
             )
         try:
-            yield lineno, raw.decode("utf-8")
+            yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
         except UnicodeDecodeError as e:
             raise ConfigError(
                 f"{key}={path!r} line {lineno}: not valid UTF-8 (byte {raw[e.start : e.start + 1]!r} at "
@@ -197,7 +197,7 @@ def tokenize_records(tok, path: str, key: str, fmt: str = "auto", train_on: str 
             recs.clear()
             lines.clear()
 
-    with open(path, "rb") as fh:
+    with open(path, "rb") as fh:  # read_lines: a BOM (Windows tools write one) is not a record
         for lineno, line in read_lines(fh, path, key):
             if not line.strip():
                 continue
@@ -503,6 +503,11 @@ def jsonl(cfg: Config):
         # one file feeds both splits: its dropped documents are reported with the train split
         train, evald = PackedRows.of(packed, tr), PackedRows.of(packed, ev, dropped=0)
     if len(train) == 0:
+        if packed.dropped and len(packed.labels) == 0:  # every document longer than a row, and left out
+            raise ConfigError(
+                f"data.path={d.path!r}: all {packed.dropped} document(s) are longer than data.seq_len={T} "
+                "and data.truncation=drop left them out (use data.truncation=left or a larger data.seq_len)"
+            )
         raise ConfigError(f"data.path={d.path!r}: no training rows after the split (more records needed)")
     _check_learned(cfg, "train", train, "data.path", d.path)
     _check_learned(
