@@ -165,22 +165,29 @@ def _concat(parts: list[Encoded]) -> Encoded:
     )
 
 
+def check_line(raw: bytes, lineno: int, where: str) -> str:
+    """One JSONL line's text. A line longer than MAX_RECORD_BYTES (a bounded read returns more than that)
+    or not UTF-8 is exit 2 naming the file and the line; a BOM on line 1 is dropped."""
+    if len(raw) > MAX_RECORD_BYTES and not (len(raw) == MAX_RECORD_BYTES + 1 and raw.endswith(b"\n")):
+        raise ConfigError(
+            f"{where} line {lineno}: a record longer than {MAX_RECORD_BYTES >> 20} MiB "
+            "(MAX_RECORD_BYTES in trainer/data/jsonl.py); split it into several records"
+        )
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{where} line {lineno}: not valid UTF-8 (byte {raw[e.start : e.start + 1]!r} at "
+            f"column {e.start + 1}); re-encode the file as UTF-8"
+        ) from None
+
+
 def read_lines(fh, path: str, key: str):
-    """(line number, text) of each line of a JSONL file open in binary mode. A line that is not UTF-8, or
-    longer than MAX_RECORD_BYTES (read no further than that), is exit 2 naming the file and the line."""
+    """(line number, text) of each line of a JSONL file open in binary mode, each through
+    :func:`check_line` (read no further than MAX_RECORD_BYTES a line)."""
+    where = f"{key}={path!r}"
     for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_RECORD_BYTES + 1), b""), 1):
-        if len(raw) > MAX_RECORD_BYTES and not (len(raw) == MAX_RECORD_BYTES + 1 and raw.endswith(b"\n")):
-            raise ConfigError(
-                f"{key}={path!r} line {lineno}: a record longer than {MAX_RECORD_BYTES >> 20} MiB "
-                "(MAX_RECORD_BYTES in trainer/data/jsonl.py); split it into several records"
-            )
-        try:
-            yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(
-                f"{key}={path!r} line {lineno}: not valid UTF-8 (byte {raw[e.start : e.start + 1]!r} at "
-                f"column {e.start + 1}); re-encode the file as UTF-8"
-            ) from None
+        yield lineno, check_line(raw, lineno, where)
 
 
 def tokenize_records(tok, path: str, key: str, fmt: str = "auto", train_on: str = "assistant") -> Encoded:
