@@ -1,0 +1,104 @@
+"""Every runnable example of README.md and docs/ runs, as a newcomer would run it (issue #26).
+
+One scratch checkout for the whole module (the repository's files as `git ls-files` lists them, and the
+project's .venv), the README first and then the pages in mkdocs.yml's nav order, each block as one
+`bash -e` script (a ```python block through the venv's Python) with the venv activated: a later page may
+use a run an earlier page made, as a reader following the docs top to bottom would. Blocks marked
+`<!-- doc-test: skip REASON -->` are not run; `s3` and `mlflow` blocks run against the session's SeaweedFS
+and MLflow servers (tests/docblocks.py says how the markers read).
+
+Cost: `TRAINER_OVERRIDES="train.max_steps=STEPS"` caps every `python -m trainer train` and every worker
+`python -m launch` starts (docs/configuration.md); the `fit()` examples set their own small max_steps.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import docblocks
+from tests.conftest import ROOT
+
+STEPS = 8  # enough for an eval, a checkpoint and a resume in every example; each run is then seconds
+BLOCK_TIMEOUT = 300
+MLFLOW_PLACEHOLDER = "http://mlflow:5000"
+S3_BUCKET = "team-ckpts"
+TIMES: list[tuple[str, str, float]] = []  # (where, outcome, seconds), printed at the end of the module
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory):
+    """The working tree's files as a fresh clone has them (untracked, not ignored, included), plus .venv."""
+    dest = tmp_path_factory.mktemp("doc-examples") / "torchrunner"
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        src = os.path.join(ROOT, rel)
+        if os.path.isfile(src):
+            os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+            shutil.copy2(src, os.path.join(dest, rel))
+    venv = os.path.dirname(os.path.dirname(sys.executable))  # the venv running the tests (make setup's)
+    os.symlink(venv, dest / ".venv")
+    yield dest
+    for where, outcome, seconds in TIMES:
+        print(f"doc example {where}: {outcome} in {seconds:.1f} s")
+
+
+def _env(checkout) -> dict:
+    env = dict(os.environ)
+    venv_bin = str(checkout / ".venv" / "bin")
+    env.update(
+        PATH=venv_bin + os.pathsep + env.get("PATH", ""),
+        VIRTUAL_ENV=str(checkout / ".venv"),
+        TRAINER_OVERRIDES=f"train.max_steps={STEPS}",
+        WANDB_SILENT="true",
+        MPLBACKEND="Agg",
+    )
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def _run(block: docblocks.Block, checkout, env: dict) -> subprocess.CompletedProcess:
+    if block.lang == "python":
+        argv, stdin = [str(checkout / ".venv" / "bin" / "python"), "-"], block.code
+    else:
+        argv, stdin = ["bash", "-e", "-o", "pipefail", "-c", block.code], None
+    return subprocess.run(
+        argv, cwd=checkout, env=env, input=stdin, capture_output=True, text=True, timeout=BLOCK_TIMEOUT
+    )
+
+
+# Pages with something to run; pages whose every block is marked skip are checked (markers and reasons)
+# by tests/unit/test_docs.py.
+PAGES = [p for p in docblocks.pages() if any(b.kind != "skip" for b in docblocks.runnable(p))]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_example_of_the_page_runs(page, checkout, request):
+    env = _env(checkout)
+    for block in docblocks.runnable(page):
+        if block.kind == "skip":
+            TIMES.append((block.where, f"skipped ({block.note})", 0.0))
+            continue
+        benv = dict(env)
+        if block.kind == "mlflow":
+            block.code = block.code.replace(MLFLOW_PLACEHOLDER, request.getfixturevalue("mlflow_server"))
+        if block.kind == "s3":
+            server = request.getfixturevalue("s3_server")
+            benv.update(server.env(), AWS_EC2_METADATA_DISABLED="true")
+            fs = server.fs()
+            if not fs.exists(S3_BUCKET):
+                fs.mkdir(S3_BUCKET)
+        t0 = time.monotonic()
+        r = _run(block, checkout, benv)
+        TIMES.append((block.where, f"exit {r.returncode}", time.monotonic() - t0))
+        assert r.returncode == 0, (
+            f"{block.where} exited {r.returncode}\n--- block\n{block.code}--- stdout\n{r.stdout[-3000:]}"
+            f"--- stderr\n{r.stderr[-4000:]}"
+        )
