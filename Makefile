@@ -43,7 +43,7 @@ test-quick: setup
 lint: setup
 	$(BIN)/ruff check
 	$(BIN)/ruff format --check
-	$(BIN)/shellcheck launch/*.sh docker/*.sh .ci/run
+	$(BIN)/shellcheck launch/*.sh launch/slurm.sbatch docker/*.sh .ci/run
 	$(BIN)/hadolint Dockerfile
 
 # The docs site (docs/, mkdocs.yml) into site/; --strict turns a broken link or a missing page into a failure.

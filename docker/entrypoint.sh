@@ -28,6 +28,9 @@
 #   LAUNCH_LOCAL_ADDR  the address this node advertises to its peers (the launcher's --local-addr): set it where
 #                      the pod's or host's name resolves to another network than the one the nodes share
 #                      (multi-homed nodes: management NIC + fabric NIC); with GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME
+#   NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME, NCCL_IB_HCA  the fabric (`launch k8s render --net-if/--rdma`):
+#                      logged here, checked by the launcher's preflight (a missing interface: exit 2), inherited
+#                      by every worker
 #   PYTHON             interpreter (default python; the tests point it at the repository's .venv)
 #   APP_DIR            where the code and configs live (default: this script's parent, /app in the image)
 # Exit codes: the launcher's (0 ok, 1 internal, 2 config, 3 non-finite loss, 4 hang, 75 preempted),
@@ -90,6 +93,15 @@ print(*(str(v) if v not in (None, "") else "-" for v in (d.get("source"), d.get(
 ' <<<"$cluster")
 read -r source nnodes node_rank master_host master_port <<<"$fields"
 log "cluster: $source, node $node_rank of $nnodes, rendezvous ${master_host}:${master_port}"
+net=()
+for var in NCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME NCCL_IB_HCA; do
+  if [[ -n ${!var:-} ]]; then
+    net+=("$var=${!var}")
+  fi
+done
+if ((${#net[@]} > 0)); then
+  log "network: ${net[*]}"
+fi
 
 # --- 3. Wait for the master (bounded), so workers do not crash-loop while it starts -----------------------
 if ((nnodes > 1 && node_rank != 0 && ENTRYPOINT_WAIT_S > 0)) && [[ $master_host != - ]]; then

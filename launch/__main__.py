@@ -18,7 +18,7 @@ Two machines (run on each; node 0 hosts the rendezvous at HOST:PORT)::
 On Kubeflow, a Kubernetes Indexed Job, JobSet or Slurm the flags come from the environment
 (:mod:`launch.cluster`); flags given on the command line win. Also::
 
-    python -m launch env [--json]          # the cluster description the launcher would use
+    python -m launch env [--json]          # the cluster description the launcher would use, and LAUNCH_MODE
     python -m launch doctor [--json] [-c CONFIG]   # preflight report; exit 2 on a blocking problem
     python -m launch k8s ...               # render Kubernetes manifests (launch.k8s)
     python -m launch wait ...              # wait for the rendezvous host to resolve (launch.wait)
@@ -35,13 +35,14 @@ import argparse
 import difflib
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from launch.cluster import ClusterError, resolve
 from launch.exitcodes import CONFIG
 from launch.gpus import NoGPU, resolve_nproc
-from launch.modes import DEFAULT_INIT_TIMEOUT_S, MODES, UsageError, build
+from launch.modes import DEFAULT_INIT_TIMEOUT_S, MODES, UsageError, build, env_mode
 
 SUBCOMMANDS = ("env", "doctor", "k8s", "wait")
 
@@ -157,13 +158,18 @@ def launch_main(mode: str, argv: Sequence[str]) -> int:
 
 
 def env_main(argv: Sequence[str]) -> int:
-    p = _parser("python -m launch env", "Print the cluster description read from the environment.")
+    p = _parser(
+        "python -m launch env",
+        "Print the cluster description read from the environment, and the mode LAUNCH_MODE names.",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     ns = p.parse_args(argv)
     try:
         c = resolve(overrides=_cluster_flags(ns))
-        info = {**c.as_dict(), "nproc_per_node_resolved": resolve_nproc(c.nproc_per_node)}
-    except ClusterError as e:
+        mode, mode_origin = env_mode(os.environ)
+        info = {"mode": mode, **c.as_dict(), "nproc_per_node_resolved": resolve_nproc(c.nproc_per_node)}
+        info["origins"]["mode"] = mode_origin
+    except (ClusterError, UsageError) as e:
         return _fail(str(e))
     except NoGPU:
         return _fail(

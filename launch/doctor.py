@@ -4,11 +4,11 @@ Each check returns ``Check(name, status, message, fix)`` with status ``ok``, ``w
 is human-readable by default and JSON with ``--json``. **Exit code: 0 when every check is ok or warn, 2 (the
 "fix the config or the environment" code) when any fails.**
 
-The *fast* subset (cluster variables, /dev/shm, run directory, shared storage) imports neither torch nor the
-trainer, takes well under a second, and runs before every launch unless ``--no-preflight``. The full report
-adds that ``checkpoint.dir``, when it is an ``s3://`` URL, is reachable and writable (launch/bucket.py),
-CPU/RAM, GPUs and their memory, CUDA and NCCL versions (torch imported only for these), the interfaces named
-in NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME, and a TCP connect to the rendezvous endpoint (nodes other than 0,
+The *fast* subset (cluster variables, /dev/shm, run directory, shared storage, the interfaces named in
+NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME) imports neither torch nor the trainer, takes well under a second, and
+runs before every launch unless ``--no-preflight``. The full report adds that ``checkpoint.dir``, when it is
+an ``s3://`` URL, is reachable and writable (launch/bucket.py), CPU/RAM, GPUs and their memory, CUDA and NCCL
+versions (torch imported only for these), and a TCP connect to the rendezvous endpoint (nodes other than 0,
 which hosts it).
 
 /dev/shm. DataLoader workers hand batches to the trainer through shared memory, and NCCL moves data between
@@ -401,13 +401,15 @@ def run_checks(
         checks.append(Check("shared_dir", "ok", f"checkpoints in {ckpt_dir}: no shared volume needed"))
     else:
         checks.append(check_shared(run_dir, nnodes))
+    # In the preflight too: a misnamed fabric interface (a manifest's --net-if) otherwise surfaces as a
+    # rendezvous or NCCL timeout minutes later.
+    checks += check_ifnames(env)
     if fast:
         return checks
     if bucket.is_url(ckpt_dir):
         checks.append(Check("checkpoint_dir", *bucket.check_bucket(ckpt_dir, env)))
     checks.append(check_cpu_ram(nproc, env))
     checks += check_gpus(cluster.nproc_per_node if cluster else "auto", env)
-    checks += check_ifnames(env)
     ep = check_endpoint(cluster, timeout)
     return checks + ([ep] if ep else [])
 

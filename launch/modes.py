@@ -67,6 +67,17 @@ class UsageError(ValueError):
     """A mode, flag or override that contradicts itself; one line, exit code 2."""
 
 
+def env_mode(env: Mapping[str, str]) -> tuple[str, str]:
+    """(mode, where it came from): LAUNCH_MODE, which the container entrypoint, the rendered manifests and
+    launch/slurm.sbatch (from MODE) start; ddp when unset. ``python -m launch env`` shows it."""
+    mode = env.get("LAUNCH_MODE", "").strip()
+    if not mode:
+        return "ddp", "default"
+    if mode not in MODES:
+        raise UsageError(f"LAUNCH_MODE={mode!r}: expected one of {', '.join(MODES)}")
+    return mode, "LAUNCH_MODE"
+
+
 @dataclass(frozen=True)
 class Plan:
     """How to start the job: ``argv`` as a user would type it, plus the variables the launcher adds.

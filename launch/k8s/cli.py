@@ -3,10 +3,12 @@
     python -m launch k8s render --kind indexedjob --name gpt --image REGISTRY/torchrunner:0.1.0-cu128 \\
         --nodes 2 --gpus-per-node 8 --config configs/gpt.yaml -o k8s/gpt/ -- train.precision=bf16
     kubectl apply -f k8s/gpt/
+    python -m launch k8s runtime --image REGISTRY/torchrunner:0.1.0-cu128 -o k8s/runtime.yaml  # v2, shared
 
 Writes to stdout (one multi-document stream), to a file (``-o FILE``) or one file per object (``-o DIR/``),
-each headed by the command that rendered it and the job's failure policy. A directory holds one job: rendering
-another kind or name into it is refused (``kubectl apply -f DIR/`` would start both); the same job overwrites.
+each headed by the command that rendered it, the job's failure policy and how it is scheduled. A directory
+holds one job: rendering another kind or name into it is refused (``kubectl apply -f DIR/`` would start both);
+the same job overwrites.
 Exit 0, or 2 with one line that names the bad option.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from launch import exitcodes
+from launch.k8s import policy, scheduling
 from launch.k8s.manifests import (
     DEFAULT_CONFIG,
     KINDS,
@@ -27,17 +30,16 @@ from launch.k8s.manifests import (
     RUNS_MOUNT,
     Options,
     RenderError,
-    failure_policy,
     render,
     to_yaml,
 )
+from launch.k8s.runtime import DEFAULT_BACKOFF, RuntimeOptions
 
 
-def _header(opts: Options, argv: list[str]) -> str:
-    lines = [
-        "Rendered by: python -m launch k8s " + " ".join(argv),
-        *textwrap.wrap("Failure policy: " + failure_policy(opts), 108),
-    ]
+def _header(argv: list[str], *paragraphs: str) -> str:
+    lines = ["Rendered by: python -m launch k8s " + " ".join(argv)]
+    for text in paragraphs:
+        lines += textwrap.wrap(text, 108)
     return "".join(f"# {line}\n" for line in lines)
 
 
@@ -101,11 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--cpu", default=None, help="CPU request per pod, e.g. 16")
     r.add_argument("--memory", default=None, help="memory request per pod, e.g. 200Gi")
     r.add_argument(
-        "--runtime",
-        default="torchrunner",
-        help="trainjob only: 'torchrunner' renders our TrainingRuntime (exit-code policy); any other "
-        "name references that ClusterTrainingRuntime, e.g. torch-distributed",
+        "--runtime-ref",
+        default=None,
+        metavar="NAME",
+        help="trainjob only: reference this ClusterTrainingRuntime (ours from `launch k8s runtime`, or e.g. "
+        "torch-distributed) instead of rendering a TrainingRuntime for the job",
     )
+    _scheduling_flags(r)
     r.add_argument(
         "--wait",
         type=int,
@@ -120,7 +124,102 @@ def _parser() -> argparse.ArgumentParser:
         help="file for all objects, or a directory (existing, or ending in /) for one file each",
     )
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="trainer overrides, after --")
+
+    rt = sub.add_parser(
+        "runtime",
+        help="print or write one ClusterTrainingRuntime for many TrainJobs",
+        description="One Kubeflow Trainer v2 ClusterTrainingRuntime for the image, named "
+        "torchrunner-<version>: the exit-code policy, gang scheduling, priority and host network that "
+        "TrainJobs rendered with --runtime-ref NAME share.",
+    )
+    rt.add_argument("--image", required=True, help="image with a pinned tag or digest")
+    rt.add_argument("--name", default=None, help="metadata.name (default: torchrunner-<image tag>)")
+    rt.add_argument(
+        "--gang",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="podGroupPolicy coscheduling: every pod of a TrainJob or none (needs scheduler-plugins' "
+        "coscheduling plugin); default on",
+    )
+    rt.add_argument(
+        "--gang-timeout",
+        type=int,
+        default=scheduling.GANG_TIMEOUT_S,
+        help=f"coscheduling scheduleTimeoutSeconds (default {scheduling.GANG_TIMEOUT_S})",
+    )
+    rt.add_argument("--priority-class", default=None, help="priorityClassName of every pod")
+    rt.add_argument("--host-network", action="store_true", help="hostNetwork + ClusterFirstWithHostNet DNS")
+    rt.add_argument(
+        "--backoff-limit",
+        type=int,
+        default=DEFAULT_BACKOFF,
+        help=f"JobSet restarts after a failure (default {DEFAULT_BACKOFF})",
+    )
+    rt.add_argument("-o", "--output", default=None, help="file, or a directory (existing, or ending in /)")
     return p
+
+
+def _scheduling_flags(r: argparse.ArgumentParser) -> None:
+    g = r.add_argument_group(
+        "queue, gang, priority, placement and fabric (what each renders per kind: docs/kubernetes.md)"
+    )
+    g.add_argument(
+        "--queue", default=None, help="Kueue LocalQueue: label kueue.x-k8s.io/queue-name, suspended"
+    )
+    g.add_argument("--priority-class", default=None, help="PriorityClass of the pods")
+    g.add_argument(
+        "--node-selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="node label the pods need (repeatable)",
+    )
+    g.add_argument(
+        "--toleration",
+        action="append",
+        default=[],
+        dest="tolerations",
+        metavar="KEY=VALUE:EFFECT",
+        help="taint the pods tolerate (repeatable): KEY=VALUE:EFFECT, KEY:EFFECT (Exists), KEY=VALUE, KEY",
+    )
+    g.add_argument(
+        "--gang",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="all pods or none (default: on with more than one node; indexedjob: with --queue)",
+    )
+    g.add_argument(
+        "--gang-timeout",
+        type=int,
+        default=scheduling.GANG_TIMEOUT_S,
+        help=f"seconds a partly placed pod group may wait (default {scheduling.GANG_TIMEOUT_S})",
+    )
+    g.add_argument(
+        "--rdma",
+        action="append",
+        default=[],
+        metavar="RESOURCE=N",
+        help="RDMA device-plugin resource per pod, e.g. rdma/ib=1 (repeatable); sets NCCL_IB_HCA",
+    )
+    g.add_argument(
+        "--ib-hca", default=None, help=f"NCCL_IB_HCA with --rdma (default {scheduling.DEFAULT_IB_HCA})"
+    )
+    g.add_argument(
+        "--net-if", default=None, help="interface between the nodes: NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME"
+    )
+    g.add_argument(
+        "--host-network", action="store_true", help="hostNetwork + dnsPolicy ClusterFirstWithHostNet"
+    )
+    g.add_argument("--elastic", default=None, metavar="MIN:MAX", help="pytorchjob: elasticPolicy node range")
+    g.add_argument(
+        "--topology",
+        default=None,
+        metavar="LABEL",
+        help="Kueue topology-aware scheduling: keep the pods in one domain of this node label (with --queue)",
+    )
+    g.add_argument(
+        "--topology-required", action="store_true", help="--topology as a requirement, not a preference"
+    )
 
 
 JOB_KINDS = ("Job", "PyTorchJob", "TrainJob")  # the objects that start pods; one per output directory
@@ -174,18 +273,46 @@ def write(objs: list[dict], output: str | None, header: str) -> list[Path]:
     return [out]
 
 
+def _render(args: dict, argv: list[str]) -> tuple[list[dict], str, str | None]:
+    opts = Options(**args)
+    objs = render(opts)
+    header = _header(
+        argv, "Failure policy: " + policy.failure_policy(opts), "Scheduling: " + policy.scheduling(opts)
+    )
+    return objs, header, policy.notice(opts)
+
+
+def _runtime(args: dict, argv: list[str]) -> tuple[list[dict], str, str | None]:
+    opts = RuntimeOptions(**args)
+    problems = opts.problems()
+    if problems:
+        raise RenderError("; ".join(problems))
+    objs = opts.render()
+    name = objs[0]["metadata"]["name"]
+    return (
+        objs,
+        _header(
+            argv,
+            f"TrainJobs use it with: python -m launch k8s render --kind trainjob --runtime-ref {name} ...",
+            "Failure policy: " + policy.FAILURE_POLICY["trainjob-our-cluster-runtime"].format(runtime=name),
+        ),
+        None,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = vars(_parser().parse_args(argv))
-    args.pop("command")
+    command = args.pop("command")
     output = args.pop("output")
-    opts = Options(**args)
     try:
-        objs = render(opts)
-        paths = write(objs, output, _header(opts, argv))
+        objs, header, notice = (_render if command == "render" else _runtime)(args, argv)
+        paths = write(objs, output, header)
     except RenderError as err:
-        print(f"k8s render: {err}", file=sys.stderr)
+        print(f"k8s {command}: {err}", file=sys.stderr)
         return exitcodes.CONFIG
     for path in paths:
         print(f"wrote {path}", file=sys.stderr)
+    if notice:  # after the files: a note, not an error
+        print(f"k8s {command}: note: {notice}", file=sys.stderr)
     return exitcodes.OK

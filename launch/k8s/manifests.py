@@ -6,7 +6,9 @@ The YAML files in ``templates/`` hold what every job shares; this module loads t
 fills in the job's values as Python data and writes them with ``yaml.safe_dump`` (no text templating).
 Every pod gets a memory-backed ``/dev/shm``, a grace period longer than torchrun's shutdown timeout, GPU
 limits, a ReadWriteMany volume for ``run.dir`` and a failure policy keyed on the launcher's exit codes
-(``FAILURE_POLICY`` below says how each kind maps them). The command line is :mod:`launch.k8s.cli`.
+(:mod:`launch.k8s.policy` says how each kind maps them). Queue, gang, priority, placement and fabric flags are
+parsed and placed by :mod:`launch.k8s.scheduling`; the Trainer v2 runtime is :mod:`launch.k8s.runtime`. The
+command line is :mod:`launch.k8s.cli`.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
-from launch import exitcodes
+from launch.k8s import scheduling as S
+from launch.k8s.objects import check_image, set_exit_codes, template
+from launch.k8s.runtime import training_runtime
 
 KINDS = ("pytorchjob", "trainjob", "indexedjob")
 MODES = ("single", "dp", "ddp", "fsdp", "accelerate")
-TEMPLATES = Path(__file__).with_name("templates")
 
 # The image's exec-form ENTRYPOINT (Dockerfile); only the TrainJob must spell it out, because the
 # runtime's container command would otherwise replace it. tests/unit/test_k8s.py keeps the two in step.
@@ -33,34 +35,7 @@ RDZV_PORT = (
     29500  # rendezvous port of the PyTorchJob and the Indexed Job (the TrainJob's is the Trainer's 29400)
 )
 SHUTDOWN_MARGIN_S = 30  # grace period minus this = how long torchrun waits for workers after SIGTERM
-
-FAILURE_POLICY = {
-    "indexedjob": (
-        "podFailurePolicy (restartPolicy Never): exit 2 (config) and 3 (non-finite loss) -> FailJob at once; "
-        "exit 75 (preempted, checkpoint saved) and the DisruptionTarget condition (eviction, drain) -> "
-        "Ignore: the pod is replaced and resumes, not counted; any other failure counts towards "
-        "backoffLimit."
-    ),
-    "trainjob": (
-        "Runtime 'torchrunner' (rendered alongside): the Job's podFailurePolicy fails on exit 2/3 and the "
-        "JobSet rule FailJobSet on reason PodFailurePolicy ends the TrainJob; exit 75 and DisruptionTarget "
-        "are ignored (pod replaced, resumes); any other failure restarts the whole JobSet (every node, from "
-        "the shared checkpoint), at most --backoff-limit times (default 2 per node). With --runtime NAME the "
-        "cluster's runtime decides."
-    ),
-    "trainjob-cluster-runtime": (
-        "ClusterTrainingRuntime {runtime}: its Job and JobSet policies decide; the stock torch-distributed "
-        "has no exit-code policy (default Job backoffLimit, no JobSet restarts). Render with --runtime "
-        "torchrunner for exit 2/3 -> fail fast, exit 75 -> resume."
-    ),
-    "pytorchjob": (
-        "restartPolicy OnFailure + runPolicy.backoffLimit: every non-zero exit restarts the container in "
-        "place and counts towards backoffLimit (summed over all pods). ExitCode is not used: it treats 1-127 "
-        "as permanent, so a preemption (75) and the exit 1 of the peers whose rendezvous broke would fail "
-        "the job. The cost: a config error (2) is retried until backoffLimit before the job fails; use "
-        "--kind indexedjob or trainjob for an exact exit-code policy."
-    ),
-}
+ELASTIC_RESTARTS = 3  # elasticPolicy.maxRestarts when --max-restarts is not given
 
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P|m)?$")
@@ -92,12 +67,26 @@ class Options:
     max_restarts: int | None = None  # torchrun --max-restarts inside each pod (launcher default when None)
     cpu: str | None = None
     memory: str | None = None
-    runtime: str = "torchrunner"  # trainjob: our TrainingRuntime, or the name of a ClusterTrainingRuntime
+    runtime_ref: str | None = None  # trainjob: a ClusterTrainingRuntime to use (None: render a runtime)
     wait_s: int = 300  # ENTRYPOINT_WAIT_S: how long non-zero nodes wait for the master
     checkpoint_dir: str | None = None  # s3://bucket/prefix: checkpoints on object storage, no shared volume
     s3_secret: str | None = (
         None  # a Secret holding AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (+ endpoint, region)
     )
+    # Scheduling and placement (launch/k8s/scheduling.py says where each lands per kind).
+    queue: str | None = None  # Kueue LocalQueue: label kueue.x-k8s.io/queue-name, created suspended
+    priority_class: str | None = None  # PriorityClass of the pods
+    node_selector: list[str] = field(default_factory=list)  # KEY=VALUE node labels
+    tolerations: list[str] = field(default_factory=list)  # KEY=VALUE:EFFECT, KEY:EFFECT, KEY=VALUE, KEY
+    gang: bool | None = None  # all pods or none; None: on with more than one node (indexedjob: with --queue)
+    gang_timeout: int = S.GANG_TIMEOUT_S  # how long a partly placed group may hold nodes
+    rdma: list[str] = field(default_factory=list)  # RESOURCE=N device-plugin resources per pod
+    ib_hca: str | None = None  # NCCL_IB_HCA with --rdma (default mlx5)
+    net_if: str | None = None  # NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME
+    host_network: bool = False  # hostNetwork + dnsPolicy ClusterFirstWithHostNet
+    elastic: str | None = None  # MIN:MAX nodes (pytorchjob elasticPolicy)
+    topology: str | None = None  # node label of the domain (rack, block) Kueue TAS places the pods in
+    topology_required: bool = False  # required instead of preferred
 
     def check(self) -> None:
         problems = []
@@ -105,19 +94,7 @@ class Options:
             problems.append(f"--kind {self.kind!r}: expected one of {', '.join(KINDS)}")
         if self.mode not in MODES:
             problems.append(f"--mode {self.mode!r}: expected one of {', '.join(MODES)}")
-        if not self.image or any(c.isspace() for c in self.image):
-            problems.append(
-                f"--image {self.image!r}: expected an image reference such as registry/torchrunner:0.1.0"
-            )
-        elif (
-            self.image.endswith(":latest")
-            or ":" not in self.image.rsplit("/", 1)[-1]
-            and "@" not in self.image
-        ):
-            problems.append(
-                f"--image {self.image!r}: pin a tag or digest (no implicit or explicit :latest), "
-                "so that restarted pods run the same code"
-            )
+        problems += check_image(self.image)
         # Pod host names are <name>-<index> (Indexed Job) or <name>-node-0-<i> (TrainJob), at most 63 chars.
         if not _NAME_RE.match(self.name) or len(self.name) > 40:
             problems.append(
@@ -157,6 +134,7 @@ class Options:
                 f"--run-dir {self.run_dir!r}: expected a path under {RUNS_MOUNT}/ (the shared volume)"
             )
         problems += self._check_object_storage()
+        problems += S.check_flags(self)
         bad = [o for o in self.overrides if "=" not in o or o.startswith("=")]
         if bad:
             problems.append(f"overrides {bad}: expected KEY=VALUE")
@@ -184,6 +162,26 @@ class Options:
         return problems
 
     @property
+    def max_nodes(self) -> int:
+        return S.parse_elastic(self.elastic)[1] if self.elastic else self.nodes
+
+    @property
+    def min_nodes(self) -> int:
+        return S.parse_elastic(self.elastic)[0] if self.elastic else self.nodes
+
+    @property
+    def gang_on(self) -> bool:
+        """Gang scheduling: the flag, else on for more than one pod where the kind can do it alone (an Indexed
+        Job through Kueue only; a TrainJob on --runtime-ref as its runtime says)."""
+        if self.gang is not None:
+            return self.gang
+        if self.kind == "indexedjob":
+            return bool(self.queue) and self.nodes > 1
+        if self.kind == "trainjob" and self.runtime_ref:
+            return False
+        return self.max_nodes > 1
+
+    @property
     def object_storage(self) -> bool:
         return self.checkpoint_dir is not None
 
@@ -193,7 +191,7 @@ class Options:
 
     @property
     def backoff(self) -> int:
-        return 2 * self.nodes if self.backoff_limit is None else self.backoff_limit
+        return 2 * self.max_nodes if self.backoff_limit is None else self.backoff_limit
 
     @property
     def claim(self) -> str:
@@ -202,11 +200,6 @@ class Options:
     @property
     def shm(self) -> str:
         return self.shm_size or ("16Gi" if self.gpus_per_node else "2Gi")
-
-
-def _template(name: str) -> dict:
-    with open(TEMPLATES / f"{name}.yaml", encoding="utf-8") as f:
-        return yaml.safe_load(f)
 
 
 def _metadata(obj: dict, opts: Options, name: str) -> None:
@@ -233,6 +226,7 @@ def _entrypoint_env(opts: Options) -> dict[str, object]:
     }
     if opts.max_restarts is not None:
         env["MAX_RESTARTS"] = opts.max_restarts
+    env.update(S.network_env(S.parse_rdma(opts.rdma)[0], opts.net_if, opts.ib_hca))
     if opts.gpus_per_node:
         # NCCL Flight Recorder dumps (TORCH_NCCL_DUMP_ON_TIMEOUT=1 in the image) go to the shared run
         # directory instead of the pod's /tmp, which a restart throws away.
@@ -263,8 +257,10 @@ def _secret_env(opts: Options) -> list[dict]:
 
 def _resources(opts: Options) -> dict:
     res: dict = {}
-    if opts.gpus_per_node:
-        res["limits"] = {"nvidia.com/gpu": opts.gpus_per_node}
+    limits = {"nvidia.com/gpu": opts.gpus_per_node} if opts.gpus_per_node else {}
+    limits.update(S.parse_rdma(opts.rdma)[0])  # RDMA devices: limits only (requests follow them)
+    if limits:
+        res["limits"] = limits
     requests = {k: v for k, v in (("cpu", opts.cpu), ("memory", opts.memory)) if v}
     if requests:
         res["requests"] = requests
@@ -272,9 +268,13 @@ def _resources(opts: Options) -> dict:
 
 
 def pod_template(opts: Options, container: str = "trainer", env: dict[str, object] | None = None) -> dict:
-    """The PodTemplateSpec every kind shares: image, args, env, shm, run volume, GPUs, grace period."""
-    tpl = _template("pod")
+    """The PodTemplateSpec every kind shares: image, args, env, shm, run volume, GPUs, grace period and the
+    placement flags (a TrainJob takes the ones its PodSpecPatch allows; the runtime carries the rest)."""
+    tpl = template("pod")
     tpl["metadata"]["labels"]["app.kubernetes.io/instance"] = opts.name
+    annotations = S.topology_annotations(opts.topology, opts.topology_required)
+    if annotations:
+        tpl["metadata"]["annotations"] = annotations
     spec = tpl["spec"]
     spec["terminationGracePeriodSeconds"] = opts.grace_period
     shared = spec["containers"][0]  # imagePullPolicy, securityContext, volumeMounts
@@ -301,11 +301,18 @@ def pod_template(opts: Options, container: str = "trainer", env: dict[str, objec
     if opts.gpus_per_node:
         # GPU node pools are commonly tainted nvidia.com/gpu:NoSchedule (GKE, AKS, the GPU operator's docs).
         spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    S.place_pod(
+        spec,
+        node_selector=S.parse_node_selector(opts.node_selector)[0],
+        tolerations=S.parse_tolerations(opts.tolerations)[0],
+        priority_class=opts.priority_class,
+        host_network=opts.host_network,
+    )
     return tpl
 
 
 def pvc(opts: Options) -> dict:
-    obj = _template("pvc")
+    obj = template("pvc")
     _metadata(obj, opts, opts.claim)
     obj["spec"]["resources"]["requests"]["storage"] = opts.pvc_size
     if opts.storage_class:
@@ -314,35 +321,62 @@ def pvc(opts: Options) -> dict:
 
 
 def pytorchjob(opts: Options) -> list[dict]:
-    obj = _template("pytorchjob")
+    obj = template("pytorchjob")
     _metadata(obj, opts, opts.name)
     spec = obj["spec"]
     spec["nprocPerNode"] = str(opts.nproc)
-    spec["runPolicy"]["backoffLimit"] = opts.backoff
+    run = spec["runPolicy"]
+    run["backoffLimit"] = opts.backoff
+    S.queue_job(obj, opts.queue)
+    if opts.queue:
+        run["suspend"] = True  # Kueue unsuspends it on admission
+    if opts.gang_on:
+        # A PodGroup (volcano or scheduler-plugins, whichever the operator runs with) of this many pods.
+        policy = {"minAvailable": opts.min_nodes, "scheduleTimeoutSeconds": opts.gang_timeout}
+        if opts.priority_class:
+            policy["priorityClass"] = opts.priority_class
+        run["schedulingPolicy"] = policy
     tpl = pod_template(opts, container="pytorch")  # the operator injects its variables into "pytorch"
     tpl["spec"]["containers"][0]["ports"] = [{"name": "pytorchjob-port", "containerPort": RDZV_PORT}]
     replicas = spec["pytorchReplicaSpecs"]
-    replicas["Master"]["template"] = tpl
-    if opts.nodes > 1:
+    if opts.elastic:
+        # Workers only (the operator's elastic mode): PET_RDZV_ENDPOINT is worker 0, ranks come from the
+        # c10d rendezvous, and the job runs on anything from MIN to MAX pods.
+        lo, hi = S.parse_elastic(opts.elastic)
+        del replicas["Master"]
+        replicas["Worker"].update(replicas=opts.nodes, template=tpl)
+        spec["elasticPolicy"] = {
+            "minReplicas": lo,
+            "maxReplicas": hi,
+            "rdzvBackend": "c10d",
+            "maxRestarts": ELASTIC_RESTARTS if opts.max_restarts is None else opts.max_restarts,
+        }
+    elif opts.nodes > 1:
+        replicas["Master"]["template"] = tpl
         replicas["Worker"]["replicas"] = opts.nodes - 1
         replicas["Worker"]["template"] = copy.deepcopy(tpl)
     else:
+        replicas["Master"]["template"] = tpl
         del replicas["Worker"]
     return [obj]
 
 
 def indexedjob(opts: Options) -> list[dict]:
-    svc = _template("service")
+    svc = template("service")
     _metadata(svc, opts, opts.name)
     svc["spec"]["selector"]["app.kubernetes.io/instance"] = opts.name
     svc["spec"]["ports"][0].update(port=RDZV_PORT, targetPort=RDZV_PORT)
 
-    job = _template("indexedjob")
+    job = template("indexedjob")
     _metadata(job, opts, opts.name)
     spec = job["spec"]
     spec["completions"] = spec["parallelism"] = opts.nodes
     spec["backoffLimit"] = opts.backoff
-    _set_exit_codes(spec["podFailurePolicy"], "trainer")
+    S.queue_job(job, opts.queue)
+    if opts.queue:
+        # Kueue admits the whole Job (every completion index) as one workload, then unsuspends it.
+        spec["suspend"] = True
+    set_exit_codes(spec["podFailurePolicy"], "trainer")
     tpl = pod_template(
         opts,
         env={
@@ -361,29 +395,27 @@ def indexedjob(opts: Options) -> list[dict]:
     return [svc, job]
 
 
-def _set_exit_codes(policy: dict, container: str) -> None:
-    """Point the podFailurePolicy's exit-code rules at our container and at the codes in
-    launch/exitcodes.py."""
-    codes = {"FailJob": [exitcodes.CONFIG, exitcodes.NONFINITE], "Ignore": [exitcodes.PREEMPTED]}
-    for rule in policy["rules"]:
-        if "onExitCodes" in rule:
-            rule["onExitCodes"].update(containerName=container, values=codes[rule["action"]])
-
-
 def trainjob(opts: Options) -> list[dict]:
     objs = []
-    job = _template("trainjob")
+    job = template("trainjob")
     _metadata(job, opts, opts.name)
     spec = job["spec"]
-    if opts.runtime == "torchrunner":
-        runtime = _template("trainingruntime")
+    S.queue_job(job, opts.queue)
+    if opts.queue:
+        spec["suspend"] = True  # Kueue's webhook would set it too; explicit, so the file says what happens
+    if opts.runtime_ref is None:
         runtime_name = f"{opts.name}-runtime"  # one per job: deleting the job's files deletes all of it
+        runtime = training_runtime(
+            kind="TrainingRuntime",
+            name=runtime_name,
+            image=opts.image,
+            backoff=opts.backoff,
+            gang=opts.gang_on,
+            gang_timeout=opts.gang_timeout,
+            priority_class=opts.priority_class,
+            host_network=opts.host_network,
+        )
         _metadata(runtime, opts, runtime_name)
-        jobset = runtime["spec"]["template"]["spec"]
-        jobset["failurePolicy"]["maxRestarts"] = opts.backoff
-        rjob = jobset["replicatedJobs"][0]["template"]["spec"]
-        _set_exit_codes(rjob["podFailurePolicy"], "node")
-        rjob["template"]["spec"]["containers"][0]["image"] = opts.image
         objs.append(runtime)
         spec["runtimeRef"] = {
             "apiGroup": "trainer.kubeflow.org",
@@ -394,10 +426,11 @@ def trainjob(opts: Options) -> list[dict]:
         spec["runtimeRef"] = {
             "apiGroup": "trainer.kubeflow.org",
             "kind": "ClusterTrainingRuntime",
-            "name": opts.runtime,
+            "name": opts.runtime_ref,
         }
 
-    pod = pod_template(opts, container="node")["spec"]
+    tpl = pod_template(opts, container="node")
+    pod = tpl["spec"]
     ctr = pod["containers"][0]
     trainer = spec["trainer"]
     trainer.update(
@@ -410,15 +443,25 @@ def trainjob(opts: Options) -> list[dict]:
     )
     if "resources" in ctr:
         trainer["resourcesPerNode"] = ctr["resources"]
-    # Only the fields a PodSpecPatch allows; env goes through trainer.env (the Trainer forbids it here).
+    # Only the fields a PodSpecPatch allows; env goes through trainer.env (the Trainer forbids it here);
+    # priorityClassName and hostNetwork are the runtime's (rendered above, or --runtime-ref's).
     pod_patch = {
         key: pod[key]
-        for key in ("terminationGracePeriodSeconds", "securityContext", "volumes", "tolerations")
+        for key in (
+            "terminationGracePeriodSeconds",
+            "securityContext",
+            "volumes",
+            "nodeSelector",
+            "tolerations",
+        )
         if key in pod
     }
     pod_patch["containers"] = [
         {"name": "node", "securityContext": ctr["securityContext"], "volumeMounts": ctr["volumeMounts"]}
     ]
+    pod_tpl_patch = {"spec": pod_patch}
+    if "annotations" in tpl["metadata"]:
+        pod_tpl_patch = {"metadata": {"annotations": tpl["metadata"]["annotations"]}, **pod_tpl_patch}
     spec["runtimePatches"] = [
         {
             "manager": "torchrunner",
@@ -426,7 +469,7 @@ def trainjob(opts: Options) -> list[dict]:
                 "template": {
                     "spec": {
                         "replicatedJobs": [
-                            {"name": "node", "template": {"spec": {"template": {"spec": pod_patch}}}},
+                            {"name": "node", "template": {"spec": {"template": pod_tpl_patch}}},
                         ]
                     }
                 }
@@ -447,10 +490,3 @@ def render(opts: Options) -> list[dict]:
 def to_yaml(objs: list[dict], header: str = "") -> str:
     body = yaml.safe_dump_all(objs, sort_keys=False, default_flow_style=False, width=120)
     return header + body
-
-
-def failure_policy(opts: Options) -> str:
-    """One paragraph: how this job maps the launcher's exit codes (also printed atop the manifests)."""
-    if opts.kind == "trainjob" and opts.runtime != "torchrunner":
-        return FAILURE_POLICY["trainjob-cluster-runtime"].format(runtime=opts.runtime)
-    return FAILURE_POLICY[opts.kind]

@@ -44,6 +44,10 @@ def train(argv: list[str]) -> int:
                 "OMP_NUM_THREADS",
                 "TORCH_DISABLE_SHARE_RDZV_TCP_STORE",
                 "TRAINER_EXIT_DIR",
+                "NCCL_SOCKET_IFNAME",
+                "GLOO_SOCKET_IFNAME",
+                "NCCL_IB_HCA",
+                "LAUNCH_MODE",
             )
         }
         with open(os.path.join(out, f"rank{rank}-attempt{attempt}.json"), "w") as f:

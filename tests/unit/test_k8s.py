@@ -59,7 +59,7 @@ CASES["trainjob-cluster-runtime"] = [
     "2",
     "--gpus-per-node",
     "8",
-    "--runtime",
+    "--runtime-ref",
     "torch-distributed",
 ]
 CASES["indexedjob-existing-pvc"] = [
