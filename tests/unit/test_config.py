@@ -197,3 +197,19 @@ def test_check_does_not_import_torch():
 
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.stdout.strip().splitlines()[-1] == "False", r.stdout + r.stderr
+
+
+def test_trainer_overrides_come_after_the_command_line_and_reach_check_and_config():
+    env = {"TRAINER_OVERRIDES": "train.max_steps=3 'log.trackers=[tensorboard, mlflow]'"}
+    r = run_cli(["config", "-c", "configs/cnn.yaml", "train.max_steps=50"], env=env)
+    assert r.returncode == 0, r.stderr
+    resolved = r.stdout.split("\nresolved:\n", 1)[1]
+    assert "  max_steps: 3\n" in resolved and "  - mlflow\n" in resolved
+    r = run_cli(["check", "-c", "configs/cnn.yaml"], env={"TRAINER_OVERRIDES": "train.max_step=3"})
+    assert r.returncode == 2 and "train.max_step" in r.stderr and "did you mean" in r.stderr
+    r = run_cli(["check", "-c", "configs/cnn.yaml"], env={"TRAINER_OVERRIDES": "train.max_steps='3"})
+    assert r.returncode == 2
+    line = 'config error: TRAINER_OVERRIDES="train.max_steps=\'3": No closing quotation'
+    assert r.stderr.strip().splitlines() == [line]
+    # the key reference is the schema's, whatever the environment says
+    assert run_cli(["config", "--markdown"], env=env).stdout == C.markdown()
