@@ -137,6 +137,7 @@ def launch_main(mode: str, argv: Sequence[str]) -> int:
         if problem:
             return _fail(f"config check failed: {problem}")
         checks = doctor.run_checks(
+            env={**os.environ, **plan.env},  # what the workers will see (the threads the launcher sets)
             config=ns.config,
             config_overrides=ns.overrides,
             fast=True,

@@ -4,7 +4,8 @@ Each check returns ``Check(name, status, message, fix)`` with status ``ok``, ``w
 is human-readable by default and JSON with ``--json``. **Exit code: 0 when every check is ok or warn, 2 (the
 "fix the config or the environment" code) when any fails.**
 
-The *fast* subset (cluster variables, /dev/shm, run directory, shared storage, the interfaces named in
+The *fast* subset (cluster variables, processes x threads against the usable cores (a warning: an
+oversubscribed node runs, slowly), /dev/shm, run directory, shared storage, the interfaces named in
 NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME) imports neither torch nor the trainer, takes well under a second, and
 runs before every launch unless ``--no-preflight``. The full report adds that ``checkpoint.dir``, when it is
 an ``s3://`` URL, is reachable and writable (launch/bucket.py), CPU/RAM, GPUs and their memory, CUDA and NCCL
@@ -43,7 +44,7 @@ from dataclasses import asdict, dataclass
 
 from launch import bucket
 from launch.cluster import Cluster, ClusterError, resolve, split_endpoint
-from launch.gpus import NoGPU, resolve_nproc, visible_gpus
+from launch.gpus import NoGPU, resolve_nproc, usable_cpus, visible_gpus
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -93,7 +94,9 @@ def resolve_config(path: str | None, overrides: Sequence[str] = ()) -> tuple[dic
     """
     if not path and not overrides:
         return None, None
-    argv = [sys.executable, "-m", "trainer", "check", "--json", *(["-c", path] if path else []), *overrides]
+    # --no-imports: the values are what is read here (the launcher's config check runs the full check)
+    argv = [sys.executable, "-m", "trainer", "check", "--json", "--no-imports"]
+    argv += [*(["-c", path] if path else []), *overrides]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         answer = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -231,20 +234,27 @@ def check_shared(run_dir: str, nnodes: int, partitions: Callable | None = None) 
     )
 
 
+def check_cpus(nproc: int, env: Mapping[str, str], cpus: int | None = None) -> Check:
+    """Processes x threads per process against the CPUs this node may use. Threads: OMP_NUM_THREADS, or
+    what the launcher gives each process without it (its share of the CPUs, at least 1)."""
+    cpus = cpus or usable_cpus()
+    threads = int(env.get("OMP_NUM_THREADS", "0") or 0) or max(1, cpus // nproc)
+    text = f"{nproc} process(es) x {threads} thread(s) = {nproc * threads} on {cpus} usable CPU core(s)"
+    if nproc * threads <= cpus:
+        return Check("cpus", "ok", text)
+    if nproc > cpus:
+        fix = f"--nproc-per-node {cpus} (one process per core) or fewer; on CPUs more processes add no speed"
+    else:
+        fix = f"OMP_NUM_THREADS={max(1, cpus // nproc)}"
+    return Check("cpus", "warn", f"{text}: oversubscribed, each step waits for a core", fix)
+
+
 def check_cpu_ram(nproc: int, env: Mapping[str, str]) -> Check:
     import psutil
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else psutil.cpu_count()
+    cpus = usable_cpus()
     avail = psutil.virtual_memory().available
     text = f"{cpus} usable CPU(s), {_size(avail)} RAM available, {nproc} proc(s)/node"
-    threads = int(env.get("OMP_NUM_THREADS", "0") or 0)
-    if threads and threads * nproc > cpus:
-        return Check(
-            "cpu_ram",
-            "warn",
-            f"{text}; OMP_NUM_THREADS={threads} oversubscribes the CPUs",
-            f"OMP_NUM_THREADS={max(1, cpus // nproc)}",
-        )
     if avail < nproc * GiB:
         return Check("cpu_ram", "warn", text + "; under 1 GiB per process", "fewer processes or more memory")
     return Check("cpu_ram", "ok", text)
@@ -393,6 +403,7 @@ def run_checks(
         checks.append(
             Check("config", "fail", problem, "fix the key named (python -m trainer config lists them)")
         )
+    checks.append(check_cpus(nproc, env))
     checks.append(check_shm(*shm_need(cfg, nproc, nproc * nnodes, sample), path=shm_path))
     run_dir = run_dir or str(_get(cfg or {}, "run.dir") or "runs")  # the trainer's default: runs/<stamp>
     ckpt_dir = _get(cfg or {}, "checkpoint.dir")

@@ -141,3 +141,130 @@ class RankTrap(nn.Module):
 
     def forward(self, x):
         return self.fc(x.flatten(1))
+
+
+# ----------------------------------------------------------------------------- issue #23: inputs and outputs
+
+
+class BNNet(nn.Module):
+    """An MLP with BatchNorm: statistics per batch, so N processes train one model only when synced."""
+
+    def __init__(self, features: int = 8, classes: int = 4):
+        super().__init__()
+        self.fc1, self.bn, self.fc2 = nn.Linear(features, 16), nn.BatchNorm1d(16), nn.Linear(16, classes)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.bn(self.fc1(x))))
+
+
+class UnusedHead(nn.Module):
+    """A second head that forward never uses: DDP without find_unused_parameters cannot reduce it."""
+
+    def __init__(self, features: int = 8, classes: int = 4):
+        super().__init__()
+        self.fc, self.spare = nn.Linear(features, classes), nn.Linear(features, classes)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class TwoInputs(nn.Module):
+    """forward(a, b): samples (a, b, y)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fa, self.fb = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, a, b):
+        return self.fa(a) + self.fb(b)
+
+
+class Triples(torch.utils.data.Dataset):
+    """(a, b, y): the class is which of three fixed directions a - b points to most."""
+
+    def __init__(self, n: int = 256, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.a, self.b = torch.randn(n, 4, generator=g), torch.randn(n, 4, generator=g)
+        self.y = (self.a - self.b)[:, :3].argmax(1)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.a[i], self.b[i], self.y[i]
+
+
+class CfgNode:
+    """minGPT's config: a bag of attributes that takes only **kwargs."""
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+class MinMLP(nn.Module):
+    """A minGPT-style model built from a CfgNode."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(config.n_in, config.n_hidden), nn.ReLU(), nn.Linear(config.n_hidden, config.n_out)
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class TotalLoss(nn.Module):
+    """Returns {"logits", "total_loss"} (its loss under its own key): cross-entropy + ``offset``; with
+    ``aux=True`` also a 0-dim "aux" tensor, so the loss cannot be told without model.loss_key."""
+
+    def __init__(self, features: int = 8, classes: int = 4, offset: float = 10.0, aux: bool = False):
+        super().__init__()
+        self.fc, self.offset, self.aux = nn.Linear(features, classes), offset, aux
+
+    def forward(self, x, targets=None):
+        logits = self.fc(x)
+        out = {"logits": logits}
+        if targets is not None:
+            out["total_loss"] = F.cross_entropy(logits, targets) + self.offset
+            if self.aux:
+                out["aux"] = logits.pow(2).mean()
+        return out
+
+
+class CausalDicts(torch.utils.data.Dataset):
+    """The Hugging Face causal-LM recipe: {"input_ids", "attention_mask", "labels"} with labels equal to
+    input_ids (unshifted). Token t+1 = (token t * 7 + 3) % vocab: a rule a model learns only if trained on
+    the next token."""
+
+    def __init__(self, n: int = 128, seq_len: int = 16, vocab: int = 64, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        start = torch.randint(0, vocab, (n,), generator=g)
+        ids = [start]
+        for _ in range(seq_len - 1):
+            ids.append((ids[-1] * 7 + 3) % vocab)
+        self.ids = torch.stack(ids, 1)
+        self.vocab = vocab
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        ids = self.ids[i]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+class Seq2SeqDicts(torch.utils.data.Dataset):
+    """T5-style samples: 12 input tokens, labels = the first 5 reversed (another length than the inputs)."""
+
+    def __init__(self, n: int = 64, vocab: int = 32, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(2, vocab, (n, 12), generator=g)
+        self.labels = self.ids[:, :5].flip(1)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        ids = self.ids[i]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": self.labels[i]}

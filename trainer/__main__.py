@@ -1,13 +1,18 @@
-"""python -m trainer: train, check, config, eval, export, compress, generate, compare.
+"""python -m trainer: train, check, config, eval, export, compress, generate, compare, data.
 
     python -m trainer train -c configs/cnn.yaml train.max_steps=50         # one process (CPU or one GPU)
     torchrun --standalone --nproc-per-node 2 -m trainer train -c configs/cnn.yaml
     python -m launch ddp --nproc-per-node 2 -c configs/cnn.yaml             # the same, chosen by the launcher
-    python -m trainer check -c configs/gpt.yaml model.n_layer=8             # validate only (no torch import)
+    python -m trainer check -c configs/gpt.yaml model.n_layer=8             # validate only (no torch import*)
     python -m trainer check --json -c configs/gpt.yaml                      # ... printing the resolved config
     python -m trainer config                                                # every key, type, default, help
     python -m trainer config --markdown > docs/config.md                    # ... as the docs' key reference
     python -m trainer generate --from runs/llm --prompt "Q: ..."            # complete with a fine-tuned LM
+    python -m trainer data -c configs/finetune_llm.yaml --show 2             # what the run will learn
+
+(*) ``check`` also checks that each ``package.module:Name`` the config names exists: it finds the module
+without importing it and looks the name up in its source; a module whose source does not settle it (star
+imports, lazy modules such as transformers) is imported, after torch.
 
 This module parses arguments and dispatches; nothing imports it. ``train`` ends with a clean exit that
 keeps the intended exit code (trainer/exitcodes.py, trainer/runtime/dist.py ``clean_exit``).
@@ -22,6 +27,8 @@ import sys
 
 from . import config
 from . import exitcodes as codes
+from .objects import check_import_paths
+from .runtime.logs import quiet_torch, setup_logging
 from .tools import cli as tools_cli
 
 
@@ -66,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="print the resolved config as JSON (for tools such as `python -m launch doctor`)",
             )
+            sp.add_argument(
+                "--no-imports",
+                action="store_true",
+                help="do not check that the package.module:Name paths exist (the keys and values only)",
+            )
     sp = sub.add_parser("config", help="list every config key with its type, default and help")
     sp.add_argument("-c", "--config", help="also print this recipe resolved with the overrides")
     sp.add_argument(
@@ -97,8 +109,6 @@ def _config_command(args: argparse.Namespace) -> int:
 
 def _tool_command(args: argparse.Namespace) -> int:
     # Each implementation imports torch (~1.5 s): only the one that runs, never for --help or check.
-    from .runtime.logs import setup_logging
-
     if args.cmd == "compress":
         from .tools.compress import compress_main as fn
     elif args.cmd == "export":
@@ -107,6 +117,8 @@ def _tool_command(args: argparse.Namespace) -> int:
         from .tools.generate import generate_main as fn
     elif args.cmd == "compare":
         from .tools.compare import compare_main as fn
+    elif args.cmd == "data":
+        from .tools.show_data import data_main as fn
     else:
         from .tools.evaluate import eval_main as fn
     setup_logging(0)
@@ -117,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     _Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*(args.overrides or []), *extra]  # KEY=VALUE after an option: still overrides
+        extra = []
     if extra:  # e.g. `--max_steps 10`, meant as train.max_steps=10
         given = _Parser.argv
         nxt = given[given.index(extra[0]) + 1] if given.index(extra[0]) + 1 < len(given) else None
@@ -137,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_config_command(args))
     try:
         cfg = config.load(args.config, args.overrides)
+        if args.cmd == "check" and not args.no_imports:  # the launcher's preflight: before any worker
+            setup_logging(0)  # a library's import notices off the console (runtime/logs.py)
+            check_import_paths(cfg, before_import=quiet_torch)
     except config.ConfigError as e:
         if args.cmd == "check" and args.json:
             print(json.dumps({"ok": False, "error": str(e)}))

@@ -37,10 +37,30 @@ def _is_timeout(e: BaseException) -> bool:
     return isinstance(e, (RuntimeError, TimeoutError)) and ("timed out" in text or "timeout" in text)
 
 
+# DDP's error when a parameter got no gradient in the previous step (torch/nn/parallel/distributed.py)
+_UNUSED_PARAMETERS = "Expected to have finished reduction in the prior iteration"
+
+
+def _unused_parameters(e: BaseException) -> Optional[str]:
+    """The one-line reason for DDP's unused-parameter error, naming the key that allows them."""
+    text = str(e)
+    if not isinstance(e, RuntimeError) or _UNUSED_PARAMETERS not in text:
+        return None
+    which = next((ln.strip() for ln in text.splitlines() if "did not receive grad" in ln), "")
+    return (
+        "ddp: some parameters got no gradient in the forward pass"
+        + (f" ({which})" if which else "")
+        + ": set train.find_unused_parameters=true (slower), or use every parameter in forward"
+    )
+
+
 def _outcome(e: BaseException, run_dir: Optional[str]) -> tuple[int, str]:
     """The exit code and one-line reason of a run that raised ``e``."""
     if isinstance(e, ConfigError):
         return codes.config_error(e), str(e)
+    unused = _unused_parameters(e)
+    if unused:
+        return codes.config_error(ConfigError(unused)), unused
     if isinstance(e, KeyboardInterrupt):
         return 128 + 2, "interrupted"
     if isinstance(

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .errors import ConfigError, did_you_mean, option_hint  # noqa: F401  (re-exported)
+from .errors import ConfigError, did_you_mean, option_hint, unknown_key_hint  # noqa: F401  (re-exported)
 from .schema import (  # noqa: F401  (re-exported: trainer.config is where callers find the schema)
     DATA_NAMES,
     MODEL_NAMES,
@@ -64,12 +64,7 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names), key=str)
     if unknown:
-        hint = did_you_mean(unknown[0], names)
-        if hint:
-            hint = hint.replace("mean ", "mean " + prefix)
-        else:
-            hint = f" (known in this section: {', '.join(sorted(names))})"
-        raise ConfigError(f"unknown key {prefix}{unknown[0]!s}{hint}")
+        raise ConfigError(f"unknown key {prefix}{unknown[0]!s}{unknown_key_hint(prefix, unknown[0], names)}")
     kwargs = {}
     for name, f in names.items():
         if name not in data:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +32,9 @@ from .data import build_datasets, wrap_datasets
 from .exitcodes import OK, PREEMPTED
 from .models import build_model, flops_per_sample, prepare_user_model
 from .models.outputs import model_io
+from .objects import check_import_paths
 from .runtime import cpu, dist, io_faults, workerenv
+from .runtime.command import rerun_command, under_launcher
 from .runtime.lease import LEASE, Lease
 from .runtime.logs import add_rank_log, setup_logging
 from .training.finetune import prepare_for_finetune
@@ -60,6 +60,12 @@ class Given:
     train_data: Any = None
     eval_data: Any = None
     loss: Optional[Callable] = None
+
+    def supplied(self) -> tuple[str, ...]:
+        """The config keys these objects stand in for."""
+        keys = (("model.name", "model.config"), ("data.name",), ("train.loss",))
+        given = (self.model, self.train_data, self.loss)
+        return tuple(k for obj, ks in zip(given, keys) if obj is not None for k in ks)
 
 
 @dataclass
@@ -138,7 +144,8 @@ def _check_run_dir(cfg: Config, run_dir: str) -> None:
         )
     if cfg.run.resume == "never" and entries:
         raise ConfigError(
-            f"run.dir={run_dir!r}: not empty and run.resume=never (choose another run.dir or run.resume=auto)"
+            f"run.dir={run_dir!r}: not empty and run.resume=never; choose one: another run.dir | "
+            "run.resume=auto to continue it | run.resume=restart to start over in it (old outputs kept)"
         )
 
 
@@ -293,6 +300,7 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
     try:
         mode = resolve_mode(cfg, state)
         micro = cfgmod.check_world(cfg, state.world_size)
+        check_import_paths(cfg, given.supplied())  # a typo fails now, not after the data is built
         torch.manual_seed(cfg.seed)
         train_ds, eval_ds, info = _data(cfg, given)
         if given.model is not None:
@@ -301,7 +309,7 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
             module = build_model(cfg, info)  # identical init on every rank: seeded just above
         module = prepare_for_finetune(module, cfg)  # model.init_from, LoRA wrapping, trainable report
         trainable, total = apply_freeze(module, cfg.train.freeze)
-        io = model_io(cfg, module, train_ds, info.task)
+        io = model_io(cfg, module, info)
         objective = Objective.for_run(cfg, info.task, given.loss)
         # before the run dir exists: a model that does not fit the data is exit 2 with nothing written
         probed = probe(cfg, state, module, train_ds, info, io, objective, micro)
@@ -372,16 +380,9 @@ def export_final(parts: Parts) -> None:
 
 def resume_command(run_dir: str) -> str:
     """The exact command that resumes this run (under torchrun: the launcher's command, rerun as is)."""
-    if os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("LOCAL_RANK"):
+    if under_launcher():
         return f"the same launch command again (it resumes from {run_dir})"
-    argv = list(sys.argv)
-    prog = (
-        "python -m trainer"
-        if argv and argv[0].endswith("__main__.py")
-        else os.path.basename(argv[0] or "trainer")
-    )
-    args = [a for a in argv[1:] if not a.startswith("run.dir=")]
-    return " ".join([prog, *map(shlex.quote, args), shlex.quote(f"run.dir={run_dir}")])
+    return rerun_command({"run.dir": run_dir})
 
 
 def train(cfg: Config, trainer_cls: type[Trainer] = Trainer) -> int:

@@ -115,6 +115,11 @@ class ModelConfig:
         "Pass the target to the model's forward as this keyword (nanoGPT: targets, transformers: labels) "
         "so the model computes its own loss, in training and eval.",
     )
+    loss_key: Optional[str] = _f(
+        None,
+        "The key of the model's loss in a dict or ModelOutput it returns (default: loss, else the only "
+        "0-dim tensor; several are an error naming this key).",
+    )
     hidden: list[int] = _f([256, 128], "MLP hidden layer widths.", ge=1)
     dropout: float = _f(0.0, "Dropout probability (mlp, gpt).", ge=0.0, le=0.999)
     n_layer: int = _f(4, "GPT: number of transformer blocks.", ge=1)
@@ -158,6 +163,22 @@ class DataConfig:
     )
     seq_len: int = _f(
         0, "jsonl: tokens per packed row (0 = the model's maximum positions, capped at 2048).", ge=0
+    )
+    format: Literal["auto", "text", "prompt_response", "messages", "sharegpt", "alpaca"] = _f(
+        "auto",
+        "jsonl: the record layout; auto = by each record's keys (messages, conversations, "
+        "instruction/output, prompt/response, text; the counts are logged); `python -m trainer data` "
+        "shows it.",
+    )
+    train_on: Literal["assistant", "all"] = _f(
+        "assistant",
+        "jsonl: assistant = learn only the responses (assistant turns with weight != 0, Alpaca output, "
+        "response); all = every token.",
+    )
+    truncation: Literal["left", "right", "drop"] = _f(
+        "left",
+        "jsonl: a document longer than data.seq_len: left = cut the prompt from the left, keeping the end "
+        "(the learned response); right = keep the start; drop = leave it out. Counts are in summary.json.",
     )
     kwargs: dict = _f({}, "Keyword arguments passed to a user Dataset given by import path.")
     target_key: str = _f(
@@ -255,7 +276,17 @@ class TrainConfig:
         "How the model is wrapped: auto = ddp under torchrun with >1 process, else single. "
         "Set by `python -m launch`.",
     )
-    find_unused_parameters: bool = _f(False, "DDP: allow parameters that get no gradient (slower).")
+    find_unused_parameters: bool = _f(
+        False,
+        "DDP: allow parameters that get no gradient (slower). Without it such a model stops with exit 2 "
+        "naming this key.",
+    )
+    sync_batchnorm: Literal["auto", "true", "false"] = _f(
+        "auto",
+        "BatchNorm layers become SyncBatchNorm under ddp, fsdp and accelerate with more than one process "
+        "(auto, true), so N processes train the model one process does; false keeps per-process "
+        "statistics. Logged.",
+    )
     early_stop_patience: int = _f(
         0,
         "Stop (exit 0) after N evaluations in a row without improvement of checkpoint.monitor (0 = off).",

@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, did_you_mean, run_dirs_hint
 from .schema import (
     BOUNDS,
     DATA_NAMES,
@@ -136,10 +136,10 @@ def _check_kinds(cfg: Config) -> None:
         if kind == "path":
             raise ConfigError(f"{key}={value!r}: no such file or directory")
         if builtin:
-            raise ConfigError(
-                f"{key}={value!r}: expected one of {', '.join(builtin)} or {KINDS[kind]}"
-                + did_you_mean(value, builtin)
-            )
+            near = did_you_mean(value, builtin)
+            if not near and kind == "checkpoint":  # run.resume=runs/cnn: the run dirs that do exist
+                near = run_dirs_hint(value)
+            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(builtin)} or {KINDS[kind]}{near}")
         raise ConfigError(f"{key}={value!r}: expected {KINDS[kind]}")
 
 

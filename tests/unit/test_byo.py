@@ -173,3 +173,35 @@ def test_dict_samples_collate_per_key_and_the_target_key_is_the_target():
         r"labels",
     ):
         user_data.wrap(bad, DictSequences(8))
+
+
+def test_the_models_loss_key_rules():
+    """model.loss_key, else loss, else the only 0-dim tensor; never the only 0-dim of a transformers
+    ModelOutput (an MoE aux_loss is not the loss)."""
+    from transformers.modeling_outputs import MoeCausalLMOutputWithPast
+
+    from trainer.models.outputs import loss_candidates, split_output
+
+    logits, a, b = torch.randn(2, 3), torch.tensor(1.0), torch.tensor(2.0)
+    assert split_output({"logits": logits, "total_loss": a})[1] is a
+    assert split_output({"logits": logits, "loss": b, "total_loss": a})[1] is b
+    assert split_output({"logits": logits, "total_loss": a, "aux": b})[1] is None  # the probe refuses this
+    assert loss_candidates({"logits": logits, "total_loss": a, "aux": b}) == ["total_loss", "aux"]
+    assert split_output({"logits": logits, "total_loss": a, "aux": b}, "aux")[1] is b
+    preds, loss = split_output({"total_loss": a, "h": logits})
+    assert preds is logits and loss is a
+    assert split_output(MoeCausalLMOutputWithPast(logits=logits, aux_loss=a))[1] is None
+
+
+def test_ddps_own_unused_parameter_error_is_a_config_error_naming_the_key():
+    """The fallback for parameters unused only in later steps (the first-step check catches the rest)."""
+    from trainer.api import _outcome
+
+    msg = (
+        "Expected to have finished reduction in the prior iteration before starting a new one. This error "
+        "indicates that your module has parameters that were not used in producing loss.\n"
+        "Parameter indices which did not receive grad for rank 0: 2 3"
+    )
+    code, reason = _outcome(RuntimeError(msg), None)
+    assert code == 2 and "train.find_unused_parameters=true" in reason and "\n" not in reason
+    assert "(Parameter indices which did not receive grad for rank 0: 2 3)" in reason

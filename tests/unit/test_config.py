@@ -213,3 +213,26 @@ def test_trainer_overrides_come_after_the_command_line_and_reach_check_and_confi
     assert r.stderr.strip().splitlines() == [line]
     # the key reference is the schema's, whatever the environment says
     assert run_cli(["config", "--markdown"], env=env).stdout == C.markdown()
+
+
+@pytest.mark.parametrize(
+    "yaml_text, override, needle",
+    [
+        ("train:\n  lr: 0.1\n", None, "unknown key train.lr (did you mean optim.lr?)"),
+        (None, "train.lr=0.1", "unknown key train.lr (did you mean optim.lr?)"),
+        (None, "lr=0.1", "unknown key lr (did you mean optim.lr?)"),
+        ("model:\n  batch_size: 8\n", None, "unknown key model.batch_size (did you mean train.batch_size?)"),
+        (None, "train.seed=1", "unknown key train.seed (did you mean seed?)"),
+        (None, "data.hidden=[4]", "unknown key data.hidden (did you mean model.hidden?)"),
+        (None, "train.max_step=3", "unknown key train.max_step (did you mean train.max_steps?)"),
+    ],
+)
+def test_a_key_in_the_wrong_section_suggests_its_section(tmp_path, yaml_text, override, needle):
+    """#29: a key in the wrong section names the section that has it, in YAML and in dotted overrides."""
+    path = None
+    if yaml_text:
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml_text)
+    with pytest.raises(C.ConfigError) as e:
+        C.load(str(path) if path else None, [override] if override else [])
+    assert str(e.value) == needle

@@ -3,6 +3,7 @@ that name the line; attention stays inside a packed document for a transformers 
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,26 +27,28 @@ def assets(tmp_path_factory):
 
 
 def _cfg(root, tok_dir, path, *extra):
-    return C.load(
-        None,
-        [
-            "data.name=jsonl",
-            f"data.path={path}",
-            f"data.tokenizer={tok_dir}",
-            "model.name=hf",
-            f"model.path={root.parent / 'model'}",
-            f"run.dir={root / 'run'}",
-            "data.seq_len=32",
-            *extra,
-        ],
-    )
+    return C.load(None, _cfg_args(root, tok_dir, path, *extra))
+
+
+def _cfg_args(root, tok_dir, path, *extra):
+    return [
+        "data.name=jsonl",
+        f"data.path={path}",
+        f"data.tokenizer={tok_dir}",
+        "model.name=hf",
+        f"model.path={root.parent / 'model'}",
+        f"run.dir={root / 'run'}",
+        "data.seq_len=32",
+        *extra,
+    ]
 
 
 def test_prompt_tokens_carry_no_loss_and_eos_ends_every_document(assets, tmp_path):
     root, tok_dir, tok = assets
     recs = [{"prompt": "next after two:", "response": " three"}, {"text": "one two"}]
     path = write_jsonl(tmp_path / "d.jsonl", recs)
-    ids, learn, offs = tokenize_records(tok, path, "data.path")
+    enc = tokenize_records(tok, path, "data.path")
+    ids, learn, offs = enc.ids, enc.learn, enc.offsets
     p = tok("next after two:")["input_ids"]
     r = tok(" three", add_special_tokens=False)["input_ids"]
     t = tok("one two")["input_ids"]
@@ -54,8 +57,9 @@ def test_prompt_tokens_carry_no_loss_and_eos_ends_every_document(assets, tmp_pat
     assert learn.tolist() == [0] * len(p) + [1] * (len(r) + 1) + [1] * (len(t) + 1)
     assert offs.tolist() == [0, len(p) + len(r) + 1, len(ids)]
 
-    inp, pos, lab, cut = pack(ids, learn, offs, 32, tok.pad_token_id)
-    assert inp.shape == (1, 32) and cut == 0
+    pk = pack(enc, 32, tok.pad_token_id)
+    inp, pos, lab = pk.input_ids, pk.position_ids, pk.labels
+    assert inp.shape == (1, 32) and pk.docs[:, 3].sum() == 0 and pk.dropped == 0
     n1 = len(p) + len(r) + 1
     # labels are the next token where it is learned: none inside the prompt, the response and its EOS
     assert (lab[0, : len(p) - 1] == IGNORE).all()
@@ -68,8 +72,10 @@ def test_prompt_tokens_carry_no_loss_and_eos_ends_every_document(assets, tmp_pat
 def test_packing_keeps_documents_whole_and_apart_by_eos(assets, tmp_path):
     root, tok_dir, tok = assets
     path = write_jsonl(tmp_path / "d.jsonl", qa_records(40))
-    ids, learn, offs = tokenize_records(tok, path, "data.path")
-    inp, pos, lab, _ = pack(ids, learn, offs, 32, tok.pad_token_id)
+    enc = tokenize_records(tok, path, "data.path")
+    ids, offs = enc.ids, enc.offsets
+    pk = pack(enc, 32, tok.pad_token_id)
+    inp, pos = pk.input_ids, pk.position_ids
     eos = tok.eos_token_id
     docs = [ids[a:b].tolist() for a, b in zip(offs[:-1], offs[1:])]
     got = []
@@ -88,15 +94,16 @@ def test_chat_records_learn_only_the_assistant_turns(assets, tmp_path):
     root, tok_dir, tok = assets
     msgs = [{"role": "user", "content": "next after one:"}, {"role": "assistant", "content": "two"}]
     path = write_jsonl(tmp_path / "c.jsonl", [{"messages": msgs}])
-    ids, learn, _ = tokenize_records(tok, path, "data.path")
-    learned = tok.decode([i for i, m in zip(ids.tolist(), learn.tolist()) if m])
+    enc = tokenize_records(tok, path, "data.path")
+    learned = tok.decode([i for i, m in zip(enc.ids.tolist(), enc.learn.tolist()) if m])
     assert learned == "two<|end|><|eos|>"
-    # a tokenizer without a chat template: a clear error naming the line
-    plain = make_tokenizer(tmp_path / "plain", chat_template=False)
-    with pytest.raises(
-        ConfigError, match=r"line 1: a 'messages' record needs a tokenizer with a chat template"
-    ):
-        tokenize_records(load_tokenizer(plain), path, "data.path")
+    # a tokenizer without a chat template: the documented default (### User: / ### Assistant: blocks)
+    plain = load_tokenizer(make_tokenizer(tmp_path / "plain", chat_template=False))
+    enc = tokenize_records(plain, path, "data.path")
+    text = plain.decode(enc.ids.tolist())
+    learned = plain.decode([i for i, m in zip(enc.ids.tolist(), enc.learn.tolist()) if m])
+    assert text == "### User:\nnext after one:\n\n### Assistant:\ntwo<|eos|>"
+    assert learned == "two<|eos|>"
 
 
 def test_tokens_are_cached_beside_the_run_keyed_by_data_and_tokenizer(assets, tmp_path):
@@ -123,7 +130,13 @@ def test_tokens_are_cached_beside_the_run_keyed_by_data_and_tokenizer(assets, tm
     [
         ("{not json", "not valid JSON"),
         ('{"prompt": 3, "response": "x"}', "'prompt' must be a string"),
-        ('{"question": "x"}', "expected a 'text', 'prompt'/'response' or 'messages' record"),
+        ('{"question": "x"}', "expected a 'text', 'prompt'/'response', 'messages', 'conversations'"),
+        (
+            '{"messages": [{"role": "assistant", "content": "x", "weight": 2}]}',
+            "a message 'weight' must be 0 or 1",
+        ),
+        ('{"conversations": [{"from": "bot", "value": "x"}]}', "'from': 'bot' is not one of"),
+        ('{"instruction": "x", "output": 3}', "'output' must be a string"),
     ],
 )
 def test_bad_records_name_the_line(assets, tmp_path, line, why):
@@ -186,3 +199,69 @@ def test_config_errors_for_jsonl_and_hf(tmp_path):
         C.load(None, ["data.name=jsonl", f"data.path={f}"])
     with pytest.raises(ConfigError, match="data.tokenizer=None: data.name=jsonl with model.name='m:Net'"):
         C.load(None, ["data.name=jsonl", f"data.path={f}", "model.name=m:Net"])
+
+
+def test_a_batch_encodes_exactly_as_each_record_alone(assets, tmp_path):
+    """encode_records is batch-first (one tokenizer call for every segment of the batch): the ids and masks
+    equal record-by-record encoding, and the tokenizers-backend call equals transformers' tok()."""
+    from trainer.data.jsonl import encode_records, token_ids
+
+    root, tok_dir, tok = assets
+    recs = [
+        {"text": "one two"},
+        {"prompt": "next after two:", "response": " three"},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+        {"instruction": "add", "input": "1 2", "output": "3"},
+        {"text": ""},
+    ] * 3
+    batch = encode_records(tok, recs)
+    assert batch.formats == {"text": 6, "prompt_response": 3, "messages": 3, "sharegpt": 3, "alpaca": 3}
+    for i, r in enumerate(recs):
+        one = encode_records(tok, [r])
+        a, b = batch.offsets[i], batch.offsets[i + 1]
+        assert one.ids.tolist() == batch.ids[a:b].tolist() and one.learn.tolist() == batch.learn[a:b].tolist()
+    assert batch.ids[batch.offsets[-2] :].tolist() == [tok.eos_token_id]  # an empty text is its EOS alone
+    texts = ["next after two:", " three", "<|user|>hi<|end|>", ""]
+    assert token_ids(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
+
+
+def test_trainer_data_shows_shapes_for_data_that_is_not_text(capfd):
+    from tests.integration.test_finetune_cli import tool
+
+    r = tool(["data", "data.name=digits", "--json", "--show", "2"], capfd)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["format"] == "digits" and got["documents"] > 1000 and got["learned_tokens"] is None
+    assert got["samples"] == [{"x": "float32 (1, 28, 28)", "y": "int64 ()"}] * 2
+
+
+def test_trainer_data_builds_what_train_builds_from_the_same_cache(assets, tmp_path, capfd):
+    from tests.integration.test_finetune_cli import tool
+
+    root, tok_dir, _ = assets
+    path = write_jsonl(tmp_path / "d.jsonl", qa_records(30))
+    over = _cfg_args(root / "c2", tok_dir, path)
+    r = tool(["data", *over, "--json", "--show", "1"], capfd)
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    tr, _, info = build_datasets(C.load(None, over))  # what train builds: served by the tool's cache
+    assert "(cached tokens)" in info.description
+    assert shown["learned_tokens"] == int((tr.labels != IGNORE).sum()) and shown["documents"] == len(tr.docs)
+
+
+def test_truncation_left_keeps_the_end_and_a_leading_bos_right_the_start_drop_leaves_out():
+    from trainer.data.jsonl import Encoded
+
+    # document 0: BOS(1) p p p p r r EOS(2), response learned; document 1 fits
+    ids = np.array([1, 10, 11, 12, 13, 20, 21, 2, 1, 30, 2], np.int32)
+    learn = np.array([0, 0, 0, 0, 0, 1, 1, 1, 0, 1, 1], np.uint8)
+    enc = Encoded(ids, learn, np.array([0, 8, 11]))
+    left = pack(enc, 5, 0, "left", bos=1)
+    assert left.input_ids[0].tolist() == [1, 13, 20, 21, 2] and left.docs[0].tolist() == [0, 0, 5, 1]
+    assert left.labels[0].tolist() == [IGNORE, 20, 21, 2, IGNORE]  # the response and EOS still learned
+    assert pack(enc, 5, 0, "left").input_ids[0].tolist() == [12, 13, 20, 21, 2]  # no BOS to keep
+    right = pack(enc, 5, 0, "right", bos=1)
+    assert right.input_ids[0].tolist() == [1, 10, 11, 12, 13] and (right.labels[0] == IGNORE).all()
+    drop = pack(enc, 5, 0, "drop", bos=1)
+    assert drop.dropped == 1 and len(drop.docs) == 1 and drop.input_ids[0, :3].tolist() == [1, 30, 2]

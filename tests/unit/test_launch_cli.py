@@ -474,3 +474,40 @@ def test_the_advertised_address_is_the_route_to_the_endpoint():
     assert "--local-addr=10.1.1.1" in plan.argv  # an explicit address wins
     one = build("ddp", resolve({}), None, gpus=lambda: 0, cpus=2, env={}, route=lambda host: "198.18.0.2")
     assert not [a for a in one.argv if a.startswith("--local-addr")]  # standalone: nothing to advertise
+
+
+def test_more_processes_than_cores_warns_once_with_the_numbers(tmp_path):
+    """#29: `--nproc-per-node 8` on 2 cores used to start 8 CPU workers silently."""
+    cpus = len(os.sched_getaffinity(0))
+    n = cpus + 1
+    (tmp_path / "c.yaml").write_text("")
+    proc = launch(
+        "ddp",
+        "--nproc-per-node",
+        str(n),
+        "--entry",
+        "fake_worker",
+        "-c",
+        str(tmp_path / "c.yaml"),
+        env=clean_env(FAKE_OUT=str(tmp_path)),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(tmp_path.glob("rank*-attempt0.json"))) == n  # a warning, not a refusal
+    warn = [ln for ln in proc.stderr.splitlines() if "oversubscribed" in ln]
+    assert warn == [
+        f"launch: doctor warn: cpus: {n} process(es) x 1 thread(s) = {n} on {cpus} usable CPU core(s): "
+        f"oversubscribed, each step waits for a core (fix: --nproc-per-node {cpus} (one process per core) "
+        "or fewer; on CPUs more processes add no speed)"
+    ], proc.stderr
+
+
+@pytest.mark.parametrize("nproc, threads, warns", [(1, "", False), (2, "1", False), (1, "64", True)])
+def test_threads_times_processes_against_cores(nproc, threads, warns):
+    from launch.doctor import check_cpus
+
+    c = check_cpus(nproc, {"OMP_NUM_THREADS": threads} if threads else {}, cpus=2)
+    assert (c.status == "warn") is warns, c
+    if warns:
+        assert c.message.startswith("1 process(es) x 64 thread(s) = 64 on 2 usable CPU core(s)")
+        assert c.fix == "OMP_NUM_THREADS=2"

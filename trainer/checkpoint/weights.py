@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError
+from ..errors import missing_path
 from ..runtime import atomic
 from . import read, stores, transaction
 from .layout import CheckpointError
@@ -130,8 +131,10 @@ def _read_yaml(path: str) -> Optional[dict]:
 
 def best_checkpoint(path: str, key: str = "--from") -> str:
     """The best checkpoint of a run by its manifests' monitor record (``--best``)."""
+    if not os.path.exists(path):
+        raise ConfigError(missing_path(key, path))
     if not os.path.isdir(path):
-        raise ConfigError(f"{key}={path!r}: --best needs a run dir or checkpoints dir")
+        raise ConfigError(f"{key}={path!r}: --best needs a run dir or checkpoints dir, not a file")
     try:
         return transaction.resolve_best(path)
     except CheckpointError as e:
@@ -153,7 +156,7 @@ def read_weights(path: str, key: str = "model.init_from") -> Weights:
             raise ConfigError(f"{key}={path!r}: {stores.describe(e)}") from None
         return _read_checkpoint(path, found, key)
     if not os.path.exists(path):
-        raise ConfigError(f"{key}={path!r}: no such file or directory")
+        raise ConfigError(missing_path(key, path))
     if os.path.isdir(path):
         compressed = _compressed_entry(path, None)
         if compressed is not None:

@@ -9,8 +9,8 @@ any world size). The train/eval split depends only on ``data.split_seed``. Bad i
 :class:`trainer.config.ConfigError` naming the key and the value.
 
 The implementations live beside this file: ``base`` (DataInfo, storage, split, hashing), ``builtin``,
-``files``, ``user``, ``collate`` (tensor and dict batches), ``sampler`` (global-batch sampling) and
-``loaders`` (worker processes).
+``files``, ``user``, ``jsonl`` (+ ``layouts``: chat and instruction records), ``collate`` (tensor, tuple
+and dict batches), ``sampler`` (global-batch sampling) and ``loaders`` (worker processes).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Batches as the loop sees them: ``(x, y)`` where ``x`` is a tensor or a dict of tensors (keyword
+"""Batches as the loop sees them: ``(x, y)`` where ``x`` is a tensor, a tuple of tensors (positional
+arguments: a sample ``(x1, ..., xn, y)`` reaches ``forward(x1, ..., xn)``) or a dict of tensors (keyword
 arguments for the model's forward) and ``y`` the target tensor.
 
 A dict sample (``input_ids``, ``attention_mask``, ``labels``, as Hugging Face datasets in torch format
@@ -29,8 +30,12 @@ def split_target(sample: Mapping, target_key: str) -> tuple[dict, Any]:
 
 
 def collate(samples: list) -> Any:
-    """Samples (tensors, numbers, or dicts of them) stacked into one batch, per key for dicts."""
-    return default_collate(samples)
+    """Samples (tensors, numbers, or dicts of them) stacked into one batch, per key for dicts; the
+    inputs of ``(x1, ..., xn)`` samples stay a tuple (default_collate makes tuples lists)."""
+    out = default_collate(samples)
+    if samples and isinstance(samples[0], (tuple, list)) and isinstance(samples[0][0], tuple):
+        return tuple(out[0]), *out[1:]
+    return out
 
 
 def to_device(batch: tuple, device: torch.device, non_blocking: bool) -> tuple:
@@ -41,6 +46,8 @@ def to_device(batch: tuple, device: torch.device, non_blocking: bool) -> tuple:
             k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
             for k, v in x.items()
         }
+    elif type(x) is tuple:
+        x = tuple(v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for v in x)
     else:
         x = x.to(device, non_blocking=non_blocking)
     return x, y.to(device, non_blocking=non_blocking)
@@ -53,6 +60,8 @@ def first_tensor(x: Any) -> torch.Tensor:
         if isinstance(x.get("input_ids"), torch.Tensor):
             return x["input_ids"]
         return next(v for v in x.values() if isinstance(v, torch.Tensor))
+    if isinstance(x, tuple):
+        return next(v for v in x if isinstance(v, torch.Tensor))
     return x
 
 

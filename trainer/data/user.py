@@ -2,15 +2,25 @@
 passed to ``trainer.fit(train_data=..., eval_data=...)``.
 
 The factory may return one map-style dataset (split here by eval_fraction with split_seed) or a
-``(train, eval)`` pair. A sample is an ``(x, y)`` pair or a dict: a dict's ``data.target_key`` entry
-(default ``labels``) is the target and every other entry an input that reaches ``forward`` as a keyword
-argument (``input_ids``, ``attention_mask``...; see ``collate``). The task comes from attributes on the
-dataset when present (``task``, ``num_classes``, ``num_outputs``, ``vocab_size``), else from the first
-sample (for a dict, its ``input_ids`` or first tensor stands for x):
+``(train, eval)`` pair. A sample is an ``(x, y)`` pair, an ``(x1, ..., xn, y)`` tuple (``forward(x1, ...,
+xn)``) or a dict: a dict's ``data.target_key`` entry (default ``labels``) is the target and every other
+entry an input that reaches ``forward`` as a keyword argument (``input_ids``, ``attention_mask``...; see
+``collate``). The task comes from attributes on the dataset when present (``task``, ``num_classes``,
+``num_outputs``, ``vocab_size``), else from the first sample (for a dict, its ``input_ids`` or first tensor
+stands for x):
   * y an integer scalar -> classification; num_classes = max label + 1 over ``targets``/``labels`` if the
     dataset has them, else over the first 10000 samples;
   * x and y integer sequences of the same shape -> lm (vocab from ``vocab_size`` or model.vocab_size);
+  * a dict whose integer label sequence has another length than its ``input_ids`` -> lm as seq2seq (T5):
+    the model computes its own loss (``models.outputs.model_io`` passes the labels);
   * y floating -> regression with num_outputs = y.numel().
+
+LM labels follow one of two conventions, told apart on the first samples (:func:`label_convention`): already
+shifted (``y[t]`` is the token after ``x[t]``, the trainer's own) or equal to the inputs (Hugging Face's
+causal-LM recipe, ``labels = input_ids``, where the model shifts). Equal labels are shifted here, the way
+transformers does (position t learns token t+1, the last position nothing), unless ``model.target_arg``
+hands them to the model, which shifts them itself. Labels that fit both conventions cannot be told apart:
+a one-line error naming ``model.target_arg``.
 Samples are converted to the tensor types the loop expects; ``get_batch`` uses the dataset's own when it
 has one, else collates ``__getitem__`` (per key for dicts); ``set_epoch`` is forwarded when the dataset
 defines it.
@@ -18,6 +28,7 @@ defines it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -30,8 +41,12 @@ from ..objects import build_object
 from .base import DataInfo, Indices, as_index, fingerprint, split_indices
 from .collate import collate, first_tensor, split_target
 
+log = logging.getLogger("trainer")
+
 LABEL_SCAN = 10_000  # samples scanned for the largest label when the dataset does not say num_classes
 FINGERPRINT_SAMPLES = 64  # a user dataset may be huge or lazy: fingerprint its length and first samples
+CONVENTION_SAMPLES = 8  # samples that decide whether LM labels are shifted already
+IGNORE = -100  # an LM label that carries no loss (torch's cross_entropy ignore_index)
 
 
 def _input(t: Any) -> torch.Tensor:
@@ -58,6 +73,7 @@ class UserDataset(Dataset):
         target_key: str = "labels",
     ):
         self.base, self.indices, self.task, self.target_key = base, indices, task, target_key
+        self.shift = False  # labels equal to the inputs: shifted here (see the module docstring)
 
     def __len__(self) -> int:
         return len(self.base) if self.indices is None else len(self.indices)
@@ -72,16 +88,25 @@ class UserDataset(Dataset):
     def _pair(self, sample: Any) -> tuple[Any, Any]:
         if isinstance(sample, Mapping):
             return split_target(sample, self.target_key)
-        if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+        if not isinstance(sample, (tuple, list)) or len(sample) < 2:
             raise TypeError(
-                f"user dataset samples must be (x, y) pairs or dicts, got {type(sample).__name__}"
+                f"user dataset samples must be (x, y) pairs, (x1, ..., xn, y) tuples or dicts, got "
+                f"{type(sample).__name__}"
             )
+        if len(sample) > 2:  # (x1, ..., xn, y): forward(x1, ..., xn)
+            return tuple(sample[:-1]), sample[-1]
         return sample[0], sample[1]
 
     def _convert(self, x: Any, y: Any, batched: bool) -> tuple[Any, torch.Tensor]:
         y = torch.as_tensor(y)
+        if self.shift:  # Hugging Face's shift: position t learns token t+1, the last position nothing
+            y = torch.cat([y[..., 1:], torch.full_like(y[..., :1], IGNORE)], dim=-1)
         if isinstance(x, Mapping):
             x = {k: _keyword_input(v) for k, v in x.items()}
+            if self.task in ("lm", "classification"):
+                y = y.long()
+        elif isinstance(x, tuple):
+            x = tuple(_keyword_input(v) for v in x)
             if self.task in ("lm", "classification"):
                 y = y.long()
         elif self.task == "lm":
@@ -139,6 +164,7 @@ def _infer(cfg: Config, key: str, base: Any, train: UserDataset) -> DataInfo:
     except Exception as e:
         raise ConfigError(f"{key}: cannot read sample 0: {type(e).__name__}: {e}") from None
     task = getattr(base, "task", None)
+    seq2seq = False
     if task is None:
         if not y0.is_floating_point() and y0.ndim == 0:
             task = "classification"
@@ -149,6 +175,8 @@ def _infer(cfg: Config, key: str, base: Any, train: UserDataset) -> DataInfo:
             and x0.shape == y0.shape
         ):
             task = "lm"
+        elif isinstance(train[0][0], Mapping) and not y0.is_floating_point() and y0.ndim == 1:
+            task, seq2seq = "lm", True  # T5: labels for the decoder, of their own length
         elif y0.is_floating_point():
             task = "regression"
         else:
@@ -171,12 +199,60 @@ def _infer(cfg: Config, key: str, base: Any, train: UserDataset) -> DataInfo:
     else:
         vocab = getattr(base, "vocab_size", None) or cfg.model.vocab_size
         seq = x0.shape[0]
-    return DataInfo(task, tuple(x0.shape), nc, no, vocab, seq, "", "")
+    info = DataInfo(task, tuple(x0.shape), nc, no, vocab, seq, "", "")
+    if seq2seq:
+        info.extra.update(seq2seq=True, labels="seq2seq")
+    elif task == "lm":
+        info.extra["labels"] = label_convention(train)
+    return info
+
+
+def label_convention(ds: UserDataset) -> str:
+    """How LM labels relate to the inputs, on the first samples (labels of -100 not compared):
+    ``shifted`` (y[t] = x[t+1]), ``equal`` (y = x, Hugging Face's causal-LM recipe), ``ambiguous`` (both
+    fit, e.g. every label -100) or ``per_token`` (neither: targets of their own, such as token tags)."""
+    equal = shifted = True
+    for i in range(min(len(ds), CONVENTION_SAMPLES)):
+        x, y = ds[i]
+        x = first_tensor(x)
+        if x.shape != y.shape or x.ndim != 1:
+            return "per_token"
+        keep = y != IGNORE
+        equal = equal and bool((y[keep] == x[keep]).all())
+        k1 = keep[:-1]
+        shifted = shifted and bool((y[:-1][k1] == x[1:][k1]).all())
+    if equal and shifted:
+        return "ambiguous"
+    return "equal" if equal else "shifted" if shifted else "per_token"
+
+
+def _apply_convention(cfg: Config, key: str, info: DataInfo, train: UserDataset, evald: UserDataset) -> None:
+    """Labels equal to the inputs are shifted here unless model.target_arg hands them to the model."""
+    conv = info.extra.get("labels")
+    if conv is None:
+        return
+    passed = cfg.model.target_arg is not None
+    if conv == "ambiguous" and not passed:
+        raise ConfigError(
+            f"{key}: cannot tell whether the LM labels are already shifted (on the first samples they fit "
+            "both y[t]=x[t] and y[t]=x[t+1]); set model.target_arg=labels so the model takes them, or "
+            "give the trainer shifted labels"
+        )
+    if conv == "equal" and not passed:
+        train.shift = evald.shift = True
+        info.extra["loss_mask"] = True  # the last position of each row now carries no loss
+        log.info(
+            "data: LM labels equal the inputs (Hugging Face's causal-LM convention): shifted so that "
+            "position t learns token t+1 (model.target_arg=labels would let the model shift them)"
+        )
+    info.extra["labels_shifted"] = conv == "shifted" or (conv == "equal" and not passed)
 
 
 def _tensors(x: Any) -> list[torch.Tensor]:
     if isinstance(x, Mapping):
         return [x[k] for k in sorted(x) if isinstance(x[k], torch.Tensor)]
+    if isinstance(x, tuple):
+        return [t for t in x if isinstance(t, torch.Tensor)]
     return [x]
 
 
@@ -200,6 +276,7 @@ def wrap(cfg: Config, made: Any, eval_made: Any = None, key: Optional[str] = Non
         train, evald = UserDataset(made, tr, target_key=tk), UserDataset(made, ev, target_key=tk)
     info = _infer(cfg, key, made, train)
     evald.task = info.task
+    _apply_convention(cfg, key, info, train, evald)
     n_fp = min(len(train), FINGERPRINT_SAMPLES)
     parts = [str(len(train)), str(len(evald))]
     for i in range(n_fp):
@@ -209,7 +286,13 @@ def wrap(cfg: Config, made: Any, eval_made: Any = None, key: Optional[str] = Non
         ]
     info.fingerprint = fingerprint(*parts)
     x0 = train[0][0]
-    keys = f", keys {', '.join(x0)} -> forward" if isinstance(x0, Mapping) else ""
+    keys = (
+        f", keys {', '.join(x0)} -> forward"
+        if isinstance(x0, Mapping)
+        else f", {len(x0)} inputs -> forward(x1, ..., x{len(x0)})"
+        if isinstance(x0, tuple)
+        else ""
+    )
     info.description = (
         f"{d.name}: {len(train)} train / {len(evald)} eval, input {info.input_shape}{keys}, {info.task} "
         f"(user dataset)"

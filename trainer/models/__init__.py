@@ -103,10 +103,16 @@ def _call(key: str, spec: str, fn: Any, args: tuple, kwargs: dict, given: str) -
 def _check_config_keys(spec: str, conf_cls: Any, kwargs: dict) -> None:
     """transformers' config classes keep unknown keys silently (whatever their signature says), so a
     typo (or YAML's ``{a:1}``, one key "a:1") would build a default-sized model: refuse keys that are
-    neither a parameter nor an attribute of a default instance."""
+    neither a parameter nor an attribute of a default instance. Any other class that takes ``**kwargs``
+    (minGPT's ``CfgNode(**kwargs)``) receives every key: they are its fields."""
     try:
         params = inspect.signature(conf_cls).parameters
     except (TypeError, ValueError):
+        return
+    transformers_config = any(
+        c.__module__.startswith("transformers.") for c in getattr(conf_cls, "__mro__", ())
+    )
+    if not transformers_config and any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
     try:
         default = conf_cls()

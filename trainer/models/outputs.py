@@ -6,39 +6,79 @@ Output rules (``split_output``), the contract docs/byo-model.md documents:
 * a tuple or list: a 0-dim tensor element is the model's loss (nanoGPT returns ``(logits, loss)``,
   transformers with ``return_dict=False`` returns ``(loss, logits)``), the first other tensor is the
   predictions;
-* a dict or ``ModelOutput`` (a dict subclass that omits ``None`` entries): ``loss`` when present, and
-  ``logits`` (else the first tensor that is not the loss) as the predictions.
+* a dict or ``ModelOutput`` (a dict subclass that omits ``None`` entries): the loss is the entry named by
+  ``model.loss_key``, else ``loss``, else (not for a transformers ``ModelOutput``, whose loss is always
+  ``loss``) the only 0-dim tensor (``{"logits", "total_loss"}``); several 0-dim tensors and no ``loss`` are
+  an error naming ``model.loss_key`` (:func:`loss_candidates`, checked by the probe). The predictions are
+  ``logits``, else the first other tensor.
 
-Inputs (``ModelIO.forward``): a tensor batch is the one positional argument; a dict batch (collated per key
-by ``trainer.data``) is passed as keyword arguments. With ``model.target_arg=NAME`` the target is passed as
-that keyword too, so the model computes its own loss. transformers' causal LMs shift ``labels`` themselves,
-while the trainer's ``(x, y)`` language-model pairs are already shifted: for a transformers model on tensor
-LM batches the trainer also passes ``shift_labels=y``, which transformers 5.x uses as given instead of
-shifting ``labels`` a second time.
+Inputs (``ModelIO.forward``): a tensor batch is the one positional argument, a tuple batch the positional
+arguments (``forward(x1, ..., xn)``); a dict batch (collated per key by ``trainer.data``) is passed as
+keyword arguments. With ``model.target_arg=NAME`` the target is passed as that keyword too, so the model
+computes its own loss. transformers' causal LMs shift ``labels`` themselves, while the trainer's language-
+model labels are usually already shifted (token windows, jsonl, user labels found shifted): for a
+transformers model on those the trainer also passes ``shift_labels=y``, which transformers 5.x uses as
+given instead of shifting ``labels`` a second time. Seq2seq dicts (labels of another length than the
+inputs, T5) pass their labels to the model as ``data.target_key`` when ``model.target_arg`` is not set:
+only the model can score them. A transformers causal LM given labels that are neither its inputs nor its
+inputs shifted (``data.user.label_convention``) is refused naming ``model.target_arg``.
 
 Nothing here imports transformers: a transformers model is recognised by its class hierarchy.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Mapping
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import Config, ConfigError
+from ..data.base import DataInfo
+
+log = logging.getLogger("trainer")
 
 
-def split_output(out: Any) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """(predictions, the model's own loss) of one forward; either may be None."""
+def _is_transformers_output(out: Any) -> bool:
+    return type(out).__module__.startswith("transformers.")
+
+
+def loss_candidates(out: Mapping) -> list[str]:
+    """The keys of a dict output that may hold the model's loss when it has no ``loss``: its 0-dim tensors
+    (none for a transformers ModelOutput, whose loss is ``loss`` or absent)."""
+    if _is_transformers_output(out):
+        return []
+    return [k for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0]
+
+
+def loss_key_of(out: Mapping, loss_key: Optional[str] = None) -> Optional[str]:
+    """The key whose value is the model's loss (see the module docstring), or None."""
+    if loss_key is not None:
+        return loss_key
+    if "loss" in out:
+        return "loss"
+    cands = loss_candidates(out)
+    return cands[0] if len(cands) == 1 else None
+
+
+def split_output(
+    out: Any, loss_key: Optional[str] = None
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(predictions, the model's own loss) of one forward; either may be None. ``loss_key``:
+    ``model.loss_key``."""
     if isinstance(out, torch.Tensor):
         return out, None
     if isinstance(out, Mapping):
-        loss = out.get("loss")
+        key = loss_key_of(out, loss_key)
+        loss = out.get(key) if key is not None else None
         preds = out.get("logits")
         if preds is None:
-            preds = next((v for k, v in out.items() if k != "loss" and isinstance(v, torch.Tensor)), None)
+            preds = next(
+                (v for k, v in out.items() if k != key and isinstance(v, torch.Tensor) and v.ndim > 0), None
+            )
         return preds, loss if isinstance(loss, torch.Tensor) else None
     if isinstance(out, (tuple, list)):
         loss = preds = None
@@ -90,24 +130,55 @@ class ModelIO:
 
     def forward(self, model, x, y):
         if self.plain:
-            return model(**x) if type(x) is dict else model(x)
+            if type(x) is dict:
+                return model(**x)
+            return model(*x) if type(x) is tuple else model(x)
         kw = {self.target_arg: y}
         if self.shift_labels:
             kw["shift_labels"] = y.contiguous()
         if type(x) is dict:
             return model(**x, **kw)
+        if type(x) is tuple:
+            return model(*x, **kw)
         return model(x, **kw)
 
 
-def model_io(cfg: Config, module: nn.Module, dataset, task: str) -> ModelIO:
-    """The run's ModelIO: ``model.target_arg``, and ``shift_labels`` for a transformers model on the
-    trainer's already-shifted tensor LM pairs (dict batches follow the dataset's own convention)."""
+def _accepts(module: nn.Module, name: str) -> bool:
+    """Whether ``module.forward`` takes a keyword ``name`` (or any keyword)."""
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _is_causal_lm(module: nn.Module) -> bool:
+    if hasattr(module, "get_base_model"):
+        module = module.get_base_model()
+    return is_transformers_model(module) and type(module).__name__.endswith("ForCausalLM")
+
+
+def model_io(cfg: Config, module: nn.Module, info: DataInfo) -> ModelIO:
+    """The run's ModelIO (see the module docstring): ``model.target_arg`` (or ``data.target_key`` for
+    seq2seq labels), and ``shift_labels`` for a transformers model given labels that are already shifted."""
     target_arg = cfg.model.target_arg
-    shift = (
-        target_arg is not None
-        and task == "lm"
-        and is_transformers_model(module)
-        and len(dataset) > 0
-        and not isinstance(dataset[0][0], Mapping)
-    )
+    conv = info.extra.get("labels")
+    if info.extra.get("seq2seq") and target_arg is None:
+        key = cfg.data.target_key
+        if not _accepts(module, key):
+            raise ConfigError(
+                f"data.target_key={key!r}: labels of another length than the inputs (seq2seq) can only be "
+                f"scored by the model, and its forward takes no {key!r}; set model.target_arg=NAME (the "
+                "forward parameter that takes them)"
+            )
+        log.info("data: seq2seq labels (another length than the inputs) go to forward as %r", key)
+        target_arg = key
+    if conv == "per_token" and target_arg is None and _is_causal_lm(module):
+        raise ConfigError(
+            f"model {type(module).__name__}: the LM labels are neither the inputs nor the inputs shifted by "
+            "one, so the trainer cannot tell how this causal LM should be scored; set "
+            "model.target_arg=labels (the model shifts and scores them) or give shifted labels"
+        )
+    shifted = info.extra.get("labels_shifted", info.task == "lm" and conv is None)
+    shift = target_arg is not None and info.task == "lm" and bool(shifted) and is_transformers_model(module)
     return ModelIO(target_arg, shift_labels=shift)

@@ -1,4 +1,4 @@
-"""The offline tools' command lines (``eval``, ``export``, ``compress``) and how a tool's error ends.
+"""The offline tools' command lines (``eval``, ``export``, ``data``, ...) and how a tool's error ends.
 
 Nothing here imports torch: ``python -m trainer --help`` and ``check`` build these parsers, and ``import
 torch`` alone costs ~1.5 s. ``trainer/__main__.py`` imports a tool's implementation only when it runs.
@@ -23,6 +23,7 @@ COMMANDS = {  # name -> (help, argument adder); see add_commands
     "export": "write a run or checkpoint as one .safetensors file",
     "generate": "complete prompts with a fine-tuned language model (a run, a checkpoint or an hf/ dir)",
     "compare": "plot several runs' curves on one figure; print their config differences and final metrics",
+    "data": "build the data as `train` would and show the format, counts and what is learned",
 }
 
 BEST_HELP = (
@@ -141,6 +142,21 @@ def add_generate_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, default=0, help="seed of the sampling (temperature > 0)")
 
 
+def add_data_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("-c", "--config", help="the YAML recipe `train` would run")
+    sp.add_argument("--split", choices=("train", "eval"), default="train", help="which split (train)")
+    sp.add_argument(
+        "--show", type=int, default=3, metavar="N", help="documents (or samples) to print (default 3)"
+    )
+    sp.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: format, documents, tokens, learned_tokens, truncated, dropped, "
+        "samples [{text, learned}]",
+    )
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, as for train")
+
+
 def add_commands(sub) -> None:
     """Add the tools' subcommands to the ``python -m trainer`` subparsers."""
     adders = {
@@ -149,6 +165,7 @@ def add_commands(sub) -> None:
         "export": add_export_arguments,
         "generate": add_generate_arguments,
         "compare": add_compare_arguments,
+        "data": add_data_arguments,
     }
     for name, help_ in COMMANDS.items():
         adders[name](sub.add_parser(name, help=help_, description=help_))

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ..config import MONITOR_MODES, ConfigError
+from ..errors import missing_path
 from ..training.observe.plots import EVAL_METRICS, plot_compare
 
 
@@ -31,6 +32,8 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def read_run(path: str) -> dict:
     metrics = os.path.join(path, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise ConfigError(missing_path("compare", path))
     if not os.path.isfile(metrics):
         raise ConfigError(f"compare: {path!r} is not a run dir (no metrics.jsonl)")
     history, evals = [], []

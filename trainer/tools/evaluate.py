@@ -105,7 +105,7 @@ def eval_main(args: argparse.Namespace) -> int:
     module, cfg, w, (_, eval_ds, info) = load_model(src, args.config, args.overrides)
     if len(eval_ds) == 0:
         raise config.ConfigError(f"data.eval_fraction={cfg.data.eval_fraction}: the eval split is empty")
-    io, objective = model_io(cfg, module, eval_ds, info.task), Objective.for_run(cfg, info.task)
+    io, objective = model_io(cfg, module, info), Objective.for_run(cfg, info.task)
     res = evaluate_module(module, eval_ds, info.task, cfg.train.eval_batch_size, io, objective)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in res.items() if k not in ("samples", "tokens"))
     scored = f"{res['samples']} samples" + (f", {res['tokens']} tokens" if "tokens" in res else "")

@@ -20,7 +20,8 @@ from typing import Optional
 import torch
 
 from .. import checkpoint as ckpt
-from ..config import Config, ConfigError, config_hash, from_dict, math_diff, to_dict
+from ..checkpoint import stores
+from ..config import Config, ConfigError, config_hash, to_dict
 from ..runtime import dist, io_faults
 from . import resume
 from .finite import all_finite
@@ -137,20 +138,8 @@ class Checkpointer:
         """Load the model, optimizer, loop state and RNG from ``path``; returns the config changes since it
         was written (``trainer.training.resume``), for the loop to apply."""
         manifest = ckpt.read_manifest(path)
-        saved_cfg = manifest.get("config")
-        changed: list = []
-        if saved_cfg is not None:
-            try:
-                old_cfg = from_dict(saved_cfg)
-                diff, changed = math_diff(old_cfg, self.cfg), resume.changes(old_cfg, self.cfg)
-            except ConfigError:
-                diff = ["<checkpoint config no longer valid>"]
-            if diff and self.cfg.run.resume_config_change != "allow":
-                raise ConfigError(
-                    f"run.resume: checkpoint {path} was trained with a different config in "
-                    f"{', '.join(diff)}; set run.resume_config_change=allow to resume anyway"
-                )
-            resume.check_allowed(changed, path)
+        remote = stores.is_url(ckpt.checkpoint_root(self.cfg.checkpoint.dir, self.run_dir))
+        changed = resume.check(manifest.get("config"), self.cfg, path, self.run_dir, remote)
         state, rng = ckpt.load_state(path, rank=self.state.rank)
         if state is not None and isinstance(state.get("model"), dict):
             refuse_old_lora(state["model"], path)

@@ -20,6 +20,7 @@ from .finite import nonfinite_outcome
 from .monitor import Monitor
 from .observe import provenance
 from .observe.metrics import Metrics, close_progress, plot_or_warn, read_history
+from .observe.segments import Segments, done_line
 
 log = logging.getLogger("trainer")
 
@@ -37,6 +38,7 @@ class Ending:
         tally,
         params: list,
         ckpts: ckpt.CheckpointDir,
+        segments: Segments,
     ):
         self.cfg, self.state, self.run_dir, self.info, self.strategy_mode = (
             cfg,
@@ -52,6 +54,7 @@ class Ending:
             params,
             ckpts,
         )
+        self.segments = segments  # the run's time across its starts and resumes
         self.stopped_early: Optional[dict] = None  # set when train.early_stop_patience ends the run
         self.summary: Optional[dict] = None
 
@@ -82,14 +85,13 @@ class Ending:
             train_rows = metrics.history
             last_loss = train_rows[-1]["loss"] if train_rows else None
             last_eval = {k: v for k, v in (metrics.evals or [{}])[-1].items() if k != "step"}
-            self.finish(metrics, None, last_loss, last_eval, eval_before, None, {})
+            self.finish(metrics, last_loss, last_eval, eval_before, None, {})
         finally:
             metrics.close()
 
     def finish(
         self,
         metrics: Metrics,
-        wall: Optional[float],
         last_loss: Optional[float],
         last_eval: dict,
         eval_before: Optional[dict],
@@ -109,17 +111,24 @@ class Ending:
             "final_loss": round(last_loss, 6) if last_loss is not None else None,
             "eval": last_eval,
             **({"eval_before": eval_before} if eval_before is not None else {}),
-            "wall_time_s": round(wall, 3) if wall is not None else None,  # None: regenerated afterwards
+            # the whole run (every segment: start and resumes), and the last segment apart (segments.py)
+            **self.segments.summary(p.step),
             "compile_time_s": compile_time_s,
             "world_size": self.state.world_size,
             "strategy": self.strategy_mode,
             "precision": self.cfg.train.precision,
             "data": self.info.description,
             "data_fingerprint": self.info.fingerprint,
+            # jsonl: format, documents, tokens, learned_tokens, truncated, dropped per split
+            **({"data_counts": self.info.extra["counts"]} if "counts" in self.info.extra else {}),
             "early_stop": self.stopped_early,
             "best": self.monitor.summary(self.ckpts, self.run_dir),
             "trackers": metrics.tracker_status(),
-            "provenance": {**provenance_, "end_time": provenance.utc_now()},
+            "provenance": {
+                **provenance_,
+                "start_time": self.segments.first_start or provenance_.get("start_time"),
+                "end_time": provenance.utc_now(),
+            },
         }
         self.summary = summary
         metrics.write_summary(summary)
@@ -127,9 +136,8 @@ class Ending:
             plot_or_warn(metrics)
         close_progress(metrics)  # the finished bar once, then the closing line below it
         log.info(
-            "done: %d steps in %.1fs; final loss %.4f; eval %s; outputs in %s",
-            p.step,
-            wall or 0.0,
+            "done: %s; final loss %.4f; eval %s; outputs in %s",
+            done_line(p.step, summary),
             summary["final_loss"] if summary["final_loss"] is not None else float("nan"),
             format_eval(last_eval),
             self.run_dir,

@@ -33,6 +33,7 @@ from .monitor import Monitor
 from .observe import provenance
 from .observe.metrics import Metrics, Stopwatch, peak_flops, read_history, trim_rows
 from .observe.profiler import Profiler
+from .observe.segments import Segments
 from .observe.trackers import Trackers
 from .optim import build_scheduler
 from .strategy import Strategy
@@ -101,7 +102,12 @@ class Trainer:
         self.eval_before: Optional[dict] = None
         # Masked LM data (jsonl): the loss is a mean over the labelled tokens of the whole step, all
         # micro-batches and ranks together, not a mean of per-micro-batch means.
-        self._token_mean = bool(info.extra.get("loss_mask")) and self.objective.loss_fn is None
+        self._check_unused = True
+        self._token_mean = (
+            bool(info.extra.get("loss_mask"))
+            and self.objective.loss_fn is None
+            and not self.objective.loss_key
+        )
         eb = cfg.train.eval_before
         self._eval_before = cfg.model.name == "hf" if eb is None else eb
         self.last_loss: Optional[float] = None
@@ -124,6 +130,7 @@ class Trainer:
             monitor=self.monitor,
             task=info.task,
         )
+        self.segments = Segments()  # the run's time across starts and resumes (summary.json)
         self.ending = Ending(
             cfg,
             state,
@@ -135,6 +142,7 @@ class Trainer:
             tally=self.tally,
             params=self.params,
             ckpts=self.checkpointer.ckpts,
+            segments=self.segments,
         )
         self._need_norm = bool(cfg.train.grad_clip) or state.distributed or strategy.scaler is not None
         self._schedule_moves = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps > 0
@@ -175,6 +183,9 @@ class Trainer:
                 wd.mark(step, "backward")
                 s.backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
+        if self._check_unused:  # once: DDP cannot reduce a parameter that forward never used
+            self._check_unused = False
+            s.check_unused_parameters()
         wd.mark(step, "optimizer")
         # Distributed: the all-reduced gradients are what every rank agrees on (a NaN on one rank's loss
         # reaches the others only through them). fp16: the scaler owns overflow; the loss decides.
@@ -226,6 +237,7 @@ class Trainer:
             loss_sum, good = stats.tolist()
             bad = dist.all_reduce_max(self.state, bad_max).item()
         elapsed = max(watch.elapsed(), 1e-9)
+        self.segments.add_compute(elapsed)
         B = self.cfg.train.batch_size
         row = {
             "step": self.progress.step,
@@ -299,6 +311,10 @@ class Trainer:
                 "since_best": self.monitor.since_best,
             },
             "eval_before": self.eval_before,  # so a resumed run still reports it
+            # the steps since the last log row are compute not counted yet
+            "segments": self.segments.state_dict(
+                self.progress.step, self._watch.elapsed() if self._since_log else 0.0
+            ),
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -311,6 +327,7 @@ class Trainer:
         self.monitor.best, self.monitor.best_step = mon.get("best"), mon.get("best_step")
         self.monitor.since_best = mon.get("since_best", 0)
         self.eval_before = sd.get("eval_before")
+        self.segments.load_state_dict(sd.get("segments"))
         w = sd.get("window")  # older checkpoints have none: the next row then covers fewer steps
         if w:
             self.tally.restore(
@@ -348,13 +365,13 @@ class Trainer:
             self.eval_before = self.evaluate()
             self.strategy.model.train()
             log.info("eval before training: %s", format_eval(self.eval_before))
-        t_start = time.perf_counter()
+        self.segments.start(p.step, self.provenance["start_time"], time.perf_counter())
         code, ended = OK, False
         try:
             while p.step < self.total_steps and code == OK and not self.ending.stopped_early:
                 code = self._run_epoch()
             if code == OK:
-                code = self._end(time.perf_counter() - t_start)
+                code = self._end()
             elif code == PREEMPTED:
                 log.warning(
                     "preempted by signal: checkpoint at step %d saved; rerun the same command to resume",
@@ -436,10 +453,8 @@ class Trainer:
         self.checkpointer.poll(p.step)
         self.watchdog.mark(p.step, "agree")  # the preemption all-reduce (side group)
         stop = code != OK or self.preempt.agreed()
-        if stop and code == NONFINITE:
-            self.checkpointer.finish(
-                p.step
-            )  # commit an in-flight (good) write; no checkpoint of the bad state
+        if stop and code == NONFINITE:  # commit an in-flight (good) write; no checkpoint of the bad state
+            self.checkpointer.finish(p.step)
         elif stop:
             self.save(final=True)
         elif best or (cfg.checkpoint.every_steps and p.step % cfg.checkpoint.every_steps == 0):
@@ -449,7 +464,7 @@ class Trainer:
             code = PREEMPTED
         return code
 
-    def _end(self, wall: float) -> int:
+    def _end(self) -> int:
         """A run that reached its last step (or stopped early): last log row, final eval, final checkpoint,
         summary. Returns NONFINITE (no final checkpoint, no export) when the result is not finite."""
         step, ending = self.progress.step, self.ending
@@ -470,7 +485,6 @@ class Trainer:
             )
         ending.finish(
             self.metrics,
-            wall,
             self.last_loss,
             self.last_eval,
             self.eval_before,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import numpy as np
@@ -23,7 +24,7 @@ from torch import nn
 from ..config import Config, ConfigError
 from ..data.base import DataInfo
 from ..data.collate import batch_size_of, collate, to_device
-from ..models.outputs import ModelIO, describe_output, split_output
+from ..models.outputs import ModelIO, describe_output, loss_candidates, loss_key_of, split_output
 from ..runtime import dist
 from .tasks import Objective
 
@@ -74,6 +75,26 @@ def check_fit(task: str, info: DataInfo, preds: Optional[torch.Tensor], y: torch
         raise ConfigError(f"model output {p} does not fit regression targets {_shape(y)}")
 
 
+def _check_loss_key(out: Mapping, objective: Objective) -> Optional[str]:
+    """The key of the model's loss in a dict output; a missing model.loss_key, or several 0-dim tensors
+    and no ``loss``, is a ConfigError (never a loss silently replaced by the task's)."""
+    if objective.loss_key is not None:
+        v = out.get(objective.loss_key)
+        if not isinstance(v, torch.Tensor):
+            raise ConfigError(
+                f"model.loss_key={objective.loss_key!r}: not a tensor of the model's output "
+                f"{describe_output(out)} (keys: {', '.join(map(str, out))})"
+            )
+        return objective.loss_key
+    cands = loss_candidates(out)
+    if "loss" not in out and len(cands) > 1 and objective.loss_fn is None:
+        raise ConfigError(
+            f"model output {describe_output(out)} holds several 0-dim tensors ({', '.join(cands)}) and no "
+            "'loss': set model.loss_key=NAME to say which one trains"
+        )
+    return loss_key_of(out)
+
+
 def _probe_local(
     cfg: Config,
     module: nn.Module,
@@ -105,7 +126,8 @@ def _probe_local(
             f"model.name={cfg.model.name!r}: forward on a micro-batch of {n} from "
             f"data.name={cfg.data.name!r} failed: {type(e).__name__}: {_first_line(e)}"
         ) from None
-    preds, own = split_output(out)
+    key = _check_loss_key(out, objective) if isinstance(out, Mapping) else None
+    preds, own = split_output(out, objective.loss_key)
     if objective.loss_fn is None and own is None:
         try:
             check_fit(info.task, info, preds, y, out)
@@ -131,6 +153,8 @@ def _probe_local(
     source = (
         "train.loss"
         if objective.loss_fn is not None
+        else f"the model's loss ({key})"
+        if own is not None and key not in (None, "loss")
         else "the model's loss"
         if own is not None
         else "task loss"

@@ -5,15 +5,23 @@ and ``base_lrs``; a changed ``train.epochs`` / ``train.max_steps`` silently re-s
 With ``run.resume_config_change=allow`` every changed key either takes effect (optimizer hyperparameters and
 the LR schedule are rebuilt from the new config at the resumed step) or is refused because it cannot (the
 model's shape, the data, the optimizer type, the seed that orders the data), and the log says which.
+
+A refused resume names every way out once, each one step: put the old values back, allow the change
+(when it can take effect), a new run (the exact command, with a new run dir), or start over in this run
+dir (``run.resume=restart``, which keeps the old outputs).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from typing import Optional
 
 from torch import nn
 
-from ..config import Config, ConfigError, flat
+from ..config import Config, ConfigError, flat, from_dict, math_diff
+from ..runtime.command import rerun_command
 from .optim import build_scheduler, lr_lambda, param_groups
 
 log = logging.getLogger("trainer")
@@ -57,14 +65,75 @@ def refused(changed: list[tuple[str, object, object]]) -> list[str]:
     ]
 
 
-def check_allowed(changed, path: str) -> None:
+def check(saved: Optional[dict], cfg: Config, path: str, run_dir: str, remote: bool) -> list:
+    """The config changes of a resume from ``path`` (whose manifest recorded ``saved``), or a ConfigError
+    that names every way out. ``remote``: the checkpoints live on an object store (nothing can be moved
+    aside there, so restarting in place is not one of the ways)."""
+    if saved is None:
+        return []
+    allow = cfg.run.resume_config_change == "allow"
+    ways = _other_ways(cfg, run_dir, remote)
+    try:
+        old = from_dict(saved)
+    except ConfigError as e:
+        if allow:
+            return []
+        raise ConfigError(
+            f"run.resume: checkpoint {path} records a config this version no longer accepts ({e}); choose "
+            f"one: resume it with the current config (add run.resume_config_change=allow) | {ways}"
+        ) from None
+    changed, diff = changes(old, cfg), math_diff(old, cfg)
     bad = refused(changed)
     if bad:
-        what = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed if k in bad)
+        back = _old_values(changed, bad)
+        can = [k for k in diff if k not in bad]
+        if can and not allow:  # the other changes can stay, with allow: one step, not two refusals
+            back += f" and add run.resume_config_change=allow ({', '.join(can)} can change: it takes effect)"
         raise ConfigError(
-            f"run.resume_config_change=allow: {what} cannot change on resume from {path} (the weights, "
-            "optimizer state or data order depend on it); resume with the old value or start a new run.dir"
+            f"run.resume: {_items(changed, bad)} cannot change on resume from {path} (the weights, optimizer "
+            f"state or data order depend on it); choose one: put back {back} | {ways}"
         )
+    if diff and not allow:
+        raise ConfigError(
+            f"run.resume: checkpoint {path} was trained with a different config: {_items(changed, diff)}; "
+            "choose one: continue it with the change (add run.resume_config_change=allow; it takes effect "
+            f"from the resumed step) | put back {_old_values(changed, diff)} | {ways}"
+        )
+    return changed
+
+
+def _items(changed, keys) -> str:
+    return ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed if k in keys)
+
+
+def _override(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)  # YAML reads JSON's null, true, [1, 2]
+
+
+def _old_values(changed, keys) -> str:
+    return " ".join(f"{k}={_override(a)}" for k, a, _ in changed if k in keys)
+
+
+def new_run_dir(run_dir: str) -> str:
+    """``D-2`` (or the first ``D-N`` that does not exist yet)."""
+    base, i = os.path.normpath(run_dir), 2
+    while os.path.exists(f"{base}-{i}"):
+        i += 1
+    return f"{base}-{i}"
+
+
+def _other_ways(cfg: Config, run_dir: str, remote: bool) -> str:
+    """The ways out that do not touch the config keys: a new run, or starting over here."""
+    fresh = {"run.dir": new_run_dir(run_dir)}
+    if cfg.run.resume not in ("auto", "never", "restart"):  # resuming an explicit checkpoint: not that one
+        fresh["run.resume"] = "auto"
+    if remote:
+        return f"a new run: {rerun_command(fresh)} with a new checkpoint.dir"
+    kept = os.path.join(run_dir, "previous-<time>")
+    return (
+        f"a new run: {rerun_command(fresh)} | start over in {run_dir}: add run.resume=restart (the old "
+        f"outputs are kept in {kept})"
+    )
 
 
 def rebuild_schedule(optimizer, module: nn.Module, cfg: Config, total_steps: int, step: int):

@@ -21,6 +21,7 @@ from torch.distributed._composable import checkpoint
 from ..config import Config, ConfigError
 from ..models import GPT, unwrap
 from ..runtime.dist import DistState
+from . import syncbn
 from .units import describe, find_units
 
 log = logging.getLogger("trainer")
@@ -147,6 +148,7 @@ class Strategy:
             self.module = module
         else:
             self.module = module.to(self.state.device)
+        self.module = self._sync_batchnorm(self.module)
         t = self.cfg.train
         own_ac = isinstance(unwrap(module), GPT)  # the built-in GPT recomputes its blocks itself
         units, rule = [], ""
@@ -190,6 +192,34 @@ class Strategy:
         self.model = model
         return optimizer
 
+    def _sync_batchnorm(self, module: nn.Module) -> nn.Module:
+        """train.sync_batchnorm: BatchNorm layers synchronised across processes (syncbn.py), logged."""
+        n = syncbn.count_batchnorm(module)
+        want = self.cfg.train.sync_batchnorm
+        if not n:
+            return module
+        many = self.state.world_size > 1 and self.mode in ("ddp", "fsdp", "accelerate")
+        if want == "false":
+            if many:
+                log.warning(
+                    "train.sync_batchnorm=false: %d BatchNorm layer(s) keep per-process statistics, so %d "
+                    "processes train a different model than one",
+                    n,
+                    self.state.world_size,
+                )
+            return module
+        if not many:
+            if want == "true":
+                log.info("train.sync_batchnorm=true: one process (%s), nothing to synchronise", self.mode)
+            return module
+        log.info(
+            "train.sync_batchnorm=%s: %d BatchNorm layer(s) -> SyncBatchNorm (statistics over the global "
+            "batch, as one process computes them)",
+            want,
+            n,
+        )
+        return syncbn.convert(module, self.state.device)
+
     def _fill_from_rank0(self, full: dict, buffers: dict) -> None:
         # ~2 s import (see full_state): only for a model whose weights only rank 0 read
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -229,6 +259,19 @@ class Strategy:
             self.scaler.scale(loss).backward()
         else:
             loss.backward()
+
+    def check_unused_parameters(self) -> None:
+        """After the first backward: under DDP without train.find_unused_parameters, a trainable parameter
+        that got no gradient is exit 2 naming the key (DDP itself would fail one step later with exit 1)."""
+        if self._ddp is None or self._ddp.find_unused_parameters:
+            return
+        unused = [n for n, p in self.module.named_parameters() if p.requires_grad and p.grad is None]
+        if unused:
+            shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
+            raise ConfigError(
+                f"ddp: {len(unused)} parameter(s) got no gradient in the first step ({shown}): set "
+                "train.find_unused_parameters=true (slower), or use every parameter in forward"
+            )
 
     def grad_norm(self, optimizer, params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
         """Total gradient norm (unscaled), clipping when max_norm > 0; stays on device."""

@@ -8,8 +8,9 @@ that do: summed and counted, never a mean of per-row means. The loop's distribut
 metric means the same thing wherever it is printed.
 
 :class:`Objective` is what a run trains on: the user's ``train.loss`` when given, else the model's own loss
-when its output carries one (``trainer.models.outputs.split_output``), else the task loss on the model's
-predictions. Eval uses the same choice, so eval loss and training loss mean the same thing.
+when its output carries one (``trainer.models.outputs.split_output``: ``model.loss_key``, ``loss``, or the
+only 0-dim tensor), else the task loss on the model's predictions. Eval uses the same choice, so eval loss
+and training loss mean the same thing.
 """
 
 from __future__ import annotations
@@ -87,8 +88,13 @@ class Objective:
     output. Built-in models return a tensor and take the first branch of :meth:`loss`: no extra cost.
     """
 
-    def __init__(self, task: str, loss_fn: Optional[Callable[[Any, torch.Tensor], torch.Tensor]] = None):
-        self.task, self.loss_fn = task, loss_fn
+    def __init__(
+        self,
+        task: str,
+        loss_fn: Optional[Callable[[Any, torch.Tensor], torch.Tensor]] = None,
+        loss_key: Optional[str] = None,
+    ):
+        self.task, self.loss_fn, self.loss_key = task, loss_fn, loss_key
 
     @classmethod
     def for_run(cls, cfg: Config, task: str, loss_fn: Optional[Callable] = None) -> Objective:
@@ -96,7 +102,7 @@ class Objective:
         fn = loss_fn or (import_object("train.loss", cfg.train.loss) if cfg.train.loss else None)
         if fn is not None and not callable(fn):
             raise ConfigError(f"train.loss={cfg.train.loss!r}: {type(fn).__name__} is not callable")
-        return cls(task, fn)
+        return cls(task, fn, cfg.model.loss_key)
 
     def loss(self, out: Any, y: torch.Tensor) -> torch.Tensor:
         if self.loss_fn is None and type(out) is torch.Tensor:
@@ -105,7 +111,7 @@ class Objective:
 
     def parts(self, out: Any, y: torch.Tensor) -> tuple[Optional[torch.Tensor], torch.Tensor, bool]:
         """(predictions, loss, whether the loss is a batch mean from the model or train.loss)."""
-        preds, own = split_output(out)
+        preds, own = split_output(out, self.loss_key)
         if self.loss_fn is not None:
             return preds, self.loss_fn(out, y), True
         if own is not None:
@@ -117,7 +123,7 @@ class Objective:
     def eval_sums(self, out: Any, y: torch.Tensor, valid: int) -> torch.Tensor:
         if self.loss_fn is None and type(out) is torch.Tensor:
             return eval_sums(self.task, out, y, valid)
-        preds, own = split_output(out)
+        preds, own = split_output(out, self.loss_key)
         if self.loss_fn is not None:
             own = self.loss_fn(out, y)
         return eval_sums(self.task, preds, y, valid, own)
