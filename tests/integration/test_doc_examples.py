@@ -107,6 +107,7 @@ def _run(block: docblocks.Block, checkout, env: dict) -> subprocess.CompletedPro
 PAGES = [p for p in docblocks.pages() if any(b.kind != "skip" for b in docblocks.runnable(p))]
 
 
+@pytest.mark.timeout(1200)  # a page runs several blocks, each up to BLOCK_TIMEOUT on a loaded machine
 @pytest.mark.parametrize("page", PAGES)
 def test_every_example_of_the_page_runs(page, checkout, request):
     env = _env(checkout)
