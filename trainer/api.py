@@ -128,7 +128,8 @@ def fit(
     ``config``: a YAML path, a dict, a ``Config`` or None (defaults); ``overrides``: dotted ``KEY=VALUE``
     strings on top. ``model``: an ``nn.Module`` used instead of ``model.name``; ``train_data`` /
     ``eval_data``: map-style datasets whose samples are ``(x, y)`` pairs or dicts (an HF ``datasets.Dataset``
-    in torch format works); without ``eval_data`` the train data is split by ``data.eval_fraction``.
+    in torch format works), or an ``IterableDataset`` stream (docs/data.md "Streaming data"); without
+    ``eval_data`` the train data is split by ``data.eval_fraction`` (a stream has no split: no eval).
     ``loss``: ``fn(outputs, targets) -> scalar tensor`` used instead of ``train.loss``. The run's
     ``config.yaml`` records the objects' classes as ``model.name`` / ``data.name`` / ``train.loss``.
     """

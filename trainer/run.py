@@ -28,7 +28,7 @@ from .checkpoint import mirror, stores
 from .checkpoint.hf_export import write_adapter, write_hf_dir
 from .checkpoint.weights import merge_lora_state, write_safetensors
 from .config import Config, ConfigError
-from .data import build_datasets, wrap_datasets
+from .data import Stream, build_datasets, wrap_datasets
 from .exitcodes import OK, PREEMPTED
 from .models import build_model, flops_per_sample, prepare_user_model
 from .models.outputs import model_io
@@ -277,10 +277,18 @@ def _make_run_dir(
 
 def _data(cfg: Config, given: Given):
     if given.train_data is not None:
-        return wrap_datasets(cfg, given.train_data, given.eval_data, key="fit(train_data=...)")
-    if given.eval_data is not None:
+        made = wrap_datasets(cfg, given.train_data, given.eval_data, key="fit(train_data=...)")
+    elif given.eval_data is not None:
         raise ConfigError("fit(eval_data=...): needs train_data too")
-    return build_datasets(cfg)
+    else:
+        made = build_datasets(cfg)
+    train = made[0]
+    if isinstance(train, Stream) and train.length is None and not cfg.train.max_steps:
+        raise ConfigError(
+            f"train.max_steps=0: data.name={cfg.data.name!r} is a stream with no length (it may never end), "
+            "so train.epochs cannot say how many steps to run; set train.max_steps"
+        )
+    return made
 
 
 def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Given] = None) -> Parts:
@@ -310,9 +318,10 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
         module = prepare_for_finetune(module, cfg)  # model.init_from, LoRA wrapping, trainable report
         trainable, total = apply_freeze(module, cfg.train.freeze)
         io = model_io(cfg, module, info)
+        samples = train_ds.head if isinstance(train_ds, Stream) else train_ds  # a stream's first samples
         objective = Objective.for_run(cfg, info.task, given.loss)
         # before the run dir exists: a model that does not fit the data is exit 2 with nothing written
-        probed = probe(cfg, state, module, train_ds, info, io, objective, micro)
+        probed = probe(cfg, state, module, samples, info, io, objective, micro)
         # MFU is reported on CUDA only; counting FLOPs runs a forward (and imports torch._dynamo, ~1.3 s).
         flops = flops_per_sample(module, info) if state.device.type == "cuda" else None  # before FSDP shards
         run_dir, resume_path, lease = _make_run_dir(cfg, state, created)

@@ -23,6 +23,7 @@ KINDS = {
     "path": "an existing file or directory",
     "import": "package.module:Name",
     "checkpoint": "an existing checkpoint path",
+    "data": "an existing file or directory, a glob or a storage URL",
 }
 
 
@@ -152,11 +153,16 @@ class DataConfig:
     )
     path: Optional[str] = _f(
         None,
-        "File or directory for text, tokens (.bin), tensors (.npy/.npz/.pt), csv and jsonl data.",
-        kind="path",
+        "File or directory for text, tokens (.bin), tensors (.npy/.npz/.pt), csv and jsonl data. For "
+        "jsonl, text and tokens also a glob (data/train-*.jsonl), a directory of shards or an s3:// URL: "
+        "streamed, read lazily (docs/data.md, Streaming data).",
+        kind="data",
     )
     eval_path: Optional[str] = _f(
-        None, "jsonl: a held-out file for evaluation (default: a data.eval_fraction split).", kind="path"
+        None,
+        "jsonl: a held-out file for evaluation (default: a data.eval_fraction split). Streamed shards "
+        "(jsonl, text, tokens): a file, glob or URL read into memory as the eval set (default: none).",
+        kind="data",
     )
     tokenizer: Optional[str] = _f(
         None, "jsonl: a local tokenizer directory (default: model.path).", kind="path"
@@ -212,6 +218,13 @@ class DataConfig:
     )
     pin_memory: bool = _f(True, "Pin host memory when training on CUDA.")
     prefetch_factor: int = _f(2, "Batches prefetched per worker (num_workers > 0).", ge=1)
+    shuffle_buffer: int = _f(
+        0,
+        "Streams (an IterableDataset, or data.path a glob/directory of shards/URL): shuffle within "
+        "consecutive windows of N samples, seeded by (seed, epoch, window); memory N samples per reader. "
+        "0 = stream order.",
+        ge=0,
+    )
 
 
 @dataclass

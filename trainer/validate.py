@@ -133,7 +133,7 @@ def _check_kinds(cfg: Config) -> None:
             continue
         if _KIND_CHECKS[kind](value):
             continue
-        if kind == "path":
+        if kind in ("path", "data"):
             raise ConfigError(f"{key}={value!r}: no such file or directory")
         if builtin:
             near = did_you_mean(value, builtin)
@@ -147,6 +147,8 @@ _KIND_CHECKS = {
     "path": os.path.exists,
     "import": lambda v: _is_import_path(v),
     "checkpoint": lambda v: _is_url(v) or os.path.exists(v),
+    # streamed shards (trainer/data/shards.py): a glob or URL is listed when the run starts
+    "data": lambda v: os.path.exists(v) or _is_url(v) or any(c in v for c in "*?["),
 }
 
 
@@ -178,7 +180,12 @@ def _check_shapes(cfg: Config) -> None:
                 coerce(f"optim.param_groups[{i}].{k}", g[k], float, {"ge": 0.0})
     if steps and (len(steps) != 2 or not 0 <= steps[0] < steps[1]):
         raise ConfigError(f"profile.steps={steps!r}: expected [start, end] with start < end")
-    for key, url in (("checkpoint.dir", cfg.checkpoint.dir), ("run.resume", cfg.run.resume)):
+    for key, url in (
+        ("checkpoint.dir", cfg.checkpoint.dir),
+        ("run.resume", cfg.run.resume),
+        ("data.path", cfg.data.path),
+        ("data.eval_path", cfg.data.eval_path),
+    ):
         if url and _is_url(url):
             _check_url(key, url)
     _validate_trackers(cfg.log.trackers)
@@ -210,8 +217,13 @@ def _check_across(cfg: Config) -> None:
             raise ConfigError(
                 f"data.tokenizer=None: data.name=jsonl with model.name={m.name!r} needs a tokenizer directory"
             )
-        if d.path and not os.path.isfile(d.path):
-            raise ConfigError(f"data.path={d.path!r}: data.name=jsonl needs a file")
+        if d.path and os.path.lexists(d.path) and not (os.path.isfile(d.path) or os.path.isdir(d.path)):
+            raise ConfigError(f"data.path={d.path!r}: data.name=jsonl needs a file, a directory or a glob")
+        if d.path and os.path.isfile(d.path) and d.eval_path and not os.path.isfile(d.eval_path):
+            raise ConfigError(
+                f"data.eval_path={d.eval_path!r}: data.path is one file (read into memory), so the eval set "
+                "is one file too (shard globs, directories and URLs stream: give data.path as one)"
+            )
     if m.name == "gpt" and m.n_embd % m.n_head:
         raise ConfigError(f"model.n_embd={m.n_embd}: must be divisible by model.n_head={m.n_head}")
     for key, name, kwargs, builtin in (

@@ -99,7 +99,7 @@ def test_overhead_smoke(runs):
 def test_datapipe_smoke(runs):
     out, doc = result(runs, "datapipe")
     assert "data wait %" in out
-    assert [r["recipe"] for r in doc["rows"]] == ["cnn", "gpt"]
+    assert [r["recipe"] for r in doc["rows"]] == ["cnn", "gpt", "gpt tokens, streamed shards"]
     for r in doc["rows"]:
         assert pos(r["step_ms"]) and pos(r["data_wait_pct"]) and pos(r["data_wait_ms"]), r
         assert "num_workers=0" in r["loader"]

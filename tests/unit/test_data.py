@@ -14,7 +14,7 @@ import torch
 
 from trainer import config
 from trainer.config import ConfigError
-from trainer.data import build_datasets, split_indices
+from trainer.data import Stream, build_datasets, split_indices
 from trainer.data.files import read_corpus, stdlib_corpus_files
 
 torch.set_num_threads(1)
@@ -237,9 +237,9 @@ def test_token_directory_layouts(tmp_path):
     np.arange(200, dtype=np.uint16).tofile(single / "corpus.bin")
     tr, ev, _ = build("data.name=tokens", f"data.path={single}", "model.block_size=8")
     assert tr.stop == 180 and ev.start == 180
-    (single / "other.bin").write_bytes(b"\0\0")
-    with pytest.raises(ConfigError, match="data.path=.*exactly one .bin"):
-        build("data.name=tokens", f"data.path={single}", "model.block_size=8")
+    np.arange(100, dtype=np.uint16).tofile(single / "other.bin")
+    tr, ev, _ = build("data.name=tokens", f"data.path={single}", "model.block_size=8")  # shards: a stream
+    assert isinstance(tr, Stream) and tr.length == 199 // 8 + 99 // 8 and len(ev) == 0
 
 
 def test_token_errors(tmp_path):

@@ -136,7 +136,7 @@ def test_code_comments_point_at_docs_pages_not_readme_sections():
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    pattern = re.compile(r"README(\.md)?[\"' ,]*\"[A-Z]|README's \"")
+    pattern = re.compile(r"README(\.md)?('s)?,? *\"?[A-Z][a-z]")  # a README section named in a comment
     bad = []
     for rel in listed:
         if rel.endswith(".md") or not os.path.isfile(os.path.join(ROOT, rel)):

@@ -25,11 +25,20 @@ from .layout import (
     CheckpointError,
     Progress,
     checkpoint_root,
+    data_file,
     sha256_file,
     step_name,
     versions,
 )
-from .read import consolidated_model_state, is_sharded, load_state, ranked_by_monitor, read_manifest, verify
+from .read import (
+    consolidated_model_state,
+    is_sharded,
+    load_rank_data,
+    load_state,
+    ranked_by_monitor,
+    read_manifest,
+    verify,
+)
 from .transaction import (
     CheckpointDir,
     atomic_torch_save,
@@ -53,7 +62,9 @@ __all__ = [
     "atomic_write_text",
     "checkpoint_root",
     "consolidated_model_state",
+    "data_file",
     "is_sharded",
+    "load_rank_data",
     "load_state",
     "ranked_by_monitor",
     "read_manifest",

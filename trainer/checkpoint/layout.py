@@ -38,6 +38,11 @@ def checkpoint_root(configured: Optional[str], run_dir: str) -> str:
     return configured or os.path.join(run_dir, "checkpoints")
 
 
+def data_file(rank: int) -> str:
+    """A rank's stream loader state (torchdata StatefulDataLoader state_dict), for streamed data only."""
+    return f"data-rank{rank:05d}.pt"
+
+
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 
 from . import stores
-from .layout import DCP, MANIFEST, STATE, CheckpointError
+from .layout import DCP, MANIFEST, STATE, CheckpointError, data_file
 
 log = logging.getLogger("trainer")
 
@@ -147,6 +147,19 @@ def load_state(
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {ckpt}: {STATE} does not hold a state dict")
     return state, rng
+
+
+def load_rank_data(ckpt: str, rank: int) -> Optional[dict]:
+    """A rank's stream loader state, or None (map-style data, or a checkpoint from before streams).
+    Called after ``load_state`` has verified every checksum."""
+    store = stores.for_path(ckpt)
+    path = stores.join(ckpt, data_file(rank))
+    if not store.isfile(path):
+        return None
+    try:
+        return torch.load(_readable(store, path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {ckpt}: {_load_problem(data_file(rank), e)}") from None
 
 
 def _readable(store, path: str):

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Optional
 
 from ..runtime import atomic
+from ..runtime.io_faults import fsspec_options as storage_options  # noqa: F401  (re-exported)
 
 log = logging.getLogger("trainer")
 
@@ -70,19 +71,6 @@ def for_path(path: str) -> LocalStorage | FsspecStorage:
     if key not in _REMOTE:
         _REMOTE[key] = FsspecStorage(protocol)
     return _REMOTE[key]
-
-
-def storage_options(protocol: str) -> dict:
-    """fsspec keyword arguments for a protocol (also given to DCP's fsspec writer and reader)."""
-    if protocol not in ("s3", "s3a"):
-        return {}
-    client: dict = {}
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        client["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
-    if os.environ.get("AWS_REGION"):
-        client["region_name"] = os.environ["AWS_REGION"]
-    # No listings cache: several processes write one prefix, and `latest` must be read fresh every time.
-    return {"client_kwargs": client, "use_listings_cache": False, "skip_instance_cache": True}
 
 
 class LocalStorage:

@@ -5,6 +5,7 @@ Layout under ``checkpoint.dir`` (default ``<run.dir>/checkpoints/``)::
     step-00000100/            a committed checkpoint (renamed into place only when complete)
         state.pt              model, optimizer, scheduler, scaler, progress (rank 0; full, unsharded)
         rng-rank00000.pt      RNG state of each rank
+        data-rank00000.pt     a stream's loader position on each rank (streamed data only)
         manifest.json         step, epoch, samples, world size, config hash, versions, sha256 per file
     latest                    name of the newest committed checkpoint (atomic rename of a temp file)
     .tmp-step-00000200/       an interrupted write: ignored and cleaned on the next save
@@ -34,7 +35,7 @@ import torch
 
 from ..runtime import atomic
 from . import stores
-from .layout import DCP, LATEST, MANIFEST, STATE, CheckpointError, step_name, versions
+from .layout import DCP, LATEST, MANIFEST, STATE, CheckpointError, data_file, step_name, versions
 from .read import ranked_by_monitor, verify
 
 log = logging.getLogger("trainer")
@@ -218,6 +219,7 @@ class CheckpointDir:
         rng: dict,
         sharded: Optional[dict] = None,
         group=None,
+        data: Optional[dict] = None,
     ) -> None:
         """This rank's files, each durable (fsync) before the function returns.
 
@@ -227,6 +229,8 @@ class CheckpointDir:
         tmp = self.tmp_dir(step)
         _phase("before_data", step, rank)
         atomic_torch_save(rng, stores.join(tmp, f"rng-rank{rank:05d}.pt"))
+        if data is not None:  # a stream's loader position (data/stream.py)
+            atomic_torch_save(data, stores.join(tmp, data_file(rank)))
         if sharded is not None:
             from . import dcp_io  # torch.distributed.checkpoint costs ~0.9 s to import: FSDP runs only
 
@@ -274,6 +278,7 @@ class CheckpointDir:
         barrier: Callable[[], None],
         sharded: Optional[dict] = None,
         group=None,
+        data: Optional[dict] = None,
     ) -> str:
         """Synchronous save. Collective: every rank calls it; rank 0 passes the gathered `state`.
 
@@ -282,7 +287,7 @@ class CheckpointDir:
         """
         try:
             self.begin(step, rank, barrier)
-            self.write(step, rank, state, rng_state(), sharded, group)
+            self.write(step, rank, state, rng_state(), sharded, group, data)
             return self.commit(step, rank, world_size, manifest_extra, barrier)
         except OSError:
             self.discard(step)

@@ -160,6 +160,7 @@ def _open_tokens(cfg: Config, path: str) -> np.memmap:
 
 def tokens(cfg: Config):
     """A flat pre-tokenized .bin file, memory-mapped; or a directory with nanoGPT's train.bin + val.bin.
+    (A directory of several other .bin files, or a glob, is streamed as shards: ``shards.py``.)
 
     A single file (or a directory with exactly one .bin) is split like text: the last eval_fraction is
     eval. With train.bin and val.bin, val.bin is the eval set and eval_fraction is not used.

@@ -40,9 +40,12 @@ from ..config import Config, ConfigError
 from ..objects import build_object
 from .base import DataInfo, Indices, as_index, fingerprint, split_indices
 from .collate import collate, first_tensor, split_target
+from .stream import Stream, head_samples, is_stream, kind_of, stream_length
 
 log = logging.getLogger("trainer")
 
+HEAD_SAMPLES = 256  # samples a stream is read ahead at build time: task, num_classes, probe, fingerprint
+EVAL_STREAM_CAP = 100_000  # an eval stream is read into memory once; a longer one is refused
 LABEL_SCAN = 10_000  # samples scanned for the largest label when the dataset does not say num_classes
 FINGERPRINT_SAMPLES = 64  # a user dataset may be huge or lazy: fingerprint its length and first samples
 CONVENTION_SAMPLES = 8  # samples that decide whether LM labels are shifted already
@@ -256,17 +259,85 @@ def _tensors(x: Any) -> list[torch.Tensor]:
     return [x]
 
 
+class UserDecode:
+    """A block of a user stream's raw samples -> one micro-batch, converted like map-style samples."""
+
+    def __init__(self, task: str, target_key: str, shift: bool = False):
+        self.conv = UserDataset(None, task=task, target_key=target_key)
+        self.conv.shift = shift  # LM labels equal to the inputs: shifted as for map-style data
+
+    def __call__(self, raws: list) -> tuple[Any, torch.Tensor]:
+        c = self.conv
+        try:
+            return collate([c._convert(*c._pair(s), batched=False) for s in raws])
+        except RuntimeError as e:  # e.g. "stack expects each tensor to be equal size"
+            raise ConfigError(
+                f"data: stream samples cannot be batched ({str(e).splitlines()[0]}); pad them to one length"
+            ) from None
+
+
+def _materialize(obj: Any, key: str) -> list:
+    out = []
+    for s in obj:
+        out.append(s)
+        if len(out) > EVAL_STREAM_CAP:
+            raise ConfigError(
+                f"{key}: the eval stream has more than {EVAL_STREAM_CAP} samples (it is read into memory "
+                "once); give a map-style eval dataset or a shorter stream"
+            )
+    return out
+
+
+def wrap_stream(cfg: Config, made: Any, eval_made: Any, key: str):
+    """(Stream, eval dataset, DataInfo) for a user IterableDataset (docs/data.md)."""
+    d, tk = cfg.data, cfg.data.target_key
+    length = stream_length(made)
+    head = UserDataset(head_samples(made, HEAD_SAMPLES, key), target_key=tk)
+    info = _infer(cfg, key, made, head)
+    if eval_made is None:
+        evald = UserDataset([], task=info.task, target_key=tk)
+    else:
+        evald = UserDataset(
+            _materialize(eval_made, key) if is_stream(eval_made) else eval_made, target_key=tk
+        )
+        evald.task = info.task
+    _apply_convention(cfg, key, info, head, evald)
+    parts = ["stream", type(made).__qualname__, str(length)]
+    for i in range(min(len(head), FINGERPRINT_SAMPLES)):
+        x, y = head[i]
+        parts += [
+            t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy() for t in (*_tensors(x), y)
+        ]
+    info.fingerprint = fingerprint(*parts)
+    kind = kind_of(made)
+    x0 = head[0][0]
+    keys = f", keys {', '.join(x0)} -> forward" if isinstance(x0, Mapping) else ""
+    sharding = "sharded by the dataset itself" if kind == "self" else "sharded by position"
+    size = f"{length} samples a pass" if length is not None else "no length"
+    info.description = (
+        f"{d.name}: stream ({sharding}, {size}), {len(evald)} eval, "
+        f"input {info.input_shape}{keys}, {info.task} (user dataset)"
+    )
+    stream = Stream(made, UserDecode(info.task, tk, head.shift), kind, head, length, d.name)
+    return stream, evald, info
+
+
 def wrap(cfg: Config, made: Any, eval_made: Any = None, key: Optional[str] = None):
     """(train, eval, DataInfo) from what the user gave: one dataset (split here), a (train, eval) pair,
-    or a train dataset and an eval dataset."""
+    or a train dataset and an eval dataset. An iterable train dataset is a stream (``wrap_stream``)."""
     d = cfg.data
     key = key or f"data.name={d.name!r}"
     if eval_made is None and isinstance(made, tuple) and len(made) == 2:
         made, eval_made = made
+    if is_stream(made):
+        return wrap_stream(cfg, made, eval_made, key)
+    if is_stream(eval_made):
+        eval_made = _materialize(eval_made, key)
     for obj in (made, eval_made):
         if obj is not None and not (hasattr(obj, "__getitem__") and hasattr(obj, "__len__")):
             raise ConfigError(
-                f"{key}: got {type(obj).__name__}; expected a map-style Dataset or a (train, eval) pair"
+                f"{key}: got {type(obj).__name__}; expected a Dataset, an IterableDataset or a (train, eval) "
+                "pair (a generator object can be read only once: wrap it in an IterableDataset)"
             )
     tk = d.target_key
     if eval_made is not None:

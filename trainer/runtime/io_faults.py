@@ -58,3 +58,19 @@ def require_dir(path: str, what: str = "run.dir") -> None:
     """A directory the run writes into must still be there (never silently recreated)."""
     if not os.path.isdir(path):
         raise StorageError(f"storage error: {what} {path!r} was deleted or replaced while training")
+
+
+def fsspec_options(protocol: str) -> dict:
+    """fsspec keyword arguments for a protocol: checkpoints (stores.py, DCP) and streamed data shards.
+
+    Credentials and endpoint come the standard way (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_ENDPOINT_URL``, ``AWS_REGION``, or an instance role), read by botocore itself."""
+    if protocol not in ("s3", "s3a"):
+        return {}
+    client: dict = {}
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        client["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+    if os.environ.get("AWS_REGION"):
+        client["region_name"] = os.environ["AWS_REGION"]
+    # No listings cache: several processes write one prefix, and `latest` must be read fresh every time.
+    return {"client_kwargs": client, "use_listings_cache": False, "skip_instance_cache": True}

@@ -322,6 +322,11 @@ def compress_main(args: argparse.Namespace) -> int:
         raise config.ConfigError(f"--from {args.src!r}: already quantized; compress the float model")
     if len(eval_ds) == 0:
         raise config.ConfigError(f"data.eval_fraction={cfg.data.eval_fraction}: the eval split is empty")
+    if getattr(args, "finetune_steps", 0) and not hasattr(train_ds, "__len__"):  # a stream (data/stream.py)
+        raise config.ConfigError(
+            f"--finetune-steps {args.finetune_steps}: data.name={cfg.data.name!r} is a stream; fine-tuning "
+            "after pruning reads map-style training data (give a file or a map-style dataset)"
+        )
     bs = args.batch_size or cfg.train.batch_size
     reps = -(-bs // len(eval_ds))
     x, _ = eval_ds.get_batch(torch.arange(len(eval_ds)).repeat(reps)[:bs])

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .. import config as cfgmod
-from ..data import build_datasets
+from ..data import Stream, build_datasets
 from ..data.jsonl import PackedRows
 from ..data.tokenizer import load_tokenizer
 
@@ -70,7 +70,9 @@ def _describe(v: Any) -> Any:
 def text_report(cfg, ds: PackedRows, info, n: int, color: bool) -> dict:
     tok = load_tokenizer(info.extra["tokenizer"], "data.tokenizer")
     views = [document_view(tok, ds, d, color) for d in range(min(n, len(ds.docs)))]
-    return {"format": info.extra["counts"]["format"], **ds.stats(), "samples": views}
+    # a stream counts no split (it has no end): the layouts of the records it read first
+    fmt = info.extra["counts"]["format"] if "counts" in info.extra else info.extra.get("format", "?")
+    return {"format": fmt, **ds.stats(), "samples": views}
 
 
 def tensor_report(cfg, ds, info, n: int) -> dict:
@@ -94,6 +96,8 @@ def data_main(args: argparse.Namespace) -> int:
     cfg = cfgmod.load(args.config, args.overrides)
     train, evald, info = build_datasets(cfg)
     ds = train if args.split == "train" else evald
+    if isinstance(ds, Stream):  # a stream has no end to count: its first samples, as the trainer read them
+        ds = ds.head
     color = not args.json and sys.stdout.isatty()
     if isinstance(ds, PackedRows):
         report = text_report(cfg, ds, info, args.show, color)

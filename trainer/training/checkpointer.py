@@ -4,7 +4,8 @@
 ``CheckpointManager`` is handed its states: the strategy (which knows how the model and optimizer are
 sharded), the optimizer, the loop's own state (``train_state``: its ``state_dict()``/``load_state_dict()``
 cover the scheduler, scaler, progress and the best-checkpoint monitor), the progress counters, the loss
-tally and the trained parameters. One save runs: this module (what: finite check, the log window, the
+tally, the trained parameters, and for streamed data the loader (``data``: a ``StreamBatches`` whose per-rank
+state rides in the same transaction). One save runs: this module (what: finite check, the log window, the
 state dicts, the manifest's extra fields) -> ``saver.py`` (sync or async, one write in flight) ->
 ``trainer.checkpoint`` (how: the directory transaction).
 """
@@ -47,6 +48,7 @@ class Checkpointer:
         params: list,
         monitor: Monitor,
         task: str,
+        data=None,
     ):
         self.cfg, self.state, self.run_dir = cfg, state, run_dir
         self.strategy, self.optimizer, self.train_state = strategy, optimizer, train_state
@@ -57,6 +59,7 @@ class Checkpointer:
             monitor,
             task,
         )
+        self.data = data  # a stream's loader (trainer.data.StreamBatches), None for map-style data
         self.saver = Saver(cfg, state, run_dir)
         self.ckpts = self.saver.ckpts
         # Set when the run begins (``watch``): the metrics' flush, so every row up to a step is written before
@@ -113,7 +116,11 @@ class Checkpointer:
         }
         if evaluated is not None and self.monitor.record(evaluated):
             extra["monitor"] = self.monitor.record(evaluated)
-        return self.saver.save(step, state, extra, sharded, final, t0)
+        data = None
+        if self.data is not None:  # every rank's loader position, in the same transaction as the weights
+            extra["data_layout"] = self.data.layout
+            data = self.data.state_dict()
+        return self.saver.save(step, state, extra, sharded, final, t0, data)
 
     # the saver's verbs the loop calls between saves
     def poll(self, step: int) -> None:
@@ -149,6 +156,8 @@ class Checkpointer:
             self.strategy.load_full_state(self.optimizer, state["model"], state["optimizer"])
         self.train_state.load_state_dict(state)
         p = self.progress
+        if self.data is not None:
+            self._resume_stream(path, manifest)
         if rng is not None and manifest.get("world_size") == self.state.world_size:
             ckpt.set_rng_state(rng)
         else:  # different world size: fresh per-rank streams, still deterministic
@@ -166,6 +175,33 @@ class Checkpointer:
             manifest.get("world_size"),
         )
         return changed
+
+    def _resume_stream(self, path: str, manifest: dict) -> None:
+        """The stream's position: this rank's loader state on the same layout; on another layout an
+        index-sharded stream restarts its readers at the global position (exact, see data/stream.py),
+        and a self-sharded one is refused."""
+        b, p = self.data, self.progress
+        saved = manifest.get("data_layout") or {}
+        if saved == b.layout:
+            sd = ckpt.load_rank_data(path, self.state.rank)
+            if sd is not None:
+                b.load_state_dict(sd)
+                return
+        if b.layout["kind"] == "index" and saved.get("kind", "index") == "index":
+            log.warning(
+                "data: the checkpoint read the stream on %s; every reader restarts at global sample %d of "
+                "epoch %d (the position rule: exact, no sample repeated or skipped)",
+                b.describe_layout_change(saved),
+                p.samples_in_epoch,
+                p.epoch,
+            )
+            return
+        raise ConfigError(
+            f"run.resume: checkpoint {path} read a stream that shards itself on "
+            f"{b.describe_layout_change(saved)}; its position cannot be redistributed: resume with "
+            f"{saved.get('world_size')} process(es) and data.num_workers={saved.get('num_workers')}, or "
+            "start over (run.resume=restart, or a new run.dir)"
+        )
 
 
 def refuse_old_lora(model_state: dict, path: str) -> None:

@@ -145,4 +145,4 @@ class Ending:
 
 
 def format_eval(res: dict) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in res.items() if k not in ("samples", "tokens"))
+    return "  ".join(f"{k} {v:.4f}" for k, v in res.items() if k not in ("samples", "tokens")) or "none"

@@ -15,10 +15,11 @@ from typing import Optional
 import torch
 
 from .. import checkpoint as ckpt
-from ..config import Config, active_trackers
+from ..config import Config, ConfigError, active_trackers
 from ..data.collate import to_device
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
+from ..data.stream import Stream, StreamBatches
 from ..exitcodes import INTERNAL, NONFINITE, OK, PREEMPTED
 from ..models.outputs import ModelIO, split_output
 from ..runtime import dist, io_faults
@@ -79,17 +80,35 @@ class Trainer:
         self.run_dir = run_dir
         self.device = state.device
         t, d = cfg.train, cfg.data
-        self.sampler = GlobalBatchSampler(
-            len(train_ds), t.batch_size, t.grad_accum, state.rank, state.world_size, cfg.seed
-        )
-        self.batches = BatchSource(
-            train_ds,
-            self.sampler,
-            d.num_workers,
-            d.pin_memory and self.device.type == "cuda",
-            d.prefetch_factor,
-        )
-        self.total_steps = t.max_steps or t.epochs * self.sampler.steps_per_epoch
+        pin = d.pin_memory and self.device.type == "cuda"
+        self.stream = isinstance(train_ds, Stream)  # an IterableDataset or shard glob (data/stream.py)
+        self.sampler: Optional[GlobalBatchSampler] = None
+        if self.stream:
+            self.batches = StreamBatches(
+                train_ds,
+                state.rank,
+                state.world_size,
+                t.batch_size // (state.world_size * t.grad_accum),
+                t.batch_size,
+                d.num_workers,
+                d.shuffle_buffer,
+                cfg.seed,
+                pin,
+                d.prefetch_factor,
+            )
+            steps_per_epoch = self.batches.steps_per_epoch
+        else:
+            self.sampler = GlobalBatchSampler(
+                len(train_ds), t.batch_size, t.grad_accum, state.rank, state.world_size, cfg.seed
+            )
+            self.batches = BatchSource(train_ds, self.sampler, d.num_workers, pin, d.prefetch_factor)
+            steps_per_epoch = self.sampler.steps_per_epoch
+            if d.shuffle_buffer:
+                log.warning(
+                    "data.shuffle_buffer=%d has no effect: the data is map-style, shuffled whole every epoch",
+                    d.shuffle_buffer,
+                )
+        self.total_steps = t.max_steps or t.epochs * steps_per_epoch
         self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
         self.progress = ckpt.Progress()
         self.params = [p for p in strategy.module.parameters() if p.requires_grad]
@@ -129,6 +148,7 @@ class Trainer:
             params=self.params,
             monitor=self.monitor,
             task=info.task,
+            data=self.batches if self.stream else None,
         )
         self.segments = Segments()  # the run's time across starts and resumes (summary.json)
         self.ending = Ending(
@@ -403,22 +423,31 @@ class Trainer:
         self._since_log = 0
         self.strategy.model.train()
         if len(self.eval_ds) == 0:
-            log.info("no evaluation: the eval split is empty (data.eval_fraction=%s)", cfg.data.eval_fraction)
+            if self.stream:
+                log.info("no evaluation: a stream has no held-out split (give eval_data= or data.eval_path)")
+            else:
+                log.info(
+                    "no evaluation: the eval split is empty (data.eval_fraction=%s)", cfg.data.eval_fraction
+                )
         if cfg.profile.steps and self.state.is_main:
             self._profiler = Profiler(cfg.profile.steps, self.run_dir)
 
     def _run_epoch(self) -> int:
         """The rest of the current epoch (all of it unless resumed mid-epoch); returns the exit code."""
         p, t = self.progress, self.cfg.train
-        self.sampler.set_position(p.epoch, p.samples_in_epoch)
-        self.train_ds.set_epoch(p.epoch)
-        batches = self.batches.epoch_iter()
+        if self.stream:
+            batches = self.batches.epoch_iter(p.epoch, p.samples_in_epoch)
+        else:
+            self.sampler.set_position(p.epoch, p.samples_in_epoch)
+            self.train_ds.set_epoch(p.epoch)
+            batches = self.batches.epoch_iter()
+        ended = False
         while p.step < self.total_steps:
             self.watchdog.mark(p.step + 1, "data")
             t_data = time.perf_counter()
-            try:
-                micro = [self._to_device(next(batches)) for _ in range(t.grad_accum)]
-            except StopIteration:
+            micro = self._draw(batches)
+            if micro is None:
+                ended = True
                 break
             self._watch.data_s += time.perf_counter() - t_data
             if self._profiler:
@@ -431,10 +460,40 @@ class Trainer:
             code = self._after_step()
             if code != OK or self.ending.stopped_early:
                 return code
-        if p.samples_in_epoch >= self.sampler.steps_per_epoch * t.batch_size:
+        if self.stream and ended:
+            if p.samples_in_epoch == 0:
+                raise ConfigError(
+                    f"data.name={self.cfg.data.name!r}: the stream ended without one full step in epoch "
+                    f"{p.epoch} (train.batch_size={t.batch_size} samples across all processes)"
+                )
+            log.info(
+                "data: epoch %d of the stream ended after %d samples (step %d); the next pass starts",
+                p.epoch,
+                p.samples_in_epoch,
+                p.step,
+            )
+            p.epoch += 1
+            p.samples_in_epoch = 0
+        elif not self.stream and p.samples_in_epoch >= self.sampler.steps_per_epoch * t.batch_size:
             p.epoch += 1
             p.samples_in_epoch = 0
         return OK
+
+    def _draw(self, batches) -> Optional[list]:
+        """This step's micro-batches on device, or None at the end of the epoch. A stream may run out on
+        one rank before the others: the ranks agree on every step (one flag all-reduced on the side group)
+        and stop together, so none waits for a peer that has no batch (a partial global step is not
+        trained, as the map-style sampler drops the last partial batch)."""
+        try:
+            micro = [self._to_device(next(batches)) for _ in range(self.cfg.train.grad_accum)]
+        except StopIteration:
+            micro = None
+        if self.stream and self.state.distributed:
+            if not dist.all_true(self.state, micro is not None):
+                if micro is not None:
+                    log.info("data: another rank's stream ran out; this rank ends the epoch with it")
+                return None
+        return micro
 
     def _after_step(self) -> int:
         """Log, eval, save and the preemption check, each at its own interval; returns the exit code."""

@@ -44,6 +44,7 @@ REFUSED = (
     "data.token_dtype",
     "data.target",
     "data.max_bytes",
+    "data.shuffle_buffer",
     "train.freeze",
 )
 # ... except these, which only change what happens from now on

@@ -52,14 +52,22 @@ class Saver:
         self.phase("checkpoint")
 
     def save(
-        self, step: int, state: Optional[dict], extra: dict, sharded: Optional[dict], final: bool, t0: float
+        self,
+        step: int,
+        state: Optional[dict],
+        extra: dict,
+        sharded: Optional[dict],
+        final: bool,
+        t0: float,
+        data: Optional[dict] = None,
     ) -> Optional[str]:
-        """Collective. Async (checkpoint.async_save) except for the last save of a run."""
+        """Collective. Async (checkpoint.async_save) except for the last save of a run. ``data``: this
+        rank's stream loader state (``data-rankN.pt``), None for map-style data."""
         self.close()  # the previous checkpoint's mirror copy is complete before this save starts
         self.saved_at = step
         if self.writer is not None:
             self.finish(step)  # at most one write in flight
-            self.writer.start(step, state, extra, sharded, self.state.ckpt_group)
+            self.writer.start(step, state, extra, sharded, self.state.ckpt_group, data)
             log.info(
                 "checkpoint step %d: async write started (step loop blocked %.3fs)",
                 step,
@@ -76,6 +84,7 @@ class Saver:
                 self._barrier,
                 sharded,
                 self.state.ckpt_group,
+                data,
             )
         except Exception as e:
             self._raise_storage(e, step)
@@ -210,11 +219,18 @@ class AsyncWriter:
         return self._step
 
     def start(
-        self, step: int, state: Optional[dict], extra: dict, sharded: Optional[dict] = None, group=None
+        self,
+        step: int,
+        state: Optional[dict],
+        extra: dict,
+        sharded: Optional[dict] = None,
+        group=None,
+        data: Optional[dict] = None,
     ) -> None:
         if self.in_flight:
             self.wait()
         state = _clone_tree(state) if state is not None else None
+        data = _clone_tree(data) if data is not None else None
         sharded = _clone_tree(sharded) if sharded is not None else None
         rng = rng_state()
         self.ckdir.begin(step, self.rank, self.barrier)
@@ -222,7 +238,7 @@ class AsyncWriter:
 
         def run():
             try:
-                self.ckdir.write(step, self.rank, state, rng, sharded, group)
+                self.ckdir.write(step, self.rank, state, rng, sharded, group, data)
             except BaseException as e:  # re-raised in the main thread at the next poll
                 self._error = e
 
