@@ -53,9 +53,10 @@ def pages() -> list[str]:
     return ["README.md", *walk(nav)]
 
 
-def blocks(page: str) -> list[Block]:
-    """Every fenced block of a page, with its marker; a malformed marker raises ValueError."""
-    with open(os.path.join(ROOT, page), encoding="utf-8") as fh:
+def blocks(page: str, root: str | None = None) -> list[Block]:
+    """Every fenced block of a page (under ``root``, default the repository), with its marker; a malformed
+    marker raises ValueError."""
+    with open(os.path.join(root or ROOT, page), encoding="utf-8") as fh:
         lines = fh.read().splitlines()
     out, i = [], 0
     while i < len(lines):
@@ -87,5 +88,5 @@ def blocks(page: str) -> list[Block]:
     return out
 
 
-def runnable(page: str) -> list[Block]:
-    return [b for b in blocks(page) if b.lang]
+def runnable(page: str, root: str | None = None) -> list[Block]:
+    return [b for b in blocks(page, root) if b.lang]

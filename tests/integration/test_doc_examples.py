@@ -112,7 +112,7 @@ PAGES = [p for p in docblocks.pages() if any(b.kind != "skip" for b in docblocks
 @pytest.mark.parametrize("page", PAGES)
 def test_every_example_of_the_page_runs(page, checkout, request):
     env = _env(checkout)
-    for block in docblocks.runnable(page):
+    for block in docblocks.runnable(page, str(checkout)):  # the pages as copied, with the code they describe
         if block.kind == "skip":
             TIMES.append((block.where, f"skipped ({block.note})", 0.0, 0.0))
             continue
