@@ -40,6 +40,8 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true",
                    help="tiny sizes, a few seconds: checks the script runs (CI)")
+    p.add_argument("--quick", action="store_true",
+                   help="full sizes, fewer repeats (a few minutes on a busy machine; the spread is wider)")
     p.add_argument("--out", default=None,
                    help="directory for the JSON (default: $OUT if set, else bench/results)")
     return p
@@ -125,7 +127,6 @@ def env_info() -> dict:
         "accelerate": _dist_version("accelerate"),
         "lightning_fabric": _dist_version("lightning-fabric"),
         "git": _git_head(),
-        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -135,20 +136,116 @@ def env_info() -> dict:
     return info
 
 
-def write_result(name: str, args: argparse.Namespace, payload: dict) -> str:
-    """Write ``{name}[-smoke]-YYYYMMDD.json``; ``payload`` has at least settings and rows."""
-    env = env_info()
-    command = " ".join(["python -m bench." + name, *sys.argv[1:]])
-    doc = {"bench": name, "smoke": bool(args.smoke), "command": command, "env": env, **payload}
-    doc["env"]["loadavg_1m_end"] = doc["env"].pop("loadavg_1m")
-    if "loadavg_start" in payload:
-        doc["env"]["loadavg_1m_start"] = doc.pop("loadavg_start")
+def result_path(name: str, args: argparse.Namespace) -> str:
     stamp = datetime.date.today().strftime("%Y%m%d")
-    path = os.path.join(result_dir(args), f"{name}{'-smoke' if args.smoke else ''}-{stamp}.json")
+    return os.path.join(result_dir(args), f"{name}{'-smoke' if args.smoke else ''}-{stamp}.json")
+
+
+def _write_json(path: str, doc: dict) -> None:
+    # a reader (or a timeout) sees the previous version or this one, never half
     with atomic.atomic_open(path, "w") as fh:
         json.dump(_jsonable(doc), fh, indent=1)
         fh.write("\n")
-    return path
+
+
+class Report:
+    """The JSON of one bench run, rewritten after every row (or round), so a run cut short by a timeout still
+    leaves what it finished; ``status`` says "running" until ``close()``.
+
+    It records the machine's state: the 1-minute load average and the CPU idle time of the whole machine
+    (/proc/stat) at the start and at every write, so each table can say whether a core was free while it
+    ran (``machine_line``).
+    """
+
+    def __init__(self, name: str, args: argparse.Namespace, settings: dict, threads: int = 1, **extra: Any):
+        self.name, self.threads = name, threads
+        self.path = result_path(name, args)
+        self.start = machine_sample()
+        self.t0, self.cpu0 = time.perf_counter(), time.process_time()
+        command = " ".join(["python -m bench." + name, *sys.argv[1:]])
+        self.doc: dict = {"bench": name, "smoke": bool(args.smoke), "quick": bool(getattr(args, "quick", 0)),
+                          "command": command, "status": "running", "env": env_info(), "settings": settings,
+                          "machine": {}, "rows": [], **extra}
+        self.save()
+
+    @property
+    def rows(self) -> list[dict]:
+        return self.doc["rows"]
+
+    def add(self, row: dict) -> None:
+        self.doc["rows"].append(row)
+        self.save()
+
+    def set_rows(self, rows: list[dict]) -> None:
+        self.doc["rows"] = rows
+        self.save()
+
+    def put(self, key: str, value: Any) -> None:
+        self.doc[key] = value
+        self.save()
+
+    def machine(self) -> dict:
+        return machine_state(self.start, machine_sample(), self.threads)
+
+    def save(self) -> str:
+        self.doc["machine"] = self.machine()
+        self.doc["wall_s"] = time.perf_counter() - self.t0
+        self.doc["process_cpu_s"] = time.process_time() - self.cpu0  # every thread of this process
+        _write_json(self.path, self.doc)
+        return self.path
+
+    def close(self) -> str:
+        self.doc["status"] = "done"
+        return self.save()
+
+    def machine_line(self) -> str:
+        return describe_machine(self.machine())
+
+
+# ----------------------------------------------------------------------------- the machine's state
+
+
+def machine_sample() -> dict:
+    """Now: the 1-minute load average and the machine's cumulative CPU jiffies (all, idle + iowait)."""
+    out = {"time": time.time(), "loadavg_1m": loadavg(), "jiffies": None}
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            f = [int(x) for x in fh.readline().split()[1:]]
+        out["jiffies"] = (sum(f[:8]), f[3] + f[4])  # user..steal; idle + iowait
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def machine_state(a: dict, b: dict, threads: int = 1) -> dict:
+    """Between two samples: loads, how many cores stood idle on average, and whether a core was free.
+
+    "A core was free" means the bench did not wait for a core: the machine had idle time left beside it
+    (on average at least half a core idle while it ran, from /proc/stat), or, where that cannot be read,
+    the load average at the start left ``threads`` cores for it.
+    """
+    cores = os.cpu_count() or 1
+    idle = None
+    if a["jiffies"] and b["jiffies"] and b["jiffies"][0] > a["jiffies"][0]:
+        idle = cores * (b["jiffies"][1] - a["jiffies"][1]) / (b["jiffies"][0] - a["jiffies"][0])
+    if idle is not None:
+        free = idle >= 0.5
+    elif a["loadavg_1m"] is not None:
+        free = a["loadavg_1m"] + threads <= cores
+    else:
+        free = None
+    return {"cores": cores, "threads": threads, "loadavg_1m_start": a["loadavg_1m"],
+            "loadavg_1m_end": b["loadavg_1m"], "idle_cores": idle, "core_free": free,
+            "seconds": b["time"] - a["time"]}
+
+
+def describe_machine(m: dict) -> str:
+    """One line for a table's caption: the machine's load around the run and whether a core was free."""
+    verdict = {True: "a core was free", False: "NO core was free (figures include waits for a core)",
+               None: "unknown"}[m["core_free"]]
+    idle = f", {m['idle_cores']:.2f} cores idle on average" if m["idle_cores"] is not None else ""
+    return (f"machine: {m['cores']} cores, load average {fmt(m['loadavg_1m_start'], '.2f')} at the start, "
+            f"{fmt(m['loadavg_1m_end'], '.2f')} now{idle}: {verdict}")
 
 
 def _jsonable(x: Any) -> Any:
@@ -209,6 +306,8 @@ def table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
 
 
 def rotate(items: list, k: int) -> list:
+    if not items:
+        return []
     k %= len(items)
     return items[k:] + items[:k]
 

@@ -1,37 +1,56 @@
 """One GPU: the GPT-124M shape through the trainer and through a plain PyTorch loop, in the same process.
 
-    python3 -m bench.gpu                      # one CUDA device, under 4 min; JSON to $OUT or bench/results
-    python3 -m bench.gpu --only bf16,compile  # a subset of the rows below
-    python3 -m bench.gpu --smoke              # a tiny shape on CPU in seconds (CI): every code path, no GPU
+    python3 -m bench.gpu                      # one CUDA device, ~8 min at most (--budget-s 450)
+    python3 -m bench.gpu --only recipe,bf16   # a subset of the rows below
+    python3 -m bench.gpu --smoke              # a tiny shape on CPU (CI): every code path of the GPU run
 
 Shape (issue 6): 12 layers, width 768, 12 heads, vocab 50304, block 1024, batch 32, tied embeddings, SDPA,
 AdamW (fused where torch has it), grad clip 1.0, the configs/gpt.yaml optimizer settings. Tokens are random,
-generated once on the device (no downloads, no host copies in the step loop). Rows:
+generated once on the device (no downloads, no host copies in the step loop). Rows, most important first (a
+run cut short by its budget still has these):
 
-  fp32, fp16, bf16, compile   trainer and plain loop at identical settings (fp32 = TF32 matmuls, as the
-                              trainer sets them; fp16 with a GradScaler; compile = bf16 + torch.compile)
+  recipe                      configs/gpt124m_h200.yaml: the trainer's recommended recipe (bf16, compile,
+                              batch 64 x 8 accumulation); the MFU >= 50% target
+  bf16                        trainer and plain loop, bf16 eager, two interleaved builds per side (T R R T):
+                              the parity target, trainer ÷ raw >= 0.98
+  fsdp                        train.strategy=fsdp (FSDP2 fully_shard) on one NCCL process, bf16; ÷ raw is
+                              against the bf16 plain loop
+  compile                     bf16 + torch.compile, trainer and plain loop
+  fp16, fp32                  trainer and plain loop (fp16 with a GradScaler; fp32 = TF32 matmuls, as the
+                              trainer sets them)
   accelerate                  train.strategy=accelerate vs a plain Accelerator(mixed_precision="bf16") loop
   ddp                         train.strategy=ddp on one NCCL process vs a plain DDP loop
   ckpt                        trainer bf16 with train.activation_checkpointing=true (peak memory vs bf16)
-  recipe                      configs/gpt124m_h200.yaml: the trainer's recommended recipe
   fused_loss                  plain loop at the recipe's micro-batch with the loss inside the compiled region
                               (what fusing the fp32 upcast + cross-entropy into the graph would buy)
   host_data                   the recipe with batches in pageable host memory, as a token file would give
   gpt1b                       the trainer at a ~1B shape (our GPT: 24 layers, width 2048, 16 heads, vocab
                               50304, block 1024: 1.31 B parameters), random weights, bf16 + compile, batch 8:
                               the "large model" row (transformers cannot travel to the device machine)
+  blocks, fp8                 the trainer with train.compile=blocks (each block compiled) /
+                              train.precision=fp8 (torchao float8; failed with the trainer's one line where
+                              torchao or the GPU cannot; skipped in the CPU smoke: emulated, minutes)
+  hsdp, tp                    the real launcher on 4 GPUs (HSDP dp_replicate=2 x dp_shard=2) / 2 GPUs (FSDP x
+                              parallel.tp=2), timed by the trainer's own metrics row; skipped with the reason
+                              on fewer GPUs
 
-Throughput is timed over ``--steps`` optimizer steps after warm-up, between two device synchronisations;
-TFLOP/s counts 6N + 12·L·d·T FLOPs per token (N: parameters, tied embedding once, position table excluded);
-MFU is against 989 TFLOP/s (dense bf16, H100/H200). Trainer rows also report the trainer's own metrics row
-(tokens/s, MFU against its per-precision peak table, GPU memory) and the host synchronisations per step seen
-by ``torch.cuda.set_sync_debug_mode`` (0 expected). Rows that would overrun ``--budget-s`` are skipped and
-marked; the JSON is rewritten after every row, so a run cut short still leaves its rows.
+Every build is timed over ``--windows`` windows of ``--steps`` optimizer steps after warm-up, each window
+between two device synchronisations: a row gives the median tokens/s over its windows with their range, and
+trainer ÷ raw the ratio of medians with the range from the worst and best window pairs. TFLOP/s counts
+6N + 12·L·d·T FLOPs per token (N: parameters, tied embedding once, position table excluded); MFU is against
+the device's dense peak for the row's precision (bf16/fp16, TF32 for fp32 rows), from the CUDA device name
+(the table in trainer/training/observe/metrics.py). Trainer rows also report the trainer's own metrics
+row (tokens/s, MFU, GPU memory) and the host synchronisations per step seen by
+``torch.cuda.set_sync_debug_mode`` (0 expected). A row whose
+builds would end after ``--budget-s`` (estimated from the rows that ran) is skipped and marked; the JSON is
+rewritten after every row, so a run cut short still leaves its rows. The CPU smoke runs every row with the
+H100 SXM's peaks as nominal figures.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import inspect
 import os
@@ -40,13 +59,15 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from typing import Optional
 
 from . import common as B
 
 T_START = time.monotonic()
-PEAK = 989e12
-ROWS = ("fp32", "fp16", "bf16", "compile", "accelerate", "ddp", "ckpt", "recipe", "fused_loss", "host_data",
-        "gpt1b")
+# Most important first: a run cut short by its budget (or the device slot) still has the rows that matter.
+ROWS = ("recipe", "bf16", "fsdp", "compile", "fp16", "fp32", "accelerate", "ddp", "ckpt", "fused_loss",
+        "host_data", "gpt1b", "blocks", "fp8", "hsdp", "tp")
 FULL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab": 50304, "block": 1024, "batch": 32}
 SMOKE = {"n_layer": 2, "n_head": 2, "n_embd": 64, "vocab": 512, "block": 64, "batch": 4}
 # ~1B: GPT-3 XL's shape (12 L d^2 = 1.21 B in the blocks + 0.10 B tied embedding); block as FULL's
@@ -168,8 +189,9 @@ def count_syncs(device, feat: dict):
 # ----------------------------------------------------------------------------- the two sides
 
 
-def trainer_side(recipe: str, overrides: list[str], warm: int, steps: int, feat: dict) -> dict:
-    """The trainer: `build(cfg)` makes everything; this loop replaces fit() only to time a window."""
+def trainer_side(recipe: str, overrides: list[str], warm: int, steps: int, windows: int, feat: dict) -> dict:
+    """The trainer: `build(cfg)` makes everything; this loop replaces fit() only to time ``windows`` windows
+    of ``steps`` optimizer steps, each between two device synchronisations."""
     from trainer.training.observe.metrics import Stopwatch
 
     cfg = B.load_cfg(recipe, overrides)
@@ -178,7 +200,7 @@ def trainer_side(recipe: str, overrides: list[str], warm: int, steps: int, feat:
         dev = tr.device
         tr.metrics = B.RowCatcher()
         tr.strategy.model.train()
-        accum = tr.cfg.train.grad_accum
+        accum = tr.batch["accum"]  # train.grad_accum, or derived from train.micro_batch_size
         batches = tr.batches.epoch_iter()
 
         def micro():
@@ -194,26 +216,29 @@ def trainer_side(recipe: str, overrides: list[str], warm: int, steps: int, feat:
                 first = time.perf_counter() - t0
         sync(dev)
         watch = tr._watch = Stopwatch()  # the window _log reports on
-        t0 = time.perf_counter()
-        with count_syncs(dev, feat) as syncs:
-            for _ in range(steps):
-                tw = time.perf_counter()
-                mb = micro()
-                watch.data_s += time.perf_counter() - tw
-                tr._run_step(mb)
-                tr.progress.step += 1
-        tr._since_log = steps
+        walls, n_syncs = [], 0
+        for _ in range(windows):
+            t0 = time.perf_counter()
+            with count_syncs(dev, feat) as syncs:
+                for _ in range(steps):
+                    tw = time.perf_counter()
+                    mb = micro()
+                    watch.data_s += time.perf_counter() - tw
+                    tr._run_step(mb)
+                    tr.progress.step += 1
+            sync(dev)
+            walls.append(time.perf_counter() - t0)
+            n_syncs = None if syncs["n"] is None else n_syncs + syncs["n"]
+        tr._since_log = steps * windows
         tr._log()  # the trainer's own row; pulls the loss to the host
-        sync(dev)
-        wall = time.perf_counter() - t0
         row = tr.metrics.rows[-1]
-        loss = row.get("loss")
         seq = tr.info.seq_len
-        return {"wall_s": wall, "first_step_s": first,
-                "syncs_per_step": None if syncs["n"] is None else syncs["n"] / steps,
+        return {"walls": walls, "first_step_s": first,
+                "syncs_per_step": None if n_syncs is None else n_syncs / (steps * windows),
                 "trainer_tokens_per_s": row.get("tokens_per_s"), "trainer_mfu": row.get("mfu"),
-                "trainer_gpu_mem_gb": row.get("gpu_mem_gb"), "loss": loss, "batch": tr.cfg.train.batch_size,
-                "grad_accum": accum, "flops_per_token": tr.strategy.module.flops_per_sample(seq) / seq,
+                "trainer_gpu_mem_gb": row.get("gpu_mem_gb"), "loss": row.get("loss"),
+                "batch": tr.cfg.train.batch_size, "grad_accum": accum,
+                "flops_per_token": tr.strategy.module.flops_per_sample(seq) / seq,
                 "fused_adamw": bool(getattr(tr.optimizer, "defaults", {}).get("fused")),
                 "peak_gib": peak_gib(dev)}
 
@@ -229,15 +254,17 @@ def _device_of(overrides: list[str]):
     return torch.device("cuda" if dev == "cuda" else "cpu")
 
 
-def raw_side(shape: dict, device, precision: str, warm: int, steps: int, feat: dict, **kw) -> dict:
+def raw_side(shape: dict, device, precision: str, warm: int, steps: int, windows: int, feat: dict,
+             **kw) -> dict:
     """A plain loop a user would write (nanoGPT style) on the trainer's GPT module, same seed and init."""
     try:
-        return _raw_loop(shape, device, precision, warm, steps, feat, **kw)
+        return _raw_loop(shape, device, precision, warm, steps, windows, feat, **kw)
     finally:
         clean(device)  # the loop's model, optimizer and activations are gone once it has returned
 
 
-def _raw_loop(shape: dict, device, precision: str, warm: int, steps: int, feat: dict, *, compile_backend=None,
+def _raw_loop(shape: dict, device, precision: str, warm: int, steps: int, windows: int, feat: dict, *,
+              compile_backend=None,
               flavor: str = "plain", batch: int | None = None, loss_in_graph: bool = False,
               lr: float = 1e-3, betas=(0.9, 0.95), weight_decay: float = 0.1, clip: float = 1.0) -> dict:
     import torch
@@ -330,15 +357,19 @@ def _raw_loop(shape: dict, device, precision: str, warm: int, steps: int, feat: 
                 sync(device)
                 first = time.perf_counter() - t0
         sync(device)
-        t0 = time.perf_counter()
-        with count_syncs(device, feat) as syncs:
-            for i in range(warm, warm + steps):
-                loss = step(i)
-        loss = loss.item()  # the plain loop's one log line per window
-        sync(device)
-        wall = time.perf_counter() - t0
-        return {"wall_s": wall, "first_step_s": first, "loss": loss, "batch": B_, "grad_accum": 1,
-                "syncs_per_step": None if syncs["n"] is None else syncs["n"] / steps,
+        walls, n_syncs, i = [], 0, warm
+        for _ in range(windows):
+            t0 = time.perf_counter()
+            with count_syncs(device, feat) as syncs:
+                for _ in range(steps):
+                    loss = step(i)
+                    i += 1
+            sync(device)
+            walls.append(time.perf_counter() - t0)
+            n_syncs = None if syncs["n"] is None else n_syncs + syncs["n"]
+        loss = loss.item()  # the plain loop's one log line
+        return {"walls": walls, "first_step_s": first, "loss": loss, "batch": B_, "grad_accum": 1,
+                "syncs_per_step": None if n_syncs is None else n_syncs / (steps * windows),
                 "flops_per_token": flops_per_token, "fused_adamw": bool(fused), "peak_gib": peak_gib(device)}
     finally:
         if pg:
@@ -373,28 +404,96 @@ def shape_overrides(shape: dict) -> list[str]:
             f"model.vocab_size={shape['vocab']}", "model.dropout=0.0"]
 
 
-def finish(r: dict, steps: int, shape: dict) -> dict:
+class Skip(Exception):
+    """A row that cannot run here, with the reason (not a failure)."""
+
+
+def skip(reason: str):
+    raise Skip(reason)
+
+
+def launched_side(mode: str, nproc: int, over: list[str], steps: int, shape: dict) -> dict:
+    """Several GPUs: ``python -m launch MODE`` for 2 x steps steps; the second metrics row (after compile and
+    warm-up) is the timed window."""
+    import json
+    import subprocess
+
+    import torch
+
+    from trainer.models.gpt import GPT
+
+    have = torch.cuda.device_count()
+    if have < nproc:
+        raise Skip(f"needs {nproc} GPUs, {have} visible")
+    run_dir = next(o.split("=", 1)[1] for o in over if o.startswith("run.dir="))
+    argv = [sys.executable, "-m", "launch", mode, "--nproc-per-node", str(nproc), *over,
+            f"train.max_steps={2 * steps}"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=B.ROOT)
+    if r.returncode:
+        raise RuntimeError((r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1])
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
+        row = [x for x in map(json.loads, fh) if not x.get("eval")][-1]
+    with torch.device("meta"):
+        m = GPT(shape["vocab"], shape["block"], shape["n_layer"], shape["n_head"], shape["n_embd"])
+    tokens = shape["batch"] * shape["block"] * steps
+    return {"walls": [tokens / row["tokens_per_s"]], "trainer_tokens_per_s": row["tokens_per_s"],
+            "trainer_gpu_mem_gb": row.get("gpu_mem_gb"), "loss": row["loss"], "batch": shape["batch"],
+            "flops_per_token": m.flops_per_sample(shape["block"]) / shape["block"],
+            "peak_gib": row.get("gpu_mem_gb"), "processes": nproc}
+
+
+def finish(r: dict, steps: int, shape: dict, peak: Optional[float]) -> dict:
+    """tokens/s per window, their median and range; TFLOP/s and MFU from the median against ``peak``."""
     tokens = r["batch"] * shape["block"] * steps
-    r["tokens_per_s"] = tokens / r["wall_s"]
+    per = sorted(tokens / w for w in r.pop("walls"))
+    sp = B.spread(per)
+    r["windows"] = len(per)
+    r["wall_s"] = sum(tokens / x for x in per)
+    r["tokens_per_s"] = sp["median"]
+    r["tokens_range"] = f"{sp['min'] / 1e3:.1f}k-{sp['max'] / 1e3:.1f}k"
+    r["tokens_per_s_min"], r["tokens_per_s_max"] = sp["min"], sp["max"]
     r["tflops"] = r["tokens_per_s"] * r["flops_per_token"] / 1e12
-    r["mfu_pct"] = 100 * r["tflops"] * 1e12 / PEAK
+    r["peak_tflops"] = peak / 1e12 if peak else None
+    r["mfu_pct"] = 100 * r["tflops"] * 1e12 / peak if peak else None
     return r
+
+
+def merge_rounds(results: list[dict]) -> dict:
+    """One side's builds of a row (interleaved rounds) as one sample: every window of every round."""
+    out = dict(results[-1])
+    out["walls"] = [w for r in results for w in r["walls"]]
+    out["rounds"] = len(results)
+    return out
+
+
+def device_peak(device, smoke: bool) -> tuple[str, Callable[[str], Optional[float]]]:
+    """The device's name and its dense peak per precision (the table in trainer/training/observe/metrics.py;
+    on a CPU smoke run, the H100 SXM's figures as nominal values, so the columns fill)."""
+    import torch
+
+    from trainer.training.observe.metrics import peak_flops
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "NVIDIA H100 80GB HBM3"
+    return name, lambda precision: peak_flops(name, precision)
 
 
 def main(argv=None) -> None:
     p = B.parser("gpu", __doc__)
-    B.add_only(p, ROWS, "row(s)")
+    B.add_only(p, list(ROWS), "row(s)")
     p.add_argument("--steps", type=int, default=None,
-                   help="timed optimizer steps per row (default 10, smoke 2)")
-    p.add_argument("--budget-s", type=float, default=225.0,
-                   help="skip rows that would end after this many seconds from start (default 225: under "
-                        "4 min)")
+                   help="optimizer steps per timed window (default 10, smoke 2)")
+    p.add_argument("--windows", type=int, default=None,
+                   help="timed windows per build, each between two device syncs (default 3, quick and smoke "
+                        "2)")
+    p.add_argument("--budget-s", type=float, default=450.0,
+                   help="skip rows that would end after this many seconds from start (default 450: the "
+                        "script ends within ~8 minutes, imports included)")
     args = p.parse_args(argv)
     only = B.only(p, args)
 
     import torch
 
-    smoke = args.smoke
+    smoke, quick = args.smoke, args.quick
     if not smoke and not torch.cuda.is_available():
         print("bench.gpu: no CUDA device visible; run with --smoke for the CPU check of this script",
               file=sys.stderr)
@@ -411,158 +510,229 @@ def main(argv=None) -> None:
                           os.path.join(tempfile.gettempdir(), "bench-gpu-inductor"))
     shape = SMOKE if smoke else FULL
     steps = args.steps or (2 if smoke else 10)
+    windows = args.windows or (2 if smoke or quick else 3)
     warm = 1 if smoke else 3
     backend = "eager" if smoke else "inductor"  # smoke: dynamo only, no compiler (seconds)
     feat = features(device)
-    load0 = B.loadavg()
+    dev_name, peak_of = device_peak(device, smoke)
     tmp = tempfile.mkdtemp(prefix="bench-gpu-")
     base = shape_overrides(shape) + [f"train.batch_size={shape['batch']}", "train.grad_clip=1.0"]
     rows: list[dict] = []
     sources = B.file_digest("trainer/training/loop.py", "trainer/training/strategy.py",
                             "trainer/models/gpt.py", "configs/gpt124m_h200.yaml")
-    settings = {"shape": shape, "steps": steps, "warmup": warm, "compile_backend": backend,
-                "peak_flops": PEAK, "device": str(device), "budget_s": args.budget_s,
+    settings = {"shape": shape, "steps_per_window": steps, "windows": windows, "warmup": warm,
+                "compile_backend": backend, "device": str(device), "device_name": dev_name,
+                "peak_tflops": {k: (peak_of(k) or 0) / 1e12 for k in ("bf16", "fp16", "fp32")},
+                "budget_s": args.budget_s, "order": [r for r in ROWS if r in only],
                 "recipe": os.path.relpath(RECIPE, B.ROOT), "sources": sources}
-    doc = {"settings": settings, "features": feat, "loadavg_start": load0, "rows": rows}
+    rep = B.Report("gpu", args, settings, features=feat)
+    rep.doc["rows"] = rows
+    # Seconds one build of a row takes, refined from the rows that ran (the budget check uses them).
+    est = {"eager": 15.0, "compile": 60.0, "recipe": 90.0, "gpt1b": 120.0} if not smoke else {}
 
-    def save() -> str:
-        return B.write_result("gpu", args, doc)
+    def over_budget(kind: str, builds: int) -> Optional[str]:
+        elapsed, need = time.monotonic() - T_START, est.get(kind, 0.0) * builds
+        if elapsed + need > args.budget_s and not smoke:
+            return f"skipped: time budget ({elapsed:.0f}s used, ~{need:.0f}s needed)"
+        return None
 
-    def run_row(name: str, side: str, setting: str, est_s: float, fn, **extra) -> None:
-        elapsed = time.monotonic() - T_START
-        row = {"row": name, "side": side, "setting": setting, **extra}
-        if elapsed + est_s > args.budget_s and not smoke:
-            row["status"] = f"skipped: time budget ({elapsed:.0f}s used, ~{est_s:.0f}s needed)"
-        else:
-            t0 = time.monotonic()
-            try:
-                r = fn()
-                row.update(finish(r, steps if "steps" not in extra else extra["steps"], shape))
-                row["status"] = "ok"
-            except Exception as e:  # one failing row (OOM, a missing backend) must not lose the others
-                msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                row["status"] = f"failed: {msg[:300]}"
-                clean(device)
-            row["row_s"] = time.monotonic() - t0
+    def build(kind: str, fn) -> tuple[Optional[dict], Optional[str]]:
+        """One build of one side: its result, or why it failed (OOM, a missing backend: the others go on)."""
+        t0 = time.monotonic()
+        try:
+            r = fn()
+        except Skip as e:
+            return None, f"skipped: {e}"
+        except Exception as e:
+            clean(device)
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            return None, f"failed: {msg[:300]}"
+        if kind in est:
+            est[kind] = max(est[kind] * 0.5, time.monotonic() - t0)
+        return r, None
+
+    def record(name: str, side: str, setting: str, precision: str, results: list, status: Optional[str],
+               seconds: float, n_steps: int = steps, **extra) -> None:
+        row = {"row": name, "side": side, "setting": setting, "precision": precision, **extra}
+        if status is None:
+            of = extra.get("shape_of", shape)
+            row.update(finish(merge_rounds(results), n_steps, of, peak_of(precision)))
+            status = "ok"
+        row["status"], row["row_s"] = status, seconds
         rows.append(row)
+        parity(rows)
+        rep.save()
         figures = ""
-        if row["status"] == "ok":
-            figures = (f"{row['tokens_per_s'] / 1e3:8.1f}k tok/s  MFU {row['mfu_pct']:5.1f}%  "
-                       f"peak {B.fmt(row['peak_gib'], '.1f')} GiB  ({row['row_s']:.0f}s)")
-        print(f"  {name:<10} {side:<8} {row['status']:<6} " + figures, flush=True)
-        save()
+        if status == "ok":
+            figures = (f"{row['tokens_per_s'] / 1e3:8.1f}k tok/s ({row['tokens_range']})  MFU "
+                       f"{B.fmt(row['mfu_pct'], '5.1f')}%  peak {B.fmt(row['peak_gib'], '.1f')} GiB  "
+                       f"({seconds:.0f}s)")
+        print(f"  {name:<10} {side:<8} {status:<6} " + figures, flush=True)
+
+    def run_row(name: str, side: str, setting: str, kind: str, fn, precision: str, n_steps: int = steps,
+                **extra) -> None:
+        """One side of a row, one build."""
+        skip = over_budget(kind, 1)
+        t0 = time.monotonic()
+        r, err = (None, skip) if skip else build(kind, fn)
+        record(name, side, setting, precision, [r], err, time.monotonic() - t0, n_steps, **extra)
+
+    def pair(key: str, setting: str, kind: str, prec: str, t_fn, r_fn, rounds: int = 1) -> None:
+        """Trainer and raw loop at identical settings, builds interleaved (T R, then R T, ...) so neither side
+        always runs first; each side's row holds every window of its builds."""
+        skip = over_budget(kind, 2 * rounds)
+        got: dict[str, list] = {"trainer": [], "raw": []}
+        err: dict[str, Optional[str]] = {"trainer": skip, "raw": skip}
+        secs = {"trainer": 0.0, "raw": 0.0}
+        for k in range(0 if skip else rounds):
+            for side in (("trainer", "raw") if k % 2 == 0 else ("raw", "trainer")):
+                if err[side] is None:
+                    t0 = time.monotonic()
+                    r, err[side] = build(kind, t_fn if side == "trainer" else r_fn)
+                    secs[side] += time.monotonic() - t0
+                    got[side].append(r)
+        for side in ("trainer", "raw"):
+            record(key, side, setting, prec, got[side], err[side], secs[side])
 
     def trainer_fn(over: list[str], recipe: str = "gpt", w: int = warm, n: int = steps):
-        return lambda: trainer_side(recipe, over, w, n, feat)
+        return lambda: trainer_side(recipe, over, w, n, windows, feat)
+
+    def raw_fn(prec: str, **kw):
+        return lambda: raw_side(shape, device, prec, warm, steps, windows, feat, **kw)
 
     def ov(micro: int, extra: list[str], host: bool = False) -> list[str]:
         return base + base_overrides(shape, device, tmp, micro, steps, host) + extra
 
-    eager_s, compile_s = (20.0, 60.0) if not smoke else (0, 0)
+    recipe_cfg = B.load_cfg(RECIPE, ["data.name=text", "data.path=null"])
+    rt = recipe_cfg.train
+    micro = rt.batch_size // rt.grad_accum if not smoke else shape["batch"]
+    accum = rt.grad_accum if not smoke else 2
+    r_steps = 2 if not smoke else 1
+    r_shape = [] if not smoke else shape_overrides(shape) + [f"train.batch_size={shape['batch'] * 2}",
+                                                               "train.grad_accum=2",
+                                                               f"train.compile_backend={backend}"]
+    compiled = ["train.precision=bf16", "train.compile=true", f"train.compile_backend={backend}"]
     try:
-        for i, (key, prec) in enumerate((("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"))):
-            if key not in only:
-                continue
-            if prec == "bf16" and not feat["bf16"]:
-                continue
-            sides = [("trainer", trainer_fn(ov(shape["batch"], [f"train.precision={prec}"]))),
-                     ("raw", lambda prec=prec: raw_side(shape, device, prec, warm, steps, feat))]
-            for side, fn in B.rotate(sides, i):
-                run_row(key, side, f"{prec} eager", eager_s / 2, fn)
-        if "compile" in only and feat["compile"]:
-            compiled = ["train.precision=bf16", "train.compile=true", f"train.compile_backend={backend}"]
-            for side, fn in (("trainer", trainer_fn(ov(shape["batch"], compiled))),
-                             ("raw", lambda: raw_side(shape, device, "bf16", warm, steps, feat,
-                                                      compile_backend=backend))):
+        for key in [r for r in ROWS if r in only]:
+            if key == "recipe":
                 reset_compiler(feat)
-                run_row("compile", side, f"bf16 + torch.compile({backend})", compile_s / 2, fn)
-            reset_compiler(feat)
-        if "accelerate" in only and feat["accelerate"]:
-            for side, fn in (("trainer", trainer_fn(ov(shape["batch"], ["train.precision=bf16",
-                                                                         "train.strategy=accelerate"]))),
-                             ("raw", lambda: raw_side(shape, device, "bf16", warm, steps, feat,
-                                                      flavor="accelerate"))):
-                run_row("accelerate", side, "bf16 eager, accelerate", eager_s / 2, fn)
-        if "ddp" in only and (feat["nccl"] or device.type == "cpu"):
-            group = "NCCL" if device.type == "cuda" else "gloo"
-            for side, fn in (("trainer", trainer_fn(ov(shape["batch"], ["train.precision=bf16",
-                                                                         "train.strategy=ddp"]))),
-                             ("raw", lambda: raw_side(shape, device, "bf16", warm, steps, feat,
-                                                      flavor="ddp"))):
-                run_row("ddp", side, f"bf16 eager, DDP on 1 {group} process", eager_s / 2, fn)
-            for var in ("MASTER_ADDR", "MASTER_PORT"):  # set by the trainer's group of one
-                os.environ.pop(var, None)
-        if "ckpt" in only:
-            run_row("ckpt", "trainer", "bf16 eager, activation checkpointing on", eager_s / 2,
-                    trainer_fn(ov(shape["batch"], ["train.precision=bf16",
-                                                   "train.activation_checkpointing=true"])))
-        recipe_cfg = B.load_cfg(RECIPE, ["data.name=text", "data.path=null"])
-        rt = recipe_cfg.train
-        micro = rt.batch_size // rt.grad_accum
-        r_steps = max(1, steps // 2) if not smoke else 1
-        r_shape = [] if not smoke else shape_overrides(shape) + [f"train.batch_size={shape['batch'] * 2}",
-                                                                   "train.grad_accum=2",
-                                                                   f"train.compile_backend={backend}"]
-        if smoke:
-            micro = shape["batch"]
-        r_batch = micro * (rt.grad_accum if not smoke else 2)
-        if "recipe" in only:
-            reset_compiler(feat)
-            run_row("recipe", "trainer", f"{os.path.basename(RECIPE)}: batch {r_batch} = {micro} x "
-                    f"{rt.grad_accum if not smoke else 2} accum, {rt.precision}, compile={rt.compile}",
-                    compile_s * 0.7, trainer_fn(base_overrides(shape, device, tmp, micro, r_steps) + r_shape,
-                                                recipe=RECIPE, w=2 if not smoke else 1, n=r_steps),
-                    steps=r_steps)
-        if "fused_loss" in only and feat["compile"]:
-            reset_compiler(feat)
-            run_row("fused_loss", "raw", f"bf16 + compile, loss inside the compiled graph, batch {micro}",
-                    compile_s * 0.6, lambda: raw_side(shape, device, "bf16", warm, steps, feat,
-                                                      compile_backend=backend, batch=micro,
-                                                      loss_in_graph=True))
-        if "host_data" in only:
-            reset_compiler(feat)
-            run_row("host_data", "trainer", "recipe, batches in pageable host memory (copied each step)",
-                    compile_s * 0.5,
-                    trainer_fn(base_overrides(shape, device, tmp, micro, r_steps, host=True) + r_shape,
-                               recipe=RECIPE, w=2 if not smoke else 1, n=r_steps), steps=r_steps)
-        if "gpt1b" in only and (feat["bf16"] or smoke):
-            big = ONE_B_SMOKE if smoke else ONE_B
-            b_steps = max(2, steps // 2) if not smoke else 1
-            over = shape_overrides(big) + [f"train.batch_size={big['batch']}", "train.grad_clip=1.0",
-                                           "train.precision=bf16", "train.compile=true",
-                                           f"train.compile_backend={backend}"]
-            reset_compiler(feat)
-            label = f"GPT {big['n_layer']}x{big['n_embd']} ({'smoke' if smoke else '~1B'}), bf16 + compile"
-            run_row("gpt1b", "trainer", f"{label}, batch {big['batch']}", compile_s * 1.5,
-                    trainer_fn(over + base_overrides(big, device, tmp, big["batch"], b_steps),
-                               w=2 if not smoke else 1, n=b_steps), steps=b_steps)
+                run_row("recipe", "trainer", f"{os.path.basename(RECIPE)}: batch {micro * accum} = {micro} "
+                        f"x {accum} accum, {rt.precision}, compile={rt.compile}", "recipe",
+                        trainer_fn(base_overrides(shape, device, tmp, micro, r_steps) + r_shape,
+                                   recipe=RECIPE, w=2 if not smoke else 1, n=r_steps), rt.precision,
+                        n_steps=r_steps)
+            elif key in ("bf16", "fp16", "fp32"):
+                if key == "bf16" and not feat["bf16"]:
+                    continue
+                # bf16 is the parity row the issue names: two interleaved builds per side
+                pair(key, f"{key} eager", "eager", key,
+                     trainer_fn(ov(shape["batch"], [f"train.precision={key}"])), raw_fn(key),
+                     rounds=2 if key == "bf16" else 1)
+            elif key == "fsdp" and (feat["nccl"] or device.type == "cpu"):
+                group = "NCCL" if device.type == "cuda" else "gloo"
+                run_row("fsdp", "trainer", f"bf16, FSDP2 (fully_shard) on 1 {group} process", "eager",
+                        trainer_fn(ov(shape["batch"], ["train.precision=bf16", "train.strategy=fsdp"])),
+                        "bf16")
+                _drop_group_env()
+            elif key == "compile" and feat["compile"]:
+                reset_compiler(feat)
+                run_row("compile", "trainer", f"bf16 + torch.compile({backend})", "compile",
+                        trainer_fn(ov(shape["batch"], compiled)), "bf16")
+                reset_compiler(feat)
+                run_row("compile", "raw", f"bf16 + torch.compile({backend})", "compile",
+                        raw_fn("bf16", compile_backend=backend), "bf16")
+                reset_compiler(feat)
+            elif key == "accelerate" and feat["accelerate"]:
+                pair(key, "bf16 eager, accelerate", "eager", "bf16",
+                     trainer_fn(ov(shape["batch"], ["train.precision=bf16", "train.strategy=accelerate"])),
+                     raw_fn("bf16", flavor="accelerate"))
+            elif key == "ddp" and (feat["nccl"] or device.type == "cpu"):
+                group = "NCCL" if device.type == "cuda" else "gloo"
+                pair(key, f"bf16 eager, DDP on 1 {group} process", "eager", "bf16",
+                     trainer_fn(ov(shape["batch"], ["train.precision=bf16", "train.strategy=ddp"])),
+                     raw_fn("bf16", flavor="ddp"))
+                _drop_group_env()
+            elif key == "ckpt":
+                run_row("ckpt", "trainer", "bf16 eager, activation checkpointing on", "eager",
+                        trainer_fn(ov(shape["batch"], ["train.precision=bf16",
+                                                        "train.activation_checkpointing=true"])), "bf16")
+            elif key == "fused_loss" and feat["compile"]:
+                reset_compiler(feat)
+                run_row("fused_loss", "raw", f"bf16 + compile, loss inside the compiled graph, batch {micro}",
+                        "compile", raw_fn("bf16", compile_backend=backend, batch=micro, loss_in_graph=True),
+                        "bf16")
+            elif key == "host_data":
+                reset_compiler(feat)
+                run_row("host_data", "trainer", "recipe, batches in pageable host memory (copied each step)",
+                        "recipe", trainer_fn(base_overrides(shape, device, tmp, micro, r_steps, host=True)
+                                             + r_shape, recipe=RECIPE, w=2 if not smoke else 1, n=r_steps),
+                        "bf16", n_steps=r_steps)
+            elif key == "gpt1b" and (feat["bf16"] or smoke):
+                big = ONE_B_SMOKE if smoke else ONE_B
+                b_steps = 3 if not smoke else 1
+                over = shape_overrides(big) + [f"train.batch_size={big['batch']}", "train.grad_clip=1.0",
+                                               "train.precision=bf16", "train.compile=true",
+                                               f"train.compile_backend={backend}"]
+                reset_compiler(feat)
+                label = f"GPT {big['n_layer']}x{big['n_embd']} ({'smoke' if smoke else '~1B'}), bf16, compile"
+                run_row("gpt1b", "trainer", f"{label}, batch {big['batch']}", "gpt1b",
+                        trainer_fn(over + base_overrides(big, device, tmp, big["batch"], b_steps),
+                                   w=2 if not smoke else 1, n=b_steps), "bf16", n_steps=b_steps, shape_of=big)
+            elif key in ("blocks", "fp8"):  # scale-out (issue 24): per-block compile, float8
+                extra = "train.compile=blocks" if key == "blocks" else "train.precision=fp8"
+                bf16 = ["train.precision=bf16", f"train.compile_backend={backend}"]
+                fn = trainer_fn(ov(shape["batch"], [*bf16, extra]))
+                if key == "fp8" and device.type == "cpu":  # emulated: minutes here; tests/ train it on CPU
+                    fn = functools.partial(skip, "float8 on the CPU is emulated (minutes)")
+                reset_compiler(feat)
+                run_row(key, "trainer", f"bf16, {extra}", "compile", fn, "bf16")
+            elif key in ("hsdp", "tp"):  # several GPUs, through the real launcher
+                nproc, extra = (4, "parallel.dp_replicate=2") if key == "hsdp" else (2, "parallel.tp=2")
+                over = ov(shape["batch"] // (nproc if key == "hsdp" else 1), ["train.precision=bf16", extra])
+                run_row(key, "trainer", f"bf16, fsdp on {nproc} processes, {extra}", "compile",
+                        functools.partial(launched_side, "fsdp", nproc, over, steps, shape), "bf16")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    # Parity: trainer / raw tokens per second where both sides ran at identical settings.
+    parity(rows)
+    print(f"\nGPT {shape['n_layer']}x{shape['n_embd']}, vocab {shape['vocab']}, block {shape['block']}, "
+          f"device {dev_name}{' (CPU smoke: nominal peaks)' if smoke else ''}, torch {torch.__version__}; "
+          f"{windows} windows x {steps} steps per build, median tokens/s with the range over windows; MFU "
+          f"against the device's dense peak for the row's precision")
+    print(B.table(rows, [("row", "row", ""), ("side", "side", ""), ("setting", "setting", ""),
+                         ("batch", "batch", ""), ("tokens_per_s", "tokens/s", ".0f"),
+                         ("tokens_range", "range", ""), ("tflops", "TFLOP/s", ".1f"),
+                         ("mfu_pct", "MFU %", ".1f"), ("peak_gib", "peak GiB", ".1f"),
+                         ("vs_raw", "÷ raw", ".3f"), ("vs_raw_range", "range", ""),
+                         ("first_step_s", "1st step s", ".1f"), ("syncs_per_step", "syncs/step", ".2g"),
+                         ("trainer_mfu", "trainer MFU", ".3f"), ("status", "status", "")]))
+    print(rep.machine_line())
+    print(f"wrote {rep.close()}")
+
+
+def _drop_group_env() -> None:
+    for var in ("MASTER_ADDR", "MASTER_PORT"):  # set by the trainer's group of one
+        os.environ.pop(var, None)
+
+
+def parity(rows: list[dict]) -> None:
+    """trainer ÷ raw tokens/s where both sides ran at identical settings (the range: worst and best window
+    pairs); the FSDP row against the bf16 raw loop; the recipe against the plain compiled loop at batch 32."""
     by = {(r["row"], r["side"]): r for r in rows if r.get("status") == "ok"}
     for r in rows:
-        raw = by.get((r["row"], "raw"))
-        if r["side"] == "trainer" and raw and r.get("status") == "ok":
+        if r["side"] != "trainer" or r.get("status") != "ok":
+            continue
+        raw = by.get(("bf16" if r["row"] == "fsdp" else r["row"], "raw"))
+        if raw:
             r["vs_raw"] = r["tokens_per_s"] / raw["tokens_per_s"]
+            r["vs_raw_range"] = (f"{r['tokens_per_s_min'] / raw['tokens_per_s_max']:.3f}-"
+                                 f"{r['tokens_per_s_max'] / raw['tokens_per_s_min']:.3f}")
     ck, bf = by.get(("ckpt", "trainer")), by.get(("bf16", "trainer"))
     if ck and bf:
         ck["peak_gib_without"] = bf["peak_gib"]
-    rec = by.get(("recipe", "trainer"))
-    base_c = by.get(("compile", "raw"))
+    rec, base_c = by.get(("recipe", "trainer")), by.get(("compile", "raw"))
     if rec and base_c:
         rec["vs_plain_compile_b32"] = rec["tokens_per_s"] / base_c["tokens_per_s"]
-    print(f"\nGPT {shape['n_layer']}x{shape['n_embd']}, vocab {shape['vocab']}, block {shape['block']}, "
-          f"device {B.env_info().get('gpu', 'cpu')}, torch {torch.__version__}; {steps} timed steps per row")
-    print(B.table(rows, [("row", "row", ""), ("side", "side", ""), ("setting", "setting", ""),
-                         ("batch", "batch", ""), ("tokens_per_s", "tokens/s", ".0f"),
-                         ("tflops", "TFLOP/s", ".1f"), ("mfu_pct", "MFU %", ".1f"),
-                         ("peak_gib", "peak GiB", ".1f"), ("vs_raw", "÷ raw", ".3f"),
-                         ("first_step_s", "1st step s", ".1f"), ("syncs_per_step", "syncs/step", ".2g"),
-                         ("trainer_mfu", "trainer MFU", ".3f"), ("status", "status", "")]))
-    path = save()
-    print(f"wrote {path}")
-
 
 if __name__ == "__main__":
     main()

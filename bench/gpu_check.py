@@ -1,12 +1,14 @@
-"""GPU check for the launch modes: every mode x precision on the CNN and GPT recipes, a few steps each.
+"""GPU check for the launch modes: every mode x precision on the GPT and CNN recipes, a few steps each.
 
     python3 -m bench.gpu_check            # on one NVIDIA GPU, from the repository root; ~1-2 minutes
-    python3 -m bench.gpu_check --smoke    # on a CPU: the same table, tiny, in seconds (what CI runs)
+    python3 -m bench.gpu_check --smoke    # on a CPU: the same table, tiny (what CI runs)
 
 Runs the trainer in-process (the same `train(cfg)` that `python -m trainer train` runs) for single, dp
 (nn.DataParallel over the visible GPUs), ddp and fsdp with a one-process NCCL group, and accelerate, in
-fp32, fp16 (GradScaler) and bf16; prints step time and final loss per row and writes JSON to $OUT (the
-device tool's output folder) or bench/results/. Then it checks the NCCL Flight Recorder: with the
+bf16, fp16 (GradScaler: torch.amp.GradScaler("cuda"), or "cpu" in the smoke run, so the scaler's path
+under DDP, FSDP2 and accelerate runs on a CPU too) and fp32; prints step time and final loss per row and
+rewrites its JSON after every row to $OUT (the device tool's output folder) or bench/results/. Rows that
+would end after ``--budget-s`` are skipped and marked. Then it checks the NCCL Flight Recorder: with the
 trainer's defaults (TORCH_NCCL_TRACE_BUFFER_SIZE) a one-process NCCL group records its collectives and
 dumps them. Uses only APIs present in torch 2.11 (the GPU machine's version); checks before use.
 """
@@ -14,12 +16,17 @@ dumps them. Uses only APIs present in torch 2.11 (the GPU machine's version); ch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
+
+# Before torch is imported (main imports it): OpenMP reads this once, at load. A one-process NCCL group gets
+# no OMP_NUM_THREADS from torchrun, and torch's default (every core) oversubscribes the host.
+os.environ.setdefault("OMP_NUM_THREADS", "4")
 
 
 def _row(recipe: str, mode: str, precision: str, steps: int, smoke: bool, root: str) -> dict:
@@ -42,12 +49,13 @@ def _row(recipe: str, mode: str, precision: str, steps: int, smoke: bool, root: 
     os.environ.pop("MASTER_ADDR", None)
     t0 = time.perf_counter()
     try:
-        code = train(cfg)
+        with scaler_updates() as updates:
+            code = train(cfg)
         err = None
     except Exception as e:  # a failing row is a result, not the end of the check
         code, err = -1, f"{type(e).__name__}: {e}"[:200]
     row = {"recipe": recipe, "mode": mode, "precision": precision, "exit": code,
-           "wall_s": time.perf_counter() - t0}
+           "wall_s": time.perf_counter() - t0, "grad_scaler_updates": updates["n"]}
     if code == 0:
         rows = read_metrics(run_dir)
         row["step_ms"] = 1e3 * rows[-1]["step_time_s"]
@@ -55,6 +63,26 @@ def _row(recipe: str, mode: str, precision: str, steps: int, smoke: bool, root: 
     else:
         row["error"] = err
     return row
+
+
+@contextlib.contextmanager
+def scaler_updates():
+    """Counts ``torch.amp.GradScaler.update`` calls inside the block (whoever owns the scaler: the trainer's
+    strategy, or accelerate's optimizer wrapper), so an fp16 row shows that its GradScaler really ran."""
+    import torch
+
+    box = {"n": 0}
+    original = torch.amp.GradScaler.update
+
+    def counted(self, *args, **kwargs):
+        box["n"] += 1
+        return original(self, *args, **kwargs)
+
+    torch.amp.GradScaler.update = counted
+    try:
+        yield box
+    finally:
+        torch.amp.GradScaler.update = original
 
 
 def flight_recorder_check(smoke: bool) -> dict:
@@ -92,44 +120,72 @@ def flight_recorder_check(smoke: bool) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m bench.gpu_check", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny CPU run (CI): modes x precisions in seconds")
+    ap.add_argument("--smoke", action="store_true", help="tiny CPU run (CI): modes x precisions")
     ap.add_argument("--out", default=os.environ.get("OUT") or os.path.join("bench", "results"))
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="skip rows that would end after this many seconds from the start (default 150; "
+                         "smoke 210, for a loaded CI machine)")
     args = ap.parse_args(argv)
+    if args.budget_s is None:
+        args.budget_s = 210.0 if args.smoke else 150.0
+    t_start = time.monotonic()
     import torch
 
-    os.environ.setdefault("OMP_NUM_THREADS", "4")
     if not args.smoke and not torch.cuda.is_available():
         print("no CUDA device: run with --smoke on a CPU", file=sys.stderr)
         return 2
     modes = ["single", "dp", "ddp", "fsdp", "accelerate"]
-    precisions = ["fp32", "fp16", "bf16"]
-    steps = {"cnn": 3 if args.smoke else 40, "gpt": 2 if args.smoke else 30}
-    if args.smoke:
-        precisions = ["fp32", "bf16"]
-    rows = []
+    precisions = ["bf16", "fp16", "fp32"]
+    steps = {"cnn": 2 if args.smoke else 40, "gpt": 2 if args.smoke else 30}  # CPU fp16 is slow: 2 steps
+    on_gpu = torch.cuda.is_available() and not args.smoke
+    device = torch.cuda.get_device_name(0) if on_gpu else platform.processor()
+    rows: list[dict] = []
+    result = {"date": time.strftime("%Y-%m-%d"), "device": device, "torch": torch.__version__,
+              "python": platform.python_version(), "smoke": args.smoke, "budget_s": args.budget_s,
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "status": "running", "rows": rows}
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"gpu_check-{time.strftime('%Y%m%d')}{'-smoke' if args.smoke else ''}.json")
+
+    def save() -> None:
+        result["wall_s"] = time.monotonic() - t_start
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=1)
+        os.replace(tmp, path)  # a timeout leaves the previous version, never half a file
+
+    longest = {"cnn": 0.0, "gpt": 0.0}  # the slowest row so far per recipe: the estimate for the next
     with tempfile.TemporaryDirectory() as root:
-        for recipe in ("cnn", "gpt"):
+        # precision outermost: bf16 and fp16 (the scaler's path) under every mode before fp32
+        for prec in precisions:
             for mode in modes:
-                for prec in precisions:
+                for recipe in ("gpt", "cnn"):
+                    elapsed = time.monotonic() - t_start
+                    if elapsed + longest[recipe] > args.budget_s:
+                        r = {"recipe": recipe, "mode": mode, "precision": prec, "exit": None,
+                             "skipped": f"time budget ({elapsed:.0f}s used, ~{longest[recipe]:.0f}s needed)"}
+                        rows.append(r)
+                        save()
+                        print(f"{recipe:4} {mode:10} {prec:5} skipped: {r['skipped']}", flush=True)
+                        continue
                     rows.append(_row(recipe, mode, prec, steps[recipe], args.smoke, root))
                     r = rows[-1]
+                    longest[recipe] = max(longest[recipe], r["wall_s"])
+                    save()
                     print(f"{recipe:4} {mode:10} {prec:5} exit {r['exit']:>2}  "
                           f"{r.get('step_ms', float('nan')):8.2f} ms/step  "
                           f"loss {r.get('loss') or float('nan'):.4f}"
                           + (f"  {r['error']}" if "error" in r else ""), flush=True)
     fr = flight_recorder_check(args.smoke)
     print("flight recorder:", fr)
-    on_gpu = torch.cuda.is_available() and not args.smoke
-    device = torch.cuda.get_device_name(0) if on_gpu else platform.processor()
-    result = {"date": time.strftime("%Y-%m-%d"), "device": device, "torch": torch.__version__,
-              "python": platform.python_version(), "smoke": args.smoke, "rows": rows, **fr}
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"gpu_check-{time.strftime('%Y%m%d')}{'-smoke' if args.smoke else ''}.json")
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=1)
+    result.update(fr)
+    result["status"] = "done"
+    save()
     print("wrote", path)
-    return 0 if all(r["exit"] == 0 for r in rows) else 1
-
+    ran = [r for r in rows if "skipped" not in r]
+    skipped = len(rows) - len(ran)
+    if skipped:
+        print(f"{skipped} row(s) skipped by the time budget (--budget-s {args.budget_s:.0f})")
+    return 0 if ran and all(r["exit"] == 0 for r in ran) else 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,7 @@
 """CPU overhead of the trainer against a hand-written PyTorch loop, accelerate and Lightning Fabric.
 
-    python -m bench.overhead                      # all sections, ~2 min on 2 cores
+    python -m bench.overhead                      # all sections, ~3 min on 2 idle cores (15+ when busy)
+    python -m bench.overhead --quick              # one run per section, half the steps (~1 min idle)
     python -m bench.overhead --only mlp --rounds 5
     python -m bench.overhead --smoke              # seconds (CI)
 
@@ -25,6 +26,8 @@ the median over runs with the range beside it; "vs raw" is the median of per-ste
 is what wall-clock pays: mean(trainer) - mean(raw) over the same steps of one run, log steps in (the issue's
 figure, target <= +20 µs at the default log.every_steps), median over runs. CPU time
 (this thread's, time.thread_time) is reported beside wall time: waiting for a core does not count in it.
+The JSON is rewritten after every run, so a timeout keeps every finished run; the table's last line says
+whether a core was free (load average and idle time of the machine while it ran).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Optional
 
 from . import common as B
@@ -314,8 +318,10 @@ def run_interleaved(recipe: str, extra: list[str], steps: int, warmup: int, flav
 
 
 def compare(section: str, recipe: str, extra: list[str], plan: list[tuple[Optional[str], list[str]]],
-            steps: int, warmup: int, rounds: int, smoke: bool) -> dict[str, list[dict]]:
-    """``rounds`` x every (strategy, raw flavors) run in ``plan``; per-variant lists of run summaries."""
+            steps: int, warmup: int, rounds: int, smoke: bool,
+            on_run: Optional[Callable[[dict], None]] = None) -> dict[str, list[dict]]:
+    """``rounds`` x every (strategy, raw flavors) run in ``plan``; per-variant lists of run summaries.
+    ``on_run(runs)`` after every run (the caller rewrites its JSON)."""
     runs: dict[str, list[dict]] = defaultdict(list)
     for r in range(rounds):
         for strategy, flavors in plan:
@@ -323,6 +329,8 @@ def compare(section: str, recipe: str, extra: list[str], plan: list[tuple[Option
             key = f"raw[{strategy}]" if strategy else "raw"
             for v, summ in res.items():
                 runs[key if v == "raw" and strategy else v].append(summ)
+            if on_run is not None:
+                on_run(runs)
             line = "  ".join(f"{v} {s['median_s'] * 1e6:.0f}µs" for v, s in res.items())
             print(f"  [{section}] round {r + 1}/{rounds}: {line}", flush=True)
     return runs
@@ -672,21 +680,32 @@ def main(argv=None) -> None:
                         "keeps other jobs on a shared machine from adding noise)")
     args = p.parse_args(argv)
     only = B.only(p, args)
-    smoke = args.smoke
-    rounds = args.rounds or (1 if smoke else 3)
+    smoke, quick = args.smoke, args.quick
+    rounds = args.rounds or (1 if smoke or quick else 3)
     big_rounds = rounds
     threads = B.set_threads(args.threads)
-    load0 = B.loadavg()
     # (steps timed per run, warm-up steps dropped)
-    sizes = {"mlp": (30, 5) if smoke else (600, 50), "cnn": (6, 2) if smoke else (80, 10),
-             "gpt": (6, 2) if smoke else (40, 5)}
+    sizes = {"mlp": (30, 5) if smoke else (300, 30) if quick else (600, 50),
+             "cnn": (6, 2) if smoke else (40, 5) if quick else (80, 10),
+             "gpt": (6, 2) if smoke else (20, 4) if quick else (40, 5)}
     settings = {"threads": threads, "runs_per_section": rounds, "gpt_overrides": GPT_FULL,
                 "mlp_overrides": MLP,
                 "sizes": {k: {"steps": s, "warmup": w} for k, (s, w) in sizes.items()},
                 "sources": B.file_digest("trainer/training/loop.py", "trainer/training/strategy.py",
                                          "trainer/training/observe/metrics.py",
                                          "trainer/training/observe/rowwriter.py")}
-    out: dict = {"settings": settings, "loadavg_start": load0, "rows": []}
+    rep = B.Report("overhead", args, settings, threads=threads)
+    done: list[dict] = []  # rows of finished sections
+
+    def saver(sec: str) -> Callable[[dict], None]:
+        def on_run(runs: dict) -> None:
+            rows = rows_for(runs)
+            for r in rows:
+                r["section"] = sec
+            rep.set_rows(done + rows)
+
+        return on_run
+
     cols = [("variant", "variant", ""), ("step_us", "median µs/step", ".0f"),
             ("range_us", "range (runs)", ""), ("vs_raw_us", "vs raw µs", "+.0f"),
             ("vs_raw_range", "range", ""), ("ratio", "÷ raw", ".3f"), ("cpu_us", "CPU µs/step", ".0f"),
@@ -703,30 +722,35 @@ def main(argv=None) -> None:
         plan = [(None, ["raw", "accelerate", "fabric"]), ("accelerate", ["raw"])]
         print(f"mlp 784->32->10, batch 64, SGD momentum, fp32, {threads} thread(s): {rounds} rounds x "
               f"{steps} steps")
-        rows = rows_for(compare("mlp", "mlp", MLP, plan, steps, warm, rounds, smoke))
+        rows = rows_for(compare("mlp", "mlp", MLP, plan, steps, warm, rounds, smoke, saver("mlp")))
         for r in rows:
             r["section"] = "mlp"
-        out["rows"] += rows
-        print(B.table(rows, cols) + "\n")
+        done += rows
+        rep.set_rows(list(done))
+        print(B.table(rows, cols))
+        print(rep.machine_line() + "\n")
     for sec, recipe, extra in (("cnn", "cnn", []), ("gpt", "gpt", GPT_SMOKE if smoke else GPT_FULL)):
         if sec not in only:
             continue
         steps, warm = sizes[sec]
         print(f"{sec}: configs/{recipe}.yaml {' '.join(extra)}, {threads} thread(s): {big_rounds} rounds x "
               f"{steps} steps")
-        rows = rows_for(compare(sec, recipe, extra, [(None, ["raw"])], steps, warm, big_rounds, smoke))
+        rows = rows_for(compare(sec, recipe, extra, [(None, ["raw"])], steps, warm, big_rounds, smoke,
+                                saver(sec)))
         for r in rows:
             r["section"] = sec
-        out["rows"] += rows
+        done += rows
+        rep.set_rows(list(done))
         print(B.table(rows, [("variant", "variant", ""), ("step_us", "median µs/step", ".0f"),
                              ("range_us", "range (runs)", ""), ("ratio", "÷ raw", ".3f"),
                              ("ratio_range", "range", ""), ("cpu_ratio", "CPU-time ÷ raw", ".3f"),
                              ("cpu_ratio_range", "range", ""),
-                             ("mean_us", "mean µs (log steps in)", ".0f")]) + "\n")
+                             ("mean_us", "mean µs (log steps in)", ".0f")]))
+        print(rep.machine_line() + "\n")
     if "hotpath" in only:
-        steps = 100 if smoke else 1000
-        hp = hotpath(steps, 1 if smoke else 3)
-        out["hotpath"] = hp
+        steps = 100 if smoke else 500 if quick else 1000
+        hp = hotpath(steps, 1 if smoke or quick else 3)
+        rep.put("hotpath", hp)
         print("hot path, MLP 784->32->10, one fixed batch: real step vs lean step vs raw step, interleaved "
               "blocks")
         print(B.table(hp["ab"], [("step", "step", ""), ("us", "µs", ".1f"),
@@ -747,8 +771,8 @@ def main(argv=None) -> None:
         print("one log step (every log.every_steps steps)")
         print(B.table(hp["log"], [("what", "what", ""), ("us", "µs", ".0f"),
                                   ("per_step_us_at_every_10", "µs/step at every_steps=10", ".1f")]) + "\n")
-    path = B.write_result("overhead", args, out)
-    print(f"wrote {path}")
+    print(rep.machine_line())
+    print(f"wrote {rep.close()}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Start-up cost: launch -> first step of `make train`'s recipe, beyond `import torch` (target <= 3 s).
 
     python -m bench.startup              # 5 interleaved rounds, under a minute on 2 cores
+    python -m bench.startup --quick      # 2 rounds
+    python -m bench.startup --only trainer  # a subset of the launches: python, torch, trainer
     python -m bench.startup --smoke      # one round (CI)
 
 Each round launches, as subprocesses with the same interpreter and environment:
@@ -18,7 +20,9 @@ optimizer are built, split the rest.
 "Beyond import torch" subtracts the ``import torch`` of the SAME launch, read from ``python -X importtime``
 (every trainer launch runs under it; it adds a few % to every import, so the figure errs high): the separate
 ``python -c "import torch"`` process is shown for reference only, because on a loaded machine a separate
-process can take longer than the whole launch, and the difference went <= 0.
+process can take longer than the whole launch, and the difference went <= 0. Each launch's CPU time (user
++ system of the child, from getrusage) is shown beside its wall time: waiting for a core does not count in
+it. The JSON is rewritten after every round.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -48,12 +53,17 @@ def _env(tmp: str) -> dict:
     return env
 
 
-def _wall(cmd: list[str], env: dict) -> float:
-    t0 = time.time()
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _wall(cmd: list[str], env: dict) -> dict:
+    t0, c0 = time.time(), _children_cpu()
     r = subprocess.run(cmd, env=env, cwd=B.ROOT, capture_output=True, text=True, timeout=300)
     if r.returncode:
         raise RuntimeError(f"{' '.join(cmd)} exited {r.returncode}: {r.stderr[-2000:]}")
-    return time.time() - t0
+    return {"exit": time.time() - t0, "cpu": _children_cpu() - c0}
 
 
 def _stamp(line: str) -> float:
@@ -73,9 +83,9 @@ def launch_trainer(tmp: str, env: dict, steps: int, extra_flags: tuple = ()) -> 
     run_dir = os.path.join(tmp, f"run-{time.monotonic_ns()}")
     cmd = train_cmd(run_dir, steps)
     cmd[1:1] = list(extra_flags)
-    t0 = time.time()
+    t0, c0 = time.time(), _children_cpu()
     r = subprocess.run(cmd, env=env, cwd=B.ROOT, capture_output=True, text=True, timeout=600)
-    t_exit = time.time() - t0
+    t_exit, cpu = time.time() - t0, _children_cpu() - c0
     if r.returncode:
         raise RuntimeError(f"trainer exited {r.returncode}: {r.stderr[-3000:]}")
     with open(os.path.join(run_dir, "logs", "rank-0.log"), encoding="utf-8") as fh:
@@ -98,6 +108,7 @@ def launch_trainer(tmp: str, env: dict, steps: int, extra_flags: tuple = ()) -> 
     marks["loop"] = marks["step1"] - first["step_time_s"]
     marks["torch"] = torch_import_s(r.stderr)
     marks["exit"] = t_exit
+    marks["cpu"] = cpu  # the whole launch (3 steps, eval, checkpoint included)
     shutil.rmtree(run_dir, ignore_errors=True)
     return {"marks": marks, "stderr": r.stderr}
 
@@ -126,12 +137,17 @@ def top_imports(stderr: str, n: int = 10) -> list[dict]:
     return rows[:n]
 
 
+TASKS = ("python", "torch", "trainer")
+
+
 def main(argv=None) -> None:
     p = B.parser("startup", __doc__)
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, smoke 1)")
+    B.add_only(p, list(TASKS), "launch(es)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds (default 5, quick 2, smoke 1)")
     args = p.parse_args(argv)
-    rounds = args.rounds or (1 if args.smoke else 5)
-    load0 = B.loadavg()
+    only = B.only(p, args)
+    rounds = args.rounds or (1 if args.smoke else 2 if args.quick else 5)
     tmp = tempfile.mkdtemp(prefix="bench-startup-")
     env = _env(tmp)
     py = sys.executable
@@ -143,36 +159,58 @@ def main(argv=None) -> None:
         stderr["last"] = out["stderr"]
         return out["marks"]
 
-    tasks = {"python -c pass": lambda: {"exit": _wall([py, "-c", "pass"], env)},
-             "import torch": lambda: {"exit": _wall([py, "-c", "import torch"], env)},
+    tasks = {"python": lambda: _wall([py, "-c", "pass"], env),
+             "torch": lambda: _wall([py, "-c", "import torch"], env),
              "trainer": trainer}
+    tasks = {k: v for k, v in tasks.items() if k in only}
+    settings = {"rounds": rounds, "command": " ".join(train_cmd("TMP", 3)[1:]), "launches": list(tasks)}
+    rep = B.Report("startup", args, settings)
     res: dict[str, list[dict]] = defaultdict(list)
     try:
-        if not args.smoke:
+        if not args.smoke and "trainer" in tasks:
             launch_trainer(tmp, env, 1)  # warm the page cache: the first launch after install is colder
         for r in range(rounds):
             for name in B.rotate(list(tasks), r):
                 res[name].append(tasks[name]())
-            t = res["trainer"][-1]
-            print(f"  round {r + 1}/{rounds}: import torch {res['import torch'][-1]['exit']:.2f}s, "
-                  f"trainer first step done {t['step1']:.2f}s", flush=True)
-        imports = top_imports(stderr["last"])
+                rep.set_rows(rows_for(res))
+            line = ", ".join(f"{k} {v[-1].get('step1', v[-1]['exit']):.2f}s" for k, v in res.items())
+            print(f"  round {r + 1}/{rounds}: {line}", flush=True)
+        if "trainer" in res:
+            beyond = [t["step1"] - t["torch"] for t in res["trainer"]]
+            rep.doc["imports"] = top_imports(stderr["last"])
+            rep.doc["first_step_beyond_import_torch_s"] = B.median(beyond)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    print(f"launch -> first step, `make train` recipe (configs/cnn.yaml), {rounds} round(s), seconds")
+    print(B.table(rep.rows, [("what", "what", ""), ("s", "median s", ".2f"), ("min_s", "min", ".2f"),
+                             ("max_s", "max", ".2f"), ("cpu_s", "CPU s", ".2f"), ("note", "", "")]))
+    if "imports" in rep.doc:
+        print("\nslowest top-level imports of one launch (python -X importtime; cumulative, seconds)")
+        print(B.table(rep.doc["imports"], [("module", "module", ""), ("cumulative_s", "s", ".2f")]))
+    print(rep.machine_line())
+    print(f"wrote {rep.close()}")
 
-    torch_s = [x["exit"] for x in res["import torch"]]
-    bare_s = [x["exit"] for x in res["python -c pass"]]
-    tr = res["trainer"]
-    # Each launch minus its own `import torch` (measured in that process, so never more than the launch).
-    beyond = [t["step1"] - t["torch"] for t in tr]
+
+def rows_for(res: dict[str, list[dict]]) -> list[dict]:
+    """The table from the rounds finished so far: median and range over launches, CPU time beside."""
     rows = []
 
-    def add(what: str, xs: list[float], note: str = "") -> None:
+    def add(what: str, xs: list[float], note: str = "", cpu: list[float] | None = None) -> None:
         sp = B.spread(xs)
-        rows.append({"what": what, "s": sp["median"], "min_s": sp["min"], "max_s": sp["max"], "note": note})
+        rows.append({"what": what, "s": sp["median"], "min_s": sp["min"], "max_s": sp["max"],
+                     "cpu_s": B.median(cpu) if cpu else None, "note": note})
 
-    add("python -c pass (interpreter)", bare_s)
-    add("python -c 'import torch' (a separate process, for reference)", torch_s)
+    if res.get("python"):
+        add("python -c pass (interpreter)", [x["exit"] for x in res["python"]],
+            cpu=[x["cpu"] for x in res["python"]])
+    if res.get("torch"):
+        add("python -c 'import torch' (a separate process, for reference)", [x["exit"] for x in res["torch"]],
+            cpu=[x["cpu"] for x in res["torch"]])
+    tr = res.get("trainer")
+    if not tr:
+        return rows
+    # Each launch minus its own `import torch` (measured in that process, so never more than the launch).
+    beyond = [t["step1"] - t["torch"] for t in tr]
     add("import torch inside the trainer launch (excluded)", [t["torch"] for t in tr], "python -X importtime")
     add("launch -> data, model, optimizer built ('model:' log line)", [t["model"] for t in tr])
     add("launch -> training loop entered", [t["loop"] for t in tr], "step-1 row time - step_time_s")
@@ -180,18 +218,9 @@ def main(argv=None) -> None:
     add("first step done, beyond import torch", beyond, "target <= 3 s")
     add("  of which: loop entered -> step 1 logged", [t["step1"] - t["loop"] for t in tr])
     add("  of which: built -> loop entered (Trainer, Metrics)", [t["loop"] - t["model"] for t in tr])
-    add("launch -> process exit (3 steps, eval, checkpoint)", [t["exit"] for t in tr])
-    print(f"launch -> first step, `make train` recipe (configs/cnn.yaml), {rounds} round(s), seconds")
-    print(B.table(rows, [("what", "what", ""), ("s", "median s", ".2f"), ("min_s", "min", ".2f"),
-                         ("max_s", "max", ".2f"), ("note", "", "")]))
-    print("\nslowest top-level imports of one launch (python -X importtime; cumulative, seconds)")
-    print(B.table(imports, [("module", "module", ""), ("cumulative_s", "s", ".2f")]))
-    settings = {"rounds": rounds, "command": " ".join(train_cmd("TMP", 3)[1:])}
-    path = B.write_result("startup", args, {"settings": settings, "loadavg_start": load0, "rows": rows,
-                                            "imports": imports,
-                                            "first_step_beyond_import_torch_s": B.median(beyond)})
-    print(f"wrote {path}")
-
+    add("launch -> process exit (3 steps, eval, checkpoint)", [t["exit"] for t in tr], "CPU: whole launch",
+        cpu=[t["cpu"] for t in tr])
+    return rows
 
 if __name__ == "__main__":
     main()

@@ -55,3 +55,33 @@ def test_steps_run_while_the_write_is_in_flight_and_the_result_is_unchanged(tmp_
     )
     a, b, c = final_weights(run), final_weights(tmp_path / "sync"), final_weights(resumed)
     assert all(torch.equal(a[k], b[k]) and torch.equal(b[k], c[k]) for k in a)
+
+
+def test_the_loop_waits_for_the_writers_copy_before_it_updates_the_weights(tmp_path, monkeypatch):
+    """An async save copies the parameters and optimizer state in the writer thread while the loop runs the
+    next forward and backward (issue 28); a copy slower than that (held up here on purpose) still holds the
+    state of its step, because the loop waits for it before the optimizer step: the resumed run ends where
+    a synchronous run ends."""
+    from trainer.training import saver
+
+    copy = saver._copy_late
+    copied = []
+
+    def slow_copy(todo):
+        time.sleep(0.5)  # longer than a CNN forward and backward: the optimizer step must wait for this
+        copy(todo)
+        copied.append(len(todo))
+
+    monkeypatch.setattr(saver, "_copy_late", slow_copy)
+    over = ["train.max_steps=12", "checkpoint.every_steps=6", "train.eval_every_steps=0"]
+    over += ["train.deterministic=true", "log.every_steps=1"]
+    run = tmp_path / "async"
+    assert train_inprocess("cnn", run, [*over, "checkpoint.async_save=true"]) == 0
+    assert copied and all(n > 0 for n in copied), copied  # the weights went through the deferred copy
+    monkeypatch.setattr(saver, "_copy_late", copy)
+    assert train_inprocess("cnn", tmp_path / "sync", over) == 0
+    resumed = tmp_path / "resumed"
+    from_step6 = f"run.resume={run / 'checkpoints' / 'step-00000006'}"
+    assert train_inprocess("cnn", resumed, [*over, from_step6]) == 0
+    b, c = final_weights(tmp_path / "sync"), final_weights(resumed)
+    assert all(torch.equal(b[k], c[k]) for k in b)

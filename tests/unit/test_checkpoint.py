@@ -6,6 +6,7 @@ them the way a crash, a bad disk or an attacker would, and asserts what discover
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -230,3 +231,33 @@ def test_malicious_pickle_with_a_matching_checksum_is_refused_without_running(th
         loaded = torch.load(fh, weights_only=False) if fmt == "torch_zip" else pickle.load(fh)
     loaded["model"].close()
     assert marker.exists()
+
+
+def test_digest_taken_while_writing_is_the_files_and_a_later_tamper_is_still_refused(tmp_path):
+    """The manifest's sha256 comes from the bytes as they were written (no read-back, issue 28): it is the
+    digest of the file on disk, and a file changed after the write (same size, one byte) is refused by
+    verify, by load_state and by find_resumable, which falls back to the previous checkpoint."""
+    root = tmp_path / "checkpoints"
+    p1, p2 = _save(root, 1), _save(root, 2)
+    for name, digest in ckpt.read_manifest(p2)["files"].items():
+        assert digest == hashlib.sha256(open(os.path.join(p2, name), "rb").read()).hexdigest(), name
+    _flip_byte(os.path.join(p2, "state.pt"), offset=-200)
+    assert ckpt.verify(p2) == "checksum mismatch in state.pt"
+    with pytest.raises(ckpt.CheckpointError, match="checksum mismatch in state.pt"):
+        ckpt.load_state(p2)
+    assert ckpt.CheckpointDir(str(root)).find_resumable(preload=True) == p1
+
+
+def test_a_tamper_between_finding_and_loading_is_caught(tmp_path):
+    """find_resumable(preload=True) keeps the state it verified for load_state; a write to the file in
+    between (its ctime moves) makes load_state read and check it again, and refuse it."""
+    root = tmp_path / "checkpoints"
+    _save(root, 1)
+    p2 = _save(root, 2)
+    assert ckpt.CheckpointDir(str(root)).find_resumable(preload=True) == p2
+    state, _ = ckpt.load_state(p2)  # the preloaded, verified state
+    assert state["progress"]["step"] == 2
+    assert ckpt.CheckpointDir(str(root)).find_resumable(preload=True) == p2
+    _flip_byte(os.path.join(p2, "state.pt"), offset=-200)
+    with pytest.raises(ckpt.CheckpointError, match="checksum mismatch in state.pt"):
+        ckpt.load_state(p2)

@@ -1,5 +1,12 @@
-"""Reading checkpoints: the manifest, verification before anything is unpickled, resolving a path (or the
-best one), and loading state with ``weights_only=True``. Local directories and object stores alike.
+"""Reading checkpoints: the manifest, verification, resolving a path (or the best one), and loading state
+with ``weights_only=True``. Local directories and object stores alike.
+
+Verification reads each file once: a local torch file is hashed (sha256, in a helper thread) while
+``torch.load`` parses it, and what was loaded is handed on only if the digest matches the
+manifest's; so a torn or tampered file is never used, and ``weights_only`` keeps the parse of an unverified
+file from running code. ``find_resumable(preload=True)`` keeps the verified ``state.pt`` it loaded for the
+``load_state`` that follows (as long as the file's inode, size, mtime and ctime are unchanged: any write to
+it moves the ctime), so resuming reads and hashes the state once.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import json
 import logging
 import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
 import torch
@@ -64,24 +72,50 @@ def _load_problem(name: str, e: BaseException) -> str:
     return f"{name} cannot be loaded ({type(e).__name__}: {first})"
 
 
-def _trial_load(src: str | io.BytesIO, name: str) -> Optional[str]:
-    """Whether a torch file (a local path, or a remote object's bytes) loads with weights_only (the pickle
-    is parsed; local zip files are memory-mapped)."""
+def _trial_load(src: io.BytesIO, name: str) -> Optional[str]:
+    """Whether a remote object's bytes load with weights_only."""
     try:
-        if isinstance(src, str):
-            with open(src, "rb") as fh:
-                is_zip = fh.read(4) == b"PK\x03\x04"
-            torch.load(src, map_location="cpu", weights_only=True, mmap=is_zip)
-        else:
-            torch.load(src, map_location="cpu", weights_only=True)
+        torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for a refused object, RuntimeError for a torn zip, ...
         return _load_problem(name, e)
     return None
 
 
-def verify(ckpt: str) -> Optional[str]:
+def _stat_key(path: str) -> tuple:
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def verified_load(path: str, digest: str, name: str, full: bool = True, map_location="cpu"):
+    """(problem or None, object or None): a local torch file hashed while ``torch.load`` reads it.
+
+    ``full=False`` only parses it (tensors memory-mapped, nothing copied): the check of a file that is not
+    needed now. The object is returned only when the digest matched and it loaded."""
+    with open(path, "rb") as fh:
+        is_zip = fh.read(4) == b"PK\x03\x04"
+    with ThreadPoolExecutor(1, thread_name_prefix="ckpt-verify") as pool:
+        hashed = pool.submit(stores.file_sha256, path)
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=is_zip and not full)
+            problem = None
+        except Exception as e:  # UnpicklingError for a refused object, RuntimeError for a torn zip, ...
+            obj, problem = None, _load_problem(name, e)
+        actual = hashed.result()
+    if actual != digest:
+        return f"checksum mismatch in {name}", None
+    return problem, obj
+
+
+# state.pt path -> (its _stat_key, the state): loaded and verified by verify(preload=True), for load_state
+_PRELOADED: dict[str, tuple[tuple, Any]] = {}
+
+
+def verify(ckpt: str, preload: bool = False, skip: frozenset = frozenset()) -> Optional[str]:
     """None if the manifest is sound, every file matches its checksum and loads with weights_only;
-    else what is wrong (the caller then tries the previous checkpoint)."""
+    else what is wrong (the caller then tries the previous checkpoint).
+
+    ``preload``: keep the verified ``state.pt`` of a local checkpoint for the ``load_state`` that follows
+    (it is loaded in full instead of only parsed). ``skip``: file names checked elsewhere."""
     try:
         manifest = read_manifest(ckpt)
     except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
@@ -91,6 +125,8 @@ def verify(ckpt: str) -> Optional[str]:
         return problem
     store = stores.for_path(ckpt)
     for name, digest in manifest["files"].items():
+        if name in skip:
+            continue
         p = stores.join(ckpt, name)
         if not store.isfile(p):
             return f"missing {name}"
@@ -100,10 +136,15 @@ def verify(ckpt: str) -> Optional[str]:
                 if hashlib.sha256(data).hexdigest() != digest:
                     return f"checksum mismatch in {name}"
                 problem = _trial_load(io.BytesIO(data), name)
+            elif name.endswith(".pt"):
+                keep = preload and name == STATE
+                key = _stat_key(p) if keep else None
+                problem, obj = verified_load(p, digest, name, full=keep)
+                if keep and problem is None:
+                    _PRELOADED.clear()  # one checkpoint's state at a time
+                    _PRELOADED[p] = (key, obj)
             else:
-                if store.sha256(p, reread=True) != digest:
-                    return f"checksum mismatch in {name}"
-                problem = _trial_load(p, name) if name.endswith(".pt") else None
+                problem = None if store.sha256(p, reread=True) == digest else f"checksum mismatch in {name}"
         except OSError as e:
             return f"{name} unreadable: {e.strerror or e}"
         if problem:
@@ -128,15 +169,25 @@ def ranked_by_monitor(ckpts: list[str]) -> list[str]:
 def load_state(
     ckpt: str, rank: int = 0, map_location: str = "cpu", verify_first: bool = True
 ) -> tuple[dict, Optional[dict]]:
-    """(state, rng-of-this-rank or None). Verifies checksums before any unpickling."""
-    if verify_first:
-        problem = verify(ckpt)
-        if problem:
-            raise CheckpointError(f"checkpoint {ckpt}: {problem}")
+    """(state, rng-of-this-rank or None). Nothing is returned before its checksum matched: ``state.pt`` is
+    hashed while it loads (or was, by ``verify(preload=True)``), the other files are verified first."""
     store = stores.for_path(ckpt)
     state_path, rng_path = stores.join(ckpt, STATE), stores.join(ckpt, f"rng-rank{rank:05d}.pt")
+    state = None
+    stashed = _PRELOADED.pop(state_path, None)
+    if stashed is not None and map_location == "cpu" and _same_file(state_path, stashed[0]):
+        state = stashed[1]
+    if verify_first:
+        local_state = not store.remote and store.isfile(state_path)
+        problem = verify(ckpt, skip=frozenset([STATE]) if local_state else frozenset())
+        if problem is None and local_state and state is None:
+            digest = (read_manifest(ckpt)["files"] or {}).get(STATE)
+            problem, state = verified_load(state_path, digest, STATE, full=True, map_location=map_location)
+        if problem:
+            raise CheckpointError(f"checkpoint {ckpt}: {problem}")
     try:
-        state = torch.load(_readable(store, state_path), map_location=map_location, weights_only=True)
+        if state is None:
+            state = torch.load(_readable(store, state_path), map_location=map_location, weights_only=True)
         rng = None
         if store.isfile(rng_path):
             rng = torch.load(_readable(store, rng_path), map_location="cpu", weights_only=True)
@@ -147,6 +198,13 @@ def load_state(
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {ckpt}: {STATE} does not hold a state dict")
     return state, rng
+
+
+def _same_file(path: str, key: tuple) -> bool:
+    try:
+        return _stat_key(path) == key
+    except OSError:
+        return False
 
 
 def load_rank_data(ckpt: str, rank: int) -> Optional[dict]:

@@ -10,8 +10,10 @@ Layout under ``checkpoint.dir`` (default ``<run.dir>/checkpoints/``)::
     latest                    name of the newest committed checkpoint (atomic rename of a temp file)
     .tmp-step-00000200/       an interrupted write: ignored and cleaned on the next save
 
-Reading verifies every checksum before unpickling anything, and then uses ``weights_only=True``; a
-checkpoint that fails is reported and the previous one is used.
+The sha256 of each file is computed from the bytes as they are written (stores.HashingWriter), not by reading
+the file back. Reading verifies every checksum (read.py: hashed alongside the load, the state returned
+only once its digest matched) and uses ``weights_only=True``; a checkpoint that fails is reported and the
+previous one is used.
 
 On an object store (``checkpoint.dir=s3://bucket/prefix``, stores.py) there is no rename: the files are
 written in place under ``step-N/`` (a stale one from an interrupted write is deleted first), the manifest
@@ -90,8 +92,15 @@ def atomic_torch_save(obj: Any, path: str, step: int = -1, rank: int = 0) -> Non
         on_first = (lambda: _phase("mid_file", step, rank)) if step >= 0 else None
         store.write_bytes(path, buf.getvalue(), on_first_chunk=on_first)
         return
-    with atomic.atomic_open(path, "wb") as fh:
-        torch.save(obj, _PhaseAfterFirstWrite(fh, step, rank) if step >= 0 else fh)
+    out = None
+    try:
+        with atomic.atomic_open(path, "wb") as fh:
+            out = stores.HashingWriter(fh)  # the manifest's sha256 from the bytes written (no read-back)
+            torch.save(obj, _PhaseAfterFirstWrite(out, step, rank) if step >= 0 else out)
+    finally:
+        if out is not None:
+            out.close_pool()
+    store.remember(path, out.hexdigest(), out.size)
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -152,11 +161,13 @@ class CheckpointDir:
     def is_empty(self) -> bool:
         return not self.store.listdir(self.root)
 
-    def find_resumable(self) -> Optional[str]:
+    def find_resumable(self, preload: bool = False) -> Optional[str]:
         """The `latest` checkpoint if it verifies, else the newest older one that does.
 
         None when there is no checkpoint at all; CheckpointError naming every problem when there are some
         and none is usable. ``self.unusable`` lists those that failed (never to be deleted by a prune).
+        ``preload``: the caller loads the one found next (resume): its state is kept from the verification
+        (read.verify), so it is read and hashed once.
         """
         candidates = []
         ptr = self.latest_pointer()
@@ -166,7 +177,7 @@ class CheckpointDir:
         problems = []
         self.unusable: list[str] = []
         for c in candidates:
-            problem = verify(c)
+            problem = verify(c, preload=preload)
             if problem is None:
                 return c
             log.warning("checkpoint %s is unusable (%s); trying the previous one", c, problem)

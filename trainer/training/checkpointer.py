@@ -62,6 +62,9 @@ class Checkpointer:
         self.data = data  # a stream's loader (trainer.data.StreamBatches), None for map-style data
         self.saver = Saver(cfg, state, run_dir)
         self.ckpts = self.saver.ckpts
+        # Set by an async save until the write holds its own copy of the weights: the loop calls it (then sets
+        # it back to None) before its next optimizer step.
+        self.fence: Optional[Callable[[], None]] = None
         # Set when the run begins (``watch``): the metrics' flush, so every row up to a step is written before
         # its checkpoint exists, and the watchdog's breadcrumb, so a hang names the rank still saving.
         self._flush: Callable[[], None] = lambda: None
@@ -120,7 +123,21 @@ class Checkpointer:
         if self.data is not None:  # every rank's loader position, in the same transaction as the weights
             extra["data_layout"] = self.data.layout
             data = self.data.state_dict()
-        return self.saver.save(step, state, extra, sharded, final, t0, data)
+        # Async: the writer thread copies the parameters and optimizer state (only the optimizer step changes
+        # them) while the loop runs its next forward and backward; the loop calls `fence` before that step.
+        deferrable = state is not None and sharded is None and self.saver.writer is not None
+        late = self._late_storage() if deferrable else frozenset()  # sharded (DTensor) state: copied at once
+        path = self.saver.save(step, state, extra, sharded, final, t0, data, late=late)
+        if late and not final:
+            self.fence = self.saver.writer.copy_fence
+        return path
+
+    def _late_storage(self) -> frozenset:
+        """Storage addresses of the parameters and the optimizer's state tensors."""
+        tensors = list(self.strategy.module.parameters())
+        for st in getattr(self.optimizer, "state", {}).values():
+            tensors += [t for t in st.values() if isinstance(t, torch.Tensor)]
+        return frozenset(t.untyped_storage().data_ptr() for t in tensors)
 
     # the saver's verbs the loop calls between saves
     def poll(self, step: int) -> None:
@@ -182,8 +199,11 @@ class Checkpointer:
         and a self-sharded one is refused."""
         b, p = self.data, self.progress
         saved = manifest.get("data_layout") or {}
-        if saved == b.layout:
-            sd = ckpt.load_rank_data(path, self.state.rank)
+        if saved == b.layout:  # the same data-parallel layout (world_size there counts data-parallel ranks)
+            # the saving rank that read this data-parallel rank's share: ranks are laid out (dp, tp), so the
+            # first of its tensor-parallel group under the checkpoint's parallel.tp
+            saved_tp = ((manifest.get("config") or {}).get("parallel") or {}).get("tp", 1)
+            sd = ckpt.load_rank_data(path, self.state.dp_rank * saved_tp)
             if sd is not None:
                 b.load_state_dict(sd)
                 return

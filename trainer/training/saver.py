@@ -60,14 +60,16 @@ class Saver:
         final: bool,
         t0: float,
         data: Optional[dict] = None,
+        late: frozenset = frozenset(),
     ) -> Optional[str]:
         """Collective. Async (checkpoint.async_save) except for the last save of a run. ``data``: this
-        rank's stream loader state (``data-rankN.pt``), None for map-style data."""
+        rank's stream loader state (``data-rankN.pt``), None for map-style data. ``late``: see
+        ``AsyncWriter.start`` (the caller then calls ``copy_fence()`` before its next optimizer step)."""
         self.close()  # the previous checkpoint's mirror copy is complete before this save starts
         self.saved_at = step
         if self.writer is not None:
             self.finish(step)  # at most one write in flight
-            self.writer.start(step, state, extra, sharded, self.state.ckpt_group, data)
+            self.writer.start(step, state, extra, sharded, self.state.ckpt_group, data, late=late)
             log.info(
                 "checkpoint step %d: async write started (step loop blocked %.3fs)",
                 step,
@@ -174,15 +176,32 @@ def _os_error(e: Optional[BaseException]) -> Optional[OSError]:
     return None
 
 
-def _clone_tree(obj):
-    """Private copies of every tensor, so training can go on mutating the live ones during a write."""
+def _clone_tree(obj, late: frozenset = frozenset(), todo: Optional[list] = None):
+    """Private copies of every tensor, so training can go on mutating the live ones during a write.
+
+    With ``late`` (storage addresses of tensors only the optimizer step changes: parameters and optimizer
+    state), such a tensor is left in its new container and listed in ``todo`` as (container, key, tensor),
+    for ``_copy_late`` to copy in the writer thread while the loop runs its next forward and backward; the
+    containers, and every other tensor (buffers, which forward updates), are copied here."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _clone_tree(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, (dict, list)):
+        out = dict(obj) if isinstance(obj, dict) else list(obj)
+        for k in out.keys() if isinstance(out, dict) else range(len(out)):
+            v = out[k]
+            if todo is not None and isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() in late:
+                todo.append((out, k, v))
+            else:
+                out[k] = _clone_tree(v, late, todo)
+        return out
+    if isinstance(obj, tuple):
         return type(obj)(_clone_tree(v) for v in obj)
     return obj
+
+
+def _copy_late(todo: list) -> None:
+    for holder, key, t in todo:
+        holder[key] = t.detach().to("cpu", copy=True)
 
 
 class AsyncWriter:
@@ -208,6 +227,7 @@ class AsyncWriter:
         self._error: Optional[BaseException] = None
         self._step = -1
         self._extra: dict = {}
+        self._copied: Optional[threading.Event] = None  # set once the thread copied the late tensors
 
     @property
     def in_flight(self) -> bool:
@@ -226,24 +246,41 @@ class AsyncWriter:
         sharded: Optional[dict] = None,
         group=None,
         data: Optional[dict] = None,
+        late: frozenset = frozenset(),
     ) -> None:
+        """Copy the state and start writing it in a thread. ``late``: storage addresses of tensors that only
+        the optimizer step changes; the thread copies those, and ``copy_fence()`` (which the loop calls
+        before its next optimizer step) waits for that copy."""
         if self.in_flight:
             self.wait()
-        state = _clone_tree(state) if state is not None else None
+        todo: list = []
+        state = _clone_tree(state, late, todo) if state is not None else None
         data = _clone_tree(data) if data is not None else None
-        sharded = _clone_tree(sharded) if sharded is not None else None
+        sharded = _clone_tree(sharded) if sharded is not None else None  # DTensor shards: copied here
         rng = rng_state()
         self.ckdir.begin(step, self.rank, self.barrier)
         self._step, self._extra, self._error = step, extra, None
+        copied = self._copied = threading.Event()
 
         def run():
             try:
+                try:
+                    _copy_late(todo)
+                finally:
+                    copied.set()
                 self.ckdir.write(step, self.rank, state, rng, sharded, group, data)
             except BaseException as e:  # re-raised in the main thread at the next poll
                 self._error = e
 
         self._thread = threading.Thread(target=run, name=f"ckpt-write-{step}", daemon=True)
         self._thread.start()
+
+    def copy_fence(self) -> None:
+        """Wait until the write in flight holds its own copy of the parameters and optimizer state: the loop
+        calls this before the optimizer step that follows a save (a few ms of it, if any, are left)."""
+        if self._copied is not None:
+            self._copied.wait()
+            self._copied = None
 
     def poll(self) -> Optional[str]:
         """Commit if every rank's write is done; call at each step boundary (collective while in flight)."""

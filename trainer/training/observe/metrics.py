@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from typing import Optional
@@ -27,34 +28,32 @@ from .trackers import Trackers
 
 log = logging.getLogger("trainer")
 
-# Dense peak FLOP/s per device for MFU. Sources: vendor datasheets (dense, no sparsity).
-PEAK_FLOPS = {
-    ("H200", "bf16"): 989e12,
-    ("H200", "fp16"): 989e12,
-    ("H200", "fp32"): 494e12,  # fp32 = TF32 tensor cores
-    ("H100", "bf16"): 989e12,
-    ("H100", "fp16"): 989e12,
-    ("H100", "fp32"): 494e12,
-    ("A100", "bf16"): 312e12,
-    ("A100", "fp16"): 312e12,
-    ("A100", "fp32"): 156e12,
-    ("L40S", "bf16"): 362e12,
-    ("L40S", "fp16"): 362e12,
-    ("L40S", "fp32"): 183e12,
-    ("A10", "bf16"): 125e12,
-    ("A10", "fp16"): 125e12,
-    ("A10", "fp32"): 62.5e12,
-    ("V100", "fp16"): 125e12,
-    ("V100", "fp32"): 15.7e12,
-    ("T4", "fp16"): 65e12,
-    ("T4", "fp32"): 8.1e12,
-}
+# Dense peak FLOP/s per device for MFU (vendor datasheets, without sparsity), per unit: bf16 and fp16 tensor
+# cores, TF32 tensor cores, fp32 without tensor cores (None: the device has no such unit). The first pattern
+# that matches the device name wins, so the specific names come first ("H100 PCIe" before "H100", "L40S"
+# before "L4").
+PEAK_FLOPS: list[tuple[str, dict[str, Optional[float]]]] = [
+    (r"H100.*PCI", {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51.2e12}),
+    (r"H100.*NVL|H200.*NVL", {"bf16": 835e12, "fp16": 835e12, "tf32": 418e12, "fp32": 60e12}),
+    # SXM; H200 and GH200 have the H100 SXM's units
+    (r"H100|H200|GH200", {"bf16": 989e12, "fp16": 989e12, "tf32": 494.7e12, "fp32": 66.9e12}),
+    (r"A100", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
+    (r"L40S", {"bf16": 362e12, "fp16": 362e12, "tf32": 183e12, "fp32": 91.6e12}),
+    (r"\bL4\b", {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30.3e12}),
+    (r"\bA10\b", {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12}),
+    (r"V100", {"bf16": None, "fp16": 125e12, "tf32": None, "fp32": 15.7e12}),
+    (r"\bT4\b", {"bf16": None, "fp16": 65e12, "tf32": None, "fp32": 8.1e12}),
+]
 
 
-def peak_flops(device_name: str, precision: str) -> Optional[float]:
-    for (gpu, prec), flops in PEAK_FLOPS.items():
-        if gpu in device_name and prec == precision:
-            return flops
+def peak_flops(device_name: str, precision: str, tf32: bool = True) -> Optional[float]:
+    """The device's dense peak for ``precision`` (bf16, fp16, fp32; fp32 runs on the TF32 units when ``tf32``,
+    which the trainer turns on for CUDA); None for a device not in the table or a unit it lacks."""
+    for pattern, peaks in PEAK_FLOPS:
+        if re.search(pattern, device_name):
+            if precision == "fp32" and tf32:
+                return peaks["tf32"] or peaks["fp32"]
+            return peaks.get(precision)
     return None
 
 
