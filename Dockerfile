@@ -20,10 +20,10 @@
 # BASE_IMAGE may also be Debian (tested: a debootstrap-made Debian 12 bookworm, `make image-test`): the apt
 # package names used here are the same on both; what differs (Ubuntu's `ubuntu` user on uid 1000) is handled.
 #
-# Behind a mirror or air-gapped (README "Run in Docker"): pip reads PIP_INDEX_URL, PIP_EXTRA_INDEX_URL,
+# Behind a mirror or air-gapped (docs/docker.md): pip reads PIP_INDEX_URL, PIP_EXTRA_INDEX_URL,
 # PIP_FIND_LINKS, PIP_NO_INDEX and PIP_TRUSTED_HOST from build arguments of those names, and a local
 # wheelhouse comes in as a named build context, bind-mounted into the builder stage only (never a layer);
-# for the CUDA variant, download torch from the PyTorch index into it first (README shows both commands):
+# for the CUDA variant, download torch from the PyTorch index into it first (docs/docker.md shows both commands):
 #   pip download -r requirements.txt --python-version 3.11 --only-binary=:all: -d wheels/   # 3.12: Ubuntu 24.04
 #   docker build --build-context wheels=wheels/ --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels .
 # apt uses the base image's own sources: point BASE_IMAGE at a base that names your apt mirror, or pass the
@@ -140,6 +140,6 @@ ENV PATH=/opt/venv/bin:$PATH \
 # Numeric, so that Kubernetes can check runAsNonRoot without looking the name up.
 USER ${APP_UID}:${APP_UID}
 
-# No HEALTHCHECK: this is a batch job; its exit code is the health signal (see README "Exit codes").
+# No HEALTHCHECK: this is a batch job; its exit code is the health signal (see docs/resume.md "Exit codes").
 ENTRYPOINT ["/usr/bin/tini", "--", "/app/docker/entrypoint.sh"]
 CMD ["-c", "configs/cnn.yaml"]

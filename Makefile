@@ -6,13 +6,14 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= configs/cnn.yaml
 ARGS   ?=
 
-.PHONY: setup train test test-quick lint bench clean help
+.PHONY: setup train test test-quick lint bench docs clean help
 
 help:
 	@echo "make train   train the default recipe ($(CONFIG)); extra overrides: make train ARGS='train.max_steps=50'"
 	@echo "make test    run the whole CPU test suite: unit, distributed, integration (PYTEST_ARGS='-k x')"
 	@echo "make test-quick  the unit tests not marked slow: no training run, no server, no process group (~50 s)"
 	@echo "make lint    what the tests' lint enforces: ruff check, ruff format --check, shellcheck, hadolint"
+	@echo "make docs    build the docs site into site/ (mkdocs --strict: broken links and missing pages fail)"
 	@echo "make bench   CPU benchmarks against a raw PyTorch loop (~8 minutes)"
 	@echo "make setup   create .venv and install pinned dependencies (done by train/test)"
 	@echo "make image-test  build the CPU image with buildah and run checks inside it (root, Linux; ~6-18 minutes)"
@@ -33,7 +34,7 @@ train: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Tiers (README "Testing"): tests/unit needs no process group and trains nothing through the CLI; tests marked
+# Tiers (docs/design.md "Tests"): tests/unit needs no process group and trains nothing through the CLI; tests marked
 # slow (several processes) and tests/distributed, tests/integration run only in `make test`.
 test-quick: setup
 	$(BIN)/python -m pytest tests/unit -m "not slow" $(PYTEST_ARGS)
@@ -45,14 +46,18 @@ lint: setup
 	$(BIN)/shellcheck launch/*.sh launch/slurm.sbatch docker/*.sh .ci/run
 	$(BIN)/hadolint Dockerfile
 
-# CPU benchmarks (README "Performance"): each prints a table and writes bench/results/NAME-DATE.json.
+# The docs site (docs/, mkdocs.yml) into site/; --strict turns a broken link or a missing page into a failure.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# CPU benchmarks (docs/performance.md): each prints a table and writes bench/results/NAME-DATE.json.
 bench: setup
 	for b in overhead datapipe startup checkpoint; do $(BIN)/python -m bench.$$b || exit 1; done
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs site .pytest_cache
 
-# --- Docker (README "Run in Docker"). VARIANT=cu128 (default) or cpu; both from the one Dockerfile.
+# --- Docker (docs/docker.md). VARIANT=cu128 (default) or cpu; both from the one Dockerfile.
 VARIANT  ?= cu128
 VERSION  ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE    ?= torchrunner:$(VERSION)-$(VARIANT)

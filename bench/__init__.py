@@ -1,4 +1,4 @@
-"""Side-by-side benchmarks of the trainer against plain PyTorch loops (see README.md, "Performance").
+"""Side-by-side benchmarks of the trainer against plain PyTorch loops (see docs/performance.md).
 
 Every script runs from the repository root as ``python -m bench.NAME [--smoke] [--out DIR]``, prints a
 table and writes ``NAME-YYYYMMDD.json`` (``NAME-smoke-YYYYMMDD.json`` in smoke mode) under ``--out``, else

@@ -458,7 +458,7 @@ def _hotpath(tr, steps: int, rounds: int) -> dict:
 
 
 def alternatives(tr, n: int) -> list[dict]:
-    """Micro-timings behind the hot-path choices in README.md "Performance": the same result computed two
+    """Micro-timings behind the hot-path choices in docs/performance.md: the same result computed two
     ways."""
     import math
 

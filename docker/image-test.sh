@@ -4,7 +4,7 @@
 # No Docker engine is needed: buildah builds and runs the image (`--isolation chroot`, `--storage-driver vfs`,
 # which work as root in an unprivileged sandbox), on a Debian 12 base made here with debootstrap, from a
 # wheelhouse made here with `pip download` (no pip inside the build talks to a package index: the same path
-# as an air-gapped build, README "Run in Docker"). Root and Linux only; not part of `make test`.
+# as an air-gapped build, docs/docker.md). Root and Linux only; not part of `make test`.
 #
 # Steps (each prints its time):
 #   1. base        localhost/debian:bookworm from debootstrap --variant=minbase (reused when it exists)

@@ -1,4 +1,5 @@
-"""Exit codes shared by the launcher and the trainer (the README's table is the contract).
+"""Exit codes shared by the launcher and the trainer (the tables in README.md and docs/resume.md are the
+contract).
 
 They exist so that Docker, Kubernetes (``podFailurePolicy``) and Slurm can tell a bug from a bad config, a
 preemption worth retrying and a diverged run, without parsing logs. torchrun collapses every worker failure

@@ -42,7 +42,7 @@ def _isolated_env(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-# The tiers (README "Tests"): tests/unit starts no server and trains nothing through the CLI, so that
+# The tiers (docs/design.md "Tests"): tests/unit starts no server and trains nothing through the CLI, so that
 # `make test-quick` (tests/unit, not marked slow) stays quick; these session fixtures belong to integration.
 HEAVY_FIXTURES = {"cnn_run", "mlflow_server", "s3_server", "s3"}
 

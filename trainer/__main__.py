@@ -6,6 +6,7 @@
     python -m trainer check -c configs/gpt.yaml model.n_layer=8             # validate only (no torch import*)
     python -m trainer check --json -c configs/gpt.yaml                      # ... printing the resolved config
     python -m trainer config                                                # every key, type, default, help
+    python -m trainer config --markdown > docs/config.md                    # ... as the docs' key reference
     python -m trainer generate --from runs/llm --prompt "Q: ..."            # complete with a fine-tuned LM
     python -m trainer data -c configs/finetune_llm.yaml --show 2             # what the run will learn
 
@@ -85,12 +86,23 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--nproc-per-node", type=int, help="processes per node (with --world-size)")
     sp = sub.add_parser("config", help="list every config key with its type, default and help")
     sp.add_argument("-c", "--config", help="also print this recipe resolved with the overrides")
+    sp.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the key reference as Markdown (docs/config.md is its output)",
+    )
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     tools_cli.add_commands(sub)
     return p
 
 
 def _config_command(args: argparse.Namespace) -> int:
+    if args.markdown:
+        if args.config or args.overrides:
+            print("python -m trainer config: --markdown takes no recipe or overrides", file=sys.stderr)
+            return codes.CONFIG
+        print(config.markdown(), end="")
+        return codes.OK
     print("Config keys (YAML sections or dotted KEY=VALUE overrides):\n" + config.describe())
     if args.config or args.overrides:
         try:
@@ -143,10 +155,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(codes.CONFIG)
     if args.cmd in ("config", "check"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `python -m trainer config | head` ends quietly
-    if args.cmd == "config":
-        sys.exit(_config_command(args))
     if args.cmd in tools_cli.COMMANDS:
         sys.exit(_tool_command(args))
+    if args.cmd == "config" and args.markdown:
+        sys.exit(_config_command(args))  # the schema's defaults: $TRAINER_OVERRIDES does not reach them
+    try:
+        args.overrides = [*args.overrides, *config.env_overrides()]  # $TRAINER_OVERRIDES wins
+    except config.ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(codes.CONFIG)
+    if args.cmd == "config":
+        sys.exit(_config_command(args))
     mesh = None
     try:
         cfg = config.load(args.config, args.overrides)

@@ -1,15 +1,15 @@
 """Public entry points: ``fit(...)`` for notebooks and scripts, ``train_command(cfg)`` for the CLI.
 
 ``train_command(cfg)`` is what ``python -m trainer train`` runs once the config is valid: it trains and
-maps every way a run can end to an exit code and a one-line reason (README "Exit codes"). ``fit`` does the
-same from Python with objects instead of import paths, and returns instead of exiting::
+maps every way a run can end to an exit code and a one-line reason (docs/resume.md "Exit codes"). ``fit``
+does the same from Python with objects instead of import paths, and returns instead of exiting::
 
     from trainer import fit
     result = fit("configs/gpt.yaml", model=my_module, train_data=my_dataset, overrides=["train.max_steps=50"])
     result.exit_code, result.model, result.summary, result.run_dir
 
 Under torchrun a script that calls ``fit`` trains with DDP on every process (``train.strategy=auto``); see
-README "Python API".
+docs/byo-model.md "Python API".
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def fit(
     ``config``: a YAML path, a dict, a ``Config`` or None (defaults); ``overrides``: dotted ``KEY=VALUE``
     strings on top. ``model``: an ``nn.Module`` used instead of ``model.name``; ``train_data`` /
     ``eval_data``: map-style datasets whose samples are ``(x, y)`` pairs or dicts (an HF ``datasets.Dataset``
-    in torch format works), or an ``IterableDataset`` stream (README "Streaming data"); without
+    in torch format works), or an ``IterableDataset`` stream (docs/data.md "Streaming data"); without
     ``eval_data`` the train data is split by ``data.eval_fraction`` (a stream has no split: no eval).
     ``loss``: ``fn(outputs, targets) -> scalar tensor`` used instead of ``train.loss``. The run's
     ``config.yaml`` records the objects' classes as ``model.name`` / ``data.name`` / ``train.loss``.

@@ -1,7 +1,7 @@
 """Typed configuration: dataclasses with defaults, YAML, dotted overrides, one validation pass.
 
-Precedence is CLI override > YAML file > defaults in code. Every field carries its help text in
-``metadata["help"]``; ``python -m trainer config`` prints them. Errors are :class:`ConfigError`, whose
+Precedence is $TRAINER_OVERRIDES > CLI override > YAML file > defaults in code. Every field carries its help
+text in ``metadata["help"]``; ``python -m trainer config`` prints them. Errors are :class:`ConfigError`, whose
 message names the key, the value and what was expected; the CLI turns it into exit code 2.
 """
 
@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import shlex
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import yaml
@@ -41,6 +43,7 @@ from .schema import (  # noqa: F401  (re-exported: trainer.config is where calle
     is_section,
     iter_fields,
     iter_leaves,
+    markdown,
     reference,
     type_name,
 )
@@ -87,6 +90,21 @@ def set_dotted(tree: dict, key: str, value: Any) -> None:
             node[p] = nxt
         node = nxt
     node[parts[-1]] = value
+
+
+# Overrides from the environment, applied after the command line's by `python -m trainer train|check|config`
+# (and so by every worker the launcher starts): CI and the doc test cap runs with
+# TRAINER_OVERRIDES='train.max_steps=3' without editing the commands they run (docs/configuration.md).
+ENV_OVERRIDES = "TRAINER_OVERRIDES"
+
+
+def env_overrides(environ: Optional[Mapping[str, str]] = None) -> list[str]:
+    """The KEY=VALUE items of $TRAINER_OVERRIDES, split as a shell would (quotes group)."""
+    raw = (os.environ if environ is None else environ).get(ENV_OVERRIDES, "")
+    try:
+        return shlex.split(raw)
+    except ValueError as e:
+        raise ConfigError(f"{ENV_OVERRIDES}={raw!r}: {e}") from None
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
@@ -198,12 +216,12 @@ def math_diff(a: Config, b: Config) -> list[str]:
 
 
 def run_key(cfg: Config) -> str:
-    """12 hex chars naming a config by what changes its result: the default run directory's suffix, so the
-    same command (same recipe and overrides) finds the same run again."""
-    # keys that do not change the math (logging, checkpoint cadence, timeouts, workers) do not make a new run;
-    # the length of the run does
-    ignored = tuple(p for p in RESUME_SAFE_PREFIXES if p not in ("train.max_steps", "train.epochs"))
-    keyed = {k: v for k, v in flat(cfg).items() if not k.startswith(ignored)}
+    """12 hex chars naming a config: the default run directory's suffix (docs/resume.md "The default run
+    directory"). The same command (same recipe, overrides and launch mode) finds the same run again and
+    resumes it; any change to the resolved config, trackers, eval cadence, early stopping and train.strategy
+    included, is a new run. Only ``run.*`` is left out (it names the directory and how to resume it). The
+    world size is not config, so a run resumed on another number of processes keeps its directory."""
+    keyed = {k: v for k, v in flat(cfg).items() if not k.startswith("run.")}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -1,6 +1,6 @@
 """Exit codes of `python -m trainer` (and, through the launcher, of the whole job).
 
-They are part of the contract with Docker and Kubernetes: restart policies key on them (see README
+They are part of the contract with Docker and Kubernetes: restart policies key on them (see docs/resume.md
 "When things go wrong"). 75 is EX_TEMPFAIL from sysexits.h: "try again later"; 74 is EX_IOERR.
 """
 

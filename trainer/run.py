@@ -33,7 +33,7 @@ from .exitcodes import OK, PREEMPTED
 from .models import build_model, flops_per_sample, prepare_user_model
 from .models.outputs import model_io
 from .objects import check_import_paths
-from .runtime import dist, io_faults, workerenv
+from .runtime import cpu, dist, io_faults, workerenv
 from .runtime.command import rerun_command, under_launcher
 from .runtime.lease import LEASE, Lease
 from .runtime.logs import add_rank_log, setup_logging
@@ -120,7 +120,7 @@ def _init_dist(cfg: Config):
 
 def default_run_dir(cfg: Config) -> str:
     """``runs/<model>-<run_key>``: the same recipe and overrides name the same directory, so rerunning the
-    same command resumes (README "Resume")."""
+    same command resumes (docs/resume.md "The default run directory")."""
     model = cfg.model.name.split(":")[-1].lower()
     return os.path.join("runs", f"{model}-{cfgmod.run_key(cfg)}")
 
@@ -329,11 +329,8 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
         # MFU is reported on CUDA only; counting FLOPs runs a forward (and imports torch._dynamo, ~1.3 s).
         flops = flops_per_sample(module, info) if state.device.type == "cuda" else None  # before FSDP shards
         run_dir, resume_path, lease = _make_run_dir(cfg, state, created)
-        if cfg.train.precision == "fp16" and state.device.type == "cpu":
-            log.warning(  # measured: seed CNN 151 ms/step in fp16 vs 21 fp32, 15 bf16 (PLATFORM.md)
-                "train.precision=fp16 on CPU is emulated and ~7x slower than fp32 here; "
-                "train.precision=bf16 is the CPU mixed precision"
-            )
+        if state.device.type == "cpu" and (warning := cpu.precision_warning(cfg.train.precision)):
+            log.warning("%s", warning)
         torch.manual_seed(cfg.seed + 1 + state.rank)  # dropout differs per rank; init did not
         strategy = Strategy(cfg, state, mode, accelerator)
         optimizer = strategy.wrap(module, lambda m: build_optimizer(m, cfg, state.device))

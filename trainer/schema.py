@@ -67,8 +67,9 @@ assert tuple(MONITOR_MODES) == typing.get_args(Monitor)
 class RunConfig:
     dir: Optional[str] = _f(
         None,
-        "Run directory for every output. Default: runs/<model>-<hash of the config>, so rerunning the "
-        "same command resumes the same run.",
+        "Run directory for every output. Default: runs/<model>-<key>, the key a hash of every other key but "
+        "run.*: the same command resumes its run, a changed config (trackers and eval cadence included) "
+        "starts a new one.",
     )
     resume: Union[ResumeMode, str] = _f(
         "auto",
@@ -160,7 +161,7 @@ class DataConfig:
         None,
         "File or directory for text, tokens (.bin), tensors (.npy/.npz/.pt), csv and jsonl data. For "
         "jsonl, text and tokens also a glob (data/train-*.jsonl), a directory of shards or an s3:// URL: "
-        "streamed, read lazily (README Streaming data).",
+        "streamed, read lazily (docs/data.md, Streaming data).",
         kind="data",
     )
     eval_path: Optional[str] = _f(
@@ -582,3 +583,56 @@ def describe() -> str:
             line += f"  ({r['range']})"
         lines.append(f"{line}\n      {r['help']}")
     return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    """Text for a Markdown table cell: backtick spans kept, and outside them what Markdown would read as
+    markup (HTML, emphasis, links, the cell separator) escaped."""
+    parts = text.split("`")
+    for i in range(0, len(parts), 2):  # outside code spans
+        p = parts[i].replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;")
+        for ch in "*_[]|":
+            p = p.replace(ch, "\\" + ch)
+        parts[i] = p
+    return "`".join(parts)
+
+
+def _code(value: Any) -> str:
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return f"`{text}`" if text else "`''`"
+
+
+MARKDOWN_HEAD = """# Config keys
+
+<!-- Generated from trainer/schema.py by `python -m trainer config --markdown > docs/config.md`; do not edit
+     by hand: tests/unit/test_docs.py fails when this page differs from that command's output. -->
+
+Every key a recipe may set, as a YAML section (`train:` then `max_steps: 50`) or a dotted override on the
+command line (`train.max_steps=50`); precedence is override > recipe > the defaults below. How a run is
+configured, and the checks a config passes before anything runs: [Configuration](configuration.md).
+"""
+
+
+def markdown() -> str:
+    """Every key as Markdown tables, one per section: the text of `python -m trainer config --markdown`
+    (docs/config.md)."""
+    rows = reference()
+    out = [MARKDOWN_HEAD, f"{len(rows)} keys."]
+    section = None
+    for r in rows:
+        top = r["key"].split(".")[0] if "." in r["key"] else ""
+        if top != section:
+            section = top
+            out.append(f"\n## {'`' + top + '.*`' if top else 'Top level'}\n")
+            out.append("| key | type | default | allowed | what it does |")
+            out.append("| --- | --- | --- | --- | --- |")
+        kinds = [t for t in r["type"].rstrip("?").split("|") if t not in map(str, r["choices"])]
+        tp = "|".join(kinds) or "choice"
+        tp += "?" if r["type"].endswith("?") else ""
+        allowed = [", ".join(_code(c) for c in r["choices"])] if r["choices"] else []
+        allowed += [_md(f"or {r['other']}")] if r["other"] else []
+        allowed += [_md(r["range"])] if r["range"] else []
+        tp = _md(tp.replace("|", " or "))
+        cells = [f"`{r['key']}`", tp, _code(r["default"]), "; ".join(allowed), _md(r["help"])]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"

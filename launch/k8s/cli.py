@@ -161,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _scheduling_flags(r: argparse.ArgumentParser) -> None:
     g = r.add_argument_group(
-        "queue, gang, priority, placement and fabric (what each renders per kind: README)"
+        "queue, gang, priority, placement and fabric (what each renders per kind: docs/kubernetes.md)"
     )
     g.add_argument(
         "--queue", default=None, help="Kueue LocalQueue: label kueue.x-k8s.io/queue-name, suspended"

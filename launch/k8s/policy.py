@@ -1,5 +1,5 @@
 """What a rendered job does on failure and how it is scheduled, in words: the paragraphs atop every file that
-``launch k8s render`` writes (and the README's tables say the same)."""
+``launch k8s render`` writes (and docs/kubernetes.md's tables say the same)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Each flag of ``launch k8s render`` is parsed here once (a bad value is one line naming the flag, exit 2) and
 applied to a PodSpec or to the job object by the functions below; :mod:`launch.k8s.manifests` calls them
 for every kind. What lands where, per kind (field names checked against the kubeflow-training and
-kubeflow-trainer-api models in tests/unit/test_k8s.py; the README's "Run on Kubernetes" has it as a table):
+kubeflow-trainer-api models in tests/unit/test_k8s.py; docs/kubernetes.md has it as a table):
 
 - ``--queue``: the label ``kueue.x-k8s.io/queue-name`` on the job object, which is created suspended
   (Job ``spec.suspend``, PyTorchJob ``runPolicy.suspend``, TrainJob ``spec.suspend``).

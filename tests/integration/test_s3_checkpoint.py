@@ -141,7 +141,7 @@ def test_transient_errors_are_retried_and_a_failing_save_keeps_the_previous_chec
     monkeypatch.setattr(stores, "fault_hook", down)
     cfg = C.load(None, [f"run.dir={tmp_path / 'ok'}", *FAST, *JOB, f"checkpoint.dir={url}"])
     code, reason = train_command(cfg)
-    assert code == 74, (code, reason)  # a storage fault (README "Exit codes"): fix it, rerun, it resumes
+    assert code == 74, (code, reason)  # a storage fault (docs/resume.md): fix it, rerun, it resumes
     assert "read timeout" in reason and "while writing checkpoint step 12" in reason, reason
     assert f"the previous checkpoint {url}/{ckpt.step_name(8)} is intact" in reason, reason
     assert ckpt.resolve(url) == f"{url}/{ckpt.step_name(8)}"  # the previous checkpoint, intact

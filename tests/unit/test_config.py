@@ -147,6 +147,33 @@ def test_math_diff_ignores_safe_keys():
     assert C.math_diff(a, b) == ["optim.lr"]
 
 
+def test_the_default_run_dir_key_is_the_whole_config_but_run_and_world_size():
+    from launch.modes import worker_args
+
+    def key(*overrides):
+        return C.run_key(C.load("configs/cnn.yaml", list(overrides)))
+
+    same = key("train.max_steps=5")
+    assert key("train.max_steps=5") == same  # the same command finds its run again
+    # ...and so does a resume on another number of processes: the launcher's argv does not carry it
+    one, two = (worker_args("trainer", "configs/cnn.yaml", ["train.max_steps=5"], "ddp") for _ in (1, 2))
+    assert one == two
+    monitor = ("train.max_steps=5", "checkpoint.monitor=eval/accuracy")
+    assert key(*monitor) != same
+    assert key(*monitor, "train.early_stop_patience=5") != key(*monitor)  # early stopping on
+    for changed in (
+        "log.trackers=[tensorboard,mlflow]",
+        "train.eval_every_steps=20",
+        "train.strategy=ddp",
+        "checkpoint.every_steps=10",
+        "log.every_steps=3",
+        "train.max_steps=6",
+    ):
+        assert key("train.max_steps=5", changed) != same, changed
+    # run.* names the directory and how to resume it: never part of its name
+    assert key("train.max_steps=5", "run.resume=restart", "run.resume_config_change=allow") == same
+
+
 def test_cli_config_lists_keys_and_errors_exit_2(tmp_path):
     r = run_cli(["config"])
     assert r.returncode == 0 and "train.batch_size" in r.stdout and "default=64" in r.stdout
@@ -170,6 +197,22 @@ def test_check_does_not_import_torch():
 
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.stdout.strip().splitlines()[-1] == "False", r.stdout + r.stderr
+
+
+def test_trainer_overrides_come_after_the_command_line_and_reach_check_and_config():
+    env = {"TRAINER_OVERRIDES": "train.max_steps=3 'log.trackers=[tensorboard, mlflow]'"}
+    r = run_cli(["config", "-c", "configs/cnn.yaml", "train.max_steps=50"], env=env)
+    assert r.returncode == 0, r.stderr
+    resolved = r.stdout.split("\nresolved:\n", 1)[1]
+    assert "  max_steps: 3\n" in resolved and "  - mlflow\n" in resolved
+    r = run_cli(["check", "-c", "configs/cnn.yaml"], env={"TRAINER_OVERRIDES": "train.max_step=3"})
+    assert r.returncode == 2 and "train.max_step" in r.stderr and "did you mean" in r.stderr
+    r = run_cli(["check", "-c", "configs/cnn.yaml"], env={"TRAINER_OVERRIDES": "train.max_steps='3"})
+    assert r.returncode == 2
+    line = 'config error: TRAINER_OVERRIDES="train.max_steps=\'3": No closing quotation'
+    assert r.stderr.strip().splitlines() == [line]
+    # the key reference is the schema's, whatever the environment says
+    assert run_cli(["config", "--markdown"], env=env).stdout == C.markdown()
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,11 @@
 """The launcher and the trainer meet only at the process boundary, so each has its exit codes: they agree,
-and the README's "Exit codes" table (the contract with Docker, Kubernetes and Slurm) lists every one."""
+and the "Exit codes" tables of the README and docs/resume.md (the contract with Docker, Kubernetes and Slurm)
+list every one."""
 
 import os
 import re
+
+import pytest
 
 import launch.exitcodes as L
 import trainer.exitcodes as T
@@ -17,8 +20,9 @@ def test_exit_codes_agree():
     assert set(L.NAMES) == set(T.NAMES) == {getattr(T, n) for n in NAMES}
 
 
-def test_the_readme_table_lists_every_exit_code():
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+@pytest.mark.parametrize("page", ["README.md", "docs/resume.md"])
+def test_the_exit_code_tables_list_every_exit_code(page):
+    text = open(os.path.join(ROOT, page), encoding="utf-8").read()
     table = text.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
     listed = {int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.M)}
     assert set(T.NAMES) <= listed, sorted(set(T.NAMES) - listed)

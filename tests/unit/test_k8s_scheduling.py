@@ -409,9 +409,9 @@ def test_toleration_forms(text, toleration):
     assert S.parse_toleration(text) == toleration
 
 
-def test_the_readme_kueue_example_renders_what_it_says(tmp_path):
-    """The README's worked example (Kueue queue + gang), its `python -m launch` lines run as written."""
-    text = (ROOT / "README.md").read_text()
+def test_the_docs_kueue_example_renders_what_it_says(tmp_path):
+    """docs/kubernetes.md's worked example (Kueue queue + gang): its `python -m launch` lines, as written."""
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
     block = text.split("A Kueue queue with gang scheduling", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [c for c in block.replace("\\\n", " ").splitlines() if c.startswith("python -m launch")]
     assert len(commands) == 2

@@ -426,7 +426,7 @@ def test_store_host_is_found_on_any_interface_not_by_host_name(monkeypatch):
 
     assert conf({"10.0.0.5", "198.18.0.1"})["is_host"] == "1"  # node A: management NIC + fabric NIC
     assert "is_host" not in conf({"10.0.0.6", "198.18.0.2"})  # node B: torchrun's rule (not the host)
-    assert conf({"10.0.0.5"}, local_addr="198.18.0.1")["is_host"] == "1"  # the README's --local-addr advice
+    assert conf({"10.0.0.5"}, local_addr="198.18.0.1")["is_host"] == "1"  # docs/launch.md's --local-addr
     assert "is_host" not in conf({"10.0.0.6"}, local_addr="198.18.0.2")
     monkeypatch.setattr(addrs, "resolve", lambda host: ["127.0.0.1"])  # several agents on one machine
     assert "is_host" not in conf({"127.0.0.1"})

@@ -1,4 +1,4 @@
-"""The layers of trainer/ (README "Design"): every import, also those inside functions, points downward.
+"""The layers of trainer/ (docs/design.md): every import, also those inside functions, points downward.
 
     __main__  ->  api, run  ->  tools  ->  training (observe/ inside)  ->  checkpoint  ->  models  ->  data
               ->  runtime  ->  config, schema, exitcodes, objects

@@ -38,7 +38,7 @@ from typing import Any, Optional
 
 FORMATS = ("text", "prompt_response", "messages", "sharegpt", "alpaca")
 
-# The documented default chat template (README "Fine-tune"): for tokenizers without one of their own.
+# The documented default chat template (docs/finetune.md): for tokenizers without one of their own.
 DEFAULT_CHAT_TEMPLATE = (
     "{% for m in messages %}"
     "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"

@@ -327,7 +327,7 @@ def _materialize(obj: Any, key: str) -> list:
 
 
 def wrap_stream(cfg: Config, made: Any, eval_made: Any, key: str):
-    """(Stream, eval dataset, DataInfo) for a user IterableDataset (README "Data")."""
+    """(Stream, eval dataset, DataInfo) for a user IterableDataset (docs/data.md)."""
     d, tk = cfg.data, cfg.data.target_key
     length = stream_length(made)
     head = UserDataset(head_samples(made, HEAD_SAMPLES, key), target_key=tk)

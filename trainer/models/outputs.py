@@ -1,6 +1,6 @@
 """Read any model's output and feed any model its batch: tensors, tuples, dicts and ``ModelOutput``.
 
-Output rules (``split_output``), the contract the README's "Bring your own model" section documents:
+Output rules (``split_output``), the contract docs/byo-model.md documents:
 
 * a tensor is the predictions;
 * a tuple or list: a 0-dim tensor element is the model's loss (nanoGPT returns ``(logits, loss)``,

@@ -1,8 +1,8 @@
 """Storage faults as outcomes: a write the file system refused is one line naming the cause and the path.
 
 Disk full, a read-only mount, a name too long, a path component that is a file: none of these is a bug
-(exit 1) or a bad config (exit 2); they are exit 74 (EX_IOERR, README "Exit codes"): fix the storage and
-rerun the same command, which resumes from the last committed checkpoint (a failed write never moves
+(exit 1) or a bad config (exit 2); they are exit 74 (EX_IOERR, docs/resume.md "Exit codes"): fix the storage
+and rerun the same command, which resumes from the last committed checkpoint (a failed write never moves
 ``latest``). torch.save reports ENOSPC as ``RuntimeError: ... unexpected pos`` with the OSError only in the
 exception chain, so the chain is searched.
 """

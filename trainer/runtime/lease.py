@@ -12,8 +12,8 @@ gets it (``Lease._take_over``: a ``link(2)`` that only one can make, then a rena
 new, live holder and are refused.
 
 A lease held from another host cannot be checked from here; if that host is gone, delete the ``.lease``
-file (README "When things go wrong"). On a shared file system (NFS, Lustre, ...) ``O_EXCL`` creation is
-atomic on NFSv3+ and all common parallel file systems, which is what the lease relies on.
+file (docs/resume.md "When things go wrong"). On a shared file system (NFS, Lustre, ...) ``O_EXCL`` creation
+is atomic on NFSv3+ and all common parallel file systems, which is what the lease relies on.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """``python -m trainer compress``: quantize or prune a trained model and report what it cost and saved.
 
-    python -m trainer compress --from runs/cnn --method quantize --out runs/cnn-int8
-    python -m trainer compress --from runs/cnn --method quantize \
+    python -m trainer compress --from runs/cnn-finetune --method quantize --out runs/cnn-int8
+    python -m trainer compress --from runs/cnn-finetune --method quantize \
         --scheme int8-dynamic,int8-weight,torch-ao-dynamic --out runs/cnn-q
-    python -m trainer compress --from runs/cnn --method prune --amount 0.8 --scope global \
+    python -m trainer compress --from runs/cnn-finetune --method prune --amount 0.8 --scope global \
         --finetune-steps 50 --out runs/cnn-sparse
-    python -m trainer compress --from runs/cnn --method prune --amount 0.5 --scope channel \
+    python -m trainer compress --from runs/cnn-finetune --method prune --amount 0.5 --scope channel \
         --finetune-steps 50 --out runs/cnn-slim
 
 Every command writes ``<out>/report.json`` and prints the same table: for the source model and each

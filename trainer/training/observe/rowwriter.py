@@ -1,6 +1,6 @@
 """The background writer of log rows: the step loop hands a row over and goes on; one thread writes it.
 
-Measured on the overhead benchmark's MLP (bench/overhead.py, README "Performance"): a log step done inline
+Measured on the overhead benchmark's MLP (bench/overhead.py, docs/performance.md): a log step done inline
 (metrics.jsonl write + flush, the console line through two logging handlers, one TensorBoard event, psutil)
 cost ~300 us on its own step and another ~150 us spread over the next three steps, whose code and data had
 been pushed out of the CPU caches. Here the loop's side of a row is one ``queue.put``; this thread wakes every
