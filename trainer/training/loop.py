@@ -326,7 +326,7 @@ class Trainer:
         """The loop's own state for a checkpoint (the model and optimizer come from the strategy)."""
         return {
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.strategy.scaler.state_dict() if self.strategy.scaler else None,
+            "scaler": self.strategy.state_scaler.state_dict() if self.strategy.state_scaler else None,
             "progress": vars(self.progress).copy(),
             "monitor": {
                 "best": self.monitor.best,
@@ -342,8 +342,8 @@ class Trainer:
 
     def load_state_dict(self, sd: dict) -> None:
         self.scheduler.load_state_dict(sd["scheduler"])
-        if self.strategy.scaler is not None and sd.get("scaler"):
-            self.strategy.scaler.load_state_dict(sd["scaler"])
+        if self.strategy.state_scaler is not None and sd.get("scaler"):
+            self.strategy.state_scaler.load_state_dict(sd["scaler"])
         # in place: the checkpointer and the ending hold this same Progress
         vars(self.progress).update(vars(ckpt.Progress(**sd["progress"])))
         mon = sd.get("monitor") or {}  # checkpoints from before checkpoint.monitor have none
