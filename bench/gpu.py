@@ -27,6 +27,12 @@ run cut short by its budget still has these):
   gpt1b                       the trainer at a ~1B shape (our GPT: 24 layers, width 2048, 16 heads, vocab
                               50304, block 1024: 1.31 B parameters), random weights, bf16 + compile, batch 8:
                               the "large model" row (transformers cannot travel to the device machine)
+  blocks, fp8                 the trainer with train.compile=blocks (each block compiled) /
+                              train.precision=fp8 (torchao float8; failed with the trainer's one line where
+                              torchao or the GPU cannot; skipped in the CPU smoke: emulated, minutes)
+  hsdp, tp                    the real launcher on 4 GPUs (HSDP dp_replicate=2 x dp_shard=2) / 2 GPUs (FSDP x
+                              parallel.tp=2), timed by the trainer's own metrics row; skipped with the reason
+                              on fewer GPUs
 
 Every build is timed over ``--windows`` windows of ``--steps`` optimizer steps after warm-up, each window
 between two device synchronisations: a row gives the median tokens/s over its windows with their range, and
@@ -44,6 +50,7 @@ H100 SXM's peaks as nominal figures.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import inspect
 import os
@@ -60,7 +67,7 @@ from . import common as B
 T_START = time.monotonic()
 # Most important first: a run cut short by its budget (or the device slot) still has the rows that matter.
 ROWS = ("recipe", "bf16", "fsdp", "compile", "fp16", "fp32", "accelerate", "ddp", "ckpt", "fused_loss",
-        "host_data", "gpt1b")
+        "host_data", "gpt1b", "blocks", "fp8", "hsdp", "tp")
 FULL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab": 50304, "block": 1024, "batch": 32}
 SMOKE = {"n_layer": 2, "n_head": 2, "n_embd": 64, "vocab": 512, "block": 64, "batch": 4}
 # ~1B: GPT-3 XL's shape (12 L d^2 = 1.21 B in the blocks + 0.10 B tied embedding); block as FULL's
@@ -193,7 +200,7 @@ def trainer_side(recipe: str, overrides: list[str], warm: int, steps: int, windo
         dev = tr.device
         tr.metrics = B.RowCatcher()
         tr.strategy.model.train()
-        accum = tr.cfg.train.grad_accum
+        accum = tr.batch["accum"]  # train.grad_accum, or derived from train.micro_batch_size
         batches = tr.batches.epoch_iter()
 
         def micro():
@@ -397,6 +404,44 @@ def shape_overrides(shape: dict) -> list[str]:
             f"model.vocab_size={shape['vocab']}", "model.dropout=0.0"]
 
 
+class Skip(Exception):
+    """A row that cannot run here, with the reason (not a failure)."""
+
+
+def skip(reason: str):
+    raise Skip(reason)
+
+
+def launched_side(mode: str, nproc: int, over: list[str], steps: int, shape: dict) -> dict:
+    """Several GPUs: ``python -m launch MODE`` for 2 x steps steps; the second metrics row (after compile and
+    warm-up) is the timed window."""
+    import json
+    import subprocess
+
+    import torch
+
+    from trainer.models.gpt import GPT
+
+    have = torch.cuda.device_count()
+    if have < nproc:
+        raise Skip(f"needs {nproc} GPUs, {have} visible")
+    run_dir = next(o.split("=", 1)[1] for o in over if o.startswith("run.dir="))
+    argv = [sys.executable, "-m", "launch", mode, "--nproc-per-node", str(nproc), *over,
+            f"train.max_steps={2 * steps}"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=B.ROOT)
+    if r.returncode:
+        raise RuntimeError((r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1])
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
+        row = [x for x in map(json.loads, fh) if not x.get("eval")][-1]
+    with torch.device("meta"):
+        m = GPT(shape["vocab"], shape["block"], shape["n_layer"], shape["n_head"], shape["n_embd"])
+    tokens = shape["batch"] * shape["block"] * steps
+    return {"walls": [tokens / row["tokens_per_s"]], "trainer_tokens_per_s": row["tokens_per_s"],
+            "trainer_gpu_mem_gb": row.get("gpu_mem_gb"), "loss": row["loss"], "batch": shape["batch"],
+            "flops_per_token": m.flops_per_sample(shape["block"]) / shape["block"],
+            "peak_gib": row.get("gpu_mem_gb"), "processes": nproc}
+
+
 def finish(r: dict, steps: int, shape: dict, peak: Optional[float]) -> dict:
     """tokens/s per window, their median and range; TFLOP/s and MFU from the median against ``peak``."""
     tokens = r["batch"] * shape["block"] * steps
@@ -496,6 +541,8 @@ def main(argv=None) -> None:
         t0 = time.monotonic()
         try:
             r = fn()
+        except Skip as e:
+            return None, f"skipped: {e}"
         except Exception as e:
             clean(device)
             msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -631,6 +678,19 @@ def main(argv=None) -> None:
                 run_row("gpt1b", "trainer", f"{label}, batch {big['batch']}", "gpt1b",
                         trainer_fn(over + base_overrides(big, device, tmp, big["batch"], b_steps),
                                    w=2 if not smoke else 1, n=b_steps), "bf16", n_steps=b_steps, shape_of=big)
+            elif key in ("blocks", "fp8"):  # scale-out (issue 24): per-block compile, float8
+                extra = "train.compile=blocks" if key == "blocks" else "train.precision=fp8"
+                bf16 = ["train.precision=bf16", f"train.compile_backend={backend}"]
+                fn = trainer_fn(ov(shape["batch"], [*bf16, extra]))
+                if key == "fp8" and device.type == "cpu":  # emulated: minutes here; tests/ train it on CPU
+                    fn = functools.partial(skip, "float8 on the CPU is emulated (minutes)")
+                reset_compiler(feat)
+                run_row(key, "trainer", f"bf16, {extra}", "compile", fn, "bf16")
+            elif key in ("hsdp", "tp"):  # several GPUs, through the real launcher
+                nproc, extra = (4, "parallel.dp_replicate=2") if key == "hsdp" else (2, "parallel.tp=2")
+                over = ov(shape["batch"] // (nproc if key == "hsdp" else 1), ["train.precision=bf16", extra])
+                run_row(key, "trainer", f"bf16, fsdp on {nproc} processes, {extra}", "compile",
+                        functools.partial(launched_side, "fsdp", nproc, over, steps, shape), "bf16")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

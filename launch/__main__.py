@@ -24,9 +24,9 @@ On Kubeflow, a Kubernetes Indexed Job, JobSet or Slurm the flags come from the e
     python -m launch wait ...              # wait for the rendezvous host to resolve (launch.wait)
 
 Exit codes (launch/exitcodes.py): 0 ok, 1 internal error, 2 config/usage/environment error, 3 non-finite loss,
-4 hang/collective timeout, 74 storage error (fix it, retry resumes), 75 preempted (retry resumes), 128+N a
-worker killed by signal N. The config is checked once (``python -m trainer check``) and a fast doctor runs
-before any worker starts, unless ``--no-preflight``.
+4 hang/collective timeout, 74 storage error (fix it, retry resumes), 75 preempted (retry resumes), 76 peer
+lost (a rank or node died; retry resumes), 128+N a worker killed by signal N. The config is checked once
+(``python -m trainer check``) and a fast doctor runs before any worker starts, unless ``--no-preflight``.
 """
 
 from __future__ import annotations
@@ -127,13 +127,22 @@ def launch_main(mode: str, argv: Sequence[str]) -> int:
         )
     except (ClusterError, UsageError) as e:
         return _fail(str(e))
+    world = plan.nnodes * plan.nproc_per_node
     if ns.dry_run:
         print(plan.shell())
+        if ns.entry == "trainer" and mode in ("ddp", "fsdp"):
+            from launch import doctor
+
+            over = [*ns.overrides, f"train.strategy={mode}"]  # never empty: the defaults' mesh too
+            cfg, bad = doctor.resolve_config(ns.config, over, world, plan.nproc_per_node)
+            print(f"# mesh: {doctor.mesh_line(cfg)}" if cfg else f"# mesh: refused: {bad}")
         return 0
     if not ns.no_preflight:
         from launch import doctor, runner
 
-        problem = runner.check_config(ns.entry, ns.config, ns.overrides, mode)
+        multi = mode in ("ddp", "fsdp") and ns.entry == "trainer"  # a test's fake worker plans no mesh
+        sized = {"world_size": world, "nproc_per_node": plan.nproc_per_node} if multi else {}
+        problem = runner.check_config(ns.entry, ns.config, ns.overrides, mode, **sized)
         if problem:
             return _fail(f"config check failed: {problem}")
         checks = doctor.run_checks(
@@ -143,6 +152,8 @@ def launch_main(mode: str, argv: Sequence[str]) -> int:
             fast=True,
             cluster=cluster,
             nproc=plan.nproc_per_node,
+            mode=mode,
+            plan_mesh=ns.entry == "trainer",  # another worker module (tests' fake one) has no mesh
         )
         for c in checks:
             if c.status != "ok":

@@ -86,23 +86,44 @@ class Check:
 # ----------------------------------------------------------------------------- config (read, not imported)
 
 
-def resolve_config(path: str | None, overrides: Sequence[str] = ()) -> tuple[dict | None, str | None]:
+def resolve_config(
+    path: str | None,
+    overrides: Sequence[str] = (),
+    world_size: int | None = None,
+    nproc_per_node: int | None = None,
+    mode: str | None = None,
+) -> tuple[dict | None, str | None]:
     """(the resolved config, None) or (None, the trainer's error), asked across the process boundary.
 
     ``python -m trainer check --json`` loads the recipe with the overrides exactly as a run would (defaults
     included) and prints it; it does not import torch (~0.15 s). (None, None) when there is nothing to read.
+    Given the world size, the same call plans the device mesh (``parallel.*``): a mesh that does not fit is
+    the error, and the config carries the plan as ``cfg["_mesh"]`` (see ``mesh_line``).
     """
     if not path and not overrides:
         return None, None
     # --no-imports: the values are what is read here (the launcher's config check runs the full check)
-    argv = [sys.executable, "-m", "trainer", "check", "--json", "--no-imports"]
-    argv += [*(["-c", path] if path else []), *overrides]
+    sized = ["--world-size", str(world_size), "--nproc-per-node", str(nproc_per_node)] if world_size else []
+    argv = [sys.executable, "-m", "trainer", "check", "--json", "--no-imports", *sized]
+    argv += [*(["-c", path] if path else []), *overrides, *([f"train.strategy={mode}"] if mode else [])]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         answer = json.loads(proc.stdout.strip().splitlines()[-1])
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
         return None, "python -m trainer check did not answer (is the trainer installed beside the launcher?)"
-    return (answer["config"], None) if answer.get("ok") else (None, answer.get("error", "invalid config"))
+    if not answer.get("ok"):
+        return None, answer.get("error", "invalid config")
+    cfg = answer["config"]
+    if "mesh" in answer:
+        cfg["_mesh"] = answer["mesh"]
+    return cfg, None
+
+
+def mesh_line(cfg: dict) -> str:
+    """The mesh the workers will build and how the batch splits over it, from ``resolve_config``."""
+    m = cfg["_mesh"]
+    b = m["batch"]
+    return f"{m['text']}; batch {b['global']} = {b['world']} x micro {b['micro']} x accum {b['accum']}"
 
 
 def _get(cfg: dict, key: str):
@@ -373,6 +394,8 @@ def run_checks(
     sample: int | None = None,
     cluster: Cluster | None = None,
     nproc: int | None = None,
+    mode: str | None = None,
+    plan_mesh: bool = True,
 ) -> list[Check]:
     """All checks (or the fast subset); paths and thresholds are parameters so tests can plant problems."""
     env = os.environ if env is None else env
@@ -398,13 +421,16 @@ def run_checks(
                 )
             )
             nproc = 1
-    cfg, problem = resolve_config(config, config_overrides)
+    world = nproc * nnodes if plan_mesh else None  # the mesh (parallel.*) for this many processes
+    cfg, problem = resolve_config(config, config_overrides, world, nproc, mode)
     if problem:
         checks.append(
             Check("config", "fail", problem, "fix the key named (python -m trainer config lists them)")
         )
     checks.append(check_cpus(nproc, env))
     checks.append(check_shm(*shm_need(cfg, nproc, nproc * nnodes, sample), path=shm_path))
+    if cfg is not None and "_mesh" in cfg:
+        checks.append(Check("mesh", "ok", mesh_line(cfg)))
     run_dir = run_dir or str(_get(cfg or {}, "run.dir") or "runs")  # the trainer's default: runs/<stamp>
     ckpt_dir = _get(cfg or {}, "checkpoint.dir")
     checks.append(check_run_dir(run_dir, min_free))

@@ -16,6 +16,9 @@ NONFINITE = 3  # stopped on a non-finite loss (after train.max_bad_steps skipped
 HANG = 4  # a collective or the rendezvous timed out; the stalled rank is named in the log
 STORAGE = 74  # EX_IOERR: the storage refused a write (disk full, read-only, ...); fix it, rerun resumes
 PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM/SIGINT, checkpoint saved; retrying resumes
+PEER_LOST = (
+    76  # EX_PROTOCOL: a peer rank or node went away mid-collective; the lost rank is named; retry resumes
+)
 
 NAMES = {
     OK: "ok",
@@ -25,6 +28,7 @@ NAMES = {
     HANG: "hang or collective timeout",
     STORAGE: "storage error (fix the storage, retry resumes)",
     PREEMPTED: "preempted (checkpoint saved, retry resumes)",
+    PEER_LOST: "peer lost (a rank or node died; retry resumes)",
 }
 
 

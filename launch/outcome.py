@@ -58,11 +58,12 @@ def read_reasons(exit_dir: str | None) -> dict[int, dict[str, Any]]:
     return out
 
 
-# Codes a rank usually shows *because* another rank failed, least telling last: 75 (torchrun's SIGTERM to
-# the survivors read as a preemption), 143 (that SIGTERM itself), 1 (its peer vanished mid-collective).
+# Codes a rank usually shows *because* another rank failed, least telling last: 76 (it saw its peer vanish
+# and named it), 75 (torchrun's SIGTERM to the survivors read as a preemption), 143 (that SIGTERM itself),
+# 1 (its peer vanished mid-collective, unrecognised).
 # Within the same second they rank below a specific code or another signal (a SIGKILLed rank's 137), so
 # the message names the rank that really failed.
-_CONSEQUENTIAL = {75: 1, 128 + 15: 2, INTERNAL: 3}
+_CONSEQUENTIAL = {76: 1, 75: 1, 128 + 15: 2, INTERNAL: 3}
 
 
 def _first(items: list[Failure]) -> Failure:

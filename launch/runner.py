@@ -26,16 +26,23 @@ SHUTDOWN_GRACE_S = 30  # torchrun's default wait between SIGTERM and SIGKILL for
 
 
 def check_config(
-    entry: str, config: str | None, overrides: list[str], mode: str, timeout: float = 120
+    entry: str,
+    config: str | None,
+    overrides: list[str],
+    mode: str,
+    timeout: float = 120,
+    world_size: int | None = None,
+    nproc_per_node: int | None = None,
 ) -> str | None:
-    """Run ``python -m ENTRY check`` once, before any worker starts; None if the config is valid, else its
-    line."""
+    """Run ``python -m ENTRY check`` once, before any worker starts; None if the config (and, given the
+    world size, the device mesh it asks for) is valid, else its line."""
     cmd = [
         sys.executable,
         "-m",
         entry,
         "check",
         *(["-c", config] if config else []),
+        *(["--world-size", str(world_size), "--nproc-per-node", str(nproc_per_node)] if world_size else []),
         *overrides,
         f"train.strategy={mode}",
     ]
@@ -211,6 +218,7 @@ def execute(plan: Plan) -> int:
             os.environ.pop(name, None)
         os.environ.update(plan.env)
         os.environ.update(fresh)
+        os.environ["LAUNCH_PID"] = str(os.getpid())  # workers die with this process (runtime/signals.py)
         try:
             return RUNNERS[plan.kind](plan, fresh.get("TRAINER_EXIT_DIR", tmp))
         except ImportError as e:  # torch or accelerate missing: an unfit environment, not a bug

@@ -232,6 +232,24 @@ class TotalLoss(nn.Module):
         return out
 
 
+class MetricOnly(nn.Module):
+    """Returns {"scores", "confidence"}: predictions and a detached 0-dim metric, no loss. The metric is the
+    only 0-dim tensor, so it is read as the model's loss, which has no gradient to train on."""
+
+    def __init__(self, features: int = 8, classes: int = 4):
+        super().__init__()
+        self.fc = nn.Linear(features, classes)
+
+    def forward(self, x):
+        scores = self.fc(x)
+        return {"scores": scores, "confidence": scores.softmax(-1).amax(-1).mean().detach()}
+
+
+def scores_ce(outputs, targets):
+    """A user loss for MetricOnly: cross-entropy on its "scores"."""
+    return F.cross_entropy(outputs["scores"], targets)
+
+
 class CausalDicts(torch.utils.data.Dataset):
     """The Hugging Face causal-LM recipe: {"input_ids", "attention_mask", "labels"} with labels equal to
     input_ids (unshifted). Token t+1 = (token t * 7 + 3) % vocab: a rule a model learns only if trained on

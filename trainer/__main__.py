@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="do not check that the package.module:Name paths exist (the keys and values only)",
             )
+            sp.add_argument(
+                "--world-size",
+                type=int,
+                help="also plan the device mesh for this many processes (with --nproc-per-node per node)",
+            )
+            sp.add_argument("--nproc-per-node", type=int, help="processes per node (with --world-size)")
     sp = sub.add_parser("config", help="list every config key with its type, default and help")
     sp.add_argument("-c", "--config", help="also print this recipe resolved with the overrides")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -113,6 +119,16 @@ def _tool_command(args: argparse.Namespace) -> int:
     return tools_cli.run_tool(fn, args)
 
 
+def _mesh(cfg: config.Config, world_size: int, nproc_per_node: int) -> dict:
+    """The device mesh the workers of this job will build (runtime.mesh; no torch), or a ConfigError."""
+    from .runtime.mesh import DIMS, mode_for, plan_mesh
+
+    mode = mode_for(cfg.train.strategy, world_size)
+    plan = plan_mesh(cfg, mode, world_size, nproc_per_node)
+    batch = config.batch_plan(cfg, plan.dp)
+    return {**dict(zip(DIMS, plan.shape)), "text": plan.describe(mode), "batch": batch}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     _Parser.argv = list(sys.argv[1:] if argv is None else argv)
@@ -131,8 +147,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_config_command(args))
     if args.cmd in tools_cli.COMMANDS:
         sys.exit(_tool_command(args))
+    mesh = None
     try:
         cfg = config.load(args.config, args.overrides)
+        if args.cmd == "check" and args.world_size:
+            mesh = _mesh(cfg, args.world_size, args.nproc_per_node or args.world_size)
         if args.cmd == "check" and not args.no_imports:  # the launcher's preflight: before any worker
             setup_logging(0)  # a library's import notices off the console (runtime/logs.py)
             check_import_paths(cfg, before_import=quiet_torch)
@@ -142,11 +161,17 @@ def main(argv: list[str] | None = None) -> None:
         codes.write_exit_reason(codes.config_error(e), str(e))
         sys.exit(codes.CONFIG)
     if args.cmd == "check":
-        print(json.dumps({"ok": True, "config": config.to_dict(cfg)}) if args.json else "config ok")
+        if args.json:
+            print(json.dumps({"ok": True, "config": config.to_dict(cfg), **({"mesh": mesh} if mesh else {})}))
+        else:
+            print("config ok" + (f"; mesh {mesh['text']}" if mesh else ""))
         return
     # `check`, `config` and --help never import torch (~1.5 s): the training stack is imported only here.
     from .api import train_command
     from .runtime.dist import clean_exit
+    from .runtime.signals import die_with_launcher
+
+    die_with_launcher()
 
     code, reason = train_command(cfg)
     codes.write_exit_reason(code, reason)

@@ -28,6 +28,7 @@ from . import exitcodes as codes
 from .config import Config, ConfigError, load_config
 from .run import Given, train_parts
 from .runtime import io_faults
+from .runtime.dist import PeerLost
 
 log = logging.getLogger("trainer")
 
@@ -69,6 +70,9 @@ def _outcome(e: BaseException, run_dir: Optional[str]) -> tuple[int, str]:
         reason = f"sys.exit({e.code!r}) was called during the run (user code?); the run did not finish"
         print(f"error: {reason}", file=sys.stderr)
         return codes.INTERNAL, reason
+    if isinstance(e, PeerLost):
+        print(str(e), file=sys.stderr)
+        return codes.PEER_LOST, str(e)
     fault = io_faults.describe(e, where=run_dir or "the run directory")
     if fault:
         print(f"{fault} (fix the storage, then rerun the same command: it resumes)", file=sys.stderr)

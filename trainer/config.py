@@ -31,6 +31,7 @@ from .schema import (  # noqa: F401  (re-exported: trainer.config is where calle
     LoraConfig,
     ModelConfig,
     OptimConfig,
+    ParallelConfig,
     ProfileConfig,
     RunConfig,
     TrainConfig,
@@ -46,6 +47,7 @@ from .schema import (  # noqa: F401  (re-exported: trainer.config is where calle
 from .strict_yaml import load_yaml  # noqa: F401  (re-exported)
 from .validate import (  # noqa: F401  (re-exported)
     active_trackers,
+    batch_plan,
     check_world,
     coerce,
     validate,

@@ -16,6 +16,9 @@ NONFINITE = 3  # loss stayed non-finite for more than train.max_bad_steps steps;
 HANG = 4  # a collective or the rendezvous timed out; stalled ranks named in the log
 STORAGE = 74  # EX_IOERR: the storage refused a write (disk full, read-only, ...); fix it, rerun resumes
 PREEMPTED = 75  # SIGTERM/SIGINT: checkpoint saved, a retry resumes from it
+PEER_LOST = (
+    76  # EX_PROTOCOL: a peer rank or node went away mid-collective; the lost rank is named; retry resumes
+)
 
 NAMES = {
     OK: "ok",
@@ -25,6 +28,7 @@ NAMES = {
     HANG: "hang / timeout",
     STORAGE: "storage error (fix the storage, rerun resumes)",
     PREEMPTED: "preempted (checkpoint saved)",
+    PEER_LOST: "peer lost: a rank or node stopped answering (retry resumes)",
 }
 
 

@@ -37,6 +37,7 @@ from .runtime import dist, io_faults, workerenv
 from .runtime.command import rerun_command, under_launcher
 from .runtime.lease import LEASE, Lease
 from .runtime.logs import add_rank_log, setup_logging
+from .runtime.mesh import attach_mesh, plan_mesh
 from .training.finetune import prepare_for_finetune
 from .training.loop import Trainer
 from .training.optim import apply_freeze, build_optimizer
@@ -307,7 +308,9 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
     lease: Optional[Lease] = None
     try:
         mode = resolve_mode(cfg, state)
-        micro = cfgmod.check_world(cfg, state.world_size)
+        attach_mesh(state, plan_mesh(cfg, mode, state.world_size, state.local_world_size), mode)
+        batch = cfgmod.batch_plan(cfg, state.dp_size)
+        micro = batch["micro"]
         check_import_paths(cfg, given.supplied())  # a typo fails now, not after the data is built
         torch.manual_seed(cfg.seed)
         train_ds, eval_ds, info = _data(cfg, given)
@@ -336,6 +339,14 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
         if probed:
             log.info("%s", probed)
         log.info("data: %s (fingerprint %s)", info.description, info.fingerprint)
+        log.info(
+            "batch: global %d = %d data-parallel process(es) x micro %d x accumulation %d; mesh %s",
+            batch["global"],
+            batch["world"],
+            batch["micro"],
+            batch["accum"],
+            state.plan.describe(mode),
+        )
         log.info(
             "model: %s, %.3fM parameters (%.3fM trainable); %s on %d process(es), %s, device %s",
             cfg.model.name,

@@ -256,13 +256,27 @@ class TrainConfig:
         "Evaluate before the first step too (summary.json: eval_before beside eval). "
         "Default: true for model.name=hf, else false.",
     )
-    precision: Literal["fp32", "fp16", "bf16"] = _f(
-        "fp32", "fp32, fp16 (autocast + GradScaler) or bf16 (autocast)."
+    precision: Literal["fp32", "fp16", "bf16", "fp8"] = _f(
+        "fp32",
+        "fp32, fp16 (autocast + GradScaler), bf16 (autocast) or fp8 (torchao float8 training on the Linear "
+        "layers whose sizes are multiples of 16, bf16 autocast elsewhere; needs torchao and a GPU of compute "
+        "capability >= 8.9, or the CPU, where it is emulated: slow, for tests).",
     )
-    compile: bool = _f(False, "Wrap the model in torch.compile (compile time is logged apart).")
+    compile: Union[bool, Literal["blocks"]] = _f(
+        False,
+        "true: torch.compile the whole model; blocks: compile each transformer block (the train.fsdp_wrap "
+        "units, which FSDP shards one by one) and leave the rest eager. Compile time is logged apart.",
+    )
     compile_backend: str = _f("inductor", "torch.compile backend (aot_eager needs no C compiler).")
     compile_mode: Optional[str] = _f(None, "torch.compile mode: default, reduce-overhead, max-autotune.")
     grad_accum: int = _f(1, "Micro-steps per optimizer step; gradients all-reduce only on the last.", ge=1)
+    micro_batch_size: Optional[int] = _f(
+        None,
+        "Samples per process per micro-step. When set, the accumulation is derived: train.batch_size = "
+        "data-parallel processes x micro x accumulation, so a resume on another number of processes keeps "
+        "the micro-batch (and the memory) and changes the accumulation. Excludes train.grad_accum.",
+        ge=1,
+    )
     grad_clip: float = _f(0.0, "Clip the global gradient norm to this value (0 = off).", ge=0.0)
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms and fixed cuDNN/cuBLAS settings.")
     freeze: list[str] = _f([], "Freeze parameters whose name matches any glob (or re:REGEX) pattern.")
@@ -377,6 +391,37 @@ class DistConfig:
 
 
 @dataclass
+class ParallelConfig:
+    dp_replicate: Union[Literal["auto"], int] = _f(
+        "auto",
+        "Data-parallel replica groups. fsdp: >1 is HSDP (parameters sharded within a group, replicated "
+        "across groups; auto = the number of nodes on several nodes, else 1). ddp: every data-parallel "
+        "process is a replica (auto).",
+        ge=1,
+    )
+    dp_shard: int = _f(
+        -1, "Processes that shard the parameters within a replica group (fsdp); -1 = the rest.", ge=-1
+    )
+    tp: int = _f(
+        1,
+        "Tensor-parallel degree (within a node): each Linear of the plan is split over this many processes. "
+        "Composes with fsdp (2-D/3-D mesh) and ddp (replicas of the TP group).",
+        ge=1,
+    )
+    tp_plan: dict = _f(
+        {},
+        "Module-name glob -> colwise | rowwise | replicate; overrides the model's plan (built-in GPT: its "
+        "MLP; model.name=hf: the config's base_model_tp_plan) for the names it matches.",
+    )
+    reshard_after_forward: bool = _f(
+        True,
+        "fsdp: free the gathered parameters after each block's forward and gather them again in backward "
+        "(ZeRO-3, least memory); false keeps them until backward (one all-gather less per block, the full "
+        "parameters of every block held between forward and backward).",
+    )
+
+
+@dataclass
 class ProfileConfig:
     steps: list[int] = _f([], "[start, end]: record a torch.profiler trace for these steps on rank 0.")
 
@@ -394,6 +439,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
 
 
@@ -403,6 +449,7 @@ RESUME_SAFE_PREFIXES = (
     "log.",
     "checkpoint.",
     "dist.",
+    "parallel.",
     "profile.",
     "train.max_steps",
     "train.epochs",
@@ -422,6 +469,7 @@ RESUME_SAFE_PREFIXES = (
     "train.compile_mode",
     "train.early_stop_patience",
     "train.fsdp_wrap",
+    "train.micro_batch_size",
 )
 
 

@@ -27,6 +27,9 @@ from .schema import (
 )
 from .strict_yaml import load_yaml
 
+# The tensor-parallel styles parallel.tp_plan may name (trainer/models/tp_plans.py applies them).
+TP_STYLES = ("colwise", "rowwise", "replicate")
+
 
 def coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
     """One value read from YAML or an override, as the field's type, within its metadata's bounds."""
@@ -38,7 +41,25 @@ def coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
         ):
             return None
         # Union[Literal[...], str]: a built-in name or a string of the field's kind (checked in _check_kinds)
-        return coerce(key, value, str if str in args else args[0], meta)
+        if str in args:
+            return coerce(key, value, str, meta)
+        # Union[Literal[...], int | bool]: a named value (parallel.dp_replicate=auto, train.compile=blocks)
+        # or one of the other type
+        named = choices(tp)
+        if isinstance(value, str) and value in named:
+            return value
+        other = [a for a in args if typing.get_origin(a) is not Literal]
+        if not other or not named:
+            return coerce(key, value, (other or args)[0], meta)
+        try:
+            return coerce(key, value, other[0], meta)
+        except ConfigError as e:
+            if "must be" in str(e):  # out of bounds: that message is the better one
+                raise
+            kind = {int: "an integer", bool: "true or false"}.get(other[0], other[0].__name__)
+            raise ConfigError(
+                f"{key}={value!r}: expected {kind} or one of {', '.join(map(str, named))}"
+            ) from None
     if origin is Literal:
         allowed = typing.get_args(tp)
         if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
@@ -139,8 +160,17 @@ def _check_kinds(cfg: Config) -> None:
             near = did_you_mean(value, builtin)
             if not near and kind == "checkpoint":  # run.resume=runs/cnn: the run dirs that do exist
                 near = run_dirs_hint(value)
+            near = near or _colon_hint(kind, value)
             raise ConfigError(f"{key}={value!r}: expected one of {', '.join(builtin)} or {KINDS[kind]}{near}")
-        raise ConfigError(f"{key}={value!r}: expected {KINDS[kind]}")
+        raise ConfigError(f"{key}={value!r}: expected {KINDS[kind]}{_colon_hint(kind, value)}")
+
+
+def _colon_hint(kind: str, value: str) -> str:
+    """mypkg.models.Net for an import path: the usual dot where the colon goes."""
+    if kind != "import" or ":" in value or "." not in value.strip("."):
+        return ""
+    mod, _, attr = value.rpartition(".")
+    return f" (did you mean {mod}:{attr}?)"
 
 
 _KIND_CHECKS = {
@@ -235,6 +265,29 @@ def _check_across(cfg: Config) -> None:
                 f"{key}.kwargs={kwargs!r}: {key}.name={name} is built in and takes no kwargs "
                 f"(set its own keys, see `python -m trainer config`)"
             )
+    if t.micro_batch_size and t.grad_accum != 1:
+        raise ConfigError(
+            f"train.grad_accum={t.grad_accum}: train.micro_batch_size={t.micro_batch_size} derives the "
+            "accumulation; set one of them"
+        )
+    if t.micro_batch_size and t.batch_size % t.micro_batch_size:
+        raise ConfigError(
+            f"train.micro_batch_size={t.micro_batch_size}: does not divide train.batch_size={t.batch_size}"
+        )
+    if t.precision == "fp8" and t.strategy in ("accelerate", "dp"):
+        raise ConfigError(
+            f"train.precision=fp8: not with train.strategy={t.strategy} (use single, ddp or fsdp)"
+        )
+    p = cfg.parallel
+    if p.dp_shard == 0:
+        raise ConfigError("parallel.dp_shard=0: expected a positive number or -1 (the rest)")
+    for pattern, style in p.tp_plan.items():
+        if style not in TP_STYLES:
+            raise ConfigError(
+                f"parallel.tp_plan[{pattern!r}]={style!r}: expected one of {', '.join(TP_STYLES)}"
+            )
+    if p.tp > 1 and cfg.lora.targets:
+        raise ConfigError(f"parallel.tp={p.tp}: not with LoRA (lora.targets); use fsdp for adapters")
     if t.batch_size % t.grad_accum:
         raise ConfigError(
             f"train.batch_size={t.batch_size}: not divisible by train.grad_accum={t.grad_accum}"
@@ -291,13 +344,40 @@ def _check_url(key: str, url: str) -> None:
         raise ConfigError(f"{key}={url!r}: {protocol}:// needs the {module} package{extra}")
 
 
-def check_world(cfg: Config, world_size: int) -> int:
-    """Per-process micro-batch; a batch that does not divide is a config error."""
+def batch_plan(cfg: Config, world_size: int) -> dict:
+    """How the global batch splits: ``{"global", "micro", "accum", "world"}`` with global = world x micro x
+    accum, ``world`` the data-parallel processes (tensor-parallel peers share a micro-batch). With
+    train.micro_batch_size the accumulation is derived, else the micro-batch. A batch that does not divide
+    is a config error."""
     t = cfg.train
+    if t.micro_batch_size:
+        per_step = world_size * t.micro_batch_size
+        if t.batch_size % per_step:
+            raise ConfigError(
+                f"train.micro_batch_size={t.micro_batch_size}: train.batch_size={t.batch_size} is not a "
+                f"multiple of {world_size} data-parallel process(es) x {t.micro_batch_size} = {per_step}; "
+                "change train.micro_batch_size or the number of processes"
+            )
+        return {
+            "global": t.batch_size,
+            "micro": t.micro_batch_size,
+            "accum": t.batch_size // per_step,
+            "world": world_size,
+        }
     denom = world_size * t.grad_accum
     if t.batch_size % denom:
         raise ConfigError(
             f"train.batch_size={t.batch_size}: not divisible by world_size({world_size}) x "
             f"train.grad_accum({t.grad_accum}) = {denom}"
         )
-    return t.batch_size // denom
+    return {
+        "global": t.batch_size,
+        "micro": t.batch_size // denom,
+        "accum": t.grad_accum,
+        "world": world_size,
+    }
+
+
+def check_world(cfg: Config, world_size: int) -> int:
+    """Per-process micro-batch; a batch that does not divide is a config error."""
+    return batch_plan(cfg, world_size)["micro"]

@@ -57,6 +57,10 @@ def parse_node_selector(items: list[str]) -> tuple[dict[str, str], list[str]]:
         key, sep, value = item.partition("=")
         if not sep or not LABEL_KEY_RE.match(key) or not LABEL_VALUE_RE.match(value):
             problems.append(f"--node-selector {item!r}: expected KEY=VALUE, a node label such as pool=a100")
+        elif out.get(key, value) != value:  # a pod matches one value per label: the last would win silently
+            problems.append(
+                f"--node-selector {item!r}: {key} is already {out[key]!r}; a node has one value per label"
+            )
         else:
             out[key] = value
     return out, problems

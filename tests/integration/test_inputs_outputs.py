@@ -133,6 +133,22 @@ def test_a_loss_under_another_key_trains_and_the_probe_says_which(tmp_path, capf
     assert res.exit_code == 2 and "model.loss_key='nope': not a tensor of the model's output" in res.reason
 
 
+def test_a_loss_without_gradient_is_exit_2_naming_the_ways_out(tmp_path):
+    # a dict whose only 0-dim tensor is a detached metric: read as the model's loss, it cannot train;
+    # exit 2 naming the key and the ways out, not torch's backward traceback (exit 1)
+    over = [*SMALL, *CLASSES, "train.max_steps=2"]
+    res = fit(overrides=[*over, f"run.dir={tmp_path / 'a'}"], model=byo_models.MetricOnly())
+    assert res.exit_code == 2, (res.exit_code, res.reason)
+    assert "'confidence'" in res.reason and "no gradient" in res.reason and "model.loss_key" in res.reason
+    assert "train.loss" in res.reason and "\n" not in res.reason
+    # the way out it names trains on the predictions
+    res = fit(
+        overrides=[*over, f"run.dir={tmp_path / 'b'}", "train.loss=tests.byo_models:scores_ce"],
+        model=byo_models.MetricOnly(),
+    )
+    assert res.exit_code == 0, res.reason
+
+
 def test_three_tuples_reach_forward_a_b(tmp_path):
     res = fit(
         overrides=[

@@ -86,7 +86,7 @@ def test_overrides_take_precedence_and_coerce(tmp_path):
         ("bogus.x=1", "unknown key bogus"),
         ("train.max_steps=abc", "train.max_steps='abc': expected an integer"),
         ("train.max_steps=-5", "train.max_steps=-5: must be >= 0"),
-        ("train.precision=fp8", "train.precision='fp8': expected one of fp32, fp16, bf16"),
+        ("train.precision=fp4", "train.precision='fp4': expected one of fp32, fp16, bf16, fp8"),
         ("train.compile=maybe", "train.compile='maybe': expected true or false"),
         ("checkpoint.checksum=md5", "checkpoint.checksum='md5': expected one of xxh3_128, sha256"),
         ("optim.lr=fast", "optim.lr='fast': expected a number"),

@@ -8,7 +8,7 @@ import launch.exitcodes as L
 import trainer.exitcodes as T
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NAMES = ("OK", "INTERNAL", "CONFIG", "NONFINITE", "HANG", "STORAGE", "PREEMPTED")
+NAMES = ("OK", "INTERNAL", "CONFIG", "NONFINITE", "HANG", "STORAGE", "PREEMPTED", "PEER_LOST")
 
 
 def test_exit_codes_agree():

@@ -136,7 +136,16 @@ def test_tokens_are_cached_beside_the_run_keyed_by_data_and_tokenizer(assets, tm
             "a message 'weight' must be 0 or 1",
         ),
         ('{"conversations": [{"from": "bot", "value": "x"}]}', "'from': 'bot' is not one of"),
+        (  # an OpenAI export with a tool call: which message, and why
+            '{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": null}]}',
+            "message 2 \\(assistant\\): 'content' must be a string, got NoneType",
+        ),
         ('{"instruction": "x", "output": 3}', "'output' must be a string"),
+        # a prompt without an answer (preference data) names the missing key, not "got NoneType"
+        (
+            '{"prompt": "x", "chosen": "a", "rejected": "b"}',
+            "data.format=prompt_response: the record has no 'response'",
+        ),
     ],
 )
 def test_bad_records_name_the_line(assets, tmp_path, line, why):
@@ -145,6 +154,32 @@ def test_bad_records_name_the_line(assets, tmp_path, line, why):
     path.write_text('{"text": "ok"}\n\n' + line + "\n")
     with pytest.raises(ConfigError, match=f"line 3: {why}"):
         tokenize_records(tok, str(path), "data.path")
+
+
+def test_a_windows_export_with_bom_and_crlf_reads_as_the_plain_file(assets, tmp_path):
+    # Notepad / PowerShell 5 save UTF-8 with a BOM and CRLF line ends: the same records, not "line 1: not
+    # valid JSON (Unexpected UTF-8 BOM)"
+    root, tok_dir, tok = assets
+    recs = [json.dumps(r, ensure_ascii=False) for r in qa_records(5)] + ['{"text": "héllo ✓"}']
+    plain, windows = tmp_path / "plain.jsonl", tmp_path / "windows.jsonl"
+    plain.write_text("\n".join(recs) + "\n", encoding="utf-8")
+    windows.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(recs).encode("utf-8") + b"\r\n")
+    a = tokenize_records(tok, str(plain), "data.path")
+    b = tokenize_records(tok, str(windows), "data.path")
+    assert a.documents == b.documents == 6
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.learn, b.learn)
+
+
+def test_every_document_dropped_says_so_not_more_records_needed(assets, tmp_path):
+    # data.truncation=drop with every record longer than data.seq_len: the cause and the two ways out,
+    # not "no training rows after the split (more records needed)"
+    root, tok_dir, _ = assets
+    path = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "word " * 60, "response": " yes"}] * 4)
+    cfg = _cfg(root / "d", tok_dir, path, "data.truncation=drop")
+    with pytest.raises(ConfigError) as e:
+        build_datasets(cfg)
+    msg = str(e.value)
+    assert "all 4 document(s) are longer than data.seq_len=32" in msg and "data.truncation=left" in msg, msg
 
 
 def test_malformed_line_is_exit_2_naming_the_line_and_leaves_nothing(assets, tmp_path):

@@ -335,6 +335,10 @@ def test_gang_defaults_per_kind(capsys):
         (["--kind", "pytorchjob", "--toleration", "k=v:Sometimes"], "effect 'Sometimes'"),
         (["--kind", "pytorchjob", "--toleration", "=v"], "--toleration '=v': expected KEY=VALUE:EFFECT"),
         (["--kind", "pytorchjob", "--node-selector", "pool"], "--node-selector 'pool': expected KEY=VALUE"),
+        (
+            ["--kind", "pytorchjob", "--node-selector", "pool=a", "--node-selector", "pool=b"],
+            "--node-selector 'pool=b': pool is already 'a'",
+        ),
         (["--kind", "pytorchjob", "--rdma", "ib=1"], "--rdma 'ib=1': expected RESOURCE=N"),
         (["--kind", "pytorchjob", "--rdma", "rdma/ib=0"], "--rdma 'rdma/ib=0': expected RESOURCE=N"),
         (["--kind", "pytorchjob", "--ib-hca", "mlx5"], "--ib-hca 'mlx5': only with --rdma"),

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.conftest import PY, ROOT
+from trainer import config as C
 from trainer.config import ConfigError
 from trainer.objects import check_import_path
 
@@ -109,3 +110,11 @@ def test_the_launcher_refuses_an_import_typo_before_any_worker_starts(tmp_path):
     ]
     assert not (tmp_path / "run").exists()
     print(f"failed in {elapsed:.2f}s")  # ~0.4 s here; ~6 s before (torchrun and 2 workers started)
+
+
+@pytest.mark.parametrize("key", ["model.name", "data.name", "train.loss"])
+def test_a_dotted_path_without_the_colon_suggests_it(key):
+    # the usual typo for package.module:Name: a dot where the colon goes
+    with pytest.raises(ConfigError) as e:
+        C.load(None, [f"{key}=mypkg.models.Net"])
+    assert str(e.value).endswith("(did you mean mypkg.models:Net?)"), str(e.value)

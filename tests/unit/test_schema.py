@@ -1,6 +1,8 @@
 """A key's allowed values and range live on its schema field, and validation enforces exactly those: every
 enum and every bound in trainer/schema.py is checked here through the real loader, from the schema itself."""
 
+import typing
+
 import pytest
 
 from trainer import config as C
@@ -62,7 +64,7 @@ def test_every_enum_rejects_a_value_outside_it_naming_key_value_and_choices(key)
 )
 def test_every_bound_rejects_the_first_value_past_it(key, bound, limit):
     tp = {k: t for k, t, *_ in schema.iter_leaves()}[key]
-    step = 1 if tp is int else 1e-3
+    step = 1 if int in (tp, *typing.get_args(tp)) else 1e-3  # Optional[int], Union[Literal[...], int]
     past = {"ge": limit - step, "gt": limit, "le": limit + step}[bound]
     with pytest.raises(C.ConfigError, match=rf"^{key}=.*: must be {schema.BOUNDS[bound]} {limit}$"):
         C.load(None, [f"{key}={past}"])

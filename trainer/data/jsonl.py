@@ -177,7 +177,7 @@ def tokenize_records(tok, path: str, key: str, fmt: str = "auto", train_on: str 
             recs.clear()
             lines.clear()
 
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:  # -sig: a BOM (Windows tools write one) is not a record
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -483,6 +483,11 @@ def jsonl(cfg: Config):
         # one file feeds both splits: its dropped documents are reported with the train split
         train, evald = PackedRows.of(packed, tr), PackedRows.of(packed, ev, dropped=0)
     if len(train) == 0:
+        if packed.dropped and len(packed.labels) == 0:  # every document longer than a row, and left out
+            raise ConfigError(
+                f"data.path={d.path!r}: all {packed.dropped} document(s) are longer than data.seq_len={T} "
+                "and data.truncation=drop left them out (use data.truncation=left or a larger data.seq_len)"
+            )
         raise ConfigError(f"data.path={d.path!r}: no training rows after the split (more records needed)")
     _check_learned(cfg, "train", train, "data.path", d.path)
     _check_learned(

@@ -102,13 +102,14 @@ def _messages(rec: dict) -> tuple[list[dict], list[bool]]:
     if not isinstance(msgs, list) or not msgs:
         raise RecordError("'messages' must be a non-empty list")
     out, learn = [], []
-    for m in msgs:
-        if (
-            not isinstance(m, dict)
-            or not isinstance(m.get("role"), str)
-            or not isinstance(m.get("content"), str)
-        ):
+    for i, m in enumerate(msgs, 1):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise RecordError("each message needs a string 'role' and 'content'")
+        if not isinstance(m.get("content"), str):  # tool calls (content null), content parts (a list)
+            raise RecordError(
+                f"message {i} ({m['role']}): 'content' must be a string, got "
+                f"{type(m.get('content')).__name__} (tool calls and content parts are not supported)"
+            )
         out.append({"role": m["role"], "content": m["content"]})
         learn.append(m["role"] == "assistant" and _weight(m, m["role"]))
     return out, learn
@@ -219,6 +220,10 @@ def segments(tok, rec: Any, fmt: str, train_on: str) -> tuple[str, Segments, boo
         "text": ("text",),
     }[layout]
     missing = [k for k in need if k not in rec]
+    if layout == "prompt_response" and "response" not in rec and "completion" not in rec:
+        missing.append(
+            "response"
+        )  # {"prompt", "chosen", "rejected"} (preference data) has no answer to learn
     if missing:
         raise RecordError(f"data.format={layout}: the record has no {', '.join(map(repr, missing))}")
     if layout == "text":

@@ -34,6 +34,12 @@ class DistState:
     backend: Optional[str] = None  # None when no process group was created
     side_group: Optional[object] = None  # gloo group for control traffic (signals, checkpoint barriers)
     ckpt_group: Optional[object] = None  # gloo group for DCP's own collectives (maybe in a writer thread)
+    # the mesh (runtime.mesh.attach_mesh): data-parallel rank/size (what the data is split over), the plan,
+    # and the DeviceMesh when HSDP or tensor parallelism needs one
+    dp_rank: int = 0
+    dp_size: int = 1
+    plan: Optional[object] = None
+    mesh: Optional[object] = None
 
     @property
     def is_main(self) -> bool:
@@ -42,6 +48,38 @@ class DistState:
     @property
     def distributed(self) -> bool:
         return self.backend is not None
+
+
+class PeerLost(RuntimeError):
+    """Another rank or node went away mid-collective (exit code PEER_LOST, 76: retrying resumes)."""
+
+
+# What the backends say when the other end of a collective is gone: gloo's TCP pairs, NCCL's remote and
+# system errors, a communicator aborted after a peer's failure.
+_PEER_GONE = (
+    "connection reset by peer",
+    "connection closed by peer",
+    "broken pipe",
+    "ncclremoteerror",
+    "ncclsystemerror",
+    "remote process exited",
+    "nccl communicator was aborted",
+)
+
+
+def is_peer_lost(e: BaseException) -> bool:
+    """True for a collective that failed because a peer process or node went away."""
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(p in text for p in _PEER_GONE)
+
+
+def backend_line(e: BaseException) -> str:
+    """The backend's own words, one line: the last line of the message that says what happened."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if any(p in ln.lower() for p in _PEER_GONE):
+            return ln[:200]
+    return (lines[-1] if lines else type(e).__name__)[:200]
 
 
 def pick_device(choice: str, local_rank: int) -> torch.device:
@@ -68,7 +106,7 @@ def init(
     env = workerenv.read(os.environ)  # the launcher's rules: a bad value is exit 2, not a hang or traceback
     rank, world, local_rank, local_world = env.rank, env.world_size, env.local_rank, env.local_world_size
     device = pick_device(device_choice, local_rank)
-    state = DistState(rank, local_rank, world, local_world, device)
+    state = DistState(rank, local_rank, world, local_world, device, dp_rank=rank, dp_size=world)
     if force_group and world == 1 and "MASTER_ADDR" not in os.environ:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))

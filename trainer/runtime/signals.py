@@ -21,6 +21,30 @@ from .dist import DistState
 log = logging.getLogger("trainer")
 
 
+_parent_death = False  # die_with_launcher armed SIGHUP
+
+
+def die_with_launcher() -> None:
+    """A worker whose parent is `python -m launch` (``LAUNCH_PID``) gets SIGHUP when the launcher dies,
+    even by SIGKILL (Linux ``PR_SET_PDEATHSIG``): it saves a checkpoint and exits 75 like a preempted run,
+    instead of training on, orphaned, beside the rerun of the same command. Another parent or OS: no-op.
+    SIGHUP, not SIGTERM: the kernel sends it once per thread of the dead launcher (each exit reparents
+    the worker to the next thread), and a second SIGTERM means "exit now without a checkpoint"."""
+    global _parent_death
+    want = os.environ.get("LAUNCH_PID")
+    if not want or not sys.platform.startswith("linux") or str(os.getppid()) != want:
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGHUP)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    _parent_death = True
+    if str(os.getppid()) != want:  # the launcher died before prctl took effect
+        os.kill(os.getpid(), signal.SIGHUP)
+
+
 class PreemptionWatch:
     def __init__(self, state: DistState):
         self.state = state
@@ -50,6 +74,12 @@ class PreemptionWatch:
                 self._old[s] = signal.signal(s, self._handler)
             except ValueError:  # not the main thread (e.g. embedded use): signals stay the host's business
                 pass
+        if _parent_death:
+            self._old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._launcher_gone)
+
+    def _launcher_gone(self, signum, frame):
+        if not self.flag:  # the repeats (one per thread of the dead launcher) are the same event
+            self._handler(signum, frame)
 
     def uninstall(self) -> None:
         for s, h in self._old.items():

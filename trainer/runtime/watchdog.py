@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -19,8 +20,10 @@ from torch.distributed.distributed_c10d import _get_default_store
 
 from ..exitcodes import HANG, write_exit_reason
 from .dist import DistState
+from .dist import backend_line as dist_backend_line
 
 log = logging.getLogger("trainer")
+_HOST = socket.gethostname()
 
 
 # Order of the breadcrumbs inside one step: a rank at an earlier op of the same step is behind. "agree" is the
@@ -40,8 +43,9 @@ OPS = (
     "done",
 )
 
-# Test hook: TRAINER_TEST_STALL_AT=OP:STEP:RANK[:stop|sleep] stalls RANK when it marks OP of STEP, by
-# SIGSTOP of the whole process (heartbeat included, as `kill -STOP` does) or by a sleep of the main thread.
+# Test hook: TRAINER_TEST_STALL_AT=OP:STEP:RANK[:stop|sleep|kill] stalls RANK when it marks OP of STEP, by
+# SIGSTOP of the whole process (heartbeat included, as `kill -STOP` does) or by a sleep of the main thread;
+# kill SIGKILLs it (a lost peer).
 # Normal runs never set it.
 STALL_ENV = "TRAINER_TEST_STALL_AT"
 
@@ -90,7 +94,8 @@ class Watchdog:
             self._publish()  # the breadcrumb of the stall point, as the heartbeat would have sent it
             if self._stall[2] == "sleep":
                 time.sleep(3600)
-            os.kill(os.getpid(), signal.SIGSTOP)
+            # kill: the process vanishes as on a lost node (no exit path runs); stop: it freezes
+            os.kill(os.getpid(), signal.SIGKILL if self._stall[2] == "kill" else signal.SIGSTOP)
 
     def pause(self, paused: bool) -> None:
         """For phases that may legitimately take long without collectives (first compiled step)."""
@@ -100,7 +105,9 @@ class Watchdog:
     def _publish(self) -> None:
         self.store.set(
             f"trainer/hb/{self.state.rank}",
-            json.dumps({"step": self.step, "op": self.op, "t": time.time(), "pid": os.getpid()}),
+            json.dumps(
+                {"step": self.step, "op": self.op, "t": time.time(), "pid": os.getpid(), "host": _HOST}
+            ),
         )
 
     def _run(self) -> None:
@@ -141,6 +148,36 @@ class Watchdog:
             return [], f"every rank is in {peers[0]['op']} of step {peers[0]['step']}"
         return behind, f"in {peers[behind[0]]['op']} of step {peers[behind[0]]['step']} while the others wait"
 
+    def lost_peers(self, error: BaseException) -> str:
+        """After a collective failed because a peer went away (``dist.is_peer_lost``): the one line naming
+        the rank(s) whose heartbeat stopped, and their host, as the others see it from the store."""
+        self.stop()  # this rank's own heartbeat would keep saying "alive" while it waits below
+        time.sleep(max(3 * self.interval, 2.0) + self.interval)  # let the dead ranks' heartbeats go stale
+        try:
+            peers = self._peers()
+        except Exception:  # noqa: BLE001 - the store lived on the lost node
+            peers = None
+        where = f"in {self.op} of step {self.step}"
+        said = dist_backend_line(error)
+        if peers is None or not peers:
+            who = "a peer (the rendezvous store is gone too: the lost node hosted it, usually rank 0's)"
+        else:
+            now = time.time()
+            lost = [
+                r
+                for r in range(self.state.world_size)
+                if r != self.state.rank
+                and (r not in peers or now - peers[r]["t"] > max(3 * self.interval, 2.0))
+            ]
+            who = (
+                ", ".join(
+                    f"rank {r}" + (f" on {peers[r]['host']}" if r in peers and peers[r].get("host") else "")
+                    for r in lost
+                )
+                or "a peer (every heartbeat is fresh: a network fault?)"
+            )
+        return f"peer lost: {who} stopped answering {where} ({said}); rerun the same command to resume"
+
     def _on_hang(self) -> None:
         if self.log_file is not None:
             self.log_file.write(
@@ -172,6 +209,9 @@ class Watchdog:
 
 class NoWatchdog:
     """Single process: nothing can hang on a peer."""
+
+    def lost_peers(self, error: BaseException) -> str:
+        return f"peer lost: {dist_backend_line(error)}; rerun the same command to resume"
 
     def mark(self, step: int, op: str) -> None:
         pass

@@ -199,8 +199,11 @@ class Checkpointer:
         and a self-sharded one is refused."""
         b, p = self.data, self.progress
         saved = manifest.get("data_layout") or {}
-        if saved == b.layout:
-            sd = ckpt.load_rank_data(path, self.state.rank)
+        if saved == b.layout:  # the same data-parallel layout (world_size there counts data-parallel ranks)
+            # the saving rank that read this data-parallel rank's share: ranks are laid out (dp, tp), so the
+            # first of its tensor-parallel group under the checkpoint's parallel.tp
+            saved_tp = ((manifest.get("config") or {}).get("parallel") or {}).get("tp", 1)
+            sd = ckpt.load_rank_data(path, self.state.dp_rank * saved_tp)
             if sd is not None:
                 b.load_state_dict(sd)
                 return

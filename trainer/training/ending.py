@@ -14,8 +14,9 @@ import os
 from typing import Optional
 
 from .. import checkpoint as ckpt
-from ..config import Config
+from ..config import Config, batch_plan
 from ..runtime import dist
+from ..runtime.mesh import DIMS, MeshPlan
 from .finite import nonfinite_outcome
 from .monitor import Monitor
 from .observe import provenance
@@ -115,6 +116,8 @@ class Ending:
             **self.segments.summary(p.step),
             "compile_time_s": compile_time_s,
             "world_size": self.state.world_size,
+            "batch": batch_plan(self.cfg, self.state.dp_size),
+            "mesh": dict(zip(DIMS, (self.state.plan or MeshPlan(1, self.state.world_size, 1)).shape)),
             "strategy": self.strategy_mode,
             "precision": self.cfg.train.precision,
             "data": self.info.description,

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from .. import checkpoint as ckpt
-from ..config import Config, ConfigError, active_trackers
+from ..config import Config, ConfigError, active_trackers, batch_plan
 from ..data.collate import to_device
 from ..data.loaders import BatchSource
 from ..data.sampler import GlobalBatchSampler, eval_shards
@@ -81,14 +81,16 @@ class Trainer:
         self.device = state.device
         t, d = cfg.train, cfg.data
         pin = d.pin_memory and self.device.type == "cuda"
+        # the data is split over the data-parallel ranks; tensor-parallel peers read the same micro-batches
+        self.batch = batch_plan(cfg, state.dp_size)
         self.stream = isinstance(train_ds, Stream)  # an IterableDataset or shard glob (data/stream.py)
         self.sampler: Optional[GlobalBatchSampler] = None
         if self.stream:
             self.batches = StreamBatches(
                 train_ds,
-                state.rank,
-                state.world_size,
-                t.batch_size // (state.world_size * t.grad_accum),
+                state.dp_rank,
+                state.dp_size,
+                self.batch["micro"],
                 t.batch_size,
                 d.num_workers,
                 d.shuffle_buffer,
@@ -99,7 +101,7 @@ class Trainer:
             steps_per_epoch = self.batches.steps_per_epoch
         else:
             self.sampler = GlobalBatchSampler(
-                len(train_ds), t.batch_size, t.grad_accum, state.rank, state.world_size, cfg.seed
+                len(train_ds), t.batch_size, self.batch["accum"], state.dp_rank, state.dp_size, cfg.seed
             )
             self.batches = BatchSource(train_ds, self.sampler, d.num_workers, pin, d.prefetch_factor)
             steps_per_epoch = self.sampler.steps_per_epoch
@@ -200,6 +202,8 @@ class Trainer:
                     loss = objective(out, y)
                     if n > 1:
                         loss = loss / n
+                if self._check_unused and i == 0:  # once: a loss without a gradient is exit 2
+                    self.objective.check_trains(out, loss)
                 wd.mark(step, "backward")
                 s.backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
@@ -308,13 +312,15 @@ class Trainer:
         s.model.eval()
         bs = self.cfg.train.eval_batch_size
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, weight, correct, samples
-        for idx, valid in eval_shards(len(self.eval_ds), bs, self.state.rank, self.state.world_size):
+        for idx, valid in eval_shards(len(self.eval_ds), bs, self.state.dp_rank, self.state.dp_size):
             x, y = self._to_device(self.eval_ds.get_batch(idx))
             with s.autocast():
                 out = self.io.forward(s.model, x, y)
             sums += self.objective.eval_sums(out, y, valid)
         s.model.train()
         dist.all_reduce_sum(self.state, sums)
+        if self.strategy.plan.tp > 1:  # tensor-parallel peers scored the same samples
+            sums /= self.strategy.plan.tp
         res = eval_result(self.info.task, *sums.tolist())
         self.last_eval, self._eval_step = res, self.progress.step
         if self.metrics:
@@ -353,8 +359,10 @@ class Trainer:
         self.segments.load_state_dict(sd.get("segments"))
         w = sd.get("window")  # older checkpoints have none: the next row then covers fewer steps
         if w:
+            # per step (every rank holds the same share, at any world size); older: summed over ranks
+            mine = w.get("per") == "step" or self.state.is_main
             self.tally.restore(
-                *(x if self.state.is_main else 0 for x in (w["loss"], w["good"], w["bad_run"])), w["bad_max"]
+                *(x if mine else 0 for x in (w["loss"], w["good"], w["bad_run"])), w["bad_max"]
             )
 
     def resume_from(self, path: str) -> None:
@@ -401,6 +409,10 @@ class Trainer:
                     p.step,
                 )
             ended = True
+        except RuntimeError as e:
+            if not dist.is_peer_lost(e):
+                raise
+            raise dist.PeerLost(self.watchdog.lost_peers(e)) from None
         finally:
             self._close(code if ended else INTERNAL)  # the trackers' runs end FAILED on an exception
         return code
@@ -488,7 +500,7 @@ class Trainer:
         and stop together, so none waits for a peer that has no batch (a partial global step is not
         trained, as the map-style sampler drops the last partial batch)."""
         try:
-            micro = [self._to_device(next(batches)) for _ in range(self.cfg.train.grad_accum)]
+            micro = [self._to_device(next(batches)) for _ in range(self.batch["accum"])]
         except StopIteration:
             micro = None
         if self.stream and self.state.distributed:

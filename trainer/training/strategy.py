@@ -1,4 +1,11 @@
-"""How the model is wrapped: single, dp (nn.DataParallel), ddp, fsdp (FSDP2) or accelerate.
+"""How the model is wrapped: single, dp (nn.DataParallel), ddp, fsdp (FSDP2, HSDP on a 2-D mesh), tensor
+parallel on top of ddp or fsdp, or accelerate; float8 Linears and per-block compile.
+
+The order of the transformations follows torchtitan's ``parallelize``: float8 conversion, tensor parallel
+(``trainer.models.tp_plans``), activation checkpointing, per-block compile, then FSDP2 over the data-parallel
+mesh (``dp_replicate x dp_shard``; with ``train.strategy=ddp`` and tensor parallelism that mesh is
+``dp x 1``: replicas that all-reduce gradients, FSDP2 being the data parallelism that composes with DTensor
+parameters; without tensor parallelism ddp is plain DDP).
 
 This is the only module that knows the mode. The loop asks it for: the forward callable, the autocast
 context, a gradient-sync context per micro-step, backward, clip, optimizer step, and full (unsharded)
@@ -19,14 +26,16 @@ from torch import nn
 from torch.distributed._composable import checkpoint
 
 from ..config import Config, ConfigError
-from ..models import GPT, unwrap
+from ..models import GPT, tp_plans, unwrap
 from ..runtime.dist import DistState
+from ..runtime.mesh import MeshPlan
 from . import syncbn
 from .units import describe, find_units
 
 log = logging.getLogger("trainer")
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# fp8: float8 matmuls in the converted Linears, bf16 autocast (or FSDP2's bf16 parameters) everywhere else
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
 
 
 # What `accelerate launch` tells the processes it starts (accelerate/utils/launch.py, prepare_*_env): its
@@ -77,6 +86,10 @@ def adopt_accelerate_launch(
         if mp != "no":
             precision = ACCELERATE_PRECISION[mp]
     strategy = "accelerate" if t.strategy == "auto" else t.strategy
+    if strategy == "accelerate" and precision == "fp8":
+        raise ConfigError(
+            "train.precision=fp8: not under accelerate launch (use python -m launch ddp or fsdp)"
+        )
     note = None
     if strategy != "accelerate":
         note = (
@@ -132,8 +145,11 @@ class Strategy:
         self.scaler: Optional[torch.amp.GradScaler] = None
         if self.precision == "fp16" and mode != "accelerate":
             self.scaler = torch.amp.GradScaler(dev)
+        self.plan: MeshPlan = state.plan or MeshPlan()
+        # FSDP2 wraps fsdp, and ddp with tensor parallelism (see the module docstring)
+        self.fully_sharded = mode == "fsdp" or (mode == "ddp" and self.plan.tp > 1)
         # FSDP2 casts parameters itself through its MixedPrecisionPolicy; accelerate autocasts in prepare().
-        self.use_autocast = self.precision != "fp32" and mode not in ("fsdp", "accelerate")
+        self.use_autocast = self.precision != "fp32" and not self.fully_sharded and mode != "accelerate"
         self._ddp: Optional[nn.Module] = None
         self.module: Optional[nn.Module] = None  # the raw model (what state dicts describe)
         self.model: Optional[nn.Module] = None  # what forward calls (wrapped, maybe compiled)
@@ -158,30 +174,70 @@ class Strategy:
         self.module = self._sync_batchnorm(self.module)
         t = self.cfg.train
         own_ac = isinstance(unwrap(module), GPT)  # the built-in GPT recomputes its blocks itself
+        if self.precision == "fp8":
+            to_float8(self.module, self.state.device)
+        if self.state.mesh is not None:
+            # DTensor warns on every gather across two mesh dimensions (HSDP, FSDP x TP) that it takes two
+            # collectives; true and expected here, and once per parameter it buries the log
+            logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
+        if self.plan.tp > 1:
+            plan, source = tp_plans.resolve(self.module, self.cfg.parallel.tp_plan)
+            tp_plans.check_divisible(self.module, plan, self.plan.tp)
+            tp_plans.apply(self.module, plan, self.state.mesh["tp"])
+            log.info(
+                "tensor parallel over %d processes: %d Linear layers split (%s)",
+                self.plan.tp,
+                len(plan),
+                source,
+            )
         units, rule = [], ""
-        if self.mode == "fsdp" or t.fsdp_wrap or (t.activation_checkpointing and not own_ac):
+        if (
+            self.fully_sharded
+            or t.fsdp_wrap
+            or t.compile == "blocks"
+            or (t.activation_checkpointing and not own_ac)
+        ):
             units, rule = find_units(self.module, t.fsdp_wrap)
+        said = describe(units)  # before fully_shard renames the classes (FSDPLlamaDecoderLayer)
         if t.activation_checkpointing and not own_ac:
             for unit in units:  # in place: parameter names, hence checkpoints, stay the same
                 checkpoint(unit)
-            log.info("activation checkpointing: %s (%s)", describe(units), rule)
-        if self.mode == "fsdp":
+            log.info("activation checkpointing: %s (%s)", said, rule)
+        if t.compile == "blocks":
+            if not units:
+                raise ConfigError(
+                    f"train.compile=blocks: {type(unwrap(module)).__name__} has no blocks to compile "
+                    "(name their class in train.fsdp_wrap, or set train.compile=true)"
+                )
+            for unit in units:  # in place (nn.Module.compile): names, hence checkpoints, stay the same
+                unit.compile(backend=t.compile_backend, mode=t.compile_mode)
+            log.info("compile: each of %s (%s), backend %s", said, rule, t.compile_backend)
+        if self.fully_sharded:
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # ~2 s import: FSDP only
 
             policy = MixedPrecisionPolicy(
                 param_dtype=self.dtype if self.precision != "fp32" else None, reduce_dtype=torch.float32
             )
-            said = describe(units)  # before fully_shard renames the classes (FSDPLlamaDecoderLayer)
+            mesh = self.state.mesh
+            dp_mesh = mesh["dp_replicate", "dp_shard"] if mesh is not None else None
+            # ddp-style replicas keep their full parameters: nothing to gather again in backward
+            reshard = self.cfg.parallel.reshard_after_forward if self.mode == "fsdp" else False
             for unit in units:
-                fully_shard(unit, mp_policy=policy)
-            fully_shard(self.module, mp_policy=policy)
-            log.info("fsdp: %s (%s)", f"{said} + root" if units else "root only", rule)
+                fully_shard(unit, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard)
+            fully_shard(self.module, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard)
+            log.info(
+                "%s: %s (%s); %s",
+                "fsdp" if self.mode == "fsdp" else "ddp (FSDP2 replicas of the TP group)",
+                f"{said} + root" if units else "root only",
+                rule,
+                self.plan.describe(self.mode),
+            )
         if bcast:
             self._fill_from_rank0(full, buffers)
         if self.mode == "dp":
             ids = list(range(torch.cuda.device_count())) if self.state.device.type == "cuda" else None
             model = nn.DataParallel(self.module, device_ids=ids)  # on CPU: a pass-through to the module
-        elif self.mode == "ddp":
+        elif self.mode == "ddp" and not self.fully_sharded:
             ids = [self.state.device.index] if self.state.device.type == "cuda" else None
             model = self._ddp = nn.parallel.DistributedDataParallel(
                 self.module, device_ids=ids, find_unused_parameters=self.cfg.train.find_unused_parameters
@@ -192,7 +248,7 @@ class Strategy:
         if self.mode == "accelerate":
             model, optimizer = self.accelerator.prepare(self.module, optimizer)
             self._ddp = model if isinstance(model, nn.parallel.DistributedDataParallel) else None
-        if self.cfg.train.compile:
+        if self.cfg.train.compile is True:
             model = torch.compile(
                 model, backend=self.cfg.train.compile_backend, mode=self.cfg.train.compile_mode
             )
@@ -255,7 +311,7 @@ class Strategy:
             return self.accelerator.no_sync(self.model)
         if self._ddp is not None:
             return self._ddp.no_sync()
-        if self.mode == "fsdp":
+        if self.fully_sharded:
             return _fsdp_no_sync(self.module)
         return contextlib.nullcontext()
 
@@ -294,6 +350,8 @@ class Strategy:
             return self.accelerator.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
+        if self.state.mesh is not None:  # DTensors on several meshes (TP, dp, both): one norm per mesh
+            return _mesh_grad_norm(params, max_norm)
         if max_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
         else:  # only the norm (for the non-finite check): no clip pass over the gradients (~half the cost)
@@ -335,8 +393,8 @@ class Strategy:
 
     @property
     def sharded(self) -> bool:
-        """FSDP state is saved shard by shard (DCP) instead of gathered onto rank 0."""
-        return self.mode == "fsdp"
+        """FSDP and tensor-parallel state is saved shard by shard (DCP) instead of gathered onto rank 0."""
+        return self.fully_sharded or self.plan.tp > 1
 
     def sharded_state(self, optimizer) -> dict:
         from torch.distributed.checkpoint.state_dict import (
@@ -369,8 +427,8 @@ class Strategy:
             set_optimizer_state_dict,
         )
 
-        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=self.mode == "fsdp", strict=True)
-        if self.mode == "fsdp" and not self.state.is_main:
+        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=self.sharded, strict=True)
+        if self.sharded and not self.state.is_main:
             msd, osd = {}, ({} if osd is not None else None)
         set_model_state_dict(self.module, msd, options=opts)
         if osd is not None:
@@ -384,3 +442,61 @@ def _fsdp_no_sync(module: nn.Module):
         yield
     finally:
         module.set_requires_gradient_sync(True)
+
+
+def _mesh_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """The total gradient norm over DTensors of several meshes (tensor-parallel 2-D ones beside data-parallel
+    1-D ones cannot be stacked together), clipping when max_norm > 0."""
+    grads = [p.grad for p in params if p.grad is not None]
+    by_mesh: dict = {}
+    for g in grads:
+        by_mesh.setdefault(getattr(g, "device_mesh", None), []).append(g)
+    norms = []
+    for group in by_mesh.values():
+        n = torch.nn.utils.get_total_norm(group, foreach=True)
+        norms.append(n.full_tensor() if hasattr(n, "full_tensor") else n)
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    if max_norm > 0:
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        with torch.no_grad():
+            for g in grads:  # scaling is elementwise: each local shard scales alone, whatever its placement
+                getattr(g, "_local_tensor", g).mul_(coef)
+    return total
+
+
+def to_float8(module: nn.Module, device: torch.device) -> None:
+    """train.precision=fp8: torchao's Float8Linear in place of every Linear whose sizes are multiples of 16
+    (float8 matmuls need them), except the output head (torchtitan leaves it in high precision too)."""
+    if device.type == "cuda":
+        cap = torch.cuda.get_device_capability(device)
+        if cap < (8, 9):
+            raise ConfigError(
+                f"train.precision=fp8: {torch.cuda.get_device_name(device)} has compute capability "
+                f"{cap[0]}.{cap[1]}; float8 matmuls need 8.9 or newer (H100, H200, L4, ...); use bf16"
+            )
+    try:
+        # ~1 s import (and a harmless "Failed to load ... .so" line on CPU builds): only for fp8
+        from torchao.float8 import convert_to_float8_training
+    except ImportError:
+        raise ConfigError("train.precision=fp8: needs torchao (pip install torchao)") from None
+
+    def qualifies(mod: nn.Module, fqn: str) -> bool:
+        return (
+            isinstance(mod, nn.Linear)
+            and mod.in_features % 16 == 0
+            and mod.out_features % 16 == 0
+            and fqn.split(".")[-1] not in ("lm_head", "output")
+        )
+
+    names = [n for n, m in module.named_modules() if qualifies(m, n)]
+    if not names:
+        raise ConfigError(
+            "train.precision=fp8: no Linear layer qualifies (in and out features multiples of 16, not the "
+            "output head); use bf16"
+        )
+    convert_to_float8_training(module, module_filter_fn=qualifies)
+    log.info(
+        "fp8: %d Linear layers in float8 (torchao)%s",
+        len(names),
+        "; emulated on the CPU (slow: for tests)" if device.type == "cpu" else "",
+    )

@@ -90,10 +90,18 @@ def make_tally(device: torch.device):
 
 
 def reduced_window(state: dist.DistState, tally) -> dict:
-    """The log window in progress (loss sum, good steps, bad streaks since the last row) over all ranks:
-    saved with a checkpoint, so a resumed run's next row covers the same steps as an uninterrupted run's
-    (collective; restored on rank 0 by ``restore``)."""
+    """The log window in progress (loss sum, good steps, bad streaks since the last row) as the mean over
+    all ranks, i.e. per step, not per rank-step: saved with a checkpoint and restored on every rank, so a
+    resumed run's next row covers the same steps as an uninterrupted run's at any world size (collective).
+    ``"per": "step"`` marks the unit; older checkpoints hold sums over ranks, restored on rank 0 alone."""
     loss_sum, good, bad_run, bad_max = tally.peek()
     sums = dist.all_reduce_sum(state, torch.stack([loss_sum.double(), good.double()])).tolist()
     bads = dist.all_reduce_max(state, torch.stack([bad_run.double(), bad_max.double()])).tolist()
-    return {"loss": sums[0], "good": sums[1], "bad_run": bads[0], "bad_max": bads[1]}
+    w = state.world_size
+    return {
+        "loss": sums[0] / w,
+        "good": round(sums[1] / w),
+        "bad_run": bads[0],
+        "bad_max": bads[1],
+        "per": "step",
+    }

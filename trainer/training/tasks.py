@@ -16,14 +16,14 @@ and training loss mean the same thing.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..config import Config, ConfigError
-from ..models.outputs import split_output
+from ..models.outputs import loss_key_of, split_output
 from ..objects import import_object
 
 METRIC = {"classification": "accuracy", "regression": "mse", "lm": "perplexity"}
@@ -119,6 +119,26 @@ class Objective:
         if preds is None:
             raise TypeError(f"the model returned {type(out).__name__} with no tensor to take as predictions")
         return preds, task_loss(self.task, preds, y), False
+
+    def check_trains(self, out: Any, loss: torch.Tensor) -> None:
+        """First step, before backward: a loss with no gradient (a detached metric read as the model's only
+        0-dim tensor, a ``.item()``-built loss) is a ConfigError naming where it came from, not torch's
+        backward traceback (exit 1)."""
+        if loss.requires_grad or not torch.is_grad_enabled():
+            return
+        if self.loss_fn is not None:
+            src = "train.loss's result"
+        elif split_output(out, self.loss_key)[1] is not None:
+            key = loss_key_of(out, self.loss_key) if isinstance(out, Mapping) else None
+            src = f"the model's loss ({key!r})" if key is not None else "the model's 0-dim output"
+        else:
+            src = "the task loss on the model's predictions"
+        raise ConfigError(
+            f"{src} has no gradient, so nothing can train on it: return the loss computed from the "
+            "parameters (not detached), set model.loss_key=NAME to pick another output, or set "
+            "train.loss=package.module:fn to compute it from the predictions (or check that some parameter "
+            "trains: train.freeze, lora.targets)"
+        )
 
     def eval_sums(self, out: Any, y: torch.Tensor, valid: int) -> torch.Tensor:
         if self.loss_fn is None and type(out) is torch.Tensor:
