@@ -29,6 +29,7 @@ from .config import Config, ConfigError, load_config
 from .run import Given, train_parts
 from .runtime import io_faults
 from .runtime.dist import PeerLost
+from .runtime.redact import redact
 
 log = logging.getLogger("trainer")
 
@@ -75,11 +76,11 @@ def _outcome(e: BaseException, run_dir: Optional[str]) -> tuple[int, str]:
         return codes.PEER_LOST, str(e)
     fault = io_faults.describe(e, where=run_dir or "the run directory")
     if fault:
-        print(f"{fault} (fix the storage, then rerun the same command: it resumes)", file=sys.stderr)
+        print(redact(f"{fault} (fix the storage, then rerun the same command: it resumes)"), file=sys.stderr)
         return codes.STORAGE, fault
     if _is_timeout(e):  # the watchdog normally fires first; this is the process group's backstop
         reason = f"collective timed out: {e}"
-        print(f"hang: {reason.splitlines()[0][:300]}", file=sys.stderr)
+        print(redact(f"hang: {reason.splitlines()[0][:300]}"), file=sys.stderr)
         return codes.HANG, reason
     # a bug: full traceback to the log, one line to the user
     log.error("internal error", exc_info=e)
@@ -92,7 +93,8 @@ def train_command(cfg: Config) -> tuple[int, str]:
         code, _ = train_parts(cfg)
         return code, codes.NAMES.get(code, "")
     except (Exception, KeyboardInterrupt, SystemExit) as e:
-        return _outcome(e, cfg.run.dir)
+        code, reason = _outcome(e, cfg.run.dir)
+        return code, redact(reason)  # the launcher's exit-reason file: no URL passwords
 
 
 @dataclass

@@ -300,6 +300,7 @@ def build(cfg: Config, trainer_cls: type[Trainer] = Trainer, given: Optional[Giv
     given = given or Given()
     cfg, launched_by = adopt_accelerate_launch(cfg)  # under `accelerate launch`: its strategy and precision
     _numerics(cfg)
+    stores.configure(cfg.checkpoint.timeout_s)  # every rank writes its own files to a remote checkpoint.dir
     state, accelerator = _init_dist(cfg)
     setup_logging(state.rank)
     if launched_by:

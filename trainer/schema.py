@@ -100,6 +100,12 @@ class ModelConfig:
         "auto",
         "hf: the dtype the weights are held in (auto = the checkpoint's own); train.precision is autocast.",
     )
+    trust_remote_code: bool = _f(
+        False,
+        "hf: run the Python code a model or tokenizer directory names in its auto_map. RISK: that code runs "
+        "with this process's rights (files, credentials, network); set true only for a directory you trust. "
+        "Off, such a directory is exit 2 instead of a prompt.",
+    )
     kwargs: dict = _f(
         {},
         "Keyword arguments for a user model given by import path (or for model.config when that is set).",
@@ -297,6 +303,13 @@ class TrainConfig:
     max_bad_steps: int = _f(
         3, "Consecutive non-finite-loss steps skipped before the run stops (exit 3).", ge=0
     )
+    max_bad_fraction: float = _f(
+        0.01,
+        "Skipped (non-finite-loss) steps allowed as a fraction of the steps run; more than this, and more "
+        "than train.max_bad_steps in all, stops the run (exit 3) keeping the last good checkpoint.",
+        ge=0.0,
+        le=1.0,
+    )
     strategy: Literal["auto", "single", "dp", "ddp", "fsdp", "accelerate"] = _f(
         "auto",
         "How the model is wrapped: auto = ddp under torchrun with >1 process, else single. "
@@ -346,6 +359,12 @@ class CheckpointConfig:
         "Checksum the manifest records per file, against torn or corrupted files (not a signature). "
         "xxh3_128 costs ~1/5 of sha256's CPU; either verifies on resume, whichever the manifest names.",
     )
+    timeout_s: float = _f(
+        60.0,
+        "Object stores: connect and read timeout of each request. A request that fails (timeout, refused "
+        "connection, 5xx) is retried 4 times, 0.5-4 s apart; then the run stops with exit 74.",
+        gt=0.0,
+    )
 
 
 @dataclass
@@ -363,6 +382,13 @@ class LogConfig:
         "auto", "Progress bar: auto = only on an interactive terminal."
     )
     plot: bool = _f(True, "Write loss.png at the end of the run.")
+    tracker_timeout_s: float = _f(
+        30.0,
+        "Seconds one tracker call (MLflow, W&B, TensorBoard) may take; a tracker that does not answer in "
+        "time is dropped with one warning (metrics.jsonl keeps every row). Tracker calls never run on the "
+        "step loop.",
+        gt=0.0,
+    )
 
 
 @dataclass

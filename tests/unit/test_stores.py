@@ -80,8 +80,9 @@ def test_transient_errors_are_retried_then_raised(monkeypatch):
     store.write_bytes("memory://retry/x", b"data")
     assert calls == ["write"] * 3 and fsspec.filesystem("memory").cat_file("/retry/x") == b"data"
     monkeypatch.setattr(stores, "fault_hook", lambda op, path: (_ for _ in ()).throw(TimeoutError("slow")))
-    with pytest.raises(TimeoutError):
+    with pytest.raises(stores.EndpointError) as failed:  # every retry failed: exit 74, one line
         store.write_bytes("memory://retry/y", b"data")
+    assert isinstance(failed.value.__cause__, TimeoutError) and "5 attempt(s)" in str(failed.value)
     denied = lambda op, path: (_ for _ in ()).throw(PermissionError("denied"))  # noqa: E731
     monkeypatch.setattr(stores, "fault_hook", denied)
     calls.clear()

@@ -240,3 +240,34 @@ def test_trainer_data_shows_the_first_samples_of_a_stream(tmp_path, capfd):
     shown = json.loads(r.stdout)
     assert shown["documents"] == 8 and shown["learned_tokens"] > 0  # the 8 records read ahead
     assert shown["samples"][0]["learned"] and "next after" in shown["samples"][0]["text"]
+
+
+def test_streamed_jsonl_refuses_bad_utf8_and_oversized_records_naming_file_and_line(tmp_path, monkeypatch):
+    """The streamed reader checks each line as the in-memory reader does (jsonl.check_line): not UTF-8 or
+    longer than MAX_RECORD_BYTES is exit 2 naming the shard and the line, never a UnicodeDecodeError or
+    an unbounded read."""
+    from trainer.config import ConfigError
+    from trainer.data import jsonl, shards
+    from trainer.data.shards import JsonlDecode, JsonlShards
+
+    pytest.importorskip("transformers")
+    from tests.hfutil import make_tokenizer
+
+    tok = make_tokenizer(tmp_path / "tok")
+    good = json.dumps({"text": "fine"}).encode() + b"\n"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(good * 2 + b'{"text": "caf\xe9 \xff"}\n')
+    files = [str(bad)]
+    with pytest.raises(ConfigError) as e:
+        JsonlDecode(files, tok, "data.tokenizer", 16, "auto", "assistant", "left").rows(
+            list(JsonlShards(files))
+        )
+    assert str(bad) in str(e.value) and "line 3" in str(e.value) and "UTF-8" in str(e.value)
+
+    monkeypatch.setattr(jsonl, "MAX_RECORD_BYTES", 64)
+    monkeypatch.setattr(shards, "MAX_RECORD_BYTES", 64)
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(good + b'{"text": "' + b"a" * 200 + b'"}\n' + good)
+    with pytest.raises(ConfigError) as e:
+        list(JsonlShards([str(big)]))
+    assert str(big) in str(e.value) and "line 2" in str(e.value) and "longer than" in str(e.value)

@@ -35,9 +35,14 @@ def _fresh(path: str) -> str:
 def write_hf_dir(merged: dict, cfg: Config, out: str) -> None:
     """``out/``: config.json + model.safetensors (+ generation config) and the tokenizer."""
     transformers = require_hf("model.path")
-    config = transformers.AutoConfig.from_pretrained(cfg.model.path, local_files_only=True)
+    trc = cfg.model.trust_remote_code  # explicit: unset, transformers asks on a terminal
+    config = transformers.AutoConfig.from_pretrained(
+        cfg.model.path, local_files_only=True, trust_remote_code=trc
+    )
     with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=hf_dtype(cfg))
+        model = transformers.AutoModelForCausalLM.from_config(
+            config, dtype=hf_dtype(cfg), trust_remote_code=trc
+        )
     own = model.state_dict()
     state = {k: v.detach().cpu() for k, v in merged.items() if k in own}
     missing = [k for k in own if k not in state]
@@ -47,7 +52,7 @@ def write_hf_dir(merged: dict, cfg: Config, out: str) -> None:
     model.tie_weights()
     tmp = _fresh(out)
     model.save_pretrained(tmp)
-    tok = load_tokenizer(cfg.data.tokenizer or cfg.model.path)
+    tok = load_tokenizer(cfg.data.tokenizer or cfg.model.path, trust_remote_code=trc)
     tok.save_pretrained(tmp)
     atomic.replace_dir(tmp, out)
     log.info("hf: fine-tuned model (LoRA merged) and tokenizer in %s (from_pretrained loads it)", out)

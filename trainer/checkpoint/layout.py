@@ -31,6 +31,7 @@ class Progress:
     epoch: int = 0  # current epoch
     samples_in_epoch: int = 0  # global samples consumed in the current epoch
     samples_total: int = 0  # global samples consumed since the start
+    bad_steps: int = 0  # steps skipped for a non-finite loss since the start (metrics.jsonl's bad_steps)
 
 
 def checkpoint_root(configured: Optional[str], run_dir: str) -> str:

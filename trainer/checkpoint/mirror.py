@@ -54,6 +54,8 @@ def upload(root: str, files: list[tuple[str, bytes]]) -> None:
             store.write_bytes(_remote(root, rel), data)
         except Exception as e:  # the checkpoint is committed; a missing copy of a log must not fail the run
             log.warning("could not upload %s to %s: %s", rel, root, stores.describe(e))
+            if stores.endpoint_failed(e):
+                return  # the endpoint is down: the other files would wait out the same retries
 
 
 def upload_final(run_dir: str, root: str, rank: int) -> None:

@@ -28,8 +28,7 @@ from typing import Optional
 
 import xxhash
 
-from ..runtime import atomic
-from ..runtime.io_faults import fsspec_options as storage_options  # noqa: F401  (re-exported)
+from ..runtime import atomic, io_faults
 
 log = logging.getLogger("trainer")
 
@@ -39,6 +38,10 @@ fault_hook: Optional[Callable[[str, str], None]] = None
 
 RETRIES = 4  # attempts after the first one, 0.5 s, 1 s, 2 s, 4 s apart
 BACKOFF_S = 0.5
+# Connect and read timeout of each request (checkpoint.timeout_s, set by ``configure``): without one, a
+# frozen endpoint blocks a call for as long as it is frozen. botocore's and s3fs's own retries are off:
+# RETRIES above are the only ones, so a dead endpoint is exit 74 after about 5 x timeout + 7.5 s.
+TIMEOUT_S = 60.0
 
 
 _REMOTE: dict = {}  # (protocol, pid) -> FsspecStorage
@@ -46,6 +49,30 @@ _REMOTE: dict = {}  # (protocol, pid) -> FsspecStorage
 
 class StoreError(OSError):
     """A store that cannot be used (no credentials, missing bucket, access denied, unreachable endpoint)."""
+
+
+class EndpointError(io_faults.StorageError):
+    """A request that failed every retry (timeouts, refused connections, 5xx): the endpoint is down or
+    frozen. Exit 74; cleanup that would talk to the same endpoint is skipped (``endpoint_failed``)."""
+
+
+def endpoint_failed(e: Optional[BaseException]) -> bool:
+    """Whether ``e`` (or an exception it was raised from) is an EndpointError."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, EndpointError):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def configure(timeout_s: float) -> None:
+    """checkpoint.timeout_s, before the first remote store of this process is made (run.build)."""
+    global TIMEOUT_S
+    if timeout_s != TIMEOUT_S:
+        TIMEOUT_S = float(timeout_s)
+        _REMOTE.clear()
 
 
 def is_url(path: str) -> bool:
@@ -73,6 +100,20 @@ def for_path(path: str) -> LocalStorage | FsspecStorage:
     if key not in _REMOTE:
         _REMOTE[key] = FsspecStorage(protocol)
     return _REMOTE[key]
+
+
+def storage_options(protocol: str) -> dict:
+    """fsspec keyword arguments for checkpoints (also given to DCP's fsspec writer and reader): the common
+    ones (io_faults.fsspec_options) and, on S3, checkpoint.timeout_s per request and no botocore retries."""
+    opts = io_faults.fsspec_options(protocol)
+    if protocol in ("s3", "s3a"):
+        # botocore: a timeout per request (s3fs's defaults are 5 s / 15 s) and no retries of its own
+        opts["config_kwargs"] = {
+            "connect_timeout": TIMEOUT_S,
+            "read_timeout": TIMEOUT_S,
+            "retries": {"max_attempts": 1, "mode": "standard"},
+        }
+    return opts
 
 
 # The checksum a manifest records per file: against a torn, truncated or accidentally altered file. It is
@@ -190,15 +231,30 @@ class LocalStorage:
         """Atomic: a temp file, fsynced, renamed over `path`, the directory fsynced."""
         atomic.write_bytes(path, data)
 
+    def drop_link(self, path: str) -> bool:
+        """A symbolic link where the run's own checkpoint tree has a directory is never written or deleted
+        through: the link itself is removed (what it points to is left alone), with one warning."""
+        if not os.path.islink(path):
+            return False
+        target = os.readlink(path)
+        os.unlink(path)
+        log.warning("%s is a symbolic link (to %s): removed the link, not what it points to", path, target)
+        return True
+
     def rmtree(self, path: str) -> None:
-        shutil.rmtree(path, ignore_errors=True)
+        if not self.drop_link(path):
+            shutil.rmtree(path, ignore_errors=True)
 
     def remove(self, path: str) -> None:
-        if os.path.exists(path):
+        if os.path.islink(os.path.dirname(path)):
+            return  # never delete through a linked directory; its rmtree removes the link
+        if os.path.lexists(path):
             os.remove(path)
 
     def rename_dir(self, src: str, dst: str) -> None:
-        if os.path.exists(dst):  # the same step saved again (e.g. final save after periodic)
+        if not self.drop_link(dst) and os.path.exists(
+            dst
+        ):  # the same step saved again (final after periodic)
             shutil.rmtree(dst)
         os.rename(src, dst)
         atomic.fsync_dir(os.path.dirname(dst))
@@ -253,11 +309,16 @@ class FsspecStorage:
         # not download what rank 0 uploaded itself (botocore checksums every PutObject in transit, so the
         # digest of the bytes sent is the digest of the object stored); other files are read back.
         self._sent: dict[str, tuple[str, str]] = {}
+        self.down = False  # the last request failed every retry (see _retry)
         # Their INFO lines ("Found credentials in environment variables") would reach the console.
         for name in ("botocore", "aiobotocore", "s3fs"):
             logging.getLogger(name).setLevel(logging.WARNING)
         try:
             self.fs = fsspec.filesystem(protocol, **storage_options(protocol))
+            if hasattr(self.fs, "retries"):
+                self.fs.retries = 1  # s3fs retries 5 times with backoff on its own: ours (RETRIES) only
+            if protocol in ("s3", "s3a"):
+                _no_expect_continue(self.fs)
         except ImportError as e:
             extra = " (pip install '.[s3]')" if protocol.startswith("s3") else ""
             raise StoreError(f"{protocol}:// needs a package that is not installed: {e}{extra}") from None
@@ -267,14 +328,25 @@ class FsspecStorage:
 
     def _retry(self, op: str, path: str, fn: Callable[[], object]):
         delay = BACKOFF_S
-        for attempt in range(RETRIES + 1):
+        # once a request failed every retry, later ones (the save after a failed mirror copy, say) are tried
+        # once until one succeeds: a dead endpoint is not waited out again for each request
+        retries = 0 if self.down else RETRIES
+        for attempt in range(retries + 1):
             try:
                 if fault_hook is not None:
                     fault_hook(op, path)
-                return fn()
+                out = fn()
+                self.down = False
+                return out
             except Exception as e:
-                if attempt == RETRIES or not _transient(e):
+                if not _transient(e):
                     raise
+                if attempt == retries:
+                    self.down = True
+                    raise EndpointError(
+                        f"storage error: {op} {path}: {describe(e)} ({attempt + 1} attempt(s), "
+                        f"checkpoint.timeout_s={TIMEOUT_S:g} each)"
+                    ) from e
                 log.warning("%s %s failed (%s: %s); retrying in %.1fs", op, path, type(e).__name__, e, delay)
                 time.sleep(delay)
                 delay *= 2
@@ -300,6 +372,9 @@ class FsspecStorage:
 
     def makedirs(self, path: str) -> None:
         pass  # prefixes exist as soon as an object is written under them
+
+    def drop_link(self, path: str) -> bool:
+        return False  # object stores have no links
 
     def read_bytes(self, path: str) -> bytes:
         return self._retry("read", path, lambda: self.fs.cat_file(self._p(path)))
@@ -380,6 +455,24 @@ class FsspecStorage:
         self._retry("download", path, lambda: self.fs.get_file(self._p(path), local))
 
 
+def _drop_expect(params: dict, **_) -> None:
+    params.get("headers", {}).pop("Expect", None)
+
+
+def _no_expect_continue(fs) -> None:
+    """No ``Expect: 100-continue`` on uploads. botocore adds it to every PUT with a file-like body, and
+    aiohttp waits for the "100 Continue" with no timeout at all (sock_read starts only after it): a frozen
+    endpoint (SIGSTOP: the kernel still accepts the connection) held a 20-byte PUT for as long as it was
+    frozen, with read_timeout=1. Without the header the same PUT times out after read_timeout."""
+    try:
+        from fsspec.asyn import sync
+
+        client = sync(fs.loop, fs.set_session)  # makes the client; no request is sent
+        client.meta.events.register_last("before-call.s3", _drop_expect)  # after botocore's own adds it
+    except Exception as e:  # the first real request reports what is wrong (credentials, endpoint)
+        log.debug("could not remove Expect: 100-continue: %s", e)
+
+
 def read_stream(path: str) -> io.BytesIO:
     return io.BytesIO(for_path(path).read_bytes(path))
 
@@ -396,7 +489,8 @@ def check_writable(root: str) -> None:
         store._retry("write", probe, lambda: store.fs.pipe_file(store._p(probe), b"probe"))
         store._retry("delete", probe, lambda: store.fs.rm_file(store._p(probe)))
     except Exception as e:
-        raise StoreError(f"{root}: {describe(e, bucket)}") from None
+        cause = e.__cause__ if isinstance(e, EndpointError) and e.__cause__ is not None else e
+        raise StoreError(f"{root}: {describe(cause, bucket)}") from None
 
 
 def describe(e: BaseException, bucket: str = "") -> str:

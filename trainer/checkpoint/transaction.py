@@ -217,7 +217,8 @@ class CheckpointDir:
         tmp = self.tmp_dir(step)
         if rank == 0:
             self.store.makedirs(self.root)
-            if self.store.exists(tmp):
+            # a link there is removed, never written through (stores.py drop_link)
+            if not self.store.drop_link(tmp) and self.store.exists(tmp):
                 self._remove_checkpoint(tmp)
             self.store.makedirs(tmp)
         barrier()
@@ -308,11 +309,12 @@ class CheckpointDir:
             self.begin(step, rank, barrier)
             self.write(step, rank, state, rng_state(), sharded, group, data)
             return self.commit(step, rank, world_size, manifest_extra, barrier)
-        except OSError:
-            self.discard(step)
+        except OSError as e:
+            if not stores.endpoint_failed(e):  # a dead endpoint: no cleanup; the next commit prunes it
+                self.discard(step)
             raise
         except RuntimeError as e:  # torch.save reports ENOSPC as "unexpected pos", the OSError chained
-            if isinstance(e.__cause__ or e.__context__, OSError):
+            if isinstance(e.__cause__ or e.__context__, OSError) and not stores.endpoint_failed(e):
                 self.discard(step)
             raise
 

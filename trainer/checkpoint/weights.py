@@ -41,7 +41,8 @@ def write_safetensors(state: dict, path: str, metadata: Optional[dict] = None) -
     """Write ``state`` (name -> tensor) to ``path`` atomically: ``path.tmp`` first, then a rename.
 
     Tensors are detached, moved to the CPU, made contiguous and cloned: tied weights share storage, which
-    safetensors refuses.
+    safetensors refuses. The bytes depend only on the tensors and the metadata (``sort_metadata``), so a
+    checksum of the file identifies the weights.
     """
     with atomic.atomic_path(path) as tmp:
         save_file(
@@ -49,6 +50,28 @@ def write_safetensors(state: dict, path: str, metadata: Optional[dict] = None) -
             tmp,
             metadata={"format": "pt", **(metadata or {})},
         )
+        sort_metadata(tmp)
+
+
+def sort_metadata(path: str) -> None:
+    """Rewrite a .safetensors header in place with its ``__metadata__`` keys sorted.
+
+    safetensors keeps the metadata in a Rust HashMap, whose order is random per process (and per map), so two
+    identical saves differ in those bytes. The sorted header has the same length (the same keys and values),
+    padded with spaces as the format allows; the tensor data is not touched.
+    """
+    with open(path, "r+b") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+        meta = header.get("__metadata__")
+        if not isinstance(meta, dict) or list(meta) == sorted(meta):
+            return
+        ordered = {**header, "__metadata__": dict(sorted(meta.items()))}  # keeps its place
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > n:  # never: the same content in another order; leave the file as it was written
+            return
+        fh.seek(8)
+        fh.write(text + b" " * (n - len(text)))
 
 
 def import_torchao():

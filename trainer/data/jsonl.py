@@ -46,6 +46,8 @@ IGNORE = -100  # the label of a position that carries no loss (torch's cross_ent
 _CACHE_VERSION = "2"
 _MAX_DEFAULT_SEQ = 2048
 _READ_BATCH = 4096  # records parsed, rendered and tokenized together (one tokenizer call per batch)
+# One JSONL record (line) at most: a 100 MB line otherwise took minutes and GBs of memory without a word.
+MAX_RECORD_BYTES = 16 << 20
 
 
 # ----------------------------------------------------------------------------- records -> token ids
@@ -163,6 +165,31 @@ def _concat(parts: list[Encoded]) -> Encoded:
     )
 
 
+def check_line(raw: bytes, lineno: int, where: str) -> str:
+    """One JSONL line's text. A line longer than MAX_RECORD_BYTES (a bounded read returns more than that)
+    or not UTF-8 is exit 2 naming the file and the line; a BOM on line 1 is dropped."""
+    if len(raw) > MAX_RECORD_BYTES and not (len(raw) == MAX_RECORD_BYTES + 1 and raw.endswith(b"\n")):
+        raise ConfigError(
+            f"{where} line {lineno}: a record longer than {MAX_RECORD_BYTES >> 20} MiB "
+            "(MAX_RECORD_BYTES in trainer/data/jsonl.py); split it into several records"
+        )
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{where} line {lineno}: not valid UTF-8 (byte {raw[e.start : e.start + 1]!r} at "
+            f"column {e.start + 1}); re-encode the file as UTF-8"
+        ) from None
+
+
+def read_lines(fh, path: str, key: str):
+    """(line number, text) of each line of a JSONL file open in binary mode, each through
+    :func:`check_line` (read no further than MAX_RECORD_BYTES a line)."""
+    where = f"{key}={path!r}"
+    for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_RECORD_BYTES + 1), b""), 1):
+        yield lineno, check_line(raw, lineno, where)
+
+
 def tokenize_records(tok, path: str, key: str, fmt: str = "auto", train_on: str = "assistant") -> Encoded:
     """Every document of a JSONL file (see :func:`encode_records`), read and encoded in batches."""
     where = f"{key}={path!r}"
@@ -177,8 +204,8 @@ def tokenize_records(tok, path: str, key: str, fmt: str = "auto", train_on: str 
             recs.clear()
             lines.clear()
 
-    with open(path, encoding="utf-8-sig") as fh:  # -sig: a BOM (Windows tools write one) is not a record
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:  # read_lines: a BOM (Windows tools write one) is not a record
+        for lineno, line in read_lines(fh, path, key):
             if not line.strip():
                 continue
             try:
@@ -459,7 +486,7 @@ def jsonl(cfg: Config):
     d = cfg.data
     tok_dir = d.tokenizer or cfg.model.path
     key = "data.tokenizer" if d.tokenizer else "model.path"
-    tok = load_tokenizer(tok_dir, key)
+    tok = load_tokenizer(tok_dir, key, cfg.model.trust_remote_code)
     tok_fp = tokenizer_fingerprint(tok_dir)
     T = _seq_len(cfg)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -36,10 +36,12 @@ from ..runtime.io_faults import fsspec_options
 from .base import ArrayDataset, DataInfo, fingerprint
 from .jsonl import (  # the in-memory path's encoding, packing and data.seq_len rule
     IGNORE,
+    MAX_RECORD_BYTES,
     Encoded,
     PackedRows,
     _non_default,
     _seq_len,
+    check_line,
     encode_records,
     format_name,
     pack,
@@ -244,9 +246,12 @@ class JsonlShards:
             with open_shard(self.files[fi]) as fh:
                 offset, lineno = (start["offset"], start["lineno"]) if first else (0, 0)
                 fh.seek(offset)
-                for line in iter(fh.readline, b""):
+                # bounded: a record past MAX_RECORD_BYTES is refused (check_line) before more is read
+                for line in iter(lambda: fh.readline(MAX_RECORD_BYTES + 1), b""):
                     offset, lineno = offset + len(line), lineno + 1
                     self._pos = {"file": fi, "offset": offset, "lineno": lineno}
+                    if len(line) > MAX_RECORD_BYTES:
+                        check_line(line, lineno, f"data.path={self.files[fi]!r}")
                     if line.strip():
                         yield fi, lineno, line
 
@@ -285,7 +290,7 @@ class JsonlDecode:
             recs = []
             for _, lineno, line in group:
                 try:
-                    recs.append(json.loads(line))
+                    recs.append(json.loads(check_line(line, lineno, where)))
                 except json.JSONDecodeError as e:
                     raise ConfigError(f"{where} line {lineno}: not valid JSON ({e.msg})") from None
             lines = [lineno for _, lineno, _ in group]

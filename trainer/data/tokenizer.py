@@ -47,18 +47,29 @@ def require_hf(key: str, what: str = "transformers"):
     raise ValueError(what)
 
 
-def load_tokenizer(path: str, key: str = "data.tokenizer"):
-    """``AutoTokenizer.from_pretrained(path)`` from local files only; EOS is required (packing needs it)."""
+def load_error(e: BaseException) -> str:
+    """One line for a transformers load error; custom code refused says which key allows it, and its risk."""
+    if "trust_remote_code" in str(e) or "custom code" in str(e):
+        return (
+            "it names custom Python code (auto_map), which is not run; set model.trust_remote_code=true "
+            "only if you trust that code"
+        )
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+
+def load_tokenizer(path: str, key: str = "data.tokenizer", trust_remote_code: bool = False):
+    """``AutoTokenizer.from_pretrained(path)`` from local files only; EOS is required (packing needs it).
+    ``trust_remote_code`` is passed explicitly (model.trust_remote_code): unset, transformers would ask on a
+    terminal whether to run the directory's own tokenizer code."""
     transformers = require_hf(key)
     if not os.path.isdir(path):
         raise ConfigError(f"{key}={path!r}: not a directory")
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tok = transformers.AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=bool(trust_remote_code)
+        )
     except Exception as e:  # OSError, ValueError: no tokenizer files, or unreadable ones
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ConfigError(
-            f"{key}={path!r}: no usable tokenizer there ({type(e).__name__}: {first})"
-        ) from None
+        raise ConfigError(f"{key}={path!r}: no usable tokenizer there ({load_error(e)})") from None
     if tok.eos_token_id is None:
         raise ConfigError(f"{key}={path!r}: the tokenizer has no EOS token (packing needs one)")
     return tok

@@ -65,6 +65,24 @@ def _keyword_input(t: Any) -> Any:
     return t.float() if t.is_floating_point() else t
 
 
+class SampleError(ConfigError):
+    """User data that cannot be used: a sample that raised, or one of another shape (exit 2, one line).
+
+    Raised in a DataLoader worker, torch re-raises it in the main process as ``SampleError(message)`` with
+    the worker's whole traceback in the message; the one line is its last."""
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = (last.split(": ", 1)[1] if ": " in last else last) + " (in a DataLoader worker)"
+        super().__init__(message)
+
+
+def _shape(v: Any) -> tuple:
+    t = first_tensor(v) if isinstance(v, Mapping) else torch.as_tensor(v)
+    return tuple(t.shape)
+
+
 class UserDataset(Dataset):
     """Adapts any map-style dataset (optionally a subset of it) to get_batch/set_epoch and fixed dtypes."""
 
@@ -124,7 +142,26 @@ class UserDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
         j = int(self._map(as_index([i + len(self) if i < 0 else i], len(self)))[0])
-        return self._convert(*self._pair(self.base[j]), batched=False)
+        try:
+            sample = self.base[j]
+        except Exception as e:  # the user's code failed on this item: name it (exit 2), not a traceback
+            text = (str(e).strip().splitlines() or [""])[0][:300]
+            raise SampleError(f"data: item {j} of the dataset raised {type(e).__name__}: {text}") from None
+        return self._convert(*self._pair(sample), batched=False)
+
+    def _odd_sample(self, idx: torch.Tensor, pairs: list) -> Optional[str]:
+        """The first sample whose x (or y) shape differs from the most common one in a batch."""
+        for part, name in ((0, "x"), (1, "y")):
+            shapes = [_shape(p[part]) for p in pairs]
+            common = max(set(shapes), key=shapes.count)
+            for k, sh in enumerate(shapes):
+                if sh != common:
+                    j = int(self._map(idx[k : k + 1])[0])
+                    return (
+                        f"data: sample {j} has {name} of shape {sh}, the others in its batch {common}; "
+                        "pad or crop the samples to one shape in the dataset"
+                    )
+        return None
 
     def get_batch(self, indices: Indices) -> tuple[Any, torch.Tensor]:
         idx = as_index(indices, len(self))
@@ -137,9 +174,10 @@ class UserDataset(Dataset):
         try:
             x, y = collate(pairs)
         except RuntimeError as e:  # e.g. "stack expects each tensor to be equal size"
-            raise ConfigError(
-                f"data: samples {int(idx[0])}..{int(idx[-1])} cannot be batched ({str(e).splitlines()[0]}); "
-                "pad them to one length in the dataset"
+            raise SampleError(
+                self._odd_sample(idx, pairs)
+                or f"data: a batch of samples cannot be collated ({str(e).splitlines()[0]}); "
+                "pad them to one shape in the dataset"
             ) from None
         return x, y
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import Config, ConfigError
 from ..data.base import DataInfo
-from ..data.tokenizer import require_hf
+from ..data.tokenizer import load_error, require_hf
 
 log = logging.getLogger("trainer")
 
@@ -49,24 +49,58 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def load_pretrained(path: str, dtype: torch.dtype, key: str = "model.path", meta: bool = False) -> nn.Module:
-    """The causal LM in ``path`` (local files only); on the meta device (buffers real) when ``meta``."""
+PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def require_safetensors(path: str, key: str) -> None:
+    """Weights are read from ``*.safetensors`` only: a directory holding nothing but pickled weights
+    (``pytorch_model.bin``) is refused before anything is unpickled (a pickle can run code)."""
+    names = os.listdir(path) if os.path.isdir(path) else []
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickled = sorted(n for n in names if n.endswith(PICKLED))
+    if pickled:
+        raise ConfigError(
+            f"{key}={path!r}: only pickled weights ({', '.join(pickled[:3])}), which are not loaded "
+            "(unpickling can run code): convert them to safetensors where you trust them, e.g. "
+            "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
+        )
+
+
+def load_pretrained(
+    path: str,
+    dtype: torch.dtype,
+    key: str = "model.path",
+    meta: bool = False,
+    trust_remote_code: bool = False,
+) -> nn.Module:
+    """The causal LM in ``path`` (local files only, safetensors only); on the meta device (buffers real)
+    when ``meta``. ``trust_remote_code`` is passed explicitly (model.trust_remote_code): left unset,
+    transformers would ask on a terminal whether to run a directory's own Python code."""
     transformers = require_hf(key)
+    require_safetensors(path, key)
+    trc = bool(trust_remote_code)
     try:
-        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trc)
         config.use_cache = False  # training: no KV cache, and packed documents get their own attention
         if meta:
             # ~1.5 s import, and only on ranks > 0 of a multi-process job: params on meta, buffers real
             from accelerate import init_empty_weights
 
             with init_empty_weights(include_buffers=False):
-                return transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+                return transformers.AutoModelForCausalLM.from_config(
+                    config, dtype=dtype, trust_remote_code=trc
+                )
         return transformers.AutoModelForCausalLM.from_pretrained(
-            path, config=config, dtype=dtype, local_files_only=True
+            path,
+            config=config,
+            dtype=dtype,
+            local_files_only=True,
+            use_safetensors=True,
+            trust_remote_code=trc,
         )
     except (OSError, ValueError, KeyError) as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ConfigError(f"{key}={path!r}: cannot load the model ({type(e).__name__}: {first})") from None
+        raise ConfigError(f"{key}={path!r}: cannot load the model ({load_error(e)})") from None
 
 
 def build_hf(cfg: Config, info: DataInfo) -> nn.Module:
@@ -78,7 +112,9 @@ def build_hf(cfg: Config, info: DataInfo) -> nn.Module:
     rank, world = _rank_world()
     dtype = hf_dtype(cfg)
     with contextlib.redirect_stdout(None):  # transformers' load report goes to stdout on some versions
-        model = load_pretrained(m.path, dtype, meta=world > 1 and rank != 0)
+        model = load_pretrained(
+            m.path, dtype, meta=world > 1 and rank != 0, trust_remote_code=m.trust_remote_code
+        )
     model.broadcast_from_rank0 = world > 1  # the strategy fills ranks > 0 after wrapping
     vocab = model.get_input_embeddings().num_embeddings
     if info.vocab_size and info.vocab_size > vocab:

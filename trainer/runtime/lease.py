@@ -7,6 +7,10 @@ with who holds it. A lease is taken over:
 - when it names this job (``TORCHELASTIC_RUN_ID``): after an elastic restart rank 0 may be on another node;
 - when its process is dead on this host (a SIGKILLed run): with a warning.
 
+A takeover is atomic: of several processes that find the same dead lease at the same instant, exactly one
+gets it (``Lease._take_over``: a ``link(2)`` that only one can make, then a rename); the others see the
+new, live holder and are refused.
+
 A lease held from another host cannot be checked from here; if that host is gone, delete the ``.lease``
 file (README "When things go wrong"). On a shared file system (NFS, Lustre, ...) ``O_EXCL`` creation is
 atomic on NFSv3+ and all common parallel file systems, which is what the lease relies on.
@@ -14,6 +18,7 @@ atomic on NFSv3+ and all common parallel file systems, which is what the lease r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -51,6 +56,14 @@ def _mine() -> dict:
     }
 
 
+def _parse(raw: bytes) -> dict:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        return {}  # a torn or foreign file: treated as a lease of unknown holder
+    return data if isinstance(data, dict) else {}
+
+
 def _alive(holder: dict) -> bool:
     """Whether the holder's process still runs (same pid AND same start time: pids are reused)."""
     start = _proc_start(int(holder.get("pid", -1)))
@@ -66,14 +79,17 @@ class Lease:
         self.held = False
 
     def read(self) -> Optional[dict]:
+        raw = self._read_raw()
+        return None if raw is None else _parse(raw)
+
+    def _read_raw(self) -> Optional[bytes]:
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                data = json.load(fh)
-            return data if isinstance(data, dict) else {}
+            with open(self.path, "rb") as fh:
+                return fh.read()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
-            return {}  # a torn or foreign file: treated as a lease of unknown holder
+        except OSError:
+            return b""  # unreadable: treated as a lease of unknown holder
 
     def _write_exclusive(self, mine: dict) -> bool:
         try:
@@ -86,17 +102,44 @@ class Lease:
             os.fsync(fh.fileno())
         return True
 
+    def _take_over(self, seen: bytes, mine: dict) -> bool:
+        """Replace the lease whose bytes are ``seen`` with ours, or return False if another process took it
+        first. The decision is one atomic operation: ``link(2)`` of the lease to a name derived from those
+        bytes, which exactly one of several racing processes can create (on NFS too). The winner checks
+        it linked the lease it judged (not a newer one), then renames its own lease over it."""
+        claim = f"{self.path}.takeover-{hashlib.sha256(seen).hexdigest()[:16]}"
+        try:
+            os.link(self.path, claim)
+        except FileExistsError:
+            return False  # another process is taking over (or took over) this very lease
+        except FileNotFoundError:
+            return False  # released meanwhile: start again
+        try:
+            with open(claim, "rb") as fh:
+                if fh.read() != seen:
+                    return False  # the lease changed between our read and the link: judge it again
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(mine, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(tmp, self.path)
+            return True
+        finally:
+            os.unlink(claim)  # a late racer that links the lease now links ours, whose bytes differ
+
     def acquire(self) -> Optional[str]:
         """Take the lease or raise ConfigError naming the holder; returns a warning to log when a lease was
         taken over (the caller logs it once the run's own log is open). OSError (storage) propagates."""
-        mine, note = _mine(), None
-        for _ in range(3):  # a holder may release between our attempts
+        mine = _mine()
+        for _ in range(20):  # a holder may release, or a racer take over, between our attempts
             if self._write_exclusive(mine):
                 self.held = True
-                return note
-            holder = self.read()
-            if holder is None:
+                return None
+            raw = self._read_raw()
+            if raw is None:
                 continue
+            holder = _parse(raw)
             pid, host = holder.get("pid", "?"), holder.get("host", "?")
             who = f"pid {pid} on {host} since {holder.get('started', '?')}"
             if mine["job"] and holder.get("job") == mine["job"]:
@@ -108,10 +151,10 @@ class Lease:
                     f"run.dir={os.path.dirname(self.path)!r}: in use by {who} "
                     f"(wait for it, choose another run.dir, or delete {self.path} if that run is gone)"
                 )
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            if self._take_over(raw, mine):
+                self.held = True
+                return note
+            time.sleep(0.05)  # another process is mid-takeover: read the lease again once it is done
         raise ConfigError(f"run.dir={os.path.dirname(self.path)!r}: could not take the lease {self.path}")
 
     def release(self) -> None:

@@ -16,6 +16,8 @@ import sys
 import sysconfig
 from collections import deque
 
+from .redact import RedactFilter
+
 NOISY = ("torch", "accelerate", "matplotlib", "PIL", "urllib3", "mlflow", "alembic", "wandb")
 # Where installed libraries live: a record from code there is third-party (a user's module beside the
 # recipe is not, and its import-time warnings stay on the console).
@@ -86,6 +88,7 @@ def setup_logging(rank: int) -> None:
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     h.setLevel(logging.INFO if rank == 0 else logging.ERROR)
+    h.addFilter(RedactFilter())  # no password in a URI reaches the console (runtime/redact.py)
     _quiet_imports(h, deliver=False)
     root.addHandler(h)
     root.setLevel(logging.INFO)
@@ -108,6 +111,7 @@ def add_rank_log(run_dir: str, rank: int, world_size: int) -> None:
     os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
     fh = _RankFileHandler(os.path.join(run_dir, "logs", f"rank-{rank}.log"))
     fh.setFormatter(logging.Formatter("%(asctime)s rank" + str(rank) + " %(levelname)s %(message)s"))
+    fh.addFilter(RedactFilter())
     fh.stream.write(f"rank {rank} pid {os.getpid()} host {socket.gethostname()} world {world_size}\n")
     logging.getLogger().addHandler(fh)
     while _held:

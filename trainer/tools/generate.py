@@ -50,13 +50,17 @@ def load_lm(src: str):
             f"--from {src!r}: a model.name={cfg.model.name!r} run; generate needs a model.name=hf run, "
             "one of its checkpoints or a Hugging Face model directory"
         )
-    model = load_pretrained(cfg.model.path, hf_dtype(cfg), key="model.path")
+    model = load_pretrained(
+        cfg.model.path, hf_dtype(cfg), key="model.path", trust_remote_code=cfg.model.trust_remote_code
+    )
     try:
         model.load_state_dict(w.state, strict=True)
     except RuntimeError as e:
         first = (str(e).strip().splitlines() or [""])[0]
         raise config.ConfigError(f"--from {src!r}: does not fit {cfg.model.path!r} ({first})") from None
-    tok = load_tokenizer(cfg.data.tokenizer or cfg.model.path, "data.tokenizer")
+    tok = load_tokenizer(
+        cfg.data.tokenizer or cfg.model.path, "data.tokenizer", trust_remote_code=cfg.model.trust_remote_code
+    )
     return model.eval(), tok, w.source
 
 

@@ -162,6 +162,7 @@ class Checkpointer:
         """Load the model, optimizer, loop state and RNG from ``path``; returns the config changes since it
         was written (``trainer.training.resume``), for the loop to apply."""
         manifest = ckpt.read_manifest(path)
+        self.saver.committed = path  # the checkpoint a failed save leaves intact, until a newer one commits
         remote = stores.is_url(ckpt.checkpoint_root(self.cfg.checkpoint.dir, self.run_dir))
         changed = resume.check(manifest.get("config"), self.cfg, path, self.run_dir, remote)
         state, rng = ckpt.load_state(path, rank=self.state.rank)

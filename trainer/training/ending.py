@@ -108,6 +108,7 @@ class Ending:
             "steps": p.step,
             "epochs": p.epoch,
             "samples": p.samples_total,
+            "bad_steps": p.bad_steps,  # skipped for a non-finite loss (train.max_bad_fraction bounds them)
             # as metrics.jsonl has it (6 decimals), so a summary regenerated from it is the same
             "final_loss": round(last_loss, 6) if last_loss is not None else None,
             "eval": last_eval,

@@ -171,6 +171,7 @@ class Trainer:
         # per-run loop state, set by _begin
         self._watch = Stopwatch()
         self._since_log = 0
+        self._warned_bad = False  # the first skipped step of this process was reported
         self._profiler: Optional[Profiler] = None
 
     # ------------------------------------------------------------------ step
@@ -191,6 +192,7 @@ class Trainer:
         wd, step = self.watchdog, self.progress.step + 1  # the step being run, counted from 1
         forward, objective = self.io.forward, self.objective.loss
         scale = self._token_scale(micro_batches) if self._token_mean else None
+        parts = []  # each micro-batch's loss: the first skipped step names the one that was not finite
         for i, (x, y) in enumerate(micro_batches):
             with s.sync(i == n - 1):
                 wd.mark(step, "forward")
@@ -206,6 +208,7 @@ class Trainer:
                     self.objective.check_trains(out, loss)
                 wd.mark(step, "backward")
                 s.backward(loss)
+            parts.append(loss.detach())
             total = loss.detach() if total is None else total + loss.detach()
         if self._check_unused:  # once: DDP cannot reduce a parameter that forward never used
             self._check_unused = False
@@ -221,6 +224,8 @@ class Trainer:
         else:
             value = total
             ok = torch.isfinite(total) & torch.isfinite(norm) if check_norm else torch.isfinite(total)
+        if self.tally.on_host and not ok and not self._warned_bad:
+            self._warn_first_bad(step, parts)
         if self.checkpointer.fence is not None:  # an async save is still copying the weights it writes
             self.checkpointer.fence()
             self.checkpointer.fence = None
@@ -229,6 +234,31 @@ class Trainer:
         if self._schedule_moves:
             self.scheduler.step()
         self.tally.add(value, ok)
+
+    def _warn_first_bad(self, step: int, parts: list, where: str = "") -> None:
+        """Once per run: the first skipped step, and the micro-batch whose loss was not finite."""
+        self._warned_bad = True
+        bad = [i + 1 for i, p in enumerate(parts) if not bool(torch.isfinite(p))]
+        what = f"loss of micro-batch {bad[0]} of {len(parts)}" if bad else "gradient norm"
+        log.warning(
+            "step %s%s: non-finite %s: step skipped (parameters unchanged); later skipped steps are counted "
+            "as bad_steps in metrics.jsonl (the run stops after train.max_bad_steps=%d in a row, or more "
+            "than train.max_bad_fraction=%g of its steps)",
+            step,
+            where,
+            what,
+            self.cfg.train.max_bad_steps,
+            self.cfg.train.max_bad_fraction,
+        )
+
+    def _count_bad(self) -> int:
+        """Progress.bad_steps brought up to date (on CUDA, one sync: log and checkpoint intervals only)."""
+        new = self.tally.take_bad()
+        if new and not self._warned_bad:  # CUDA: the step is known only to within the log interval
+            first = self.progress.step - self._since_log + 1
+            self._warn_first_bad(first, [], f" (or a later one up to step {self.progress.step})")
+        self.progress.bad_steps += new
+        return self.progress.bad_steps
 
     def _timed_step(self, micro) -> None:
         """One step; the first compiled step is timed apart (compile included) and the watchdog paused."""
@@ -252,6 +282,7 @@ class Trainer:
     def _log(self) -> bool:
         """Pull metrics to the host (the one sync per interval). Returns False if the run must stop."""
         steps, watch = self._since_log, self._watch
+        bad_steps = self._count_bad()  # before the reset: on CUDA it names the window's steps
         self._since_log = 0
         self.watchdog.mark(self.progress.step, "log")
         if self.state.is_main:
@@ -262,7 +293,9 @@ class Trainer:
             loss_sum, good, bad_max = self.tally.pull()
             stats = dist.all_reduce_sum(self.state, torch.stack([loss_sum.double(), good.double()]))
             loss_sum, good = stats.tolist()
-            bad = dist.all_reduce_max(self.state, bad_max).item()
+            both = torch.stack([bad_max.double().cpu(), torch.tensor(float(bad_steps), dtype=torch.float64)])
+            bad, bad_steps = (int(v) for v in dist.all_reduce_max(self.state, both).tolist())
+            self.progress.bad_steps = bad_steps
         elapsed = max(watch.elapsed(), 1e-9)
         self.segments.add_compute(elapsed)
         B = self.cfg.train.batch_size
@@ -274,6 +307,7 @@ class Trainer:
             "samples_per_s": B * steps / elapsed,
             "step_time_s": elapsed / steps,
             "data_wait_frac": watch.data_s / elapsed,
+            "bad_steps": bad_steps,  # skipped for a non-finite loss since the start of the run
             "time": round(time.time(), 3),  # when the row was made (the writer thread writes it later)
         }
         if self.info.task == "lm":
@@ -296,6 +330,20 @@ class Trainer:
                 "the last good checkpoint is %s",
                 int(bad),
                 self.cfg.train.max_bad_steps,
+                self.progress.step,
+                self.checkpointer.ckpts.latest_pointer() or "none (checkpoint.every_steps=0)",
+            )
+            return False
+        t = self.cfg.train
+        if bad_steps > t.max_bad_steps and bad_steps > t.max_bad_fraction * self.progress.step:
+            if self.metrics:
+                self.metrics.flush()
+            log.error(
+                "%d of %d steps were skipped for a non-finite loss, more than train.max_bad_fraction=%g: "
+                "stopping at step %d; the last good checkpoint is %s",
+                bad_steps,
+                self.progress.step,
+                t.max_bad_fraction,
                 self.progress.step,
                 self.checkpointer.ckpts.latest_pointer() or "none (checkpoint.every_steps=0)",
             )
@@ -330,6 +378,7 @@ class Trainer:
     # ------------------------------------------------------------------ state, save, resume
     def state_dict(self) -> dict:
         """The loop's own state for a checkpoint (the model and optimizer come from the strategy)."""
+        self._count_bad()
         return {
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.strategy.state_scaler.state_dict() if self.strategy.state_scaler else None,

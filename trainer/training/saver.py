@@ -42,6 +42,7 @@ class Saver:
                 lambda done: dist.all_true(state, done),
             )
         self.saved_at = -1  # the step of the last save started (or resumed from)
+        self.committed: Optional[str] = None  # the last checkpoint this process committed (for messages)
         self._mirroring: Optional[threading.Thread] = None  # copies of logs and metrics, off the step loop
         # The loop's watchdog breadcrumb: called with "checkpoint barrier" before each barrier and with
         # "checkpoint" after it, so that the watchdog names the rank still writing when the others wait.
@@ -92,6 +93,7 @@ class Saver:
         except Exception as e:
             self._raise_storage(e, step)
             raise
+        self.committed = path
         log.info("checkpoint step %d saved in %.2fs -> %s", step, time.perf_counter() - t0, path)
         self._after_commit()
         return path
@@ -124,9 +126,19 @@ class Saver:
             cause = _os_error(e)
             if cause is not None:
                 fault = f"storage error: {stores.describe(cause)} at {self.ckpts.tmp_dir(step)}"
+        if fault and stores.endpoint_failed(e):  # nothing more is asked of a dead endpoint
+            prev = (
+                f"the previous checkpoint {self.committed} is intact"
+                if self.committed
+                else "`latest` unmoved"
+            )
+            raise io_faults.StorageError(f"{fault} while writing checkpoint step {step}; {prev}") from e
         if fault:
             self.ckpts.discard(step)  # free what the failed write took; the next try starts clean
-            latest = self.ckpts.latest_pointer()
+            try:
+                latest = self.ckpts.latest_pointer()
+            except Exception:  # cleanup never replaces the outcome
+                latest = None
             raise io_faults.StorageError(
                 f"{fault} while writing checkpoint step {step}; "
                 + (f"the previous checkpoint {latest} is intact" if latest else "no earlier checkpoint")
@@ -142,6 +154,7 @@ class Saver:
                 self._raise_storage(e, started)
                 raise
             if path:
+                self.committed = path
                 log.info(
                     "checkpoint step %d committed at step %d (async: %d steps ran during the write) -> %s",
                     started,
@@ -161,6 +174,7 @@ class Saver:
         except Exception as e:
             self._raise_storage(e, started)
             raise
+        self.committed = path
         log.info("checkpoint step %d committed at step %d -> %s", started, step, path)
         self._after_commit()
         return path

@@ -15,6 +15,7 @@ class HostTally:
     def __init__(self):
         self.loss, self.good = 0.0, 0
         self.bad_run = self.bad_max = 0
+        self.bad_new = 0  # skipped steps not yet counted in Progress.bad_steps
 
     def add(self, value: float, ok: bool) -> None:
         if ok:
@@ -24,6 +25,12 @@ class HostTally:
         else:
             self.bad_run += 1
             self.bad_max = max(self.bad_max, self.bad_run)
+            self.bad_new += 1
+
+    def take_bad(self) -> int:
+        """Skipped steps since the last call (added to Progress.bad_steps)."""
+        n, self.bad_new = self.bad_new, 0
+        return n
 
     def take(self) -> tuple[float, int, int]:
         """(loss sum, good steps, longest bad streak) since the last pull, as Python numbers (one process:
@@ -62,6 +69,7 @@ class DeviceTally:
     def __init__(self, device):
         z = torch.zeros((), device=device)
         self.loss, self.good, self.bad_run, self.bad_max = z.clone(), z.clone(), z.clone(), z.clone()
+        self.bad_new = z.clone()
 
     def add(self, total: torch.Tensor, ok: torch.Tensor) -> None:
         okf = ok.float()
@@ -69,6 +77,13 @@ class DeviceTally:
         self.good += okf
         self.bad_run = (self.bad_run + 1) * (1 - okf)
         self.bad_max = torch.maximum(self.bad_max, self.bad_run)
+        self.bad_new += 1 - okf
+
+    def take_bad(self) -> int:
+        """Skipped steps since the last call (one host sync: at log and checkpoint intervals only)."""
+        n = int(self.bad_new.item())
+        self.bad_new.zero_()
+        return n
 
     def pull(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = (self.loss.clone(), self.good.clone(), self.bad_max.clone())

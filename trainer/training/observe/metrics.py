@@ -22,6 +22,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ...runtime import atomic
+from ...runtime.redact import redact_obj
 from .plots import plot_run
 from .rowwriter import RowWriter, strict_json, yield_gil
 from .trackers import Trackers
@@ -163,17 +164,16 @@ class Metrics:
                 self.trackers.flush()
 
     def tracker_status(self) -> dict:
+        """Each tracker's status once the rows so far reached it (or it was dropped for not answering)."""
         if not self.trackers:
             return {}
-        for name in self.trackers.open:
-            if self._writer is not None and name not in self._writer.sinks:
-                self.trackers.failed(name)
-        return dict(self.trackers.status)
+        self.trackers.settle()
+        return self.trackers.status
 
     def write_summary(self, summary: dict) -> None:
         if not self.enabled:
             return
-        text = json.dumps(strict_json(summary), indent=1, allow_nan=False)
+        text = json.dumps(strict_json(redact_obj(summary)), indent=1, allow_nan=False)  # no URL passwords
         atomic.write_text(os.path.join(self.run_dir, "summary.json"), text)
 
     def plot(self) -> Optional[str]:

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from ...runtime import dist
+from ...runtime.redact import redact
 
 
 def utc_now() -> str:
@@ -58,7 +59,7 @@ def collect(state: dist.DistState) -> dict:
     return {
         "start_time": utc_now(),
         "start_unix": round(time.time(), 3),
-        "command": shlex.join(argv),
+        "command": redact(shlex.join(argv)),  # a URL in an override may carry a password
         "cwd": os.getcwd(),
         "git": git_state(os.getcwd()),
         "versions": versions(),

@@ -5,7 +5,8 @@ Measured on the overhead benchmark's MLP (bench/overhead.py, README "Performance
 cost ~300 us on its own step and another ~150 us spread over the next three steps, whose code and data had
 been pushed out of the CPU caches. Here the loop's side of a row is one ``queue.put``; this thread wakes every
 ``interval_s`` (or when the queue is half full, or on ``flush``), takes every pending row and writes them in
-one pass: the JSON lines in one write and one flush, then each sink (console line, TensorBoard, MLflow, W&B).
+one pass: the JSON lines in one write and one flush, then each sink (the console line, and the trackers,
+which only queue the rows for their own threads: observe/feeds.py).
 
 The queue is bounded and never drops a row: a producer that finds it full waits for the writer. ``flush()``
 returns once every row put before it is written (the loop calls it before a checkpoint is saved and at the

@@ -1,15 +1,18 @@
 """Experiment trackers (``log.trackers``): TensorBoard, MLflow and Weights & Biases, on global rank 0 only.
 
 Each tracker is opened at the start of a run, gets batches of log rows from the metrics writer thread
-(observe/rowwriter.py: tracker calls never run on the step loop) and the summary at the end. The id of its
-run is kept in ``<run.dir>/trackers.json``, so a resumed run continues the same tracker run. A tracker that
-cannot be reached at the start (``check_reachable``: one GET with a short timeout; MLflow's own client
-retries for minutes) is a one-line warning, the run trains on without it, and ``summary.json`` says so; one
-that fails later is dropped the same way. ``mlflow`` (~1 s) and ``wandb`` are imported only when asked for.
+through its own thread (observe/feeds.py: tracker calls never run on the step loop, and one that does not
+answer within ``log.tracker_timeout_s`` is dropped with one warning) and the summary at the end. The id of
+its run is kept in ``<run.dir>/trackers.json``, so a resumed run continues the same tracker run. A tracker
+that cannot be reached at the start (``check_reachable``: one GET with a short timeout, authenticated the
+way its client is; MLflow's own client retries for minutes) is a one-line warning, the run trains on
+without it, and ``summary.json`` says so; one that fails later is dropped the same way. ``mlflow`` (~1 s)
+and ``wandb`` are imported only when asked for. URIs are written and logged with their passwords masked.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -22,7 +25,9 @@ from typing import Optional
 
 from ...config import Config, dump, flat
 from ...runtime import atomic
+from ...runtime.redact import basic_auth, redact
 from . import provenance as prov_mod
+from .feeds import Feed
 from .rowwriter import yield_gil
 
 log = logging.getLogger("trainer")
@@ -30,6 +35,7 @@ log = logging.getLogger("trainer")
 STATE_FILE = "trackers.json"
 SYSTEM = ("rss_mb", "cpu_percent", "gpu_mem_gb")  # row fields logged as system/<name>
 REACH_TIMEOUT_S = 3.0
+FINISH_CALLS = 10  # at the end of a run, wait at most this many log.tracker_timeout_s for a tracker
 
 
 class Unreachable(RuntimeError):
@@ -53,15 +59,30 @@ def metric_items(kind: str, row: dict):
             yield (f"system/{k}" if k in SYSTEM else f"train/{k}"), float(v)
 
 
-def check_reachable(url: str) -> None:
-    """A GET with a short timeout; any HTTP answer means the server is there."""
+def check_reachable(url: str, auth: Optional[str] = None) -> None:
+    """A GET with a short timeout; any HTTP answer means the server is there. Credentials in the URL
+    (``http://user:pass@host``, which urllib would take for a host name) go in an Authorization header, as
+    the tracker's own client sends them; ``auth`` is such a header value given apart."""
+    bare, basic = basic_auth(url)
+    header = auth or basic
     try:
-        urllib.request.urlopen(url, timeout=REACH_TIMEOUT_S).close()
+        req = urllib.request.Request(bare, headers={"Authorization": header} if header else {})
+        urllib.request.urlopen(req, timeout=REACH_TIMEOUT_S).close()
     except urllib.error.HTTPError:
         return
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
-        raise Unreachable(f"cannot reach {url} ({reason})") from None
+        raise Unreachable(redact(f"cannot reach {url} ({reason})")) from None
+
+
+def mlflow_auth() -> Optional[str]:
+    """The Authorization header MLflow's client sends from the environment (MLFLOW_TRACKING_USERNAME and
+    _PASSWORD, or MLFLOW_TRACKING_TOKEN); credentials in the URI itself are handled by check_reachable."""
+    user, pw = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and pw:
+        return "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode("ascii")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return f"Bearer {token}" if token else None
 
 
 def params_of(cfg: Config) -> dict[str, str]:
@@ -124,10 +145,16 @@ class MLflow:
         # A server that goes away mid-run must not hold the writer thread for minutes (MLflow's default
         # is 7 retries with backoff): a few retries, a short timeout; users can still set their own.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        # its "View run at: URI" lines go to stdout with the URI as given (a password in it included)
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        # urllib3 warns of each retry; the one line that matters is ours when the tracker is dropped
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+        os.environ.setdefault(
+            "MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(min(10, cfg.log.tracker_timeout_s))))
+        )
         uri = os.environ.get("MLFLOW_TRACKING_URI", "")
         if uri.startswith(("http://", "https://")):
-            check_reachable(uri.rstrip("/") + "/health")
+            check_reachable(uri.rstrip("/") + "/health", mlflow_auth())
         import mlflow  # ~1 s: only when log.trackers names mlflow
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.tracking import MlflowClient
@@ -165,7 +192,7 @@ class MLflow:
             for k, v in changed.items():
                 self.client.set_tag(self.run_id, f"resumed_at_step_{step}.{k}", v[:5000])
             self.client.set_tag(self.run_id, f"resumed_at_step_{step}.start_time", prov["start_time"])
-        self.state = {"run_id": self.run_id, "tracking_uri": self.client.tracking_uri}
+        self.state = {"run_id": self.run_id, "tracking_uri": redact(self.client.tracking_uri)}
 
     def _params(self, params: dict[str, str]) -> None:
         items = [self._Param(k, v[:6000]) for k, v in params.items()]
@@ -247,26 +274,29 @@ KINDS = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": Wandb}
 
 
 class Trackers:
-    """The trackers of one run (rank 0): open them, hand their sinks to the writer, finish them."""
+    """The trackers of one run (rank 0): open them, feed them (each on its own thread), finish them."""
 
     def __init__(self, names: list[str], run_dir: str, cfg: Config, prov: dict, step: int):
         self.run_dir = run_dir
+        self.timeout_s = cfg.log.tracker_timeout_s
         self.open: dict[str, object] = {}
-        self.status: dict[str, str] = {}
+        self.feeds: dict[str, Feed] = {}
+        self._status: dict[str, str] = {}
         saved = self._load()
         for name in names:
             try:
                 self.open[name] = KINDS[name](run_dir, cfg, prov, saved.get(name, {}), step)
-                self.status[name] = "ok"
+                self._status[name] = "ok"
             except ImportError as e:
-                self.status[name] = f"not installed ({e.name or e})"
+                self._status[name] = f"not installed ({e.name or e})"
                 log.warning("%s: not installed (pip install .[%s]); training without it", name, name)
             except Unreachable as e:
-                self.status[name] = f"unreachable: {e}"
+                self._status[name] = f"unreachable: {e}"
                 log.warning("%s: %s; training without it (summary.json records this)", name, e)
             except Exception as e:  # refused, bad credentials, a client error: warn once, train on
-                self.status[name] = f"failed at start: {type(e).__name__}: {e}"
+                self._status[name] = redact(f"failed at start: {type(e).__name__}: {e}")
                 log.warning("%s: failed at start (%s: %s); training without it", name, type(e).__name__, e)
+        self.feeds = {name: Feed(name, self.timeout_s) for name in self.open}
         if self.open:
             state = {**saved, **{n: t.state for n, t in self.open.items() if getattr(t, "state", None)}}
             atomic.write_text(os.path.join(run_dir, STATE_FILE), json.dumps(state, indent=1))
@@ -278,21 +308,39 @@ class Trackers:
         except (OSError, ValueError):
             return {}
 
+    @property
+    def status(self) -> dict[str, str]:
+        """Per tracker: "ok", or why it was not used or was dropped (summary.json's ``trackers``)."""
+        out = dict(self._status)
+        for name, feed in self.feeds.items():
+            if feed.dropped:
+                out[name] = redact(f"dropped during the run: {feed.dropped}")
+        return out
+
     def sinks(self) -> dict:
-        return {n: t.log_batch for n, t in self.open.items()}
+        """The metrics writer's one sink for all trackers: it queues the batch and returns at once."""
+        return {"trackers": self.log_batch} if self.open else {}
+
+    def log_batch(self, batch: list[tuple[str, dict]]) -> None:
+        for name, feed in self.feeds.items():
+            feed.put("logging rows", self.open[name].log_batch, batch)
 
     def flush(self) -> None:
-        for t in self.open.values():
-            t.flush()
+        for name, feed in self.feeds.items():
+            feed.put("flush", self.open[name].flush)
 
-    def failed(self, name: str) -> None:
-        """The writer dropped this tracker mid-run."""
-        self.status[name] = "failed during the run (see the log)"
+    def settle(self) -> None:
+        """Wait until the rows queued so far reached every tracker, or it was dropped for not answering
+        (the end of a run, before summary.json records each tracker's status)."""
+        for feed in self.feeds.values():
+            feed.drain(FINISH_CALLS * self.timeout_s)
 
     def finish(self, summary: Optional[dict], code: int) -> None:
-        for name, t in list(self.open.items()):
-            try:
-                t.finish(summary or {}, code)
-            except Exception as e:
-                log.warning("%s: finishing the run failed (%s: %s)", name, type(e).__name__, e)
+        """End every tracker's run: wait for each while its calls answer within log.tracker_timeout_s (and
+        at most FINISH_CALLS of those in all: a slow tracker with a long queue does not hold the exit)."""
+        for name, feed in self.feeds.items():
+            feed.put("finishing the run", self.open[name].finish, summary or {}, code)
+        for feed in self.feeds.values():
+            feed.drain(FINISH_CALLS * self.timeout_s)
+            feed.close()
         self.open.clear()
