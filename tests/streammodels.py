@@ -167,3 +167,17 @@ class KeywordMLP(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.float())
+
+
+class RaisesAt(Counting):
+    """A user's stream with a bug: sample ``bad`` raises a plain RuntimeError (not a ConfigError)."""
+
+    def __init__(self, n: int = 100, bad: int = 30):
+        super().__init__(n)
+        self.bad = bad
+
+    def __iter__(self):
+        for i, s in enumerate(super().__iter__()):
+            if i == self.bad:
+                raise RuntimeError(f"boom at {i}")
+            yield s

@@ -98,3 +98,22 @@ def test_the_dry_run_prints_the_mesh_and_the_check_refuses_one_that_does_not_fit
         ["check", "--world-size", "4", "--nproc-per-node", "4", "parallel.tp=3", "train.strategy=ddp"]
     )
     assert r.returncode == 2 and "parallel.tp=3: does not divide the world size 4" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"body.1": "colwise"}, "parallel.tp_plan: body.1 is colwise with no rowwise Linear after it"),
+        ({"head": "rowwise"}, "parallel.tp_plan: head is rowwise with no colwise Linear before it"),
+    ],
+)
+def test_a_tp_plan_with_an_unpaired_half_is_refused_before_the_first_forward(override, message):
+    # found by QA: {'body.1': colwise} alone trained into "mat1 and mat2 shapes cannot be multiplied" (exit 1)
+    from trainer.models.mlp import MLP
+    from trainer.models.tp_plans import resolve
+
+    model = MLP((8,), [16, 16], 2)
+    with pytest.raises(C.ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        resolve(model, override)
+    plan, _ = resolve(model, {"body.1": "colwise", "body.4": "rowwise"})
+    assert plan == {"body.1": "colwise", "body.4": "rowwise"}

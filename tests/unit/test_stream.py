@@ -193,6 +193,22 @@ def test_a_bad_record_in_a_worker_is_one_line(workers):
     assert str(e.value) == "data.path='shard-0' line 301: not valid JSON"
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stream_that_raises_mid_run_is_one_line_naming_the_sample(workers):
+    """Past the samples read at build (head_samples), a user's stream that raises is still exit 2 (a
+    ConfigError) naming the sample and the exception, in the main process and from a worker."""
+    from tests.streammodels import RaisesAt
+    from trainer.config import ConfigError
+
+    cfg = C.load(None, ["train.max_steps=5"])
+    train, _, _ = wrap_datasets(cfg, RaisesAt(400, bad=300))  # after the 256 read ahead
+    sb = StreamBatches(train, 0, 1, 4, 4, workers, 0, 0, False, 2)
+    with pytest.raises(ConfigError) as e:
+        take(sb.epoch_iter(0, 0))
+    assert "\n" not in str(e.value)
+    assert "sample 300" in str(e.value) and "RuntimeError: boom at 300" in str(e.value), str(e.value)
+
+
 def test_streamed_jsonl_rows_follow_the_layouts_and_truncation(tmp_path):
     """One row per record through jsonl.encode_records/pack: an alpaca record learns only its output, a
     record data.truncation=drop leaves out is a row with no loss (the block keeps one row a record)."""

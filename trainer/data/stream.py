@@ -119,6 +119,26 @@ def head_samples(obj: Any, n: int, key: str) -> list:
     return out
 
 
+def _guarded(it: Iterator, n: int) -> Iterator:
+    """The source's samples; an exception the user's stream raises (at any point of a run, in the main
+    process or a DataLoader worker) is exit 2 naming the source position and the exception, as
+    head_samples does for the first ones, never an internal error with a traceback."""
+    while True:
+        try:
+            x = next(it)
+        except StopIteration:
+            return
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(
+                f"data: reading the stream failed at sample {n} (counted from its start): "
+                f"{type(e).__name__}: {e}"
+            ) from None
+        n += 1
+        yield x
+
+
 def window_perm(seed: int, epoch: int, window: int, n: int) -> np.ndarray:
     """The order of the n samples of shuffle window ``window``: a pure function of its arguments."""
     rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, window & 0xFFFFFFFF, 0x5EED])
@@ -225,8 +245,8 @@ class Reader(IterableDataset):
         inner = st.get("inner") if st else None
         if inner is not None and _stateful(self.source):
             self.source.load_state_dict(inner)
-            return iter(self.source), src
-        it = iter(self.source)
+            return _guarded(iter(self.source), src), src
+        it = _guarded(iter(self.source), 0)
         if src:
             t0 = time.perf_counter()
             for _ in range(src):

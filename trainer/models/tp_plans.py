@@ -90,7 +90,28 @@ def resolve(module: nn.Module, override: dict) -> tuple[dict[str, str], str]:
     unused = [p for p in override if p not in used]
     if unused:
         raise ConfigError(f"parallel.tp_plan[{unused[0]!r}]: matches no module of {type(module).__name__}")
+    _check_pairs(out)
     return out, source
+
+
+def _check_pairs(plan: dict[str, str]) -> None:
+    """A colwise Linear's output stays split, so a rowwise Linear after it must take it back; a rowwise
+    Linear with no colwise before it would read a whole input as its slice. Without this a lone half
+    fails at the first forward as a shape mismatch (exit 1, traceback). Module order stands in for
+    execution order, as it does for every plan the models carry."""
+    styles = list(plan.items())
+    if styles and styles[-1][1] == "colwise":
+        name = styles[-1][0]
+        raise ConfigError(
+            f"parallel.tp_plan: {name} is colwise with no rowwise Linear after it; its output stays split "
+            "across the tp ranks, so pair it with the Linear that reads it (rowwise)"
+        )
+    if styles and styles[0][1] == "rowwise":
+        name = styles[0][0]
+        raise ConfigError(
+            f"parallel.tp_plan: {name} is rowwise with no colwise Linear before it; it expects its input "
+            "split across the tp ranks, so pair it with the Linear that feeds it (colwise)"
+        )
 
 
 def check_divisible(module: nn.Module, plan: dict[str, str], tp: int) -> None:
