@@ -94,7 +94,13 @@ def _refused_pickle(ckdir: str) -> None:
     """A state.pt whose checksum matches but which holds an object weights_only refuses."""
     p = os.path.join(ckdir, ckpt.STATE)
     torch.save({"model": argparse.Namespace(payload=1), "progress": {"step": 4}}, p)
-    _manifest(ckdir, lambda m: {**m, "files": {**m["files"], ckpt.STATE: ckpt.sha256_file(p)}})
+    _manifest(
+        ckdir,
+        lambda m: {
+            **m,
+            "files": {**m["files"], ckpt.STATE: ckpt.file_checksum(p, m.get("checksum", "sha256"))},
+        },
+    )
 
 
 def _latest(content: bytes):

@@ -14,6 +14,7 @@ import pickle
 
 import pytest
 import torch
+import xxhash
 
 from trainer import checkpoint as ckpt
 from trainer.checkpoint import transaction
@@ -31,8 +32,9 @@ def _state(step: int) -> dict:
     }
 
 
-def _save(root, step: int, keep: int = 3) -> str:
-    return ckpt.CheckpointDir(str(root), keep=keep).save(step, 0, 1, _state(step), {"epoch": 0}, lambda: None)
+def _save(root, step: int, keep: int = 3, checksum: str = "xxh3_128") -> str:
+    cd = ckpt.CheckpointDir(str(root), keep=keep, checksum=checksum)
+    return cd.save(step, 0, 1, _state(step), {"epoch": 0}, lambda: None)
 
 
 @pytest.fixture
@@ -53,7 +55,8 @@ def test_a_committed_checkpoint_verifies_loads_and_records_every_file(three):
     manifest = ckpt.read_manifest(p3)
     assert manifest["step"] == 3 and manifest["world_size"] == 1
     assert set(manifest["files"]) == {"state.pt", "rng-rank00000.pt"}
-    assert all(len(d) == 64 for d in manifest["files"].values())  # sha256 hex
+    assert manifest["checksum"] == "xxh3_128"  # the default; named so a reader knows how to check
+    assert all(len(d) == 32 for d in manifest["files"].values())  # 128-bit hex
     state, rng = ckpt.load_state(p3)
     assert torch.equal(state["model"]["w"], torch.full((4, 3), 3.0)) and state["progress"]["step"] == 3
     assert rng is not None and "torch" in rng
@@ -199,7 +202,7 @@ def _rewrite_manifest_checksum(ckpt_dir: str, name: str) -> None:
     path = os.path.join(ckpt_dir, ckpt.MANIFEST)
     with open(path) as fh:
         manifest = json.load(fh)
-    manifest["files"][name] = ckpt.sha256_file(os.path.join(ckpt_dir, name))
+    manifest["files"][name] = ckpt.file_checksum(os.path.join(ckpt_dir, name), manifest["checksum"])
     with open(path, "w") as fh:
         json.dump(manifest, fh)
 
@@ -233,14 +236,21 @@ def test_malicious_pickle_with_a_matching_checksum_is_refused_without_running(th
     assert marker.exists()
 
 
-def test_digest_taken_while_writing_is_the_files_and_a_later_tamper_is_still_refused(tmp_path):
-    """The manifest's sha256 comes from the bytes as they were written (no read-back, issue 28): it is the
-    digest of the file on disk, and a file changed after the write (same size, one byte) is refused by
-    verify, by load_state and by find_resumable, which falls back to the previous checkpoint."""
+_HASHES = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
+
+
+@pytest.mark.parametrize("checksum", ["xxh3_128", "sha256"])
+def test_digest_taken_while_writing_is_the_files_and_a_later_tamper_is_still_refused(tmp_path, checksum):
+    """The manifest's digest comes from the bytes as they were written (no read-back, issue 28): it is the
+    digest of the file on disk by the algorithm the manifest names, and a file changed after the write (same
+    size, one byte) is refused by verify, by load_state and by find_resumable, which falls back to the
+    previous checkpoint."""
     root = tmp_path / "checkpoints"
-    p1, p2 = _save(root, 1), _save(root, 2)
-    for name, digest in ckpt.read_manifest(p2)["files"].items():
-        assert digest == hashlib.sha256(open(os.path.join(p2, name), "rb").read()).hexdigest(), name
+    p1, p2 = _save(root, 1, checksum=checksum), _save(root, 2, checksum=checksum)
+    manifest = ckpt.read_manifest(p2)
+    assert manifest["checksum"] == checksum
+    for name, digest in manifest["files"].items():
+        assert digest == _HASHES[checksum](open(os.path.join(p2, name), "rb").read()).hexdigest(), name
     _flip_byte(os.path.join(p2, "state.pt"), offset=-200)
     assert ckpt.verify(p2) == "checksum mismatch in state.pt"
     with pytest.raises(ckpt.CheckpointError, match="checksum mismatch in state.pt"):
@@ -261,3 +271,42 @@ def test_a_tamper_between_finding_and_loading_is_caught(tmp_path):
     _flip_byte(os.path.join(p2, "state.pt"), offset=-200)
     with pytest.raises(ckpt.CheckpointError, match="checksum mismatch in state.pt"):
         ckpt.load_state(p2)
+
+
+def _drop_checksum_key(ckpt_dir: str) -> None:
+    """A manifest as written before xxh3: sha256 digests and no ``checksum`` key."""
+    path = os.path.join(ckpt_dir, ckpt.MANIFEST)
+    with open(path) as fh:
+        manifest = json.load(fh)
+    assert manifest.pop("checksum") == "sha256"
+    with open(path, "w") as fh:
+        json.dump(manifest, fh)
+
+
+def test_a_sha256_manifest_from_before_xxh3_still_verifies_loads_and_catches_a_tamper(tmp_path):
+    root = tmp_path / "checkpoints"
+    p1, p2 = _save(root, 1, checksum="sha256"), _save(root, 2, checksum="sha256")
+    for p in (p1, p2):
+        _drop_checksum_key(p)
+    assert ckpt.verify(p2) is None
+    assert ckpt.CheckpointDir(str(root)).find_resumable(preload=True) == p2
+    state, _ = ckpt.load_state(p2)
+    assert torch.equal(state["model"]["w"], torch.full((4, 3), 2.0))
+    _flip_byte(os.path.join(p2, "state.pt"), offset=-200)
+    assert ckpt.verify(p2) == "checksum mismatch in state.pt"
+    assert ckpt.CheckpointDir(str(root)).find_resumable(preload=True) == p1
+    # the next save into the same directory uses the new default; both kinds stand side by side
+    p3 = _save(root, 3)
+    assert ckpt.read_manifest(p3)["checksum"] == "xxh3_128" and ckpt.verify(p3) is None
+
+
+def test_a_manifest_naming_an_unknown_checksum_is_unusable(tmp_path):
+    root = tmp_path / "checkpoints"
+    p1, p2 = _save(root, 1), _save(root, 2)
+    path = os.path.join(p2, ckpt.MANIFEST)
+    with open(path) as fh:
+        manifest = json.load(fh)
+    with open(path, "w") as fh:
+        json.dump({**manifest, "checksum": "crc32"}, fh)
+    assert ckpt.verify(p2) == "manifest names an unknown checksum 'crc32'"
+    assert ckpt.CheckpointDir(str(root)).find_resumable() == p1

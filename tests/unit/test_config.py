@@ -31,6 +31,7 @@ REQUIRED_KEYS = {
     "log.tensorboard",
     "checkpoint.monitor",
     "checkpoint.keep_best",
+    "checkpoint.checksum",
     "train.early_stop_patience",
 }
 
@@ -87,6 +88,7 @@ def test_overrides_take_precedence_and_coerce(tmp_path):
         ("train.max_steps=-5", "train.max_steps=-5: must be >= 0"),
         ("train.precision=fp4", "train.precision='fp4': expected one of fp32, fp16, bf16, fp8"),
         ("train.compile=maybe", "train.compile='maybe': expected true or false"),
+        ("checkpoint.checksum=md5", "checkpoint.checksum='md5': expected one of xxh3_128, sha256"),
         ("optim.lr=fast", "optim.lr='fast': expected a number"),
         ("optim.name=lion", "optim.name='lion'"),
         ("device=tpu", "device='tpu'"),

@@ -49,7 +49,13 @@ def step_name(step: int) -> str:
 
 
 def sha256_file(path: str) -> str:
-    return stores.for_path(path).sha256(path)
+    """sha256 of a file: what a manifest without a ``checksum`` key (written before xxh3) records."""
+    return stores.for_path(path).digest(path, "sha256")
+
+
+def file_checksum(path: str, algo: str) -> str:
+    """A file's checksum by the algorithm a manifest names (``manifest.get("checksum", "sha256")``)."""
+    return stores.for_path(path).digest(path, algo)
 
 
 def versions() -> dict:

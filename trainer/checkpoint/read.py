@@ -1,7 +1,8 @@
 """Reading checkpoints: the manifest, verification, resolving a path (or the best one), and loading state
 with ``weights_only=True``. Local directories and object stores alike.
 
-Verification reads each file once: a local torch file is hashed (sha256, in a helper thread) while
+Verification reads each file once: a local torch file is hashed (by the manifest's ``checksum``: xxh3_128,
+or sha256 for a manifest without the key; in a helper thread) while
 ``torch.load`` parses it, and what was loaded is handed on only if the digest matches the
 manifest's; so a torn or tampered file is never used, and ``weights_only`` keeps the parse of an unverified
 file from running code. ``find_resumable(preload=True)`` keeps the verified ``state.pt`` it loaded for the
@@ -11,7 +12,6 @@ it moves the ctime), so resuming reads and hashes the state once.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -62,7 +62,14 @@ def _manifest_problem(manifest: Any) -> Optional[str]:
         return f"manifest lists no {STATE} and no {DCP}/"
     if not isinstance(manifest.get("step"), int):
         return "manifest has no step"
+    if checksum_of(manifest) not in stores.CHECKSUMS:
+        return f"manifest names an unknown checksum {manifest.get('checksum')!r}"
     return None
+
+
+def checksum_of(manifest: dict) -> str:
+    """The algorithm of a manifest's digests (one written before xxh3 has no key: sha256)."""
+    return manifest.get("checksum", stores.LEGACY_CHECKSUM)
 
 
 def _load_problem(name: str, e: BaseException) -> str:
@@ -86,7 +93,14 @@ def _stat_key(path: str) -> tuple:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def verified_load(path: str, digest: str, name: str, full: bool = True, map_location="cpu"):
+def verified_load(
+    path: str,
+    digest: str,
+    name: str,
+    full: bool = True,
+    map_location="cpu",
+    algo: str = stores.LEGACY_CHECKSUM,
+):
     """(problem or None, object or None): a local torch file hashed while ``torch.load`` reads it.
 
     ``full=False`` only parses it (tensors memory-mapped, nothing copied): the check of a file that is not
@@ -94,7 +108,7 @@ def verified_load(path: str, digest: str, name: str, full: bool = True, map_loca
     with open(path, "rb") as fh:
         is_zip = fh.read(4) == b"PK\x03\x04"
     with ThreadPoolExecutor(1, thread_name_prefix="ckpt-verify") as pool:
-        hashed = pool.submit(stores.file_sha256, path)
+        hashed = pool.submit(stores.file_digest, path, algo)
         try:
             obj = torch.load(path, map_location=map_location, weights_only=True, mmap=is_zip and not full)
             problem = None
@@ -123,7 +137,7 @@ def verify(ckpt: str, preload: bool = False, skip: frozenset = frozenset()) -> O
     problem = _manifest_problem(manifest)
     if problem:
         return problem
-    store = stores.for_path(ckpt)
+    store, algo = stores.for_path(ckpt), checksum_of(manifest)
     for name, digest in manifest["files"].items():
         if name in skip:
             continue
@@ -133,18 +147,19 @@ def verify(ckpt: str, preload: bool = False, skip: frozenset = frozenset()) -> O
         try:
             if store.remote and name.endswith(".pt"):  # one download: checksum and load probe
                 data = store.read_bytes(p)
-                if hashlib.sha256(data).hexdigest() != digest:
+                if stores.digest_bytes(data, algo) != digest:
                     return f"checksum mismatch in {name}"
                 problem = _trial_load(io.BytesIO(data), name)
             elif name.endswith(".pt"):
                 keep = preload and name == STATE
                 key = _stat_key(p) if keep else None
-                problem, obj = verified_load(p, digest, name, full=keep)
+                problem, obj = verified_load(p, digest, name, full=keep, algo=algo)
                 if keep and problem is None:
                     _PRELOADED.clear()  # one checkpoint's state at a time
                     _PRELOADED[p] = (key, obj)
             else:
-                problem = None if store.sha256(p, reread=True) == digest else f"checksum mismatch in {name}"
+                same = store.digest(p, algo, reread=True) == digest
+                problem = None if same else f"checksum mismatch in {name}"
         except OSError as e:
             return f"{name} unreadable: {e.strerror or e}"
         if problem:
@@ -181,8 +196,15 @@ def load_state(
         local_state = not store.remote and store.isfile(state_path)
         problem = verify(ckpt, skip=frozenset([STATE]) if local_state else frozenset())
         if problem is None and local_state and state is None:
-            digest = (read_manifest(ckpt)["files"] or {}).get(STATE)
-            problem, state = verified_load(state_path, digest, STATE, full=True, map_location=map_location)
+            manifest = read_manifest(ckpt)
+            problem, state = verified_load(
+                state_path,
+                (manifest["files"] or {}).get(STATE),
+                STATE,
+                full=True,
+                map_location=map_location,
+                algo=checksum_of(manifest),
+            )
         if problem:
             raise CheckpointError(f"checkpoint {ckpt}: {problem}")
     try:

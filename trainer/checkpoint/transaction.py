@@ -6,14 +6,16 @@ Layout under ``checkpoint.dir`` (default ``<run.dir>/checkpoints/``)::
         state.pt              model, optimizer, scheduler, scaler, progress (rank 0; full, unsharded)
         rng-rank00000.pt      RNG state of each rank
         data-rank00000.pt     a stream's loader position on each rank (streamed data only)
-        manifest.json         step, epoch, samples, world size, config hash, versions, sha256 per file
+        manifest.json         step, epoch, samples, world size, config hash, versions, checksum per file
     latest                    name of the newest committed checkpoint (atomic rename of a temp file)
     .tmp-step-00000200/       an interrupted write: ignored and cleaned on the next save
 
-The sha256 of each file is computed from the bytes as they are written (stores.HashingWriter), not by reading
-the file back. Reading verifies every checksum (read.py: hashed alongside the load, the state returned
-only once its digest matched) and uses ``weights_only=True``; a checkpoint that fails is reported and the
-previous one is used.
+The checksum of each file (xxh3_128 by default, sha256 with ``checkpoint.checksum=sha256``; the manifest's
+``checksum`` key names it, and a manifest without one is sha256) is computed from the bytes as they are
+written (stores.HashingWriter), not by reading the file back. It catches a torn, truncated or accidentally
+altered file; it is not a signature (whoever can write the files can write a matching manifest). Reading
+verifies every checksum (read.py: hashed alongside the load, the state returned only once its digest
+matched) and uses ``weights_only=True``; a checkpoint that fails is reported and the previous one is used.
 
 On an object store (``checkpoint.dir=s3://bucket/prefix``, stores.py) there is no rename: the files are
 written in place under ``step-N/`` (a stale one from an interrupted write is deleted first), the manifest
@@ -84,23 +86,25 @@ class _PhaseAfterFirstWrite:
         return getattr(self._fh, name)
 
 
-def atomic_torch_save(obj: Any, path: str, step: int = -1, rank: int = 0) -> None:
+def atomic_torch_save(
+    obj: Any, path: str, step: int = -1, rank: int = 0, checksum: str = stores.DEFAULT_CHECKSUM
+) -> None:
     store = stores.for_path(path)
     if store.remote:  # serialized here, then one PUT (retried): an object is whole or absent
         buf = io.BytesIO()
         torch.save(obj, buf)
         on_first = (lambda: _phase("mid_file", step, rank)) if step >= 0 else None
-        store.write_bytes(path, buf.getvalue(), on_first_chunk=on_first)
+        store.write_bytes(path, buf.getvalue(), on_first_chunk=on_first, checksum=checksum)
         return
     out = None
     try:
         with atomic.atomic_open(path, "wb") as fh:
-            out = stores.HashingWriter(fh)  # the manifest's sha256 from the bytes written (no read-back)
+            out = stores.HashingWriter(fh, checksum)  # the manifest's digest from the bytes written
             torch.save(obj, _PhaseAfterFirstWrite(out, step, rank) if step >= 0 else out)
     finally:
         if out is not None:
             out.close_pool()
-    store.remember(path, out.hexdigest(), out.size)
+    store.remember(path, checksum, out.hexdigest(), out.size)
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -124,10 +128,11 @@ def set_rng_state(st: dict) -> None:
 class CheckpointDir:
     """Owns ``checkpoint.dir``: save (all ranks call), discover, verify, load, prune; local or remote."""
 
-    def __init__(self, root: str, keep: int = 3, keep_best: int = 0):
+    def __init__(self, root: str, keep: int = 3, keep_best: int = 0, checksum: str = stores.DEFAULT_CHECKSUM):
         self.root = str(root)
         self.keep = keep
         self.keep_best = keep_best  # also kept: the K best by the metric their manifests record
+        self.checksum = checksum  # of the files it writes; reading takes the one each manifest names
         self.store = stores.for_path(self.root)
 
     def _join(self, *parts: str) -> str:
@@ -240,16 +245,16 @@ class CheckpointDir:
         """
         tmp = self.tmp_dir(step)
         _phase("before_data", step, rank)
-        atomic_torch_save(rng, stores.join(tmp, f"rng-rank{rank:05d}.pt"))
+        atomic_torch_save(rng, stores.join(tmp, f"rng-rank{rank:05d}.pt"), checksum=self.checksum)
         if data is not None:  # a stream's loader position (data/stream.py)
-            atomic_torch_save(data, stores.join(tmp, data_file(rank)))
+            atomic_torch_save(data, stores.join(tmp, data_file(rank)), checksum=self.checksum)
         if sharded is not None:
             from . import dcp_io  # torch.distributed.checkpoint costs ~0.9 s to import: FSDP runs only
 
             dcp_io.save(sharded, stores.join(tmp, DCP), process_group=group)
         if rank == 0:
             assert state is not None
-            atomic_torch_save(state, stores.join(tmp, STATE), step, rank)
+            atomic_torch_save(state, stores.join(tmp, STATE), step, rank, checksum=self.checksum)
 
     def commit(
         self, step: int, rank: int, world_size: int, manifest_extra: dict, barrier: Callable[[], None]
@@ -266,7 +271,10 @@ class CheckpointDir:
                 "world_size": world_size,
                 "time": time.time(),
                 "versions": versions(),
-                "files": {f: self.store.sha256(stores.join(tmp, f), reread=False) for f in files},
+                "checksum": self.checksum,
+                "files": {
+                    f: self.store.digest(stores.join(tmp, f), self.checksum, reread=False) for f in files
+                },
                 **manifest_extra,
             }
             _phase("before_manifest", step, rank)

@@ -381,7 +381,7 @@ class Trainer:
         self._count_bad()
         return {
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.strategy.scaler.state_dict() if self.strategy.scaler else None,
+            "scaler": self.strategy.state_scaler.state_dict() if self.strategy.state_scaler else None,
             "progress": vars(self.progress).copy(),
             "monitor": {
                 "best": self.monitor.best,
@@ -397,8 +397,8 @@ class Trainer:
 
     def load_state_dict(self, sd: dict) -> None:
         self.scheduler.load_state_dict(sd["scheduler"])
-        if self.strategy.scaler is not None and sd.get("scaler"):
-            self.strategy.scaler.load_state_dict(sd["scaler"])
+        if self.strategy.state_scaler is not None and sd.get("scaler"):
+            self.strategy.state_scaler.load_state_dict(sd["scaler"])
         # in place: the checkpointer and the ending hold this same Progress
         vars(self.progress).update(vars(ckpt.Progress(**sd["progress"])))
         mon = sd.get("monitor") or {}  # checkpoints from before checkpoint.monitor have none

@@ -30,6 +30,7 @@ class Saver:
             checkpoint_root(cfg.checkpoint.dir, run_dir),
             keep=cfg.checkpoint.keep,
             keep_best=cfg.checkpoint.keep_best,
+            checksum=cfg.checkpoint.checksum,
         )
         self.writer: Optional[AsyncWriter] = None
         if cfg.checkpoint.async_save:

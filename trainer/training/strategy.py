@@ -315,6 +315,14 @@ class Strategy:
             return _fsdp_no_sync(self.module)
         return contextlib.nullcontext()
 
+    @property
+    def state_scaler(self) -> Optional[torch.amp.GradScaler]:
+        """The GradScaler whose state a checkpoint holds: ours, or under accelerate the one accelerate owns
+        (it scales the loss and steps the optimizer itself), so a resumed fp16 run keeps its scale."""
+        if self.scaler is not None:
+            return self.scaler
+        return getattr(self.accelerator, "scaler", None) if self.mode == "accelerate" else None
+
     def backward(self, loss: torch.Tensor) -> None:
         if self.mode == "accelerate":
             self.accelerator.backward(loss)
