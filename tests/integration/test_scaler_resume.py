@@ -38,3 +38,19 @@ def test_accelerate_fp16_resume_keeps_the_grad_scaler_state(tmp_path):
         got,
         want,
     )
+
+
+@pytest.mark.timeout(240)
+def test_accelerate_fp16_overflow_is_the_scalers_business_not_a_bad_step(tmp_path):
+    """fp16 overflow under accelerate: accelerate's GradScaler skips the step and lowers its scale (as ours
+    does under ddp/fsdp); the trainer neither counts it as a non-finite step nor skips the optimizer call
+    that lets the scaler update (before: the scale never came down and the run ended with exit 3)."""
+    from tests.helpers import read_metrics
+
+    over = [o for o in OVER if not o.startswith(("train.max_steps", "checkpoint.every_steps"))]
+    over += ["train.max_steps=30", "checkpoint.every_steps=30", "train.loss=tests.byo_models:huge_ce"]
+    over += ["train.grad_clip=1.0"]  # the norm is taken: before, its inf made the trainer skip the step
+    run = tmp_path / "run"
+    assert train_inprocess("mlp", run, over) == 0
+    assert _scaler(run, 30)["scale"] < 2.0**16  # it came down from its initial 65536
+    assert read_metrics(run)[-1].get("bad_steps", 0) == 0

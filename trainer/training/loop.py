@@ -166,7 +166,9 @@ class Trainer:
             ckpts=self.checkpointer.ckpts,
             segments=self.segments,
         )
-        self._need_norm = bool(cfg.train.grad_clip) or state.distributed or strategy.scaler is not None
+        # fp16: a GradScaler (ours or accelerate's) owns overflow: it skips the step and lowers the scale
+        self._scaler_owns_overflow = strategy.state_scaler is not None
+        self._need_norm = bool(cfg.train.grad_clip) or state.distributed or self._scaler_owns_overflow
         self._schedule_moves = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps > 0
         # per-run loop state, set by _begin
         self._watch = Stopwatch()
@@ -217,7 +219,7 @@ class Trainer:
         # Distributed: the all-reduced gradients are what every rank agrees on (a NaN on one rank's loss
         # reaches the others only through them). fp16: the scaler owns overflow; the loss decides.
         norm = s.grad_norm(self.optimizer, self.params, self.cfg.train.grad_clip) if self._need_norm else None
-        check_norm = norm is not None and s.scaler is None
+        check_norm = norm is not None and not self._scaler_owns_overflow
         if self.tally.on_host:  # CPU: no device to wait for, so reading the loss here costs nothing
             value = total.item()
             ok = math.isfinite(value) and (not check_norm or math.isfinite(norm.item()))

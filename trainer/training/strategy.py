@@ -366,6 +366,9 @@ class Strategy:
             self.scaler.step(optimizer)  # skips itself on inf/nan gradients
             self.scaler.update()
             return
+        if self.mode == "accelerate" and self.state_scaler is not None:
+            optimizer.step()  # accelerate's scaler steps (or skips an overflow) and updates its scale itself
+            return
         inner = self._inner_optimizer(optimizer)
         if self.state.device.type == "cuda" and inner.defaults.get("fused"):
             inner.found_inf = (~ok).float()  # the fused kernel skips the update on device: no host sync
