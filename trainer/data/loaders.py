@@ -72,4 +72,18 @@ class BatchSource:
                 prefetch_factor=self.prefetch_factor,
                 persistent_workers=True,
             )
-        return iter(self._dataloader)
+        return _stop_workers_on_error(iter(self._dataloader))
+
+
+def _stop_workers_on_error(it):
+    """The loader's batches; when one raises (a bad item, a worker that died), the workers are stopped
+    before the error goes on to end the run. Left running, a worker still receiving indices while the
+    process exits prints a traceback of its own after the one-line error. Only on an exception: a
+    generator closed at the end of an epoch keeps its persistent workers."""
+    try:
+        yield from it
+    except Exception:
+        stop = getattr(it, "_shutdown_workers", None)
+        if stop is not None:
+            stop()
+        raise
