@@ -83,6 +83,7 @@ def test_sigterm_at_step_exits_75_with_a_checkpoint_and_the_restart_is_bitwise_e
         "epoch": 0,
         "samples_in_epoch": 11 * 32,
         "samples_total": 11 * 32,
+        "bad_steps": 0,  # non-finite steps skipped so far (issue #27), carried across a resume
     }
 
     assert train_inprocess(None, run_dir, overrides) == 0  # the same command again
