@@ -22,6 +22,7 @@ it a stream has no evaluation. The fingerprint covers the shard names and sizes,
 from __future__ import annotations
 
 import glob as globmod
+import io
 import json
 import os
 from collections import Counter
@@ -246,8 +247,11 @@ class JsonlShards:
             with open_shard(self.files[fi]) as fh:
                 offset, lineno = (start["offset"], start["lineno"]) if first else (0, 0)
                 fh.seek(offset)
-                # bounded: a record past MAX_RECORD_BYTES is refused (check_line) before more is read
-                for line in iter(lambda: fh.readline(MAX_RECORD_BYTES + 1), b""):
+                # a local file reads no further than MAX_RECORD_BYTES a line (then check_line refuses it);
+                # an fsspec file's readline takes no size, so there the check follows the read
+                bounded = isinstance(fh, io.BufferedIOBase)
+                readline = (lambda f=fh: f.readline(MAX_RECORD_BYTES + 1)) if bounded else fh.readline
+                for line in iter(readline, b""):
                     offset, lineno = offset + len(line), lineno + 1
                     self._pos = {"file": fi, "offset": offset, "lineno": lineno}
                     if len(line) > MAX_RECORD_BYTES:
