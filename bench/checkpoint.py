@@ -54,6 +54,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 
 from tests import s3server  # the SeaweedFS server of the S3 tests, for the S3 rows (stdlib only)
+from trainer.runtime.atomic import fsync_dir  # the trainer's own, so both sides fsync alike
 
 from . import common as B
 
@@ -198,14 +199,6 @@ def run(mode: str, extra: list[str], steps: int, every: int, s3=None) -> dict:
 # ----------------------------------------------------------------------------- save and load vs torch
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def raw_save(model, optimizer, extra: dict, path: str) -> None:
     """What a hand-written loop does: one torch.save of the state, the file and its directory fsynced."""
     import torch
@@ -215,7 +208,7 @@ def raw_save(model, optimizer, extra: dict, path: str) -> None:
         torch.save(state, fh)
         fh.flush()
         os.fsync(fh.fileno())
-    _fsync_dir(os.path.dirname(path))
+    fsync_dir(os.path.dirname(path))
 
 
 def _clock():

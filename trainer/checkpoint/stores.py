@@ -56,15 +56,20 @@ class EndpointError(io_faults.StorageError):
     frozen. Exit 74; cleanup that would talk to the same endpoint is skipped (``endpoint_failed``)."""
 
 
-def endpoint_failed(e: Optional[BaseException]) -> bool:
-    """Whether ``e`` (or an exception it was raised from) is an EndpointError."""
+def in_chain(e: Optional[BaseException], cls: type) -> Optional[BaseException]:
+    """The first exception of type ``cls`` in ``e``'s chain (``e``, then what it was raised from)."""
     seen = set()
     while e is not None and id(e) not in seen:
-        if isinstance(e, EndpointError):
-            return True
+        if isinstance(e, cls):
+            return e
         seen.add(id(e))
         e = e.__cause__ or e.__context__
-    return False
+    return None
+
+
+def endpoint_failed(e: Optional[BaseException]) -> bool:
+    """Whether ``e`` (or an exception it was raised from) is an EndpointError."""
+    return in_chain(e, EndpointError) is not None
 
 
 def configure(timeout_s: float) -> None:

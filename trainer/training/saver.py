@@ -182,13 +182,7 @@ class Saver:
 
 def _os_error(e: Optional[BaseException]) -> Optional[OSError]:
     """The first OSError in an exception chain (DCP and the async writer wrap the store's error)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, OSError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
+    return stores.in_chain(e, OSError)
 
 
 def _clone_tree(obj, late: frozenset = frozenset(), todo: Optional[list] = None):
