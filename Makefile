@@ -31,13 +31,17 @@ $(STAMP): requirements.txt requirements-hf.txt requirements-dev.txt pyproject.to
 train: setup
 	$(BIN)/python -m trainer train -c $(CONFIG) $(ARGS)
 
+# Two pytest-xdist workers (a 2-core machine; TEST_WORKERS=0 runs the tests in this process, one by one).
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
+
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Tiers (docs/design.md "Tests"): tests/unit needs no process group and trains nothing through the CLI; tests marked
 # slow (several processes) and tests/distributed, tests/integration run only in `make test`.
 test-quick: setup
-	$(BIN)/python -m pytest tests/unit -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) tests/unit -m "not slow" $(PYTEST_ARGS)
 
 # The same commands as tests/unit/test_lint.py and test_docker.py; ruff's files are listed in pyproject.toml.
 lint: setup

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -19,10 +21,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
+# Each test's TMPDIR is a short directory of its own under the system's: DataLoader workers make Unix sockets
+# in it, whose paths may not pass 107 bytes, and a tmp_path under pytest-xdist's per-worker base is too deep.
+SYSTEM_TMP = tempfile.gettempdir()
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
-    tmp = tmp_path / "_tmp"
-    tmp.mkdir()
+def _isolated_env(monkeypatch):
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="t-", dir=SYSTEM_TMP))
     monkeypatch.setenv("TMPDIR", str(tmp))
     monkeypatch.setenv("HF_HOME", str(tmp / "hf"))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp / "inductor"))
@@ -40,11 +46,20 @@ def _isolated_env(tmp_path, monkeypatch):
         "TRAINER_EXIT_DIR",
     ):
         monkeypatch.delenv(var, raising=False)
+    yield
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 # The tiers (docs/design.md "Tests"): tests/unit starts no server and trains nothing through the CLI, so that
 # `make test-quick` (tests/unit, not marked slow) stays quick; these session fixtures belong to integration.
 HEAVY_FIXTURES = {"cnn_run", "mlflow_server", "s3_server", "s3"}
+
+
+# `make test` runs on two pytest-xdist workers with --dist loadfile: a module's tests stay together on one
+# worker (module-scoped fixtures such as a reference run or the docs' scratch checkout are built once, and the
+# tests keep their order), and the longest module, the doc examples, starts first. (xdist's loadgroup marks do
+# nothing under pytest 9: it renames a node id attribute that pytest 9 no longer reads.)
+FIRST = ("tests/integration/test_doc_examples.py",)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -54,6 +69,7 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(
                 f"{item.nodeid} uses {', '.join(sorted(heavy))}: a unit test may not (tests/integration)"
             )
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in FIRST)  # stable: the rest keep their order
 
 
 def free_port() -> int:

@@ -117,8 +117,11 @@ def start(workdir: str, timeout: float = 60) -> S3Server:
             f"-master.port={m}", f"-master.port.grpc={mg}", f"-volume.port={v}", f"-volume.port.grpc={vg}",
             f"-filer.port={f}", f"-filer.port.grpc={fg}", f"-s3.port={s}", f"-s3.port.grpc={sg}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}", "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=1024",
+            "-master.volumeSizeLimitMB=1024", "-volume.max=64",
         ]  # fmt: skip
+        # -volume.max: each new bucket is a collection that grows 7 volumes at its first write, and the
+        # default of 8 volumes left a second bucket with none ("internal error" on every put); volumes are
+        # sparse files, so the higher count costs no disk
         log = open(log_path, "wb")  # noqa: SIM115 - the server writes it for its whole life
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()

@@ -220,7 +220,10 @@ class DataConfig:
     )
     augment: bool = _f(False, "Digits: random ±2 pixel shifts, seeded per sample from (seed, epoch, index).")
     num_workers: int = _f(
-        0, "DataLoader worker processes (0 = load in the main process; right for in-memory data).", ge=0
+        0,
+        "DataLoader worker processes (0 = load in the main process; right for in-memory data). Workers "
+        "pass batches over Unix sockets under TMPDIR, which may then be at most 75 bytes long.",
+        ge=0,
     )
     pin_memory: bool = _f(True, "Pin host memory when training on CUDA.")
     prefetch_factor: int = _f(2, "Batches prefetched per worker (num_workers > 0).", ge=1)

@@ -219,6 +219,29 @@ def _check_shapes(cfg: Config) -> None:
         if url and _is_url(url):
             _check_url(key, url)
     _validate_trackers(cfg.log.trackers)
+    if cfg.data.num_workers:
+        _check_worker_socket_dir(cfg.data.num_workers)
+
+
+# DataLoader workers hand each batch's shared memory to the main process over a Unix socket that
+# multiprocessing makes at TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX; a socket path has at most 107 bytes
+# (sun_path). Past that, the worker's bind fails inside the hand-over and the main process waits for the
+# batch forever (measured: a 113-byte path hung a run until it was killed).
+SOCKET_PATH_MAX = 107
+_SOCKET_SUFFIX = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+
+
+def _check_worker_socket_dir(num_workers: int) -> None:
+    import tempfile
+
+    tmp = tempfile.gettempdir()
+    size, most = len(os.fsencode(tmp)), SOCKET_PATH_MAX - _SOCKET_SUFFIX
+    if size > most:
+        raise ConfigError(
+            f"data.num_workers={num_workers}: the temporary directory {tmp!r} is too long for the Unix "
+            f"sockets DataLoader workers use ({size} bytes; at most {most}): set TMPDIR to a shorter "
+            "directory, or data.num_workers=0"
+        )
 
 
 def _check_across(cfg: Config) -> None:

@@ -211,7 +211,7 @@ def test_each_probe_error_is_exit_2_one_line_and_no_run_dir(case, tmp_path, monk
     over, expected = PROBE_ERRORS[case]
     res = fit(overrides=[*FAST, *over])
     assert res.exit_code == 2 and expected in res.reason and "\n" not in res.reason, res.reason
-    assert os.listdir(tmp_path) == ["_tmp"]
+    assert os.listdir(tmp_path) == []
 
 
 def test_probe_error_through_the_cli_is_one_line(tmp_path):

@@ -238,3 +238,21 @@ def test_a_key_in_the_wrong_section_suggests_its_section(tmp_path, yaml_text, ov
     with pytest.raises(C.ConfigError) as e:
         C.load(str(path) if path else None, [override] if override else [])
     assert str(e.value) == needle
+
+
+def test_workers_under_a_temp_dir_too_long_for_their_sockets_is_one_line(monkeypatch, tmp_path):
+    """DataLoader workers pass batches over Unix sockets under TMPDIR (107 bytes at most): a deeper TMPDIR
+    hung the run waiting for its first batch; now it is refused before anything starts, naming the fix."""
+    import tempfile
+
+    deep = tmp_path / ("d" * 80)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    with pytest.raises(C.ConfigError) as e:
+        C.load(None, ["data.num_workers=2"])
+    msg = str(e.value)
+    assert msg.startswith("data.num_workers=2: the temporary directory ") and "set TMPDIR to a shorter" in msg
+    assert "\n" not in msg
+    C.load(None, ["data.num_workers=0"])  # no workers, no sockets: accepted
+    monkeypatch.setattr(tempfile, "tempdir", "/tmp")
+    C.load(None, ["data.num_workers=2"])
