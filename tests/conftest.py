@@ -57,9 +57,23 @@ HEAVY_FIXTURES = {"cnn_run", "mlflow_server", "s3_server", "s3"}
 
 # `make test` runs on two pytest-xdist workers with --dist loadfile: a module's tests stay together on one
 # worker (module-scoped fixtures such as a reference run or the docs' scratch checkout are built once, and the
-# tests keep their order), and the longest module, the doc examples, starts first. (xdist's loadgroup marks do
-# nothing under pytest 9: it renames a node id attribute that pytest 9 no longer reads.)
-FIRST = ("tests/integration/test_doc_examples.py",)
+# tests keep their order). The longest modules start first, longest first, so that the many short ones fill
+# in at the end and neither worker is left alone with a long one (seconds of one run, serial, idle, 2 cores).
+# (xdist's loadgroup marks do nothing under pytest 9: they rename a node id attribute pytest 9 ignores.)
+LONGEST = (
+    "tests/integration/test_doc_examples.py",  # 216 s
+    "tests/distributed/test_mesh.py",  # 116
+    "tests/distributed/test_hang.py",  # 107
+    "tests/integration/test_cli_recipes.py",  # 61
+    "tests/integration/test_s3_endpoint_down.py",  # 48
+    "tests/integration/test_kill_checkpoint.py",  # 43
+    "tests/distributed/test_equivalence.py",  # 42
+    "tests/distributed/test_launch_exitcodes.py",  # 38
+    "tests/distributed/test_netns.py",  # 34
+    "tests/integration/test_bench_smoke.py",  # 31
+    "tests/distributed/test_stream_ddp.py",  # 31
+    "tests/integration/test_gpu_check_smoke.py",  # 30
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -69,7 +83,8 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(
                 f"{item.nodeid} uses {', '.join(sorted(heavy))}: a unit test may not (tests/integration)"
             )
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in FIRST)  # stable: the rest keep their order
+    rank = {path: i for i, path in enumerate(LONGEST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(LONGEST)))  # stable otherwise
 
 
 def free_port() -> int:
