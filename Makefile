@@ -10,8 +10,8 @@ ARGS   ?=
 
 help:
 	@echo "make train   train the default recipe ($(CONFIG)); extra overrides: make train ARGS='train.max_steps=50'"
-	@echo "make test    run the whole CPU test suite: unit, distributed, integration (PYTEST_ARGS='-k x')"
-	@echo "make test-quick  the unit tests not marked slow: no training run, no server, no process group (~50 s)"
+	@echo "make test    run the whole CPU test suite on two workers: unit, distributed, integration (~12-13 min; PYTEST_ARGS='-k x', TEST_WORKERS=0 for one process)"
+	@echo "make test-quick  the unit tests not marked slow: no training run, no server, no process group (~1 min)"
 	@echo "make lint    what the tests' lint enforces: ruff check, ruff format --check, shellcheck, hadolint"
 	@echo "make docs    build the docs site into site/ (mkdocs --strict: broken links and missing pages fail)"
 	@echo "make bench   CPU benchmarks against a raw PyTorch loop (~8 minutes)"
