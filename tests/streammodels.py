@@ -83,10 +83,13 @@ class BadAt(Counting):
     def __iter__(self):
         for i, s in enumerate(super().__iter__()):
             if i == self.bad:
-                from trainer.config import ConfigError
-
-                raise ConfigError(f"data.path='shard-0' line {i + 1}: not valid JSON")
+                raise self.error(i)
             yield s
+
+    def error(self, i: int) -> Exception:
+        from trainer.config import ConfigError
+
+        return ConfigError(f"data.path='shard-0' line {i + 1}: not valid JSON")
 
 
 class SelfSharded(IterableDataset):
@@ -169,15 +172,8 @@ class KeywordMLP(torch.nn.Module):
         return self.net(x.float())
 
 
-class RaisesAt(Counting):
+class RaisesAt(BadAt):
     """A user's stream with a bug: sample ``bad`` raises a plain RuntimeError (not a ConfigError)."""
 
-    def __init__(self, n: int = 100, bad: int = 30):
-        super().__init__(n)
-        self.bad = bad
-
-    def __iter__(self):
-        for i, s in enumerate(super().__iter__()):
-            if i == self.bad:
-                raise RuntimeError(f"boom at {i}")
-            yield s
+    def error(self, i: int) -> Exception:
+        return RuntimeError(f"boom at {i}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import tempfile
 import types
 import typing
 from typing import Any, Literal, Union
@@ -232,8 +233,6 @@ _SOCKET_SUFFIX = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
 
 
 def _check_worker_socket_dir(num_workers: int) -> None:
-    import tempfile
-
     tmp = tempfile.gettempdir()
     size, most = len(os.fsencode(tmp)), SOCKET_PATH_MAX - _SOCKET_SUFFIX
     if size > most:
